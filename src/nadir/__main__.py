@@ -1,0 +1,5 @@
+import sys
+
+from nadir.cli import main
+
+sys.exit(main())

@@ -1,0 +1,74 @@
+"""The COCO stage: shard chip lists to one COCO JSON per split, plus dataset statistics."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+from shapely.geometry import Polygon
+
+
+def _polygon_area(polygons: list[list[float]]) -> float:
+    return sum(Polygon(list(zip(p[0::2], p[1::2], strict=True))).area for p in polygons)
+
+
+def build_coco(shard_jsons: list[Path], categories: list[dict], splits: list[str]) -> dict:
+    """Return {split: COCO dict}. Image ids follow shard then chip order, so they are stable.
+
+    Each image carries `shard` (index into the shard list), `scene`, `x`, `y` and `transform`,
+    which the trainer uses to find the chip and the evaluator to map boxes back to the scene.
+    """
+    by_name = {c["name"]: c["id"] for c in categories}
+    out = {s: {"images": [], "annotations": [], "categories": categories} for s in splits}
+    image_id = ann_id = 0
+    for shard_index, path in enumerate(shard_jsons):
+        for chip in json.loads(Path(path).read_text())["chips"]:
+            if chip["split"] not in out:
+                continue
+            image_id += 1
+            coco = out[chip["split"]]
+            coco["images"].append({
+                "id": image_id, "file_name": chip["file"], "width": chip["width"],
+                "height": chip["height"], "shard": shard_index, "scene": chip["scene"],
+                "x": chip["x"], "y": chip["y"], "transform": chip["transform"],
+            })
+            for obj in chip["objects"]:
+                ann_id += 1
+                coco["annotations"].append({
+                    "id": ann_id, "image_id": image_id, "category_id": by_name[obj["category"]],
+                    "bbox": obj["bbox"], "area": round(_polygon_area(obj["polygons"]), 2),
+                    "segmentation": obj["polygons"], "iscrowd": 0,
+                    "truncated": int(obj["truncated"]), "difficult": obj["difficult"],
+                })
+    return out
+
+
+def statistics(coco_by_split: dict[str, dict]) -> dict:
+    """Objects per class, chips and objects per chip, box sizes, per split."""
+    stats = {}
+    for split, coco in coco_by_split.items():
+        names = {c["id"]: c["name"] for c in coco["categories"]}
+        per_class = Counter(names[a["category_id"]] for a in coco["annotations"])
+        per_image = Counter(a["image_id"] for a in coco["annotations"])
+        sides = sorted(max(a["bbox"][2], a["bbox"][3]) for a in coco["annotations"])
+        stats[split] = {
+            "chips": len(coco["images"]),
+            "objects": len(coco["annotations"]),
+            "empty_chips": sum(1 for im in coco["images"] if im["id"] not in per_image),
+            "objects_per_class": {n: per_class.get(n, 0) for n in names.values()},
+            "max_objects_per_chip": max(per_image.values(), default=0),
+            "box_side_px_median": sides[len(sides) // 2] if sides else None,
+        }
+    return stats
+
+
+def write_coco(shard_jsons: list[Path], categories_json: Path, outputs: dict[str, Path],
+               stats_path: Path) -> dict:
+    categories = json.loads(Path(categories_json).read_text())
+    coco = build_coco(shard_jsons, categories, list(outputs))
+    for split, path in outputs.items():
+        Path(path).write_text(json.dumps(coco[split]) + "\n")
+    stats = statistics(coco)
+    Path(stats_path).write_text(json.dumps(stats, indent=1) + "\n")
+    return stats

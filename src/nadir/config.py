@@ -1,0 +1,88 @@
+"""Config validation against workflow/schemas/config.schema.yaml, with defaults filled in.
+
+Errors name the offending key by its dotted path and list what is allowed, and every error is
+reported at once, so a typo never starts a job.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import yaml
+from jsonschema import Draft202012Validator, validators
+
+from nadir.errors import NadirError
+
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+
+
+class ConfigError(NadirError):
+    pass
+
+
+def _with_defaults(validator_class):
+    """A validator that writes each missing property's default into the instance first."""
+    check_properties = validator_class.VALIDATORS["properties"]
+
+    def fill_then_check(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for name, sub in properties.items():
+                if "default" in sub and name not in instance:
+                    instance[name] = copy.deepcopy(sub["default"])
+        yield from check_properties(validator, properties, instance, schema)
+
+    return validators.extend(validator_class, {"properties": fill_then_check})
+
+
+DefaultFillingValidator = _with_defaults(Draft202012Validator)
+
+
+def load_schema(model_names: list[str]) -> dict:
+    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    training = copy.deepcopy(schema["properties"]["training"])
+    for prop in training["properties"].values():
+        prop.pop("default", None)
+    training.pop("default", None)
+    training["type"] = ["object", "null"]  # `model_name:` with nothing after it means no overrides
+    schema["$defs"]["overrides"] = training
+    schema["properties"]["models"]["propertyNames"] = {"enum": sorted(model_names)}
+    return schema
+
+
+def _describe(error) -> str:
+    path = ".".join(str(p) for p in error.absolute_path) or "(top level)"
+    if error.validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        extra = sorted(set(error.instance) - set(allowed))
+        return (f"config key {path}: unknown key(s) {extra}; allowed keys: {allowed}")
+    if error.validator == "propertyNames":
+        allowed = error.schema["propertyNames"].get("enum")
+        bad = [k for k in error.instance if allowed is not None and k not in allowed]
+        if allowed is not None:
+            return f"config key {path}: unknown name(s) {bad}; allowed: {allowed}"
+    if error.validator == "enum":
+        return f"config key {path}: {error.instance!r} is not allowed; allowed values: {error.validator_value}"
+    if error.validator == "type":
+        return f"config key {path}: expected {error.validator_value}, got {error.instance!r}"
+    return f"config key {path}: {error.message}"
+
+
+def validate(config: dict, model_names: list[str]) -> dict:
+    """Validate in place, filling defaults; raise ConfigError listing every problem."""
+    validator = DefaultFillingValidator(load_schema(model_names))
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
+    if errors:
+        lines = "\n".join(f"  - {_describe(e)}" for e in errors)
+        raise ConfigError(f"invalid configuration ({len(errors)} problem(s)):\n{lines}")
+    chip = config["chipping"]
+    if chip["overlap"] >= chip["size"]:
+        raise ConfigError(
+            f"config key chipping.overlap: {chip['overlap']} must be smaller than "
+            f"chipping.size ({chip['size']})")
+    return config
+
+
+def model_hyperparameters(config: dict, model: str) -> dict:
+    """The training settings of one model: `training` with the model's overrides on top."""
+    return {**config["training"], **(config["models"][model] or {})}

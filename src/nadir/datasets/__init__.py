@@ -1,0 +1,1 @@
+"""Dataset definitions: class lists and parsers for each supported on-disk format."""

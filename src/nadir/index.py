@@ -1,0 +1,117 @@
+"""The index stage: one scene table and one normalised annotation table per dataset.
+
+Every dataset format is parsed into the same two CSV files, so chipping and everything after it
+never sees a dataset's own format:
+- `scenes.csv`: scene, split, width, height, bands, dtype, gsd, objects
+- `annotations.csv`: scene, object, category, difficult, polygon (x y pairs in pixels)
+and `categories.json` (COCO-style ids starting at 1, in the dataset's class order).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from nadir.datasets.dota import parse_label_file
+from nadir.errors import InputError
+
+log = logging.getLogger(__name__)
+
+SCENE_FIELDS = ["scene", "split", "width", "height", "bands", "dtype", "gsd", "objects"]
+ANNOTATION_FIELDS = ["scene", "object", "category", "difficult", "polygon"]
+
+
+@dataclass(frozen=True)
+class SceneSource:
+    scene: str
+    split: str
+    image: Path
+    label: Path
+
+
+@dataclass
+class Annotation:
+    scene: str
+    object: int
+    category: str
+    difficult: int
+    polygon: list[float]
+
+
+def _image_header(path: Path) -> dict:
+    import rasterio
+
+    if not path.exists():
+        raise InputError(path, "image not found; every label file needs an image of the same name")
+    try:
+        with rasterio.open(path) as src:
+            return {"width": src.width, "height": src.height, "bands": src.count,
+                    "dtype": src.dtypes[0]}
+    except rasterio.errors.RasterioIOError as exc:
+        raise InputError(path, f"not a readable raster image ({exc})") from None
+
+
+def _check_inside(polygon: list[float], width: int, height: int, label: Path, line: int):
+    xs, ys = polygon[0::2], polygon[1::2]
+    if max(xs) <= 0 or max(ys) <= 0 or min(xs) >= width or min(ys) >= height:
+        raise InputError(
+            label, f"polygon lies entirely outside the {width}x{height} image: {polygon}", line
+        )
+
+
+def build_index(sources: list[SceneSource], classes: list[str], out_dir: Path) -> dict:
+    """Parse every scene's labels and image header; write the tables; return counts."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    scenes, annotations = [], []
+    for n, src in enumerate(sources, start=1):
+        header = _image_header(src.image)
+        labels = parse_label_file(src.label, classes)
+        for i, obj in enumerate(labels.objects):
+            _check_inside(obj.polygon, header["width"], header["height"], src.label, obj.line)
+            annotations.append(Annotation(src.scene, i, obj.category, obj.difficult, obj.polygon))
+        scenes.append({"scene": src.scene, "split": src.split, **header,
+                       "gsd": "" if labels.gsd is None else labels.gsd,
+                       "objects": len(labels.objects)})
+        if n % 50 == 0 or n == len(sources):
+            log.info("indexed %d/%d scenes", n, len(sources))
+    write_tables(out_dir, scenes, annotations, classes)
+    return {"scenes": len(scenes), "objects": len(annotations)}
+
+
+def write_tables(out_dir: Path, scenes: list[dict], annotations: list[Annotation],
+                 classes: list[str]) -> None:
+    with open(out_dir / "scenes.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, SCENE_FIELDS)
+        writer.writeheader()
+        writer.writerows(scenes)
+    with open(out_dir / "annotations.csv", "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(ANNOTATION_FIELDS)
+        for a in annotations:
+            writer.writerow([a.scene, a.object, a.category, a.difficult,
+                             " ".join(f"{v:g}" for v in a.polygon)])
+    categories = [{"id": i + 1, "name": name} for i, name in enumerate(classes)]
+    (out_dir / "categories.json").write_text(json.dumps(categories, indent=1) + "\n")
+
+
+def read_scenes(path: Path) -> list[dict]:
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    for row in rows:
+        for key in ("width", "height", "bands", "objects"):
+            row[key] = int(row[key])
+    return rows
+
+
+def read_annotations(path: Path) -> dict[str, list[Annotation]]:
+    """Annotations grouped by scene."""
+    by_scene: dict[str, list[Annotation]] = {}
+    with open(path, newline="") as fh:
+        for row in csv.DictReader(fh):
+            ann = Annotation(row["scene"], int(row["object"]), row["category"],
+                             int(row["difficult"]), [float(v) for v in row["polygon"].split()])
+            by_scene.setdefault(ann.scene, []).append(ann)
+    return by_scene

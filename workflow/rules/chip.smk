@@ -1,0 +1,32 @@
+rule chip:
+    input:
+        scenes="results/{dataset}/index/scenes.csv",
+        annotations="results/{dataset}/index/annotations.csv",
+        images=lambda w: [raw_image(w.dataset, sp, sc) for sp, sc in shard_scenes(w.dataset, w.shard)],
+    output:
+        tar="results/{dataset}/chips/shard-{shard}.tar",
+        chips="results/{dataset}/chips/shard-{shard}.json",
+    params:
+        chipping=as_json(config["chipping"]),
+    threads: 2
+    log:
+        "logs/{dataset}/chip-{shard}.log",
+    message:
+        "Chipping shard {wildcards.shard} of {wildcards.dataset}"
+    shell:
+        "{NADIR} chip --params {params.chipping} --scenes {input.scenes} "
+        "--annotations {input.annotations} --images {input.images} --tar {output.tar} "
+        "--json {output.chips} --threads {threads} 2> {log}"
+
+
+rule chip_manifest:
+    input:
+        expand("results/{{dataset}}/chips/shard-{shard}.json", shard=SHARDS),
+    output:
+        "results/{dataset}/chips/manifest.json",
+    log:
+        "logs/{dataset}/chip_manifest.log",
+    message:
+        "Writing the chip manifest of {wildcards.dataset}"
+    shell:
+        "{NADIR} manifest --shards {input} --out {output} 2> {log}"

@@ -1,0 +1,15 @@
+rule coco:
+    input:
+        chips=expand("results/{{dataset}}/chips/shard-{shard}.json", shard=SHARDS),
+        categories="results/{dataset}/index/categories.json",
+    output:
+        train="results/{dataset}/coco/train.json",
+        val="results/{dataset}/coco/val.json",
+        stats="results/{dataset}/coco/stats.json",
+    log:
+        "logs/{dataset}/coco.log",
+    message:
+        "Writing COCO annotations of {wildcards.dataset}"
+    shell:
+        "{NADIR} coco --shards {input.chips} --categories {input.categories} "
+        "--train {output.train} --val {output.val} --stats {output.stats} 2> {log}"

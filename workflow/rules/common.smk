@@ -1,0 +1,65 @@
+# Shared by every rule: config validation, the nadir command, and the job lists, which are
+# derived from the config alone (never from listing storage, which S3 cannot do here).
+
+import json
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(workflow.basedir)
+# Rules run the checkout's own code (also inside pods, which receive the source archive).
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [str(ROOT / "src")] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+)
+os.environ.setdefault("GDAL_PAM_ENABLED", "NO")
+sys.path.insert(0, str(ROOT / "src"))
+
+from nadir.config import ConfigError, model_hyperparameters, validate
+from nadir.datasets.sample import SampleSpec
+from nadir.training.catalogue import CATALOGUE
+
+try:
+    validate(config, list(CATALOGUE))
+except ConfigError as error:
+    raise WorkflowError(str(error)) from None
+
+NADIR = f'"{sys.executable}" -m nadir'
+DATASETS = sorted(config["datasets"])
+MODELS = sorted(config["models"])
+RUNS = [f"{d}/models/{m}" for d in DATASETS for m in MODELS]
+RUNS_COUNT = len(RUNS)
+SHARDS = [f"{i:03d}" for i in range(config["chipping"]["shards"])]
+SAMPLE_KEYS = ["train_scenes", "val_scenes", "scene_size", "objects_per_scene", "seed"]
+
+
+wildcard_constraints:
+    dataset="|".join(DATASETS),
+    model="|".join(MODELS),
+    shard=r"\d{3}",
+
+
+def sample_spec(dataset):
+    return SampleSpec(**{k: config["datasets"][dataset][k] for k in SAMPLE_KEYS})
+
+
+def scenes(dataset):
+    """(split, scene id) of every scene of a dataset, in a fixed order."""
+    return sample_spec(dataset).scenes()
+
+
+def raw_image(dataset, split, scene):
+    return f"raw/{dataset}/{split}/images/{scene}.tif"
+
+
+def raw_label(dataset, split, scene):
+    return f"raw/{dataset}/{split}/labelTxt/{scene}.txt"
+
+
+def shard_scenes(dataset, shard):
+    """Scenes are dealt to shards round-robin in scene order: reproducible from the config."""
+    return scenes(dataset)[int(shard) :: len(SHARDS)]
+
+
+def as_json(value):
+    """A shell-quoted JSON argument."""
+    return "'" + json.dumps(value, sort_keys=True).replace("'", "'\\''") + "'"

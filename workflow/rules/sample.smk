@@ -1,0 +1,21 @@
+# The embedded sample dataset, generated from a seed (one rule per sample dataset in config).
+
+for _dataset in DATASETS:
+    if config["datasets"][_dataset]["format"] != "sample":
+        continue
+
+    rule:
+        name:
+            f"generate_sample_{_dataset}"
+        output:
+            images=[raw_image(_dataset, sp, sc) for sp, sc in scenes(_dataset)],
+            labels=[raw_label(_dataset, sp, sc) for sp, sc in scenes(_dataset)],
+        params:
+            spec=as_json({k: config["datasets"][_dataset][k] for k in SAMPLE_KEYS}),
+        log:
+            f"logs/{_dataset}/generate_sample.log",
+        message:
+            f"Generating the synthetic sample dataset '{_dataset}'"
+        shell:
+            "{NADIR} sample --spec {params.spec} --images {output.images} "
+            "--labels {output.labels} 2> {log}"
