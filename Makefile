@@ -8,7 +8,6 @@ CORES ?= 2
 
 $(VENV)/.installed: envs/requirements.txt pyproject.toml
 	python3 -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r envs/requirements.txt
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $@
