@@ -204,3 +204,30 @@ def test_batches_depend_only_on_seed_and_step():
     assert sorted(epoch) == [0, 1, 2, 3, 4]
     assert {code for batch in whole for _, code in batch} <= set(range(8))
     assert {code for batch in take(SeededBatches(5, 2, seed=3), 4) for _, code in batch} == {0}
+
+
+@pytest.mark.slow
+def test_two_process_ddp_on_cpu_checkpoints_and_resumes(data, tmp_path):
+    """The DistributedDataParallel path (gloo, 2 processes): it trains, checkpoints the random
+    states of both processes, and a rerun resumes from that checkpoint to the same weights."""
+    from nadir.training.backend import TrainJob, get_backend
+
+    hp = tiny_chips.hyperparameters(iterations=6, batch_size=1, log_interval=3)
+
+    def job(out: str) -> TrainJob:
+        return TrainJob(dataset="tiny", model=MODEL, hp=hp, train_json=data["coco"],
+                        manifest=data["manifest"], shards=[data["shard"]],
+                        out_dir=tmp_path / out, threads=2, world_size=2, checkpoint_every=3,
+                        checkpoints=LocalCheckpoints(tmp_path / "ck"))
+
+    backend = get_backend("torchvision")
+    first = backend.train(job("first"))
+    assert first["processes"] == 2 and first["resumed_from"] == 0
+    saved = torch.load(tmp_path / "ck" / "ckpt-000000003.pt", weights_only=True)
+    assert len(saved["rng"]) == 2
+    second = backend.train(job("second"))  # the checkpoint at 3 is still there: resume
+    assert second["resumed_from"] == 3
+    assert_same_weights(final_state(tmp_path / "second"), final_state(tmp_path / "first"))
+    log = json.loads((tmp_path / "first" / "train_log.json").read_text())
+    assert [e["iteration"] for e in log] == [3, 6]
+    assert log[0]["images_per_second"] > 0

@@ -47,9 +47,12 @@ _TV_MODELS = "https://download.pytorch.org/models/"
 _D2 = "https://dl.fbaipublicfiles.com/detectron2/"
 _TV_LICENCE = "BSD-3-Clause (torchvision)"
 _D2_LICENCE = "Apache-2.0 (detectron2)"
-# Weights trained on ImageNet-1k / COCO 2017 by their publishers; the datasets' own terms apply.
-_TV_WEIGHTS = "BSD-3-Clause (torchvision weights; ImageNet/COCO terms apply)"
-_D2_WEIGHTS = "Apache-2.0 (detectron2 model zoo; ImageNet/COCO terms apply)"
+# Weights carry their publishers' terms. torchvision states no licence for its weights and
+# points to the training data's terms (ImageNet, COCO); detectron2's MODEL_ZOO.md licenses its
+# models CC BY-SA 3.0; MAE's ImageNet weights were released CC BY-NC 4.0 by the MAE authors.
+_TV_WEIGHTS = "torchvision weights: no licence stated; ImageNet/COCO terms apply"
+_D2_WEIGHTS = "CC BY-SA 3.0 (detectron2 model zoo)"
+_MAE_WEIGHTS = "CC BY-NC 4.0 (MAE release; non-commercial)"
 
 
 def _tv(file_name: str, enum: str) -> WeightSource:
@@ -57,8 +60,8 @@ def _tv(file_name: str, enum: str) -> WeightSource:
                         _TV_WEIGHTS, enum)
 
 
-def _d2(path: str) -> WeightSource:
-    return WeightSource(_D2 + path, None, _D2_WEIGHTS)
+def _d2(path: str, licence: str = _D2_WEIGHTS) -> WeightSource:
+    return WeightSource(_D2 + path, None, licence)
 
 
 _RESNET50 = _tv("resnet50-0676ba61.pth", "IMAGENET1K_V1")
@@ -120,7 +123,8 @@ CATALOGUE: dict[str, ModelEntry] = {e.name: e for e in [
     ModelEntry("d2_vitdet_b", "detectron2", "common/models/mask_rcnn_vitdet.py",
                "ViTDet, ViT-B simple feature pyramid, box head only (detectron2)", _D2_LICENCE,
                hyperparameters={"lr": 0.0001},
-               weights={"imagenet": _d2("ImageNetPretrained/MAE/mae_pretrain_vit_base.pth"),
+               weights={"imagenet": _d2("ImageNetPretrained/MAE/mae_pretrain_vit_base.pth",
+                                        _MAE_WEIGHTS),
                         "coco": _d2("ViTDet/COCO/mask_rcnn_vitdet_b/f325346929/"
                                     "model_final_61ccd1.pkl")}),
 ]}

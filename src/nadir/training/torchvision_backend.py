@@ -157,7 +157,9 @@ def _loop(rank: int, job: TrainJob, world: int, device: torch.device) -> dict:
         optimizer, warmup_cosine(hp["warmup_iterations"], iterations))
     amp = bool(hp["amp"]) and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
-    history, elapsed_before, start = [], 0.0, 0
+    # Per-iteration losses stay on the device until a log line or checkpoint needs them: one
+    # synchronisation per interval instead of one per loss per iteration.
+    history, window, loss_names, elapsed_before, start = [], [], [], 0.0, 0
     state = TorchvisionBackend().resume(job)
     if state is not None:
         model.load_state_dict(state["model"])
@@ -169,7 +171,9 @@ def _loop(rank: int, job: TrainJob, world: int, device: torch.device) -> dict:
         elif lead:
             log.warning("checkpoint was written by %d process(es), this run has %d: random "
                         "states are not restored", len(state["rng"]), world)
-        history, elapsed_before, start = state["history"], state["seconds"], state["iteration"]
+        history, loss_names = state["history"], state["loss_names"]
+        window = [torch.tensor(values, device=device) for values in state["window"]]
+        elapsed_before, start = state["seconds"], state["iteration"]
         if lead:
             log.info("resuming from the checkpoint at iteration %d/%d in %s", start, iterations,
                      job.checkpoints.describe())
@@ -189,7 +193,7 @@ def _loop(rank: int, job: TrainJob, world: int, device: torch.device) -> dict:
         log.info("training %s on %d chips, %d classes, %d px, iterations %d..%d, device %s x%d, "
                  "AMP %s, %d loader worker(s) per process", job.model, len(dataset), num_classes,
                  size, start, iterations, device.type, world, "on" if amp else "off", workers)
-    window, began = [], time.perf_counter()
+    began = time.perf_counter()
     for step in range(start, iterations):
         images, targets = next(batches)
         images = [im.to(device, non_blocking=True) for im in images]
@@ -198,9 +202,6 @@ def _loop(rank: int, job: TrainJob, world: int, device: torch.device) -> dict:
         with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
             losses = trained(images, targets)
             loss = sum(losses.values())
-        if not torch.isfinite(loss):
-            raise NadirError(f"{job.model}: loss became {loss.item()} at iteration {step + 1}; "
-                             f"lower the learning rate (now {hp['lr']}) or lengthen the warm-up")
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)
@@ -209,23 +210,34 @@ def _loop(rank: int, job: TrainJob, world: int, device: torch.device) -> dict:
         scaler.update()
         scheduler.step()
         done = step + 1
+        checkpoint_now = job.checkpoints is not None and job.checkpoint_every and \
+            done % job.checkpoint_every == 0 and done < iterations
+        log_now = done % hp["log_interval"] == 0 or done == iterations
         if lead:
-            window.append({k: v.item() for k, v in losses.items()} | {"loss": loss.item()})
-        if lead and (done % hp["log_interval"] == 0 or done == iterations):
+            loss_names = loss_names or ["loss", *losses]
+            window.append(torch.stack([loss.detach().float()] +
+                                      [v.detach().float() for v in losses.values()]))
+        if lead and (log_now or checkpoint_now):
+            means = torch.stack(window).mean(0)
+            if not torch.isfinite(means).all():
+                raise NadirError(
+                    f"{job.model}: the loss became {means[0].item()} between iterations "
+                    f"{done - len(window) + 1} and {done}; lower the learning rate (now "
+                    f"{hp['lr']}) or lengthen the warm-up")
+        if lead and log_now:
             seconds = time.perf_counter() - began
             per_iteration = seconds / (done - start)
             entry = {"iteration": done, "lr": scheduler.get_last_lr()[0],
                      "seconds": round(elapsed_before + seconds, 2),
                      "images_per_second": round(hp["batch_size"] * world / per_iteration, 2)}
-            entry |= {k: sum(w[k] for w in window) / len(window) for k in window[0]}
+            entry |= dict(zip(loss_names, means.tolist(), strict=True))
             history.append(entry)
             window = []
             log.info("iteration %d/%d (%.0f%%)  loss %.4f  lr %.2e  %.2fs/it  %.1f img/s  "
                      "ETA %.0fs", done, iterations, 100 * done / iterations, entry["loss"],
                      entry["lr"], per_iteration, entry["images_per_second"],
                      per_iteration * (iterations - done))
-        if job.checkpoints is not None and job.checkpoint_every and \
-                done % job.checkpoint_every == 0 and done < iterations:
+        if checkpoint_now:
             rng = [_rng_state(device)]
             if world > 1:
                 rng = [None] * world
@@ -235,7 +247,8 @@ def _loop(rank: int, job: TrainJob, world: int, device: torch.device) -> dict:
                 torch.save({"fingerprint": fingerprint(job), "iteration": done,
                             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                            "rng": rng, "history": history,
+                            "rng": rng, "history": history, "loss_names": loss_names,
+                            "window": [values.tolist() for values in window],
                             "seconds": elapsed_before + time.perf_counter() - began}, buffer)
                 job.checkpoints.save(done, buffer.getvalue())
     seconds = elapsed_before + time.perf_counter() - began
