@@ -212,7 +212,7 @@ def test_two_process_ddp_on_cpu_checkpoints_and_resumes(data, tmp_path):
     states of both processes, and a rerun resumes from that checkpoint to the same weights."""
     from nadir.training.backend import TrainJob, get_backend
 
-    hp = tiny_chips.hyperparameters(iterations=6, batch_size=1, log_interval=3)
+    hp = tiny_chips.hyperparameters(iterations=6, batch_size=2, log_interval=3)
 
     def job(out: str) -> TrainJob:
         return TrainJob(dataset="tiny", model=MODEL, hp=hp, train_json=data["coco"],
