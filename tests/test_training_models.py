@@ -57,6 +57,19 @@ def test_model_trains_with_falling_loss_and_evaluates(model, data, tmp_path):
     assert all(-1.0 <= v <= 1.0 for v in report["metrics"].values())
 
 
+def test_category_ids_with_gaps_train_and_come_back(tmp_path):
+    data = tiny_chips.build(tmp_path / "data", chips=2, category_ids=(11, 94))
+    hp = tiny_chips.hyperparameters(iterations=2)
+    job = TrainJob(dataset="gaps", model=DEFAULT_MODEL, hp=hp, train_json=data["coco"],
+                   manifest=data["manifest"], shards=[data["shard"]], out_dir=tmp_path / "out")
+    backend = get_backend("torchvision")
+    backend.train(job)
+    predictions = backend.predict(tmp_path / "out" / "model.pt", data["coco"], [data["shard"]],
+                                  {"score_threshold": 0.0, "max_detections": 50,
+                                   "batch_size": 2})
+    assert {p["category_id"] for p in predictions} == {11, 94}
+
+
 def test_catalogue_imports_without_torch():
     import subprocess
     import sys

@@ -17,8 +17,12 @@ from PIL import Image
 CATEGORIES = [{"id": 1, "name": "red-square"}, {"id": 2, "name": "blue-bar"}]
 
 
-def build(directory: Path, chips: int = 4, size: int = 64, seed: int = 0) -> dict[str, Path]:
-    """Write shard-000.tar, coco.json and manifest.json under `directory`; return their paths."""
+def build(directory: Path, chips: int = 4, size: int = 64, seed: int = 0,
+          category_ids: tuple[int, int] = (1, 2)) -> dict[str, Path]:
+    """Write shard-000.tar, coco.json and manifest.json under `directory`; return their paths.
+
+    `category_ids` renumbers the two classes (datasets such as xView number them with gaps).
+    """
     rng = np.random.default_rng(seed)
     directory.mkdir(parents=True, exist_ok=True)
     shard = directory / "shard-000.tar"
@@ -32,7 +36,8 @@ def build(directory: Path, chips: int = 4, size: int = 64, seed: int = 0) -> dic
                 x, y = int(rng.integers(0, size - w)), int(rng.integers(0, size - h))
                 pixels[y:y + h, x:x + w] = (230, 30, 30) if category == 1 else (20, 20, 120)
                 annotations.append({"id": len(annotations) + 1, "image_id": number + 1,
-                                    "category_id": category, "bbox": [x, y, w, h],
+                                    "category_id": category_ids[category - 1],
+                                    "bbox": [x, y, w, h],
                                     "area": w * h, "iscrowd": 0})
             data = io.BytesIO()
             Image.fromarray(pixels).save(data, format="PNG")
@@ -43,8 +48,9 @@ def build(directory: Path, chips: int = 4, size: int = 64, seed: int = 0) -> dic
             images.append({"id": number + 1, "file_name": member.name, "width": size,
                            "height": size, "shard": 0})
     coco = directory / "coco.json"
+    categories = [c | {"id": i} for c, i in zip(CATEGORIES, category_ids, strict=True)]
     coco.write_text(json.dumps({"images": images, "annotations": annotations,
-                                "categories": CATEGORIES}))
+                                "categories": categories}))
     manifest = directory / "manifest.json"
     manifest.write_text(json.dumps({"chips": chips, "size": size, "seed": seed}))
     return {"shard": shard, "coco": coco, "manifest": manifest}

@@ -102,6 +102,7 @@ CATALOGUE: dict[str, ModelEntry] = {e.name: e for e in [
                weights={"imagenet": _tv("convnext_tiny-983f1562.pth", "IMAGENET1K_V1")}),
     ModelEntry("fasterrcnn_swin_t_fpn", "torchvision", "fasterrcnn_swin_t_fpn",
                "Faster R-CNN, Swin-T FPN", _TV_LICENCE,
+               hyperparameters={"lr": 0.0001},  # its loss exploded at 1e-3 from scratch
                weights={"imagenet": _tv("swin_t-704ceda3.pth", "IMAGENET1K_V1")}),
     ModelEntry("d2_faster_rcnn_r50_fpn", "detectron2",
                "COCO-Detection/faster_rcnn_R_50_FPN_3x.yaml",

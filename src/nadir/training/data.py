@@ -18,8 +18,9 @@ class ShardChips(torch.utils.data.Dataset):
     """The images of one COCO split, with their boxes, read from the shards by byte offset.
 
     Each item is (CHW float tensor in [0, 1], target dict with `boxes` in xyxy pixels, `labels`
-    as COCO category ids, `image_id`). With `augment`, the flip or 90-degree rotation chosen by
-    the sampler is applied: overhead imagery has no preferred orientation.
+    as model labels 1..K (see `category_labels`), `image_id`). With `augment`, the flip or
+    90-degree rotation chosen by the sampler is applied: overhead imagery has no preferred
+    orientation.
     """
 
     def __init__(self, coco_json: Path, shards: list[Path], augment: bool = False):
@@ -27,12 +28,14 @@ class ShardChips(torch.utils.data.Dataset):
         coco = json.loads(self.coco_json.read_text())
         self.images = coco["images"]
         self.categories = coco["categories"]
+        self.label_of = category_labels(self.categories)
         self.shards = [str(s) for s in shards]
         boxes: dict[int, list] = {im["id"]: [] for im in self.images}
         for ann in coco["annotations"]:
             x, y, w, h = ann["bbox"]
             if w > 0 and h > 0:
-                boxes[ann["image_id"]].append((x, y, x + w, y + h, ann["category_id"]))
+                boxes[ann["image_id"]].append((x, y, x + w, y + h,
+                                               self.label_of[ann["category_id"]]))
         self.boxes = boxes
         self.offsets = self._member_offsets()
         self.augment = augment
@@ -76,6 +79,14 @@ class ShardChips(torch.utils.data.Dataset):
             pixels, boxes = random_flip_rotate(pixels, boxes, code)
         target = {"boxes": boxes, "labels": labels, "image_id": self.images[index]["id"]}
         return pixels.float() / 255.0, target
+
+
+def category_labels(categories: list[dict]) -> dict[int, int]:
+    """Model label (1..K, 0 is background) of each COCO category id, in id order.
+
+    Datasets may number categories with gaps (xView's ids run 11..94); models need 1..K.
+    """
+    return {cid: label for label, cid in enumerate(sorted(c["id"] for c in categories), 1)}
 
 
 class SeededBatches(torch.utils.data.Sampler):

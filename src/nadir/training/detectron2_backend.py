@@ -252,10 +252,12 @@ class Detectron2Backend:
         work = Path(tempfile.mkdtemp(prefix="nadir-detectron2-"))
         images = unpack_chips(job.train_json, job.shards, work / "chips")
         registration = registration_arguments(job.dataset, "train", images, work / "chips")
-        from detectron2.data import DatasetCatalog
+        from detectron2.data import DatasetCatalog, MetadataCatalog
 
-        if registration["name"] not in DatasetCatalog.list():
-            register_coco_instances(**registration)
+        if registration["name"] in DatasetCatalog.list():  # an earlier job of this process
+            DatasetCatalog.remove(registration["name"])
+            MetadataCatalog.remove(registration["name"])
+        register_coco_instances(**registration)
         model, input_format = build_detectron2_model(job.model, num_classes, size,
                                                      hp["pretrained"], device.type)
         model.train()

@@ -22,7 +22,7 @@ import torch.distributed as dist
 
 from nadir.errors import NadirError
 from nadir.training.backend import TrainJob, base_resolved_config, fingerprint
-from nadir.training.data import SeededBatches, ShardChips, collate
+from nadir.training.data import SeededBatches, ShardChips, category_labels, collate
 from nadir.training.torchvision_models import build_model
 
 log = logging.getLogger(__name__)
@@ -281,6 +281,8 @@ def predict(weights: Path, coco_json: Path, shards: list[Path], hp: dict,
         model.roi_heads.score_thresh = hp["score_threshold"]
         model.roi_heads.detections_per_img = hp["max_detections"]
     dataset = ShardChips(coco_json, shards)
+    # Label 0 is the background slot; sigmoid heads (RetinaNet, FCOS) can still score it.
+    category_of = {label: cid for cid, label in category_labels(saved["categories"]).items()}
     results = []
     batch = hp["batch_size"]
     for first in range(0, len(dataset), batch):
@@ -289,7 +291,9 @@ def predict(weights: Path, coco_json: Path, shards: list[Path], hp: dict,
         for (_, target), out in zip(items, outputs, strict=True):
             for b, s, c in zip(out["boxes"].tolist(), out["scores"].tolist(),
                                out["labels"].tolist(), strict=True):
-                results.append({"image_id": target["image_id"], "category_id": int(c),
+                if c not in category_of:
+                    continue
+                results.append({"image_id": target["image_id"], "category_id": category_of[c],
                                 "bbox": [round(b[0], 2), round(b[1], 2), round(b[2] - b[0], 2),
                                          round(b[3] - b[1], 2)], "score": round(s, 5)})
         log.info("predicted %d/%d chips", min(first + batch, len(dataset)), len(dataset))
