@@ -282,6 +282,7 @@ class Detectron2Backend:
             num_workers=loader_workers(job.threads, 1, device))
         amp = bool(hp["amp"]) and device.type == "cuda"
         trainer = (AMPTrainer if amp else SimpleTrainer)(model, loader, optimizer)
+        (work / "checkpoints").mkdir()
         checkpointer = DetectionCheckpointer(model, str(work / "checkpoints"),
                                              optimizer=optimizer, scheduler=scheduler,
                                              trainer=trainer)
@@ -296,7 +297,6 @@ class Detectron2Backend:
         resumed = self.resume(job)
         if resumed is not None:
             local = work / "checkpoints" / f"resume_{resumed['iteration']:09d}.pth"
-            local.parent.mkdir(parents=True, exist_ok=True)
             local.write_bytes(resumed["data"])
             saved = checkpointer.load(str(local))  # model, optimiser, scheduler, iteration
             start = trainer.iter + 1
