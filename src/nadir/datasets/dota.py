@@ -72,6 +72,9 @@ def parse_label_text(text: str, path: str, classes: list[str]) -> LabelFile:
             except ValueError:
                 break
         rest = fields[len(numbers):]
+        if len(numbers) < 8 and len(fields) >= 9 and fields[len(numbers)] not in known:
+            raise InputError(path, f"coordinate {len(numbers) + 1} is not a number: "
+                             f"{fields[len(numbers)]!r}; expected {FORMAT_HINT}", line_no)
         if len(numbers) == 9 and not rest:
             raise InputError(path, f"the class name is missing; expected {FORMAT_HINT}", line_no)
         if len(numbers) != 8 or len(rest) not in (1, 2):
