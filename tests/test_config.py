@@ -1,4 +1,4 @@
-"""Config validation: defaults filled in, and every typo stopped with the key and what is allowed."""
+"""Config validation: defaults filled in; every typo stopped, naming the key and what is allowed."""
 
 import copy
 

@@ -63,14 +63,14 @@ def test_report_holds_leaderboard_and_loss_curve(finished_run):
 
 def test_second_run_does_nothing(finished_run):
     workdir, args = finished_run
-    assert planned_jobs(run_snakemake(workdir, *args, "--dry-run").stdout) == {}
+    assert planned_jobs(run_snakemake(workdir, *args, "--dry-run")) == {}
 
 
 def test_learning_rate_edit_reruns_only_that_model(finished_run, tmp_path):
     workdir, _ = finished_run
     args = write_config(tmp_path / "lr.yaml",
                         lambda c: c["models"].update({MODEL: {"lr": 0.0005}}))
-    jobs = planned_jobs(run_snakemake(workdir, *args, "--dry-run").stdout)
+    jobs = planned_jobs(run_snakemake(workdir, *args, "--dry-run"))
     assert jobs == {"train": 1, "evaluate": 1, "loss_curve": 1, "leaderboard": 1, "all": 1}
 
 
@@ -78,8 +78,9 @@ def test_second_model_adds_only_its_jobs(finished_run, tmp_path):
     workdir, _ = finished_run
     args = write_config(tmp_path / "two.yaml",
                         lambda c: c["models"].update({"fcos_resnet18_fpn": {}}))
-    out = run_snakemake(workdir, *args, "--dry-run").stdout
-    assert planned_jobs(out) == {"train": 1, "evaluate": 1, "loss_curve": 1, "leaderboard": 1,
+    proc = run_snakemake(workdir, *args, "--dry-run")
+    out = proc.stdout
+    assert planned_jobs(proc) == {"train": 1, "evaluate": 1, "loss_curve": 1, "leaderboard": 1,
                                  "all": 1}
     assert "models/fcos_resnet18_fpn/model.pt" in out
     assert f"models/{MODEL}/model.pt" not in out.split("rule leaderboard")[0]

@@ -48,7 +48,8 @@ def _parse_header(key: str, value: str, path: str, line_no: int) -> str | float 
         try:
             return float(value)
         except ValueError:
-            raise InputError(path, f"gsd must be a number or null, got {value!r}", line_no) from None
+            message = f"gsd must be a number or null, got {value!r}"
+            raise InputError(path, message, line_no) from None
     return value
 
 
