@@ -27,4 +27,5 @@ rule all:
         "results/leaderboard.csv",
         "results/leaderboard.html",
         expand("results/{run}/loss.png", run=RUNS),
+        "results/summary.txt",
     default_target: True
