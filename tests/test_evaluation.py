@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-import random
 
 import numpy as np
 import pytest
+from coco_problems import CATEGORIES, generated_set
 
 from nadir.errors import InputError
 from nadir.evaluation import (
@@ -17,10 +17,6 @@ from nadir.evaluation import (
     run_cocoeval,
     summarise,
 )
-
-CATEGORIES = [{"id": 1, "name": "plane"}, {"id": 2, "name": "ship"},
-              {"id": 3, "name": "container-crane"}]
-
 
 def ground_truth(boxes: list[tuple[int, int, list[float]]], images: int = 2) -> dict:
     """COCO ground truth from (image id, category id, xywh box)."""
@@ -108,37 +104,6 @@ def test_ground_truth_without_objects_is_an_input_error(tmp_path):
     coco.write_text(json.dumps(ground_truth([])))
     with pytest.raises(InputError, match="the ground truth has no objects"):
         evaluate(coco, [], max_detections=100)
-
-
-def generated_set(images: int, seed: int) -> tuple[dict, list[dict]]:
-    """A random detection problem: objects of all sizes and three classes, detections that are
-    jittered copies (some poor), misses and false positives, with random scores."""
-    rng = random.Random(seed)
-    truth, detections = [], []
-    for im in range(1, images + 1):
-        for _ in range(rng.randint(0, 25)):
-            w, h = rng.uniform(4, 150), rng.uniform(4, 150)
-            box = [rng.uniform(0, 512 - w), rng.uniform(0, 512 - h), w, h]
-            cat = rng.choice([1, 1, 2, 3])
-            truth.append((im, cat, box))
-            if rng.random() < 0.8:
-                jitter = rng.uniform(0, 0.4)
-                detections.append({
-                    "image_id": im, "category_id": cat if rng.random() < 0.9 else 2,
-                    "bbox": [box[0] + rng.uniform(-jitter, jitter) * w,
-                             box[1] + rng.uniform(-jitter, jitter) * h,
-                             w * rng.uniform(1 - jitter, 1 + jitter),
-                             h * rng.uniform(1 - jitter, 1 + jitter)],
-                    "score": round(rng.random(), 4)})
-        for _ in range(rng.randint(0, 8)):
-            w, h = rng.uniform(4, 100), rng.uniform(4, 100)
-            detections.append({"image_id": im, "category_id": rng.choice([1, 2, 3]),
-                               "bbox": [rng.uniform(0, 400), rng.uniform(0, 400), w, h],
-                               "score": round(rng.random(), 4)})
-    gt = ground_truth(truth, images=images)
-    for image in gt["images"]:
-        image["width"] = image["height"] = 512
-    return gt, detections
 
 
 @pytest.mark.parametrize("max_detections", [100, 20])

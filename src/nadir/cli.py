@@ -192,7 +192,7 @@ def cmd_summary(args) -> None:
     text = (f"{Path(args.leaderboard).read_text()}\nCost of this workflow's jobs: "
             f"{total['jobs']} jobs, {total['wall_seconds']} s wall-clock, "
             f"{total['cpu_hours'] or 'n/a'} CPU-hours, {total['gpu_hours']} GPU-hours "
-            f"(per rule: {args.cost})\n")
+            "(per rule: results/cost.csv, and \"Cost\" in the report)\n")
     Path(args.out).write_text(text)
     print(f"\n== nadir leaderboard ==\n{text}", flush=True)
 
