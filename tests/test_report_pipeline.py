@@ -8,7 +8,7 @@ import json
 import re
 
 import pytest
-from conftest import ROOT, run_snakemake
+from conftest import ROOT, planned_jobs, run_snakemake
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 RUN = "results/sample/models/ssdlite320_mobilenet_v3_large"
@@ -78,3 +78,12 @@ def test_sample_pipeline_report_has_every_figure_and_opens_offline(tmp_path):
     assert row["rank"] == "1" and float(row["wall_seconds"]) > 0 and row["device"] == "cpu"
     scene = json.loads((tmp_path / RUN / "scene_metrics.json").read_text())
     assert scene["level"] == "scene" and scene["images"] == 2  # config/test.yaml: 2 val scenes
+
+    # A scene-level setting reruns the scene scoring and what reads it, never the model.
+    edited = tmp_path / "edited.yaml"
+    edited.write_text((ROOT / "config/test.yaml").read_text()
+                      + "evaluation:\n  scene_nms_iou: 0.5\n")
+    dry = run_snakemake(tmp_path, "--configfile", str(edited), "--replace-workflow-config", "-n")
+    assert planned_jobs(dry.stdout) == {
+        "evaluate_scenes": 1, "plot_pr": 1, "plot_class_ap": 1, "leaderboard": 1, "cost": 1,
+        "summary": 1, "all": 1}

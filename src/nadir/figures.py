@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import tarfile
 from pathlib import Path
 
@@ -15,6 +16,8 @@ import numpy as np
 
 from nadir.errors import InputError
 from nadir.evaluation import NO_GROUND_TRUTH
+
+log = logging.getLogger(__name__)
 
 GROUND_TRUTH_COLOUR = "#00c853"  # green
 PREDICTION_COLOUR = "#ff00c8"  # magenta: apart from green on imagery and for most colour vision
@@ -142,6 +145,7 @@ def plot_detection_grid(coco_json: Path, predictions: list[dict], shards: list[P
                              squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
+    drawn = {"truth": 0, "predictions": 0}
     for ax, image in zip(axes.flat, chips, strict=False):
         ax.imshow(read_chip(shards, image))
         truth = [a for a in coco["annotations"] if a["image_id"] == image["id"]]
@@ -156,8 +160,12 @@ def plot_detection_grid(coco_json: Path, predictions: list[dict], shards: list[P
         for p in shown:
             ax.text(p["bbox"][0], p["bbox"][1] - 1, f"{names[p['category_id']]} "
                     f"{p['score']:.2f}", color=PREDICTION_COLOUR, fontsize=5)
+        drawn["truth"] += len(truth)
+        drawn["predictions"] += len(shown)
         ax.set_title(f"{image['scene']} at ({image['x']}, {image['y']}): {len(truth)} GT, "
                      f"{len(shown)} pred", fontsize=7)
+    log.info("drew %d val chips: %d ground-truth boxes, %d predictions with score >= %s",
+             len(chips), drawn["truth"], drawn["predictions"], min_score)
     fig.suptitle(f"{title}\nground truth: green, solid; predictions with score >= "
                  f"{min_score}: magenta, dashed", fontsize=9)
     fig.tight_layout()

@@ -1,4 +1,7 @@
-"""The summarise stage: the leaderboard across (dataset, model) and the report's figures."""
+"""The summarise stage: the leaderboard across (dataset, model) runs, and the loss curves.
+
+The evaluation figures are in nadir.figures, the cost table in nadir.costs.
+"""
 
 from __future__ import annotations
 
