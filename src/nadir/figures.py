@@ -56,8 +56,7 @@ def plot_class_heatmap(models: list[str], chip_metrics: list[dict], scene_metric
     width = 1.0 + 0.75 * len(classes)
     fig, axes = plt.subplots(1, 2, figsize=(2.5 + 2 * width, 1.8 + 0.45 * len(models)),
                              sharey=True, squeeze=False, layout="constrained")
-    cmap = plt.get_cmap("viridis").copy()
-    cmap.set_bad("#d0d0d0")
+    cmap = plt.get_cmap("viridis").with_extremes(bad="#d0d0d0")
     for ax, (level, _, matrix) in zip(axes[0], panels, strict=True):
         image = ax.imshow(np.ma.masked_invalid(matrix), cmap=cmap, vmin=0, vmax=1,
                           aspect="auto")
@@ -101,15 +100,20 @@ def plot_pr_curves(chip: dict, scene: dict, out_png: Path, title: str) -> None:
     plt.close(fig)
 
 
+def _spread(items: list, count: int) -> list:
+    """`count` items evenly spaced over the list (all of them if it is shorter)."""
+    if len(items) <= count:
+        return list(items)
+    return [items[i] for i in np.linspace(0, len(items) - 1, count).round().astype(int)]
+
+
 def pick_sample_chips(coco: dict, count: int) -> list[dict]:
-    """`count` val chips spread evenly over the split, chips with objects first: the same
-    chips for every model of a dataset, so their grids compare side by side."""
+    """`count` val chips spread evenly over the split, chips with objects first (empty ones
+    only fill up): the same chips for every model of a dataset, so grids compare."""
     with_objects = {a["image_id"] for a in coco["annotations"]}
-    ordered = ([im for im in coco["images"] if im["id"] in with_objects]
-               + [im for im in coco["images"] if im["id"] not in with_objects])
-    if len(ordered) <= count:
-        return ordered
-    return [ordered[i] for i in np.linspace(0, len(ordered) - 1, count).round().astype(int)]
+    chosen = _spread([im for im in coco["images"] if im["id"] in with_objects], count)
+    return chosen + _spread([im for im in coco["images"] if im["id"] not in with_objects],
+                            count - len(chosen))
 
 
 def read_chip(shards: list[Path], image: dict) -> np.ndarray:

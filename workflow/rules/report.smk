@@ -17,7 +17,7 @@ def cost_job_args(wildcards, input):
 
 def cost_jobs():
     """(rule, benchmark file, device record or None) of every job the cost table covers:
-    all jobs but `cost` and `summary` themselves. A new rule adds its benchmark here."""
+    all jobs but `cost` and `summary`, which run after it. A new rule adds its benchmark here."""
     jobs = []
     for d in DATASETS:
         if config["datasets"][d]["format"] == "sample":
@@ -194,6 +194,8 @@ rule cost:
         jobs=cost_job_args,
     log:
         "logs/cost.log",
+    benchmark:
+        "results/benchmarks/cost.tsv"
     message:
         "Tabulating the cost of {COST_JOB_COUNT} job(s) per rule"
     shell:
@@ -212,6 +214,8 @@ rule summary:
     localrule: True
     log:
         "logs/summary.log",
+    benchmark:
+        "results/benchmarks/summary.tsv"
     message:
         "Printing the leaderboard"
     shell:
