@@ -7,7 +7,7 @@ import csv
 import pytest
 
 from nadir.cli import main
-from nadir.costs import JobCost, cost_table, read_benchmark
+from nadir.costs import JobCost, cost_table, read_benchmark, recorded_gpus
 from nadir.errors import InputError
 from nadir.report import RunResult, leaderboard_rows, write_leaderboard
 
@@ -26,6 +26,13 @@ def test_benchmark_record_and_gpu_hours(tmp_path):
     job = read_benchmark(benchmark(tmp_path, "t.tsv", 1800), "train", gpus=1)
     assert (job.wall_seconds, job.cpu_seconds, job.peak_memory_mb) == (1800, 1700.25, 812.5)
     assert job.gpu_hours == 0.5
+
+
+def test_gpus_come_from_the_device_the_job_recorded():
+    assert recorded_gpus({"training": {"device": "cuda:0"}}, "run.json") == 1
+    assert recorded_gpus({"device": "cpu"}, "metrics.json") == 0
+    with pytest.raises(InputError, match=r"metrics\.json: no 'device'"):
+        recorded_gpus({"metrics": {}}, "metrics.json")
 
 
 def test_a_job_faster_than_the_first_sample_is_not_measured_rather_than_zero(tmp_path):

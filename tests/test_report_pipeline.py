@@ -30,29 +30,30 @@ def embedded_json(page: str, name: str):
     return json.loads(script.group(1))
 
 
-@pytest.mark.slow
-def test_sample_pipeline_report_has_every_figure_and_opens_offline(tmp_path):
-    config = ("--configfile", str(ROOT / "config/test.yaml"), "--replace-workflow-config")
-    run = run_snakemake(tmp_path, *config)
-    # The summary job prints the leaderboard in the terminal after every other job.
-    assert "== nadir leaderboard ==" in run.stdout
-    assert "| 1 | ssdlite320_mobilenet_v3_large |" in run.stdout
-    run_snakemake(tmp_path, *config, "--report", "report.html")
-    page = (tmp_path / "report.html").read_text()
+def data(entry: dict) -> bytes:
+    """The bytes of a report entry, from its data URI."""
+    return base64.b64decode(entry["data_uri"].split("base64,", 1)[1])
 
-    categories = {name: {sub: sorted(files) for sub, files in subs.items()}
+
+def check_report(page: str, staged: str = "") -> None:
+    """Every expected entry in its category with a caption, a PNG per figure type, the rule
+    graph, and nothing loaded from the network. With remote storage the report names each
+    file by its local copy, `staged` + path."""
+    categories = {name: {sub: sorted(f.removeprefix(staged) for f in files)
+                         for sub, files in subs.items()}
                   for name, subs in embedded_json(page, "categories").items()}
     for name, subs in EXPECTED_CATEGORIES.items():
         assert categories.get(name) == subs, name
-    results = embedded_json(page, "results")
+    results = {path.removeprefix(staged): entry
+               for path, entry in embedded_json(page, "results").items()}
     for subs in EXPECTED_CATEGORIES.values():
         for files in subs.values():
             for path in files:
                 entry = results[path]
                 assert entry["caption"].strip(), f"{path} has no caption"
                 if path.endswith(".png"):
-                    assert (tmp_path / path).read_bytes().startswith(PNG_MAGIC)
                     assert entry["data_uri"].startswith("data:image/png")
+                    assert data(entry).startswith(PNG_MAGIC)
     assert results[f"{RUN}/pr.png"]["labels"] == {"dataset": "sample",
                                                   "model": "ssdlite320_mobilenet_v3_large"}
     rule_graph = page[page.index('<script id="rulegraph">'):]
@@ -64,8 +65,24 @@ def test_sample_pipeline_report_has_every_figure_and_opens_offline(tmp_path):
     assert not re.search(r"<link[^>]+href=[\"']?https?:", page)
     assert not re.search(r"@import|url\([\"']?https?:", page)
     for table in ("results/leaderboard.html", "results/cost.html"):
-        html = base64.b64decode(results[table]["data_uri"].split("base64,", 1)[1]).decode()
-        assert "http" not in html
+        assert b"http" not in data(results[table])
+
+
+def check_printed_leaderboard(stdout: str) -> None:
+    """The summary job prints the leaderboard in the terminal after every other job."""
+    assert "== nadir leaderboard ==" in stdout
+    assert "| 1 | ssdlite320_mobilenet_v3_large |" in stdout
+
+
+@pytest.mark.slow
+def test_sample_pipeline_report_has_every_figure_and_opens_offline(tmp_path):
+    config = ("--configfile", str(ROOT / "config/test.yaml"), "--replace-workflow-config")
+    check_printed_leaderboard(run_snakemake(tmp_path, *config).stdout)
+    run_snakemake(tmp_path, *config, "--report", "report.html")
+    check_report((tmp_path / "report.html").read_text())
+    for subs in EXPECTED_CATEGORIES.values():
+        for path in (p for files in subs.values() for p in files if p.endswith(".png")):
+            assert (tmp_path / path).read_bytes().startswith(PNG_MAGIC)
 
     # Every job left a benchmark; the cost table counts all but its own and the summary's.
     with open(tmp_path / "results/cost.csv", newline="") as fh:
@@ -90,3 +107,28 @@ def test_sample_pipeline_report_has_every_figure_and_opens_offline(tmp_path):
     assert planned_jobs(dry.stdout) == {
         "evaluate_scenes": 1, "plot_pr": 1, "plot_class_ap": 1, "leaderboard": 1, "cost": 1,
         "summary": 1, "all": 1}
+
+
+@pytest.mark.slow
+def test_sample_pipeline_and_report_on_s3_storage(tmp_path, s3):
+    """Every new rule sees only its staged inputs; the cost table reads benchmarks from the
+    bucket; the local summary rule prints in the terminal; the keys leak nowhere."""
+    args = ("--configfile", str(ROOT / "config/test.yaml"), "--replace-workflow-config",
+            "--default-storage-provider", "s3", "--default-storage-prefix",
+            "s3://nadir-report/run", "--storage-s3-endpoint-url", s3.endpoint)
+    run = run_snakemake(tmp_path, *args, env=s3.env())
+    check_printed_leaderboard(run.stdout)
+    report = run_snakemake(tmp_path, *args, "--report", "report.html", env=s3.env())
+    page = (tmp_path / "report.html").read_text()
+    check_report(page, staged=".snakemake/storage/s3/nadir-report/run/")
+    bucket = s3.client()
+    cost = bucket.get_object(Bucket="nadir-report", Key="run/results/cost.csv")
+    rows = {r["rule"]: r for r in csv.DictReader(cost["Body"].read().decode().splitlines())}
+    assert rows["total"]["jobs"] == "14"
+    keys = [o["Key"] for o in bucket.list_objects_v2(Bucket="nadir-report")["Contents"]]
+    assert "run/results/benchmarks/sample/evaluate_scenes-ssdlite320_mobilenet_v3_large.tsv" \
+        in keys
+    logs = "".join(bucket.get_object(Bucket="nadir-report", Key=k)["Body"].read().decode()
+                   for k in keys if k.startswith("run/logs/"))
+    for text in (run.stdout, run.stderr, report.stdout, report.stderr, page, logs):
+        assert s3.secret_key not in text

@@ -143,7 +143,7 @@ def cmd_evaluate_scenes(args) -> None:
 
 
 def cmd_leaderboard(args) -> None:
-    from nadir.costs import gpus_of_device, read_benchmark
+    from nadir.costs import read_benchmark, recorded_gpus
     from nadir.report import RunResult, write_leaderboard
 
     columns = [args.runs, args.metrics, args.scene_metrics, args.train_benchmarks,
@@ -156,9 +156,8 @@ def cmd_leaderboard(args) -> None:
             *columns, strict=True):
         run = json.loads(Path(run_json).read_text())
         chip = json.loads(Path(chip_json).read_text())
-        jobs = [read_benchmark(Path(train_tsv), "train",
-                               gpus_of_device(run["training"]["device"])),
-                read_benchmark(Path(eval_tsv), "evaluate", gpus_of_device(chip["device"])),
+        jobs = [read_benchmark(Path(train_tsv), "train", recorded_gpus(run, run_json)),
+                read_benchmark(Path(eval_tsv), "evaluate", recorded_gpus(chip, chip_json)),
                 read_benchmark(Path(scene_tsv), "evaluate_scenes")]
         results.append(RunResult(run, chip, json.loads(Path(scene_json).read_text()), jobs))
     rows = write_leaderboard(results, Path(args.csv), Path(args.markdown), Path(args.html))
@@ -166,16 +165,12 @@ def cmd_leaderboard(args) -> None:
 
 
 def cmd_cost(args) -> None:
-    from nadir.costs import cost_table, gpus_of_device, read_benchmark, write_cost_table
+    from nadir.costs import cost_table, read_benchmark, recorded_gpus, write_cost_table
 
     jobs = [read_benchmark(Path(tsv), rule) for rule, tsv in args.job or []]
     for rule, tsv, record_json in args.device_job or []:
         record = json.loads(Path(record_json).read_text())
-        device = record.get("device") or record.get("training", {}).get("device")
-        if device is None:
-            raise NadirError(f"{record_json}: no 'device' or 'training.device' to tell whether "
-                             f"the {rule} job ran on a GPU")
-        jobs.append(read_benchmark(Path(tsv), rule, gpus_of_device(device)))
+        jobs.append(read_benchmark(Path(tsv), rule, recorded_gpus(record, record_json)))
     rows = cost_table(jobs)
     write_cost_table(rows, Path(args.csv), Path(args.html))
     total = rows[-1]

@@ -68,9 +68,14 @@ def read_benchmark(path: Path, rule: str, gpus: int = 0) -> JobCost:
                    _number(row["max_rss"], path, "max_rss"), gpus)
 
 
-def gpus_of_device(device: str) -> int:
-    """GPUs a job used, from the device string it recorded ('cpu', 'cuda', 'cuda:0', ...)."""
-    return 1 if device.startswith("cuda") else 0
+def recorded_gpus(record: dict, source: str | Path) -> int:
+    """GPUs a job used, from the device it recorded: `device` (metrics.json) or
+    `training.device` (run.json), such as 'cpu', 'cuda' or 'cuda:0'."""
+    device = record.get("device") or record.get("training", {}).get("device")
+    if device is None:
+        raise InputError(source, "no 'device' or 'training.device': cannot tell whether the "
+                         "job ran on a GPU")
+    return 1 if str(device).startswith("cuda") else 0
 
 
 def _max(values: list[float | None]) -> float | None:
