@@ -116,20 +116,25 @@ def pick_sample_chips(coco: dict, count: int) -> list[dict]:
                             count - len(chosen))
 
 
-def read_chip(shards: list[Path], image: dict) -> np.ndarray:
-    """One chip's pixels, read from its shard without unpacking the shard."""
+def read_chips(shards: list[Path], images: list[dict]) -> list[np.ndarray]:
+    """The chips' pixels, read from their shards (each opened once, never unpacked)."""
     from PIL import Image
 
-    if not 0 <= image["shard"] < len(shards):
-        raise InputError(shards[0] if shards else "shards", f"chip {image['file_name']} is in "
-                         f"shard {image['shard']}, but {len(shards)} shard(s) were given")
-    with tarfile.open(shards[image["shard"]]) as tar:
-        try:
-            member = tar.extractfile(image["file_name"])
-        except KeyError:
-            raise InputError(shards[image["shard"]], f"chip {image['file_name']} is not in "
-                             "this shard; rerun the chip stage") from None
-        return np.asarray(Image.open(io.BytesIO(member.read())).convert("RGB"))
+    pixels: dict[int, np.ndarray] = {}
+    for shard in sorted({im["shard"] for im in images}):
+        if not 0 <= shard < len(shards):
+            raise InputError(shards[0] if shards else "shards", f"chips are listed in shard "
+                             f"{shard}, but {len(shards)} shard(s) were given")
+        with tarfile.open(shards[shard]) as tar:
+            for image in (im for im in images if im["shard"] == shard):
+                try:
+                    member = tar.extractfile(image["file_name"])
+                except KeyError:
+                    raise InputError(shards[shard], f"chip {image['file_name']} is not in "
+                                     "this shard; rerun the chip stage") from None
+                pixels[image["id"]] = np.asarray(
+                    Image.open(io.BytesIO(member.read())).convert("RGB"))
+    return [pixels[im["id"]] for im in images]
 
 
 def plot_detection_grid(coco_json: Path, predictions: list[dict], shards: list[Path],
@@ -150,8 +155,8 @@ def plot_detection_grid(coco_json: Path, predictions: list[dict], shards: list[P
     for ax in axes.flat:
         ax.axis("off")
     drawn = {"truth": 0, "predictions": 0}
-    for ax, image in zip(axes.flat, chips, strict=False):
-        ax.imshow(read_chip(shards, image))
+    for ax, image, pixels in zip(axes.flat, chips, read_chips(shards, chips), strict=False):
+        ax.imshow(pixels)
         truth = [a for a in coco["annotations"] if a["image_id"] == image["id"]]
         shown = [p for p in predictions
                  if p["image_id"] == image["id"] and p["score"] >= min_score]
