@@ -18,6 +18,7 @@ from nadir.evaluation import (
     summarise,
 )
 
+
 def ground_truth(boxes: list[tuple[int, int, list[float]]], images: int = 2) -> dict:
     """COCO ground truth from (image id, category id, xywh box)."""
     return {
