@@ -35,4 +35,5 @@ rule all:
             run=RUNS,
             file=["model.pt", "run.json", "predictions.json", "metrics.json", "loss.png"],
         ),
+        "results/summary.txt",
     default_target: True

@@ -11,6 +11,8 @@ rule chip:
     threads: 2
     log:
         "logs/{dataset}/chip-{shard}.log",
+    benchmark:
+        "results/benchmarks/{dataset}/chip-{shard}.tsv"
     message:
         "Chipping shard {wildcards.shard} of {wildcards.dataset}"
     shell:
@@ -26,6 +28,8 @@ rule chip_manifest:
         "results/{dataset}/chips/manifest.json",
     log:
         "logs/{dataset}/chip_manifest.log",
+    benchmark:
+        "results/benchmarks/{dataset}/chip_manifest.tsv"
     message:
         "Writing the chip manifest of {wildcards.dataset}"
     shell:

@@ -19,6 +19,8 @@ rule index:
         scene_args=index_scene_args,
     log:
         "logs/{dataset}/index.log",
+    benchmark:
+        "results/benchmarks/{dataset}/index.tsv"
     message:
         "Indexing scenes and annotations of {wildcards.dataset}"
     shell:
