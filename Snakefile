@@ -14,7 +14,9 @@ report: "workflow/report/workflow.rst"
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/sample.smk"
+include: "workflow/rules/fetch.smk"
 include: "workflow/rules/index.smk"
+include: "workflow/rules/dataset_stats.smk"
 include: "workflow/rules/chip.smk"
 include: "workflow/rules/coco.smk"
 include: "workflow/rules/train.smk"
@@ -27,4 +29,5 @@ rule all:
         "results/leaderboard.csv",
         "results/leaderboard.html",
         expand("results/{run}/loss.png", run=RUNS),
+        expand("results/{dataset}/index/stats.png", dataset=DATASETS),
     default_target: True
