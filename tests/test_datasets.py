@@ -153,7 +153,8 @@ def test_rareplanes_geographic_polygons_land_on_the_right_pixels(tmp_path):
         xs, ys = zip(*[transform @ p for p in ring], strict=True)
         lons, lats = warp("EPSG:32633", "EPSG:4326", list(xs), list(ys))
         coords = [[lon, lat] for lon, lat in zip(lons, lats, strict=True)]
-        features.append({"type": "Feature", "properties": {"role": f"{role} civil", "num_engines": 2.0},
+        features.append({"type": "Feature",
+                         "properties": {"role": f"{role} civil", "num_engines": 2.0},
                          "geometry": {"type": "Polygon", "coordinates": [coords + coords[:1]]}})
     label = tmp_path / "tile.geojson"
     label.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
