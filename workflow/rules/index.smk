@@ -23,6 +23,9 @@ def index_args(wildcards, input):
         return "--format sample " + " ".join(
             f"--scene {sp} {im} {lb}" for sp, im, lb in zip(splits, input.images, input.labels)
         )
+    if "manifest" not in input.keys():
+        # Evaluated once before the fetch checkpoint has run; the DAG is rebuilt after it.
+        return "--format pending-fetch"
     files_dir = Path(input.manifest).parent / "files"
     return (
         f"--format {config['datasets'][dataset]['format']} --manifest {input.manifest} "
