@@ -92,11 +92,11 @@ def plot_statistics(stats: dict, out_png: Path, title: str) -> None:
     fig, (ax_cls, ax_size, ax_img) = plt.subplots(
         1, 3, figsize=(14, max(3.5, 0.22 * len(classes) + 1)),
         gridspec_kw={"width_ratios": [1.4, 1, 1]})
-    left = [0] * len(classes)
-    for split in splits:
+    height = 0.8 / max(1, len(splits))  # side by side: stacking misleads on a log scale
+    for i, split in enumerate(splits):
         counts = [stats["objects_per_class"][split][c] for c in classes]
-        ax_cls.barh(range(len(classes)), counts, left=left, label=split)
-        left = [a + b for a, b in zip(left, counts, strict=True)]
+        ax_cls.barh([y - 0.4 + (i + 0.5) * height for y in range(len(classes))], counts,
+                    height, label=split)
     ax_cls.set_yticks(range(len(classes)), classes, fontsize=7 if len(classes) > 20 else 9)
     ax_cls.invert_yaxis()
     ax_cls.set_xscale("log")
