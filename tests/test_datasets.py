@@ -256,3 +256,35 @@ def test_missing_placed_file_says_where_it_is_expected_and_where_to_get_it(tmp_p
     dataset = spec(source=[{"url": str(tmp_path / "DOTA" / "train.zip"), "split": "train"}])
     with pytest.raises(InputError, match=r"DOTA/train\.zip: not found.*captain-whu"):
         fetch_dataset("d", dataset, tmp_path / "files", FetchSettings(tmp_path / "c", 0, 5))
+
+
+def test_cli_fetch_reports_a_missing_placed_archive_without_a_traceback(tmp_path, capsys):
+    from nadir.cli import main
+
+    dataset = {"format": "xview", "source": [{"url": str(tmp_path / "train_images.tgz")}]}
+    code = main(["fetch", "--dataset", "xv", "--spec", json.dumps(dataset), "--settings",
+                 json.dumps({"cache_dir": str(tmp_path / "c"), "retries": 0, "timeout_s": 5}),
+                 "--files-dir", str(tmp_path / "files"), "--manifest", str(tmp_path / "m.json")])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "train_images.tgz: not found" in err and "xviewdataset.org" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "m.json").exists()
+
+
+def test_config_schema_fills_dataset_defaults_and_rejects_bad_values():
+    from nadir.config import ConfigError, validate
+
+    config = {"datasets": {"d": {"format": "dota", "version": "v2.0",
+                                 "source": [{"url": "/data/DOTA/train.zip", "split": "train"}]}},
+              "models": {"m": {}}}
+    validate(config, ["m"])
+    d = config["datasets"]["d"]
+    assert d["on_bad_input"]["malformed_record"] == "error"
+    assert d["split"] == {"method": "official", "val_fraction": 0.2, "seed": 0}
+    assert d["source"][0]["sha256"] is None and config["fetch"]["retries"] == 5
+    for bad in ({"version": "v3"}, {"source": []}, {"on_bad_input": {"unknown_class": "ignore"}},
+                {"source": [{"url": "x", "sha256": "abc"}]}):
+        broken = {"datasets": {"d": {**config["datasets"]["d"], **bad}}, "models": {"m": {}}}
+        with pytest.raises(ConfigError, match="datasets.d"):
+            validate(broken, ["m"])
