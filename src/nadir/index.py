@@ -103,7 +103,11 @@ def write_scene_table(path: Path, scenes: list[dict]) -> None:
 
 def annotation_row(a: Annotation) -> list:
     """One row of annotations.csv (ANNOTATION_FIELDS order)."""
-    return [a.scene, a.object, a.category, a.difficult, " ".join(f"{v:g}" for v in a.polygon)]
+    return [a.scene, a.object, a.category, a.difficult, format_polygon(a.polygon)]
+
+
+def format_polygon(polygon: list[float]) -> str:
+    return " ".join(map("{:g}".format, polygon))
 
 
 def write_categories(path: Path, classes: list[str]) -> None:

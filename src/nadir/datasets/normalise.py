@@ -20,13 +20,7 @@ from pathlib import Path
 from nadir.datasets import dota, rareplanes, xview
 from nadir.datasets.records import BadInput, ClassFilter
 from nadir.errors import InputError
-from nadir.index import (
-    ANNOTATION_FIELDS,
-    Annotation,
-    annotation_row,
-    write_categories,
-    write_scene_table,
-)
+from nadir.index import ANNOTATION_FIELDS, format_polygon, write_categories, write_scene_table
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +77,8 @@ class AnnotationWriter:
         name = self.filter.apply(category, polygon)
         if name is None:
             return
-        self.writer.writerow(annotation_row(
-            Annotation(scene, self.per_scene[scene], name, difficult, polygon)))
+        self.writer.writerow([scene, self.per_scene[scene], name, difficult,
+                              format_polygon(polygon)])
         self.per_scene[scene] += 1
         self.per_class[name] += 1
 

@@ -87,6 +87,8 @@ class ClassFilter:
         if self.keep is not None and name not in self.keep:
             self.dropped["class_not_kept"] += 1
             return None
+        if self.min_size <= 0:
+            return name
         xs, ys = polygon[0::2], polygon[1::2]
         if min(max(xs) - min(xs), max(ys) - min(ys)) < self.min_size:
             self.dropped["smaller_than_min_size"] += 1
