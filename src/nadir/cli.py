@@ -58,6 +58,8 @@ def cmd_index(args) -> None:
     from nadir.datasets import sample
     from nadir.index import SceneSource, build_index
 
+    if not args.scene:
+        raise NadirError("index --format sample needs one --scene SPLIT IMAGE LABEL per scene")
     classes = {"sample": sample.CLASSES}[args.format]
     sources = [SceneSource(Path(image).stem, split, Path(image), Path(label))
                for split, image, label in args.scene]
