@@ -145,3 +145,20 @@ def test_rareplanes_from_an_anonymous_public_bucket_with_a_subset(public_s3, tmp
     private = SourceEntry("s3://private/real/train/", "train", endpoint_url=endpoint)
     with pytest.raises(NadirError, match="AccessDenied.*anonymous: true"):
         fetch_s3(private, tmp_path / "p", lambda key: "image", settings(tmp_path, retries=0))
+
+
+def test_private_bucket_with_credentials_from_the_environment(public_s3, tmp_path, monkeypatch):
+    client = public_s3.client()
+    client.create_bucket(Bucket="team")
+    client.put_object(Bucket="team", Key="xview/labels/xView_train.geojson", Body=b"{}")
+    client.put_object(Bucket="team", Key="xview/readme.md", Body=b"not wanted")
+    for key, value in public_s3.env().items():
+        monkeypatch.setenv(key, value)
+    entry = SourceEntry("s3://team/xview/", endpoint_url=public_s3.endpoint, anonymous=False)
+    got = fetch_s3(entry, tmp_path / "d", lambda rel: "label" if rel.endswith(".geojson")
+                   else None, settings(tmp_path))
+    assert got == ["xview/labels/xView_train.geojson"]
+    assert (tmp_path / "d" / "labels" / "xView_train.geojson").read_bytes() == b"{}"
+    anonymous = SourceEntry("s3://team/xview/", endpoint_url=public_s3.endpoint)
+    with pytest.raises(NadirError, match="AccessDenied"):
+        fetch_s3(anonymous, tmp_path / "e", lambda rel: "label", settings(tmp_path, retries=0))
