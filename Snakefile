@@ -24,10 +24,18 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
 
 
+# Every product a user keeps is a target, so deleting any of them (locally or in the bucket)
+# reruns the job that made it and everything downstream, and nothing else.
 rule all:
     input:
         "results/leaderboard.csv",
         "results/leaderboard.html",
-        expand("results/{run}/loss.png", run=RUNS),
+        expand("results/{dataset}/chips/manifest.json", dataset=DATASETS),
+        expand("results/{dataset}/coco/{split}.json", dataset=DATASETS, split=["train", "val"]),
         expand("results/{dataset}/index/stats.png", dataset=DATASETS),
+        expand(
+            "results/{run}/{file}",
+            run=RUNS,
+            file=["model.pt", "run.json", "predictions.json", "metrics.json", "loss.png"],
+        ),
     default_target: True

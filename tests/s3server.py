@@ -109,11 +109,13 @@ def start(workdir: Path, timeout: float = 30.0,
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"weed exited with {process.returncode}: {log_path.read_text()[-2000:]}")
+            tail = log_path.read_text()[-2000:]
+            raise RuntimeError(f"weed exited with {process.returncode}: {tail}")
         try:
             server.client().list_buckets()
             return server
         except Exception:  # noqa: BLE001 - not ready yet
             time.sleep(0.3)
     server.stop()
-    raise RuntimeError(f"SeaweedFS did not answer within {timeout}s: {log_path.read_text()[-2000:]}")
+    tail = log_path.read_text()[-2000:]
+    raise RuntimeError(f"SeaweedFS did not answer within {timeout}s: {tail}")

@@ -54,8 +54,8 @@ def test_dota_header_optional_floats_missing_difficult_and_empty_file():
 
 @pytest.mark.parametrize("line, case, message", [
     ("1 2 abc 2 30 40 1 40 plane 0", "malformed_record", "coordinate 3 is not a number: 'abc'"),
-    ("1 2 3 4 5 6 plane", "malformed_record", "got 7 field"),
-    ("1 2 3 4 5 6 7 plane 0", "malformed_record", "coordinate 8 is not a number"),
+    ("1 2 3 4 5 6 plane", "malformed_record", "got 6 numbers and 1 other field"),
+    ("1 2 3 4 5 6 7 8 0", "malformed_record", "the class name is missing"),
     ("1 2 3 4 5 6 7 8 plane 3", "malformed_record", "difficult must be 0 or 1"),
     ("1 2 3 4 5 6 7 8 spaceship 0", "unknown_class", "unknown class 'spaceship'"),
 ])

@@ -12,7 +12,10 @@ METRIC_NAMES = ["AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large",
 
 
 def coco_metrics(gt: dict, detections: list[dict], max_detections: int = 100) -> dict:
-    """The twelve COCO numbers (ARmax: recall at `max_detections`); -1 where a size range has no objects."""
+    """The twelve COCO numbers; -1 where a size range has no objects.
+
+    ARmax is the recall at `max_detections` per image (COCO's AR100 when that is 100).
+    """
     from faster_coco_eval import COCO, COCOeval_faster
 
     if not gt["annotations"]:

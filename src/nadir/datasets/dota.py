@@ -50,32 +50,38 @@ def _parse_header(key: str, value: str, path: str, line_no: int) -> str | float 
         try:
             return float(value)
         except ValueError:
-            raise InputError(path, f"gsd must be a number or null, got {value!r}",
-                             line_no) from None
+            message = f"gsd must be a number or null, got {value!r}"
+            raise InputError(path, message, line_no) from None
     return value
 
 
 def _parse_object(fields: list[str], known: set[str]) -> tuple[str, str] | LabelObject:
     """One object line as a `LabelObject`, or (bad-input case, message) when it is bad."""
-    if len(fields) not in (9, 10):
-        return "malformed_record", f"expected {FORMAT_HINT}; got {len(fields)} field(s)"
     numbers = []
-    for n, token in enumerate(fields[:8], start=1):
+    for token in fields:
         try:
-            value = float(token)
+            numbers.append(float(token))
         except ValueError:
-            return "malformed_record", f"coordinate {n} is not a number: {token!r}"
-        if not math.isfinite(value):
-            return "malformed_record", f"coordinate {n} is not finite: {token!r}"
-        numbers.append(value)
-    category = fields[8]
+            break
+    rest = fields[len(numbers):]
+    if len(numbers) < 8 and len(fields) >= 9 and fields[len(numbers)] not in known:
+        return "malformed_record", (f"coordinate {len(numbers) + 1} is not a number: "
+                                    f"{fields[len(numbers)]!r}; expected {FORMAT_HINT}")
+    if len(numbers) == 9 and not rest:
+        return "malformed_record", f"the class name is missing; expected {FORMAT_HINT}"
+    if len(numbers) != 8 or len(rest) not in (1, 2):
+        return "malformed_record", (f"expected {FORMAT_HINT}; got {len(numbers)} numbers and "
+                                    f"{len(rest)} other field(s)")
+    if not all(math.isfinite(v) for v in numbers):
+        return "malformed_record", "coordinates must be finite numbers"
+    category = rest[0]
     if category not in known:
         return "unknown_class", f"unknown class {category!r}; expected one of {sorted(known)}"
     difficult = 0  # DOTA files that omit the flag mean "not difficult"
-    if len(fields) == 10:
-        if fields[9] not in ("0", "1"):
-            return "malformed_record", f"difficult must be 0 or 1, got {fields[9]!r}"
-        difficult = int(fields[9])
+    if len(rest) == 2:
+        if rest[1] not in ("0", "1"):
+            return "malformed_record", f"difficult must be 0 or 1, got {rest[1]!r}"
+        difficult = int(rest[1])
     return LabelObject(numbers, category, difficult, 0)
 
 
@@ -86,7 +92,7 @@ def parse_label_text(text: str, path: str, classes: list[str],
     Bad lines go to `bad` (error or counted skip per case); without it every bad line raises
     `InputError` naming the file and line.
     """
-    bad = bad or BadInput({case: "error" for case in CASES})
+    bad = bad or BadInput({case: "error" for case in CASES}, from_config=False)
     known = set(classes)
     result = LabelFile(path=path)
     for line_no, raw in enumerate(text.splitlines(), start=1):

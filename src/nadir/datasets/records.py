@@ -28,6 +28,7 @@ class BadInput:
     policy: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_POLICY))
     skipped: Counter = field(default_factory=Counter)
     examples: dict[str, list[str]] = field(default_factory=dict)
+    from_config: bool = True  # errors then say which config key turns them into skips
 
     def __post_init__(self):
         unknown = set(self.policy) - set(CASES)
@@ -38,7 +39,8 @@ class BadInput:
     def report(self, case: str, path: str, message: str, line: int | None = None) -> None:
         """Handle one bad record: raise if the policy says error, else count it."""
         if self.policy[case] == "error":
-            hint = f" (set on_bad_input.{case}: skip to count and skip these instead)"
+            hint = (f" (set on_bad_input.{case}: skip to count and skip these instead)"
+                    if self.from_config else "")
             raise InputError(path, message + hint, line)
         self.skipped[case] += 1
         where = f"{path}, line {line}" if line is not None else path
