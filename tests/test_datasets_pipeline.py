@@ -65,7 +65,10 @@ def test_pipeline_on_dota_and_xview_locally(tmp_path, config_file):
     run_snakemake(tmp_path, *args)
     _check_results(lambda rel: (tmp_path / rel).read_text(), built)
     assert (tmp_path / "results/dota15/index/stats.png").read_bytes()[:4] == b"\x89PNG"
-    assert planned_jobs(run_snakemake(tmp_path, *args, "--dry-run").stdout) == {}
+    assert planned_jobs(run_snakemake(tmp_path, *args, "--dry-run")) == {}
+    run_snakemake(tmp_path, *args, "--report", str(tmp_path / "report.html"))
+    html = (tmp_path / "report.html").read_text(errors="replace")
+    assert "Datasets" in html and "stats.png" in html
 
 
 def test_pipeline_on_dota_and_xview_in_s3(tmp_path, config_file, s3):
@@ -84,7 +87,7 @@ def test_pipeline_on_dota_and_xview_in_s3(tmp_path, config_file, s3):
     assert json.loads(read("raw/xv/manifest.json"))["format"] == "xview"
     # A fresh controller (another laptop or CI) finds the manifest in storage: nothing to redo.
     rerun = run_snakemake(tmp_path / "b", *args, "--dry-run", env=s3.env())
-    assert planned_jobs(rerun.stdout) == {}, rerun.stdout[-3000:]
+    assert planned_jobs(rerun) == {}
     logs = [o["Key"] for o in client.list_objects_v2(Bucket="nadir-datasets",
                                                       Prefix="run/logs/")["Contents"]]
     assert "run/logs/xv/fetch.log" in logs

@@ -100,11 +100,12 @@ def plot_statistics(stats: dict, out_png: Path, title: str) -> None:
     ax_cls.set_yticks(range(len(classes)), classes, fontsize=7 if len(classes) > 20 else 9)
     ax_cls.invert_yaxis()
     ax_cls.set_xscale("log")
+    ax_cls.set_xlim(left=0.8)  # bars start below one object, so a bar's length is its count
     ax_cls.set_xlabel("objects (log scale)")
     imbalance = stats["class_imbalance"]
     ax_cls.set_title(f"objects per class (max/min {imbalance})" if imbalance else
                      "objects per class")
-    ax_cls.legend(fontsize=8)
+    ax_cls.legend(fontsize=8, loc="best")
     sizes = stats["object_size_px"]["histogram"]
     ax_size.bar(range(len(sizes)), list(sizes.values()))
     ax_size.set_xticks(range(len(sizes)), list(sizes), rotation=45, fontsize=8)
