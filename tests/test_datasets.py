@@ -288,3 +288,21 @@ def test_config_schema_fills_dataset_defaults_and_rejects_bad_values():
         broken = {"datasets": {"d": {**config["datasets"]["d"], **bad}}, "models": {"m": {}}}
         with pytest.raises(ConfigError, match="datasets.d"):
             validate(broken, ["m"])
+
+
+def test_dota_polygon_outside_its_image_is_counted_or_stops_with_file_and_line(tmp_path):
+    folder = tmp_path / "val"
+    write_geotiff(folder / "images" / "P1.tif", np.zeros((64, 64, 3), np.uint8))
+    (folder / "labelTxt").mkdir()
+    (folder / "labelTxt" / "P1.txt").write_text(
+        "1 1 9 1 9 9 1 9 ship 0\n70 70 90 70 90 90 70 90 ship 0\n")
+    dataset = spec(source=[{"url": str(folder), "split": "val"}])
+    files = tmp_path / "files"
+    (tmp_path / "m.json").write_text(json.dumps(fetch_dataset(
+        "d", dataset, files, FetchSettings(tmp_path / "cache", 0, 5))))
+    summary = build_index(tmp_path / "m.json", files, dataset, tmp_path / "out")
+    assert summary["objects"] == 1
+    assert summary["bad_input"]["skipped"]["outside_image"] == 1
+    strict = {**dataset, "on_bad_input": {"outside_image": "error"}}
+    with pytest.raises(InputError, match=r"P1\.txt, line 2: polygon .* outside the 64x64 image"):
+        build_index(tmp_path / "m.json", files, strict, tmp_path / "out2")
