@@ -14,7 +14,9 @@ report: "workflow/report/workflow.rst"
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/sample.smk"
+include: "workflow/rules/fetch.smk"
 include: "workflow/rules/index.smk"
+include: "workflow/rules/dataset_stats.smk"
 include: "workflow/rules/chip.smk"
 include: "workflow/rules/coco.smk"
 include: "workflow/rules/train.smk"
@@ -30,6 +32,7 @@ rule all:
         "results/leaderboard.html",
         expand("results/{dataset}/chips/manifest.json", dataset=DATASETS),
         expand("results/{dataset}/coco/{split}.json", dataset=DATASETS, split=["train", "val"]),
+        expand("results/{dataset}/index/stats.png", dataset=DATASETS),
         expand(
             "results/{run}/{file}",
             run=RUNS,

@@ -78,7 +78,10 @@ class S3Server:
             self.process.kill()
 
 
-def start(workdir: Path, timeout: float = 30.0) -> S3Server:
+def start(workdir: Path, timeout: float = 30.0,
+          anonymous_actions: list[str] | None = None) -> S3Server:
+    """`anonymous_actions` (e.g. ["Read:public", "List:public"]) lets unsigned requests do
+    those actions, as a public bucket does."""
     workdir.mkdir(parents=True, exist_ok=True)
     access_key, secret_key = "nadir" + secrets.token_hex(6), secrets.token_hex(20)
     config = {"identities": [{
@@ -86,6 +89,8 @@ def start(workdir: Path, timeout: float = 30.0) -> S3Server:
         "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
         "actions": ["Admin", "Read", "Write", "List", "Tagging"],
     }]}
+    if anonymous_actions:
+        config["identities"].append({"name": "anonymous", "actions": anonymous_actions})
     config_path = workdir / "s3.json"
     config_path.write_text(json.dumps(config))
     config_path.chmod(0o600)

@@ -2,7 +2,7 @@ rule chip:
     input:
         scenes="results/{dataset}/index/scenes.csv",
         annotations="results/{dataset}/index/annotations.csv",
-        images=lambda w: [raw_image(w.dataset, sp, sc) for sp, sc in shard_scenes(w.dataset, w.shard)],
+        images=lambda w: shard_images(w.dataset, w.shard),
     output:
         tar="results/{dataset}/chips/shard-{shard}.tar",
         chips="results/{dataset}/chips/shard-{shard}.json",
