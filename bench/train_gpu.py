@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import statistics
 import sys
 import tempfile
 import time
@@ -98,12 +99,13 @@ def main() -> None:
     parser.add_argument("--chips", type=int, default=32 if cuda else 8)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--checkpoint-every", type=int, default=0)
+    parser.add_argument("--repeats", type=int, default=3, help="alternating runs per loop")
     parser.add_argument("--json", help="also write the rows here")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     device = torch.cuda.get_device_name(0) if cuda else f"CPU, {args.threads} threads"
     print(f"device: {device}; torch {torch.__version__}; {args.iterations} iterations of "
-          f"{args.batch_size} chips of {args.size} px")
+          f"{args.batch_size} chips of {args.size} px; median of {args.repeats} alternating runs")
     print(f"{'backend':<12} {'model':<36} {'AMP':<4} {'nadir img/s':>11} {'bare img/s':>10} "
           f"{'ratio':>6}")
     rows = []
@@ -123,10 +125,16 @@ def main() -> None:
                                                 log_interval=args.iterations)
                 if backend == "torchvision":
                     bare_loop(model_name, data, hp | {"iterations": 2}, args.threads, amp)
-                nadir = nadir_loop(model_name, data, hp, args.threads, Path(tmp) / str(amp),
-                                   args.checkpoint_every)
-                bare = bare_loop(model_name, data, hp, args.threads, amp) \
-                    if backend == "torchvision" else None
+                # Alternate the two loops and keep the median of each: on a shared machine the
+                # load changes from one minute to the next.
+                nadirs, bares = [], []
+                for repeat in range(args.repeats):
+                    nadirs.append(nadir_loop(model_name, data, hp, args.threads,
+                                             Path(tmp) / f"{amp}-{repeat}", args.checkpoint_every))
+                    if backend == "torchvision":
+                        bares.append(bare_loop(model_name, data, hp, args.threads, amp))
+                nadir = statistics.median(nadirs)
+                bare = statistics.median(bares) if bares else None
                 ratio = nadir / bare if bare else None
                 rows.append({"backend": backend, "model": model_name,
                              "amp": amp if cuda else None, "nadir_images_per_s": round(nadir, 2),
