@@ -66,9 +66,7 @@ def cmd_chip(args) -> None:
     from nadir.chipping import ChipParams, chip_shard
     from nadir.index import read_annotations, read_scenes
 
-    raw = json.loads(args.params)
-    raw["bands"] = tuple(raw["bands"]) if raw.get("bands") else None
-    params = ChipParams(**{k: v for k, v in raw.items() if k != "shards"})
+    params = ChipParams.from_config(json.loads(args.params))
     images = {Path(p).stem: Path(p) for p in args.images}
     scenes = [s for s in read_scenes(Path(args.scenes)) if s["scene"] in images]
     if len(scenes) != len(images):
