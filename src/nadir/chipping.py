@@ -246,14 +246,17 @@ class Radiometry:
 
 
 def gdal_cache_bytes(src, size: int) -> int:
-    """GDAL's block cache for one scene: the blocks under two chips, at least 16 MiB.
+    """GDAL's block cache for one scene: at least 16 MiB; for tiled scenes the blocks under
+    two chips, so that neighbouring chips of a row share decoded blocks.
 
-    Enough for neighbouring chips of a row to share blocks; GDAL's default (5% of RAM) would
-    otherwise let the cache grow with the scene on a large machine.
+    GDAL's default (5% of RAM) would let the cache grow with the scene on a large machine.
+    Scenes read row-sequentially decode every block once and need no more than the minimum.
     """
     block_rows, block_cols = src.block_shapes[0]
+    if block_cols >= src.width:
+        return GDAL_CACHE_MIN_BYTES
     itemsize = np.dtype(src.dtypes[0]).itemsize
-    under_chip = (size + block_rows) * (min(src.width, size + block_cols)) * src.count * itemsize
+    under_chip = (size + block_rows) * (size + block_cols) * src.count * itemsize
     return max(GDAL_CACHE_MIN_BYTES, 2 * under_chip)
 
 
@@ -430,8 +433,9 @@ def chip_shard(scenes: list[dict], annotations: dict[str, list[Annotation]],
                threads: int = 1) -> dict:
     """Chip the given scenes into one tar shard and its JSON chip list; returns the JSON.
 
-    At most 2 x `threads` chips wait for the encoder, so memory stays bounded while the
-    readers and encoders overlap; the shard is written in chip order whatever `threads` is.
+    At most 2 x `threads` chips wait for the encoder, so memory stays bounded while reading
+    and encoding overlap; GDAL may decode the blocks of one window on `threads` threads too.
+    The shard is written in chip order whatever `threads` is.
     """
     import rasterio
 
@@ -445,7 +449,7 @@ def chip_shard(scenes: list[dict], annotations: dict[str, list[Annotation]],
         tar.addfile(_tar_member(record.file, len(image)), io.BytesIO(image))
         if geotiff is not None:
             tar.addfile(_tar_member(record.geotiff, len(geotiff)), io.BytesIO(geotiff))
-        records.append(asdict(record))
+        records.append(dict(vars(record)))  # asdict() would deep-copy every object
 
     tar_path.parent.mkdir(parents=True, exist_ok=True)
     with tarfile.open(tar_path, "w", format=tarfile.USTAR_FORMAT) as tar, \
@@ -460,7 +464,7 @@ def chip_shard(scenes: list[dict], annotations: dict[str, list[Annotation]],
                 src = rasterio.open(images[name])
             except rasterio.errors.RasterioIOError as exc:
                 raise InputError(images[name], f"not a readable raster image ({exc})") from None
-            with src, rasterio.Env(GDAL_PAM_ENABLED="NO",
+            with src, rasterio.Env(GDAL_PAM_ENABLED="NO", GDAL_NUM_THREADS=threads,
                                    GDAL_CACHEMAX=gdal_cache_bytes(src, params.size)):
                 for record, job in chip_scene(src, scene, counts, annotations.get(name, []),
                                               params):
