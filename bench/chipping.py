@@ -125,7 +125,7 @@ def run_nadir(scene: Path, objects: list[Annotation], params: ChipParams, thread
 
     result = chip_shard([{"scene": "scene", "split": "train"}], {"scene": objects},
                         {"scene": scene}, params, out, out.with_suffix(".json"), threads=threads)
-    return len(result["chips"])
+    return result["scenes"]["scene"]["chips_written"]
 
 
 def whole_image_windows(scene: Path, params: ChipParams):
@@ -136,16 +136,17 @@ def whole_image_windows(scene: Path, params: ChipParams):
     with rasterio.Env(GDAL_CACHEMAX=BASELINE_GDAL_CACHE), rasterio.open(scene) as src:
         # Filled in strips: one read of the whole PNG would make GDAL decode it into a second
         # whole-image buffer, a copy that OpenCV's imread (what DOTA tooling uses) does not make.
-        image = np.empty((src.count, src.height, src.width), dtype=np.uint8)
+        image = np.empty((src.height, src.width, src.count), dtype=np.uint8)  # as OpenCV's
         for y0 in range(0, src.height, 1024):
             rows = min(1024, src.height - y0)
-            src.read(window=Window(0, y0, src.width, rows), out=image[:, y0:y0 + rows])
-    height, width = image.shape[1:]
+            src.read(window=Window(0, y0, src.width, rows),
+                     out=image[y0:y0 + rows].transpose(2, 0, 1))
+    height, width = image.shape[:2]
     for y0 in window_offsets(height, params.size, params.overlap):
         for x0 in window_offsets(width, params.size, params.overlap):
-            chip = np.full((3, params.size, params.size), params.pad_value, np.uint8)
-            window = image[:, y0:y0 + params.size, x0:x0 + params.size]
-            chip[:, :window.shape[1], :window.shape[2]] = window
+            chip = np.full((params.size, params.size, 3), params.pad_value, np.uint8)
+            window = image[y0:y0 + params.size, x0:x0 + params.size]
+            chip[:window.shape[0], :window.shape[1]] = window
             yield x0, y0, chip
 
 
@@ -190,7 +191,8 @@ def run_encode(scene: Path, params: ChipParams, threads: int) -> tuple[int, floa
         windows = [(x, y) for y in window_offsets(src.height, params.size, params.overlap)
                    for x in xs]
         for n, (x0, y0) in enumerate(windows, start=1):
-            batch.append(src.read(window=Window(x0, y0, params.size, params.size)))
+            pixels = src.read(window=Window(x0, y0, params.size, params.size))
+            batch.append(np.ascontiguousarray(pixels.transpose(1, 2, 0)))
             if len(batch) == 8 * threads or n == len(windows):
                 started = time.perf_counter()
                 list(pool.map(encode, batch, [params] * len(batch)))

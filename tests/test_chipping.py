@@ -71,8 +71,10 @@ def chip(tmp_path: Path, image: Path, annotations: list[Annotation] = (), scene:
     """Chip one scene into a shard under tmp_path; returns (shard JSON, tar path)."""
     params = ChipParams(**{"image_format": "png", "empty_keep": 1.0, **settings})
     tar, listing = tmp_path / f"{tag}.tar", tmp_path / f"{tag}.json"
-    result = chip_shard([{"scene": scene, "split": "train"}], {scene: list(annotations)},
-                        {scene: image}, params, tar, listing, threads=threads)
+    summary = chip_shard([{"scene": scene, "split": "train"}], {scene: list(annotations)},
+                         {scene: image}, params, tar, listing, threads=threads)
+    result = json.loads(listing.read_text())
+    assert summary == {k: v for k, v in result.items() if k != "chips"}
     return result, tar
 
 
@@ -309,8 +311,8 @@ def test_png_scenes_are_read_top_to_bottom_each_row_once(tmp_path):
         for y in window_offsets(230, 128, 16):
             for x in window_offsets(300, 128, 16):
                 pixels, valid = reader.read(x, y, 128, 128)
-                np.testing.assert_array_equal(pixels, position_pixels(300, 230)[:, y:y + 128,
-                                                                                 x:x + 128])
+                expected = position_pixels(300, 230)[:, y:y + 128, x:x + 128]
+                np.testing.assert_array_equal(pixels, expected.transpose(1, 2, 0))
     starts, ends = zip(*spy.rows, strict=True)
     assert starts[0] == 0 and ends[-1] == 230
     assert all(e == s for e, s in zip(ends, starts[1:], strict=False))  # contiguous, no re-read
@@ -360,7 +362,9 @@ def test_chipping_twice_gives_identical_shards_and_manifest(tmp_path):
         outputs.append(((tmp_path / f"{run}.json").read_bytes(), tar.read_bytes(),
                         manifest.read_bytes()))
     assert outputs[0] == outputs[1]
-    assert len(json.loads(outputs[0][0])["chips"]) > 5
+    listing = outputs[0][0].decode()
+    assert listing == json.dumps(json.loads(listing), sort_keys=True) + "\n"  # canonical JSON
+    assert len(json.loads(listing)["chips"]) > 5
 
 
 def test_manifest_adds_up_every_shard_and_refuses_mixed_parameters(tmp_path):

@@ -56,7 +56,7 @@ log = logging.getLogger(__name__)
 
 EPS = 1e-9
 STRETCH_SAMPLE_PX = 1024  # the longest side of the decimated read used for percentiles
-GDAL_CACHE_MIN_BYTES = 16 << 20  # GDAL's block cache is capped per scene (see gdal_cache_bytes)
+GDAL_CACHE_MIN_BYTES = 8 << 20  # GDAL's block cache is capped per scene (see gdal_cache_bytes)
 PROGRESS_INTERVAL_S = 10.0  # at most one progress line per scene this often (plus the last)
 # Settings under `chipping:` that concern the workflow, not how one chip is cut.
 WORKFLOW_KEYS = {"shards"}
@@ -153,12 +153,18 @@ class SceneObjects:
     def __init__(self, annotations: list[Annotation], width: int, height: int):
         self.annotations = annotations
         self.width, self.height = width, height
-        self.shapes = []
-        for ann in annotations:
-            shape = Polygon(list(zip(ann.polygon[0::2], ann.polygon[1::2], strict=True)))
-            self.shapes.append(shape if shape.is_valid else make_valid(shape))
-        self.bounds = (np.array([s.bounds for s in self.shapes], dtype=np.float64)
-                       if self.shapes else np.zeros((0, 4)))
+        self.bounds = np.zeros((len(annotations), 4))
+        for i, ann in enumerate(annotations):
+            xs, ys = ann.polygon[0::2], ann.polygon[1::2]
+            self.bounds[i] = min(xs), min(ys), max(xs), max(ys)
+
+    def shape(self, index: int):
+        """The object's polygon (made valid), built when a window touches it: an object is
+        touched by a few windows only, and shapes for every object of a scene would cost
+        memory that grows with the scene."""
+        ann = self.annotations[index]
+        shape = Polygon(list(zip(ann.polygon[0::2], ann.polygon[1::2], strict=True)))
+        return shape if shape.is_valid else make_valid(shape)
 
     def clip(self, x0: int, y0: int, size: int,
              min_visible: float) -> tuple[list[dict], int, set[int]]:
@@ -170,7 +176,7 @@ class SceneObjects:
         window = box(x0, y0, x1, y1)
         kept, dropped, kept_ids = [], 0, set()
         for i in touching:
-            shape, ann = self.shapes[i], self.annotations[i]
+            shape, ann = self.shape(i), self.annotations[i]
             if shape.area <= 0:
                 continue
             part = shape.intersection(window)
@@ -228,16 +234,17 @@ class Radiometry:
         lows, highs = [], []
         for band in sample:
             values = band.compressed().astype(np.float64)
+            values = values[np.isfinite(values)]  # float scenes may hold NaN without nodata
             lo, hi = np.percentile(values, percentiles) if values.size else (0.0, 1.0)
             lows.append(lo)
             highs.append(hi if hi > lo else lo + 1)
         log.info("%s: stretching bands %s from percentiles %s: low %s, high %s", src.name,
                  self.bands, list(percentiles), [round(v, 3) for v in lows],
                  [round(v, 3) for v in highs])
-        return (np.array(lows, dtype=np.float32)[:, None, None],
-                np.array(highs, dtype=np.float32)[:, None, None])
+        return np.array(lows, dtype=np.float32), np.array(highs, dtype=np.float32)
 
     def to_8bit(self, pixels: np.ndarray) -> np.ndarray:
+        """(rows, cols, bands) pixels in the file's type to uint8."""
         if self.scale is None:
             return pixels
         lo, hi = self.scale
@@ -246,8 +253,8 @@ class Radiometry:
 
 
 def gdal_cache_bytes(src, size: int) -> int:
-    """GDAL's block cache for one scene: at least 16 MiB; for tiled scenes the blocks under
-    two chips, so that neighbouring chips of a row share decoded blocks.
+    """GDAL's block cache for one scene: at least 8 MiB; for tiled scenes the blocks under
+    one chip, so that the next chip of a row finds the blocks it shares already decoded.
 
     GDAL's default (5% of RAM) would let the cache grow with the scene on a large machine.
     Scenes read row-sequentially decode every block once and need no more than the minimum.
@@ -257,7 +264,7 @@ def gdal_cache_bytes(src, size: int) -> int:
         return GDAL_CACHE_MIN_BYTES
     itemsize = np.dtype(src.dtypes[0]).itemsize
     under_chip = (size + block_rows) * (size + block_cols) * src.count * itemsize
-    return max(GDAL_CACHE_MIN_BYTES, 2 * under_chip)
+    return max(GDAL_CACHE_MIN_BYTES, under_chip + under_chip // 4)
 
 
 class WindowReader:
@@ -266,6 +273,7 @@ class WindowReader:
     Tiled rasters are read window by window. Rasters stored in full-width blocks (PNG, striped
     GeoTIFF) are read top to bottom, each row once, into a ring buffer of `size` + one block
     of rows: GDAL decodes PNG sequentially, so going back up would restart the decoder.
+    Pixels come out as (rows, cols, bands), the layout encoders take, so no chip is transposed.
     """
 
     def __init__(self, src, bands: list[int], size: int):
@@ -275,7 +283,7 @@ class WindowReader:
         self.masked = not all(flags == [MaskFlags.all_valid] for flags in src.mask_flag_enums)
         if not self.random_access:
             self.capacity = size + self.block_rows
-            self.ring = np.empty((len(bands), self.capacity, src.width), dtype=src.dtypes[0])
+            self.ring = np.empty((self.capacity, src.width, len(bands)), dtype=src.dtypes[0])
             self.ring_valid = (np.empty((self.capacity, src.width), dtype=bool)
                                if self.masked else None)
             self.rows_read = 0
@@ -288,17 +296,18 @@ class WindowReader:
         return f"read row-sequentially through a {ring_bytes / 2**20:.1f} MiB ring buffer"
 
     def read(self, x0: int, y0: int, cols: int, rows: int) -> tuple[np.ndarray, np.ndarray | None]:
-        """Pixels (bands, rows, cols) in the file's type, and the valid mask (None: all valid)."""
+        """Pixels (rows, cols, bands) in the file's type, and the valid mask (None: all valid)."""
         if self.random_access:
             window = Window(x0, y0, cols, rows)
-            pixels = self.src.read(self.bands, window=window)
+            pixels = np.empty((rows, cols, len(self.bands)), dtype=self.src.dtypes[0])
+            self.src.read(self.bands, window=window, out=pixels.transpose(2, 0, 1))
             valid = self.src.dataset_mask(window=window) > 0 if self.masked else None
             return pixels, valid
         self._read_rows_until(y0 + rows)
         if y0 < self.rows_read - self.capacity:
             raise RuntimeError(f"row {y0} has left the ring buffer; windows must go down")
         ring_rows = np.arange(y0, y0 + rows) % self.capacity
-        pixels = self.ring[:, ring_rows, x0:x0 + cols]
+        pixels = self.ring[ring_rows, x0:x0 + cols]
         valid = self.ring_valid[ring_rows, x0:x0 + cols] if self.masked else None
         return pixels, valid
 
@@ -310,7 +319,8 @@ class WindowReader:
             start = self.rows_read % self.capacity
             count = min(target - self.rows_read, self.capacity - start)
             window = Window(0, self.rows_read, src.width, count)
-            src.read(self.bands, window=window, out=self.ring[:, start:start + count])
+            src.read(self.bands, window=window,
+                     out=self.ring[start:start + count].transpose(2, 0, 1))
             if self.masked:
                 self.ring_valid[start:start + count] = src.dataset_mask(window=window) > 0
             self.rows_read += count
@@ -320,20 +330,20 @@ def render_chip(pixels: np.ndarray, valid: np.ndarray | None, radiometry: Radiom
                 params: ChipParams, transform, crs) -> tuple[bytes, bytes | None]:
     """Stretch, pad and encode one chip (runs on the thread pool); returns (image, GeoTIFF)."""
     chip = radiometry.to_8bit(pixels)
-    rows, cols = chip.shape[1:]
+    rows, cols, bands = chip.shape
     if (rows, cols) != (params.size, params.size) or valid is not None:
-        canvas = np.full((chip.shape[0], params.size, params.size), params.pad_value, np.uint8)
-        canvas[:, :rows, :cols] = chip
+        canvas = np.full((params.size, params.size, bands), params.pad_value, np.uint8)
+        canvas[:rows, :cols] = chip
         if valid is not None:
-            canvas[:, :rows, :cols][:, ~valid] = params.pad_value
+            canvas[:rows, :cols][~valid] = params.pad_value
         chip = canvas
     geotiff = encode_geotiff(chip, transform, crs) if params.geotiff else None
     return encode(chip, params), geotiff
 
 
 def encode(chip: np.ndarray, params: ChipParams) -> bytes:
-    """Encode a (bands, h, w) uint8 array; one band is written as grey, three as RGB."""
-    pixels = chip[0] if chip.shape[0] == 1 else np.ascontiguousarray(chip.transpose(1, 2, 0))
+    """Encode a (h, w, bands) uint8 array; one band is written as grey, three as RGB."""
+    pixels = np.ascontiguousarray(chip[:, :, 0] if chip.shape[2] == 1 else chip)
     buffer = io.BytesIO()
     if params.image_format == "jpeg":
         Image.fromarray(pixels).save(buffer, "JPEG", quality=params.jpeg_quality)
@@ -346,7 +356,7 @@ def encode_geotiff(chip: np.ndarray, transform, crs) -> bytes:
     """The chip as a deflate-compressed GeoTIFF carrying the scene's CRS and its geotransform."""
     from rasterio.io import MemoryFile
 
-    bands, height, width = chip.shape
+    height, width, bands = chip.shape
     profile = {"driver": "GTiff", "width": width, "height": height, "count": bands,
                "dtype": "uint8", "transform": transform, "compress": "deflate",
                "photometric": "RGB" if bands == 3 else "MINISBLACK"}
@@ -356,7 +366,7 @@ def encode_geotiff(chip: np.ndarray, transform, crs) -> bytes:
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         with MemoryFile() as memfile:
             with memfile.open(**profile) as dst:
-                dst.write(chip)
+                dst.write(chip.transpose(2, 0, 1))
             return memfile.read()
 
 
@@ -431,28 +441,36 @@ def _crs_text(crs) -> str | None:
 def chip_shard(scenes: list[dict], annotations: dict[str, list[Annotation]],
                images: dict[str, Path], params: ChipParams, tar_path: Path, json_path: Path,
                threads: int = 1) -> dict:
-    """Chip the given scenes into one tar shard and its JSON chip list; returns the JSON.
+    """Chip the given scenes into one tar shard and its JSON chip list.
 
-    At most 2 x `threads` chips wait for the encoder, so memory stays bounded while reading
-    and encoding overlap; GDAL may decode the blocks of one window on `threads` threads too.
-    The shard is written in chip order whatever `threads` is.
+    Returns the shard's parameters, version and per-scene counts. Chip records are written to
+    `json_path` as they are made (the file is what `json.dumps(..., sort_keys=True)` of the
+    whole shard would give), so memory does not grow with the number of chips. At most
+    `threads` + 1 chips wait for the encoder, so reading and encoding overlap within a bounded
+    memory. The shard is written in chip order whatever `threads` is.
     """
     import rasterio
 
     threads = max(1, threads)
-    records, per_scene = [], {}
+    per_scene: dict[str, dict] = {}
     pending: deque[tuple[ChipRecord, Future]] = deque()
+    tar_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    listing = open(json_path, "w")
+    listing.write('{"chips": [')
+    separator = ""
 
     def write_oldest(tar: tarfile.TarFile) -> None:
+        nonlocal separator
         record, future = pending.popleft()
         image, geotiff = future.result()
         tar.addfile(_tar_member(record.file, len(image)), io.BytesIO(image))
         if geotiff is not None:
             tar.addfile(_tar_member(record.geotiff, len(geotiff)), io.BytesIO(geotiff))
-        records.append(dict(vars(record)))  # asdict() would deep-copy every object
+        listing.write(separator + json.dumps(vars(record), sort_keys=True))
+        separator = ", "
 
-    tar_path.parent.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(tar_path, "w", format=tarfile.USTAR_FORMAT) as tar, \
+    with listing, tarfile.open(tar_path, "w", format=tarfile.USTAR_FORMAT) as tar, \
             ThreadPoolExecutor(threads) as pool, warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         for n, scene in enumerate(scenes, start=1):
@@ -464,12 +482,12 @@ def chip_shard(scenes: list[dict], annotations: dict[str, list[Annotation]],
                 src = rasterio.open(images[name])
             except rasterio.errors.RasterioIOError as exc:
                 raise InputError(images[name], f"not a readable raster image ({exc})") from None
-            with src, rasterio.Env(GDAL_PAM_ENABLED="NO", GDAL_NUM_THREADS=threads,
+            with src, rasterio.Env(GDAL_PAM_ENABLED="NO",
                                    GDAL_CACHEMAX=gdal_cache_bytes(src, params.size)):
                 for record, job in chip_scene(src, scene, counts, annotations.get(name, []),
                                               params):
                     pending.append((record, pool.submit(job)))
-                    if len(pending) >= 2 * threads:
+                    if len(pending) > threads:
                         write_oldest(tar)
                 while pending:
                     write_oldest(tar)
@@ -479,10 +497,10 @@ def chip_shard(scenes: list[dict], annotations: dict[str, list[Annotation]],
                      "%d fragments dropped, %d nodata chips skipped", name, n, len(scenes),
                      counts.chips_written, counts.objects_kept, counts.objects_truncated,
                      counts.fragments_dropped, counts.nodata_skipped)
-    result = {"params": params_dict(params), "nadir_version": __version__,
-              "scenes": per_scene, "chips": records}
-    json_path.write_text(json.dumps(result, sort_keys=True) + "\n")
-    return result
+        summary = {"params": params_dict(params), "nadir_version": __version__,
+                   "scenes": per_scene}
+        listing.write("], " + json.dumps(summary, sort_keys=True)[1:] + "\n")
+    return summary
 
 
 def params_dict(params: ChipParams) -> dict:

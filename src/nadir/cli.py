@@ -74,7 +74,8 @@ def cmd_chip(args) -> None:
         raise NadirError(f"images {unknown} are not in the scene table {args.scenes}")
     result = chip_shard(scenes, read_annotations(Path(args.annotations)), images, params,
                         Path(args.tar), Path(args.json), threads=args.threads)
-    log.info("shard %s: %d chips from %d scenes", args.tar, len(result["chips"]), len(scenes))
+    chips = sum(counts["chips_written"] for counts in result["scenes"].values())
+    log.info("shard %s: %d chips from %d scenes", args.tar, chips, len(scenes))
 
 
 def cmd_manifest(args) -> None:
