@@ -16,7 +16,7 @@ All runs keep every chip (`empty_keep` 1), so they encode the same chips; the sc
 nadir's and the baseline's chips are byte-identical. It prints chips/s, wall time and peak RSS per
 run, then the ratios. Usage:
 
-    python bench/chipping.py                      # 20,000 px, tiled GeoTIFF and PNG
+    python bench/chipping.py                      # 20,000 px: deflate and raw GeoTIFF, PNG
     python bench/chipping.py --size 4000 --layout png
 """
 
@@ -47,6 +47,7 @@ from nadir.index import Annotation  # noqa: E402
 
 LAYOUTS = {  # name: (file suffix, description)
     "tiled": ("tif", "tiled GeoTIFF, 512 px blocks, deflate"),
+    "raw": ("raw.tif", "tiled GeoTIFF, 512 px blocks, uncompressed"),
     "png": ("png", "PNG (as DOTA ships its scenes)"),
 }
 BASELINE_GDAL_CACHE = 16 << 20  # the baseline reads once; a large cache would only inflate it
@@ -81,7 +82,7 @@ def generate_scene(path: Path, size: int, layout: str, objects: list[Annotation]
 
     rng = np.random.default_rng(seed)
     noise = rng.normal(0, 7, (3, 509, 521)).astype(np.float32)  # tiled with a prime period
-    tif = path if layout == "tiled" else path.with_suffix(".source.tif")
+    tif = path if layout != "png" else path.with_suffix(".source.tif")
     profile = {"driver": "GTiff", "width": size, "height": size, "count": 3, "dtype": "uint8",
                "crs": "EPSG:32631", "transform": from_origin(400_000.0, 5_000_000.0, 0.5, 0.5),
                "tiled": True, "blockxsize": 512, "blockysize": 512, "photometric": "RGB",
@@ -295,7 +296,7 @@ def main() -> None:
     parser.add_argument("--overlap", type=int, default=200)
     parser.add_argument("--objects", type=int, default=5000)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--layout", nargs="+", choices=sorted(LAYOUTS), default=["tiled", "png"])
+    parser.add_argument("--layout", nargs="+", choices=list(LAYOUTS), default=list(LAYOUTS))
     parser.add_argument("--workdir", default="/tmp/nadir-bench-chipping",
                         help="scenes are kept here and reused by later runs")
     parser.add_argument("--seed", type=int, default=0)
