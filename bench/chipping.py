@@ -7,14 +7,16 @@ subprocess so that its peak resident memory can be measured:
 - baseline: reads the whole image into one array, slices every window out of it, clips the
   objects (a bounds check, then shapely) and encodes the chips one after another in one thread.
   This is how the common DOTA tooling splits a scene (it loads the image with OpenCV).
-- nadir: `nadir.chipping.chip_shard` with the same windows, rules and encoder, at 1 and at
-  `--threads` threads.
-- encode: only the JPEG encoding of the same chips (read beforehand, outside the timer), at 1
-  and at `--threads` threads: the ceiling for any chipper that uses this encoder.
+- nadir: `nadir.chipping.chip_shard` with the same windows, rules and encoder, at `--threads`
+  threads (the chip rule's default, 2).
+- encode: only the JPEG encoding of the same chips (read beforehand, outside the timer), in one
+  thread: the ceiling for any chipper that uses this encoder (Pillow's JPEG encoder holds
+  Python's lock, so more threads do not encode faster).
 
 All runs keep every chip (`empty_keep` 1), so they encode the same chips; the script checks that
-nadir's and the baseline's chips are byte-identical. It prints chips/s, wall time and peak RSS per
-run, then the ratios. Usage:
+nadir's and the baseline's chips are byte-identical. Each run is repeated `--repeat` times,
+round-robin, and the fastest counts. It prints chips/s, wall time, CPU time and peak RSS (VmHWM)
+per run, then the ratios. Usage:
 
     python bench/chipping.py                      # 20,000 px: deflate and raw GeoTIFF, PNG
     python bench/chipping.py --size 4000 --layout png
@@ -258,34 +260,38 @@ def bench_layout(args, layout: str, workdir: Path) -> None:
         generate_scene(scene, args.size, layout, objects, args.seed)
         print(f"generated {scene} ({scene.stat().st_size / 2**20:.0f} MiB) in "
               f"{time.monotonic() - started:.0f} s", flush=True)
-    runs = [("baseline", 1), ("nadir", 1), ("nadir", args.threads), ("encode", 1),
-            ("encode", args.threads)]
-    results = {}
-    for run, threads in dict.fromkeys(runs):
-        results[run, threads] = measure(args, run, scene, threads,
-                                        workdir / f"{run}-{threads}.tar")
-    if chip_digests(workdir / "baseline-1.tar") != chip_digests(workdir / "nadir-1.tar"):
+    # Round-robin repeats, best wall time of each: other work on a shared machine slows
+    # whichever run it overlaps, and the best of a few repeats is the least disturbed one.
+    runs = [("baseline", 1), ("nadir", args.threads), ("encode", 1)]
+    results: dict[tuple[str, int], dict] = {}
+    for _ in range(args.repeat):
+        for run, threads in runs:
+            r = measure(args, run, scene, threads, workdir / f"{run}.tar")
+            best = results.get((run, threads))
+            if best is None or r["seconds"] < best["seconds"]:
+                results[run, threads] = {**r, "peak_rss_mib": max(
+                    r["peak_rss_mib"], best["peak_rss_mib"] if best else 0.0)}
+            else:
+                best["peak_rss_mib"] = max(best["peak_rss_mib"], r["peak_rss_mib"])
+    if chip_digests(workdir / "baseline.tar") != chip_digests(workdir / "nadir.tar"):
         raise SystemExit("nadir's chips differ from the baseline's")
 
     chips = results["baseline", 1]["chips"]
     print(f"\n{args.size} x {args.size} px, 3-band uint8, {description}; {args.objects} "
-          f"objects; {args.chip} px chips, {args.overlap} px overlap, JPEG: {chips} chips")
+          f"objects; {args.chip} px chips, {args.overlap} px overlap, JPEG: {chips} chips; "
+          f"best of {args.repeat}, load average {os.getloadavg()[0]:.1f}")
     print(f"{'run':<22}{'chips/s':>9}{'wall s':>8}{'CPU s':>8}{'peak RSS MiB':>14}")
     for (run, threads), r in results.items():
         measured = (f"{r['cpu_seconds']:8.1f}{r['peak_rss_mib']:14.0f}" if run != "encode"
                     else f"{'-':>8}{'-':>14}")  # its CPU time and memory include the reading
         label = f"{run} ({threads} thread{'s' if threads > 1 else ''})"
         print(f"{label:<22}{r['chips'] / r['seconds']:9.1f}{r['seconds']:8.1f}{measured}")
-    rate = {key: r["chips"] / r["seconds"] for key, r in results.items()}
-    base = results["baseline", 1]
-    for threads in dict.fromkeys((1, args.threads)):
-        nadir = results["nadir", threads]
-        speed = rate["nadir", threads] / rate["baseline", 1]
-        memory = nadir["peak_rss_mib"] / base["peak_rss_mib"]
-        ceiling = rate["nadir", threads] / rate["encode", threads]
-        print(f"nadir ({threads} thread(s)): throughput {speed:.2f} x baseline, peak memory "
-              f"{memory:.3f} x baseline, {ceiling:.2f} of pure JPEG encoding at {threads} "
-              "thread(s)")
+    base, nadir = results["baseline", 1], results["nadir", args.threads]
+    encode_only = results["encode", 1]
+    print(f"nadir: throughput {base['seconds'] / nadir['seconds']:.2f} x baseline, peak memory "
+          f"{nadir['peak_rss_mib'] / base['peak_rss_mib']:.3f} x baseline, "
+          f"{encode_only['seconds'] / nadir['seconds']:.2f} of pure JPEG encoding; CPU time "
+          f"{nadir['cpu_seconds'] / base['cpu_seconds']:.2f} x baseline")
     print("nadir's chips are byte-identical to the baseline's", flush=True)
 
 
@@ -295,7 +301,8 @@ def main() -> None:
     parser.add_argument("--chip", type=int, default=1024)
     parser.add_argument("--overlap", type=int, default=200)
     parser.add_argument("--objects", type=int, default=5000)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2, help="nadir's threads")
+    parser.add_argument("--repeat", type=int, default=2, help="runs of each, best one counts")
     parser.add_argument("--layout", nargs="+", choices=list(LAYOUTS), default=list(LAYOUTS))
     parser.add_argument("--workdir", default="/tmp/nadir-bench-chipping",
                         help="scenes are kept here and reused by later runs")

@@ -310,12 +310,28 @@ def test_png_scenes_are_read_top_to_bottom_each_row_once(tmp_path):
         assert not reader.random_access
         for y in window_offsets(230, 128, 16):
             for x in window_offsets(300, 128, 16):
-                pixels, valid = reader.read(x, y, 128, 128)
+                pixels = reader.pixels(x, y, 128, 128)
+                assert reader.valid(x, y, 128, 128) is None
                 expected = position_pixels(300, 230)[:, y:y + 128, x:x + 128]
                 np.testing.assert_array_equal(pixels, expected.transpose(1, 2, 0))
     starts, ends = zip(*spy.rows, strict=True)
     assert starts[0] == 0 and ends[-1] == 230
     assert all(e == s for e, s in zip(ends, starts[1:], strict=False))  # contiguous, no re-read
+
+
+def test_skipped_empty_windows_of_a_tiled_scene_are_never_read(tmp_path, monkeypatch):
+    image = write_raster(tmp_path / "scene.tif", position_pixels(512, 512))
+    windows = []
+    original = WindowReader.pixels
+
+    def spy(self, x0, y0, cols, rows):
+        windows.append((x0, y0))
+        return original(self, x0, y0, cols, rows)
+
+    monkeypatch.setattr(WindowReader, "pixels", spy)
+    result, _ = chip(tmp_path, image, [square("S", 0, 300, 300, 340, 340)], size=256,
+                     overlap=0, empty_keep=0.0)
+    assert windows == [(256, 256)] == [(c["x"], c["y"]) for c in result["chips"]]
 
 
 def test_png_scene_without_georeference_is_chipped(tmp_path):

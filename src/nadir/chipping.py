@@ -295,21 +295,28 @@ class WindowReader:
         ring_bytes = self.ring.nbytes + (self.ring_valid.nbytes if self.masked else 0)
         return f"read row-sequentially through a {ring_bytes / 2**20:.1f} MiB ring buffer"
 
-    def read(self, x0: int, y0: int, cols: int, rows: int) -> tuple[np.ndarray, np.ndarray | None]:
-        """Pixels (rows, cols, bands) in the file's type, and the valid mask (None: all valid)."""
+    def pixels(self, x0: int, y0: int, cols: int, rows: int) -> np.ndarray:
+        """The window's pixels as (rows, cols, bands), in the file's type."""
         if self.random_access:
-            window = Window(x0, y0, cols, rows)
             pixels = np.empty((rows, cols, len(self.bands)), dtype=self.src.dtypes[0])
-            self.src.read(self.bands, window=window, out=pixels.transpose(2, 0, 1))
-            valid = self.src.dataset_mask(window=window) > 0 if self.masked else None
-            return pixels, valid
+            self.src.read(self.bands, window=Window(x0, y0, cols, rows),
+                          out=pixels.transpose(2, 0, 1))
+            return pixels
+        return self.ring[self._ring_rows(y0, rows), x0:x0 + cols]
+
+    def valid(self, x0: int, y0: int, cols: int, rows: int) -> np.ndarray | None:
+        """The window's valid-pixel mask; None when the scene has neither nodata nor a mask."""
+        if not self.masked:
+            return None
+        if self.random_access:
+            return self.src.dataset_mask(window=Window(x0, y0, cols, rows)) > 0
+        return self.ring_valid[self._ring_rows(y0, rows), x0:x0 + cols]
+
+    def _ring_rows(self, y0: int, rows: int) -> np.ndarray:
         self._read_rows_until(y0 + rows)
         if y0 < self.rows_read - self.capacity:
             raise RuntimeError(f"row {y0} has left the ring buffer; windows must go down")
-        ring_rows = np.arange(y0, y0 + rows) % self.capacity
-        pixels = self.ring[ring_rows, x0:x0 + cols]
-        valid = self.ring_valid[ring_rows, x0:x0 + cols] if self.masked else None
-        return pixels, valid
+        return np.arange(y0, y0 + rows) % self.capacity
 
     def _read_rows_until(self, end: int) -> None:
         """Read whole blocks of rows into the ring until row `end` is in it."""
@@ -389,7 +396,7 @@ def chip_scene(src, scene: dict, counts: SceneCounts, annotations: list[Annotati
         rows = min(size, src.height - y0)
         for x0 in xs:
             cols = min(size, src.width - x0)
-            pixels, valid = reader.read(x0, y0, cols, rows)
+            valid = reader.valid(x0, y0, cols, rows)
             if valid is not None and 1.0 - valid.mean() > params.nodata_max:
                 counts.nodata_skipped += 1
                 continue
@@ -415,6 +422,7 @@ def chip_scene(src, scene: dict, counts: SceneCounts, annotations: list[Annotati
                 geotiff=f"{stem}.tif" if params.geotiff else None,
             )
             counts.chips_written += 1
+            pixels = reader.pixels(x0, y0, cols, rows)  # only for chips that are kept
             yield record, partial(render_chip, pixels, valid, radiometry, params, transform, crs)
         now = time.monotonic()
         if row == len(ys) or now - last_report >= PROGRESS_INTERVAL_S:
