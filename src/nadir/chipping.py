@@ -20,8 +20,9 @@ Rules (docs/chipping.md explains them for users; tests/test_chipping.py tests ea
 - Non-8-bit input is stretched to 8 bits per band between per-scene percentiles computed on a
   decimated read (valid pixels only); `bands` selects and orders the bands (1-based); a chip has
   one band (grey) or three (RGB).
-- Chips are cut in row-major order and encoded on a thread pool with a bounded queue; the shard
-  is written in chip order, so the output does not depend on the number of threads.
+- Chips are cut in row-major order and encoded on other threads than the one that reads, with
+  a bounded queue; the shard is written in chip order, so the output does not depend on the
+  number of threads.
 """
 
 from __future__ import annotations
@@ -453,13 +454,16 @@ def chip_shard(scenes: list[dict], annotations: dict[str, list[Annotation]],
 
     Returns the shard's parameters, version and per-scene counts. Chip records are written to
     `json_path` as they are made (the file is what `json.dumps(..., sort_keys=True)` of the
-    whole shard would give), so memory does not grow with the number of chips. At most
-    `threads` + 1 chips wait for the encoder, so reading and encoding overlap within a bounded
-    memory. The shard is written in chip order whatever `threads` is.
+    whole shard would give), so memory does not grow with the number of chips.
+
+    Of the job's `threads`, this thread reads and clips and the others encode (at least one).
+    Pillow's JPEG encoder holds Python's lock, so a second encoder would only add memory; GDAL
+    does not, so reading overlaps with encoding. At most one chip more than there are encoders
+    waits, which bounds memory. The shard is written in chip order whatever `threads` is.
     """
     import rasterio
 
-    threads = max(1, threads)
+    encoders = max(1, threads - 1)
     per_scene: dict[str, dict] = {}
     pending: deque[tuple[ChipRecord, Future]] = deque()
     tar_path.parent.mkdir(parents=True, exist_ok=True)
@@ -479,7 +483,7 @@ def chip_shard(scenes: list[dict], annotations: dict[str, list[Annotation]],
         separator = ", "
 
     with listing, tarfile.open(tar_path, "w", format=tarfile.USTAR_FORMAT) as tar, \
-            ThreadPoolExecutor(threads) as pool, warnings.catch_warnings():
+            ThreadPoolExecutor(encoders) as pool, warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         for n, scene in enumerate(scenes, start=1):
             name = scene["scene"]
@@ -495,7 +499,7 @@ def chip_shard(scenes: list[dict], annotations: dict[str, list[Annotation]],
                 for record, job in chip_scene(src, scene, counts, annotations.get(name, []),
                                               params):
                     pending.append((record, pool.submit(job)))
-                    if len(pending) > threads:
+                    if len(pending) > encoders:
                         write_oldest(tar)
                 while pending:
                     write_oldest(tar)
