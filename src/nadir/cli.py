@@ -262,6 +262,12 @@ def cmd_plot_loss(args) -> None:
     plot_loss_curve(Path(args.train_log), Path(args.out), args.title)
 
 
+def cmd_config_reference(args) -> None:
+    from nadir.config_reference import render
+
+    print(render(), end="")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nadir", description=__doc__)
     parser.add_argument("--version", action="version", version=__version__)
@@ -398,6 +404,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-log", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--title", required=True)
+    command("config-reference", cmd_config_reference,
+            "print config/README.md, generated from the config schema")
     return parser
 
 
