@@ -62,7 +62,8 @@ def _describe(error) -> str:
         if allowed is not None:
             return f"config key {path}: unknown name(s) {bad}; allowed: {allowed}"
     if error.validator == "enum":
-        return f"config key {path}: {error.instance!r} is not allowed; allowed values: {error.validator_value}"
+        return (f"config key {path}: {error.instance!r} is not allowed; "
+                f"allowed values: {error.validator_value}")
     if error.validator == "type":
         return f"config key {path}: expected {error.validator_value}, got {error.instance!r}"
     return f"config key {path}: {error.message}"

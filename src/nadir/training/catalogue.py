@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -37,12 +36,11 @@ def _ssdlite(num_classes: int, size: int) -> nn.Module:
 
 
 def _fcos_resnet18(num_classes: int, size: int) -> nn.Module:
+    from torch import nn
     from torchvision.models import resnet18
     from torchvision.models.detection import FCOS
     from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
     from torchvision.ops.feature_pyramid_network import LastLevelP6P7
-
-    from torch import nn
 
     trunk = resnet18(weights=None, norm_layer=nn.BatchNorm2d)
     backbone = _resnet_fpn_extractor(trunk, 5, returned_layers=[2, 3, 4],

@@ -48,8 +48,7 @@ class ShardChips(torch.utils.data.Dataset):
             shard, name = sorted(missing)[0]
             raise FileNotFoundError(
                 f"{len(missing)} chip(s) listed in the COCO file are not in the shards, e.g. "
-                f"{name} in shard {shard} ({self.shards[shard] if shard < len(self.shards) else '?'})"
-                "; rerun the chip stage"
+                f"{name} in shard {shard} ({self.shards[shard]}); rerun the chip stage"
             )
         return offsets
 
