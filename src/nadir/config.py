@@ -91,5 +91,9 @@ def validate(config: dict, model_names: list[str]) -> dict:
 
 
 def model_hyperparameters(config: dict, model: str) -> dict:
-    """The training settings of one model: `training` with the model's overrides on top."""
-    return {**config["training"], **(config["models"][model] or {})}
+    """The training settings of one model: `training`, then the catalogue's defaults for this
+    model (e.g. a lower lr where the shared one diverges), then the user's overrides on top."""
+    from nadir.training.catalogue import CATALOGUE
+
+    return {**config["training"], **CATALOGUE[model].hyperparameters,
+            **(config["models"][model] or {})}
