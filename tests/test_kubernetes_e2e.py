@@ -223,10 +223,11 @@ def test_upstream_kubernetes_executor_still_works_with_the_s3_flags(s3, tmp_path
     double = KubernetesDouble(tmp_path / "cluster", Path(sys.executable).parent,
                               namespace="plain").start()
     try:
-        proc = snakemake_on(checkout, double, s3, "upstream", "generate_sample_sample",
+        proc = snakemake_on(checkout, double, s3, "upstream",
                             "--executor", "kubernetes", "--kubernetes-namespace", "plain",
                             "--container-image", "nadir:ci", "--default-storage-provider", "s3",
-                            "--jobs", "1", "--cores", "2", profile=False)
+                            "--jobs", "1", "--cores", "2", "generate_sample_sample",
+                            profile=False)
         assert proc.returncode == 0, proc.stderr[-6000:]
         [job] = double.accepted("Job")
         assert "pip install --target" in container(job)["args"][1]
