@@ -3,37 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
-import platform
 import sys
-from importlib import metadata
 from pathlib import Path
 
 from nadir import __version__
 from nadir.errors import NadirError
 
 log = logging.getLogger("nadir")
-
-
-def _digest(paths: list[Path]) -> str:
-    h = hashlib.sha256()
-    for p in paths:
-        with open(p, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()[:16]
-
-
-def _versions(packages: list[str]) -> dict:
-    out = {"python": platform.python_version(), "nadir": __version__}
-    for name in packages:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    return out
 
 
 def cmd_sample(args) -> None:
@@ -97,31 +75,66 @@ def cmd_coco(args) -> None:
 
 
 def cmd_train(args) -> None:
-    from nadir.training import torchvision_backend
+    from nadir.training.backend import TrainJob, fingerprint, get_backend, input_digests
+    from nadir.training.catalogue import entry, weight_source
+    from nadir.training.checkpoints import open_store
+    from nadir.training.weights import verify_file
 
     hp = json.loads(args.hp)
-    shards = [Path(p) for p in args.shards]
     out_dir = Path(args.out_dir)
-    result = torchvision_backend.train(args.model, hp, Path(args.train), shards, out_dir,
-                                       threads=args.threads)
+    model = entry(args.model)
+    weights_file = Path(args.pretrained_weights) if args.pretrained_weights else None
+    source = weight_source(args.model, hp["pretrained"])
+    if source is not None and weights_file is None:
+        raise NadirError(f"{args.model} with pretrained: {hp['pretrained']} needs "
+                         f"--pretrained-weights ({source.file_name})")
+    if source is not None:
+        verify_file(weights_file, source.sha256)
+    job = TrainJob(dataset=args.dataset, model=args.model, hp=hp, train_json=Path(args.train),
+                   manifest=Path(args.manifest), shards=[Path(p) for p in args.shards],
+                   out_dir=out_dir, threads=args.threads, checkpoint_every=args.checkpoint_every,
+                   weights_file=weights_file, world_size=args.world_size)
+    job.input_digests = input_digests(job)
+    if args.checkpoints:
+        job.checkpoints = open_store(f"{args.checkpoints.rstrip('/')}/{fingerprint(job)}",
+                                     args.s3_endpoint, args.checkpoint_keep)
+    backend = get_backend(model.backend)
+    resolved = backend.resolved_config(job)
+    result = backend.train(job)
+    resolved["training"] = result
+    Path(args.resolved_config or out_dir / "resolved_config.json").write_text(
+        json.dumps(resolved, indent=1) + "\n")
     run = {
-        "dataset": args.dataset, "model": args.model, "backend": "torchvision",
-        "hyperparameters": hp, "training": result,
-        "inputs": {"train_coco": _digest([Path(args.train)]),
-                   "chip_manifest": _digest([Path(args.manifest)])},
-        "versions": _versions(["torch", "torchvision", "rasterio", "numpy"]),
+        "dataset": args.dataset, "model": args.model, "backend": model.backend,
+        "hyperparameters": hp, "training": result, "inputs": job.input_digests,
+        "code": resolved["code"], "versions": resolved["versions"],
     }
     (out_dir / "run.json").write_text(json.dumps(run, indent=1) + "\n")
+    if job.checkpoints is not None:
+        job.checkpoints.clear()  # the run is complete: its weights are in the outputs
+        log.info("removed the run's checkpoints from %s", job.checkpoints.describe())
+
+
+def cmd_fetch_weights(args) -> None:
+    from nadir.training.catalogue import weight_files
+    from nadir.training.weights import fetch_weights
+
+    files = weight_files()
+    if args.file not in files:
+        raise NadirError(f"{args.file!r} is not a weights file of the catalogue; known files: "
+                         f"{sorted(files)}")
+    source = files[args.file]
+    fetch_weights(args.url or source.url, source.sha256, Path(args.out))
 
 
 def cmd_evaluate(args) -> None:
     from nadir.evaluation import evaluate
-    from nadir.training import torchvision_backend
+    from nadir.training.backend import backend_of_weights
 
     hp = json.loads(args.hp)
     shards = [Path(p) for p in args.shards]
-    predictions = torchvision_backend.predict(Path(args.weights), Path(args.coco), shards, hp,
-                                              threads=args.threads)
+    predictions = backend_of_weights(Path(args.weights)).predict(
+        Path(args.weights), Path(args.coco), shards, hp, threads=args.threads)
     Path(args.predictions).write_text(json.dumps(predictions) + "\n")
     result = evaluate(Path(args.coco), predictions, hp["max_detections"])
     Path(args.metrics).write_text(json.dumps(result, indent=1) + "\n")
@@ -198,11 +211,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train", required=True)
     p.add_argument("--manifest", required=True)
     p.add_argument("--out-dir", required=True)
+    p.add_argument("--resolved-config", help="default: OUT_DIR/resolved_config.json")
+    p.add_argument("--pretrained-weights", help="the weights file `pretrained` asks for")
+    p.add_argument("--checkpoints", help="checkpoint location: a directory or s3://BUCKET/PREFIX "
+                   "(a subfolder per run fingerprint is made); none: no checkpoints")
+    p.add_argument("--checkpoint-every", type=int, default=0, help="iterations between them")
+    p.add_argument("--checkpoint-keep", type=int, default=2, help="newest checkpoints kept")
+    p.add_argument("--s3-endpoint", help="S3 endpoint URL for s3:// checkpoints (keys come "
+                   "from SNAKEMAKE_STORAGE_S3_ACCESS_KEY/_SECRET_KEY)")
+    p.add_argument("--world-size", type=int, help="training processes (default: one per GPU)")
     p = sub.choices["evaluate"]
     p.add_argument("--weights", required=True)
     p.add_argument("--coco", required=True)
     p.add_argument("--predictions", required=True)
     p.add_argument("--metrics", required=True)
+
+    p = command("fetch-weights", cmd_fetch_weights, "download and verify a weights file")
+    p.add_argument("--file", required=True, help="file name from the model catalogue")
+    p.add_argument("--url", help="fetch from here instead of the catalogue's URL (a mirror)")
+    p.add_argument("--out", required=True)
 
     p = command("leaderboard", cmd_leaderboard, "rank every run; print the table")
     p.add_argument("--run", nargs=2, action="append", required=True,

@@ -62,7 +62,8 @@ def _describe(error) -> str:
         if allowed is not None:
             return f"config key {path}: unknown name(s) {bad}; allowed: {allowed}"
     if error.validator == "enum":
-        return f"config key {path}: {error.instance!r} is not allowed; allowed values: {error.validator_value}"
+        return (f"config key {path}: {error.instance!r} is not allowed; "
+                f"allowed values: {error.validator_value}")
     if error.validator == "type":
         return f"config key {path}: expected {error.validator_value}, got {error.instance!r}"
     return f"config key {path}: {error.message}"
@@ -84,5 +85,9 @@ def validate(config: dict, model_names: list[str]) -> dict:
 
 
 def model_hyperparameters(config: dict, model: str) -> dict:
-    """The training settings of one model: `training` with the model's overrides on top."""
-    return {**config["training"], **(config["models"][model] or {})}
+    """The training settings of one model: `training`, then the catalogue's defaults for this
+    model (e.g. a lower lr where the shared one diverges), then the user's overrides on top."""
+    from nadir.training.catalogue import CATALOGUE
+
+    return {**config["training"], **CATALOGUE[model].hyperparameters,
+            **(config["models"][model] or {})}

@@ -1,15 +1,86 @@
+# Training: one job per (dataset, model), plus one download per pretrained weights file.
+# Checkpoint settings reach the command through globals, not params, so that moving or
+# retuning checkpoints never reruns a finished training job.
+
+import re
+
+from nadir.training.catalogue import weight_files, weight_source
+
+WEIGHT_FILES = weight_files()
+
+
+def _pretrained(model):
+    """The weights file a model starts from under the config, or None (a config error says why)."""
+    try:
+        return weight_source(model, model_hyperparameters(config, model)["pretrained"])
+    except KeyError as error:
+        raise WorkflowError(f"config key models.{model}: {error.args[0]}") from None
+
+
+def pretrained_input(wildcards):
+    source = _pretrained(wildcards.model)
+    return [] if source is None else [f"weights/{source.file_name}"]
+
+
+for _model in MODELS:
+    _pretrained(_model)  # fail at parse time, not in a job
+
+
+def _checkpoint_root():
+    """Where checkpoints go: the config's location, else beside the results in their storage."""
+    location = config["checkpoints"]["location"]
+    if location:
+        return location.rstrip("/")
+    settings = workflow.storage_settings
+    if settings.default_storage_provider == "s3" and settings.default_storage_prefix:
+        return settings.default_storage_prefix.rstrip("/") + "/checkpoints"
+    return "checkpoints"
+
+
+def _s3_endpoint_argument():
+    s3 = (workflow.storage_provider_settings or {}).get("s3")
+    endpoint = getattr(s3.get_settings(), "endpoint_url", None) if s3 else None
+    return f"--s3-endpoint {endpoint}" if endpoint else ""
+
+
+CHECKPOINT_ROOT = _checkpoint_root()
+CHECKPOINT_OPTIONS = (
+    f"--checkpoint-every {config['checkpoints']['every']} "
+    f"--checkpoint-keep {config['checkpoints']['keep']} {_s3_endpoint_argument()}"
+)
+
+
+rule fetch_weights:
+    output:
+        weights="weights/{weights_file}",
+        record="weights/{weights_file}.json",
+    wildcard_constraints:
+        weights_file="|".join(re.escape(name) for name in WEIGHT_FILES),
+    log:
+        "logs/weights/{weights_file}.log",
+    message:
+        "Fetching pretrained weights {wildcards.weights_file}"
+    shell:
+        "{NADIR} fetch-weights --file {wildcards.weights_file} --out {output.weights} 2> {log}"
+
+
 rule train:
     input:
         train="results/{dataset}/coco/train.json",
         manifest="results/{dataset}/chips/manifest.json",
         shards=expand("results/{{dataset}}/chips/shard-{shard}.tar", shard=SHARDS),
+        pretrained=pretrained_input,
     output:
         weights="results/{dataset}/models/{model}/model.pt",
         train_log="results/{dataset}/models/{model}/train_log.json",
         run="results/{dataset}/models/{model}/run.json",
+        resolved="results/{dataset}/models/{model}/resolved_config.json",
     params:
         # Only this model's settings: editing another model's never reruns this job.
         hp=lambda w: as_json(model_hyperparameters(config, w.model)),
+        pretrained=lambda w, input: (
+            f"--pretrained-weights {input.pretrained}" if input.pretrained else ""
+        ),
     threads: workflow.cores
     log:
         "logs/{dataset}/train-{model}.log",
@@ -18,5 +89,8 @@ rule train:
     shell:
         "{NADIR} train --dataset {wildcards.dataset} --model {wildcards.model} "
         "--hp {params.hp} --train {input.train} --manifest {input.manifest} "
-        "--shards {input.shards} --out-dir $(dirname {output.weights}) "
+        "--shards {input.shards} {params.pretrained} --out-dir $(dirname {output.weights}) "
+        "--resolved-config {output.resolved} "
+        "--checkpoints {CHECKPOINT_ROOT}/{wildcards.dataset}/{wildcards.model} "
+        "{CHECKPOINT_OPTIONS} "
         "--threads {threads} 2> {log}"

@@ -1,83 +1,156 @@
-"""The model catalogue: every model name a config may use, its backend and its builder.
+"""The model catalogue: every model name a config may use, in one table.
 
-Each builder takes the number of classes (without background) and the square input size, and
-returns a randomly initialised model: no weights are downloaded.
+Each entry says which backend trains it, which architecture it builds (a torchvision builder or a
+detectron2 model zoo config), the hyperparameters it needs that differ from `training`, where its
+pretrained weights come from (with checksum) and under which licence. This module imports no
+torch: the Snakefile reads it at parse time to validate model names and to plan weight downloads.
+
+Checksums: torchvision publishes the first hex digits of each file's SHA-256 in its file name
+(`resnet50-0676ba61.pth`) and verifies that prefix itself; we record and check the same prefix.
+detectron2's model zoo publishes no checksum, so its entries carry `sha256=None`: the fetch rule
+records the SHA-256 of what it downloaded beside the file and says that it could not verify it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from typing import TYPE_CHECKING
+PRETRAINED_KINDS = ("none", "imagenet", "coco")
 
-if TYPE_CHECKING:
-    from torch import nn
+
+@dataclass(frozen=True)
+class WeightSource:
+    """One pretrained weights file: where to get it and how to check it."""
+
+    url: str
+    sha256: str | None  # full digest or a published prefix; None where upstream gives none
+    licence: str
+    torchvision_enum: str | None = None  # member of the torchvision Weights enum it matches
+
+    @property
+    def file_name(self) -> str:
+        return self.url.rsplit("/", 1)[-1]
 
 
 @dataclass(frozen=True)
 class ModelEntry:
     name: str
-    backend: str
-    architecture: str
-    source: str  # where its code (and, later, its weights) come from
-    licence: str
-    build: Callable[[int, int], nn.Module]
+    backend: str  # "torchvision" or "detectron2"
+    architecture: str  # torchvision: builder key; detectron2: model zoo config path
+    description: str
+    licence: str  # of the code; weights carry their own
+    hyperparameters: dict = field(default_factory=dict)  # over `training`, under the user's
+    weights: dict[str, WeightSource] = field(default_factory=dict)  # "imagenet"/"coco" → source
 
 
-def _ssdlite(num_classes: int, size: int) -> nn.Module:
-    from torchvision.models.detection import ssdlite320_mobilenet_v3_large
-
-    model = ssdlite320_mobilenet_v3_large(weights=None, weights_backbone=None,
-                                          num_classes=num_classes + 1)
-    # SSD's default boxes are relative to the input, so the model runs at the chip size as is.
-    model.transform.fixed_size = (size, size)
-    model.transform.min_size, model.transform.max_size = (size,), size
-    return model
-
-
-def _fcos_resnet18(num_classes: int, size: int) -> nn.Module:
-    from torchvision.models import resnet18
-    from torchvision.models.detection import FCOS
-    from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
-    from torchvision.ops.feature_pyramid_network import LastLevelP6P7
-
-    from torch import nn
-
-    trunk = resnet18(weights=None, norm_layer=nn.BatchNorm2d)
-    backbone = _resnet_fpn_extractor(trunk, 5, returned_layers=[2, 3, 4],
-                                     extra_blocks=LastLevelP6P7(256, 256))
-    return FCOS(backbone, num_classes + 1, min_size=size, max_size=size)
+_TV_MODELS = "https://download.pytorch.org/models/"
+_D2 = "https://dl.fbaipublicfiles.com/detectron2/"
+_TV_LICENCE = "BSD-3-Clause (torchvision)"
+_D2_LICENCE = "Apache-2.0 (detectron2)"
+# Weights carry their publishers' terms. torchvision states no licence for its weights and
+# points to the training data's terms (ImageNet, COCO); detectron2's MODEL_ZOO.md licenses its
+# models CC BY-SA 3.0; MAE's ImageNet weights were released CC BY-NC 4.0 by the MAE authors.
+_TV_WEIGHTS = "torchvision weights: no licence stated; ImageNet/COCO terms apply"
+_D2_WEIGHTS = "CC BY-SA 3.0 (detectron2 model zoo)"
+_MAE_WEIGHTS = "CC BY-NC 4.0 (MAE release; non-commercial)"
 
 
-def _torchvision_builder(function: str) -> Callable[[int, int], nn.Module]:
-    def build(num_classes: int, size: int) -> nn.Module:
-        import torchvision.models.detection as detection
-
-        return getattr(detection, function)(weights=None, weights_backbone=None,
-                                            num_classes=num_classes + 1,
-                                            min_size=size, max_size=size)
-    return build
+def _tv(file_name: str, enum: str) -> WeightSource:
+    return WeightSource(_TV_MODELS + file_name, file_name.rsplit("-", 1)[-1].split(".")[0],
+                        _TV_WEIGHTS, enum)
 
 
-_TV = "torchvision (BSD-3-Clause)"
-CATALOGUE: dict[str, ModelEntry] = {
-    e.name: e for e in [
-        ModelEntry("ssdlite320_mobilenet_v3_large", "torchvision", "SSDlite, MobileNetV3-Large",
-                   _TV, "BSD-3-Clause", _ssdlite),
-        ModelEntry("fcos_resnet18_fpn", "torchvision", "FCOS, ResNet-18 FPN", _TV,
-                   "BSD-3-Clause", _fcos_resnet18),
-        ModelEntry("fasterrcnn_mobilenet_v3_large_fpn", "torchvision",
-                   "Faster R-CNN, MobileNetV3-Large FPN", _TV, "BSD-3-Clause",
-                   _torchvision_builder("fasterrcnn_mobilenet_v3_large_fpn")),
-    ]
-}
+def _d2(path: str, licence: str = _D2_WEIGHTS) -> WeightSource:
+    return WeightSource(_D2 + path, None, licence)
 
 
-def build_model(name: str, num_classes: int, size: int) -> nn.Module:
+_RESNET50 = _tv("resnet50-0676ba61.pth", "IMAGENET1K_V1")
+_MOBILENET_V3 = _tv("mobilenet_v3_large-8738ca79.pth", "IMAGENET1K_V1")
+_D2_R50 = _d2("ImageNetPretrained/MSRA/R-50.pkl")
+
+CATALOGUE: dict[str, ModelEntry] = {e.name: e for e in [
+    ModelEntry("ssdlite320_mobilenet_v3_large", "torchvision", "ssdlite320_mobilenet_v3_large",
+               "SSDlite, MobileNetV3-Large", _TV_LICENCE,
+               weights={"imagenet": _MOBILENET_V3,
+                        "coco": _tv("ssdlite320_mobilenet_v3_large_coco-a79551df.pth", "COCO_V1")}),
+    ModelEntry("ssd300_vgg16", "torchvision", "ssd300_vgg16", "SSD300, VGG-16 (300 px input)",
+               _TV_LICENCE, hyperparameters={"lr": 0.0002},  # diverges at 5e-3 from scratch
+               weights={"imagenet": _tv("vgg16_features-amdegroot-88682ab5.pth",
+                                        "IMAGENET1K_FEATURES"),
+                        "coco": _tv("ssd300_vgg16_coco-b556d3b4.pth", "COCO_V1")}),
+    ModelEntry("fcos_resnet18_fpn", "torchvision", "fcos_resnet18_fpn", "FCOS, ResNet-18 FPN",
+               _TV_LICENCE, weights={"imagenet": _tv("resnet18-f37072fd.pth", "IMAGENET1K_V1")}),
+    ModelEntry("fcos_resnet50_fpn", "torchvision", "fcos_resnet50_fpn", "FCOS, ResNet-50 FPN",
+               _TV_LICENCE,
+               weights={"imagenet": _RESNET50,
+                        "coco": _tv("fcos_resnet50_fpn_coco-99b0c9b7.pth", "COCO_V1")}),
+    ModelEntry("retinanet_resnet50_fpn_v2", "torchvision", "retinanet_resnet50_fpn_v2",
+               "RetinaNet v2, ResNet-50 FPN", _TV_LICENCE,
+               weights={"imagenet": _RESNET50,
+                        "coco": _tv("retinanet_resnet50_fpn_v2_coco-5905b1c5.pth", "COCO_V1")}),
+    ModelEntry("fasterrcnn_resnet50_fpn_v2", "torchvision", "fasterrcnn_resnet50_fpn_v2",
+               "Faster R-CNN v2, ResNet-50 FPN", _TV_LICENCE,
+               weights={"imagenet": _RESNET50,
+                        "coco": _tv("fasterrcnn_resnet50_fpn_v2_coco-dd69338a.pth", "COCO_V1")}),
+    ModelEntry("fasterrcnn_mobilenet_v3_large_fpn", "torchvision",
+               "fasterrcnn_mobilenet_v3_large_fpn", "Faster R-CNN, MobileNetV3-Large FPN",
+               _TV_LICENCE,
+               weights={"imagenet": _MOBILENET_V3,
+                        "coco": _tv("fasterrcnn_mobilenet_v3_large_fpn-fb6a3cc7.pth", "COCO_V1")}),
+    ModelEntry("fasterrcnn_convnext_tiny_fpn", "torchvision", "fasterrcnn_convnext_tiny_fpn",
+               "Faster R-CNN, ConvNeXt-T FPN", _TV_LICENCE,
+               weights={"imagenet": _tv("convnext_tiny-983f1562.pth", "IMAGENET1K_V1")}),
+    ModelEntry("fasterrcnn_swin_t_fpn", "torchvision", "fasterrcnn_swin_t_fpn",
+               "Faster R-CNN, Swin-T FPN", _TV_LICENCE,
+               weights={"imagenet": _tv("swin_t-704ceda3.pth", "IMAGENET1K_V1")}),
+    ModelEntry("d2_faster_rcnn_r50_fpn", "detectron2",
+               "COCO-Detection/faster_rcnn_R_50_FPN_3x.yaml",
+               "Faster R-CNN, ResNet-50 FPN (detectron2)", _D2_LICENCE,
+               weights={"imagenet": _D2_R50, "coco": _d2(
+                   "COCO-Detection/faster_rcnn_R_50_FPN_3x/137849458/model_final_280758.pkl")}),
+    ModelEntry("d2_faster_rcnn_r101_fpn", "detectron2",
+               "COCO-Detection/faster_rcnn_R_101_FPN_3x.yaml",
+               "Faster R-CNN, ResNet-101 FPN (detectron2)", _D2_LICENCE,
+               weights={"imagenet": _d2("ImageNetPretrained/MSRA/R-101.pkl"), "coco": _d2(
+                   "COCO-Detection/faster_rcnn_R_101_FPN_3x/137851257/model_final_f6e8b1.pkl")}),
+    ModelEntry("d2_retinanet_r50_fpn", "detectron2", "COCO-Detection/retinanet_R_50_FPN_3x.yaml",
+               "RetinaNet, ResNet-50 FPN (detectron2)", _D2_LICENCE,
+               weights={"imagenet": _D2_R50, "coco": _d2(
+                   "COCO-Detection/retinanet_R_50_FPN_3x/190397829/model_final_5bd44e.pkl")}),
+    ModelEntry("d2_fcos_r50_fpn", "detectron2", "COCO-Detection/fcos_R_50_FPN_1x.py",
+               "FCOS, ResNet-50 FPN (detectron2)", _D2_LICENCE,
+               weights={"imagenet": _D2_R50}),
+    ModelEntry("d2_vitdet_b", "detectron2", "common/models/mask_rcnn_vitdet.py",
+               "ViTDet, ViT-B simple feature pyramid, box head only (detectron2)", _D2_LICENCE,
+               hyperparameters={"lr": 0.0001},
+               weights={"imagenet": _d2("ImageNetPretrained/MAE/mae_pretrain_vit_base.pth",
+                                        _MAE_WEIGHTS),
+                        "coco": _d2("ViTDet/COCO/mask_rcnn_vitdet_b/f325346929/"
+                                    "model_final_61ccd1.pkl")}),
+]}
+
+DEFAULT_MODEL = "ssdlite320_mobilenet_v3_large"
+
+
+def entry(name: str) -> ModelEntry:
     if name not in CATALOGUE:
         raise KeyError(f"unknown model {name!r}; the catalogue has {sorted(CATALOGUE)}")
-    import torch
+    return CATALOGUE[name]
 
-    torch.set_flush_denormal(True)  # denormals made CPU backward steps up to 300x slower
-    return CATALOGUE[name].build(num_classes, size)
+
+def weight_source(name: str, pretrained: str) -> WeightSource | None:
+    """The weights a model starts from (None for `pretrained: none`), or a clear KeyError."""
+    if pretrained == "none":
+        return None
+    model = entry(name)
+    if pretrained not in model.weights:
+        offered = ["none", *model.weights]
+        raise KeyError(f"model {name!r} has no {pretrained!r} weights in the catalogue; "
+                       f"choose pretrained from {offered}")
+    return model.weights[pretrained]
+
+
+def weight_files() -> dict[str, WeightSource]:
+    """Every downloadable file by name; models sharing a backbone share one download."""
+    return {source.file_name: source for model in CATALOGUE.values()
+            for source in model.weights.values()}

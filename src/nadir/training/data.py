@@ -11,17 +11,20 @@ import numpy as np
 import torch
 from PIL import Image
 
+from nadir.errors import InputError
+
 
 class ShardChips(torch.utils.data.Dataset):
     """The images of one COCO split, with their boxes, read from the shards by byte offset.
 
     Each item is (CHW float tensor in [0, 1], target dict with `boxes` in xyxy pixels, `labels`
-    as COCO category ids, `image_id`). With `augment`, random flips and 90-degree rotations are
-    applied: overhead imagery has no preferred orientation.
+    as COCO category ids, `image_id`). With `augment`, the flip or 90-degree rotation chosen by
+    the sampler is applied: overhead imagery has no preferred orientation.
     """
 
-    def __init__(self, coco_json: Path, shards: list[Path], augment: bool = False, seed: int = 0):
-        coco = json.loads(Path(coco_json).read_text())
+    def __init__(self, coco_json: Path, shards: list[Path], augment: bool = False):
+        self.coco_json = Path(coco_json)
+        coco = json.loads(self.coco_json.read_text())
         self.images = coco["images"]
         self.categories = coco["categories"]
         self.shards = [str(s) for s in shards]
@@ -33,7 +36,6 @@ class ShardChips(torch.utils.data.Dataset):
         self.boxes = boxes
         self.offsets = self._member_offsets()
         self.augment = augment
-        self.seed = seed
 
     def _member_offsets(self) -> dict[tuple[int, str], tuple[int, int]]:
         wanted = {(im["shard"], im["file_name"]) for im in self.images}
@@ -46,11 +48,10 @@ class ShardChips(torch.utils.data.Dataset):
         missing = wanted - offsets.keys()
         if missing:
             shard, name = sorted(missing)[0]
-            raise FileNotFoundError(
-                f"{len(missing)} chip(s) listed in the COCO file are not in the shards, e.g. "
-                f"{name} in shard {shard} ({self.shards[shard] if shard < len(self.shards) else '?'})"
-                "; rerun the chip stage"
-            )
+            shard_path = self.shards[shard] if shard < len(self.shards) else "(no such shard)"
+            raise InputError(
+                self.coco_json, f"{len(missing)} chip(s) listed here are not in the shards, e.g. "
+                f"{name} in shard {shard} ({shard_path}); rerun the chip stage")
         return offsets
 
     def __len__(self) -> int:
@@ -64,15 +65,52 @@ class ShardChips(torch.utils.data.Dataset):
             data = fh.read(size)
         return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, key: int | tuple[int, int]):
+        """`key` is an index, or (index, symmetry code 0..7) as `SeededBatches` yields them."""
+        index, code = key if isinstance(key, tuple) else (key, 0)
         pixels = torch.from_numpy(self.read_image(index).copy()).permute(2, 0, 1)
         rows = self.boxes[self.images[index]["id"]]
         boxes = torch.tensor([r[:4] for r in rows], dtype=torch.float32).reshape(-1, 4)
         labels = torch.tensor([r[4] for r in rows], dtype=torch.int64)
-        if self.augment:
-            pixels, boxes = random_flip_rotate(pixels, boxes, torch.randint(0, 8, ()).item())
+        if self.augment and code:
+            pixels, boxes = random_flip_rotate(pixels, boxes, code)
         target = {"boxes": boxes, "labels": labels, "image_id": self.images[index]["id"]}
         return pixels.float() / 255.0, target
+
+
+class SeededBatches(torch.utils.data.Sampler):
+    """Endless batches of (index, symmetry code) for one process, from step `start_step` on.
+
+    Sample k of the run (counted over every process) is item perm_e[k mod n] of epoch
+    e = k div n, where perm_e and the augmentation codes come from a generator seeded with
+    (seed, e) alone. A run resumed at any step, or split over any number of processes, therefore
+    sees exactly the batches an uninterrupted run sees, whatever the loader's worker count.
+    """
+
+    def __init__(self, size: int, batch_size: int, seed: int, start_step: int = 0,
+                 rank: int = 0, world_size: int = 1, augment: bool = False):
+        self.size, self.batch_size, self.seed = size, batch_size, seed
+        self.start_step, self.rank, self.world_size = start_step, rank, world_size
+        self.augment = augment
+        self._epoch: tuple[int, list[int], list[int]] | None = None
+
+    def _sample(self, k: int) -> tuple[int, int]:
+        epoch, position = divmod(k, self.size)
+        if self._epoch is None or self._epoch[0] != epoch:
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            order = torch.randperm(self.size, generator=generator).tolist()
+            codes = torch.randint(0, 8, (self.size,), generator=generator).tolist()
+            self._epoch = (epoch, order, codes)
+        _, order, codes = self._epoch
+        return order[position], codes[position] if self.augment else 0
+
+    def __iter__(self):
+        step = self.start_step
+        per_step = self.batch_size * self.world_size
+        while True:
+            first = step * per_step + self.rank * self.batch_size
+            yield [self._sample(k) for k in range(first, first + self.batch_size)]
+            step += 1
 
 
 def random_flip_rotate(pixels: torch.Tensor, boxes: torch.Tensor, code: int):

@@ -1,0 +1,143 @@
+"""Training throughput: images per second per backend and model, AMP on and off, and nadir's
+training loop against a bare loop over the same model and data, in one script.
+
+    python bench/train_gpu.py                       # GPU when there is one, else a small CPU run
+    python bench/train_gpu.py --models ssdlite320_mobilenet_v3_large --iterations 50 --size 512
+
+The bare loop is what anyone would write: the same chips, batch size, model and AdamW, forward,
+backward, step; nothing else. nadir's loop adds the scheduler, gradient clipping, loss logging,
+seeded batches and (here, unless --checkpoint-every is set) no checkpoints. Both are timed from
+their first step (included) to their last, with the GPU synchronised at the end; an untimed
+two-step bare run per model warms the process first (CUDA context, allocator, cuDNN).
+Ratio = nadir / bare (target at least 0.95). AMP applies on GPUs only; on the CPU that column
+says n/a. detectron2 rows give nadir's adapter throughput only (no bare loop is written for it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "tests"))
+
+import tiny_chips  # noqa: E402
+import torch  # noqa: E402
+
+from nadir.training.backend import TrainJob, get_backend  # noqa: E402
+from nadir.training.catalogue import CATALOGUE  # noqa: E402
+from nadir.training.checkpoints import LocalCheckpoints  # noqa: E402
+from nadir.training.data import SeededBatches, ShardChips, collate  # noqa: E402
+from nadir.training.torchvision_models import build_model  # noqa: E402
+
+GPU_MODELS = ["ssdlite320_mobilenet_v3_large", "fasterrcnn_resnet50_fpn_v2",
+              "retinanet_resnet50_fpn_v2", "d2_faster_rcnn_r50_fpn"]
+CPU_MODELS = ["ssdlite320_mobilenet_v3_large", "fcos_resnet18_fpn"]
+
+
+def bare_loop(model_name: str, data: dict, hp: dict, threads: int, amp: bool) -> float:
+    """Images per second of the plainest loop over the same chips and model."""
+    torch.manual_seed(hp["seed"])
+    torch.set_num_threads(threads)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dataset = ShardChips(data["coco"], [data["shard"]], augment=hp["augment"])
+    model = build_model(model_name, len(dataset.categories), dataset.images[0]["width"])
+    model.to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=hp["lr"])
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    loader = iter(torch.utils.data.DataLoader(
+        dataset, batch_sampler=SeededBatches(len(dataset), hp["batch_size"], hp["seed"],
+                                             augment=hp["augment"]),
+        collate_fn=collate, num_workers=0 if device.type == "cpu" else 4))
+
+    def step() -> None:
+        images, targets = next(loader)
+        images = [im.to(device) for im in images]
+        targets = [{"boxes": t["boxes"].to(device), "labels": t["labels"].to(device)}
+                   for t in targets]
+        with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+            loss = sum(model(images, targets).values())
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+
+    began = time.perf_counter()
+    for _ in range(hp["iterations"]):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return hp["iterations"] * hp["batch_size"] / (time.perf_counter() - began)
+
+
+def nadir_loop(model_name: str, data: dict, hp: dict, threads: int, work: Path,
+               checkpoint_every: int) -> float:
+    """Images per second of nadir's own loop (the backend's `seconds` covers its steps only)."""
+    job = TrainJob(dataset="bench", model=model_name, hp=hp, train_json=data["coco"],
+                   manifest=data["manifest"], shards=[data["shard"]], out_dir=work / model_name,
+                   threads=threads, world_size=1, checkpoint_every=checkpoint_every,
+                   checkpoints=LocalCheckpoints(work / "ck" / model_name)
+                   if checkpoint_every else None)
+    result = get_backend(CATALOGUE[model_name].backend).train(job)
+    return hp["iterations"] * hp["batch_size"] / result["seconds"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    cuda = torch.cuda.is_available()
+    parser.add_argument("--models", nargs="+", default=GPU_MODELS if cuda else CPU_MODELS)
+    parser.add_argument("--iterations", type=int, default=40 if cuda else 10)
+    parser.add_argument("--batch-size", type=int, default=8 if cuda else 2)
+    parser.add_argument("--size", type=int, default=512 if cuda else 128)
+    parser.add_argument("--chips", type=int, default=32 if cuda else 8)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--checkpoint-every", type=int, default=0)
+    parser.add_argument("--json", help="also write the rows here")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    device = torch.cuda.get_device_name(0) if cuda else f"CPU, {args.threads} threads"
+    print(f"device: {device}; torch {torch.__version__}; {args.iterations} iterations of "
+          f"{args.batch_size} chips of {args.size} px")
+    print(f"{'backend':<12} {'model':<36} {'AMP':<4} {'nadir img/s':>11} {'bare img/s':>10} "
+          f"{'ratio':>6}")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        data = tiny_chips.build(Path(tmp) / "data", chips=args.chips, size=args.size)
+        for model_name in args.models:
+            backend = CATALOGUE[model_name].backend
+            if backend == "detectron2":
+                import importlib.util
+
+                if importlib.util.find_spec("detectron2") is None:
+                    print(f"{backend:<12} {model_name:<36} skipped: detectron2 not importable")
+                    continue
+            for amp in ([False, True] if cuda else [False]):
+                hp = tiny_chips.hyperparameters(iterations=args.iterations,
+                                                batch_size=args.batch_size, amp=amp,
+                                                log_interval=args.iterations)
+                if backend == "torchvision":
+                    bare_loop(model_name, data, hp | {"iterations": 2}, args.threads, amp)
+                nadir = nadir_loop(model_name, data, hp, args.threads, Path(tmp) / str(amp),
+                                   args.checkpoint_every)
+                bare = bare_loop(model_name, data, hp, args.threads, amp) \
+                    if backend == "torchvision" else None
+                ratio = nadir / bare if bare else None
+                rows.append({"backend": backend, "model": model_name,
+                             "amp": amp if cuda else None, "nadir_images_per_s": round(nadir, 2),
+                             "bare_images_per_s": bare and round(bare, 2),
+                             "ratio": ratio and round(ratio, 3), "device": device})
+                amp_label = ("on" if amp else "off") if cuda else "n/a"
+                print(f"{backend:<12} {model_name:<36} {amp_label:<4} {nadir:>11.2f} "
+                      f"{bare or float('nan'):>10.2f} {ratio or float('nan'):>6.3f}", flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

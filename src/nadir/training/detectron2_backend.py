@@ -1,0 +1,374 @@
+"""The detectron2 backend: a thin adapter from nadir's jobs to detectron2's model zoo and trainer.
+
+What the adapter decides is kept in plain functions that need no detectron2 (and are tested
+everywhere): the model zoo config of each catalogue name, the config values it sets, the
+dataset registration arguments, and the map from detectron2's contiguous class indices back to
+COCO category ids. Everything that needs detectron2 imports it inside the function.
+
+The model comes from the zoo config (yaml configs through `build_model`, lazy `.py` configs
+through `instantiate`); training uses detectron2's SimpleTrainer (AMPTrainer with AMP on a GPU)
+with nadir's optimiser and schedule (AdamW, warm-up then cosine), so `lr` means the same for both
+backends. Chips are unpacked from the shards into the job's working directory, because
+detectron2's loaders read image files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+from nadir.errors import NadirError
+from nadir.training.backend import TrainJob, base_resolved_config
+from nadir.training.catalogue import entry
+
+log = logging.getLogger(__name__)
+
+INSTALL_HINT = ("detectron2 is not installed: it is not on PyPI; install it from "
+                "https://github.com/facebookresearch/detectron2 at the commit the container "
+                "image pins, or pick a torchvision model from the catalogue")
+
+
+def require_detectron2() -> None:
+    try:
+        import detectron2  # noqa: F401
+    except ImportError:
+        raise NadirError(INSTALL_HINT) from None
+
+
+def zoo_config(model: str) -> str:
+    """The detectron2 model zoo config a catalogue name is built from."""
+    model_entry = entry(model)
+    if model_entry.backend != "detectron2":
+        raise NadirError(f"model {model!r} belongs to the {model_entry.backend} backend")
+    return model_entry.architecture
+
+
+def is_lazy(config_path: str) -> bool:
+    """Python (LazyConfig) configs end in .py; the older yacs configs in .yaml."""
+    return config_path.endswith(".py")
+
+
+def model_overrides(model: str, num_classes: int, size: int, pretrained: str, device: str,
+                    score_threshold: float = 0.05, max_detections: int = 100) -> dict:
+    """The config values nadir sets on the zoo config, as {dotted key: value}.
+
+    Yacs keys (upper case) for .yaml configs, LazyConfig paths under `model.` for .py configs.
+    From scratch, every backbone stage trains and uses BatchNorm (frozen statistics are only
+    meaningful for pretrained weights); the images are the chips at their own size.
+    """
+    config = zoo_config(model)
+    scratch = pretrained == "none"
+    if not is_lazy(config):
+        head = "RETINANET" if "retinanet" in config else "ROI_HEADS"
+        return {
+            f"MODEL.{head}.NUM_CLASSES": num_classes,
+            f"MODEL.{head}.SCORE_THRESH_TEST": score_threshold,
+            "TEST.DETECTIONS_PER_IMAGE": max_detections,
+            "MODEL.DEVICE": device,
+            "MODEL.WEIGHTS": "",  # weights are loaded by the adapter from the fetched file
+            "MODEL.BACKBONE.FREEZE_AT": 0 if scratch else 2,
+            "MODEL.RESNETS.NORM": "BN" if scratch else "FrozenBN",
+            "INPUT.MIN_SIZE_TRAIN": (size,),
+            "INPUT.MAX_SIZE_TRAIN": size,
+            "INPUT.MIN_SIZE_TEST": size,
+            "INPUT.MAX_SIZE_TEST": size,
+        }
+    if "fcos" in config:
+        norm = "BN" if scratch else "FrozenBN"
+        return {
+            "model.num_classes": num_classes,
+            "model.test_score_thresh": score_threshold,
+            "model.max_detections_per_image": max_detections,
+            "model.backbone.bottom_up.freeze_at": 0 if scratch else 2,
+            "model.backbone.bottom_up.stem.norm": norm,
+            "model.backbone.bottom_up.stages.norm": norm,
+        }
+    if "vitdet" in config:
+        return {
+            "model.roi_heads.num_classes": num_classes,
+            "model.roi_heads.box_predictor.test_score_thresh": score_threshold,
+            "model.roi_heads.box_predictor.test_topk_per_image": max_detections,
+            # Boxes only: the zoo's ViTDet is a Mask R-CNN; our labels carry no masks.
+            "model.roi_heads.mask_in_features": None,
+            "model.roi_heads.mask_pooler": None,
+            "model.roi_heads.mask_head": None,
+            "model.backbone.net.img_size": size,
+            "model.backbone.square_pad": size,
+        }
+    raise NadirError(f"no detectron2 settings are defined for {config}")
+
+
+def dataset_name(dataset: str, split: str) -> str:
+    return f"nadir_{dataset}_{split}"
+
+
+def registration_arguments(dataset: str, split: str, coco_json: Path, image_root: Path) -> dict:
+    """Arguments of detectron2's `register_coco_instances` for one split of our COCO files."""
+    return {"name": dataset_name(dataset, split), "metadata": {}, "json_file": str(coco_json),
+            "image_root": str(image_root)}
+
+
+def contiguous_category_ids(categories: list[dict]) -> list[int]:
+    """COCO category id of each detectron2 class index (its loader sorts the ids)."""
+    return sorted(c["id"] for c in categories)
+
+
+def unpack_chips(coco_json: Path, shards: list[Path], image_root: Path) -> Path:
+    """Write a split's chips as files under image_root/<shard>/; return a COCO file naming them.
+
+    Chip names are only unique within a shard, hence one folder per shard.
+    """
+    coco = json.loads(Path(coco_json).read_text())
+    wanted: dict[int, set[str]] = {}
+    for image in coco["images"]:
+        wanted.setdefault(image["shard"], set()).add(image["file_name"])
+    written = 0
+    for index, names in sorted(wanted.items()):
+        folder = image_root / str(index)
+        folder.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(shards[index]) as tar:
+            for member in tar:
+                if member.name in names:
+                    (folder / Path(member.name).name).write_bytes(tar.extractfile(member).read())
+                    written += 1
+    if written != len(coco["images"]):
+        raise NadirError(f"{coco_json}: {len(coco['images'])} chips listed, {written} found in "
+                         "the shards; rerun the chip stage")
+    for image in coco["images"]:
+        image["file_name"] = f"{image['shard']}/{Path(image['file_name']).name}"
+    rewritten = image_root / "coco.json"
+    rewritten.write_text(json.dumps(coco))
+    log.info("unpacked %d chips to %s for detectron2", written, image_root)
+    return rewritten
+
+
+def build_detectron2_model(model: str, num_classes: int, size: int, pretrained: str,
+                           device: str, **test_settings):
+    """The zoo model with nadir's settings; returns (model, input_format)."""
+    require_detectron2()
+    from detectron2 import model_zoo
+    from detectron2.config import get_cfg, instantiate
+
+    config = zoo_config(model)
+    overrides = model_overrides(model, num_classes, size, pretrained, device, **test_settings)
+    if not is_lazy(config):
+        from detectron2.modeling import build_model
+
+        cfg = get_cfg()
+        cfg.merge_from_file(model_zoo.get_config_file(config))
+        cfg.merge_from_list([item for pair in overrides.items() for item in pair])
+        return build_model(cfg), cfg.INPUT.FORMAT
+    lazy = model_zoo.get_config(config)
+    for key, value in overrides.items():
+        target = lazy
+        *path, last = key.split(".")
+        for part in path:
+            target = getattr(target, part)
+        setattr(target, last, value)
+    built = instantiate(lazy.model).to(device)
+    return built, lazy.model.get("input_format", "BGR")
+
+
+def _checkpoint_hook(checkpointer, store, every: int, total: int, history: list):
+    """A detectron2 hook: every `every` iterations, save a checkpoint and hand it to the store."""
+    from detectron2.engine import HookBase
+
+    class CheckpointToStore(HookBase):
+        def after_step(self):
+            done = self.trainer.iter + 1
+            if every and done % every == 0 and done < total:
+                checkpointer.save("store_upload", nadir_history=list(history))
+                local = Path(checkpointer.save_dir) / "store_upload.pth"
+                store.save(done, local.read_bytes())
+                local.unlink()
+
+    return CheckpointToStore()
+
+
+def _loss_log_hook(history: list, interval: int, total: int, images_per_step: int):
+    """A detectron2 hook: mean losses and lr per interval, with progress and ETA in the log."""
+    from detectron2.engine import HookBase
+
+    class LossLog(HookBase):
+        def before_train(self):
+            self.began, self.first = time.perf_counter(), self.trainer.iter
+
+        def after_step(self):
+            done = self.trainer.iter + 1
+            if done % interval and done != total:
+                return
+            storage = self.trainer.storage
+            seconds = time.perf_counter() - self.began
+            per_iteration = seconds / max(1, done - self.first)
+            row = {"iteration": done, "lr": storage.history("lr").latest(),
+                   "seconds": round(seconds, 2),
+                   "images_per_second": round(images_per_step / per_iteration, 2)}
+            for name, values in storage.histories().items():
+                if name.startswith("loss") or name == "total_loss":
+                    row["loss" if name == "total_loss" else name] = values.avg(interval)
+            history.append(row)
+            log.info("iteration %d/%d (%.0f%%)  loss %.4f  lr %.2e  %.2fs/it  ETA %.0fs", done,
+                     total, 100 * done / total, row["loss"], row["lr"], per_iteration,
+                     per_iteration * (total - done))
+
+    return LossLog()
+
+
+class Detectron2Backend:
+    name = "detectron2"
+
+    def resume(self, job: TrainJob) -> dict | None:
+        """The newest checkpoint of this job's store ({"iteration", "data"}), or None."""
+        newest = job.checkpoints.newest() if job.checkpoints is not None else None
+        return None if newest is None else {"iteration": newest[0], "data": newest[1]}
+
+    def train(self, job: TrainJob) -> dict:
+        require_detectron2()
+        import torch
+        from detectron2.checkpoint import DetectionCheckpointer
+        from detectron2.data import (
+            DatasetMapper,
+            build_detection_train_loader,
+            get_detection_dataset_dicts,
+        )
+        from detectron2.data import transforms as T
+        from detectron2.data.datasets import register_coco_instances
+        from detectron2.engine import AMPTrainer, SimpleTrainer, hooks
+        from detectron2.solver import get_default_optimizer_params
+
+        from nadir.training.torchvision_backend import loader_workers, warmup_cosine
+
+        hp = job.hp
+        torch.manual_seed(hp["seed"])
+        torch.set_num_threads(max(1, job.threads))
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        coco = json.loads(job.train_json.read_text())
+        size, num_classes = coco["images"][0]["width"], len(coco["categories"])
+        work = Path(tempfile.mkdtemp(prefix="nadir-detectron2-"))
+        images = unpack_chips(job.train_json, job.shards, work / "chips")
+        registration = registration_arguments(job.dataset, "train", images, work / "chips")
+        from detectron2.data import DatasetCatalog
+
+        if registration["name"] not in DatasetCatalog.list():
+            register_coco_instances(**registration)
+        model, input_format = build_detectron2_model(job.model, num_classes, size,
+                                                     hp["pretrained"], device.type)
+        model.train()
+        if job.weights_file is not None:
+            # detectron2's checkpointer reads its own .pkl/.pth files and renames by heuristics.
+            DetectionCheckpointer(model).load(str(job.weights_file))
+        optimizer = torch.optim.AdamW(
+            get_default_optimizer_params(model, base_lr=hp["lr"],
+                                         weight_decay=hp["weight_decay"]),
+            lr=hp["lr"], weight_decay=hp["weight_decay"])
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, warmup_cosine(hp["warmup_iterations"], hp["iterations"]))
+        augmentations = [T.ResizeShortestEdge(size, max_size=size)]
+        if hp["augment"]:
+            augmentations += [T.RandomFlip(horizontal=True), T.RandomFlip(horizontal=False,
+                                                                          vertical=True)]
+        loader = build_detection_train_loader(
+            dataset=get_detection_dataset_dicts([registration["name"]]),
+            mapper=DatasetMapper(is_train=True, augmentations=augmentations,
+                                 image_format=input_format),
+            total_batch_size=hp["batch_size"],
+            num_workers=loader_workers(job.threads, 1, device))
+        amp = bool(hp["amp"]) and device.type == "cuda"
+        trainer = (AMPTrainer if amp else SimpleTrainer)(model, loader, optimizer)
+        checkpointer = DetectionCheckpointer(model, str(work / "checkpoints"),
+                                             optimizer=optimizer, scheduler=scheduler,
+                                             trainer=trainer)
+        history: list = []
+        trainer.register_hooks([
+            hooks.IterationTimer(),
+            hooks.LRScheduler(optimizer=optimizer, scheduler=scheduler),
+            _loss_log_hook(history, hp["log_interval"], hp["iterations"], hp["batch_size"]),
+        ] + ([_checkpoint_hook(checkpointer, job.checkpoints, job.checkpoint_every,
+                               hp["iterations"], history)] if job.checkpoints else []))
+        start = 0
+        resumed = self.resume(job)
+        if resumed is not None:
+            local = work / "checkpoints" / f"resume_{resumed['iteration']:09d}.pth"
+            local.parent.mkdir(parents=True, exist_ok=True)
+            local.write_bytes(resumed["data"])
+            saved = checkpointer.load(str(local))  # model, optimiser, scheduler, iteration
+            start = trainer.iter + 1
+            history.extend(saved.get("nadir_history", []))
+            log.info("resuming from the checkpoint at iteration %d/%d in %s", start,
+                     hp["iterations"], job.checkpoints.describe())
+        began = time.perf_counter()
+        try:
+            trainer.train(start, hp["iterations"])
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        job.out_dir.mkdir(parents=True, exist_ok=True)
+        torch.save({"model": job.model, "num_classes": num_classes, "image_size": size,
+                    "categories": coco["categories"], "pretrained": hp["pretrained"],
+                    "state_dict": model.state_dict()}, job.out_dir / "model.pt")
+        (job.out_dir / "train_log.json").write_text(json.dumps(history, indent=1) + "\n")
+        return {"seconds": round(time.perf_counter() - began, 2), "iterations": hp["iterations"],
+                "resumed_from": start, "device": device.type, "processes": 1, "amp": amp,
+                "chips": len(coco["images"])}
+
+    def predict(self, weights: Path, coco_json: Path, shards: list[Path], hp: dict,
+                threads: int = 1) -> list[dict]:
+        require_detectron2()
+        import torch
+
+        from nadir.training.data import ShardChips
+
+        torch.set_num_threads(max(1, threads))
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        saved = torch.load(weights, map_location="cpu", weights_only=True)
+        model, input_format = build_detectron2_model(
+            saved["model"], saved["num_classes"], saved["image_size"], saved["pretrained"],
+            device, score_threshold=hp["score_threshold"], max_detections=hp["max_detections"])
+        model.load_state_dict(saved["state_dict"])
+        model.eval()
+        category_ids = contiguous_category_ids(saved["categories"])
+        dataset = ShardChips(coco_json, shards)
+        results = []
+        with torch.no_grad():
+            for first in range(0, len(dataset), hp["batch_size"]):
+                items = [dataset[i] for i in range(first, min(first + hp["batch_size"],
+                                                             len(dataset)))]
+                inputs = [{"image": _to_detectron2(image, input_format).to(device),
+                           "height": image.shape[1], "width": image.shape[2]}
+                          for image, _ in items]
+                for (_, target), out in zip(items, model(inputs), strict=True):
+                    instances = out["instances"].to("cpu")
+                    for box, score, label in zip(instances.pred_boxes.tensor.tolist(),
+                                                 instances.scores.tolist(),
+                                                 instances.pred_classes.tolist(), strict=True):
+                        results.append({"image_id": target["image_id"],
+                                        "category_id": category_ids[label],
+                                        "bbox": [round(box[0], 2), round(box[1], 2),
+                                                 round(box[2] - box[0], 2),
+                                                 round(box[3] - box[1], 2)],
+                                        "score": round(score, 5)})
+        log.info("predicted %d detections on %d chips", len(results), len(dataset))
+        return results
+
+    def resolved_config(self, job: TrainJob) -> dict:
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        coco = json.loads(job.train_json.read_text())
+        overrides = model_overrides(job.model, len(coco["categories"]),
+                                    coco["images"][0]["width"], job.hp["pretrained"], device)
+        return base_resolved_config(job) | {"detectron2": {
+            "zoo_config": zoo_config(job.model),
+            "model_overrides": {k: list(v) if isinstance(v, tuple) else v
+                                for k, v in overrides.items()},
+            "optimizer": "AdamW, warm-up then cosine (nadir's schedule)"}}
+
+
+def _to_detectron2(image, input_format: str):
+    """Our CHW RGB floats in [0, 1] as detectron2's CHW 0..255 input in the model's order."""
+    pixels = image * 255.0
+    return pixels.flip(0) if input_format == "BGR" else pixels

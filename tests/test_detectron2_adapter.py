@@ -1,0 +1,123 @@
+"""The detectron2 adapter: its contract everywhere, real training where detectron2 imports.
+
+detectron2 is on no package index these machines reach; the tests marked `needs_detectron2` run
+when it is importable (the GPU image installs it) and are skipped with the reason otherwise.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+import tiny_chips
+
+from nadir.errors import NadirError
+from nadir.training import detectron2_backend as d2
+from nadir.training.catalogue import CATALOGUE
+
+needs_detectron2 = pytest.mark.skipif(
+    importlib.util.find_spec("detectron2") is None,
+    reason="detectron2 is not importable here (it is not on PyPI; the GPU image installs it)")
+
+D2_MODELS = sorted(n for n, e in CATALOGUE.items() if e.backend == "detectron2")
+
+
+def test_catalogue_names_map_to_model_zoo_configs():
+    assert {m: d2.zoo_config(m) for m in D2_MODELS} == {
+        "d2_faster_rcnn_r50_fpn": "COCO-Detection/faster_rcnn_R_50_FPN_3x.yaml",
+        "d2_faster_rcnn_r101_fpn": "COCO-Detection/faster_rcnn_R_101_FPN_3x.yaml",
+        "d2_retinanet_r50_fpn": "COCO-Detection/retinanet_R_50_FPN_3x.yaml",
+        "d2_fcos_r50_fpn": "COCO-Detection/fcos_R_50_FPN_1x.py",
+        "d2_vitdet_b": "common/models/mask_rcnn_vitdet.py",
+    }
+    with pytest.raises(NadirError, match="torchvision backend"):
+        d2.zoo_config("ssdlite320_mobilenet_v3_large")
+
+
+def test_yaml_config_values_for_faster_rcnn_from_scratch():
+    values = d2.model_overrides("d2_faster_rcnn_r50_fpn", num_classes=3, size=256,
+                                pretrained="none", device="cpu", score_threshold=0.01,
+                                max_detections=50)
+    assert values == {
+        "MODEL.ROI_HEADS.NUM_CLASSES": 3, "MODEL.ROI_HEADS.SCORE_THRESH_TEST": 0.01,
+        "TEST.DETECTIONS_PER_IMAGE": 50, "MODEL.DEVICE": "cpu", "MODEL.WEIGHTS": "",
+        "MODEL.BACKBONE.FREEZE_AT": 0, "MODEL.RESNETS.NORM": "BN",
+        "INPUT.MIN_SIZE_TRAIN": (256,), "INPUT.MAX_SIZE_TRAIN": 256,
+        "INPUT.MIN_SIZE_TEST": 256, "INPUT.MAX_SIZE_TEST": 256,
+    }
+
+
+def test_pretrained_retinanet_keeps_frozen_stem_and_its_own_head_keys():
+    values = d2.model_overrides("d2_retinanet_r50_fpn", 5, 512, "coco", "cuda")
+    assert values["MODEL.RETINANET.NUM_CLASSES"] == 5
+    assert "MODEL.ROI_HEADS.NUM_CLASSES" not in values
+    assert values["MODEL.BACKBONE.FREEZE_AT"] == 2
+    assert values["MODEL.RESNETS.NORM"] == "FrozenBN"
+
+
+def test_lazy_config_values_for_fcos_and_vitdet():
+    fcos = d2.model_overrides("d2_fcos_r50_fpn", 2, 128, "none", "cpu")
+    assert fcos["model.num_classes"] == 2
+    assert fcos["model.backbone.bottom_up.stages.norm"] == "BN"
+    assert fcos["model.backbone.bottom_up.freeze_at"] == 0
+    vitdet = d2.model_overrides("d2_vitdet_b", 4, 256, "imagenet", "cpu")
+    assert vitdet["model.roi_heads.num_classes"] == 4
+    # Boxes only: the mask branch of the zoo's Mask R-CNN is removed.
+    assert vitdet["model.roi_heads.mask_in_features"] is None
+    assert vitdet["model.roi_heads.mask_head"] is None
+    assert vitdet["model.backbone.square_pad"] == 256
+
+
+def test_dataset_registration_arguments(tmp_path):
+    args = d2.registration_arguments("dota", "train", tmp_path / "coco.json", tmp_path / "chips")
+    assert args == {"name": "nadir_dota_train", "metadata": {},
+                    "json_file": str(tmp_path / "coco.json"),
+                    "image_root": str(tmp_path / "chips")}
+
+
+def test_class_indices_map_back_to_coco_ids():
+    categories = [{"id": 11, "name": "b"}, {"id": 3, "name": "a"}, {"id": 94, "name": "c"}]
+    assert d2.contiguous_category_ids(categories) == [3, 11, 94]
+
+
+def test_unpacked_chips_are_named_by_shard(tmp_path):
+    data = tiny_chips.build(tmp_path / "data", chips=3)
+    rewritten = d2.unpack_chips(data["coco"], [data["shard"]], tmp_path / "chips")
+    coco = json.loads(rewritten.read_text())
+    assert [im["file_name"] for im in coco["images"]] == [f"0/chip-00{i}.png" for i in range(3)]
+    assert all((tmp_path / "chips" / im["file_name"]).stat().st_size > 0 for im in coco["images"])
+
+
+def test_missing_detectron2_is_a_clear_error(monkeypatch):
+    if importlib.util.find_spec("detectron2") is not None:
+        pytest.skip("detectron2 is installed here")
+    with pytest.raises(NadirError, match="not on PyPI"):
+        d2.require_detectron2()
+
+
+@needs_detectron2
+@pytest.mark.slow
+@pytest.mark.parametrize("model", D2_MODELS)
+def test_detectron2_model_trains_and_predicts(model, tmp_path):
+    from nadir.evaluation import evaluate
+    from nadir.training.backend import TrainJob
+    from nadir.training.checkpoints import LocalCheckpoints
+
+    data = tiny_chips.build(tmp_path / "data", chips=4)
+    hp = tiny_chips.hyperparameters(iterations=8, log_interval=4, lr=0.0002, amp=False)
+    job = TrainJob(dataset="tiny", model=model, hp=hp, train_json=data["coco"],
+                   manifest=data["manifest"], shards=[data["shard"]], out_dir=tmp_path / "out",
+                   checkpoints=LocalCheckpoints(tmp_path / "ck"), checkpoint_every=4)
+    backend = d2.Detectron2Backend()
+    result = backend.train(job)
+    assert result["iterations"] == 8
+    log = json.loads((tmp_path / "out" / "train_log.json").read_text())
+    assert [e["iteration"] for e in log] == [4, 8]
+    assert log[-1]["loss"] < log[0]["loss"]
+    assert LocalCheckpoints(tmp_path / "ck").iterations() == [4]
+    predictions = backend.predict(tmp_path / "out" / "model.pt", data["coco"], [data["shard"]],
+                                  {"score_threshold": 0.0, "max_detections": 20,
+                                   "batch_size": 2})
+    metrics = evaluate(data["coco"], predictions, 20)["metrics"]
+    assert 0.0 <= metrics["AP50"] <= 1.0

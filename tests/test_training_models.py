@@ -1,0 +1,127 @@
+"""Every torchvision model of the catalogue trains on the CPU with a falling loss, and its
+predictions go through the pipeline's evaluator; plus the catalogue's own promises.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import tiny_chips
+import torch
+
+from nadir.config import model_hyperparameters
+from nadir.evaluation import evaluate
+from nadir.training.backend import TrainJob, get_backend
+from nadir.training.catalogue import CATALOGUE, DEFAULT_MODEL, PRETRAINED_KINDS, weight_source
+from nadir.training.torchvision_models import build_model
+
+TORCHVISION = sorted(n for n, e in CATALOGUE.items() if e.backend == "torchvision")
+# Measured here (2 shared cores): these take more than about 20 s for the few iterations.
+SLOW = {"ssd300_vgg16", "fasterrcnn_resnet50_fpn_v2", "fasterrcnn_convnext_tiny_fpn",
+        "fasterrcnn_swin_t_fpn", "retinanet_resnet50_fpn_v2", "fcos_resnet50_fpn"}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return tiny_chips.build(tmp_path_factory.mktemp("tiny"), chips=2, size=64)
+
+
+@pytest.mark.parametrize("model", [pytest.param(m, marks=pytest.mark.slow) if m in SLOW else m
+                                   for m in TORCHVISION])
+def test_model_trains_with_falling_loss_and_evaluates(model, data, tmp_path):
+    # The same two chips every step (no flips): a model that learns fits them at once.
+    hp = model_hyperparameters(
+        {"training": tiny_chips.hyperparameters(iterations=8, log_interval=4, augment=False,
+                                                warmup_iterations=1),
+         "models": {model: None}}, model)
+    job = TrainJob(dataset="tiny", model=model, hp=hp, train_json=data["coco"],
+                   manifest=data["manifest"], shards=[data["shard"]], out_dir=tmp_path,
+                   threads=2)
+    backend = get_backend("torchvision")
+    result = backend.train(job)
+    assert result["iterations"] == 8 and result["resumed_from"] == 0
+    log = json.loads((tmp_path / "train_log.json").read_text())
+    losses = [entry["loss"] for entry in log]
+    assert [entry["iteration"] for entry in log] == [4, 8]
+    assert losses[-1] < losses[0], f"{model}: loss per interval {losses}"
+
+    predictions = backend.predict(tmp_path / "model.pt", data["coco"], [data["shard"]],
+                                  {"score_threshold": 0.0, "max_detections": 20,
+                                   "batch_size": 2})
+    assert predictions, f"{model} predicted nothing"
+    assert {p["category_id"] for p in predictions} <= {1, 2}
+    report = evaluate(data["coco"], predictions, 20)
+    assert report["images"] == 2
+    assert all(-1.0 <= v <= 1.0 for v in report["metrics"].values())
+
+
+def test_catalogue_imports_without_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys; import nadir.training.catalogue as c; import nadir.config; "
+            "assert 'torch' not in sys.modules, 'torch was imported'; print(len(c.CATALOGUE))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={"PYTHONPATH": str(Path(__file__).parents[1] / "src")})
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout) == len(CATALOGUE)
+
+
+def test_catalogue_entries_are_complete():
+    assert DEFAULT_MODEL in CATALOGUE
+    for name, model in CATALOGUE.items():
+        assert model.backend in {"torchvision", "detectron2"}, name
+        assert model.licence and model.description, name
+        assert set(model.weights) <= set(PRETRAINED_KINDS) - {"none"}, name
+        for source in model.weights.values():
+            assert source.url.startswith("https://"), name
+            assert source.licence, name
+            if model.backend == "torchvision":
+                # torchvision's published checksum: the SHA-256 prefix in the file name.
+                assert source.sha256 and source.sha256 in source.file_name, name
+                assert source.torchvision_enum, name
+    assert weight_source(DEFAULT_MODEL, "none") is None
+    with pytest.raises(KeyError, match="no 'coco' weights"):
+        weight_source("fasterrcnn_convnext_tiny_fpn", "coco")
+
+
+def test_catalogue_defaults_sit_between_training_and_user_overrides():
+    config = {"training": {"lr": 0.001, "iterations": 10}, "models": {"ssd300_vgg16": None}}
+    assert model_hyperparameters(config, "ssd300_vgg16")["lr"] == 0.0002
+    config["models"]["ssd300_vgg16"] = {"lr": 0.0003}
+    assert model_hyperparameters(config, "ssd300_vgg16")["lr"] == 0.0003
+
+
+def test_coco_weights_fill_every_layer_of_matching_shape(tmp_path):
+    # A 90-class SSDlite stands in for the COCO file (same layout, other class count).
+    donor = build_model("ssdlite320_mobilenet_v3_large", 90, 64)
+    weights = tmp_path / "ssdlite320_mobilenet_v3_large_coco-a79551df.pth"
+    torch.save(donor.state_dict(), weights)
+    model = build_model("ssdlite320_mobilenet_v3_large", 2, 64, "coco", weights)
+    own, given = model.state_dict(), donor.state_dict()
+    kept = [k for k in given if torch.equal(given[k], own[k]) if given[k].shape == own[k].shape]
+    differ = [k for k in given if given[k].shape != own[k].shape]
+    assert differ and all("classification_head" in k for k in differ)
+    assert len(kept) == len(given) - len(differ)
+
+
+def test_imagenet_weights_reach_the_backbone_without_download(tmp_path):
+    from torchvision.models import resnet18
+
+    trunk = resnet18(weights=None)
+    weights = tmp_path / "resnet18-f37072fd.pth"
+    torch.save(trunk.state_dict(), weights)
+    model = build_model("fcos_resnet18_fpn", 2, 64, "imagenet", weights)
+    conv1 = model.backbone.body.conv1.weight
+    assert torch.equal(conv1, trunk.conv1.weight)
+    with pytest.raises(Exception, match="needs its weights file"):
+        build_model("fcos_resnet18_fpn", 2, 64, "imagenet", None)
+
+
+def test_models_page_lists_every_catalogue_entry():
+    page = (Path(__file__).parents[1] / "docs" / "models.md").read_text()
+    for name, model in CATALOGUE.items():
+        row = next((line for line in page.splitlines() if line.startswith(f"| `{name}` |")), "")
+        assert f"| {model.backend} |" in row and model.licence in row, name

@@ -1,0 +1,233 @@
+"""Checkpoints and resume: a killed run continues where it stopped and ends with the same weights.
+
+Every run here is `nadir train` in a subprocess on a tiny dataset the test builds (64 px chips,
+SSDlite, one thread, CPU), so what is tested is what the train rule runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import tiny_chips
+import torch
+
+from nadir.training.checkpoints import LocalCheckpoints, open_store
+from nadir.training.data import SeededBatches
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = "ssdlite320_mobilenet_v3_large"
+
+
+def train_command(data: dict, out_dir: Path, hp: dict, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "nadir", "train", "--dataset", "tiny", "--model", MODEL,
+            "--hp", json.dumps(hp), "--train", str(data["coco"]),
+            "--manifest", str(data["manifest"]), "--shards", str(data["shard"]),
+            "--out-dir", str(out_dir), "--threads", "1", *extra]
+
+
+def run_env(extra: dict | None = None) -> dict:
+    return {**os.environ, "PYTHONPATH": str(ROOT / "src"), **(extra or {})}
+
+
+def final_state(out_dir: Path) -> dict:
+    return torch.load(out_dir / "model.pt", weights_only=True)["state_dict"]
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+
+
+def kill_after_first_checkpoint(command: list[str], checkpoint_root: Path, env: dict,
+                                log_path: Path) -> int:
+    """Start a run, SIGKILL it once a checkpoint exists; return that checkpoint's iteration."""
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(command, stderr=log, stdout=log, env=env)
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and process.poll() is None:
+            found = sorted(checkpoint_root.glob("*/ckpt-*.pt"))
+            if found:
+                process.send_signal(signal.SIGKILL)
+                process.wait()
+                return int(found[0].stem.split("-")[1])
+            time.sleep(0.01)
+    raise AssertionError(f"no checkpoint before the run ended ({process.poll()}): "
+                         f"{log_path.read_text()[-2000:]}")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return tiny_chips.build(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(data, tmp_path_factory):
+    """The reference: 24 iterations without checkpoints."""
+    out = tmp_path_factory.mktemp("uninterrupted")
+    hp = tiny_chips.hyperparameters(iterations=24, log_interval=4)
+    subprocess.run(train_command(data, out, hp), check=True, env=run_env(),
+                   capture_output=True, timeout=900)
+    return out, hp
+
+
+def test_killed_run_resumes_to_the_same_weights(data, uninterrupted, tmp_path):
+    reference, hp = uninterrupted
+    checkpoints, out = tmp_path / "checkpoints", tmp_path / "out"
+    command = train_command(data, out, hp, "--checkpoints", str(checkpoints),
+                            "--checkpoint-every", "3")
+    killed_at = kill_after_first_checkpoint(command, checkpoints, run_env(),
+                                            tmp_path / "killed.log")
+    assert killed_at == 3
+    assert not (out / "model.pt").exists()
+
+    rerun = subprocess.run(command, env=run_env(), capture_output=True, text=True, timeout=900)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    resumed_at = int(rerun.stderr.split("resuming from the checkpoint at iteration ")[1]
+                     .split("/")[0])
+    assert 3 <= resumed_at < 24
+
+    run = json.loads((out / "run.json").read_text())
+    assert run["training"]["iterations"] == 24
+    assert run["training"]["resumed_from"] == resumed_at
+    assert_same_weights(final_state(out), final_state(reference))
+    # The loss log carries the intervals from before the kill: one entry per 4 iterations.
+    log = json.loads((out / "train_log.json").read_text())
+    assert [e["iteration"] for e in log] == [4, 8, 12, 16, 20, 24]
+    timing = {"seconds", "images_per_second"}
+    reference_log = json.loads((reference / "train_log.json").read_text())
+    assert [{k: v for k, v in e.items() if k not in timing} for e in log] == \
+        [{k: v for k, v in e.items() if k not in timing} for e in reference_log]
+    # A finished run removes its checkpoints: its weights are in the outputs.
+    assert not list(checkpoints.glob("*/ckpt-*.pt"))
+
+
+def test_other_settings_never_resume_a_stale_checkpoint(data, tmp_path):
+    checkpoints = tmp_path / "checkpoints"
+    hp = tiny_chips.hyperparameters(iterations=4)
+    first = train_command(data, tmp_path / "a", hp | {"iterations": 40}, "--checkpoints",
+                          str(checkpoints),
+                          "--checkpoint-every", "1")
+    kill_after_first_checkpoint(first, checkpoints, run_env(), tmp_path / "a.log")
+    changed = train_command(data, tmp_path / "b", hp, "--checkpoints",
+                            str(checkpoints), "--checkpoint-every", "100")
+    rerun = subprocess.run(changed, env=run_env(), capture_output=True, text=True, timeout=900)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "starting at iteration 0" in rerun.stderr
+    assert "resuming" not in rerun.stderr
+    # The first run's checkpoint is left where it was, under its own fingerprint.
+    assert len(list(checkpoints.glob("*/ckpt-*.pt"))) == 1
+
+
+def test_s3_checkpoints_resume_a_killed_run(data, uninterrupted, s3, tmp_path):
+    reference, hp = uninterrupted
+    bucket = "nadir-ckpt-test"
+    client = s3.client()
+    client.create_bucket(Bucket=bucket)
+    env = run_env({"SNAKEMAKE_STORAGE_S3_ACCESS_KEY": s3.access_key,
+                   "SNAKEMAKE_STORAGE_S3_SECRET_KEY": s3.secret_key})
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL"):
+        env.pop(name, None)  # the keys must come from Snakemake's variables
+    out = tmp_path / "out"
+    command = train_command(data, out, hp, "--checkpoints", f"s3://{bucket}/runs/tiny/{MODEL}",
+                            "--checkpoint-every", "3", "--checkpoint-keep", "1",
+                            "--s3-endpoint", s3.endpoint)
+    with open(tmp_path / "killed.log", "w") as log:
+        process = subprocess.Popen(command, stderr=log, stdout=log, env=env)
+        deadline, keys = time.monotonic() + 600, []
+        while time.monotonic() < deadline and process.poll() is None and not keys:
+            listing = client.list_objects_v2(Bucket=bucket, Prefix="runs/tiny/")
+            keys = [o["Key"] for o in listing.get("Contents", []) if o["Key"].endswith(".pt")]
+            time.sleep(0.05)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    assert keys, (tmp_path / "killed.log").read_text()[-2000:]
+    assert keys[0].startswith(f"runs/tiny/{MODEL}/") and keys[0].endswith(".pt")
+
+    rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "resuming from the checkpoint at iteration" in rerun.stderr
+    assert f"s3://{bucket}/runs/tiny/{MODEL}/" in rerun.stderr
+    assert s3.secret_key not in rerun.stderr
+    assert_same_weights(final_state(out), final_state(reference))
+    listing = client.list_objects_v2(Bucket=bucket, Prefix="runs/tiny/")
+    assert not listing.get("Contents"), "a finished run leaves no checkpoint behind"
+
+
+def test_s3_store_keeps_the_newest_and_rejects_bad_locations(s3, monkeypatch):
+    monkeypatch.setenv("SNAKEMAKE_STORAGE_S3_ACCESS_KEY", s3.access_key)
+    monkeypatch.setenv("SNAKEMAKE_STORAGE_S3_SECRET_KEY", s3.secret_key)
+    store = open_store("s3://nadir-store-test/a/b", s3.endpoint, keep=2)
+    assert store.newest() is None  # the bucket does not exist yet
+    for iteration in (5, 10, 15):
+        store.save(iteration, f"state {iteration}".encode())
+    assert store.iterations() == [10, 15]
+    assert store.newest() == (15, b"state 15")
+    store.clear()
+    assert store.iterations() == []
+    from nadir.errors import NadirError
+
+    for bad in ("s3://bucket-only", "gs://bucket/prefix"):
+        with pytest.raises(NadirError, match="expected"):
+            open_store(bad)
+
+
+def test_local_store_writes_atomically_and_prunes(tmp_path):
+    store = LocalCheckpoints(tmp_path / "ck", keep=1)
+    store.save(1, b"one")
+    store.save(2, b"two")
+    assert store.newest() == (2, b"two")
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["ckpt-000000002.pt"]
+
+
+def test_batches_depend_only_on_seed_and_step():
+    def take(sampler, steps):
+        stream = iter(sampler)
+        return [next(stream) for _ in range(steps)]
+
+    whole = take(SeededBatches(5, 2, seed=3, augment=True), 8)
+    assert take(SeededBatches(5, 2, seed=3, start_step=5, augment=True), 3) == whole[5:]
+    # Two processes take the two halves of each batch of the single process with batch 4.
+    single = take(SeededBatches(5, 4, seed=3, augment=True), 4)
+    rank0 = take(SeededBatches(5, 2, seed=3, rank=0, world_size=2, augment=True), 4)
+    rank1 = take(SeededBatches(5, 2, seed=3, rank=1, world_size=2, augment=True), 4)
+    assert [a + b for a, b in zip(rank0, rank1, strict=True)] == single
+    # Every chip is seen once per epoch; codes are symmetries 0..7 (0 only without augment).
+    epoch = [i for batch in take(SeededBatches(5, 5, seed=3), 1) for i, _ in batch]
+    assert sorted(epoch) == [0, 1, 2, 3, 4]
+    assert {code for batch in whole for _, code in batch} <= set(range(8))
+    assert {code for batch in take(SeededBatches(5, 2, seed=3), 4) for _, code in batch} == {0}
+
+
+@pytest.mark.slow
+def test_two_process_ddp_on_cpu_checkpoints_and_resumes(data, tmp_path):
+    """The DistributedDataParallel path (gloo, 2 processes): it trains, checkpoints the random
+    states of both processes, and a rerun resumes from that checkpoint to the same weights."""
+    from nadir.training.backend import TrainJob, get_backend
+
+    hp = tiny_chips.hyperparameters(iterations=6, batch_size=2, log_interval=3)
+
+    def job(out: str) -> TrainJob:
+        return TrainJob(dataset="tiny", model=MODEL, hp=hp, train_json=data["coco"],
+                        manifest=data["manifest"], shards=[data["shard"]],
+                        out_dir=tmp_path / out, threads=2, world_size=2, checkpoint_every=3,
+                        checkpoints=LocalCheckpoints(tmp_path / "ck"))
+
+    backend = get_backend("torchvision")
+    first = backend.train(job("first"))
+    assert first["processes"] == 2 and first["resumed_from"] == 0
+    saved = torch.load(tmp_path / "ck" / "ckpt-000000003.pt", weights_only=True)
+    assert len(saved["rng"]) == 2
+    second = backend.train(job("second"))  # the checkpoint at 3 is still there: resume
+    assert second["resumed_from"] == 3
+    assert_same_weights(final_state(tmp_path / "second"), final_state(tmp_path / "first"))
+    log = json.loads((tmp_path / "first" / "train_log.json").read_text())
+    assert [e["iteration"] for e in log] == [3, 6]
+    assert log[0]["images_per_second"] > 0

@@ -1,0 +1,57 @@
+"""A tiny chip dataset for training tests: one tar shard and its COCO file, built from a seed.
+
+Two classes, drawn so a detector can tell them apart at once: bright red squares (class 1) and
+dark blue bars (class 2) on grey noise, one to three objects per chip.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+CATEGORIES = [{"id": 1, "name": "red-square"}, {"id": 2, "name": "blue-bar"}]
+
+
+def build(directory: Path, chips: int = 4, size: int = 64, seed: int = 0) -> dict[str, Path]:
+    """Write shard-000.tar, coco.json and manifest.json under `directory`; return their paths."""
+    rng = np.random.default_rng(seed)
+    directory.mkdir(parents=True, exist_ok=True)
+    shard = directory / "shard-000.tar"
+    images, annotations = [], []
+    with tarfile.open(shard, "w") as tar:
+        for number in range(chips):
+            pixels = rng.integers(90, 140, size=(size, size, 3), dtype=np.uint8)
+            for _ in range(rng.integers(1, 4)):
+                category = int(rng.integers(1, 3))
+                w, h = (size // 4, size // 4) if category == 1 else (size // 3, size // 8)
+                x, y = int(rng.integers(0, size - w)), int(rng.integers(0, size - h))
+                pixels[y:y + h, x:x + w] = (230, 30, 30) if category == 1 else (20, 20, 120)
+                annotations.append({"id": len(annotations) + 1, "image_id": number + 1,
+                                    "category_id": category, "bbox": [x, y, w, h],
+                                    "area": w * h, "iscrowd": 0})
+            data = io.BytesIO()
+            Image.fromarray(pixels).save(data, format="PNG")
+            member = tarfile.TarInfo(f"chip-{number:03d}.png")
+            member.size = data.tell()
+            data.seek(0)
+            tar.addfile(member, data)
+            images.append({"id": number + 1, "file_name": member.name, "width": size,
+                           "height": size, "shard": 0})
+    coco = directory / "coco.json"
+    coco.write_text(json.dumps({"images": images, "annotations": annotations,
+                                "categories": CATEGORIES}))
+    manifest = directory / "manifest.json"
+    manifest.write_text(json.dumps({"chips": chips, "size": size, "seed": seed}))
+    return {"shard": shard, "coco": coco, "manifest": manifest}
+
+
+def hyperparameters(**overrides) -> dict:
+    """The schema's training defaults, shortened for tests."""
+    return {"iterations": 6, "batch_size": 2, "lr": 0.001, "weight_decay": 0.0001,
+            "warmup_iterations": 2, "clip_grad_norm": 10.0, "augment": True, "log_interval": 2,
+            "seed": 0, "pretrained": "none", "amp": True} | overrides
