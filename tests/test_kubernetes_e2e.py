@@ -235,3 +235,59 @@ def test_upstream_kubernetes_executor_still_works_with_the_s3_flags(s3, tmp_path
         assert listed.get("KeyCount") == 2 * (4 + 2)  # an image and a label file per scene
     finally:
         double.stop()
+
+
+def test_training_pod_killed_mid_run_resumes_from_its_s3_checkpoint(pipeline, s3):
+    """Eviction or preemption of a training pod: the retry continues from the last checkpoint."""
+    config = yaml.safe_load((pipeline.checkout / "config/test.yaml").read_text())
+    config["training"].update(iterations=40, log_interval=4)
+    config["checkpoints"] = {"every": 4}
+    (pipeline.checkout / "config/resume.yaml").write_text(yaml.safe_dump(config))
+    client, double = s3.client(), pipeline.double
+    checkpoints = f"{pipeline.prefix}/checkpoints/"
+
+    def checkpoint_keys():
+        listed = client.list_objects_v2(Bucket=BUCKET, Prefix=checkpoints)
+        return [item["Key"] for item in listed.get("Contents", []) if "/ckpt-" in item["Key"]]
+
+    killed: list[Pod] = []
+
+    def running_training_pod():
+        return next((p for p in double.all_pods() if p.phase == "Running"
+                     and p.labels.get("snakemake-rule") == "train"), None)
+
+    def kill_training_after_its_first_checkpoint():
+        try:
+            pod = double.wait_for(running_training_pod, 900, "a running train pod")
+            double.wait_for(checkpoint_keys, 900, "a checkpoint in S3")
+        except TimeoutError:
+            return
+        double.kill(pod.name, reason="Preempted")
+        killed.append(pod)
+
+    killer = threading.Thread(target=kill_training_after_its_first_checkpoint, daemon=True)
+    killer.start()
+    run_json = "results/sample/models/ssdlite320_mobilenet_v3_large/run.json"
+    proc = snakemake_on(pipeline.checkout, double, s3, pipeline.prefix, "--configfile",
+                        "config/resume.yaml", "--jobs", "1", run_json, *SMALL_THREADS)
+    assert proc.returncode == 0, proc.stderr[-6000:]
+    assert len(killed) == 1 and killed[0].exit_code == 137
+
+    def stored(key: str) -> str:
+        return client.get_object(Bucket=BUCKET, Key=f"{pipeline.prefix}/{key}")["Body"] \
+            .read().decode()
+
+    # the retry's own log (the killed attempt's never reached the bucket)
+    retry_log = stored("logs/sample/train-ssdlite320_mobilenet_v3_large.log")
+    resumed_at = int(retry_log.split("resuming from the checkpoint at iteration ")[1]
+                     .split("/")[0])
+    assert 4 <= resumed_at < 40 and resumed_at % 4 == 0
+    run = json.loads(stored(run_json))
+    assert run["training"]["iterations"] == 40
+    assert run["training"]["resumed_from"] == resumed_at
+    # the loss log continues across the kill: one entry per 4 iterations, none repeated
+    train_log = json.loads(stored("results/sample/models/ssdlite320_mobilenet_v3_large/"
+                                  "train_log.json"))
+    assert [entry["iteration"] for entry in train_log] == list(range(4, 41, 4))
+    # a finished run removes its checkpoints
+    assert checkpoint_keys() == []
