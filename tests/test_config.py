@@ -65,3 +65,15 @@ def test_every_problem_is_reported_at_once():
     with pytest.raises(ConfigError, match=r"2 problem\(s\)") as err:
         checked(config)
     assert "evaluation.max_detections" in str(err.value)
+
+
+def test_config_reference_documents_every_key_and_is_current():
+    from conftest import ROOT
+
+    from nadir.config_reference import render
+
+    text = render()
+    for key in ["`size`", "`min_visible`", "`lr`", "`max_detections`", "`format`"]:
+        assert key in text
+    assert (ROOT / "config" / "README.md").read_text() == text, (
+        "config/README.md is stale: run `python -m nadir config-reference > config/README.md`")

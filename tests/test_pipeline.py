@@ -6,13 +6,10 @@ import shutil
 
 import pytest
 import yaml
-from conftest import ROOT, planned_jobs, run_snakemake
+from conftest import ROOT, RUN_JOBS, SUMMARY_JOBS, planned_jobs, run_snakemake
 
 TEST_CONFIG = yaml.safe_load((ROOT / "config" / "test.yaml").read_text())
 MODEL = "ssdlite320_mobilenet_v3_large"
-# The jobs of one (dataset, model) run, and the summary jobs that gather every run.
-RUN_JOBS = ["train", "evaluate", "evaluate_scenes", "loss_curve", "plot_pr", "plot_detections"]
-SUMMARY_JOBS = ["plot_class_ap", "leaderboard", "cost", "summary", "all"]
 
 
 def write_config(path, edit=None):

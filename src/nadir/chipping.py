@@ -1,19 +1,28 @@
 """The chip stage: cut scenes into fixed-size chips with GDAL windowed reads, pack them in shards.
 
-Rules (documented in config/README.md and tested in tests/test_chipping.py):
+Rules (docs/chipping.md explains them for users; tests/test_chipping.py tests each):
 - Windows step by `size - overlap`; the last row and column are shifted back to end at the
-  image edge, so no chip hangs over it. A scene smaller than a chip gives one chip at (0, 0),
-  padded to full size with `pad_value`.
-- Scenes are read one strip of `size` rows at a time, in order (GDAL decodes PNG row by row), so
-  memory grows with the scene's width, never with its area.
-- An object cut by a chip border is clipped to the chip; it is kept when at least `min_visible`
-  of its area is inside, and marked truncated when any of it is outside. Its box is the bounds of
-  the clipped polygon. Fragments below the threshold are dropped and counted.
-- Chips with no objects are kept at rate `empty_keep`, decided by a hash of (seed, scene,
-  window), so the same config always keeps the same chips. Chips whose nodata fraction exceeds
-  `nodata_max` are skipped and counted.
+  image edge, so no chip hangs over it. A scene smaller than a chip (along an axis) gives one
+  chip at offset 0 along that axis, padded to full size with `pad_value`.
+- Reading never holds a whole scene. Tiled rasters (blocks narrower than the scene) are read
+  one chip window at a time: memory does not depend on the scene's size. Rasters stored in
+  full-width rows (PNG, striped GeoTIFF) are read strictly top to bottom into a ring of
+  `size` + one block of rows, so every row is decoded once and memory grows with the scene's
+  width only.
+- An object is clipped to the part of the chip window that lies inside the scene; it is kept
+  when at least `min_visible` of its whole area is inside, and marked truncated when any of it
+  is outside. Its box is the bounds of the clipped polygon(s). Fragments below the threshold are
+  dropped and counted.
+- Chips with no kept object are kept at rate `empty_keep`, decided by a hash of (seed, scene,
+  window), so the same config always keeps the same chips. Chips whose nodata fraction (over
+  the part of the window inside the scene; padding is not nodata) exceeds `nodata_max` are
+  skipped and counted. Nodata pixels of a kept chip are set to `pad_value`.
 - Non-8-bit input is stretched to 8 bits per band between per-scene percentiles computed on a
-  decimated read; `bands` selects and orders the bands (1-based).
+  decimated read (valid pixels only); `bands` selects and orders the bands (1-based); a chip has
+  one band (grey) or three (RGB).
+- Chips are cut in row-major order and encoded on other threads than the one that reads, with
+  a bounded queue; the shard is written in chip order, so the output does not depend on the
+  number of threads.
 """
 
 from __future__ import annotations
@@ -23,24 +32,35 @@ import json
 import logging
 import random
 import tarfile
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+import time
+import warnings
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field, fields
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from rasterio.enums import MaskFlags
+from rasterio.errors import NotGeoreferencedWarning
+from rasterio.windows import Window
 from shapely.geometry import Polygon, box
 from shapely.validation import make_valid
 
 from nadir import __version__
-from nadir.errors import InputError
+from nadir.errors import InputError, NadirError
 from nadir.index import Annotation
 
 log = logging.getLogger(__name__)
 
 EPS = 1e-9
 STRETCH_SAMPLE_PX = 1024  # the longest side of the decimated read used for percentiles
+GDAL_CACHE_MIN_BYTES = 8 << 20  # GDAL's block cache is capped per scene (see gdal_cache_bytes)
+PROGRESS_INTERVAL_S = 10.0  # at most one progress line per scene this often (plus the last)
+# Settings under `chipping:` that concern the workflow, not how one chip is cut.
+WORKFLOW_KEYS = {"shards"}
 
 
 @dataclass(frozen=True)
@@ -55,11 +75,37 @@ class ChipParams:
     stretch_percentiles: tuple[float, float] = (2.0, 98.0)
     image_format: str = "jpeg"
     jpeg_quality: int = 90
+    geotiff: bool = False
     seed: int = 0
 
     def __post_init__(self):
+        problems = []
         if not 0 <= self.overlap < self.size:
-            raise ValueError(f"chip overlap must be in [0, size); got {self.overlap}, {self.size}")
+            problems.append(f"overlap must be in [0, size); got {self.overlap} with size "
+                            f"{self.size}")
+        if self.bands is not None and len(self.bands) not in (1, 3):
+            problems.append(f"bands must list 1 (grey) or 3 (RGB) bands; got {list(self.bands)}")
+        low, high = self.stretch_percentiles
+        if not 0 <= low < high <= 100:
+            problems.append("stretch_percentiles must be [low, high] with 0 <= low < high <= "
+                            f"100; got {list(self.stretch_percentiles)}")
+        if self.image_format not in ("jpeg", "png"):
+            problems.append(f"image_format must be jpeg or png; got {self.image_format!r}")
+        if problems:
+            raise NadirError("invalid chipping settings: " + "; ".join(problems))
+
+    @classmethod
+    def from_config(cls, settings: dict) -> ChipParams:
+        """Build from the `chipping:` config section (JSON lists become tuples)."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(settings) - known - WORKFLOW_KEYS)
+        if unknown:
+            raise NadirError(f"unknown chipping setting(s) {unknown}; known: {sorted(known)}")
+        values = {k: v for k, v in settings.items() if k in known}
+        for key in ("bands", "stretch_percentiles"):
+            if values.get(key) is not None:
+                values[key] = tuple(values[key])
+        return cls(**values)
 
     @property
     def extension(self) -> str:
@@ -87,8 +133,9 @@ class ChipRecord:
     y: int
     width: int
     height: int
-    transform: list[float]
+    transform: list[float]  # GDAL order: x origin, pixel width, row rotation, y origin, ...
     objects: list[dict] = field(default_factory=list)
+    geotiff: str | None = None  # the chip's GeoTIFF in the shard, when `geotiff` is on
 
 
 def window_offsets(length: int, size: int, overlap: int) -> list[int]:
@@ -101,43 +148,65 @@ def window_offsets(length: int, size: int, overlap: int) -> list[int]:
     return offsets
 
 
-def clip_objects(annotations: list[Annotation], x0: int, y0: int, size: int,
-                 min_visible: float) -> tuple[list[dict], int, set[int]]:
-    """Clip scene objects to one chip window; returns (kept objects, dropped count, kept ids)."""
-    window = box(x0, y0, x0 + size, y0 + size)
-    kept, dropped, kept_ids = [], 0, set()
-    for ann in annotations:
-        xs, ys = ann.polygon[0::2], ann.polygon[1::2]
-        if max(xs) <= x0 or min(xs) >= x0 + size or max(ys) <= y0 or min(ys) >= y0 + size:
-            continue
-        shape = Polygon(list(zip(xs, ys, strict=True)))
-        if not shape.is_valid:
-            shape = make_valid(shape)
-        if shape.area <= 0:
-            continue
-        part = shape.intersection(window)
-        visible = part.area / shape.area
-        if visible <= 0:
-            continue
-        if visible + EPS < min_visible:
-            dropped += 1
-            continue
-        polygons = [g for g in getattr(part, "geoms", [part]) if g.geom_type == "Polygon"]
-        minx, miny, maxx, maxy = part.bounds
-        kept.append({
-            "object": ann.object,
-            "category": ann.category,
-            "difficult": ann.difficult,
-            "truncated": visible < 1 - 1e-6,
-            "visible": round(visible, 6),
-            "bbox": [round(minx - x0, 2), round(miny - y0, 2),
-                     round(maxx - minx, 2), round(maxy - miny, 2)],
-            "polygons": [[round(v - (x0 if i % 2 == 0 else y0), 2)
-                          for xy in p.exterior.coords[:-1] for i, v in enumerate(xy)]
-                         for p in polygons],
-        })
-        kept_ids.add(ann.object)
-    return kept, dropped, kept_ids
+class SceneObjects:
+    """A scene's objects as shapes with bounds, so each chip only clips the objects it touches."""
+
+    def __init__(self, annotations: list[Annotation], width: int, height: int):
+        self.annotations = annotations
+        self.width, self.height = width, height
+        self.bounds = np.zeros((len(annotations), 4))
+        for i, ann in enumerate(annotations):
+            xs, ys = ann.polygon[0::2], ann.polygon[1::2]
+            self.bounds[i] = min(xs), min(ys), max(xs), max(ys)
+
+    def shape(self, index: int):
+        """The object's polygon (made valid), built when a window touches it: an object is
+        touched by a few windows only, and shapes for every object of a scene would cost
+        memory that grows with the scene."""
+        ann = self.annotations[index]
+        shape = Polygon(list(zip(ann.polygon[0::2], ann.polygon[1::2], strict=True)))
+        return shape if shape.is_valid else make_valid(shape)
+
+    def clip(self, x0: int, y0: int, size: int,
+             min_visible: float) -> tuple[list[dict], int, set[int]]:
+        """Objects visible in one chip window: (kept objects, dropped fragments, kept ids)."""
+        x1, y1 = min(x0 + size, self.width), min(y0 + size, self.height)
+        b = self.bounds
+        touching = np.flatnonzero((b[:, 2] > x0) & (b[:, 0] < x1) & (b[:, 3] > y0)
+                                  & (b[:, 1] < y1))
+        window = box(x0, y0, x1, y1)
+        kept, dropped, kept_ids = [], 0, set()
+        for i in touching:
+            shape, ann = self.shape(i), self.annotations[i]
+            if shape.area <= 0:
+                continue
+            part = shape.intersection(window)
+            polygons = [g for g in getattr(part, "geoms", [part])
+                        if g.geom_type == "Polygon" and g.area > 0]
+            visible = sum(p.area for p in polygons) / shape.area
+            if visible <= 0:
+                continue
+            if visible + EPS < min_visible:
+                dropped += 1
+                continue
+            minx = min(p.bounds[0] for p in polygons)
+            miny = min(p.bounds[1] for p in polygons)
+            maxx = max(p.bounds[2] for p in polygons)
+            maxy = max(p.bounds[3] for p in polygons)
+            kept.append({
+                "object": ann.object,
+                "category": ann.category,
+                "difficult": ann.difficult,
+                "truncated": visible < 1 - 1e-6,
+                "visible": round(visible, 6),
+                "bbox": [round(minx - x0, 2), round(miny - y0, 2),
+                         round(maxx - minx, 2), round(maxy - miny, 2)],
+                "polygons": [[round(v - (x0 if k % 2 == 0 else y0), 2)
+                              for xy in p.exterior.coords[:-1] for k, v in enumerate(xy)]
+                             for p in polygons],
+            })
+            kept_ids.add(ann.object)
+        return kept, dropped, kept_ids
 
 
 def keep_empty(seed: int, scene: str, x0: int, y0: int, rate: float) -> bool:
@@ -149,7 +218,7 @@ class Radiometry:
     """Selects bands and maps a scene's pixel values to 8 bits."""
 
     def __init__(self, src, params: ChipParams):
-        bands = params.bands or tuple(range(1, min(src.count, 3) + 1))
+        bands = params.bands or ((1, 2, 3) if src.count >= 3 else (1,))
         for b in bands:
             if not 1 <= b <= src.count:
                 raise InputError(src.name, f"band {b} requested, the image has {src.count} band(s)")
@@ -159,27 +228,130 @@ class Radiometry:
             self.scale = self._percentiles(src, params.stretch_percentiles)
 
     def _percentiles(self, src, percentiles: tuple[float, float]):
+        """Per-band (low, high) from a decimated read (overviews when the file has them)."""
         factor = max(1, int(np.ceil(max(src.width, src.height) / STRETCH_SAMPLE_PX)))
         shape = (len(self.bands), max(1, src.height // factor), max(1, src.width // factor))
-        sample = src.read(self.bands, out_shape=shape, masked=True).astype("float64")
+        sample = src.read(self.bands, out_shape=shape, masked=True)
         lows, highs = [], []
         for band in sample:
-            values = band.compressed()
+            values = band.compressed().astype(np.float64)
+            values = values[np.isfinite(values)]  # float scenes may hold NaN without nodata
             lo, hi = np.percentile(values, percentiles) if values.size else (0.0, 1.0)
             lows.append(lo)
             highs.append(hi if hi > lo else lo + 1)
-        return np.array(lows)[:, None, None], np.array(highs)[:, None, None]
+        log.info("%s: stretching bands %s from percentiles %s: low %s, high %s", src.name,
+                 self.bands, list(percentiles), [round(v, 3) for v in lows],
+                 [round(v, 3) for v in highs])
+        return np.array(lows, dtype=np.float32), np.array(highs, dtype=np.float32)
 
     def to_8bit(self, pixels: np.ndarray) -> np.ndarray:
+        """(rows, cols, bands) pixels in the file's type to uint8."""
         if self.scale is None:
             return pixels
         lo, hi = self.scale
-        return np.clip((pixels - lo) / (hi - lo) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        scaled = (pixels.astype(np.float32) - lo) * (255.0 / (hi - lo)) + 0.5
+        return np.clip(scaled, 0, 255).astype(np.uint8)
+
+
+def gdal_cache_bytes(src, size: int) -> int:
+    """GDAL's block cache for one scene: at least 8 MiB; for tiled scenes the blocks under
+    one chip, so that the next chip of a row finds the blocks it shares already decoded.
+
+    GDAL's default (5% of RAM) would let the cache grow with the scene on a large machine.
+    Scenes read row-sequentially decode every block once and need no more than the minimum.
+    """
+    block_rows, block_cols = src.block_shapes[0]
+    if block_cols >= src.width:
+        return GDAL_CACHE_MIN_BYTES
+    itemsize = np.dtype(src.dtypes[0]).itemsize
+    under_chip = (size + block_rows) * (size + block_cols) * src.count * itemsize
+    return max(GDAL_CACHE_MIN_BYTES, under_chip + under_chip // 4)
+
+
+class WindowReader:
+    """Reads chip windows of one scene, in row-major order, within a fixed memory bound.
+
+    Tiled rasters are read window by window. Rasters stored in full-width blocks (PNG, striped
+    GeoTIFF) are read top to bottom, each row once, into a ring buffer of `size` + one block
+    of rows: GDAL decodes PNG sequentially, so going back up would restart the decoder.
+    Pixels come out as (rows, cols, bands), the layout encoders take, so no chip is transposed.
+    """
+
+    def __init__(self, src, bands: list[int], size: int):
+        self.src, self.bands = src, bands
+        self.block_rows, block_cols = src.block_shapes[0]
+        self.random_access = block_cols < src.width
+        self.masked = not all(flags == [MaskFlags.all_valid] for flags in src.mask_flag_enums)
+        if not self.random_access:
+            self.capacity = size + self.block_rows
+            self.ring = np.empty((self.capacity, src.width, len(bands)), dtype=src.dtypes[0])
+            self.ring_valid = (np.empty((self.capacity, src.width), dtype=bool)
+                               if self.masked else None)
+            self.rows_read = 0
+
+    @property
+    def description(self) -> str:
+        if self.random_access:
+            return "read window by window"
+        ring_bytes = self.ring.nbytes + (self.ring_valid.nbytes if self.masked else 0)
+        return f"read row-sequentially through a {ring_bytes / 2**20:.1f} MiB ring buffer"
+
+    def pixels(self, x0: int, y0: int, cols: int, rows: int) -> np.ndarray:
+        """The window's pixels as (rows, cols, bands), in the file's type."""
+        if self.random_access:
+            pixels = np.empty((rows, cols, len(self.bands)), dtype=self.src.dtypes[0])
+            self.src.read(self.bands, window=Window(x0, y0, cols, rows),
+                          out=pixels.transpose(2, 0, 1))
+            return pixels
+        return self.ring[self._ring_rows(y0, rows), x0:x0 + cols]
+
+    def valid(self, x0: int, y0: int, cols: int, rows: int) -> np.ndarray | None:
+        """The window's valid-pixel mask; None when the scene has neither nodata nor a mask."""
+        if not self.masked:
+            return None
+        if self.random_access:
+            return self.src.dataset_mask(window=Window(x0, y0, cols, rows)) > 0
+        return self.ring_valid[self._ring_rows(y0, rows), x0:x0 + cols]
+
+    def _ring_rows(self, y0: int, rows: int) -> np.ndarray:
+        self._read_rows_until(y0 + rows)
+        if y0 < self.rows_read - self.capacity:
+            raise RuntimeError(f"row {y0} has left the ring buffer; windows must go down")
+        return np.arange(y0, y0 + rows) % self.capacity
+
+    def _read_rows_until(self, end: int) -> None:
+        """Read whole blocks of rows into the ring until row `end` is in it."""
+        src = self.src
+        target = min(src.height, -(-end // self.block_rows) * self.block_rows)
+        while self.rows_read < target:
+            start = self.rows_read % self.capacity
+            count = min(target - self.rows_read, self.capacity - start)
+            window = Window(0, self.rows_read, src.width, count)
+            src.read(self.bands, window=window,
+                     out=self.ring[start:start + count].transpose(2, 0, 1))
+            if self.masked:
+                self.ring_valid[start:start + count] = src.dataset_mask(window=window) > 0
+            self.rows_read += count
+
+
+def render_chip(pixels: np.ndarray, valid: np.ndarray | None, radiometry: Radiometry,
+                params: ChipParams, transform, crs) -> tuple[bytes, bytes | None]:
+    """Stretch, pad and encode one chip (runs on the thread pool); returns (image, GeoTIFF)."""
+    chip = radiometry.to_8bit(pixels)
+    rows, cols, bands = chip.shape
+    if (rows, cols) != (params.size, params.size) or valid is not None:
+        canvas = np.full((params.size, params.size, bands), params.pad_value, np.uint8)
+        canvas[:rows, :cols] = chip
+        if valid is not None:
+            canvas[:rows, :cols][~valid] = params.pad_value
+        chip = canvas
+    geotiff = encode_geotiff(chip, transform, crs) if params.geotiff else None
+    return encode(chip, params), geotiff
 
 
 def encode(chip: np.ndarray, params: ChipParams) -> bytes:
-    """Encode a (bands, h, w) uint8 array; one band is written as grey, three as RGB."""
-    pixels = chip[0] if chip.shape[0] == 1 else np.ascontiguousarray(chip.transpose(1, 2, 0))
+    """Encode a (h, w, bands) uint8 array; one band is written as grey, three as RGB."""
+    pixels = np.ascontiguousarray(chip[:, :, 0] if chip.shape[2] == 1 else chip)
     buffer = io.BytesIO()
     if params.image_format == "jpeg":
         Image.fromarray(pixels).save(buffer, "JPEG", quality=params.jpeg_quality)
@@ -188,49 +360,78 @@ def encode(chip: np.ndarray, params: ChipParams) -> bytes:
     return buffer.getvalue()
 
 
-def chip_scene(src, scene: dict, annotations: list[Annotation], params: ChipParams,
-               pool: ThreadPoolExecutor) -> Iterator[tuple[ChipRecord, object]]:
-    """Cut one open raster into chips; yields (record, future of encoded bytes) in order."""
-    from rasterio.windows import Window
+def encode_geotiff(chip: np.ndarray, transform, crs) -> bytes:
+    """The chip as a deflate-compressed GeoTIFF carrying the scene's CRS and its geotransform."""
+    from rasterio.io import MemoryFile
 
-    counts = scene["counts"]
+    height, width, bands = chip.shape
+    profile = {"driver": "GTiff", "width": width, "height": height, "count": bands,
+               "dtype": "uint8", "transform": transform, "compress": "deflate",
+               "photometric": "RGB" if bands == 3 else "MINISBLACK"}
+    if crs is not None:
+        profile["crs"] = crs
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with MemoryFile() as memfile:
+            with memfile.open(**profile) as dst:
+                dst.write(chip.transpose(2, 0, 1))
+            return memfile.read()
+
+
+def chip_scene(src, scene: dict, counts: SceneCounts, annotations: list[Annotation],
+               params: ChipParams) -> Iterator[tuple[ChipRecord, Callable]]:
+    """Cut one open raster into chips; yields (record, job that returns the encoded bytes)."""
     radiometry = Radiometry(src, params)
-    size = params.size
+    reader = WindowReader(src, radiometry.bands, params.size)
+    objects = SceneObjects(annotations, src.width, src.height)
+    size, name = params.size, scene["scene"]
+    crs = src.crs
     seen_objects: set[int] = set()
     xs = window_offsets(src.width, size, params.overlap)
-    for y0 in window_offsets(src.height, size, params.overlap):
+    ys = window_offsets(src.height, size, params.overlap)
+    log.info("scene %s: %d x %d px, %d band(s) %s, %s, %d x %d windows, %d objects",
+             name, src.width, src.height, src.count, src.dtypes[0], reader.description,
+             len(xs), len(ys), len(annotations))
+    started = last_report = time.monotonic()
+    for row, y0 in enumerate(ys, start=1):
         rows = min(size, src.height - y0)
-        window = Window(0, y0, src.width, rows)
-        strip = radiometry.to_8bit(src.read(radiometry.bands, window=window))
-        valid = src.dataset_mask(window=window) > 0
         for x0 in xs:
             cols = min(size, src.width - x0)
-            chip_valid = valid[:, x0:x0 + cols]
-            if 1.0 - chip_valid.mean() > params.nodata_max:
+            valid = reader.valid(x0, y0, cols, rows)
+            if valid is not None and 1.0 - valid.mean() > params.nodata_max:
                 counts.nodata_skipped += 1
                 continue
-            objects, dropped, kept_ids = clip_objects(annotations, x0, y0, size,
-                                                      params.min_visible)
+            if valid is not None and valid.all():
+                valid = None
+            kept, dropped, kept_ids = objects.clip(x0, y0, size, params.min_visible)
             counts.fragments_dropped += dropped
-            if not objects:
-                if not keep_empty(params.seed, scene["scene"], x0, y0, params.empty_keep):
+            if not kept:
+                if not keep_empty(params.seed, name, x0, y0, params.empty_keep):
                     counts.empty_skipped += 1
                     continue
                 counts.empty_kept += 1
             seen_objects |= kept_ids
-            counts.objects_kept += len(objects)
-            counts.objects_truncated += sum(o["truncated"] for o in objects)
-            chip = np.full((strip.shape[0], size, size), params.pad_value, dtype=np.uint8)
-            chip[:, :rows, :cols] = strip[:, :, x0:x0 + cols]
-            chip[:, :rows, :cols][:, ~chip_valid] = params.pad_value
-            t = src.window_transform(Window(x0, y0, size, size))
+            counts.objects_kept += len(kept)
+            counts.objects_truncated += sum(o["truncated"] for o in kept)
+            transform = src.window_transform(Window(x0, y0, size, size))
+            stem = f"{name}_{x0}_{y0}"
             record = ChipRecord(
-                file=f"{scene['scene']}_{x0}_{y0}.{params.extension}", scene=scene["scene"],
-                split=scene["split"], x=x0, y=y0, width=size, height=size,
-                transform=[t.c, t.a, t.b, t.f, t.d, t.e], objects=objects,
+                file=f"{stem}.{params.extension}", scene=name, split=scene["split"], x=x0, y=y0,
+                width=size, height=size, objects=kept,
+                transform=[transform.c, transform.a, transform.b, transform.f, transform.d,
+                           transform.e],
+                geotiff=f"{stem}.tif" if params.geotiff else None,
             )
             counts.chips_written += 1
-            yield record, pool.submit(encode, chip, params)
+            pixels = reader.pixels(x0, y0, cols, rows)  # only for chips that are kept
+            yield record, partial(render_chip, pixels, valid, radiometry, params, transform, crs)
+        now = time.monotonic()
+        if row == len(ys) or now - last_report >= PROGRESS_INTERVAL_S:
+            last_report = now
+            done = row * len(xs)
+            log.info("scene %s: window row %d/%d, %d/%d windows, %d chips kept, %.1f windows/s",
+                     name, row, len(ys), done, len(xs) * len(ys), counts.chips_written,
+                     done / max(now - started, 1e-9))
     counts.objects_in_no_chip = len({a.object for a in annotations} - seen_objects)
 
 
@@ -240,34 +441,78 @@ def _tar_member(name: str, size: int) -> tarfile.TarInfo:
     return info
 
 
+def _crs_text(crs) -> str | None:
+    if crs is None:
+        return None
+    return crs.to_string()
+
+
 def chip_shard(scenes: list[dict], annotations: dict[str, list[Annotation]],
                images: dict[str, Path], params: ChipParams, tar_path: Path, json_path: Path,
                threads: int = 1) -> dict:
-    """Chip the given scenes into one tar shard and its JSON chip list; returns the JSON."""
+    """Chip the given scenes into one tar shard and its JSON chip list.
+
+    Returns the shard's parameters, version and per-scene counts. Chip records are written to
+    `json_path` as they are made (the file is what `json.dumps(..., sort_keys=True)` of the
+    whole shard would give), so memory does not grow with the number of chips.
+
+    Of the job's `threads`, this thread reads and clips and the others encode (at least one).
+    Pillow's JPEG encoder holds Python's lock, so a second encoder would only add memory; GDAL
+    does not, so reading overlaps with encoding. At most one chip more than there are encoders
+    waits, which bounds memory. The shard is written in chip order whatever `threads` is.
+    """
     import rasterio
 
-    records, per_scene = [], {}
+    encoders = max(1, threads - 1)
+    per_scene: dict[str, dict] = {}
+    pending: deque[tuple[ChipRecord, Future]] = deque()
     tar_path.parent.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(tar_path, "w", format=tarfile.USTAR_FORMAT) as tar, \
-            ThreadPoolExecutor(max(1, threads)) as pool, rasterio.Env(GDAL_PAM_ENABLED="NO"):
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    listing = open(json_path, "w")
+    listing.write('{"chips": [')
+    separator = ""
+
+    def write_oldest(tar: tarfile.TarFile) -> None:
+        nonlocal separator
+        record, future = pending.popleft()
+        image, geotiff = future.result()
+        tar.addfile(_tar_member(record.file, len(image)), io.BytesIO(image))
+        if geotiff is not None:
+            tar.addfile(_tar_member(record.geotiff, len(geotiff)), io.BytesIO(geotiff))
+        listing.write(separator + json.dumps(vars(record), sort_keys=True))
+        separator = ", "
+
+    with listing, tarfile.open(tar_path, "w", format=tarfile.USTAR_FORMAT) as tar, \
+            ThreadPoolExecutor(encoders) as pool, warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
         for n, scene in enumerate(scenes, start=1):
-            if scene["scene"] not in images:
-                raise InputError(scene["scene"], "no image was given for this scene")
+            name = scene["scene"]
+            if name not in images:
+                raise InputError(name, "no image was given for this scene")
             counts = SceneCounts()
-            with rasterio.open(images[scene["scene"]]) as src:
-                pending = chip_scene(src, {**scene, "counts": counts},
-                                     annotations.get(scene["scene"], []), params, pool)
-                for record, future in pending:
-                    data = future.result()
-                    tar.addfile(_tar_member(record.file, len(data)), io.BytesIO(data))
-                    records.append(asdict(record))
-            per_scene[scene["scene"]] = asdict(counts)
-            log.info("chipped scene %s (%d/%d): %d chips", scene["scene"], n, len(scenes),
-                     counts.chips_written)
-    result = {"params": params_dict(params), "nadir_version": __version__,
-              "scenes": per_scene, "chips": records}
-    json_path.write_text(json.dumps(result, sort_keys=True) + "\n")
-    return result
+            try:
+                src = rasterio.open(images[name])
+            except rasterio.errors.RasterioIOError as exc:
+                raise InputError(images[name], f"not a readable raster image ({exc})") from None
+            with src, rasterio.Env(GDAL_PAM_ENABLED="NO",
+                                   GDAL_CACHEMAX=gdal_cache_bytes(src, params.size)):
+                for record, job in chip_scene(src, scene, counts, annotations.get(name, []),
+                                              params):
+                    pending.append((record, pool.submit(job)))
+                    if len(pending) > encoders:
+                        write_oldest(tar)
+                while pending:
+                    write_oldest(tar)
+                per_scene[name] = {**asdict(counts), "crs": _crs_text(src.crs),
+                                   "width": src.width, "height": src.height}
+            log.info("chipped scene %s (%d/%d): %d chips, %d objects kept (%d truncated), "
+                     "%d fragments dropped, %d nodata chips skipped", name, n, len(scenes),
+                     counts.chips_written, counts.objects_kept, counts.objects_truncated,
+                     counts.fragments_dropped, counts.nodata_skipped)
+        summary = {"params": params_dict(params), "nadir_version": __version__,
+                   "scenes": per_scene}
+        listing.write("], " + json.dumps(summary, sort_keys=True)[1:] + "\n")
+    return summary
 
 
 def params_dict(params: ChipParams) -> dict:
@@ -293,3 +538,4 @@ def write_manifest(shard_jsons: list[Path], out: Path) -> dict:
                 "shards": len(shards), "totals": totals, "scenes": dict(sorted(scenes.items()))}
     out.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
     return manifest
+

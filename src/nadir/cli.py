@@ -79,9 +79,7 @@ def cmd_chip(args) -> None:
     from nadir.chipping import ChipParams, chip_shard
     from nadir.index import read_annotations, read_scenes
 
-    raw = json.loads(args.params)
-    raw["bands"] = tuple(raw["bands"]) if raw.get("bands") else None
-    params = ChipParams(**{k: v for k, v in raw.items() if k != "shards"})
+    params = ChipParams.from_config(json.loads(args.params))
     images = {Path(p).stem: Path(p) for p in args.images}
     scenes = [s for s in read_scenes(Path(args.scenes)) if s["scene"] in images]
     excluded = [s["scene"] for s in scenes if s["split"] == "excluded"]
@@ -93,7 +91,8 @@ def cmd_chip(args) -> None:
     scenes = [s for s in scenes if s["split"] != "excluded"]
     result = chip_shard(scenes, read_annotations(Path(args.annotations)), images, params,
                         Path(args.tar), Path(args.json), threads=args.threads)
-    log.info("shard %s: %d chips from %d scenes", args.tar, len(result["chips"]), len(scenes))
+    chips = sum(counts["chips_written"] for counts in result["scenes"].values())
+    log.info("shard %s: %d chips from %d scenes", args.tar, chips, len(scenes))
 
 
 def cmd_manifest(args) -> None:
@@ -275,6 +274,12 @@ def cmd_plot_loss(args) -> None:
     plot_loss_curve(Path(args.train_log), Path(args.out), args.title)
 
 
+def cmd_config_reference(args) -> None:
+    from nadir.config_reference import render
+
+    print(render(), end="")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nadir", description=__doc__)
     parser.add_argument("--version", action="version", version=__version__)
@@ -425,6 +430,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-log", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--title", required=True)
+    command("config-reference", cmd_config_reference,
+            "print config/README.md, generated from the config schema")
     return parser
 
 

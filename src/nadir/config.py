@@ -81,6 +81,12 @@ def validate(config: dict, model_names: list[str]) -> dict:
         raise ConfigError(
             f"config key chipping.overlap: {chip['overlap']} must be smaller than "
             f"chipping.size ({chip['size']})")
+    from nadir.chipping import ChipParams
+
+    try:  # the rules that JSON Schema cannot express (e.g. 1 or 3 bands)
+        ChipParams.from_config(chip)
+    except NadirError as error:
+        raise ConfigError(f"config key chipping: {error}") from None
     return config
 
 

@@ -82,8 +82,17 @@ def fetch_manifest_path(dataset):
     return path
 
 
+_MANIFESTS = {}
+
+
 def fetch_manifest(dataset):
-    return json.loads(Path(fetch_manifest_path(dataset)).read_text())
+    """The parsed manifest, parsed once per version of the file: input functions ask for it
+    for every job, and a real dataset's manifest lists thousands of scenes."""
+    path = fetch_manifest_path(dataset)
+    key = (str(path), os.stat(path).st_mtime_ns)
+    if key not in _MANIFESTS:
+        _MANIFESTS[key] = json.loads(Path(path).read_text())
+    return _MANIFESTS[key]
 
 
 def dataset_images(dataset):

@@ -1,0 +1,175 @@
+"""Pod settings that Snakemake's Kubernetes executor (0.5.1) cannot express, merged into its Jobs.
+
+GPU training on a shared cluster needs more than the upstream plugin writes into a Job: a
+memory-backed /dev/shm (PyTorch data loaders pass batches through it, and Docker's default is
+64 MB), a way onto the right GPU product (node selector or affinity), tolerations for the
+cluster's taints, image pull secrets for a private registry, labels to find a run's pods and a
+deadline. The executor plugin `snakemake_executor_plugin_kubernetes_pods` builds each Job with the
+upstream code and passes the manifest through `apply_pod_settings` before it is submitted.
+
+Cluster-wide settings come from a YAML file named in the profile (see docs/kubernetes.md);
+per-rule ones are Snakemake resources (`shm_mb`, `runtime`), so they sit with the other
+per-rule resources in the profile's `set-resources`.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from nadir.errors import InputError
+
+SHM_VOLUME = "dshm"
+CONTAINER_NAME = "snakemake"
+RULE_LABEL = "snakemake-rule"
+RUN_LABEL = "snakemake-run"
+
+# Field name in the settings file -> (pod spec field, expected YAML type).
+POD_FIELDS: dict[str, tuple[str, type]] = {
+    "labels": ("labels", dict),
+    "nodeSelector": ("nodeSelector", dict),
+    "affinity": ("affinity", dict),
+    "tolerations": ("tolerations", list),
+    "imagePullSecrets": ("imagePullSecrets", list),
+}
+SCOPES = {
+    "all": "every pod",
+    "gpu": "pods of jobs that request a GPU (resource `gpu`), on top of `all`",
+}
+
+
+@dataclass(frozen=True)
+class PodSettings:
+    """Settings for one pod, in the field names and shapes of the Kubernetes pod spec."""
+
+    labels: dict[str, str] = field(default_factory=dict)
+    nodeSelector: dict[str, str] = field(default_factory=dict)
+    affinity: dict[str, Any] = field(default_factory=dict)
+    tolerations: list[dict[str, Any]] = field(default_factory=list)
+    imagePullSecrets: list[dict[str, str]] = field(default_factory=list)
+
+    def merged(self, more: PodSettings) -> PodSettings:
+        """`more` on top of these: maps are updated key by key, lists are appended to.
+
+        Affinity is replaced per kind (nodeAffinity, podAffinity, podAntiAffinity), because a
+        deep merge of selector terms would change their meaning (terms are ORed).
+        """
+        return PodSettings(
+            labels={**self.labels, **more.labels},
+            nodeSelector={**self.nodeSelector, **more.nodeSelector},
+            affinity={**self.affinity, **more.affinity},
+            tolerations=[*self.tolerations, *more.tolerations],
+            imagePullSecrets=[*self.imagePullSecrets, *more.imagePullSecrets],
+        )
+
+
+@dataclass(frozen=True)
+class ClusterPodSettings:
+    """The settings file: what every pod gets and what GPU pods get in addition."""
+
+    every_pod: PodSettings = field(default_factory=PodSettings)
+    gpu_pods: PodSettings = field(default_factory=PodSettings)
+
+    def for_job(self, requests_gpu: bool) -> PodSettings:
+        return self.every_pod.merged(self.gpu_pods) if requests_gpu else self.every_pod
+
+
+def _scope_settings(path: Path, scope: str, raw: Any) -> PodSettings:
+    if raw is None:
+        return PodSettings()
+    if not isinstance(raw, dict):
+        raise InputError(path, f"`{scope}` must be a mapping of pod settings, got {raw!r}")
+    unknown = sorted(set(raw) - set(POD_FIELDS))
+    if unknown:
+        raise InputError(path, f"`{scope}` has unknown key(s) {unknown}; allowed keys: "
+                               f"{sorted(POD_FIELDS)}")
+    values = {}
+    for name, value in raw.items():
+        expected = POD_FIELDS[name][1]
+        if not isinstance(value, expected):
+            raise InputError(path, f"`{scope}.{name}` must be a {expected.__name__} "
+                                   f"(as in a Kubernetes pod spec), got {value!r}")
+        values[name] = copy.deepcopy(value)
+    for name in ("labels", "nodeSelector"):
+        for key, value in values.get(name, {}).items():
+            if not isinstance(value, str):
+                raise InputError(path, f"`{scope}.{name}.{key}` must be a string (quote it in "
+                                       f"YAML), got {value!r}")
+    pull_secrets = values.get("imagePullSecrets", [])
+    for n, entry in enumerate(pull_secrets):
+        if isinstance(entry, str):  # a bare secret name is the common case
+            pull_secrets[n] = {"name": entry}
+        elif not (isinstance(entry, dict) and isinstance(entry.get("name"), str)):
+            raise InputError(path, f"`{scope}.imagePullSecrets[{n}]` must be a secret name or "
+                                   f"{{name: SECRET}}, got {entry!r}")
+    return PodSettings(**values)
+
+
+def load_pod_settings(path: str | Path) -> ClusterPodSettings:
+    """Read and check the pod settings file; errors name the file and the offending key."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as error:
+        raise InputError(path, f"cannot read the pod settings file: {error.strerror}") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        raise InputError(path, f"not valid YAML: {getattr(error, 'problem', error)}",
+                         line=mark.line + 1 if mark else None) from None
+    if raw is None:
+        return ClusterPodSettings()
+    if not isinstance(raw, dict):
+        raise InputError(path, "expected a mapping with the keys " + ", ".join(SCOPES))
+    unknown = sorted(set(raw) - set(SCOPES))
+    if unknown:
+        raise InputError(path, f"unknown top-level key(s) {unknown}; allowed: "
+                               + "; ".join(f"`{k}` ({v})" for k, v in SCOPES.items()))
+    return ClusterPodSettings(every_pod=_scope_settings(path, "all", raw.get("all")),
+                              gpu_pods=_scope_settings(path, "gpu", raw.get("gpu")))
+
+
+def label_value(text: str) -> str:
+    """`text` made a valid label value: at most 63 of [A-Za-z0-9_.-], alphanumeric at both ends."""
+    cleaned = "".join(c if c.isascii() and (c.isalnum() or c in "_.-") else "-" for c in text)
+    return cleaned[:63].strip("_.-")
+
+
+def apply_pod_settings(job: dict[str, Any], settings: PodSettings, *, rule: str, run_id: str,
+                       shm_mb: int | None = None, deadline_s: int | None = None) -> dict[str, Any]:
+    """A copy of a batch/v1 Job manifest (JSON form) with the pod settings merged in.
+
+    The Job and its pods are labelled with the rule and the run (`kubectl get pods -l
+    snakemake-run=...`); `shm_mb` mounts a memory-backed emptyDir of that size at /dev/shm (it
+    counts against the container's memory limit, so `mem_mb` must include it); `deadline_s`
+    becomes the Job's activeDeadlineSeconds.
+    """
+    job = copy.deepcopy(job)
+    labels = {**settings.labels, RULE_LABEL: label_value(rule), RUN_LABEL: label_value(run_id)}
+    job.setdefault("metadata", {}).setdefault("labels", {}).update(labels)
+    template = job["spec"]["template"]
+    template.setdefault("metadata", {}).setdefault("labels", {}).update(labels)
+    pod = template["spec"]
+    if settings.nodeSelector:
+        pod["nodeSelector"] = {**(pod.get("nodeSelector") or {}), **settings.nodeSelector}
+    if settings.affinity:
+        pod["affinity"] = {**(pod.get("affinity") or {}), **copy.deepcopy(settings.affinity)}
+    if settings.tolerations:
+        pod["tolerations"] = [*(pod.get("tolerations") or []),
+                              *copy.deepcopy(settings.tolerations)]
+    if settings.imagePullSecrets:
+        pod["imagePullSecrets"] = [*(pod.get("imagePullSecrets") or []),
+                                   *copy.deepcopy(settings.imagePullSecrets)]
+    if shm_mb:
+        pod.setdefault("volumes", []).append(
+            {"name": SHM_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": f"{int(shm_mb)}M"}})
+        for container in pod["containers"]:
+            if container["name"] == CONTAINER_NAME:
+                container.setdefault("volumeMounts", []).append(
+                    {"name": SHM_VOLUME, "mountPath": "/dev/shm"})
+    if deadline_s:
+        job["spec"]["activeDeadlineSeconds"] = int(deadline_s)
+    return job

@@ -1,0 +1,576 @@
+"""A test double of the Kubernetes API: the calls Snakemake's Kubernetes executor makes, for real.
+
+It serves, over HTTP on 127.0.0.1 with a kubeconfig pointing at it (bearer token enforced):
+Secrets create/delete; Jobs create, read status, delete; pods list by label selector, delete,
+read log. It is strict where a cluster is strict and runs what a cluster would run:
+
+- every Secret and Job is validated against the real Kubernetes JSON schema of the configured
+  version (PyPI `kubernetes-validate`, strict: unknown fields are refused, where a real server
+  would drop them with a warning) plus the server-side rules that bite this project: name and
+  label syntax, resource quantities, extended resources (GPUs) needing limits equal to requests,
+  volume mounts naming a volume, restartPolicy. Invalid objects get a 422 Status naming the
+  field, as from an API server; a duplicate name gets 409.
+- each Job starts one pod that runs the container's command and args (the executor's `sh -c`)
+  in a fresh empty directory standing for the container's working directory, with only the
+  environment the pod spec gives it (Secret references resolved) plus what an image and a
+  container runtime provide: PATH (the test venv's bin first, standing for the image's
+  Python), and a fresh HOME and TMPDIR per pod. A rule that relies on a shared filesystem or an
+  undeclared file fails here as on a cluster.
+- pod status, the Job's status and the pod log are reported through the same API; a log with
+  `previous=true` is refused as the kubelet refuses it for a container that never restarted.
+- every manifest received (valid or not) is kept for assertions, and a test can kill a running
+  pod (exit code 137, as on eviction or preemption). activeDeadlineSeconds is enforced.
+
+What it does not do: scheduling (resources, node selectors, affinity and tolerations are
+recorded, not matched against nodes), images (the pod runs with the test venv whatever the
+image), volumes (an emptyDir at /dev/shm is validated and recorded, not mounted).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+import kubernetes_validate
+import yaml
+
+DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+LABEL_NAME = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$")
+SECRET_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
+QUANTITY = re.compile(r"^([+-]?(?:\d+(?:\.\d*)?|\.\d+))"
+                      r"(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei|[eE][+-]?\d+)?$")
+UNITS = {"": 1, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18,
+         "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
+# Resources the kubelet may overcommit; anything else (nvidia.com/gpu, ...) needs limits.
+OVERCOMMITABLE = {"cpu", "memory", "ephemeral-storage"}
+
+
+def now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def quantity(text: str | int | float) -> float:
+    """A Kubernetes quantity ("1500m", "16Gi", "8000M") as a number; ValueError if it is none."""
+    if isinstance(text, int | float):
+        return float(text)
+    match = QUANTITY.match(text)
+    if not match:
+        raise ValueError(text)
+    suffix = match.group(2) or ""
+    if suffix[:1] in ("e", "E") and suffix != "E":
+        return float(text)
+    return float(match.group(1)) * UNITS[suffix]
+
+
+class ApiError(Exception):
+    """An API answer other than success: HTTP code, Status reason, message, optional field."""
+
+    def __init__(self, code: int, reason: str, message: str, field_path: str | None = None,
+                 kind: str | None = None, name: str | None = None):
+        super().__init__(message)
+        self.code, self.reason, self.message = code, reason, message
+        self.field_path, self.kind, self.name = field_path, kind, name
+
+    def status(self) -> dict[str, Any]:
+        details: dict[str, Any] = {}
+        if self.name:
+            details["name"] = self.name
+        if self.kind:
+            details["kind"] = self.kind
+        if self.field_path:
+            details["causes"] = [{"reason": "FieldValueInvalid", "message": self.message,
+                                  "field": self.field_path}]
+        return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                "message": self.message, "reason": self.reason, "details": details,
+                "code": self.code}
+
+
+@dataclass
+class Received:
+    """One create request, as sent, and how the double answered it."""
+
+    kind: str
+    manifest: dict[str, Any]
+    accepted: bool
+    error: str | None = None
+
+
+@dataclass
+class Pod:
+    name: str
+    job_name: str
+    labels: dict[str, str]
+    directory: Path
+    log_path: Path
+    container: dict[str, Any]
+    process: subprocess.Popen | None = None
+    phase: str = "Pending"
+    exit_code: int | None = None
+    reason: str | None = None
+    waiting_reason: str | None = None
+    started: str | None = None
+    finished: str | None = None
+    killed: bool = False
+
+    def manifest(self, namespace: str) -> dict[str, Any]:
+        if self.exit_code is not None:
+            state = {"terminated": {"exitCode": self.exit_code, "reason": self.reason,
+                                    "startedAt": self.started, "finishedAt": self.finished}}
+        elif self.waiting_reason:
+            state = {"waiting": {"reason": self.waiting_reason}}
+        else:
+            state = {"running": {"startedAt": self.started}}
+        return {
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": self.name, "namespace": namespace, "labels": self.labels},
+            "spec": {"containers": [self.container], "restartPolicy": "Never"},
+            "status": {"phase": self.phase, "containerStatuses": [{
+                "name": self.container["name"], "image": self.container.get("image", ""),
+                "imageID": "", "ready": self.phase == "Running", "restartCount": 0,
+                "state": state}]},
+        }
+
+
+@dataclass
+class Job:
+    manifest: dict[str, Any]
+    pod: Pod
+    deadline: float | None = None
+
+    @property
+    def name(self) -> str:
+        return self.manifest["metadata"]["name"]
+
+    def status(self) -> dict[str, Any]:
+        pod = self.pod
+        if pod.exit_code is None:
+            return {"active": 1, "startTime": pod.started}
+        if pod.exit_code == 0:
+            return {"succeeded": 1, "startTime": pod.started, "completionTime": pod.finished,
+                    "conditions": [{"type": "Complete", "status": "True"}]}
+        reason = "DeadlineExceeded" if pod.reason == "DeadlineExceeded" else "BackoffLimitExceeded"
+        return {"failed": 1, "startTime": pod.started,
+                "conditions": [{"type": "Failed", "status": "True", "reason": reason}]}
+
+
+@dataclass
+class KubernetesDouble:
+    """The API server and its 'nodes' (subprocesses); start() it, point KUBECONFIG at it."""
+
+    workdir: Path
+    venv_bin: Path
+    namespace: str = "default"
+    kubernetes_version: str = "1.33"
+    token: str = field(default_factory=lambda: secrets.token_hex(16))
+    received: list[Received] = field(default_factory=list)
+    requests: list[tuple[str, str]] = field(default_factory=list)
+    secrets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    jobs: dict[str, Job] = field(default_factory=dict)
+    pods: dict[str, Pod] = field(default_factory=dict)
+    finished_pods: list[Pod] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.lock = threading.RLock()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.server: ThreadingHTTPServer | None = None
+
+    # --- lifecycle -----------------------------------------------------------------------
+    def start(self) -> KubernetesDouble:
+        double = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:  # keep pytest output clean
+                pass
+
+            def handle_any(self) -> None:
+                double.handle(self)
+
+            do_GET = do_POST = do_DELETE = do_PUT = do_PATCH = handle_any
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.kubeconfig.write_text(yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Config", "current-context": "double",
+            "clusters": [{"name": "double", "cluster": {"server": self.url}}],
+            "users": [{"name": "tester", "user": {"token": self.token}}],
+            "contexts": [{"name": "double", "context": {
+                "cluster": "double", "user": "tester", "namespace": self.namespace}}],
+        }))
+        return self
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.workdir / "kubeconfig"
+
+    def stop(self) -> None:
+        with self.lock:
+            for pod in self.pods.values():
+                self._kill(pod, "Deleted")
+        if self.server:
+            self.server.shutdown()
+            self.server.server_close()
+
+    # --- what tests use ------------------------------------------------------------------
+    def accepted(self, kind: str) -> list[dict[str, Any]]:
+        return [r.manifest for r in self.received if r.kind == kind and r.accepted]
+
+    def all_pods(self) -> list[Pod]:
+        with self.lock:
+            return [*self.finished_pods, *self.pods.values()]
+
+    def logs(self) -> dict[str, str]:
+        return {pod.name: pod.log_path.read_text(errors="replace") for pod in self.all_pods()
+                if pod.log_path.exists()}
+
+    def kill(self, pod_name: str, reason: str = "Evicted") -> None:
+        """Kill a running pod's processes, as a node does on eviction or preemption."""
+        with self.lock:
+            self._kill(self.pods[pod_name], reason)
+
+    def wait_for(self, predicate, timeout: float, what: str):
+        """Poll `predicate()` until it returns something truthy; fail after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            result = predicate()
+            if result:
+                return result
+            time.sleep(0.2)
+        raise TimeoutError(f"waited {timeout:.0f}s for {what}")
+
+    # --- HTTP ----------------------------------------------------------------------------
+    def handle(self, request: BaseHTTPRequestHandler) -> None:
+        url = urlparse(request.path)
+        query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+        length = int(request.headers.get("Content-Length") or 0)
+        body = request.rfile.read(length) if length else b""
+        with self.lock:
+            self.requests.append((request.command, url.path))
+        try:
+            if request.headers.get("Authorization") != f"Bearer {self.token}":
+                raise ApiError(401, "Unauthorized", "Unauthorized")
+            code, answer = self.route(request.command, url.path, query, body)
+        except ApiError as error:
+            code, answer = error.code, error.status()
+        if isinstance(answer, str):
+            payload, content_type = answer.encode(), "text/plain; charset=utf-8"
+        else:
+            payload, content_type = json.dumps(answer).encode(), "application/json"
+        request.send_response(code)
+        request.send_header("Content-Type", content_type)
+        request.send_header("Content-Length", str(len(payload)))
+        request.end_headers()
+        request.wfile.write(payload)
+
+    def route(self, method: str, path: str, query: dict[str, str],
+              body: bytes) -> tuple[int, Any]:
+        core = re.fullmatch(r"/api/v1/namespaces/([^/]+)/(secrets|pods)(?:/([^/]+))?(/log)?", path)
+        batch = re.fullmatch(r"/apis/batch/v1/namespaces/([^/]+)/jobs(?:/([^/]+))?(/status)?", path)
+        match = core or batch
+        if not match:
+            raise ApiError(404, "NotFound", f"the server could not find the requested resource "
+                                            f"({method} {path})")
+        if match.group(1) != self.namespace:
+            raise ApiError(403, "Forbidden", f"namespace {match.group(1)!r}: this user may use "
+                                             f"only namespace {self.namespace!r}")
+        with self.lock:
+            if core and core.group(2) == "secrets":
+                return self.secret_call(method, core.group(3), body)
+            if core:
+                return self.pod_call(method, core.group(3), bool(core.group(4)), query)
+            return self.job_call(method, batch.group(2), bool(batch.group(3)), body)
+
+    def decode(self, body: bytes, api_version: str, kind: str) -> dict[str, Any]:
+        try:
+            manifest = json.loads(body)
+        except json.JSONDecodeError as error:
+            raise ApiError(400, "BadRequest", f"the body is not JSON: {error}") from None
+        # The API server takes the kind and version from the URL when the body leaves them out.
+        manifest.setdefault("apiVersion", api_version)
+        manifest.setdefault("kind", kind)
+        if (manifest["apiVersion"], manifest["kind"]) != (api_version, kind):
+            raise ApiError(400, "BadRequest", f"the body is a {manifest['kind']} "
+                                              f"{manifest['apiVersion']}, not a {kind}")
+        return manifest
+
+    def secret_call(self, method: str, name: str | None, body: bytes) -> tuple[int, Any]:
+        if method == "POST" and name is None:
+            manifest = self.decode(body, "v1", "Secret")
+            self.admit("Secret", manifest, validate_secret)
+            self.secrets[manifest["metadata"]["name"]] = manifest
+            return 201, manifest
+        if method == "DELETE" and name:
+            if self.secrets.pop(name, None) is None:
+                raise ApiError(404, "NotFound", f'secrets "{name}" not found', kind="secrets",
+                               name=name)
+            return 200, {"kind": "Status", "apiVersion": "v1", "status": "Success"}
+        raise ApiError(405, "MethodNotAllowed", f"{method} on secrets is not served here")
+
+    def job_call(self, method: str, name: str | None, status: bool,
+                 body: bytes) -> tuple[int, Any]:
+        if method == "POST" and name is None:
+            manifest = self.decode(body, "batch/v1", "Job")
+            self.admit("Job", manifest, validate_job)
+            job = self.start_job(manifest)
+            return 201, {**job.manifest, "status": {}}
+        job = self.jobs.get(name or "")
+        if job is None:
+            raise ApiError(404, "NotFound", f'jobs.batch "{name}" not found', kind="jobs",
+                           name=name)
+        if method == "GET":
+            return 200, {**job.manifest, "status": job.status()}
+        if method == "DELETE" and not status:
+            del self.jobs[name]
+            if job.pod.name in self.pods:
+                self.delete_pod(job.pod.name)
+            return 200, {**job.manifest, "status": job.status()}
+        raise ApiError(405, "MethodNotAllowed", f"{method} on a job is not served here")
+
+    def pod_call(self, method: str, name: str | None, log: bool,
+                 query: dict[str, str]) -> tuple[int, Any]:
+        if method == "GET" and name is None:
+            selector = dict(term.split("=", 1) for term in
+                            query.get("labelSelector", "").split(",") if "=" in term)
+            items = [pod.manifest(self.namespace) for pod in self.pods.values()
+                     if all(pod.labels.get(k) == v for k, v in selector.items())]
+            return 200, {"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": items}
+        pod = self.pods.get(name or "")
+        if pod is None:
+            raise ApiError(404, "NotFound", f'pods "{name}" not found', kind="pods", name=name)
+        if method == "GET" and log:
+            container = query.get("container", pod.container["name"])
+            if container != pod.container["name"]:
+                raise ApiError(400, "BadRequest", f"container {container} is not valid for pod "
+                                                  f"{name}")
+            # Go's ParseBool, as the server reads it; no container here ever restarts
+            if query.get("previous", "").lower() in ("1", "t", "true"):
+                raise ApiError(400, "BadRequest", f'previous terminated container "{container}"'
+                                                  f' in pod "{name}" not found')
+            return 200, pod.log_path.read_text(errors="replace") if pod.log_path.exists() else ""
+        if method == "DELETE" and not log:
+            self.delete_pod(name)
+            return 200, pod.manifest(self.namespace)
+        raise ApiError(405, "MethodNotAllowed", f"{method} on a pod is not served here")
+
+    # --- admission -----------------------------------------------------------------------
+    def admit(self, kind: str, manifest: dict[str, Any], semantic_check) -> None:
+        name = (manifest.get("metadata") or {}).get("name")
+        try:
+            try:
+                kubernetes_validate.validate(manifest, self.kubernetes_version, strict=True)
+            except kubernetes_validate.ValidationError as error:
+                where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}"
+                                for p in error.absolute_path).lstrip(".")
+                raise ApiError(422, "Invalid", f"{kind} {name!r} is invalid: {where}: "
+                                               f"{error.message}", where, kind, name) from None
+            semantic_check(manifest)
+            existing = self.secrets if kind == "Secret" else self.jobs
+            if name in existing:
+                raise ApiError(409, "AlreadyExists", f'{kind} "{name}" already exists',
+                               kind=kind, name=name)
+        except ApiError as error:
+            if error.code == 422 and error.name is None:
+                error.message = f"{kind} {name!r} is invalid: {error.message}"
+                error.kind, error.name = kind, name
+            self.received.append(Received(kind, manifest, False, error.message))
+            raise
+        manifest["metadata"].update(namespace=self.namespace, uid=str(uuid.uuid4()),
+                                    creationTimestamp=now(), resourceVersion="1")
+        self.received.append(Received(kind, manifest, True))
+
+    # --- pods ----------------------------------------------------------------------------
+    def start_job(self, manifest: dict[str, Any]) -> Job:
+        name = manifest["metadata"]["name"]
+        template = manifest["spec"]["template"]
+        labels = {**(template.get("metadata") or {}).get("labels", {}), "job-name": name,
+                  "batch.kubernetes.io/job-name": name,
+                  "controller-uid": manifest["metadata"]["uid"]}
+        pod_name = f"{name}-{secrets.token_hex(3)[:5]}"
+        directory = self.workdir / "pods" / pod_name
+        pod = Pod(pod_name, name, labels, directory, directory / "log.txt",
+                  template["spec"]["containers"][0])
+        deadline_s = manifest["spec"].get("activeDeadlineSeconds")
+        job = Job(manifest, pod, time.monotonic() + deadline_s if deadline_s else None)
+        self.jobs[name] = job
+        self.pods[pod_name] = pod
+        self.launch(pod, job)
+        return job
+
+    def pod_environment(self, pod: Pod) -> dict[str, str] | None:
+        """The container's environment, or None when a referenced Secret or key is missing."""
+        home, tmp = pod.directory / "home", pod.directory / "tmp"
+        home.mkdir(parents=True)
+        tmp.mkdir()
+        env = {"PATH": f"{self.venv_bin}:/usr/local/bin:/usr/bin:/bin", "HOME": str(home),
+               "TMPDIR": str(tmp), "HOSTNAME": pod.name}
+        for var in pod.container.get("env") or []:
+            if "value" in var:
+                env[var["name"]] = var["value"]
+                continue
+            ref = (var.get("valueFrom") or {}).get("secretKeyRef")
+            if ref is None:
+                env[var["name"]] = ""
+                continue
+            secret = self.secrets.get(ref["name"])
+            if secret is None or ref["key"] not in (secret.get("data") or {}):
+                return None
+            env[var["name"]] = base64.b64decode(secret["data"][ref["key"]]).decode()
+        return env
+
+    def launch(self, pod: Pod, job: Job) -> None:
+        workdir = pod.directory / "workdir"
+        workdir.mkdir(parents=True)
+        env = self.pod_environment(pod)
+        if env is None:  # the kubelet keeps such a pod waiting; so does the double
+            pod.waiting_reason = "CreateContainerConfigError"
+            return
+        argv = [*(pod.container.get("command") or []), *(pod.container.get("args") or [])]
+        pod.started, pod.phase = now(), "Running"
+        with open(pod.log_path, "wb") as log:
+            pod.process = subprocess.Popen(argv, cwd=workdir, env=env, stdout=log,
+                                           stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                           start_new_session=True)
+        threading.Thread(target=self.watch, args=(pod, job), daemon=True).start()
+
+    def watch(self, pod: Pod, job: Job) -> None:
+        assert pod.process is not None
+        while True:
+            timeout = None if job.deadline is None else max(0.0, job.deadline - time.monotonic())
+            try:
+                code = pod.process.wait(timeout=timeout)
+                break
+            except subprocess.TimeoutExpired:
+                with self.lock:
+                    self._kill(pod, "DeadlineExceeded")
+                job.deadline = None
+        with self.lock:
+            pod.finished = now()
+            pod.exit_code = 128 + signal.SIGKILL if pod.killed else code
+            if pod.reason is None:
+                pod.reason = "Completed" if code == 0 else "Error"
+            pod.phase = "Succeeded" if pod.exit_code == 0 else "Failed"
+
+    def _kill(self, pod: Pod, reason: str) -> None:
+        if pod.process is not None and pod.process.poll() is None:
+            pod.killed, pod.reason = True, reason
+            try:
+                os.killpg(pod.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def delete_pod(self, name: str) -> None:
+        pod = self.pods.pop(name)
+        self._kill(pod, "Deleted")
+        if pod.process is not None:
+            pod.process.wait()
+        self.finished_pods.append(pod)
+        # Keep the log for assertions; the pod's files go, as on a node.
+        shutil.rmtree(pod.directory / "workdir", ignore_errors=True)
+
+
+# --- server-side validation beyond the JSON schema -------------------------------------------
+def invalid(field_path: str, message: str) -> ApiError:
+    return ApiError(422, "Invalid", f"{field_path}: {message}", field_path)
+
+
+def check_metadata(metadata: dict[str, Any], name_pattern: re.Pattern, max_name: int,
+                   path: str = "metadata") -> None:
+    name = metadata.get("name")
+    if path == "metadata" and not name:
+        raise invalid("metadata.name", "Required value: name or generateName is required")
+    if name and (len(name) > max_name or not name_pattern.match(name)):
+        raise invalid(f"{path}.name", f"Invalid value: {name!r}: must be a lowercase RFC 1123 "
+                                      f"name of at most {max_name} characters")
+    for key, value in (metadata.get("labels") or {}).items():
+        prefix, _, label = key.rpartition("/")
+        if (not label or len(label) > 63 or not LABEL_NAME.match(label)
+                or (prefix and not DNS_SUBDOMAIN.match(prefix))):
+            raise invalid(f"{path}.labels", f"Invalid value: {key!r}: not a valid label key")
+        if not isinstance(value, str) or len(value) > 63 or not LABEL_NAME.match(value):
+            raise invalid(f"{path}.labels", f"Invalid value: {value!r}: a label value must be "
+                                            f"63 characters or less of [A-Za-z0-9_.-], "
+                                            f"alphanumeric at both ends")
+
+
+def validate_secret(manifest: dict[str, Any]) -> None:
+    check_metadata(manifest.get("metadata") or {}, DNS_SUBDOMAIN, 253)
+    for key, value in (manifest.get("data") or {}).items():
+        if not SECRET_KEY.match(key):
+            raise invalid(f"data[{key}]", "Invalid value: a valid config key must consist of "
+                                          "alphanumeric characters, '-', '_' or '.'")
+        try:
+            base64.b64decode(value, validate=True)
+        except ValueError:
+            raise invalid(f"data[{key}]", "Invalid value: not base64") from None
+
+
+def validate_job(manifest: dict[str, Any]) -> None:
+    # The job name becomes the pods' job-name label, so it must be a valid label value.
+    check_metadata(manifest.get("metadata") or {}, DNS_LABEL, 63)
+    spec = manifest.get("spec") or {}
+    template = spec.get("template") or {}
+    check_metadata(template.get("metadata") or {}, DNS_SUBDOMAIN, 253, "spec.template.metadata")
+    pod = template.get("spec") or {}
+    where = "spec.template.spec"
+    if pod.get("restartPolicy") not in ("Never", "OnFailure"):
+        raise invalid(f"{where}.restartPolicy", f"Unsupported value: {pod.get('restartPolicy')!r}"
+                                                ': supported values: "OnFailure", "Never"')
+    volumes = [v["name"] for v in pod.get("volumes") or []]
+    if len(set(volumes)) != len(volumes):
+        raise invalid(f"{where}.volumes", f"Duplicate value: {volumes}")
+    for n, volume in enumerate(pod.get("volumes") or []):
+        size = (volume.get("emptyDir") or {}).get("sizeLimit")
+        if size is not None and not QUANTITY.match(str(size)):
+            raise invalid(f"{where}.volumes[{n}].emptyDir.sizeLimit",
+                          f"Invalid value: {size!r}: quantities must match "
+                          f"'^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$'")
+    for n, container in enumerate(pod.get("containers") or []):
+        cwhere = f"{where}.containers[{n}]"
+        if not container.get("image"):
+            raise invalid(f"{cwhere}.image", "Required value")
+        for m, mount in enumerate(container.get("volumeMounts") or []):
+            if mount["name"] not in volumes:
+                raise invalid(f"{cwhere}.volumeMounts[{m}].name",
+                              f"Not found: {mount['name']!r}")
+        resources = container.get("resources") or {}
+        requests, limits = resources.get("requests") or {}, resources.get("limits") or {}
+        for kind, values in (("requests", requests), ("limits", limits)):
+            for resource, value in values.items():
+                try:
+                    quantity(value)
+                except ValueError:
+                    raise invalid(f"{cwhere}.resources.{kind}[{resource}]",
+                                  f"Invalid value: {value!r}: not a quantity") from None
+        for resource, value in requests.items():
+            if resource not in OVERCOMMITABLE and "/" in resource:
+                if resource not in limits:
+                    raise invalid(f"{cwhere}.resources.limits",
+                                  f"Required value: Limit must be set for non overcommitable "
+                                  f"resources ({resource})")
+                if quantity(limits[resource]) != quantity(value):
+                    raise invalid(f"{cwhere}.resources.requests[{resource}]",
+                                  f"Invalid value: {value!r}: must be equal to {resource} limit")
+            elif resource in limits and quantity(value) > quantity(limits[resource]):
+                raise invalid(f"{cwhere}.resources.requests[{resource}]",
+                              f"Invalid value: {value!r}: must be less than or equal to "
+                              f"{resource} limit of {limits[resource]}")

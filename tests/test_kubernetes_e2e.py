@@ -1,0 +1,295 @@
+"""The sample pipeline as Kubernetes pods: the API double (tests/k8s_double.py) runs every Job,
+SeaweedFS holds every file, `profiles/kubernetes` supplies the settings a cluster run uses.
+
+Snakemake runs from a copy of this checkout (tracked and untracked, non-ignored files, in a fresh
+git repository), because it ships the git-tracked files to the pods as its source archive.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import ROOT, RUN_JOBS, SUMMARY_JOBS, planned_jobs
+from k8s_double import KubernetesDouble, Pod
+
+pytestmark = pytest.mark.slow
+
+BUCKET = "nadir-k8s"
+PROFILE = yaml.safe_load((ROOT / "profiles/kubernetes/config.yaml").read_text())
+POD_SETTINGS = yaml.safe_load((ROOT / "profiles/kubernetes/pods.yaml").read_text())
+# This machine has 2 cores: the profile's 8 threads per GPU job would only oversubscribe them.
+SMALL_THREADS = ["--set-threads", "train=2", "evaluate=2", "chip=1"]
+
+
+def make_checkout(dest: Path) -> Path:
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                            cwd=ROOT, capture_output=True, check=True).stdout.decode()
+    for name in filter(None, listed.split("\0")):
+        if (ROOT / name).is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, dest / name)
+    subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
+    subprocess.run(["git", "add", "-A"], cwd=dest, check=True)
+    return dest
+
+
+def snakemake_on(checkout: Path, double: KubernetesDouble, s3, prefix: str, *args: str,
+                 profile: bool = True) -> subprocess.CompletedProcess:
+    """Snakemake as a user runs it against a cluster: kubeconfig and S3 keys in the environment;
+    PYTHONPATH stands for `make install` (pip install -e .), which makes the plugin visible."""
+    env = {**os.environ, **s3.env(), "KUBECONFIG": str(double.kubeconfig),
+           "PYTHONPATH": str(checkout / "src")}
+    cmd = [sys.executable, "-m", "snakemake",
+           *(["--workflow-profile", "profiles/kubernetes",
+              "--kubernetes-pods-namespace", double.namespace] if profile else []),
+           "--configfile", "config/test.yaml", "--replace-workflow-config",
+           "--default-storage-prefix", f"s3://{BUCKET}/{prefix}",
+           "--storage-s3-endpoint-url", s3.endpoint, *args]
+    return subprocess.run(cmd, cwd=checkout, env=env, capture_output=True, text=True,
+                          timeout=1800)
+
+
+def rule_of(job: dict) -> str:
+    return job["metadata"]["labels"]["snakemake-rule"]
+
+
+def container(job: dict) -> dict:
+    return job["spec"]["template"]["spec"]["containers"][0]
+
+
+def kill_once(double: KubernetesDouble, rule: str, when_log_has: str, killed: list[Pod]) -> None:
+    """Kill the first pod of `rule` once its log shows `when_log_has` (in a thread)."""
+    def running_pod():
+        for pod in double.all_pods():
+            if (pod.labels.get("snakemake-rule") == rule and pod.phase == "Running"
+                    and pod.log_path.exists() and when_log_has in pod.log_path.read_text()):
+                return pod
+        return None
+    try:
+        pod = double.wait_for(running_pod, 900, f"a running {rule} pod")
+    except TimeoutError:
+        return
+    double.kill(pod.name)
+    killed.append(pod)
+
+
+@dataclass
+class PipelineRun:
+    checkout: Path
+    double: KubernetesDouble
+    proc: subprocess.CompletedProcess
+    killed: list[Pod]
+    prefix: str
+
+
+@pytest.fixture(scope="module")
+def pipeline(s3, tmp_path_factory):
+    base = tmp_path_factory.mktemp("k8s-pipeline")
+    checkout = make_checkout(base / "checkout")
+    double = KubernetesDouble(base / "cluster", Path(sys.executable).parent,
+                              namespace="nadir-ci").start()
+    killed: list[Pod] = []
+    killer = threading.Thread(target=kill_once,
+                              args=(double, "chip", "Retrieving from storage", killed),
+                              daemon=True)
+    killer.start()
+    proc = snakemake_on(checkout, double, s3, "pipeline", "--jobs", "2", *SMALL_THREADS)
+    yield PipelineRun(checkout, double, proc, killed, "pipeline")
+    double.stop()
+
+
+def test_sample_pipeline_runs_end_to_end_as_pods(pipeline, s3):
+    assert pipeline.proc.returncode == 0, pipeline.proc.stderr[-6000:]
+    jobs = pipeline.double.accepted("Job")
+    rules = sorted(rule_of(job) for job in jobs)
+    # one pod per job (the killed chip pod's retry is a second chip Job); `summary` runs on
+    # the controller (a localrule that prints the leaderboard)
+    assert rules == sorted(["generate_sample_sample", "index", "dataset_stats", "chip", "chip",
+                            "chip", "chip_manifest", "coco", "train", "evaluate",
+                            "evaluate_scenes", "loss_curve", "plot_pr", "plot_detections",
+                            "plot_class_ap", "leaderboard", "cost"])
+    assert [r.error for r in pipeline.double.received if not r.accepted] == []
+    # every file is in the bucket, nothing was written beside the controller
+    leaderboard = s3.client().get_object(
+        Bucket=BUCKET, Key=f"{pipeline.prefix}/results/leaderboard.csv")["Body"].read().decode()
+    assert "ssdlite320_mobilenet_v3_large" in leaderboard
+    assert not (pipeline.checkout / "results").exists()
+    # each pod ran in its own directory and received the sources from S3
+    for pod in pipeline.double.all_pods():
+        if pod not in pipeline.killed:
+            assert pod.exit_code == 0, pod.log_path.read_text()[-3000:]
+    # the image ships the S3 plugin: no pod installs anything
+    assert not any("pip install" in container(job)["args"][1] for job in jobs)
+
+
+def test_gpu_rules_request_gpus_shm_affinity_and_tolerations(pipeline):
+    resources = PROFILE["set-resources"]
+    for job in pipeline.double.accepted("Job"):
+        rule, pod = rule_of(job), job["spec"]["template"]["spec"]
+        requests = container(job)["resources"]["requests"]
+        limits = container(job)["resources"]["limits"]
+        if rule in ("train", "evaluate"):
+            assert requests["nvidia.com/gpu"] == limits["nvidia.com/gpu"] == "1"
+            assert {"name": "dshm", "emptyDir": {
+                "medium": "Memory", "sizeLimit": f"{resources[rule]['shm_mb']}M"}} \
+                in pod["volumes"]
+            assert {"name": "dshm", "mountPath": "/dev/shm"} in container(job)["volumeMounts"]
+            assert pod["affinity"] == POD_SETTINGS["gpu"]["affinity"]
+            for toleration in POD_SETTINGS["gpu"]["tolerations"]:
+                assert toleration in pod["tolerations"]
+            assert job["spec"]["activeDeadlineSeconds"] == resources[rule]["runtime"] * 60
+        else:
+            assert "nvidia.com/gpu" not in requests
+            assert "affinity" not in pod and "tolerations" not in pod
+            assert all(volume["name"] != "dshm" for volume in pod["volumes"])
+        # scale 0: limits equal requests (cpu-scalar 1.0)
+        assert requests == limits
+        labels = job["spec"]["template"]["metadata"]["labels"]
+        assert labels["app.kubernetes.io/part-of"] == "nadir"
+
+
+def test_killed_pod_is_retried_with_more_memory_and_its_log_is_kept(pipeline):
+    assert len(pipeline.killed) == 1
+    killed = pipeline.killed[0]
+    assert killed.exit_code == 137
+    jobs = {job["metadata"]["name"]: job for job in pipeline.double.accepted("Job")}
+    first = jobs[killed.job_name]
+    target = container(first)["args"][1].split("--target-jobs ")[1].split()[0]
+    retries = [job for job in jobs.values() if job is not first
+               and f"--target-jobs {target}" in container(job)["args"][1]]
+    assert len(retries) == 1
+    assert "--attempt 1" in container(first)["args"][1]
+    assert "--attempt 2" in container(retries[0])["args"][1]
+    mem_mb = PROFILE["set-resources"]["chip"]["mem_mb"]  # "8000 * attempt"
+    assert container(first)["resources"]["requests"]["memory"] == f"{eval(mem_mb, {'attempt': 1})}M"
+    assert container(retries[0])["resources"]["requests"]["memory"] == \
+        f"{eval(mem_mb, {'attempt': 2})}M"
+    # the failed pod's log was fetched through the API and kept beside the controller
+    kept = (pipeline.checkout / ".snakemake" / "auxiliary" / "kubernetes-logs"
+            / f"{killed.job_name}.log")
+    assert "Retrieving from storage" in kept.read_text()
+
+
+def test_no_secret_value_in_any_spec_log_or_stored_file(pipeline, s3):
+    values = [s3.access_key, s3.secret_key]
+    encoded = [base64.b64encode(v.encode()).decode() for v in values]
+    jobs_text = json.dumps(pipeline.double.accepted("Job"))
+    # the keys reach pods only as references to the run's Secret
+    secrets = pipeline.double.accepted("Secret")
+    assert len(secrets) == 1
+    assert {base64.b64decode(v).decode() for v in secrets[0]["data"].values()} >= set(values)
+    assert f'"name": "{secrets[0]["metadata"]["name"]}"' in jobs_text
+    texts = {"job specs": jobs_text, "controller stdout": pipeline.proc.stdout,
+             "controller stderr": pipeline.proc.stderr}
+    texts.update({f"pod log {name}": log for name, log in pipeline.double.logs().items()})
+    for path in (pipeline.checkout / ".snakemake").rglob("*"):
+        if path.is_file() and path.suffix in (".log", ".json", ".txt", ""):
+            texts[str(path)] = path.read_text(errors="replace")
+    client = s3.client()
+    for item in client.list_objects_v2(Bucket=BUCKET, Prefix=pipeline.prefix)["Contents"]:
+        if item["Key"].endswith((".log", ".json", ".csv", ".html")):
+            texts[item["Key"]] = client.get_object(Bucket=BUCKET, Key=item["Key"])["Body"] \
+                .read().decode(errors="replace")
+    assert len(texts) > 20
+    for where, text in texts.items():
+        for secret in values + encoded:
+            assert secret not in text, f"a secret value appears in {where}"
+
+
+def test_rerun_is_a_no_op_and_a_training_edit_redoes_only_its_jobs(pipeline, s3):
+    again = snakemake_on(pipeline.checkout, pipeline.double, s3, pipeline.prefix, "-n")
+    assert again.returncode == 0, again.stderr[-4000:]
+    assert planned_jobs(again) == {}
+    config = yaml.safe_load((pipeline.checkout / "config/test.yaml").read_text())
+    config["training"]["iterations"] += 2
+    (pipeline.checkout / "config/edited.yaml").write_text(yaml.safe_dump(config))
+    edited = snakemake_on(pipeline.checkout, pipeline.double, s3, pipeline.prefix, "-n",
+                          "--configfile", "config/edited.yaml")
+    assert edited.returncode == 0, edited.stderr[-4000:]
+    assert planned_jobs(edited) == dict.fromkeys(RUN_JOBS + SUMMARY_JOBS, 1)
+
+
+def test_upstream_kubernetes_executor_still_works_with_the_s3_flags(s3, tmp_path):
+    """`--executor kubernetes` without the profile: pods pip-install the S3 plugin (from PyPI)."""
+    checkout = make_checkout(tmp_path / "checkout")
+    double = KubernetesDouble(tmp_path / "cluster", Path(sys.executable).parent,
+                              namespace="plain").start()
+    try:
+        proc = snakemake_on(checkout, double, s3, "upstream",
+                            "--executor", "kubernetes", "--kubernetes-namespace", "plain",
+                            "--container-image", "nadir:ci", "--default-storage-provider", "s3",
+                            "--jobs", "1", "--cores", "2", "generate_sample_sample",
+                            profile=False)
+        assert proc.returncode == 0, proc.stderr[-6000:]
+        [job] = double.accepted("Job")
+        assert "pip install --target" in container(job)["args"][1]
+        listed = s3.client().list_objects_v2(Bucket=BUCKET, Prefix="upstream/raw/sample/")
+        assert listed.get("KeyCount") == 2 * (4 + 2)  # an image and a label file per scene
+    finally:
+        double.stop()
+
+
+def test_training_pod_killed_mid_run_resumes_from_its_s3_checkpoint(pipeline, s3):
+    """Eviction or preemption of a training pod: the retry continues from the last checkpoint."""
+    config = yaml.safe_load((pipeline.checkout / "config/test.yaml").read_text())
+    config["training"].update(iterations=40, log_interval=4)
+    config["checkpoints"] = {"every": 4}
+    (pipeline.checkout / "config/resume.yaml").write_text(yaml.safe_dump(config))
+    client, double = s3.client(), pipeline.double
+    checkpoints = f"{pipeline.prefix}/checkpoints/"
+
+    def checkpoint_keys():
+        listed = client.list_objects_v2(Bucket=BUCKET, Prefix=checkpoints)
+        return [item["Key"] for item in listed.get("Contents", []) if "/ckpt-" in item["Key"]]
+
+    killed: list[Pod] = []
+
+    def running_training_pod():
+        return next((p for p in double.all_pods() if p.phase == "Running"
+                     and p.labels.get("snakemake-rule") == "train"), None)
+
+    def kill_training_after_its_first_checkpoint():
+        try:
+            pod = double.wait_for(running_training_pod, 900, "a running train pod")
+            double.wait_for(checkpoint_keys, 900, "a checkpoint in S3")
+        except TimeoutError:
+            return
+        double.kill(pod.name, reason="Preempted")
+        killed.append(pod)
+
+    killer = threading.Thread(target=kill_training_after_its_first_checkpoint, daemon=True)
+    killer.start()
+    run_json = "results/sample/models/ssdlite320_mobilenet_v3_large/run.json"
+    proc = snakemake_on(pipeline.checkout, double, s3, pipeline.prefix, "--configfile",
+                        "config/resume.yaml", "--jobs", "1", run_json, *SMALL_THREADS)
+    assert proc.returncode == 0, proc.stderr[-6000:]
+    assert len(killed) == 1 and killed[0].exit_code == 137
+
+    def stored(key: str) -> str:
+        return client.get_object(Bucket=BUCKET, Key=f"{pipeline.prefix}/{key}")["Body"] \
+            .read().decode()
+
+    # the retry's own log (the killed attempt's never reached the bucket)
+    retry_log = stored("logs/sample/train-ssdlite320_mobilenet_v3_large.log")
+    resumed_at = int(retry_log.split("resuming from the checkpoint at iteration ")[1]
+                     .split("/")[0])
+    assert 4 <= resumed_at < 40 and resumed_at % 4 == 0
+    run = json.loads(stored(run_json))
+    assert run["training"]["iterations"] == 40
+    assert run["training"]["resumed_from"] == resumed_at
+    # the loss log continues across the kill: one entry per 4 iterations, none repeated
+    train_log = json.loads(stored("results/sample/models/ssdlite320_mobilenet_v3_large/"
+                                  "train_log.json"))
+    assert [entry["iteration"] for entry in train_log] == list(range(4, 41, 4))
+    # a finished run removes its checkpoints
+    assert checkpoint_keys() == []
