@@ -14,7 +14,9 @@ report: "workflow/report/workflow.rst"
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/sample.smk"
+include: "workflow/rules/fetch.smk"
 include: "workflow/rules/index.smk"
+include: "workflow/rules/dataset_stats.smk"
 include: "workflow/rules/chip.smk"
 include: "workflow/rules/coco.smk"
 include: "workflow/rules/train.smk"
@@ -22,9 +24,19 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
 
 
+# Every product a user keeps is a target, so deleting any of them (locally or in the bucket)
+# reruns the job that made it and everything downstream, and nothing else.
 rule all:
     input:
         "results/leaderboard.csv",
         "results/leaderboard.html",
-        expand("results/{run}/loss.png", run=RUNS),
+        expand("results/{dataset}/chips/manifest.json", dataset=DATASETS),
+        expand("results/{dataset}/coco/{split}.json", dataset=DATASETS, split=["train", "val"]),
+        expand("results/{dataset}/index/stats.png", dataset=DATASETS),
+        expand(
+            "results/{run}/{file}",
+            run=RUNS,
+            file=["model.pt", "run.json", "predictions.json", "metrics.json", "loss.png"],
+        ),
+        "results/summary.txt",
     default_target: True

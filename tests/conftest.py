@@ -41,8 +41,15 @@ def run_snakemake(workdir: Path, *args: str, env: dict | None = None,
     return proc
 
 
-def planned_jobs(output: str) -> dict[str, int]:
-    """The 'Job stats' table of a dry run as {rule: count} ({} when nothing is to be done)."""
+def planned_jobs(proc: subprocess.CompletedProcess) -> dict[str, int]:
+    """The 'Job stats' table of a run or dry run as {rule: count}.
+
+    An empty dict is returned only when Snakemake said there was nothing to be done, so a test
+    asserting `== {}` cannot pass on output that merely lacks the table.
+    """
+    output = proc.stdout + proc.stderr
+    if "Nothing to be done" in output:
+        return {}
     jobs, in_table = {}, False
     for line in output.splitlines():
         if line.startswith("job ") and "count" in line:
@@ -56,4 +63,6 @@ def planned_jobs(output: str) -> dict[str, int]:
                 break
             if match.group(1) != "total":
                 jobs[match.group(1)] = int(match.group(2))
+    if not jobs:
+        raise AssertionError(f"no job table and no 'Nothing to be done' in:\n{output[-3000:]}")
     return jobs

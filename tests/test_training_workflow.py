@@ -31,8 +31,8 @@ def test_pretrained_models_fetch_each_weights_file_once(tmp_path):
         "fasterrcnn_resnet50_fpn_v2": {"pretrained": "imagenet"},
         "retinanet_resnet50_fpn_v2": {"pretrained": "imagenet"},
         "ssdlite320_mobilenet_v3_large": None})
-    out = dry_run(tmp_path, config).stdout
-    jobs = planned_jobs(out)
+    proc = dry_run(tmp_path, config)
+    jobs, out = planned_jobs(proc), proc.stdout + proc.stderr
     # Two ResNet-50 detectors share one download; ResNet-18 is the other; SSDlite needs none.
     assert jobs["fetch_weights"] == 2 and jobs["train"] == 4
     assert "--pretrained-weights weights/resnet50-0676ba61.pth" in out
@@ -44,15 +44,17 @@ def test_weights_a_model_does_not_offer_stop_the_run_before_any_job(tmp_path):
     config = config_file(tmp_path, models={"fasterrcnn_swin_t_fpn": {"pretrained": "coco"}})
     proc = run_snakemake(tmp_path / "work", "--configfile", str(config),
                          "--replace-workflow-config", "-n", check=False)
+    output = proc.stdout + proc.stderr
     assert proc.returncode != 0
-    assert "models.fasterrcnn_swin_t_fpn" in proc.stderr and "no 'coco' weights" in proc.stderr
+    assert "models.fasterrcnn_swin_t_fpn" in output and "no 'coco' weights" in output
 
 
 def test_s3_storage_puts_checkpoints_under_the_storage_prefix(tmp_path, s3):
     config = config_file(tmp_path)
-    out = dry_run(tmp_path, config, "--default-storage-provider", "s3",
-                  "--default-storage-prefix", "s3://nadir-wiring/run1",
-                  "--storage-s3-endpoint-url", s3.endpoint, env=s3.env()).stdout
+    proc = dry_run(tmp_path, config, "--default-storage-provider", "s3",
+                   "--default-storage-prefix", "s3://nadir-wiring/run1",
+                   "--storage-s3-endpoint-url", s3.endpoint, env=s3.env())
+    out = proc.stdout + proc.stderr
     assert ("--checkpoints s3://nadir-wiring/run1/checkpoints/sample/"
             "ssdlite320_mobilenet_v3_large") in out
     assert f"--s3-endpoint {s3.endpoint}" in out
@@ -74,4 +76,4 @@ def test_sample_run_records_its_config_and_checkpoint_settings_never_retrain(tmp
     assert "checkpoint at iteration 2 written to checkpoints/sample/" in log.read_text()
     assert not list((tmp_path / "work" / "checkpoints").rglob("ckpt-*.pt"))
     moved = config_file(tmp_path, checkpoints={"every": 3, "location": str(tmp_path / "ck")})
-    assert planned_jobs(dry_run(tmp_path, moved).stdout) == {}
+    assert planned_jobs(dry_run(tmp_path, moved)) == {}

@@ -78,23 +78,42 @@ def build_index(sources: list[SceneSource], classes: list[str], out_dir: Path) -
         if n % 50 == 0 or n == len(sources):
             log.info("indexed %d/%d scenes", n, len(sources))
     write_tables(out_dir, scenes, annotations, classes)
-    return {"scenes": len(scenes), "objects": len(annotations)}
+    counts = {"scenes": len(scenes), "objects": len(annotations)}
+    (out_dir / "summary.json").write_text(json.dumps({"format": "sample", **counts}, indent=1)
+                                          + "\n")
+    return counts
 
 
 def write_tables(out_dir: Path, scenes: list[dict], annotations: list[Annotation],
                  classes: list[str]) -> None:
-    with open(out_dir / "scenes.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, SCENE_FIELDS)
-        writer.writeheader()
-        writer.writerows(scenes)
+    write_scene_table(out_dir / "scenes.csv", scenes)
     with open(out_dir / "annotations.csv", "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(ANNOTATION_FIELDS)
-        for a in annotations:
-            writer.writerow([a.scene, a.object, a.category, a.difficult,
-                             " ".join(f"{v:g}" for v in a.polygon)])
+        writer.writerows(annotation_row(a) for a in annotations)
+    write_categories(out_dir / "categories.json", classes)
+
+
+def write_scene_table(path: Path, scenes: list[dict]) -> None:
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, SCENE_FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(scenes)
+
+
+def annotation_row(a: Annotation) -> list:
+    """One row of annotations.csv (ANNOTATION_FIELDS order)."""
+    return [a.scene, a.object, a.category, a.difficult, format_polygon(a.polygon)]
+
+
+def format_polygon(polygon: list[float]) -> str:
+    return " ".join(map("{:g}".format, polygon))
+
+
+def write_categories(path: Path, classes: list[str]) -> None:
+    """COCO-style categories: ids from 1 in the given class order."""
     categories = [{"id": i + 1, "name": name} for i, name in enumerate(classes)]
-    (out_dir / "categories.json").write_text(json.dumps(categories, indent=1) + "\n")
+    path.write_text(json.dumps(categories, indent=1) + "\n")
 
 
 def read_scenes(path: Path) -> list[dict]:

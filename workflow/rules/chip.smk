@@ -2,7 +2,7 @@ rule chip:
     input:
         scenes="results/{dataset}/index/scenes.csv",
         annotations="results/{dataset}/index/annotations.csv",
-        images=lambda w: [raw_image(w.dataset, sp, sc) for sp, sc in shard_scenes(w.dataset, w.shard)],
+        images=lambda w: shard_images(w.dataset, w.shard),
     output:
         tar="results/{dataset}/chips/shard-{shard}.tar",
         chips="results/{dataset}/chips/shard-{shard}.json",
@@ -11,6 +11,8 @@ rule chip:
     threads: 2
     log:
         "logs/{dataset}/chip-{shard}.log",
+    benchmark:
+        "results/benchmarks/{dataset}/chip-{shard}.tsv"
     message:
         "Chipping shard {wildcards.shard} of {wildcards.dataset}"
     shell:
@@ -26,6 +28,8 @@ rule chip_manifest:
         "results/{dataset}/chips/manifest.json",
     log:
         "logs/{dataset}/chip_manifest.log",
+    benchmark:
+        "results/benchmarks/{dataset}/chip_manifest.tsv"
     message:
         "Writing the chip manifest of {wildcards.dataset}"
     shell:

@@ -8,6 +8,8 @@ rule coco:
         stats="results/{dataset}/coco/stats.json",
     log:
         "logs/{dataset}/coco.log",
+    benchmark:
+        "results/benchmarks/{dataset}/coco.tsv"
     message:
         "Writing COCO annotations of {wildcards.dataset}"
     shell:

@@ -30,6 +30,10 @@ RUNS = [f"{d}/models/{m}" for d in DATASETS for m in MODELS]
 RUNS_COUNT = len(RUNS)
 SHARDS = [f"{i:03d}" for i in range(config["chipping"]["shards"])]
 SAMPLE_KEYS = ["train_scenes", "val_scenes", "scene_size", "objects_per_scene", "seed"]
+# Formats fetched from a `source` (rules/fetch.smk), and the dataset keys each stage depends on.
+FETCHED_FORMATS = ("dota", "xview", "rareplanes")
+FETCH_KEYS = ["format", "version", "source", "tiled"]
+INDEX_KEYS = ["format", "version", "class_attribute", "split", "classes", "on_bad_input"]
 
 
 wildcard_constraints:
@@ -55,9 +59,47 @@ def raw_label(dataset, split, scene):
     return f"raw/{dataset}/{split}/labelTxt/{scene}.txt"
 
 
-def shard_scenes(dataset, shard):
-    """Scenes are dealt to shards round-robin in scene order: reproducible from the config."""
-    return scenes(dataset)[int(shard) :: len(SHARDS)]
+def is_fetched(dataset):
+    return config["datasets"][dataset]["format"] in FETCHED_FORMATS
+
+
+def dataset_keys(dataset, keys):
+    return {k: config["datasets"][dataset][k] for k in keys}
+
+
+def fetched_file(dataset, relative):
+    """A file of a fetched dataset, by its path relative to the fetch folder (as the manifest
+    names it)."""
+    return f"raw/{dataset}/files/{relative}"
+
+
+def fetch_manifest_path(dataset):
+    """The fetch checkpoint's manifest; brought from storage when only the storage has it."""
+    path = checkpoints.fetch.get(dataset=dataset).output.manifest
+    if not os.path.exists(path) and path.is_storage:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        path.storage_object.retrieve_object()
+    return path
+
+
+def fetch_manifest(dataset):
+    return json.loads(Path(fetch_manifest_path(dataset)).read_text())
+
+
+def dataset_images(dataset):
+    """Raw images of the scenes to chip, in a fixed order (fetched: sorted scene names, images
+    with labels; xView's labels are one file, so all its images)."""
+    if not is_fetched(dataset):
+        return [raw_image(dataset, sp, sc) for sp, sc in scenes(dataset)]
+    manifest = fetch_manifest(dataset)
+    return [fetched_file(dataset, s["image"]) for s in manifest["scenes"]
+            if manifest["format"] == "xview" or s["label"] is not None]
+
+
+def shard_images(dataset, shard):
+    """Scenes are dealt to shards round-robin in scene order: reproducible from the config and
+    the fetch manifest (the chip manifest records each scene's shard)."""
+    return dataset_images(dataset)[int(shard) :: len(SHARDS)]
 
 
 def as_json(value):

@@ -1,3 +1,6 @@
+CHIP_EVALUATION_KEYS = ["score_threshold", "max_detections", "batch_size"]
+
+
 rule evaluate:
     input:
         weights="results/{dataset}/models/{model}/model.pt",
@@ -7,13 +10,42 @@ rule evaluate:
         predictions="results/{dataset}/models/{model}/predictions.json",
         metrics="results/{dataset}/models/{model}/metrics.json",
     params:
-        hp=as_json(config["evaluation"]),
+        # Only what prediction uses: the scene-level settings never rerun the model.
+        hp=as_json({k: config["evaluation"][k] for k in CHIP_EVALUATION_KEYS}),
     threads: workflow.cores
     log:
         "logs/{dataset}/evaluate-{model}.log",
+    benchmark:
+        "results/benchmarks/{dataset}/evaluate-{model}.tsv"
     message:
-        "Evaluating {wildcards.model} on the val split of {wildcards.dataset}"
+        "Evaluating {wildcards.model} on the val chips of {wildcards.dataset}"
     shell:
         "{NADIR} evaluate --hp {params.hp} --weights {input.weights} --coco {input.val} "
         "--shards {input.shards} --predictions {output.predictions} "
         "--metrics {output.metrics} --threads {threads} 2> {log}"
+
+
+rule evaluate_scenes:
+    input:
+        predictions="results/{dataset}/models/{model}/predictions.json",
+        val="results/{dataset}/coco/val.json",
+        scenes="results/{dataset}/index/scenes.csv",
+        annotations="results/{dataset}/index/annotations.csv",
+    output:
+        predictions="results/{dataset}/models/{model}/scene_predictions.json",
+        metrics="results/{dataset}/models/{model}/scene_metrics.json",
+    params:
+        nms_iou=config["evaluation"]["scene_nms_iou"],
+        max_detections=config["evaluation"]["scene_max_detections"],
+    log:
+        "logs/{dataset}/evaluate_scenes-{model}.log",
+    benchmark:
+        "results/benchmarks/{dataset}/evaluate_scenes-{model}.tsv"
+    message:
+        "Merging {wildcards.model}'s chip detections into whole {wildcards.dataset} val scenes "
+        "and scoring them"
+    shell:
+        "{NADIR} evaluate-scenes --predictions {input.predictions} --coco {input.val} "
+        "--scenes {input.scenes} --annotations {input.annotations} "
+        "--nms-iou {params.nms_iou} --max-detections {params.max_detections} "
+        "--scene-predictions {output.predictions} --metrics {output.metrics} 2> {log}"

@@ -1,26 +1,53 @@
-def index_scene_args(wildcards, input):
-    """--scene SPLIT IMAGE LABEL for every scene, with the staged (local) paths."""
-    splits = [split for split, _ in scenes(wildcards.dataset)]
-    return " ".join(
-        f"--scene {sp} {im} {lb}" for sp, im, lb in zip(splits, input.images, input.labels)
+def index_inputs(wildcards):
+    """sample: every generated image and label. Fetched formats: the fetch manifest and the
+    label files it lists (image headers are in the manifest, so images are not needed)."""
+    dataset = wildcards.dataset
+    if not is_fetched(dataset):
+        return {
+            "images": [raw_image(dataset, sp, sc) for sp, sc in scenes(dataset)],
+            "labels": [raw_label(dataset, sp, sc) for sp, sc in scenes(dataset)],
+        }
+    manifest = fetch_manifest(dataset)
+    labels = [s["label"] for s in manifest["scenes"] if s.get("label")] + manifest["label_files"]
+    return {
+        "manifest": fetch_manifest_path(dataset),
+        "labels": [fetched_file(dataset, label) for label in labels],
+    }
+
+
+def index_args(wildcards, input):
+    """The index command's arguments, with the staged (local) paths."""
+    dataset = wildcards.dataset
+    if not is_fetched(dataset):
+        splits = [split for split, _ in scenes(dataset)]
+        return "--format sample " + " ".join(
+            f"--scene {sp} {im} {lb}" for sp, im, lb in zip(splits, input.images, input.labels)
+        )
+    if "manifest" not in input.keys():
+        # Evaluated once before the fetch checkpoint has run; the DAG is rebuilt after it.
+        return "--format pending-fetch"
+    files_dir = Path(input.manifest).parent / "files"
+    return (
+        f"--format {config['datasets'][dataset]['format']} --manifest {input.manifest} "
+        f"--files-dir {files_dir} --spec {as_json(dataset_keys(dataset, INDEX_KEYS))}"
     )
 
 
 rule index:
     input:
-        images=lambda w: [raw_image(w.dataset, sp, sc) for sp, sc in scenes(w.dataset)],
-        labels=lambda w: [raw_label(w.dataset, sp, sc) for sp, sc in scenes(w.dataset)],
+        unpack(index_inputs),
     output:
         scenes="results/{dataset}/index/scenes.csv",
         annotations="results/{dataset}/index/annotations.csv",
         categories="results/{dataset}/index/categories.json",
+        summary="results/{dataset}/index/summary.json",
     params:
-        format=lambda w: config["datasets"][w.dataset]["format"],
-        scene_args=index_scene_args,
+        args=index_args,
     log:
         "logs/{dataset}/index.log",
+    benchmark:
+        "results/benchmarks/{dataset}/index.tsv"
     message:
         "Indexing scenes and annotations of {wildcards.dataset}"
     shell:
-        "{NADIR} index --format {params.format} {params.scene_args} "
-        "--out-dir $(dirname {output.scenes}) 2> {log}"
+        "{NADIR} index {params.args} --out-dir $(dirname {output.scenes}) 2> {log}"

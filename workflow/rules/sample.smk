@@ -14,6 +14,8 @@ for _dataset in DATASETS:
             spec=as_json({k: config["datasets"][_dataset][k] for k in SAMPLE_KEYS}),
         log:
             f"logs/{_dataset}/generate_sample.log",
+        benchmark:
+            f"results/benchmarks/{_dataset}/generate_sample.tsv"
         message:
             f"Generating the synthetic sample dataset '{_dataset}'"
         shell:

@@ -84,6 +84,8 @@ rule train:
     threads: workflow.cores
     log:
         "logs/{dataset}/train-{model}.log",
+    benchmark:
+        "results/benchmarks/{dataset}/train-{model}.tsv"
     message:
         "Training {wildcards.model} on {wildcards.dataset}"
     shell:

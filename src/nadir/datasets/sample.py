@@ -61,8 +61,8 @@ def _draw_plane(draw: ImageDraw.ImageDraw, rng: np.random.Generator, centre, col
     tail = _rotate(_rectangle(length * 0.1, span * 0.38), angle, tail_centre)
     for part in (fuselage, wings, tail):
         draw.polygon([tuple(p) for p in part], fill=colour)
-    box = _rotate(_rectangle(length, span), angle, (centre[0] + 0.0, centre[1]))
-    # The wings sit slightly forward; the oriented box covers the whole silhouette.
+    # The oriented box covers the whole silhouette (the wings sit slightly forward of centre).
+    box = _rotate(_rectangle(length, span), angle, centre)
     return box, (length + span) / 2 * 0.6
 
 
@@ -115,7 +115,7 @@ def generate_scene(rng: np.random.Generator, size: int, n_objects: int) -> tuple
     while len(objects) < n_objects and attempts < n_objects * 50:
         attempts += 1
         category = CLASSES[int(rng.integers(len(CLASSES)))]
-        centre = (float(rng.uniform(margin, size - margin)), float(rng.uniform(margin, size - margin)))
+        centre = tuple(float(v) for v in rng.uniform(margin, size - margin, size=2))
         if any(math.dist(centre, (x, y)) < r + 34 for x, y, r in placed):
             continue
         palette = _COLOURS[category]

@@ -80,6 +80,13 @@ def get_backend(name: str) -> Backend:
     raise KeyError(f"unknown backend {name!r}")
 
 
+def device_name() -> str:
+    """The device predictions and training run on here: "cuda" or "cpu"."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def backend_of_weights(weights: Path) -> Backend:
     """The backend that trained a `model.pt` (every backend saves its catalogue name in it)."""
     import torch

@@ -205,12 +205,13 @@ def _loss_log_hook(history: list, interval: int, total: int, images_per_step: in
             storage = self.trainer.storage
             seconds = time.perf_counter() - self.began
             per_iteration = seconds / max(1, done - self.first)
-            row = {"iteration": done, "lr": storage.history("lr").latest(),
+            # Plain floats: detectron2's numpy scalars would not load with weights_only.
+            row = {"iteration": done, "lr": float(storage.history("lr").latest()),
                    "seconds": round(seconds, 2),
                    "images_per_second": round(images_per_step / per_iteration, 2)}
             for name, values in storage.histories().items():
                 if name.startswith("loss") or name == "total_loss":
-                    row["loss" if name == "total_loss" else name] = values.avg(interval)
+                    row["loss" if name == "total_loss" else name] = float(values.avg(interval))
             history.append(row)
             log.info("iteration %d/%d (%.0f%%)  loss %.4f  lr %.2e  %.2fs/it  ETA %.0fs", done,
                      total, 100 * done / total, row["loss"], row["lr"], per_iteration,
@@ -282,6 +283,7 @@ class Detectron2Backend:
             num_workers=loader_workers(job.threads, 1, device))
         amp = bool(hp["amp"]) and device.type == "cuda"
         trainer = (AMPTrainer if amp else SimpleTrainer)(model, loader, optimizer)
+        (work / "checkpoints").mkdir()
         checkpointer = DetectionCheckpointer(model, str(work / "checkpoints"),
                                              optimizer=optimizer, scheduler=scheduler,
                                              trainer=trainer)
@@ -296,7 +298,6 @@ class Detectron2Backend:
         resumed = self.resume(job)
         if resumed is not None:
             local = work / "checkpoints" / f"resume_{resumed['iteration']:09d}.pth"
-            local.parent.mkdir(parents=True, exist_ok=True)
             local.write_bytes(resumed["data"])
             saved = checkpointer.load(str(local))  # model, optimiser, scheduler, iteration
             start = trainer.iter + 1

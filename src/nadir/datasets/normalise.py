@@ -1,0 +1,210 @@
+"""The index of fetched datasets (DOTA, xView, RarePlanes): manifest + labels -> normalised tables.
+
+Writes what `nadir.index` writes for the sample (scenes.csv, annotations.csv, categories.json)
+plus `summary.json`: the split and how it was made, objects per class, and every counted skip.
+Annotations are written while they are parsed, so xView's million features never sit in memory.
+Scenes left out (an image without labels, under `image_without_label: skip`) stay in scenes.csv
+with split `excluded`, so the table still accounts for every fetched image.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import random
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+
+from nadir.datasets import dota, rareplanes, xview
+from nadir.datasets.records import BadInput, ClassFilter
+from nadir.errors import InputError
+from nadir.index import ANNOTATION_FIELDS, format_polygon, write_categories, write_scene_table
+
+log = logging.getLogger(__name__)
+
+EXCLUDED = "excluded"
+OFFICIAL_SPLITS = {"dota": True, "rareplanes": True, "xview": False}
+
+
+def seeded_split(scenes: Iterable[str], val_fraction: float, seed: int) -> dict[str, str]:
+    """A random split by scene: the same scenes, fraction and seed always give the same split."""
+    ordered = sorted(scenes)
+    shuffled = list(ordered)
+    random.Random(seed).shuffle(shuffled)
+    n_val = min(len(ordered) - 1, max(1, round(len(ordered) * val_fraction))) if len(
+        ordered) > 1 else 0
+    val = set(shuffled[:n_val])
+    return {s: "val" if s in val else "train" for s in ordered}
+
+
+def assign_splits(scenes: list[dict], dataset_format: str, split: dict) -> tuple[dict, str]:
+    """{scene: split} and a description of how it was made."""
+    method = split["method"]
+    if not OFFICIAL_SPLITS[dataset_format]:
+        method = "seeded"
+    if method == "seeded":
+        description = (f"seeded by scene (seed {split['seed']}, val fraction "
+                       f"{split['val_fraction']})")
+        return seeded_split([s["scene"] for s in scenes], split["val_fraction"],
+                            split["seed"]), description
+    missing = [s["image"] for s in scenes if s["split"] not in ("train", "val")]
+    if missing:
+        raise InputError(missing[0], f"{len(missing)} image(s) come from a source entry with no "
+                                     "split; give that entry `split: train` or `split: val`, "
+                                     "or set split.method: seeded")
+    return {s["scene"]: s["split"] for s in scenes}, "official (per source entry)"
+
+
+def outside(polygon: list[float], width: int, height: int) -> bool:
+    xs, ys = polygon[0::2], polygon[1::2]
+    return max(xs) <= 0 or max(ys) <= 0 or min(xs) >= width or min(ys) >= height
+
+
+class AnnotationWriter:
+    """Streams annotation rows to annotations.csv, numbering objects per scene."""
+
+    def __init__(self, path: Path, class_filter: ClassFilter):
+        self.fh = open(path, "w", newline="")  # noqa: SIM115 - closed in close()
+        self.writer = csv.writer(self.fh)
+        self.writer.writerow(ANNOTATION_FIELDS)
+        self.filter = class_filter
+        self.per_scene: Counter = Counter()
+        self.per_class: Counter = Counter()
+
+    def add(self, scene: str, category: str, difficult: int, polygon: list[float]) -> None:
+        name = self.filter.apply(category, polygon)
+        if name is None:
+            return
+        self.writer.writerow([scene, self.per_scene[scene], name, difficult,
+                              format_polygon(polygon)])
+        self.per_scene[scene] += 1
+        self.per_class[name] += 1
+
+    def close(self) -> None:
+        self.fh.close()
+
+
+def _class_filter(classes: list[str], spec: dict) -> ClassFilter:
+    c = spec["classes"]
+    return ClassFilter(classes, merge=c["merge"], keep=c["keep"], min_size=c["min_size"])
+
+
+def _index_dota(scenes, files_dir, spec, bad, writer_for) -> dict:
+    writer = writer_for(dota.CLASSES_BY_VERSION[spec["version"]])
+    for n, scene in enumerate(scenes, start=1):
+        labels = dota.parse_label_file(files_dir / scene["label"],
+                                       dota.CLASSES_BY_VERSION[spec["version"]], bad)
+        scene["gsd"] = "" if labels.gsd is None else labels.gsd
+        for obj in labels.objects:
+            if outside(obj.polygon, scene["width"], scene["height"]):
+                bad.report("outside_image", scene["label"], f"polygon {obj.polygon} lies "
+                           f"outside the {scene['width']}x{scene['height']} image", obj.line)
+                continue
+            writer.add(scene["scene"], obj.category, obj.difficult, obj.polygon)
+        if n % 200 == 0 or n == len(scenes):
+            log.info("parsed DOTA labels: %d/%d scenes", n, len(scenes))
+    return {}
+
+
+def _index_xview(scenes, files_dir, label_files, bad, writer_for, featured: set) -> dict:
+    writer = writer_for(xview.CLASSES)
+    by_image = {Path(s["image"]).name: s for s in scenes}
+    sizes = {name: (s["width"], s["height"]) for name, s in by_image.items()}
+    counts = xview.XviewCounts()
+    for label_file in label_files:
+        log.info("streaming xView labels from %s", label_file)
+        for obj in xview.read_objects(files_dir / label_file, sizes, bad, counts):
+            writer.add(by_image[obj.image]["scene"], obj.category, 0, obj.polygon)
+            if counts.kept % 200_000 == 0:
+                log.info("xView: %d features read, %d objects kept", counts.features,
+                         counts.kept)
+    log.info("xView: %d features, %d objects kept, dropped %s", counts.features, counts.kept,
+             dict(counts.dropped))
+    featured.update(by_image[name]["scene"] for name in counts.images)
+    return {"features": counts.features, "dropped": dict(sorted(counts.dropped.items()))}
+
+
+def _index_rareplanes(scenes, files_dir, spec, bad, writer_for) -> dict:
+    parsed = {}
+    for n, scene in enumerate(scenes, start=1):
+        parsed[scene["scene"]] = rareplanes.read_objects(
+            files_dir / scene["label"], spec["class_attribute"], scene["crs"],
+            scene["transform"], bad)
+        if n % 200 == 0 or n == len(scenes):
+            log.info("parsed RarePlanes labels: %d/%d", n, len(scenes))
+    classes = sorted({o.category for objs in parsed.values() for o in objs},
+                     key=rareplanes.class_sort_key)
+    log.info("RarePlanes classes from attribute %r: %s", spec["class_attribute"], classes)
+    writer = writer_for(classes)
+    for scene in scenes:
+        for obj in parsed[scene["scene"]]:
+            if outside(obj.polygon, scene["width"], scene["height"]):
+                bad.report("outside_image", scene["label"], f"feature {obj.feature} lies "
+                           f"outside the {scene['width']}x{scene['height']} image")
+                continue
+            writer.add(scene["scene"], obj.category, 0, obj.polygon)
+    return {"class_attribute": spec["class_attribute"], "classes_in_data": classes}
+
+
+def build_index(manifest_path: Path, files_dir: Path, spec: dict, out_dir: Path) -> dict:
+    """Parse a fetched dataset into the normalised tables; returns the summary it writes."""
+    manifest = json.loads(Path(manifest_path).read_text())
+    fmt = manifest["format"]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    bad = BadInput(spec["on_bad_input"])
+    for label in manifest["labels_without_image"]:
+        bad.report("label_without_image", label, "no image of the same name was fetched")
+    scenes = [dict(s, gsd="") for s in manifest["scenes"]]
+    labelled = scenes
+    if fmt != "xview":
+        for s in scenes:
+            if s["label"] is None:
+                bad.report("image_without_label", s["image"], "no label file of the same name")
+        labelled = [s for s in scenes if s["label"] is not None]
+    writers: list[AnnotationWriter] = []
+    featured: set[str] = set()
+
+    def writer_for(classes: list[str]) -> AnnotationWriter:
+        writers.append(AnnotationWriter(out_dir / "annotations.csv",
+                                        _class_filter(classes, spec)))
+        return writers[-1]
+
+    try:
+        if fmt == "dota":
+            details = _index_dota(labelled, files_dir, spec, bad, writer_for)
+        elif fmt == "xview":
+            details = _index_xview(labelled, files_dir, manifest["label_files"], bad, writer_for,
+                                   featured)
+        else:
+            details = _index_rareplanes(labelled, files_dir, spec, bad, writer_for)
+    finally:
+        for w in writers:
+            w.close()
+    writer = writers[0]
+    if fmt == "xview":  # an xView image without a single feature has no labels at all
+        for s in labelled:
+            if s["scene"] not in featured:
+                bad.report("image_without_label", s["image"], "no feature names this image")
+        labelled = [s for s in labelled if s["scene"] in featured]
+    splits, split_how = assign_splits(labelled, fmt, spec["split"])
+    for s in scenes:
+        s["split"] = splits.get(s["scene"], EXCLUDED)
+        s["objects"] = writer.per_scene.get(s["scene"], 0)
+    write_scene_table(out_dir / "scenes.csv", scenes)
+    classes = writer.filter.output_classes()
+    write_categories(out_dir / "categories.json", classes)
+    summary = {
+        "dataset": manifest["dataset"], "format": fmt, "version": manifest.get("version"),
+        "split": split_how,
+        "scenes": dict(Counter(s["split"] for s in scenes)),
+        "objects": sum(writer.per_class.values()),
+        "objects_per_class": {c: writer.per_class.get(c, 0) for c in classes},
+        "categories": [{"id": i + 1, "name": c} for i, c in enumerate(classes)],
+        "bad_input": bad.summary(), "class_filter": writer.filter.summary(), **details,
+    }
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    log.info("index of %s: scenes %s, %d objects", manifest["dataset"], summary["scenes"],
+             summary["objects"])
+    return summary

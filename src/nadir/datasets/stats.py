@@ -1,0 +1,128 @@
+"""Per-dataset statistics from the index tables, and the report figure that shows them.
+
+Objects per class (per split), object sizes (square root of the box area, in pixels) and
+objects per image. The tables are streamed, so xView's million rows need little memory; the
+class panel uses a log scale so that a class with 17 objects is as visible as one with 300,000.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from array import array
+from collections import Counter
+from pathlib import Path
+
+SIZE_BINS_PX = [0, 4, 8, 16, 32, 64, 128, 256, 512, 1024, math.inf]
+
+
+def _box_size(polygon: str) -> float:
+    values = [float(v) for v in polygon.split()]
+    xs, ys = values[0::2], values[1::2]
+    return math.sqrt((max(xs) - min(xs)) * (max(ys) - min(ys)))
+
+
+def _percentile(sorted_values, q: float) -> float | None:
+    if not sorted_values:
+        return None
+    return round(sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))], 2)
+
+
+def dataset_statistics(scenes_csv: Path, annotations_csv: Path, categories_json: Path) -> dict:
+    """Objects per class and split, object size distribution, objects per image."""
+    with open(scenes_csv, newline="") as fh:
+        split_of = {row["scene"]: row["split"] for row in csv.DictReader(fh)}
+    classes = [c["name"] for c in json.loads(Path(categories_json).read_text())]
+    per_class: dict[str, Counter] = {}
+    per_image: Counter = Counter()
+    sizes = array("f")
+    with open(annotations_csv, newline="") as fh:
+        for row in csv.DictReader(fh):
+            split = split_of.get(row["scene"], "excluded")
+            per_class.setdefault(split, Counter())[row["category"]] += 1
+            per_image[row["scene"]] += 1
+            sizes.append(_box_size(row["polygon"]))
+    ordered = sorted(sizes)
+    splits = sorted(set(split_of.values()))
+    images = {s: [per_image.get(scene, 0) for scene, sp in split_of.items() if sp == s]
+              for s in splits}
+    size_histogram = Counter()
+    for value in sizes:
+        for lo, hi in zip(SIZE_BINS_PX, SIZE_BINS_PX[1:], strict=False):
+            if lo <= value < hi:
+                size_histogram[f"{lo}-{hi}"] += 1
+                break
+    counts = [sum(per_class.get(s, Counter()).get(c, 0) for s in splits) for c in classes]
+    nonzero = [n for n in counts if n]
+    return {
+        "images": {s: len(images[s]) for s in splits},
+        "objects": {s: sum(per_class.get(s, Counter()).values()) for s in splits},
+        "objects_per_class": {s: {c: per_class.get(s, Counter()).get(c, 0) for c in classes}
+                              for s in splits},
+        "class_imbalance": round(max(nonzero) / min(nonzero), 1) if nonzero else None,
+        "object_size_px": {"p5": _percentile(ordered, 0.05), "median": _percentile(ordered, 0.5),
+                           "p95": _percentile(ordered, 0.95),
+                           "histogram": {f"{lo}-{hi}": size_histogram.get(f"{lo}-{hi}", 0)
+                                         for lo, hi in zip(SIZE_BINS_PX, SIZE_BINS_PX[1:],
+                                                           strict=False)}},
+        "objects_per_image": {s: {"mean": round(sum(v) / len(v), 2) if v else 0,
+                                  "max": max(v, default=0), "histogram": _image_histogram(v)}
+                              for s, v in images.items()},
+    }
+
+
+def _image_histogram(values: list[int]) -> dict[str, int]:
+    edges = [0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, math.inf]
+    out = {}
+    for lo, hi in zip(edges, edges[1:], strict=False):
+        out[f"{lo}-{hi - 1}" if hi - lo > 1 else str(lo)] = sum(lo <= v < hi for v in values)
+    return out
+
+
+def plot_statistics(stats: dict, out_png: Path, title: str) -> None:
+    """Three panels: objects per class (log scale), object sizes, objects per image."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    splits = [s for s in stats["objects_per_class"] if s != "excluded"]
+    classes = list(next(iter(stats["objects_per_class"].values()), {}))
+    fig, (ax_cls, ax_size, ax_img) = plt.subplots(
+        1, 3, figsize=(14, max(3.5, 0.22 * len(classes) + 1)),
+        gridspec_kw={"width_ratios": [1.4, 1, 1]})
+    height = 0.8 / max(1, len(splits))  # side by side: stacking misleads on a log scale
+    for i, split in enumerate(splits):
+        counts = [stats["objects_per_class"][split][c] for c in classes]
+        ax_cls.barh([y - 0.4 + (i + 0.5) * height for y in range(len(classes))], counts,
+                    height, label=split)
+    ax_cls.set_yticks(range(len(classes)), classes, fontsize=7 if len(classes) > 20 else 9)
+    ax_cls.invert_yaxis()
+    ax_cls.set_xscale("log")
+    ax_cls.set_xlim(left=0.8)  # bars start below one object, so a bar's length is its count
+    ax_cls.set_xlabel("objects (log scale)")
+    imbalance = stats["class_imbalance"]
+    ax_cls.set_title(f"objects per class (max/min {imbalance})" if imbalance else
+                     "objects per class")
+    ax_cls.legend(fontsize=8, loc="best")
+    sizes = stats["object_size_px"]["histogram"]
+    ax_size.bar(range(len(sizes)), list(sizes.values()))
+    ax_size.set_xticks(range(len(sizes)), list(sizes), rotation=45, fontsize=8)
+    ax_size.set_xlabel("object size, sqrt(box area) in px")
+    ax_size.set_ylabel("objects")
+    ax_size.set_title(f"object sizes (median {stats['object_size_px']['median']} px)")
+    width = 0.8 / max(1, len(splits))
+    for i, split in enumerate(splits):
+        hist = stats["objects_per_image"][split]["histogram"]
+        ax_img.bar([x + i * width for x in range(len(hist))], list(hist.values()), width,
+                   label=split)
+        ax_img.set_xticks(range(len(hist)), list(hist), rotation=45, fontsize=8)
+    ax_img.set_xlabel("objects per image")
+    ax_img.set_ylabel("images")
+    ax_img.set_title("objects per image")
+    ax_img.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,165 @@
+"""xView: one GeoJSON FeatureCollection holding every training label (about a million features).
+
+Per feature, `properties.bounds_imcoords` is "xmin,ymin,xmax,ymax" in pixels (sometimes empty),
+`properties.type_id` an integer class id and `properties.image_id` the image's file name. The
+file is read in one streaming pass: features are decoded one at a time from a fixed-size text
+buffer, so memory stays bounded however large the file is.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nadir.datasets.records import BadInput
+from nadir.errors import InputError
+
+# The 60 named classes of xView's training labels (ids are not contiguous).
+CLASS_NAMES = {
+    11: "Fixed-wing Aircraft", 12: "Small Aircraft", 13: "Cargo Plane", 15: "Helicopter",
+    17: "Passenger Vehicle", 18: "Small Car", 19: "Bus", 20: "Pickup Truck",
+    21: "Utility Truck", 23: "Truck", 24: "Cargo Truck", 25: "Truck w/Box",
+    26: "Truck Tractor", 27: "Trailer", 28: "Truck w/Flatbed", 29: "Truck w/Liquid",
+    32: "Crane Truck", 33: "Railway Vehicle", 34: "Passenger Car", 35: "Cargo Car",
+    36: "Flat Car", 37: "Tank car", 38: "Locomotive", 40: "Maritime Vessel", 41: "Motorboat",
+    42: "Sailboat", 44: "Tugboat", 45: "Barge", 47: "Fishing Vessel", 49: "Ferry", 50: "Yacht",
+    51: "Container Ship", 52: "Oil Tanker", 53: "Engineering Vehicle", 54: "Tower crane",
+    55: "Container Crane", 56: "Reach Stacker", 57: "Straddle Carrier", 59: "Mobile Crane",
+    60: "Dump Truck", 61: "Haul Truck", 62: "Scraper/Tractor", 63: "Front loader/Bulldozer",
+    64: "Excavator", 65: "Cement Mixer", 66: "Ground Grader", 71: "Hut/Tent", 72: "Shed",
+    73: "Building", 74: "Aircraft Hangar", 76: "Damaged Building", 77: "Facility",
+    79: "Construction Site", 83: "Vehicle Lot", 84: "Helipad", 86: "Storage Tank",
+    89: "Shipping container lot", 91: "Shipping Container", 93: "Pylon", 94: "Tower",
+}
+CLASSES = list(CLASS_NAMES.values())
+UNNAMED_IDS = (75, 82)  # present in the labels, but with no class name: dropped and counted
+
+CHUNK_CHARS = 1 << 20
+MAX_FEATURE_CHARS = 64 << 20  # a single feature larger than this is treated as malformed
+_FEATURES_KEY = re.compile(r'"features"\s*:\s*\[')
+
+
+@dataclass
+class XviewObject:
+    image: str
+    feature: int  # 1-based position in the file, for messages
+    category: str
+    polygon: list[float]
+
+
+@dataclass
+class XviewCounts:
+    features: int = 0
+    kept: int = 0
+    dropped: Counter = field(default_factory=Counter)  # drops outside the bad-input policy
+    images: set = field(default_factory=set)  # fetched images named by at least one feature
+
+
+def iter_features(path: Path) -> Iterator[dict]:
+    """Yield the features of a FeatureCollection one by one, holding about one chunk in memory."""
+    decoder = json.JSONDecoder()
+    with open(path, encoding="utf-8") as fh:
+        buffer = fh.read(CHUNK_CHARS)
+        match = _FEATURES_KEY.search(buffer)
+        while match is None:
+            more = fh.read(CHUNK_CHARS)
+            if not more:
+                raise InputError(path, 'no "features" array found; expected a GeoJSON '
+                                       'FeatureCollection')
+            buffer = buffer[-64:] + more
+            match = _FEATURES_KEY.search(buffer)
+        pos, eof, number = match.end(), False, 0
+        while True:
+            while pos < len(buffer) and buffer[pos] in " \t\r\n,":
+                pos += 1
+            if pos < len(buffer) and buffer[pos] == "]":
+                return
+            try:
+                if pos >= len(buffer):
+                    raise json.JSONDecodeError("buffer exhausted", buffer, pos)
+                feature, end = decoder.raw_decode(buffer, pos)
+            except json.JSONDecodeError as exc:
+                if eof or len(buffer) - pos > MAX_FEATURE_CHARS:
+                    raise InputError(path, f"feature {number + 1} is not valid JSON "
+                                           f"({exc.msg})") from None
+                more = fh.read(CHUNK_CHARS)
+                eof = not more
+                buffer, pos = buffer[pos:] + more, 0
+                continue
+            number += 1
+            yield feature
+            pos = end
+
+
+def _box(bounds, number: int) -> tuple[str, str] | list[float]:
+    """[xmin, ymin, xmax, ymax] from `bounds_imcoords`, or (reason, message) when unusable."""
+    if bounds is None or (isinstance(bounds, str) and not bounds.strip()):
+        return "empty_box", f"feature {number}: empty bounds_imcoords"
+    parts = str(bounds).split(",")
+    try:
+        values = [float(v) for v in parts]
+    except ValueError:
+        return "malformed_record", f"feature {number}: bounds_imcoords {bounds!r} is not numeric"
+    if len(values) != 4:
+        return "malformed_record", (f"feature {number}: bounds_imcoords {bounds!r} has "
+                                    f"{len(values)} values, expected xmin,ymin,xmax,ymax")
+    if values[2] <= values[0] or values[3] <= values[1]:
+        return "degenerate_box", f"feature {number}: box {bounds!r} has no area"
+    return values
+
+
+def read_objects(path: Path, image_sizes: dict[str, tuple[int, int]], bad: BadInput,
+                 counts: XviewCounts) -> Iterator[XviewObject]:
+    """The usable objects of the label file, in file order; every drop is counted in `counts`.
+
+    `image_sizes` maps image file names (e.g. "2355.tif") to (width, height). Features of
+    absent images, unnamed ids (75, 82) and empty or zero-area boxes are counted and dropped;
+    malformed features, unknown class ids and boxes outside their image follow `bad`.
+    """
+    for number, feature in enumerate(iter_features(path), start=1):
+        counts.features += 1
+        props = feature.get("properties") if isinstance(feature, dict) else None
+        if not isinstance(props, dict) or "image_id" not in props or "type_id" not in props:
+            bad.report("malformed_record", str(path),
+                       f"feature {number}: properties image_id and type_id are required")
+            continue
+        image = str(props["image_id"])
+        if image not in image_sizes:
+            bad.report("label_without_image", str(path),
+                       f"feature {number}: image {image!r} is not among the fetched images")
+            continue
+        counts.images.add(image)
+        try:
+            type_id = int(props["type_id"])
+        except (TypeError, ValueError):
+            bad.report("malformed_record", str(path),
+                       f"feature {number}: type_id {props['type_id']!r} is not an integer")
+            continue
+        if type_id in UNNAMED_IDS:
+            counts.dropped[f"unnamed_type_id_{type_id}"] += 1
+            continue
+        if type_id not in CLASS_NAMES:
+            bad.report("unknown_class", str(path), f"feature {number}: unknown type_id {type_id}")
+            continue
+        box = _box(props.get("bounds_imcoords"), number)
+        if isinstance(box, tuple):
+            reason, message = box
+            if reason == "malformed_record":
+                bad.report(reason, str(path), message)
+            else:
+                counts.dropped[reason] += 1
+            continue
+        xmin, ymin, xmax, ymax = box
+        width, height = image_sizes[image]
+        if xmax <= 0 or ymax <= 0 or xmin >= width or ymin >= height:
+            bad.report("outside_image", str(path),
+                       f"feature {number}: box {box} lies outside the {width}x{height} image "
+                       f"{image}")
+            continue
+        counts.kept += 1
+        yield XviewObject(image, number, CLASS_NAMES[type_id],
+                          [xmin, ymin, xmax, ymin, xmax, ymax, xmin, ymax])

@@ -1,0 +1,182 @@
+"""The report's evaluation figures: per-class AP heat map, PR curves, sample detections.
+
+Each function reads the stage outputs it is given and writes one PNG; none reads anything else,
+so each runs as its own Snakemake job (or pod) with only its declared inputs.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import tarfile
+from pathlib import Path
+
+import numpy as np
+
+from nadir.errors import InputError
+from nadir.evaluation import NO_GROUND_TRUTH
+
+log = logging.getLogger(__name__)
+
+GROUND_TRUTH_COLOUR = "#00c853"  # green
+PREDICTION_COLOUR = "#ff00c8"  # magenta: apart from green on imagery and for most colour vision
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def class_ap_matrix(metrics: list[dict]) -> tuple[list[str], np.ndarray]:
+    """(class names, models x classes AP); NaN marks a class without ground truth."""
+    classes = [c["name"] for c in metrics[0]["per_class"]]
+    matrix = np.full((len(metrics), len(classes)), np.nan)
+    for i, m in enumerate(metrics):
+        names = [c["name"] for c in m["per_class"]]
+        if names != classes:
+            raise ValueError(f"runs disagree on the classes: {names} vs {classes}")
+        for j, row in enumerate(m["per_class"]):
+            if row["status"] != NO_GROUND_TRUTH:
+                matrix[i, j] = row["AP"]
+    return classes, matrix
+
+
+def plot_class_heatmap(models: list[str], chip_metrics: list[dict], scene_metrics: list[dict],
+                       out_png: Path, title: str) -> None:
+    """Per-class AP of every model of one dataset, chips (left) and whole scenes (right)."""
+    plt = _pyplot()
+    panels = [("chip level", *class_ap_matrix(chip_metrics)),
+              ("scene level", *class_ap_matrix(scene_metrics))]
+    classes = panels[0][1]
+    width = 1.0 + 0.75 * len(classes)
+    fig, axes = plt.subplots(1, 2, figsize=(2.5 + 2 * width, 1.8 + 0.45 * len(models)),
+                             sharey=True, squeeze=False, layout="constrained")
+    cmap = plt.get_cmap("viridis").with_extremes(bad="#d0d0d0")
+    for ax, (level, _, matrix) in zip(axes[0], panels, strict=True):
+        image = ax.imshow(np.ma.masked_invalid(matrix), cmap=cmap, vmin=0, vmax=1,
+                          aspect="auto")
+        for (i, j), value in np.ndenumerate(matrix):
+            text = "no GT" if np.isnan(value) else f"{value:.2f}"
+            ax.text(j, i, text, ha="center", va="center", fontsize=7,
+                    color="black" if np.isnan(value) or value > 0.6 else "white")
+        ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right", fontsize=7)
+        ax.set_title(f"AP per class, {level}", fontsize=9)
+    axes[0][0].set_yticks(range(len(models)), models, fontsize=7)
+    axes[0][1].tick_params(labelleft=False)
+    fig.colorbar(image, ax=axes[0].tolist(), fraction=0.05, label="AP (IoU 0.5:0.95)")
+    fig.suptitle(title, fontsize=10)
+    fig.savefig(out_png, dpi=90)
+    plt.close(fig)
+
+
+def plot_pr_curves(chip: dict, scene: dict, out_png: Path, title: str) -> None:
+    """Precision against recall per class, on chips (left) and whole scenes (right)."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    for ax, (level, result) in zip(axes, [("chip level", chip), ("scene level", scene)],
+                                   strict=True):
+        curve = result["pr_curve"]
+        ap50 = {c["name"]: c["AP50"] for c in result["per_class"]}
+        for name, precision in curve["precision"].items():
+            if precision is None:
+                ax.plot([], [], linestyle="none", label=f"{name}: no ground truth")
+                continue
+            ax.plot(curve["recall"], precision, label=f"{name}: AP50 {ap50[name]:.3f}")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.02)
+        ax.set_xlabel("recall")
+        ax.set_title(f"{level}, IoU {curve['iou']}", fontsize=9)
+        ax.legend(fontsize=7, loc="lower left")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("precision")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=90)
+    plt.close(fig)
+
+
+def _spread(items: list, count: int) -> list:
+    """`count` items evenly spaced over the list (all of them if it is shorter)."""
+    if len(items) <= count:
+        return list(items)
+    return [items[i] for i in np.linspace(0, len(items) - 1, count).round().astype(int)]
+
+
+def pick_sample_chips(coco: dict, count: int) -> list[dict]:
+    """`count` val chips spread evenly over the split, chips with objects first (empty ones
+    only fill up): the same chips for every model of a dataset, so grids compare."""
+    with_objects = {a["image_id"] for a in coco["annotations"]}
+    chosen = _spread([im for im in coco["images"] if im["id"] in with_objects], count)
+    return chosen + _spread([im for im in coco["images"] if im["id"] not in with_objects],
+                            count - len(chosen))
+
+
+def read_chips(shards: list[Path], images: list[dict]) -> list[np.ndarray]:
+    """The chips' pixels, read from their shards (each opened once, never unpacked)."""
+    from PIL import Image
+
+    pixels: dict[int, np.ndarray] = {}
+    for shard in sorted({im["shard"] for im in images}):
+        if not 0 <= shard < len(shards):
+            raise InputError(shards[0] if shards else "shards", f"chips are listed in shard "
+                             f"{shard}, but {len(shards)} shard(s) were given")
+        with tarfile.open(shards[shard]) as tar:
+            for image in (im for im in images if im["shard"] == shard):
+                try:
+                    member = tar.extractfile(image["file_name"])
+                except KeyError:
+                    raise InputError(shards[shard], f"chip {image['file_name']} is not in "
+                                     "this shard; rerun the chip stage") from None
+                pixels[image["id"]] = np.asarray(
+                    Image.open(io.BytesIO(member.read())).convert("RGB"))
+    return [pixels[im["id"]] for im in images]
+
+
+def plot_detection_grid(coco_json: Path, predictions: list[dict], shards: list[Path],
+                        out_png: Path, title: str, count: int, min_score: float) -> None:
+    """Sample val chips with ground truth (green) and predictions above `min_score` (magenta)."""
+    from matplotlib.patches import Rectangle
+
+    plt = _pyplot()
+    coco = json.loads(Path(coco_json).read_text())
+    chips = pick_sample_chips(coco, count)
+    if not chips:
+        raise InputError(coco_json, "the val split has no chips to draw")
+    names = {c["id"]: c["name"] for c in coco["categories"]}
+    columns = int(np.ceil(np.sqrt(len(chips))))
+    rows = int(np.ceil(len(chips) / columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3 * rows + 0.6),
+                             squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    drawn = {"truth": 0, "predictions": 0}
+    for ax, image, pixels in zip(axes.flat, chips, read_chips(shards, chips), strict=False):
+        ax.imshow(pixels)
+        truth = [a for a in coco["annotations"] if a["image_id"] == image["id"]]
+        shown = [p for p in predictions
+                 if p["image_id"] == image["id"] and p["score"] >= min_score]
+        for boxes, colour, style in ((truth, GROUND_TRUTH_COLOUR, "-"),
+                                     (shown, PREDICTION_COLOUR, "--")):
+            for b in boxes:
+                x, y, w, h = b["bbox"]
+                ax.add_patch(Rectangle((x, y), w, h, fill=False, edgecolor=colour,
+                                       linestyle=style, linewidth=1.2))
+        for p in shown:
+            ax.text(p["bbox"][0], p["bbox"][1] - 1, f"{names[p['category_id']]} "
+                    f"{p['score']:.2f}", color=PREDICTION_COLOUR, fontsize=5)
+        drawn["truth"] += len(truth)
+        drawn["predictions"] += len(shown)
+        ax.set_title(f"{image['scene']} at ({image['x']}, {image['y']}): {len(truth)} GT, "
+                     f"{len(shown)} pred", fontsize=7)
+    log.info("drew %d val chips: %d ground-truth boxes, %d predictions with score >= %s",
+             len(chips), drawn["truth"], drawn["predictions"], min_score)
+    fig.suptitle(f"{title}\nground truth: green, solid; predictions with score >= "
+                 f"{min_score}: magenta, dashed", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=90)
+    plt.close(fig)

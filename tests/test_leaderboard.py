@@ -1,0 +1,120 @@
+"""Leaderboard and cost table from hand-built runs and Snakemake benchmark files."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+
+from nadir.cli import main
+from nadir.costs import JobCost, cost_table, read_benchmark, recorded_gpus
+from nadir.errors import InputError
+from nadir.report import RunResult, leaderboard_rows, write_leaderboard
+
+HEADER = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+
+
+def benchmark(tmp_path, name: str, seconds: float, rss="812.5", cpu="1700.25") -> str:
+    """A benchmark file as Snakemake 9 writes it (NA where it took no sample)."""
+    path = tmp_path / name
+    path.write_text(HEADER + f"{seconds}\t0:30:00\t{rss}\t900.1\t700.0\t710.0\t1.2\t3.4\t"
+                    f"95.0\t{cpu}\n")
+    return str(path)
+
+
+def test_benchmark_record_and_gpu_hours(tmp_path):
+    job = read_benchmark(benchmark(tmp_path, "t.tsv", 1800), "train", gpus=1)
+    assert (job.wall_seconds, job.cpu_seconds, job.peak_memory_mb) == (1800, 1700.25, 812.5)
+    assert job.gpu_hours == 0.5
+
+
+def test_gpus_come_from_the_device_the_job_recorded():
+    assert recorded_gpus({"training": {"device": "cuda:0"}}, "run.json") == 1
+    assert recorded_gpus({"device": "cpu"}, "metrics.json") == 0
+    with pytest.raises(InputError, match=r"metrics\.json: no 'device'"):
+        recorded_gpus({"metrics": {}}, "metrics.json")
+
+
+def test_a_job_faster_than_the_first_sample_is_not_measured_rather_than_zero(tmp_path):
+    job = read_benchmark(benchmark(tmp_path, "q.tsv", 0.4, rss="NA", cpu="NA"), "coco")
+    assert (job.wall_seconds, job.cpu_seconds, job.peak_memory_mb) == (0.4, None, None)
+
+
+def test_a_file_that_is_not_a_benchmark_is_an_input_error(tmp_path):
+    path = tmp_path / "bad.tsv"
+    path.write_text("hello\tworld\n1\t2\n")
+    with pytest.raises(InputError, match=r"bad\.tsv: expected a Snakemake benchmark file"):
+        read_benchmark(path, "coco")
+    path.write_text(HEADER + "12\t0:00:12\tlots\t1\t1\t1\t1\t1\t1\t1\n")
+    with pytest.raises(InputError, match=r"bad\.tsv, line 2: column 'max_rss'"):
+        read_benchmark(path, "coco")
+
+
+def test_cost_table_sums_per_rule_and_in_total():
+    jobs = [JobCost("chip", 10, 18, 300), JobCost("chip", 20, 36, 500),
+            JobCost("coco", 0.3, None, None), JobCost("train", 7200, 3600, 4000, gpus=1)]
+    rows = {r["rule"]: r for r in cost_table(jobs)}
+    assert rows["chip"] == {"rule": "chip", "jobs": 2, "wall_seconds": 30, "cpu_hours": 0.015,
+                            "gpu_hours": 0.0, "peak_memory_mb": 500, "unmeasured_jobs": 0}
+    assert rows["coco"]["cpu_hours"] is None and rows["coco"]["unmeasured_jobs"] == 1
+    assert rows["train"]["gpu_hours"] == 2.0
+    assert rows["total"] == {"rule": "total", "jobs": 4, "wall_seconds": 7230.3,
+                             "cpu_hours": 1.015, "gpu_hours": 2.0, "peak_memory_mb": 4000,
+                             "unmeasured_jobs": 1}
+
+
+def scores(ap: float) -> dict:
+    metrics = {m: ap for m in ("AP", "AP50", "AP75", "AP_small", "AP_medium", "ARmax")}
+    return {"metrics": {**metrics, "AP_large": -1.0}, "images": 18}
+
+
+def result(dataset: str, model: str, chip_ap: float, scene_ap: float, device="cuda") -> RunResult:
+    run = {"dataset": dataset, "model": model,
+           "training": {"iterations": 1500, "seconds": 3000.0, "device": device, "chips": 400}}
+    jobs = [JobCost("train", 3600, 3000, 2048, gpus=1 if device == "cuda" else 0),
+            JobCost("evaluate", 360, 300, 1024, gpus=1 if device == "cuda" else 0),
+            JobCost("evaluate_scenes", 36, 30, None)]
+    return RunResult(run, scores(chip_ap), {**scores(scene_ap), "images": 3}, jobs)
+
+
+def test_ranks_per_dataset_by_scene_ap_with_the_chip_rank_beside_it():
+    rows = leaderboard_rows([
+        result("dota", "fcos", chip_ap=0.6, scene_ap=0.40),
+        result("dota", "ssdlite", chip_ap=0.5, scene_ap=0.45),
+        result("xview", "fcos", chip_ap=0.2, scene_ap=0.1, device="cpu"),
+    ])
+    assert [(r["dataset"], r["model"], r["rank"], r["chip_rank"]) for r in rows] == [
+        ("dota", "ssdlite", 1, 2), ("dota", "fcos", 2, 1), ("xview", "fcos", 1, 1)]
+    dota = rows[0]
+    assert (dota["wall_seconds"], dota["gpu_hours"], dota["peak_memory_mb"]) == (3996, 1.1, 2048)
+    assert (dota["iterations"], dota["val_chips"], dota["val_scenes"]) == (1500, 18, 3)
+    assert rows[2]["gpu_hours"] == 0.0
+
+
+def test_leaderboard_files(tmp_path):
+    results = [result("dota", "fcos", 0.6, 0.4), result("dota", "ssdlite", 0.5, 0.45)]
+    write_leaderboard(results, tmp_path / "l.csv", tmp_path / "l.md", tmp_path / "l.html")
+    with open(tmp_path / "l.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [(r["model"], r["rank"], r["scene_AP"], r["AP"]) for r in rows] == [
+        ("ssdlite", "1", "0.45", "0.5"), ("fcos", "2", "0.4", "0.6")]
+    markdown = (tmp_path / "l.md").read_text().splitlines()
+    assert markdown[0] == "### dota"
+    assert markdown[2].startswith("| rank | model | scene AP | scene AP50 | chip AP |")
+    assert markdown[4] == ("| 1 | ssdlite | 0.45 | 0.45 | 0.5 | 0.5 | 1500 | 3996 | 1.1 "
+                           "| 2048 |")
+    page = (tmp_path / "l.html").read_text()
+    assert "<h2>dota</h2>" in page and "http" not in page  # self-contained
+
+
+def test_summary_prints_the_leaderboard_and_total_cost(tmp_path, capsys):
+    (tmp_path / "l.md").write_text("### dota\n\n| rank | model |\n")
+    (tmp_path / "cost.csv").write_text(
+        "rule,jobs,wall_seconds,cpu_hours,gpu_hours,peak_memory_mb,unmeasured_jobs\n"
+        "train,1,3600,1.0,1.0,2048,0\ntotal,1,3600,1.0,1.0,2048,0\n")
+    assert main(["summary", "--leaderboard", str(tmp_path / "l.md"), "--cost",
+                 str(tmp_path / "cost.csv"), "--out", str(tmp_path / "summary.txt")]) == 0
+    printed = capsys.readouterr().out
+    assert "| rank | model |" in printed
+    assert "1 jobs, 3600 s wall-clock, 1.0 CPU-hours, 1.0 GPU-hours" in printed
+    assert (tmp_path / "summary.txt").read_text() in printed

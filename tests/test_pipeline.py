@@ -1,0 +1,116 @@
+"""The whole sample pipeline on local files: outputs, the report, and what reruns after an edit."""
+
+import csv
+import json
+import shutil
+
+import pytest
+import yaml
+from conftest import ROOT, planned_jobs, run_snakemake
+
+TEST_CONFIG = yaml.safe_load((ROOT / "config" / "test.yaml").read_text())
+MODEL = "ssdlite320_mobilenet_v3_large"
+# The jobs of one (dataset, model) run, and the summary jobs that gather every run.
+RUN_JOBS = ["train", "evaluate", "evaluate_scenes", "loss_curve", "plot_pr", "plot_detections"]
+SUMMARY_JOBS = ["plot_class_ap", "leaderboard", "cost", "summary", "all"]
+
+
+def write_config(path, edit=None):
+    config = json.loads(json.dumps(TEST_CONFIG))
+    if edit:
+        edit(config)
+    path.write_text(yaml.safe_dump(config))
+    return ["--configfile", str(path), "--replace-workflow-config"]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """One complete tiny run shared by the tests below (they only read it or dry-run on it)."""
+    workdir = tmp_path_factory.mktemp("pipeline")
+    args = write_config(workdir / "config.yaml")
+    run_snakemake(workdir, *args)
+    return workdir, args
+
+
+def test_run_produces_leaderboard_and_per_run_files(finished_run):
+    workdir, _ = finished_run
+    with open(workdir / "results" / "leaderboard.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [(r["dataset"], r["model"], r["rank"]) for r in rows] == [("sample", MODEL, "1")]
+    assert 0.0 <= float(rows[0]["AP50"]) <= 1.0
+    assert int(rows[0]["iterations"]) == TEST_CONFIG["training"]["iterations"]
+    run_dir = workdir / "results" / "sample" / "models" / MODEL
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert set(metrics["metrics"]) >= {"AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large"}
+    assert metrics["images"] > 0 and metrics["objects"] > 0
+    run = json.loads((run_dir / "run.json").read_text())
+    assert run["hyperparameters"]["lr"] == 0.001
+    assert run["versions"]["torch"]
+    history = json.loads((run_dir / "train_log.json").read_text())
+    assert [h["iteration"] for h in history] == [2, 4]
+    assert (run_dir / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    manifest = json.loads((workdir / "results/sample/chips/manifest.json").read_text())
+    assert manifest["params"]["size"] == TEST_CONFIG["chipping"]["size"]
+    assert manifest["shards"] == TEST_CONFIG["chipping"]["shards"]
+    assert manifest["totals"]["objects_truncated"] > 0
+
+
+def test_report_holds_leaderboard_and_loss_curve(finished_run):
+    workdir, args = finished_run
+    run_snakemake(workdir, *args, "--report", str(workdir / "report.html"))
+    html = (workdir / "report.html").read_text(errors="replace")
+    assert "leaderboard.html" in html
+    assert "loss.png" in html
+    assert "Training curves" in html
+
+
+def test_second_run_does_nothing(finished_run):
+    workdir, args = finished_run
+    assert planned_jobs(run_snakemake(workdir, *args, "--dry-run")) == {}
+
+
+def test_learning_rate_edit_reruns_only_that_model(finished_run, tmp_path):
+    workdir, _ = finished_run
+    args = write_config(tmp_path / "lr.yaml",
+                        lambda c: c["models"].update({MODEL: {"lr": 0.0005}}))
+    jobs = planned_jobs(run_snakemake(workdir, *args, "--dry-run"))
+    assert jobs == dict.fromkeys(RUN_JOBS + SUMMARY_JOBS, 1)
+
+
+def test_second_model_adds_only_its_jobs(finished_run, tmp_path):
+    workdir, _ = finished_run
+    args = write_config(tmp_path / "two.yaml",
+                        lambda c: c["models"].update({"fcos_resnet18_fpn": {}}))
+    proc = run_snakemake(workdir, *args, "--dry-run")
+    out = proc.stdout
+    assert planned_jobs(proc) == dict.fromkeys(RUN_JOBS + SUMMARY_JOBS, 1)
+    missing = [line for line in out.splitlines() if "Missing output files" in line]
+    assert any("models/fcos_resnet18_fpn/model.pt" in line for line in missing)
+    assert not any(f"models/{MODEL}/" in line for line in missing)
+
+
+def test_bad_label_line_fails_with_file_and_line_and_keeps_results(finished_run, tmp_path):
+    workdir = tmp_path / "copy"
+    shutil.copytree(finished_run[0], workdir, symlinks=True)
+    args = write_config(tmp_path / "config.yaml")
+    label = workdir / "raw" / "sample" / "train" / "labelTxt" / "T0001.txt"
+    lines = label.read_text().splitlines()
+    lines[3] = "1 2 3 4 5 6 7 plane 0"
+    label.write_text("\n".join(lines) + "\n")
+    leaderboard = (workdir / "results" / "leaderboard.csv").read_text()
+    proc = run_snakemake(workdir, *args, check=False)
+    assert proc.returncode != 0
+    log = (workdir / "logs" / "sample" / "index.log").read_text()
+    assert "T0001.txt, line 4: expected x1 y1 x2 y2 x3 y3 x4 y4" in log
+    assert "got 7 numbers" in log
+    assert (workdir / "results" / "leaderboard.csv").read_text() == leaderboard
+    assert (workdir / "results" / "sample" / "models" / MODEL / "model.pt").exists()
+
+
+def test_malformed_config_stops_before_any_job(finished_run, tmp_path):
+    workdir, _ = finished_run
+    args = write_config(tmp_path / "bad.yaml", lambda c: c["training"].update(lrr=1))
+    proc = run_snakemake(workdir, *args, check=False)
+    assert proc.returncode != 0
+    assert "config key training: unknown key(s) ['lrr']" in proc.stderr
+    assert "Job stats" not in proc.stdout + proc.stderr

@@ -1,0 +1,134 @@
+"""The tiny sample pipeline, then `snakemake --report`: every figure, entry and category."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import json
+import re
+
+import pytest
+from conftest import ROOT, planned_jobs, run_snakemake
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+RUN = "results/sample/models/ssdlite320_mobilenet_v3_large"
+# category -> subcategory -> files, as the report must list them.
+EXPECTED_CATEGORIES = {
+    "Leaderboard": {"Other": ["results/leaderboard.html"]},
+    "Cost": {"Other": ["results/cost.html"]},
+    "Per-class AP": {"sample": ["results/sample/class_ap.png"]},
+    "Precision-recall curves": {"sample": [f"{RUN}/pr.png"]},
+    "Sample detections": {"sample": [f"{RUN}/detections.png"]},
+    "Training curves": {"sample": [f"{RUN}/loss.png"]},
+}
+
+
+def embedded_json(page: str, name: str):
+    """The JSON the report embeds as `var <name> = ...;` in <script id="<name>">."""
+    script = re.search(rf'<script id="{name}">\s*var {name} = (.*?);\s*</script>', page, re.S)
+    assert script, f"the report has no {name} block"
+    return json.loads(script.group(1))
+
+
+def data(entry: dict) -> bytes:
+    """The bytes of a report entry, from its data URI."""
+    return base64.b64decode(entry["data_uri"].split("base64,", 1)[1])
+
+
+def check_report(page: str, staged: str = "") -> None:
+    """Every expected entry in its category with a caption, a PNG per figure type, the rule
+    graph, and nothing loaded from the network. With remote storage the report names each
+    file by its local copy, `staged` + path."""
+    categories = {name: {sub: sorted(f.removeprefix(staged) for f in files)
+                         for sub, files in subs.items()}
+                  for name, subs in embedded_json(page, "categories").items()}
+    for name, subs in EXPECTED_CATEGORIES.items():
+        assert categories.get(name) == subs, name
+    results = {path.removeprefix(staged): entry
+               for path, entry in embedded_json(page, "results").items()}
+    for subs in EXPECTED_CATEGORIES.values():
+        for files in subs.values():
+            for path in files:
+                entry = results[path]
+                assert entry["caption"].strip(), f"{path} has no caption"
+                if path.endswith(".png"):
+                    assert entry["data_uri"].startswith("data:image/png")
+                    assert data(entry).startswith(PNG_MAGIC)
+    assert results[f"{RUN}/pr.png"]["labels"] == {"dataset": "sample",
+                                                  "model": "ssdlite320_mobilenet_v3_large"}
+    rule_graph = page[page.index('<script id="rulegraph">'):]
+    assert "evaluate_scenes" in rule_graph[:20000] and "plot_class_ap" in rule_graph[:20000]
+
+    # Offline: scripts and styles are inline, nothing is fetched, and the tables nadir wrote
+    # link to nothing either.
+    assert not re.search(r"<script[^>]+src=", page)
+    assert not re.search(r"<link[^>]+href=[\"']?https?:", page)
+    assert not re.search(r"@import|url\([\"']?https?:", page)
+    for table in ("results/leaderboard.html", "results/cost.html"):
+        assert b"http" not in data(results[table])
+
+
+def check_printed_leaderboard(stdout: str) -> None:
+    """The summary job prints the leaderboard in the terminal after every other job."""
+    assert "== nadir leaderboard ==" in stdout
+    assert "| 1 | ssdlite320_mobilenet_v3_large |" in stdout
+
+
+@pytest.mark.slow
+def test_sample_pipeline_report_has_every_figure_and_opens_offline(tmp_path):
+    config = ("--configfile", str(ROOT / "config/test.yaml"), "--replace-workflow-config")
+    check_printed_leaderboard(run_snakemake(tmp_path, *config).stdout)
+    run_snakemake(tmp_path, *config, "--report", "report.html")
+    check_report((tmp_path / "report.html").read_text())
+    for subs in EXPECTED_CATEGORIES.values():
+        for path in (p for files in subs.values() for p in files if p.endswith(".png")):
+            assert (tmp_path / path).read_bytes().startswith(PNG_MAGIC)
+
+    # Every job left a benchmark; the cost table counts all but its own and the summary's.
+    with open(tmp_path / "results/cost.csv", newline="") as fh:
+        cost = {row["rule"]: row for row in csv.DictReader(fh)}
+    benchmarks = {p.relative_to(tmp_path / "results/benchmarks").as_posix()
+                  for p in (tmp_path / "results/benchmarks").rglob("*.tsv")}
+    assert {"cost.tsv", "summary.tsv", "sample/evaluate_scenes-ssdlite320_mobilenet_v3_large.tsv",
+            "sample/generate_sample.tsv"} <= benchmarks
+    assert int(cost["total"]["jobs"]) == len(benchmarks) - 2 == 14
+    assert cost["train"]["jobs"] == "1" and cost["chip"]["jobs"] == "2"
+    with open(tmp_path / "results/leaderboard.csv", newline="") as fh:
+        (row,) = list(csv.DictReader(fh))
+    assert row["rank"] == "1" and float(row["wall_seconds"]) > 0 and row["device"] == "cpu"
+    scene = json.loads((tmp_path / RUN / "scene_metrics.json").read_text())
+    assert scene["level"] == "scene" and scene["images"] == 2  # config/test.yaml: 2 val scenes
+
+    # A scene-level setting reruns the scene scoring and what reads it, never the model.
+    edited = tmp_path / "edited.yaml"
+    edited.write_text((ROOT / "config/test.yaml").read_text()
+                      + "evaluation:\n  scene_nms_iou: 0.5\n")
+    dry = run_snakemake(tmp_path, "--configfile", str(edited), "--replace-workflow-config", "-n")
+    assert planned_jobs(dry.stdout) == {
+        "evaluate_scenes": 1, "plot_pr": 1, "plot_class_ap": 1, "leaderboard": 1, "cost": 1,
+        "summary": 1, "all": 1}
+
+
+@pytest.mark.slow
+def test_sample_pipeline_and_report_on_s3_storage(tmp_path, s3):
+    """Every new rule sees only its staged inputs; the cost table reads benchmarks from the
+    bucket; the local summary rule prints in the terminal; the keys leak nowhere."""
+    args = ("--configfile", str(ROOT / "config/test.yaml"), "--replace-workflow-config",
+            "--default-storage-provider", "s3", "--default-storage-prefix",
+            "s3://nadir-report/run", "--storage-s3-endpoint-url", s3.endpoint)
+    run = run_snakemake(tmp_path, *args, env=s3.env())
+    check_printed_leaderboard(run.stdout)
+    report = run_snakemake(tmp_path, *args, "--report", "report.html", env=s3.env())
+    page = (tmp_path / "report.html").read_text()
+    check_report(page, staged=".snakemake/storage/s3/nadir-report/run/")
+    bucket = s3.client()
+    cost = bucket.get_object(Bucket="nadir-report", Key="run/results/cost.csv")
+    rows = {r["rule"]: r for r in csv.DictReader(cost["Body"].read().decode().splitlines())}
+    assert rows["total"]["jobs"] == "14"
+    keys = [o["Key"] for o in bucket.list_objects_v2(Bucket="nadir-report")["Contents"]]
+    assert "run/results/benchmarks/sample/evaluate_scenes-ssdlite320_mobilenet_v3_large.tsv" \
+        in keys
+    logs = "".join(bucket.get_object(Bucket="nadir-report", Key=k)["Body"].read().decode()
+                   for k in keys if k.startswith("run/logs/"))
+    for text in (run.stdout, run.stderr, report.stdout, report.stderr, page, logs):
+        assert s3.secret_key not in text

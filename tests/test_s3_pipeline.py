@@ -1,0 +1,79 @@
+"""The sample pipeline with S3 as the default storage, on a real SeaweedFS server."""
+
+import pytest
+from conftest import ROOT, planned_jobs, run_snakemake
+
+MODEL = "ssdlite320_mobilenet_v3_large"
+BUCKET = "nadir-e2e"
+
+
+def s3_args(s3, prefix):
+    return ["--configfile", str(ROOT / "config" / "test.yaml"), "--replace-workflow-config",
+            "--default-storage-provider", "s3",
+            "--default-storage-prefix", f"s3://{BUCKET}/{prefix}",
+            "--storage-s3-endpoint-url", s3.endpoint]
+
+
+def keys(s3, prefix):
+    pages = s3.client().get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
+    return {obj["Key"][len(prefix) + 1:] for page in pages for obj in page.get("Contents", [])}
+
+
+@pytest.fixture(scope="module")
+def s3_run(s3, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("s3run")
+    args = s3_args(s3, "run1")
+    proc = run_snakemake(workdir, *args, env=s3.env())
+    return workdir, args, proc
+
+
+def test_every_output_lands_in_the_bucket(s3, s3_run):
+    stored = keys(s3, "run1")
+    for path in ["results/leaderboard.csv", "results/leaderboard.html",
+                 f"results/sample/models/{MODEL}/model.pt",
+                 f"results/sample/models/{MODEL}/metrics.json",
+                 "results/sample/chips/shard-000.tar", "results/sample/chips/manifest.json",
+                 "results/sample/coco/val.json", "raw/sample/train/images/T0000.tif",
+                 "raw/sample/val/labelTxt/V0000.txt", "logs/sample/index.log"]:
+        assert path in stored, f"{path} missing from the bucket; it holds {sorted(stored)}"
+
+
+def test_rerun_is_a_no_op(s3, s3_run):
+    workdir, args, _ = s3_run
+    assert planned_jobs(run_snakemake(workdir, *args, "--dry-run", env=s3.env())) == {}
+
+
+def test_deleted_remote_output_reruns_only_its_dependants_from_an_empty_directory(
+        s3, s3_run, tmp_path):
+    _, args, _ = s3_run
+    metrics = f"results/sample/models/{MODEL}/metrics.json"
+    s3.client().delete_object(Bucket=BUCKET, Key=f"run1/{metrics}")
+    # A fresh, empty working directory: the jobs see nothing but the bucket.
+    proc = run_snakemake(tmp_path, *args, env=s3.env())
+    # evaluate rewrites predictions.json too, so everything reading the predictions reruns.
+    assert planned_jobs(proc) == dict.fromkeys(
+        ["evaluate", "evaluate_scenes", "plot_pr", "plot_detections", "plot_class_ap",
+         "leaderboard", "cost", "summary", "all"], 1)
+    assert f"results/sample/models/{MODEL}/metrics.json" in keys(s3, "run1")
+
+
+def test_credentials_never_reach_logs_or_outputs(s3, s3_run):
+    workdir, _, proc = s3_run
+    texts = [proc.stdout, proc.stderr]
+    texts += [p.read_text(errors="replace") for p in (workdir / ".snakemake" / "log").glob("*")]
+    client = s3.client()
+    for key in keys(s3, "run1"):
+        if key.endswith((".log", ".json", ".csv", ".html")):
+            texts.append(client.get_object(Bucket=BUCKET, Key=f"run1/{key}")["Body"].read()
+                         .decode(errors="replace"))
+    assert len(texts) > 10
+    for text in texts:
+        assert s3.secret_key not in text
+        assert s3.access_key not in text
+
+
+def test_wrong_credentials_are_refused(s3, tmp_path):
+    env = {**s3.env(), "SNAKEMAKE_STORAGE_S3_SECRET_KEY": "not-the-secret-key-at-all"}
+    proc = run_snakemake(tmp_path, *s3_args(s3, "refused"), "--dry-run", env=env, check=False)
+    assert proc.returncode != 0
+    assert "not-the-secret-key-at-all" not in proc.stdout + proc.stderr
