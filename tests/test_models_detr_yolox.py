@@ -142,6 +142,13 @@ def test_detr_loss_terms_add_up_to_the_transformers_loss():
     assert sum(terms.values()).item() == pytest.approx(expected.item(), rel=1e-5)
 
 
+def test_detr_trains_its_whole_backbone_from_scratch():
+    model = build_detector("deformable_detr_r50", 2, 64)
+    assert all(p.requires_grad for p in model.parameters())
+    assert not [m for m in model.modules() if "Frozen" in type(m).__name__]
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) == 53  # ResNet-50
+
+
 def test_yolox_sees_its_targets_as_class_centre_size_rows():
     from nadir.training.yolox_models import _yolox_targets
 

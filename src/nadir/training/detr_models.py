@@ -50,6 +50,24 @@ def build_config(architecture: str, num_classes: int):
     return DetrConfig(backbone_config=backbone, num_labels=num_classes, auxiliary_loss=True)
 
 
+def train_whole_backbone(detector: nn.Module) -> int:
+    """Make every backbone layer trainable, with BatchNorm that learns; return how many changed.
+
+    transformers sets DETR's ResNet up for ImageNet weights: frozen BatchNorm, and the stem and
+    first stage not trained. From random init that would leave those layers random forever, so
+    (as the detectron2 adapter does from scratch) every layer trains and BatchNorm is restored.
+    """
+    replaced = 0
+    for module in list(detector.modules()):
+        for name, child in list(module.named_children()):
+            if type(child).__name__.endswith("FrozenBatchNorm2d"):
+                setattr(module, name, nn.BatchNorm2d(child.weight.shape[0]))
+                replaced += 1
+    for parameter in detector.parameters():
+        parameter.requires_grad_(True)
+    return replaced
+
+
 class TransformersDetector(nn.Module):
     """A transformers DETR-family model behind torchvision's detection interface.
 
@@ -67,6 +85,7 @@ class TransformersDetector(nn.Module):
         model_class = DeformableDetrForObjectDetection if self.deformable \
             else DetrForObjectDetection
         self.detector = model_class(self.config)
+        train_whole_backbone(self.detector)
         self.register_buffer("mean", torch.tensor(MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(STD).view(1, 3, 1, 1), persistent=False)
         self.score_thresh = 0.05
