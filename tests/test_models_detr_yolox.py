@@ -211,9 +211,9 @@ def test_sample_pipeline_plans_one_model_of_each_new_family(tmp_path):
                         "yolov3": None}
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
-    out = run_snakemake(tmp_path / "work", "--configfile", str(path),
-                        "--replace-workflow-config", "-n", "-p").stdout
-    jobs = planned_jobs(out)
+    proc = run_snakemake(tmp_path / "work", "--configfile", str(path),
+                         "--replace-workflow-config", "-n", "-p")
+    jobs, out = planned_jobs(proc), proc.stdout + proc.stderr
     assert jobs["train"] == 5 and jobs["evaluate"] == 5 and jobs["fetch_weights"] == 1
     assert "--file yolox_s.pth --out weights/yolox_s.pth" in out
     assert "--pretrained-weights weights/yolox_s.pth" in out
