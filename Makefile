@@ -12,8 +12,10 @@ $(VENV)/.installed: envs/requirements.txt pyproject.toml
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $@
 
-$(VENV)/.installed-test: $(VENV)/.installed envs/test.txt
+$(VENV)/.installed-test: $(VENV)/.installed envs/test.txt envs/detectors.txt envs/yolox.txt
 	$(PY) -m pip install --quiet -r envs/test.txt
+	$(PY) -m pip install --quiet -r envs/detectors.txt
+	$(PY) -m pip install --quiet --no-build-isolation --no-deps -r envs/yolox.txt
 	touch $@
 
 install: $(VENV)/.installed

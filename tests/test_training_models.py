@@ -85,7 +85,7 @@ def test_catalogue_imports_without_torch():
 def test_catalogue_entries_are_complete():
     assert DEFAULT_MODEL in CATALOGUE
     for name, model in CATALOGUE.items():
-        assert model.backend in {"torchvision", "detectron2"}, name
+        assert model.backend in {"torchvision", "detectron2", "transformers", "yolox"}, name
         assert model.licence and model.description, name
         assert set(model.weights) <= set(PRETRAINED_KINDS) - {"none"}, name
         for source in model.weights.values():

@@ -69,6 +69,14 @@ def get_backend(name: str) -> Backend:
         from nadir.training.detectron2_backend import Detectron2Backend
 
         return Detectron2Backend()
+    if name == "transformers":
+        from nadir.training.loop_backends import TransformersBackend
+
+        return TransformersBackend()
+    if name == "yolox":
+        from nadir.training.loop_backends import YoloxBackend
+
+        return YoloxBackend()
     raise KeyError(f"unknown backend {name!r}")
 
 

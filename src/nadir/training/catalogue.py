@@ -35,8 +35,9 @@ class WeightSource:
 @dataclass(frozen=True)
 class ModelEntry:
     name: str
-    backend: str  # "torchvision" or "detectron2"
-    architecture: str  # torchvision: builder key; detectron2: model zoo config path
+    backend: str  # "torchvision", "detectron2", "transformers" or "yolox"
+    architecture: str  # torchvision: builder key; detectron2: model zoo config path;
+    # transformers / yolox: a key of detr_models.ARCHITECTURES / yolox_models.ARCHITECTURES
     description: str
     licence: str  # of the code; weights carry their own
     hyperparameters: dict = field(default_factory=dict)  # over `training`, under the user's
@@ -53,6 +54,14 @@ _D2_LICENCE = "Apache-2.0 (detectron2)"
 _TV_WEIGHTS = "torchvision weights: no licence stated; ImageNet/COCO terms apply"
 _D2_WEIGHTS = "CC BY-SA 3.0 (detectron2 model zoo)"
 _MAE_WEIGHTS = "CC BY-NC 4.0 (MAE release; non-commercial)"
+_HF_LICENCE = "Apache-2.0 (transformers)"
+_YOLOX_LICENCE = "Apache-2.0 (YOLOX)"
+# YOLOX publishes its COCO weights as release files of its Apache-2.0 repository, with no
+# separate licence and no checksum.
+_YOLOX = "https://github.com/Megvii-BaseDetection/YOLOX/releases/download/0.1.1rc0/"
+_YOLOX_WEIGHTS = "YOLOX release: no separate licence stated (code Apache-2.0); COCO terms apply"
+# DETR learns slowly and its transformer diverges at the shared 1e-3 from scratch.
+_DETR_HP = {"lr": 0.0001}
 
 
 def _tv(file_name: str, enum: str) -> WeightSource:
@@ -62,6 +71,10 @@ def _tv(file_name: str, enum: str) -> WeightSource:
 
 def _d2(path: str, licence: str = _D2_WEIGHTS) -> WeightSource:
     return WeightSource(_D2 + path, None, licence)
+
+
+def _yolox(file_name: str) -> WeightSource:
+    return WeightSource(_YOLOX + file_name, None, _YOLOX_WEIGHTS)
 
 
 _RESNET50 = _tv("resnet50-0676ba61.pth", "IMAGENET1K_V1")
@@ -128,6 +141,25 @@ CATALOGUE: dict[str, ModelEntry] = {e.name: e for e in [
                                         _MAE_WEIGHTS),
                         "coco": _d2("ViTDet/COCO/mask_rcnn_vitdet_b/f325346929/"
                                     "model_final_61ccd1.pkl")}),
+    ModelEntry("detr_r50", "transformers", "detr_resnet50", "DETR, ResNet-50 (transformers)",
+               _HF_LICENCE, hyperparameters=_DETR_HP),
+    ModelEntry("detr_r101", "transformers", "detr_resnet101", "DETR, ResNet-101 (transformers)",
+               _HF_LICENCE, hyperparameters=_DETR_HP),
+    ModelEntry("deformable_detr_r50", "transformers", "deformable_detr_resnet50",
+               "Deformable DETR, ResNet-50, single stage, no box refinement (transformers)",
+               _HF_LICENCE, hyperparameters=_DETR_HP),
+    ModelEntry("yolox_s", "yolox", "yolox_s", "YOLOX-s (yolox)", _YOLOX_LICENCE,
+               weights={"coco": _yolox("yolox_s.pth")}),
+    ModelEntry("yolox_m", "yolox", "yolox_m", "YOLOX-m (yolox)", _YOLOX_LICENCE,
+               weights={"coco": _yolox("yolox_m.pth")}),
+    ModelEntry("yolox_l", "yolox", "yolox_l", "YOLOX-l (yolox)", _YOLOX_LICENCE,
+               weights={"coco": _yolox("yolox_l.pth")}),
+    ModelEntry("yolox_x", "yolox", "yolox_x", "YOLOX-x (yolox)", _YOLOX_LICENCE,
+               weights={"coco": _yolox("yolox_x.pth")}),
+    ModelEntry("yolov3", "yolox", "yolov3_darknet53",
+               "YOLOv3: Darknet-53 + FPN with YOLOX's anchor-free decoupled head, not the "
+               "original anchor head (yolox)", _YOLOX_LICENCE,
+               weights={"coco": _yolox("yolox_darknet.pth")}),
 ]}
 
 DEFAULT_MODEL = "ssdlite320_mobilenet_v3_large"

@@ -23,7 +23,7 @@ import torch.distributed as dist
 from nadir.errors import NadirError
 from nadir.training.backend import TrainJob, base_resolved_config, fingerprint
 from nadir.training.data import SeededBatches, ShardChips, category_labels, collate
-from nadir.training.torchvision_models import build_model
+from nadir.training.detectors import build_detector
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +148,7 @@ def _loop(rank: int, job: TrainJob, world: int, device: torch.device) -> dict:
         raise NadirError(f"{job.train_json} holds no chips: check the split and chipping settings")
     size = dataset.images[0]["width"]
     num_classes = len(dataset.categories)
-    model = build_model(job.model, num_classes, size, hp["pretrained"], job.weights_file)
+    model = build_detector(job.model, num_classes, size, hp["pretrained"], job.weights_file)
     model.to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=hp["lr"], weight_decay=hp["weight_decay"])
@@ -270,7 +270,7 @@ def predict(weights: Path, coco_json: Path, shards: list[Path], hp: dict,
     torch.set_num_threads(max(1, threads))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     saved = torch.load(weights, map_location="cpu", weights_only=True)
-    model = build_model(saved["model"], saved["num_classes"], saved["image_size"])
+    model = build_detector(saved["model"], saved["num_classes"], saved["image_size"])
     model.load_state_dict(saved["state_dict"])
     model.to(device).eval()
     if hasattr(model, "score_thresh"):
