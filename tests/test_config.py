@@ -77,3 +77,14 @@ def test_config_reference_documents_every_key_and_is_current():
         assert key in text
     assert (ROOT / "config" / "README.md").read_text() == text, (
         "config/README.md is stale: run `python -m nadir config-reference > config/README.md`")
+
+
+def test_readme_model_table_lists_every_catalogue_model():
+    from conftest import ROOT
+
+    readme = (ROOT / "README.md").read_text()
+    table = readme[readme.index("## Models"):readme.index("## What has been verified")]
+    for name, entry in CATALOGUE.items():
+        row = next((line for line in table.splitlines() if line.startswith(f"| `{name}`")), None)
+        assert row is not None, f"README.md's model table lacks {name}"
+        assert entry.backend in row and entry.licence in row
