@@ -31,13 +31,22 @@ def dockerfile_arg(name: str) -> str:
     return match.group(1)
 
 
-def test_image_installs_the_requirements_file_and_no_other_pins():
-    copied = re.search(r"^COPY envs/requirements.txt (\S+)$", DOCKERFILE, re.M)
-    assert copied, "the image must COPY envs/requirements.txt"
-    assert re.search(rf"^RUN pip install --no-cache-dir -r {re.escape(copied.group(1))}$",
-                     DOCKERFILE, re.M)
-    # nothing pinned beside it: every version the image installs comes from that file
-    assert not re.search(r"pip install[^\n]*==", DOCKERFILE)
+ENV_FILES = ["requirements.txt", "detectors.txt", "detectron2.txt"]
+
+
+def test_image_installs_the_env_files_and_no_other_pins():
+    copied = re.search(r"^COPY ((?:envs/\S+ )+)(\S+)/$", DOCKERFILE, re.M)
+    assert copied, "the image must COPY the env files into one folder"
+    assert copied.group(1).split() == [f"envs/{name}" for name in ENV_FILES]
+    install = re.search(r"^RUN pip install --no-cache-dir ((?:-r \S+ ?(?:\\\n\s*)?)+)$",
+                        DOCKERFILE, re.M)
+    assert install, "the image must pip install the copied env files"
+    assert re.findall(r"-r (\S+)", install.group(1)) == [
+        f"{copied.group(2)}/{name}" for name in ENV_FILES]
+    # nothing pinned beside them: every version the image installs comes from those files
+    assert not re.search(r"pip (?:install|wheel)[^\n]*==", DOCKERFILE)
+    for name in ENV_FILES + ["yolox.txt"]:
+        pins(ROOT / "envs" / name)  # each line pinned with ==
 
 
 def test_base_image_torch_is_the_pinned_torch():
