@@ -12,7 +12,7 @@ rule evaluate:
     params:
         # Only what prediction uses: the scene-level settings never rerun the model.
         hp=as_json({k: config["evaluation"][k] for k in CHIP_EVALUATION_KEYS}),
-    threads: workflow.cores
+    threads: 8  # capped at --cores on a laptop; profiles set their own
     log:
         "logs/{dataset}/evaluate-{model}.log",
     benchmark:

@@ -81,7 +81,7 @@ rule train:
         pretrained=lambda w, input: (
             f"--pretrained-weights {input.pretrained}" if input.pretrained else ""
         ),
-    threads: workflow.cores
+    threads: 8  # capped at --cores on a laptop; profiles set their own
     log:
         "logs/{dataset}/train-{model}.log",
     benchmark:
