@@ -147,14 +147,19 @@ def code_version() -> dict:
     return version
 
 
-def package_versions() -> dict:
-    versions = {"python": platform.python_version()}
-    for name in PACKAGES:
+def installed_versions(names: list[str]) -> dict:
+    """Installed version of each distribution, None where it is not installed."""
+    versions = {}
+    for name in names:
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = None
     return versions
+
+
+def package_versions() -> dict:
+    return {"python": platform.python_version(), **installed_versions(PACKAGES)}
 
 
 def base_resolved_config(job: TrainJob) -> dict:

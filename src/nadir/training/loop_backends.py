@@ -8,20 +8,8 @@ here only names itself and records its library's version in the resolved config.
 
 from __future__ import annotations
 
-from importlib import metadata
-
-from nadir.training.backend import TrainJob
+from nadir.training.backend import TrainJob, installed_versions
 from nadir.training.torchvision_backend import TorchvisionBackend
-
-
-def _versions(packages: list[str]) -> dict:
-    found = {}
-    for package in packages:
-        try:
-            found[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            found[package] = None
-    return found
 
 
 class TransformersBackend(TorchvisionBackend):
@@ -31,7 +19,7 @@ class TransformersBackend(TorchvisionBackend):
         from nadir.training.catalogue import entry
 
         config = super().resolved_config(job)
-        config["versions"] |= _versions(["transformers", "scipy"])
+        config["versions"] |= installed_versions(["transformers", "scipy"])
         config["transformers"] = {"architecture": entry(job.model).architecture,
                                   "init": "random, transformers ResNet backbone (no download)"}
         return config
@@ -44,6 +32,6 @@ class YoloxBackend(TorchvisionBackend):
         from nadir.training.catalogue import entry
 
         config = super().resolved_config(job)
-        config["versions"] |= _versions(["yolox"])
+        config["versions"] |= installed_versions(["yolox"])
         config["yolox"] = {"architecture": entry(job.model).architecture}
         return config
