@@ -43,7 +43,7 @@ wildcard_constraints:
 
 
 def sample_spec(dataset):
-    return SampleSpec(**{k: config["datasets"][dataset][k] for k in SAMPLE_KEYS})
+    return SampleSpec(**dataset_keys(dataset, SAMPLE_KEYS))
 
 
 def scenes(dataset):

@@ -11,7 +11,7 @@ for _dataset in DATASETS:
             images=[raw_image(_dataset, sp, sc) for sp, sc in scenes(_dataset)],
             labels=[raw_label(_dataset, sp, sc) for sp, sc in scenes(_dataset)],
         params:
-            spec=as_json({k: config["datasets"][_dataset][k] for k in SAMPLE_KEYS}),
+            spec=as_json(dataset_keys(_dataset, SAMPLE_KEYS)),
         log:
             f"logs/{_dataset}/generate_sample.log",
         benchmark:
