@@ -4,13 +4,16 @@ training loop against a bare loop over the same model and data, in one script.
     python bench/train_gpu.py                       # GPU when there is one, else a small CPU run
     python bench/train_gpu.py --models ssdlite320_mobilenet_v3_large --iterations 50 --size 512
 
-The bare loop is what anyone would write: the same chips, batch size, model and AdamW, forward,
-backward, step; nothing else. nadir's loop adds the scheduler, gradient clipping, loss logging,
-seeded batches and (here, unless --checkpoint-every is set) no checkpoints. Both are timed from
-their first step (included) to their last, with the GPU synchronised at the end; an untimed
-two-step bare run per model warms the process first (CUDA context, allocator, cuDNN).
+The bare loop is what anyone would write: the same chips, batch size, model, AdamW and loader
+worker count; forward, backward, step; nothing else. nadir's loop adds the scheduler, gradient
+clipping, loss logging, seeded batches and (here, unless --checkpoint-every is set) no
+checkpoints. Both are timed from their first step (included) to their last, with the GPU
+synchronised at the end; an untimed two-step bare run per model warms the process first (CUDA
+context, allocator, cuDNN).
 Ratio = nadir / bare (target at least 0.95). AMP applies on GPUs only; on the CPU that column
 says n/a. detectron2 rows give nadir's adapter throughput only (no bare loop is written for it).
+A model that fails prints its error and the script goes on; --json is rewritten after each row,
+so a run stopped at a time limit keeps the rows it finished.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import statistics
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,11 +39,16 @@ from nadir.training.backend import TrainJob, get_backend  # noqa: E402
 from nadir.training.catalogue import CATALOGUE  # noqa: E402
 from nadir.training.checkpoints import LocalCheckpoints  # noqa: E402
 from nadir.training.data import SeededBatches, ShardChips, collate  # noqa: E402
-from nadir.training.torchvision_models import build_model  # noqa: E402
+from nadir.training.detectors import build_detector  # noqa: E402
+from nadir.training.torchvision_backend import loader_workers  # noqa: E402
 
+# One or more models of each backend; the shared loop's backends (torchvision, transformers,
+# yolox) get a bare loop beside them.
 GPU_MODELS = ["ssdlite320_mobilenet_v3_large", "fasterrcnn_resnet50_fpn_v2",
-              "retinanet_resnet50_fpn_v2", "d2_faster_rcnn_r50_fpn"]
+              "retinanet_resnet50_fpn_v2", "fcos_resnet50_fpn", "detr_r50", "yolox_s",
+              "d2_faster_rcnn_r50_fpn"]
 CPU_MODELS = ["ssdlite320_mobilenet_v3_large", "fcos_resnet18_fpn"]
+SHARED_LOOP = ("torchvision", "transformers", "yolox")
 
 
 def bare_loop(model_name: str, data: dict, hp: dict, threads: int, amp: bool) -> float:
@@ -48,14 +57,14 @@ def bare_loop(model_name: str, data: dict, hp: dict, threads: int, amp: bool) ->
     torch.set_num_threads(threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dataset = ShardChips(data["coco"], [data["shard"]], augment=hp["augment"])
-    model = build_model(model_name, len(dataset.categories), dataset.images[0]["width"])
+    model = build_detector(model_name, len(dataset.categories), dataset.images[0]["width"])
     model.to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=hp["lr"])
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
     loader = iter(torch.utils.data.DataLoader(
         dataset, batch_sampler=SeededBatches(len(dataset), hp["batch_size"], hp["seed"],
                                              augment=hp["augment"]),
-        collate_fn=collate, num_workers=0 if device.type == "cpu" else 4))
+        collate_fn=collate, num_workers=loader_workers(threads, 1, device)))
 
     def step() -> None:
         images, targets = next(loader)
@@ -100,6 +109,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--checkpoint-every", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=3, help="alternating runs per loop")
+    parser.add_argument("--amp", choices=["both", "on", "off"], default="both",
+                        help="AMP settings to measure on a GPU")
     parser.add_argument("--json", help="also write the rows here")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -112,39 +123,53 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data = tiny_chips.build(Path(tmp) / "data", chips=args.chips, size=args.size)
         for model_name in args.models:
-            backend = CATALOGUE[model_name].backend
-            if backend == "detectron2":
-                import importlib.util
+            try:
+                for row in bench_model(model_name, data, args, device, Path(tmp)):
+                    rows.append(row)
+                    if args.json:
+                        Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
+            except Exception as error:  # noqa: BLE001 - one model's failure must not stop the rest
+                print(f"{CATALOGUE[model_name].backend:<12} {model_name:<36} failed: "
+                      f"{type(error).__name__}: {error}", flush=True)
+                traceback.print_exc()
 
-                if importlib.util.find_spec("detectron2") is None:
-                    print(f"{backend:<12} {model_name:<36} skipped: detectron2 not importable")
-                    continue
-            for amp in ([False, True] if cuda else [False]):
-                hp = tiny_chips.hyperparameters(iterations=args.iterations,
-                                                batch_size=args.batch_size, amp=amp,
-                                                log_interval=args.iterations)
-                if backend == "torchvision":
-                    bare_loop(model_name, data, hp | {"iterations": 2}, args.threads, amp)
-                # Alternate the two loops and keep the median of each: on a shared machine the
-                # load changes from one minute to the next.
-                nadirs, bares = [], []
-                for repeat in range(args.repeats):
-                    nadirs.append(nadir_loop(model_name, data, hp, args.threads,
-                                             Path(tmp) / f"{amp}-{repeat}", args.checkpoint_every))
-                    if backend == "torchvision":
-                        bares.append(bare_loop(model_name, data, hp, args.threads, amp))
-                nadir = statistics.median(nadirs)
-                bare = statistics.median(bares) if bares else None
-                ratio = nadir / bare if bare else None
-                rows.append({"backend": backend, "model": model_name,
-                             "amp": amp if cuda else None, "nadir_images_per_s": round(nadir, 2),
-                             "bare_images_per_s": bare and round(bare, 2),
-                             "ratio": ratio and round(ratio, 3), "device": device})
-                amp_label = ("on" if amp else "off") if cuda else "n/a"
-                print(f"{backend:<12} {model_name:<36} {amp_label:<4} {nadir:>11.2f} "
-                      f"{bare or float('nan'):>10.2f} {ratio or float('nan'):>6.3f}", flush=True)
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
+
+def bench_model(model_name: str, data: dict, args: argparse.Namespace, device: str,
+                tmp: Path):
+    """Yield one row per AMP setting for `model_name`, printing each as it is measured."""
+    cuda = torch.cuda.is_available()
+    backend = CATALOGUE[model_name].backend
+    if backend == "detectron2":
+        import importlib.util
+
+        if importlib.util.find_spec("detectron2") is None:
+            print(f"{backend:<12} {model_name:<36} skipped: detectron2 not importable")
+            return
+    bare_too = backend in SHARED_LOOP
+    settings = {"both": [False, True], "on": [True], "off": [False]}[args.amp]
+    for amp in (settings if cuda else [False]):
+        hp = tiny_chips.hyperparameters(iterations=args.iterations, batch_size=args.batch_size,
+                                        amp=amp, log_interval=args.iterations)
+        if bare_too:
+            bare_loop(model_name, data, hp | {"iterations": 2}, args.threads, amp)
+        # Alternate the two loops and keep the median of each: on a shared machine the load
+        # changes from one minute to the next.
+        nadirs, bares = [], []
+        for repeat in range(args.repeats):
+            nadirs.append(nadir_loop(model_name, data, hp, args.threads,
+                                     tmp / f"{amp}-{repeat}", args.checkpoint_every))
+            if bare_too:
+                bares.append(bare_loop(model_name, data, hp, args.threads, amp))
+        nadir = statistics.median(nadirs)
+        bare = statistics.median(bares) if bares else None
+        ratio = nadir / bare if bare else None
+        amp_label = ("on" if amp else "off") if cuda else "n/a"
+        print(f"{backend:<12} {model_name:<36} {amp_label:<4} {nadir:>11.2f} "
+              f"{bare or float('nan'):>10.2f} {ratio or float('nan'):>6.3f}", flush=True)
+        yield {"backend": backend, "model": model_name, "amp": amp if cuda else None,
+               "nadir_images_per_s": round(nadir, 2), "bare_images_per_s": bare and round(bare, 2),
+               "ratio": ratio and round(ratio, 3), "device": device,
+               "iterations": args.iterations, "batch_size": args.batch_size, "size": args.size}
 
 
 if __name__ == "__main__":

@@ -188,7 +188,7 @@ def _loop(rank: int, job: TrainJob, world: int, device: torch.device) -> dict:
                             hp["augment"])
     batches = iter(torch.utils.data.DataLoader(
         dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate,
-        pin_memory=device.type == "cuda", persistent_workers=workers > 0))
+        persistent_workers=workers > 0))
     if lead:
         log.info("training %s on %d chips, %d classes, %d px, iterations %d..%d, device %s x%d, "
                  "AMP %s, %d loader worker(s) per process", job.model, len(dataset), num_classes,
@@ -196,7 +196,7 @@ def _loop(rank: int, job: TrainJob, world: int, device: torch.device) -> dict:
     began = time.perf_counter()
     for step in range(start, iterations):
         images, targets = next(batches)
-        images = [im.to(device, non_blocking=True) for im in images]
+        images = [im.to(device) for im in images]
         targets = [{"boxes": t["boxes"].to(device), "labels": t["labels"].to(device)}
                    for t in targets]
         with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
