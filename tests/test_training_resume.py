@@ -231,3 +231,19 @@ def test_two_process_ddp_on_cpu_checkpoints_and_resumes(data, tmp_path):
     log = json.loads((tmp_path / "first" / "train_log.json").read_text())
     assert [e["iteration"] for e in log] == [3, 6]
     assert log[0]["images_per_second"] > 0
+
+
+def test_resume_continues_the_random_stream_of_a_sampling_model(tmp_path):
+    """Faster R-CNN draws its RPN and ROI samples from torch's global generator: a resumed run
+    must continue that stream where the checkpoint left it. (At 64 px there are fewer anchors
+    than samples, every candidate is taken and the stream would not matter: hence 192 px.)"""
+    from interrupted import assert_same_run, train_interrupted_and_uninterrupted
+
+    from nadir.training.torchvision_backend import TorchvisionBackend
+
+    hp = tiny_chips.hyperparameters(iterations=4, log_interval=2, amp=False)
+    reference, resumed, resumed_from = train_interrupted_and_uninterrupted(
+        TorchvisionBackend(), "fasterrcnn_mobilenet_v3_large_fpn", hp, tmp_path,
+        checkpoint_every=2, size=192)
+    assert resumed_from == 2
+    assert_same_run(reference, resumed)

@@ -56,6 +56,16 @@ def loader_workers(threads: int, world_size: int, device: torch.device) -> int:
     return 0 if device.type == "cpu" else min(8, max(1, per_process - 1))
 
 
+def loader_generator(seed: int) -> torch.Generator:
+    """The data loader's own generator.
+
+    Without one, every loader iterator draws its worker seed from torch's global generator, so a
+    resumed run, which restores that generator's state and then starts its loader, would be one
+    draw ahead of the uninterrupted run from then on (Faster R-CNN samples from that stream).
+    """
+    return torch.Generator().manual_seed(seed)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -188,7 +198,7 @@ def _loop(rank: int, job: TrainJob, world: int, device: torch.device) -> dict:
                             hp["augment"])
     batches = iter(torch.utils.data.DataLoader(
         dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate,
-        persistent_workers=workers > 0))
+        persistent_workers=workers > 0, generator=loader_generator(hp["seed"])))
     if lead:
         log.info("training %s on %d chips, %d classes, %d px, iterations %d..%d, device %s x%d, "
                  "AMP %s, %d loader worker(s) per process", job.model, len(dataset), num_classes,
