@@ -8,8 +8,10 @@ COCO category ids. Everything that needs detectron2 imports it inside the functi
 The model comes from the zoo config (yaml configs through `build_model`, lazy `.py` configs
 through `instantiate`); training uses detectron2's SimpleTrainer (AMPTrainer with AMP on a GPU)
 with nadir's optimiser and schedule (AdamW, warm-up then cosine), so `lr` means the same for both
-backends. Chips are unpacked from the shards into the job's working directory, because
-detectron2's loaders read image files.
+backends. Chips are unpacked from the shards into the job's working directory and registered as a
+COCO dataset; the records are fed in nadir's seeded batch order with nadir's symmetries
+(`SeededBatches`, `random_flip_rotate`), so a resumed run sees the batches an uninterrupted one
+sees, and both backends see the same augmentations.
 """
 
 from __future__ import annotations
@@ -147,6 +149,63 @@ def unpack_chips(coco_json: Path, shards: list[Path], image_root: Path) -> Path:
     return rewritten
 
 
+class RegisteredChips:
+    """detectron2 training inputs from registered dataset records, keyed (index, symmetry code).
+
+    Replaces detectron2's DatasetMapper and its random flips: the key comes from `SeededBatches`,
+    so the augmentation is a function of the seed and the step, as in the torchvision backend.
+    Chips are already at the model's size; no resizing is needed.
+    """
+
+    def __init__(self, records: list[dict], input_format: str, augment: bool):
+        self.records, self.input_format, self.augment = records, input_format, augment
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict:
+        import numpy as np
+        import torch
+        from detectron2.structures import Boxes, BoxMode, Instances
+        from PIL import Image
+
+        from nadir.training.data import random_flip_rotate
+
+        index, code = key
+        record = self.records[index]
+        with Image.open(record["file_name"]) as image:
+            pixels = torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1)
+        objects = [o for o in record["annotations"] if not o.get("iscrowd", 0)]
+        boxes = torch.tensor([BoxMode.convert(o["bbox"], o["bbox_mode"], BoxMode.XYXY_ABS)
+                              for o in objects], dtype=torch.float32).reshape(-1, 4)
+        if self.augment and code:
+            pixels, boxes = random_flip_rotate(pixels, boxes, code)
+        height, width = pixels.shape[1:]
+        instances = Instances((height, width), gt_boxes=Boxes(boxes),
+                              gt_classes=torch.tensor([o["category_id"] for o in objects],
+                                                      dtype=torch.int64))
+        return {"image": pixels.flip(0) if self.input_format == "BGR" else pixels,
+                "height": height, "width": width, "instances": instances}
+
+
+def start_normaliser_at_first_batch(model) -> None:
+    """Start a dense detector's running loss normaliser at the first batch's positive count.
+
+    detectron2's RetinaNet and FCOS divide their losses by a running mean of the number of
+    positive anchors that starts at a constant sized for COCO batches (100, 300). On chips with
+    a few objects that mean takes tens of iterations to come down, and the logged loss climbs
+    meanwhile although the model learns. Models without the normaliser are left alone.
+    """
+    update = getattr(model, "_ema_update", None)
+    if update is None:
+        return
+
+    def ema_update(name: str, value: float, initial_value: float, momentum: float = 0.9):
+        return update(name, value, initial_value if hasattr(model, name) else value, momentum)
+
+    model._ema_update = ema_update
+
+
 def build_detectron2_model(model: str, num_classes: int, size: int, pretrained: str,
                            device: str, **test_settings):
     """The zoo model with nadir's settings; returns (model, input_format)."""
@@ -174,15 +233,26 @@ def build_detectron2_model(model: str, num_classes: int, size: int, pretrained: 
     return built, lazy.model.get("input_format", "BGR")
 
 
-def _checkpoint_hook(checkpointer, store, every: int, total: int, history: list):
-    """A detectron2 hook: every `every` iterations, save a checkpoint and hand it to the store."""
+def _checkpoint_hook(checkpointer, store, every: int, total: int, history: list, device):
+    """A detectron2 hook: every `every` iterations, save a checkpoint and hand it to the store.
+
+    Besides detectron2's own state (model, optimiser, scheduler, iteration) the checkpoint holds
+    what a bit-identical resume also needs: the loss log so far, torch's random state (Faster
+    R-CNN samples from it) and the dense detectors' running loss normaliser, which is a plain
+    attribute outside the state dict.
+    """
     from detectron2.engine import HookBase
+
+    from nadir.training.torchvision_backend import rng_state
 
     class CheckpointToStore(HookBase):
         def after_step(self):
             done = self.trainer.iter + 1
             if every and done % every == 0 and done < total:
-                checkpointer.save("store_upload", nadir_history=list(history))
+                checkpointer.save("store_upload", nadir_history=list(history),
+                                  nadir_rng=rng_state(device),
+                                  nadir_loss_normalizer=getattr(self.trainer.model,
+                                                                "loss_normalizer", None))
                 local = Path(checkpointer.save_dir) / "store_upload.pth"
                 store.save(done, local.read_bytes())
                 local.unlink()
@@ -232,17 +302,18 @@ class Detectron2Backend:
         require_detectron2()
         import torch
         from detectron2.checkpoint import DetectionCheckpointer
-        from detectron2.data import (
-            DatasetMapper,
-            build_detection_train_loader,
-            get_detection_dataset_dicts,
-        )
-        from detectron2.data import transforms as T
+        from detectron2.data import DatasetCatalog, MetadataCatalog, get_detection_dataset_dicts
         from detectron2.data.datasets import register_coco_instances
         from detectron2.engine import AMPTrainer, SimpleTrainer, hooks
         from detectron2.solver import get_default_optimizer_params
 
-        from nadir.training.torchvision_backend import loader_workers, warmup_cosine
+        from nadir.training.data import SeededBatches
+        from nadir.training.torchvision_backend import (
+            loader_generator,
+            loader_workers,
+            set_rng_state,
+            warmup_cosine,
+        )
 
         hp = job.hp
         torch.manual_seed(hp["seed"])
@@ -253,8 +324,6 @@ class Detectron2Backend:
         work = Path(tempfile.mkdtemp(prefix="nadir-detectron2-"))
         images = unpack_chips(job.train_json, job.shards, work / "chips")
         registration = registration_arguments(job.dataset, "train", images, work / "chips")
-        from detectron2.data import DatasetCatalog, MetadataCatalog
-
         if registration["name"] in DatasetCatalog.list():  # an earlier job of this process
             DatasetCatalog.remove(registration["name"])
             MetadataCatalog.remove(registration["name"])
@@ -262,6 +331,7 @@ class Detectron2Backend:
         model, input_format = build_detectron2_model(job.model, num_classes, size,
                                                      hp["pretrained"], device.type)
         model.train()
+        start_normaliser_at_first_batch(model)
         if job.weights_file is not None:
             # detectron2's checkpointer reads its own .pkl/.pth files and renames by heuristics.
             DetectionCheckpointer(model).load(str(job.weights_file))
@@ -271,16 +341,16 @@ class Detectron2Backend:
             lr=hp["lr"], weight_decay=hp["weight_decay"])
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, warmup_cosine(hp["warmup_iterations"], hp["iterations"]))
-        augmentations = [T.ResizeShortestEdge(size, max_size=size)]
-        if hp["augment"]:
-            augmentations += [T.RandomFlip(horizontal=True), T.RandomFlip(horizontal=False,
-                                                                          vertical=True)]
-        loader = build_detection_train_loader(
-            dataset=get_detection_dataset_dicts([registration["name"]]),
-            mapper=DatasetMapper(is_train=True, augmentations=augmentations,
-                                 image_format=input_format),
-            total_batch_size=hp["batch_size"],
-            num_workers=loader_workers(job.threads, 1, device))
+        resumed = self.resume(job)
+        start = resumed["iteration"] if resumed is not None else 0
+        chips = RegisteredChips(get_detection_dataset_dicts([registration["name"]]),
+                                input_format, hp["augment"])
+        workers = loader_workers(job.threads, 1, device)
+        loader = torch.utils.data.DataLoader(
+            chips, batch_sampler=SeededBatches(len(chips), hp["batch_size"], hp["seed"], start,
+                                               augment=hp["augment"]),
+            num_workers=workers, collate_fn=list, persistent_workers=workers > 0,
+            generator=loader_generator(hp["seed"]))
         amp = bool(hp["amp"]) and device.type == "cuda"
         trainer = (AMPTrainer if amp else SimpleTrainer)(model, loader, optimizer)
         (work / "checkpoints").mkdir()
@@ -293,15 +363,18 @@ class Detectron2Backend:
             hooks.LRScheduler(optimizer=optimizer, scheduler=scheduler),
             _loss_log_hook(history, hp["log_interval"], hp["iterations"], hp["batch_size"]),
         ] + ([_checkpoint_hook(checkpointer, job.checkpoints, job.checkpoint_every,
-                               hp["iterations"], history)] if job.checkpoints else []))
-        start = 0
-        resumed = self.resume(job)
+                               hp["iterations"], history, device)] if job.checkpoints else []))
         if resumed is not None:
-            local = work / "checkpoints" / f"resume_{resumed['iteration']:09d}.pth"
+            local = work / "checkpoints" / f"resume_{start:09d}.pth"
             local.write_bytes(resumed["data"])
             saved = checkpointer.load(str(local))  # model, optimiser, scheduler, iteration
-            start = trainer.iter + 1
+            if trainer.iter + 1 != start:
+                raise NadirError(f"checkpoint {start} in {job.checkpoints.describe()} holds "
+                                 f"iteration {trainer.iter + 1}; remove it to start over")
             history.extend(saved.get("nadir_history", []))
+            set_rng_state(saved["nadir_rng"], device)
+            if saved.get("nadir_loss_normalizer") is not None:
+                model.loss_normalizer = saved["nadir_loss_normalizer"]
             log.info("resuming from the checkpoint at iteration %d/%d in %s", start,
                      hp["iterations"], job.checkpoints.describe())
         began = time.perf_counter()
@@ -368,7 +441,10 @@ class Detectron2Backend:
             "zoo_config": zoo_config(job.model),
             "model_overrides": {k: list(v) if isinstance(v, tuple) else v
                                 for k, v in overrides.items()},
-            "optimizer": "AdamW, warm-up then cosine (nadir's schedule)"}}
+            "optimizer": "AdamW, warm-up then cosine (nadir's schedule)",
+            "data": "nadir's seeded batches and square symmetries, chips at their own size",
+            "loss_normalizer": "RetinaNet/FCOS running mean started at the first batch's "
+                               "positive count (detectron2: 100 / 300)"}}
 
 
 def _to_detectron2(image, input_format: str):

@@ -72,12 +72,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _rng_state(device: torch.device) -> dict:
+def rng_state(device: torch.device) -> dict:
+    """torch's random state on the CPU and, when training there, on the GPU."""
     return {"torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
 
 
-def _set_rng_state(state: dict, device: torch.device) -> None:
+def set_rng_state(state: dict, device: torch.device) -> None:
     torch.set_rng_state(state["torch"])
     if device.type == "cuda" and state["cuda"] is not None:
         torch.cuda.set_rng_state(state["cuda"], device)
@@ -177,7 +178,7 @@ def _loop(rank: int, job: TrainJob, world: int, device: torch.device) -> dict:
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         if len(state["rng"]) == world:
-            _set_rng_state(state["rng"][rank], device)
+            set_rng_state(state["rng"][rank], device)
         elif lead:
             log.warning("checkpoint was written by %d process(es), this run has %d: random "
                         "states are not restored", len(state["rng"]), world)
@@ -248,10 +249,10 @@ def _loop(rank: int, job: TrainJob, world: int, device: torch.device) -> dict:
                      entry["lr"], per_iteration, entry["images_per_second"],
                      per_iteration * (iterations - done))
         if checkpoint_now:
-            rng = [_rng_state(device)]
+            rng = [rng_state(device)]
             if world > 1:
                 rng = [None] * world
-                dist.all_gather_object(rng, _rng_state(device))
+                dist.all_gather_object(rng, rng_state(device))
             if lead:
                 buffer = io.BytesIO()
                 torch.save({"fingerprint": fingerprint(job), "iteration": done,
