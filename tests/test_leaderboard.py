@@ -30,6 +30,9 @@ def test_benchmark_record_and_gpu_hours(tmp_path):
 
 def test_gpus_come_from_the_device_the_job_recorded():
     assert recorded_gpus({"training": {"device": "cuda:0"}}, "run.json") == 1
+    # DDP runs one process per GPU; a CPU run with several processes uses no GPU.
+    assert recorded_gpus({"training": {"device": "cuda", "processes": 4}}, "run.json") == 4
+    assert recorded_gpus({"training": {"device": "cpu", "processes": 2}}, "run.json") == 0
     assert recorded_gpus({"device": "cpu"}, "metrics.json") == 0
     with pytest.raises(InputError, match=r"metrics\.json: no 'device'"):
         recorded_gpus({"metrics": {}}, "metrics.json")

@@ -70,12 +70,16 @@ def read_benchmark(path: Path, rule: str, gpus: int = 0) -> JobCost:
 
 def recorded_gpus(record: dict, source: str | Path) -> int:
     """GPUs a job used, from the device it recorded: `device` (metrics.json) or
-    `training.device` (run.json), such as 'cpu', 'cuda' or 'cuda:0'."""
-    device = record.get("device") or record.get("training", {}).get("device")
+    `training.device` (run.json), such as 'cpu', 'cuda' or 'cuda:0', times the training
+    processes (one per GPU under DDP) where the record has them."""
+    training = record.get("training", {})
+    device = record.get("device") or training.get("device")
     if device is None:
         raise InputError(source, "no 'device' or 'training.device': cannot tell whether the "
                          "job ran on a GPU")
-    return 1 if str(device).startswith("cuda") else 0
+    if not str(device).startswith("cuda"):
+        return 0
+    return int(training.get("processes") or 1)
 
 
 def _max(values: list[float | None]) -> float | None:
