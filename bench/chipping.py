@@ -39,6 +39,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
@@ -175,7 +176,7 @@ def run_baseline(scene: Path, objects: list[Annotation], params: ChipParams, out
     with tarfile.open(out, "w") as tar:
         for x0, y0, chip in whole_image_windows(scene, params):
             clip_to_window(objects, x0, y0, params.size, params.min_visible)
-            data = encode(chip, params)
+            data = encode(Image.fromarray(chip), params)
             info = tarfile.TarInfo(f"scene_{x0}_{y0}.{params.extension}")
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
@@ -198,7 +199,7 @@ def run_encode(scene: Path, params: ChipParams, threads: int) -> tuple[int, floa
             batch.append(np.ascontiguousarray(pixels.transpose(1, 2, 0)))
             if len(batch) == 8 * threads or n == len(windows):
                 started = time.perf_counter()
-                list(pool.map(encode, batch, [params] * len(batch)))
+                list(pool.map(lambda chip: encode(Image.fromarray(chip), params), batch))
                 seconds += time.perf_counter() - started
                 chips += len(batch)
                 batch = []
