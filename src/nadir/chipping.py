@@ -7,8 +7,8 @@ Rules (docs/chipping.md explains them for users; tests/test_chipping.py tests ea
 - Reading never holds a whole scene. Tiled rasters (blocks narrower than the scene) are read
   one chip window at a time: memory does not depend on the scene's size. Rasters stored in
   full-width rows (PNG, striped GeoTIFF) are read strictly top to bottom into a ring of
-  `size` + one block of rows, so every row is decoded once and memory grows with the scene's
-  width only.
+  `size` + one block of rows, less one, so every row is decoded once and memory grows with the
+  scene's width only.
 - An object is clipped to the part of the chip window that lies inside the scene; it is kept
   when at least `min_visible` of its whole area is inside, and marked truncated when any of it
   is outside. Its box is the bounds of the clipped polygon(s). Fragments below the threshold are
@@ -22,7 +22,7 @@ Rules (docs/chipping.md explains them for users; tests/test_chipping.py tests ea
   one band (grey) or three (RGB).
 - Chips are cut in row-major order and encoded on other threads than the one that reads, with
   a bounded queue; the shard is written in chip order, so the output does not depend on the
-  number of threads.
+  number of threads. GDAL decodes tiled input on the job's threads too.
 """
 
 from __future__ import annotations
@@ -509,10 +509,11 @@ def chip_shard(scenes: list[dict], annotations: dict[str, list[Annotation]],
     `json_path` as they are made (the file is what `json.dumps(..., sort_keys=True)` of the
     whole shard would give), so memory does not grow with the number of chips.
 
-    Of the job's `threads`, this thread reads and clips and the others encode (at least one).
-    Pillow's JPEG encoder holds Python's lock, so a second encoder would only add memory; GDAL
-    does not, so reading overlaps with encoding. At most one chip more than there are encoders
-    waits, which bounds memory. The shard is written in chip order whatever `threads` is.
+    Of the job's `threads`, this thread reads and clips and the others encode (at least one);
+    GDAL decodes the blocks of tiled input on up to `threads` threads of its own. JPEG
+    encoding (see `encode`) and GDAL's reading release Python's lock, so all of them run at
+    once. At most one chip more than there are encoders waits, which bounds memory. The
+    shard is written in chip order whatever `threads` is.
     """
     import rasterio
 
