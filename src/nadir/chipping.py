@@ -272,6 +272,17 @@ def gdal_cache_bytes(src, size: int) -> int:
     return max(GDAL_CACHE_MIN_BYTES, under_chip + under_chip // 4)
 
 
+def gdal_settings(src, size: int, threads: int) -> dict:
+    """GDAL's configuration for chipping one scene, which must be open with them in force
+    (GDAL reads GDAL_NUM_THREADS when it opens a file): the block cache, and `threads`
+    decoding threads for compressed tiled files, whose blocks under a window then decode in
+    parallel. Uncompressed files get none: there, GDAL's threads only cost time (3.9 vs
+    3.4 s for the benchmark's 20,000 px scene)."""
+    tiled = src.block_shapes[0][1] < src.width
+    decoders = threads if tiled and src.compression is not None else 1
+    return {"GDAL_CACHEMAX": gdal_cache_bytes(src, size), "GDAL_NUM_THREADS": decoders}
+
+
 class WindowReader:
     """Reads chip windows of one scene, in row-major order, within a fixed memory bound.
 
@@ -510,7 +521,7 @@ def chip_shard(scenes: list[dict], annotations: dict[str, list[Annotation]],
     whole shard would give), so memory does not grow with the number of chips.
 
     Of the job's `threads`, this thread reads and clips and the others encode (at least one);
-    GDAL decodes the blocks of tiled input on up to `threads` threads of its own. JPEG
+    GDAL decodes the blocks of compressed tiled input on `threads` threads of its own. JPEG
     encoding (see `encode`) and GDAL's reading release Python's lock, so all of them run at
     once. At most one chip more than there are encoders waits, which bounds memory. The
     shard is written in chip order whatever `threads` is.
@@ -538,7 +549,7 @@ def chip_shard(scenes: list[dict], annotations: dict[str, list[Annotation]],
 
     with listing, tarfile.open(tar_path, "w", format=tarfile.USTAR_FORMAT) as tar, \
             ThreadPoolExecutor(encoders) as pool, warnings.catch_warnings(), \
-            rasterio.Env(GDAL_PAM_ENABLED="NO", GDAL_NUM_THREADS=threads):
+            rasterio.Env(GDAL_PAM_ENABLED="NO"):
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         for n, scene in enumerate(scenes, start=1):
             name = scene["scene"]
@@ -546,10 +557,11 @@ def chip_shard(scenes: list[dict], annotations: dict[str, list[Annotation]],
                 raise InputError(name, "no image was given for this scene")
             counts = SceneCounts()
             try:
-                src = rasterio.open(images[name])
+                with rasterio.open(images[name]) as probe:  # GDAL's settings for this file
+                    settings = gdal_settings(probe, params.size, threads)
             except rasterio.errors.RasterioIOError as exc:
                 raise InputError(images[name], f"not a readable raster image ({exc})") from None
-            with src, rasterio.Env(GDAL_CACHEMAX=gdal_cache_bytes(src, params.size)):
+            with rasterio.Env(**settings), rasterio.open(images[name]) as src:
                 for record, job in chip_scene(src, scene, counts, annotations.get(name, []),
                                               params):
                     pending.append((record, pool.submit(job)))
