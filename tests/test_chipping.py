@@ -24,6 +24,7 @@ from nadir.chipping import (
     chip_image,
     chip_shard,
     encode,
+    gdal_settings,
     window_offsets,
     write_manifest,
 )
@@ -319,6 +320,24 @@ def test_png_scenes_are_read_top_to_bottom_each_row_once(tmp_path):
     starts, ends = zip(*spy.rows, strict=True)
     assert starts[0] == 0 and ends[-1] == 230
     assert all(e == s for e, s in zip(ends, starts[1:], strict=False))  # contiguous, no re-read
+
+
+def test_gdal_decodes_on_the_jobs_threads_only_compressed_tiled_files(tmp_path):
+    pixels = position_pixels(300, 230)
+    deflate = tmp_path / "deflate.tif"
+    with rasterio.open(deflate, "w", driver="GTiff", width=300, height=230, count=3,
+                       dtype="uint8", tiled=True, blockxsize=64, blockysize=64,
+                       compress="deflate") as dst:
+        dst.write(pixels)
+    files = {"deflate": deflate, "raw": write_raster(tmp_path / "raw.tif", pixels),
+             "png": write_raster(tmp_path / "scene.png", pixels, "png")}
+    settings = {}
+    for name, path in files.items():
+        with rasterio.open(path) as src:
+            settings[name] = gdal_settings(src, 128, threads=3)
+    assert [s["GDAL_NUM_THREADS"] for s in settings.values()] == [3, 1, 1]
+    assert settings["raw"]["GDAL_CACHEMAX"] == 8 << 20  # the tiled minimum
+    assert settings["png"]["GDAL_CACHEMAX"] == 1 << 20  # rows are decoded once, into the ring
 
 
 def test_skipped_empty_windows_of_a_tiled_scene_are_never_read(tmp_path, monkeypatch):
