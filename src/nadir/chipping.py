@@ -403,8 +403,8 @@ def _scratch_file() -> io.FileIO:
 
 
 def encode(image: Image.Image, params: ChipParams) -> bytes:
-    """The image as JPEG or PNG bytes, encoded without holding Python's lock where Pillow
-    allows it (JPEG; Pillow writes PNG through a Python wrapper, which holds it)."""
+    """The image as JPEG or PNG bytes, written into this thread's scratch file so that
+    encoders on several threads run at once (see `_scratch_file`)."""
     file = _scratch_file()
     if params.image_format == "jpeg":
         image.save(file, "JPEG", quality=params.jpeg_quality)
