@@ -9,13 +9,16 @@ subprocess so that its peak resident memory can be measured:
   This is how the common DOTA tooling splits a scene (it loads the image with OpenCV).
 - nadir: `nadir.chipping.chip_shard` with the same windows, rules and encoder, at `--threads`
   threads (the chip rule's default, 2).
-- encode: only the JPEG encoding of the same chips (read beforehand, outside the timer), in one
-  thread: the ceiling for any chipper that uses this encoder (Pillow's JPEG encoder holds
-  Python's lock, so more threads do not encode faster).
+- encode: only the JPEG encoding of the same chips (read beforehand, outside the timer), on one
+  thread and on `--threads` threads (nadir's encoder releases Python's lock, so threads encode
+  in parallel): the ceiling for any chipper that uses this encoder on as many cores.
+- read: only nadir's reading of the same windows (GDAL decoding, on one thread), no encoding:
+  its CPU time is what decoding the file costs nadir, the other part of the arithmetic.
 
 All runs keep every chip (`empty_keep` 1), so they encode the same chips; the script checks that
 nadir's and the baseline's chips are byte-identical. Each run is repeated `--repeat` times,
-round-robin, and the fastest counts. It prints chips/s, wall time, CPU time and peak RSS (VmHWM)
+round-robin, and the fastest counts. It prints chips/s, wall time, CPU time (of the whole
+process for baseline and nadir, of the timed part for encode and read) and peak RSS (VmHWM)
 per run, then the ratios. Usage:
 
     python bench/chipping.py                      # 20,000 px: deflate and raw GeoTIFF, PNG
@@ -39,6 +42,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
@@ -175,7 +179,7 @@ def run_baseline(scene: Path, objects: list[Annotation], params: ChipParams, out
     with tarfile.open(out, "w") as tar:
         for x0, y0, chip in whole_image_windows(scene, params):
             clip_to_window(objects, x0, y0, params.size, params.min_visible)
-            data = encode(chip, params)
+            data = encode(Image.fromarray(chip), params)
             info = tarfile.TarInfo(f"scene_{x0}_{y0}.{params.extension}")
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
@@ -183,12 +187,13 @@ def run_baseline(scene: Path, objects: list[Annotation], params: ChipParams, out
     return chips
 
 
-def run_encode(scene: Path, params: ChipParams, threads: int) -> tuple[int, float]:
-    """Encode the same chips, read in batches outside the timer; returns (chips, seconds)."""
+def run_encode(scene: Path, params: ChipParams, threads: int) -> tuple[int, float, float]:
+    """Encode the same chips, read in batches outside the timer; returns (chips, seconds,
+    CPU seconds) of the encoding alone."""
     import rasterio
     from rasterio.windows import Window
 
-    chips, seconds, batch = 0, 0.0, []
+    chips, seconds, cpu, batch = 0, 0.0, 0.0, []
     with rasterio.open(scene) as src, ThreadPoolExecutor(threads) as pool:
         xs = window_offsets(src.width, params.size, params.overlap)
         windows = [(x, y) for y in window_offsets(src.height, params.size, params.overlap)
@@ -197,12 +202,33 @@ def run_encode(scene: Path, params: ChipParams, threads: int) -> tuple[int, floa
             pixels = src.read(window=Window(x0, y0, params.size, params.size))
             batch.append(np.ascontiguousarray(pixels.transpose(1, 2, 0)))
             if len(batch) == 8 * threads or n == len(windows):
-                started = time.perf_counter()
-                list(pool.map(encode, batch, [params] * len(batch)))
+                started, cpu_started = time.perf_counter(), time.process_time()
+                list(pool.map(lambda chip: encode(Image.fromarray(chip), params), batch))
                 seconds += time.perf_counter() - started
+                cpu += time.process_time() - cpu_started
                 chips += len(batch)
                 batch = []
-    return chips, seconds
+    return chips, seconds, cpu
+
+
+def run_read(scene: Path, params: ChipParams) -> tuple[int, float, float]:
+    """nadir's reading of every window (WindowReader, GDAL on one thread), nothing else;
+    returns (chips, seconds, CPU seconds)."""
+    import rasterio
+
+    from nadir.chipping import WindowReader, gdal_cache_bytes
+
+    chips = 0
+    with rasterio.open(scene) as src, \
+            rasterio.Env(GDAL_CACHEMAX=gdal_cache_bytes(src, params.size)):
+        started, cpu_started = time.perf_counter(), time.process_time()
+        reader = WindowReader(src, [1, 2, 3], params.size)
+        chip = np.empty((3, params.size, params.size), np.uint8)
+        for y0 in window_offsets(src.height, params.size, params.overlap):
+            for x0 in window_offsets(src.width, params.size, params.overlap):
+                reader.read(x0, y0, chip)
+                chips += 1
+        return chips, time.perf_counter() - started, time.process_time() - cpu_started
 
 
 def child(args) -> None:
@@ -215,13 +241,16 @@ def child(args) -> None:
         chips = run_nadir(scene, objects, params, args.threads, out)
     elif args.run == "baseline":
         chips = run_baseline(scene, objects, params, out)
+    elif args.run == "encode":
+        chips, seconds, cpu_seconds = run_encode(scene, params, args.threads)
     else:
-        chips, seconds = run_encode(scene, params, args.threads)
-    if args.run != "encode":
+        chips, seconds, cpu_seconds = run_read(scene, params)
+    if args.run in ("nadir", "baseline"):
         seconds = time.perf_counter() - started
-    usage = resource.getrusage(resource.RUSAGE_SELF)
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        cpu_seconds = usage.ru_utime + usage.ru_stime
     print(json.dumps({"chips": chips, "seconds": seconds, "peak_rss_mib": peak_rss_mib(),
-                      "cpu_seconds": usage.ru_utime + usage.ru_stime}))
+                      "cpu_seconds": cpu_seconds}))
 
 
 def peak_rss_mib() -> float:
@@ -262,7 +291,10 @@ def bench_layout(args, layout: str, workdir: Path) -> None:
               f"{time.monotonic() - started:.0f} s", flush=True)
     # Round-robin repeats, best wall time of each: other work on a shared machine slows
     # whichever run it overlaps, and the best of a few repeats is the least disturbed one.
-    runs = [("baseline", 1), ("nadir", args.threads), ("encode", 1)]
+    runs = [("baseline", 1), ("nadir", args.threads), ("encode", 1), ("read", 1)]
+    if args.threads > 1:
+        runs.insert(3, ("encode", args.threads))
+    load_before = os.getloadavg()[0]
     results: dict[tuple[str, int], dict] = {}
     for _ in range(args.repeat):
         for run, threads in runs:
@@ -279,19 +311,30 @@ def bench_layout(args, layout: str, workdir: Path) -> None:
     chips = results["baseline", 1]["chips"]
     print(f"\n{args.size} x {args.size} px, 3-band uint8, {description}; {args.objects} "
           f"objects; {args.chip} px chips, {args.overlap} px overlap, JPEG: {chips} chips; "
-          f"best of {args.repeat}, load average {os.getloadavg()[0]:.1f}")
+          f"best of {args.repeat}, load average {load_before:.1f} before, "
+          f"{os.getloadavg()[0]:.1f} after")
     print(f"{'run':<22}{'chips/s':>9}{'wall s':>8}{'CPU s':>8}{'peak RSS MiB':>14}")
     for (run, threads), r in results.items():
-        measured = (f"{r['cpu_seconds']:8.1f}{r['peak_rss_mib']:14.0f}" if run != "encode"
-                    else f"{'-':>8}{'-':>14}")  # its CPU time and memory include the reading
+        memory = (f"{r['peak_rss_mib']:14.0f}" if run in ("baseline", "nadir")
+                  else f"{'-':>14}")  # the encode run holds chips read beforehand
         label = f"{run} ({threads} thread{'s' if threads > 1 else ''})"
-        print(f"{label:<22}{r['chips'] / r['seconds']:9.1f}{r['seconds']:8.1f}{measured}")
+        print(f"{label:<22}{r['chips'] / r['seconds']:9.1f}{r['seconds']:8.1f}"
+              f"{r['cpu_seconds']:8.1f}{memory}")
     base, nadir = results["baseline", 1], results["nadir", args.threads]
-    encode_only = results["encode", 1]
+    encode_1, encode_n = results["encode", 1], results["encode", args.threads]
     print(f"nadir: throughput {base['seconds'] / nadir['seconds']:.2f} x baseline, peak memory "
           f"{nadir['peak_rss_mib'] / base['peak_rss_mib']:.3f} x baseline, "
-          f"{encode_only['seconds'] / nadir['seconds']:.2f} of pure JPEG encoding; CPU time "
+          f"{encode_1['seconds'] / nadir['seconds']:.2f} of pure JPEG encoding on 1 thread, "
+          f"{encode_n['seconds'] / nadir['seconds']:.2f} on {args.threads}; CPU time "
           f"{nadir['cpu_seconds'] / base['cpu_seconds']:.2f} x baseline")
+    # The ceiling that CPU time sets: reading and encoding must both run on the job's cores,
+    # and a PNG is one compressed stream, decoded on one core whatever else runs.
+    read_cpu, encode_cpu = results["read", 1]["cpu_seconds"], encode_1["cpu_seconds"]
+    floor = max((read_cpu + encode_cpu) / args.threads, read_cpu if layout == "png" else 0.0)
+    print(f"ceiling: reading {read_cpu:.1f} + encoding {encode_cpu:.1f} CPU s on "
+          f"{args.threads} core(s){', PNG decoding serial' if layout == 'png' else ''}: at "
+          f"least {floor:.1f} s, so at most {encode_1['seconds'] / floor:.2f} of pure encoding "
+          f"on 1 thread and {encode_n['seconds'] / floor:.2f} on {args.threads}")
     print("nadir's chips are byte-identical to the baseline's", flush=True)
 
 
@@ -307,7 +350,7 @@ def main() -> None:
     parser.add_argument("--workdir", default="/tmp/nadir-bench-chipping",
                         help="scenes are kept here and reused by later runs")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--child", choices=["nadir", "baseline", "encode"], dest="run",
+    parser.add_argument("--child", choices=["nadir", "baseline", "encode", "read"], dest="run",
                         help=argparse.SUPPRESS)
     parser.add_argument("--scene", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)

@@ -21,7 +21,10 @@ from nadir.chipping import (
     ChipParams,
     Radiometry,
     WindowReader,
+    chip_image,
     chip_shard,
+    encode,
+    gdal_settings,
     window_offsets,
     write_manifest,
 )
@@ -310,25 +313,43 @@ def test_png_scenes_are_read_top_to_bottom_each_row_once(tmp_path):
         assert not reader.random_access
         for y in window_offsets(230, 128, 16):
             for x in window_offsets(300, 128, 16):
-                pixels = reader.pixels(x, y, 128, 128)
+                pixels = reader.read(x, y, np.empty((3, 128, 128), np.uint8))
                 assert reader.valid(x, y, 128, 128) is None
                 expected = position_pixels(300, 230)[:, y:y + 128, x:x + 128]
-                np.testing.assert_array_equal(pixels, expected.transpose(1, 2, 0))
+                np.testing.assert_array_equal(pixels, expected)
     starts, ends = zip(*spy.rows, strict=True)
     assert starts[0] == 0 and ends[-1] == 230
     assert all(e == s for e, s in zip(ends, starts[1:], strict=False))  # contiguous, no re-read
 
 
+def test_gdal_decodes_on_the_jobs_threads_only_compressed_tiled_files(tmp_path):
+    pixels = position_pixels(300, 230)
+    deflate = tmp_path / "deflate.tif"
+    with rasterio.open(deflate, "w", driver="GTiff", width=300, height=230, count=3,
+                       dtype="uint8", tiled=True, blockxsize=64, blockysize=64,
+                       compress="deflate") as dst:
+        dst.write(pixels)
+    files = {"deflate": deflate, "raw": write_raster(tmp_path / "raw.tif", pixels),
+             "png": write_raster(tmp_path / "scene.png", pixels, "png")}
+    settings = {}
+    for name, path in files.items():
+        with rasterio.open(path) as src:
+            settings[name] = gdal_settings(src, 128, threads=3)
+    assert [s["GDAL_NUM_THREADS"] for s in settings.values()] == [3, 1, 1]
+    assert settings["raw"]["GDAL_CACHEMAX"] == 8 << 20  # the tiled minimum
+    assert settings["png"]["GDAL_CACHEMAX"] == 1 << 20  # rows are decoded once, into the ring
+
+
 def test_skipped_empty_windows_of_a_tiled_scene_are_never_read(tmp_path, monkeypatch):
     image = write_raster(tmp_path / "scene.tif", position_pixels(512, 512))
     windows = []
-    original = WindowReader.pixels
+    original = WindowReader.read
 
-    def spy(self, x0, y0, cols, rows):
+    def spy(self, x0, y0, out):
         windows.append((x0, y0))
-        return original(self, x0, y0, cols, rows)
+        return original(self, x0, y0, out)
 
-    monkeypatch.setattr(WindowReader, "pixels", spy)
+    monkeypatch.setattr(WindowReader, "read", spy)
     result, _ = chip(tmp_path, image, [square("S", 0, 300, 300, 340, 340)], size=256,
                      overlap=0, empty_keep=0.0)
     assert windows == [(256, 256)] == [(c["x"], c["y"]) for c in result["chips"]]
@@ -365,22 +386,52 @@ def test_chips_can_also_be_stored_as_georeferenced_geotiffs(tmp_path):
 
 # --- determinism and the manifest ------------------------------------------------------------
 
-def test_chipping_twice_gives_identical_shards_and_manifest(tmp_path):
-    image = write_raster(tmp_path / "scene.tif", position_pixels(400, 300), nodata=None)
+@pytest.mark.parametrize("layout, pixels, settings", [
+    ("tiled", position_pixels(400, 300), {"geotiff": True}),
+    ("striped", position_pixels(400, 300), {}),
+    ("png", position_pixels(400, 300), {}),
+    ("tiled", multispectral_pixels(400, 300), {"bands": (5, 3, 2)}),
+    ("striped", multispectral_pixels(400, 300)[:1], {"nodata_max": 0.9}),
+], ids=["tiled-geotiff", "striped", "png", "tiled-16bit", "striped-grey-nodata"])
+def test_chips_and_manifest_are_identical_whatever_the_thread_count(tmp_path, layout, pixels,
+                                                                    settings):
+    if "nodata_max" in settings:
+        pixels[:, 150:, :250] = 0
+    suffix = "png" if layout == "png" else "tif"
+    image = write_raster(tmp_path / f"scene.{suffix}", pixels, layout,
+                         nodata=0 if "nodata_max" in settings else None)
     objects = [square("S", i, 20 + 37 * i, 15 + 23 * i, 60 + 37 * i, 45 + 23 * i)
                for i in range(10)]
     outputs = []
-    for run, threads in (("one", 1), ("two", 3)):
+    for threads in (1, 2, 4, 1):  # and a rerun
+        run = f"threads-{threads}-{len(outputs)}"
         result, tar = chip(tmp_path, image, objects, threads=threads, tag=run, size=96,
-                           overlap=16, image_format="jpeg", empty_keep=0.5, geotiff=True)
+                           overlap=16, image_format="jpeg", empty_keep=0.5, **settings)
         manifest = tmp_path / f"{run}-manifest.json"
         write_manifest([tmp_path / f"{run}.json"], manifest)
         outputs.append(((tmp_path / f"{run}.json").read_bytes(), tar.read_bytes(),
                         manifest.read_bytes()))
-    assert outputs[0] == outputs[1]
+    assert all(output == outputs[0] for output in outputs)
     listing = outputs[0][0].decode()
     assert listing == json.dumps(json.loads(listing), sort_keys=True) + "\n"  # canonical JSON
     assert len(json.loads(listing)["chips"]) > 5
+
+
+@pytest.mark.parametrize("bands", [1, 3])
+@pytest.mark.parametrize("image_format", ["jpeg", "png"])
+def test_encoded_chips_are_what_pillow_writes_for_the_interleaved_pixels(bands, image_format):
+    chip_pixels = position_pixels(90, 70)[:bands]
+    params = ChipParams(image_format=image_format)
+    data = encode(chip_image(chip_pixels), params)
+    interleaved = chip_pixels[0] if bands == 1 else chip_pixels.transpose(1, 2, 0)
+    expected = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(interleaved)).save(
+        expected, image_format.upper(),
+        **({"quality": 90} if image_format == "jpeg" else {"compress_level": 1}))
+    assert data == expected.getvalue()
+    if image_format == "png":
+        np.testing.assert_array_equal(decoded(data), chip_pixels)
+    assert encode(chip_image(chip_pixels), params) == data  # the scratch file is reused
 
 
 def test_manifest_adds_up_every_shard_and_refuses_mixed_parameters(tmp_path):
