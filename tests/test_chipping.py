@@ -207,6 +207,27 @@ def test_object_overhanging_the_scene_edge_counts_only_its_part_inside(tmp_path)
     assert obj["visible"] == 0.5 and obj["bbox"] == [180, 50, 20, 10]
 
 
+def test_object_wholly_inside_a_chip_keeps_its_outline_and_vertex_order(tmp_path):
+    # DOTA lists an object's corners clockwise from its "head": the order carries orientation.
+    image = write_raster(tmp_path / "scene.tif", position_pixels(512, 256))
+    ship = Annotation("S", 0, "ship", 0, [330, 40, 350, 60, 310, 100, 290, 80])
+    result, _ = chip(tmp_path, image, [ship], size=256, overlap=0)
+    [obj] = chips_by_position(result)[(256, 0)]["objects"]
+    assert obj["polygons"] == [[74, 40, 94, 60, 54, 100, 34, 80]]
+    assert obj["bbox"] == [34, 40, 60, 60]
+    assert obj["visible"] == 1.0 and obj["truncated"] is False
+
+
+def test_self_crossing_outline_is_repaired_before_it_is_measured(tmp_path):
+    # A "bow tie" (corners listed in the wrong order) is two triangles of 200 px² each.
+    image = write_raster(tmp_path / "scene.tif", position_pixels(256, 256))
+    bow_tie = Annotation("S", 0, "plane", 0, [100, 100, 120, 120, 120, 100, 100, 120])
+    result, _ = chip(tmp_path, image, [bow_tie], size=256)
+    [obj] = result["chips"][0]["objects"]
+    assert len(obj["polygons"]) == 2 and obj["visible"] == 1.0
+    assert obj["bbox"] == [100, 100, 20, 20]
+
+
 # --- empty and nodata chips -----------------------------------------------------------------
 
 def test_empty_chips_are_kept_at_the_configured_rate_reproducibly(tmp_path):

@@ -45,12 +45,12 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
+import shapely
 from PIL import Image
 from rasterio.enums import MaskFlags
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
-from shapely.geometry import Polygon, box
-from shapely.validation import make_valid
+from shapely.geometry import box
 
 from nadir import __version__
 from nadir.errors import InputError, NadirError
@@ -153,23 +153,32 @@ def window_offsets(length: int, size: int, overlap: int) -> list[int]:
 
 
 class SceneObjects:
-    """A scene's objects as shapes with bounds, so each chip only clips the objects it touches."""
+    """A scene's objects as vertex arrays with bounds, so each chip only clips the objects it
+    touches, all of them in a few vectorised shapely calls.
+
+    Shapes are built per window from the touching objects' vertices: an object is touched by a
+    few windows only, and shapely geometries for every object of a scene would cost memory
+    that grows with the scene. Objects wholly inside a window are kept as they are (vertex
+    order included), without an intersection; only those crossing its border are clipped.
+    """
 
     def __init__(self, annotations: list[Annotation], width: int, height: int):
         self.annotations = annotations
         self.width, self.height = width, height
-        self.bounds = np.zeros((len(annotations), 4))
-        for i, ann in enumerate(annotations):
-            xs, ys = ann.polygon[0::2], ann.polygon[1::2]
-            self.bounds[i] = min(xs), min(ys), max(xs), max(ys)
+        self.vertices = [np.asarray(ann.polygon, dtype=np.float64).reshape(-1, 2)
+                         for ann in annotations]
+        self.bounds = np.array([[*v.min(0), *v.max(0)] for v in self.vertices]).reshape(-1, 4)
 
-    def shape(self, index: int):
-        """The object's polygon (made valid), built when a window touches it: an object is
-        touched by a few windows only, and shapes for every object of a scene would cost
-        memory that grows with the scene."""
-        ann = self.annotations[index]
-        shape = Polygon(list(zip(ann.polygon[0::2], ann.polygon[1::2], strict=True)))
-        return shape if shape.is_valid else make_valid(shape)
+    def shapes(self, indices: np.ndarray) -> np.ndarray:
+        """The objects' polygons, made valid where they are not (self-crossing outlines)."""
+        rings = [self.vertices[i] for i in indices]
+        coords = np.concatenate([np.vstack([r, r[:1]]) for r in rings])
+        ring_of = np.repeat(np.arange(len(rings)), [len(r) + 1 for r in rings])
+        shapes = shapely.polygons(shapely.linearrings(coords, indices=ring_of))
+        invalid = ~shapely.is_valid(shapes)
+        if invalid.any():
+            shapes[invalid] = shapely.make_valid(shapes[invalid])
+        return shapes
 
     def clip(self, x0: int, y0: int, size: int,
              min_visible: float) -> tuple[list[dict], int, set[int]]:
@@ -178,39 +187,50 @@ class SceneObjects:
         b = self.bounds
         touching = np.flatnonzero((b[:, 2] > x0) & (b[:, 0] < x1) & (b[:, 3] > y0)
                                   & (b[:, 1] < y1))
-        window = box(x0, y0, x1, y1)
-        kept, dropped, kept_ids = [], 0, set()
-        for i in touching:
-            shape, ann = self.shape(i), self.annotations[i]
-            if shape.area <= 0:
-                continue
-            part = shape.intersection(window)
-            polygons = [g for g in getattr(part, "geoms", [part])
-                        if g.geom_type == "Polygon" and g.area > 0]
-            visible = sum(p.area for p in polygons) / shape.area
-            if visible <= 0:
-                continue
-            if visible + EPS < min_visible:
-                dropped += 1
-                continue
-            minx = min(p.bounds[0] for p in polygons)
-            miny = min(p.bounds[1] for p in polygons)
-            maxx = max(p.bounds[2] for p in polygons)
-            maxy = max(p.bounds[3] for p in polygons)
-            kept.append({
-                "object": ann.object,
-                "category": ann.category,
-                "difficult": ann.difficult,
-                "truncated": visible < 1 - 1e-6,
-                "visible": round(visible, 6),
-                "bbox": [round(minx - x0, 2), round(miny - y0, 2),
-                         round(maxx - minx, 2), round(maxy - miny, 2)],
-                "polygons": [[round(v - (x0 if k % 2 == 0 else y0), 2)
-                              for xy in p.exterior.coords[:-1] for k, v in enumerate(xy)]
-                             for p in polygons],
-            })
+        if not len(touching):
+            return [], 0, set()
+        shapes = self.shapes(touching)
+        areas = shapely.area(shapes)
+        tb = b[touching]
+        inside = (tb[:, 0] >= x0) & (tb[:, 1] >= y0) & (tb[:, 2] <= x1) & (tb[:, 3] <= y1)
+        parts = shapes.copy()
+        crossing = ~inside & (areas > 0)
+        if crossing.any():
+            parts[crossing] = shapely.intersection(shapes[crossing], box(x0, y0, x1, y1))
+        # Lines and points an intersection may leave have no area, so this is the polygons'.
+        visible = np.divide(shapely.area(parts), areas, out=np.zeros(len(areas)),
+                            where=areas > 0)
+        seen = visible > 0
+        keep = np.flatnonzero(seen & (visible + EPS >= min_visible))
+        if not len(keep):
+            return [], int(seen.sum()), set()
+        # Every polygon with an area of every kept object, in object order (`owner`).
+        geoms, owner = shapely.get_parts(parts[keep], return_index=True)
+        polygonal = (shapely.get_type_id(geoms) == 3) & (shapely.area(geoms) > 0)
+        geoms, owner = geoms[polygonal], owner[polygonal]
+        bounds = shapely.bounds(geoms)
+        firsts = np.flatnonzero(np.r_[True, owner[1:] != owner[:-1]])
+        low = np.minimum.reduceat(bounds[:, :2], firsts)
+        high = np.maximum.reduceat(bounds[:, 2:], firsts)
+        boxes = np.round(np.hstack([low - (x0, y0), high - low]), 2).tolist()
+        coords, ring = shapely.get_coordinates(shapely.get_exterior_ring(geoms),
+                                               return_index=True)
+        coords = np.round(coords - (x0, y0), 2).tolist()
+        polygons: list[list] = [[] for _ in keep]
+        start = 0
+        for own, end in zip(owner.tolist(), np.cumsum(np.bincount(ring)).tolist(), strict=True):
+            polygons[own].append([v for xy in coords[start:end - 1] for v in xy])  # open ring
+            start = end
+        kept, kept_ids = [], set()
+        shares = np.round(visible[keep], 6).tolist()
+        truncated = (visible[keep] < 1 - 1e-6).tolist()
+        for k, j in enumerate(keep.tolist()):
+            ann = self.annotations[touching[j]]
+            kept.append({"object": ann.object, "category": ann.category,
+                         "difficult": ann.difficult, "truncated": truncated[k],
+                         "visible": shares[k], "bbox": boxes[k], "polygons": polygons[k]})
             kept_ids.add(ann.object)
-        return kept, dropped, kept_ids
+        return kept, int(seen.sum()) - len(keep), kept_ids
 
 
 def keep_empty(seed: int, scene: str, x0: int, y0: int, rate: float) -> bool:
