@@ -276,6 +276,12 @@ class Radiometry:
         np.copyto(out, scaled, casting="unsafe")  # truncates, as astype(np.uint8) does
 
 
+def reads_by_window(src) -> bool:
+    """Whether chip windows can be read in any order: the file is tiled (its blocks are
+    narrower than the scene). Otherwise (PNG, striped GeoTIFF) it is read row by row."""
+    return src.block_shapes[0][1] < src.width
+
+
 def gdal_cache_bytes(src, size: int) -> int:
     """GDAL's block cache for one scene: for tiled scenes the blocks under one chip (at least
     8 MiB), so that the next chip of a row finds the blocks it shares already decoded.
@@ -284,9 +290,9 @@ def gdal_cache_bytes(src, size: int) -> int:
     Scenes read row-sequentially decode every row once, straight into the ring buffer, and
     need next to no cache (1 MiB measured as fast as 8 MiB on a 20,000 px PNG).
     """
-    block_rows, block_cols = src.block_shapes[0]
-    if block_cols >= src.width:
+    if not reads_by_window(src):
         return GDAL_CACHE_SEQUENTIAL_BYTES
+    block_rows, block_cols = src.block_shapes[0]
     itemsize = np.dtype(src.dtypes[0]).itemsize
     under_chip = (size + block_rows) * (size + block_cols) * src.count * itemsize
     return max(GDAL_CACHE_MIN_BYTES, under_chip + under_chip // 4)
@@ -298,8 +304,7 @@ def gdal_settings(src, size: int, threads: int) -> dict:
     decoding threads for compressed tiled files, whose blocks under a window then decode in
     parallel. Uncompressed files get none: there, GDAL's threads only cost time (3.9 vs
     3.4 s for the benchmark's 20,000 px scene)."""
-    tiled = src.block_shapes[0][1] < src.width
-    decoders = threads if tiled and src.compression is not None else 1
+    decoders = threads if reads_by_window(src) and src.compression is not None else 1
     return {"GDAL_CACHEMAX": gdal_cache_bytes(src, size), "GDAL_NUM_THREADS": decoders}
 
 
@@ -315,8 +320,8 @@ class WindowReader:
 
     def __init__(self, src, bands: list[int], size: int):
         self.src, self.bands = src, bands
-        self.block_rows, block_cols = src.block_shapes[0]
-        self.random_access = block_cols < src.width
+        self.block_rows = src.block_shapes[0][0]
+        self.random_access = reads_by_window(src)
         self.masked = not all(flags == [MaskFlags.all_valid] for flags in src.mask_flag_enums)
         if not self.random_access:
             # Rows are read in whole blocks up to the block that holds a window's last row,
@@ -459,7 +464,7 @@ def chip_scene(src, scene: dict, counts: SceneCounts, annotations: list[Annotati
     reader = WindowReader(src, radiometry.bands, params.size)
     objects = SceneObjects(annotations, src.width, src.height)
     size, name = params.size, scene["scene"]
-    crs = src.crs
+    crs, bands = src.crs, len(radiometry.bands)
     seen_objects: set[int] = set()
     xs = window_offsets(src.width, size, params.overlap)
     ys = window_offsets(src.height, size, params.overlap)
@@ -499,7 +504,6 @@ def chip_scene(src, scene: dict, counts: SceneCounts, annotations: list[Annotati
             counts.chips_written += 1
             # Only kept chips are read. A chip at the scene's edge is padded; 8-bit pixels go
             # straight into the chip, others are stretched into it on the encoder thread.
-            bands = len(radiometry.bands)
             chip = (np.empty((bands, size, size), np.uint8) if (rows, cols) == (size, size)
                     else np.full((bands, size, size), params.pad_value, np.uint8))
             if radiometry.scale is None:
@@ -624,4 +628,3 @@ def write_manifest(shard_jsons: list[Path], out: Path) -> dict:
                 "shards": len(shards), "totals": totals, "scenes": dict(sorted(scenes.items()))}
     out.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
     return manifest
-
