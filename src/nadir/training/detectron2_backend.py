@@ -184,7 +184,7 @@ class RegisteredChips:
         instances = Instances((height, width), gt_boxes=Boxes(boxes),
                               gt_classes=torch.tensor([o["category_id"] for o in objects],
                                                       dtype=torch.int64))
-        return {"image": pixels.flip(0) if self.input_format == "BGR" else pixels,
+        return {"image": in_channel_order(pixels, self.input_format),
                 "height": height, "width": width, "instances": instances}
 
 
@@ -413,7 +413,7 @@ class Detectron2Backend:
             for first in range(0, len(dataset), hp["batch_size"]):
                 items = [dataset[i] for i in range(first, min(first + hp["batch_size"],
                                                              len(dataset)))]
-                inputs = [{"image": _to_detectron2(image, input_format).to(device),
+                inputs = [{"image": in_channel_order(image * 255.0, input_format).to(device),
                            "height": image.shape[1], "width": image.shape[2]}
                           for image, _ in items]
                 for (_, target), out in zip(items, model(inputs), strict=True):
@@ -447,7 +447,6 @@ class Detectron2Backend:
                                "positive count (detectron2: 100 / 300)"}}
 
 
-def _to_detectron2(image, input_format: str):
-    """Our CHW RGB floats in [0, 1] as detectron2's CHW 0..255 input in the model's order."""
-    pixels = image * 255.0
+def in_channel_order(pixels, input_format: str):
+    """Our CHW RGB pixels (0..255) in the channel order the detectron2 model expects."""
     return pixels.flip(0) if input_format == "BGR" else pixels
