@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Protocol
 
 from nadir import __version__
+from nadir.fetch import sha256_of
 from nadir.training.catalogue import entry, weight_source
 from nadir.training.checkpoints import CheckpointStore
 
@@ -95,20 +96,13 @@ def backend_of_weights(weights: Path) -> Backend:
     return get_backend(entry(saved["model"]).backend)
 
 
-def file_digest(paths: list[Path]) -> str:
-    """SHA-256 (16 hex digits) over the files' bytes, in order."""
-    h = hashlib.sha256()
-    for path in paths:
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()[:16]
-
-
-def input_digests(job: TrainJob) -> dict:
-    return {"train_coco": file_digest([job.train_json]),
-            "chip_manifest": file_digest([job.manifest]),
-            "weights": file_digest([job.weights_file]) if job.weights_file else None}
+def input_digests(job: TrainJob, weights_sha256: str | None = None) -> dict:
+    """SHA-256 (16 hex digits) of each input file; `weights_sha256` spares hashing a weights
+    file (hundreds of MB) a second time when its checksum was just verified."""
+    weights = job.weights_file and (weights_sha256 or sha256_of(job.weights_file))
+    return {"train_coco": sha256_of(job.train_json)[:16],
+            "chip_manifest": sha256_of(job.manifest)[:16],
+            "weights": weights[:16] if weights else None}
 
 
 def fingerprint(job: TrainJob) -> str:

@@ -11,12 +11,12 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 from nadir.errors import NadirError
+from nadir.fetch import sha256_of
 
 log = logging.getLogger(__name__)
 
@@ -71,24 +71,11 @@ def fetch_weights(url: str, sha256: str | None, out: Path, timeout: float = 60.0
     return record
 
 
-def verify_file(path: Path, sha256: str | None) -> None:
-    """Check a weights file a user placed by hand, or one taken from storage."""
-    if sha256 is None:
-        return
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        shutil.copyfileobj(fh, _Hasher(digest))
-    if not digest.hexdigest().startswith(sha256.lower()):
-        raise ChecksumError(f"{path}: SHA-256 {digest.hexdigest()} does not start with the "
+def verify_file(path: Path, sha256: str | None) -> str:
+    """Check a weights file a user placed by hand, or one taken from storage, against the
+    catalogue's digest (None: nothing to check); returns its SHA-256."""
+    found = sha256_of(path)
+    if sha256 is not None and not found.startswith(sha256.lower()):
+        raise ChecksumError(f"{path}: SHA-256 {found} does not start with the "
                             f"catalogue's {sha256}; delete it so the fetch_weights rule refetches")
-
-
-class _Hasher:
-    """A write-only file object that feeds a hash (for shutil.copyfileobj)."""
-
-    def __init__(self, digest):
-        self.digest = digest
-
-    def write(self, data: bytes) -> int:
-        self.digest.update(data)
-        return len(data)
+    return found
