@@ -38,7 +38,7 @@ def cmd_index(args) -> None:
 
     if not args.scene:
         raise NadirError("index --format sample needs one --scene SPLIT IMAGE LABEL per scene")
-    classes = {"sample": sample.CLASSES}[args.format]
+    classes = sample.CLASSES
     sources = [SceneSource(Path(image).stem, split, Path(image), Path(label))
                for split, image, label in args.scene]
     counts = build_index(sources, classes, Path(args.out_dir))
@@ -126,13 +126,12 @@ def cmd_train(args) -> None:
     if source is not None and weights_file is None:
         raise NadirError(f"{args.model} with pretrained: {hp['pretrained']} needs "
                          f"--pretrained-weights ({source.file_name})")
-    if source is not None:
-        verify_file(weights_file, source.sha256)
+    weights_sha256 = verify_file(weights_file, source.sha256) if source is not None else None
     job = TrainJob(dataset=args.dataset, model=args.model, hp=hp, train_json=Path(args.train),
                    manifest=Path(args.manifest), shards=[Path(p) for p in args.shards],
                    out_dir=out_dir, threads=args.threads, checkpoint_every=args.checkpoint_every,
                    weights_file=weights_file, world_size=args.world_size)
-    job.input_digests = input_digests(job)
+    job.input_digests = input_digests(job, weights_sha256)
     if args.checkpoints:
         job.checkpoints = open_store(f"{args.checkpoints.rstrip('/')}/{fingerprint(job)}",
                                      args.s3_endpoint, args.checkpoint_keep)

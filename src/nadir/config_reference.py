@@ -44,10 +44,7 @@ def _type(prop: dict) -> str:
 def _default(prop: dict) -> str:
     if "default" not in prop:
         return "(required)" if prop.get("_required") else ""
-    value = prop["default"]
-    if isinstance(value, dict | list) and value:
-        return f"`{json.dumps(value)}`"
-    return f"`{json.dumps(value)}`" if value is not None else "`null`"
+    return f"`{json.dumps(prop['default'])}`"
 
 
 def _rows(properties: dict, required: list[str], prefix: str) -> list[str]:
