@@ -14,6 +14,8 @@ from array import array
 from collections import Counter
 from pathlib import Path
 
+from nadir.datasets.normalise import EXCLUDED
+
 SIZE_BINS_PX = [0, 4, 8, 16, 32, 64, 128, 256, 512, 1024, math.inf]
 
 
@@ -39,7 +41,7 @@ def dataset_statistics(scenes_csv: Path, annotations_csv: Path, categories_json:
     sizes = array("f")
     with open(annotations_csv, newline="") as fh:
         for row in csv.DictReader(fh):
-            split = split_of.get(row["scene"], "excluded")
+            split = split_of.get(row["scene"], EXCLUDED)
             per_class.setdefault(split, Counter())[row["category"]] += 1
             per_image[row["scene"]] += 1
             sizes.append(_box_size(row["polygon"]))
@@ -87,7 +89,7 @@ def plot_statistics(stats: dict, out_png: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    splits = [s for s in stats["objects_per_class"] if s != "excluded"]
+    splits = [s for s in stats["objects_per_class"] if s != EXCLUDED]
     classes = list(next(iter(stats["objects_per_class"].values()), {}))
     fig, (ax_cls, ax_size, ax_img) = plt.subplots(
         1, 3, figsize=(14, max(3.5, 0.22 * len(classes) + 1)),
