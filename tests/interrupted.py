@@ -1,8 +1,9 @@
-"""A training run interrupted right after its first checkpoint, then resumed, in one process.
+"""Interrupted and resumed training runs, and the check that one ends as an uninterrupted run.
 
-The subprocess-and-SIGKILL tests in test_training_resume.py cover what the train rule does; this
-cheaper variant lets every backend and model prove the same property: a resumed run ends with
-the weights and loss log of an uninterrupted one.
+`train_interrupted_and_uninterrupted` interrupts a run right after its first checkpoint, in one
+process; the subprocess-and-SIGKILL tests in test_training_resume.py cover what the train rule
+does. Either way, a resumed run must end with the weights and loss log of an uninterrupted one
+(`assert_same_run`).
 """
 
 from __future__ import annotations
@@ -49,13 +50,19 @@ def train_interrupted_and_uninterrupted(backend, model: str, hp: dict, tmp_path:
     return tmp_path / "reference", tmp_path / "resumed", result["resumed_from"]
 
 
-def assert_same_run(reference: Path, resumed: Path) -> None:
-    """Bit-identical final weights and the same loss log (timings aside)."""
-    a = torch.load(reference / "model.pt", weights_only=True)["state_dict"]
-    b = torch.load(resumed / "model.pt", weights_only=True)["state_dict"]
+def final_state(out_dir: Path) -> dict:
+    return torch.load(out_dir / "model.pt", weights_only=True)["state_dict"]
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
     assert a.keys() == b.keys()
     different = [k for k in a if not torch.equal(a[k], b[k])]
     assert not different, f"{len(different)} of {len(a)} tensors differ, e.g. {different[:3]}"
+
+
+def assert_same_run(reference: Path, resumed: Path) -> None:
+    """Bit-identical final weights and the same loss log (timings aside)."""
+    assert_same_weights(final_state(reference), final_state(resumed))
     timing = {"seconds", "images_per_second"}
 
     def losses(out: Path) -> list[dict]:

@@ -14,6 +14,7 @@ import tiny_chips
 import torch
 import yaml
 from conftest import ROOT, planned_jobs, run_snakemake
+from interrupted import assert_same_run
 
 from nadir.config import model_hyperparameters
 from nadir.errors import NadirError
@@ -116,12 +117,7 @@ def test_yolox_resumes_to_the_weights_of_an_uninterrupted_run(data, tmp_path):
     second = backend.train(job_for("yolox_s", data, tmp_path / "b", hp, checkpoints=store,
                                    checkpoint_every=2))
     assert second["resumed_from"] == 2
-    a = torch.load(tmp_path / "a" / "model.pt", weights_only=True)["state_dict"]
-    b = torch.load(tmp_path / "b" / "model.pt", weights_only=True)["state_dict"]
-    assert [k for k in a if not torch.equal(a[k], b[k])] == []
-    log_a = json.loads((tmp_path / "a" / "train_log.json").read_text())
-    log_b = json.loads((tmp_path / "b" / "train_log.json").read_text())
-    assert [r["loss"] for r in log_a] == [r["loss"] for r in log_b]
+    assert_same_run(tmp_path / "a", tmp_path / "b")
 
 
 def test_detr_loss_terms_add_up_to_the_transformers_loss():

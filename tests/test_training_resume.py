@@ -12,11 +12,18 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import tiny_chips
 import torch
+from interrupted import (
+    assert_same_run,
+    assert_same_weights,
+    final_state,
+    train_interrupted_and_uninterrupted,
+)
 
 from nadir.training.checkpoints import LocalCheckpoints, open_store
 from nadir.training.data import SeededBatches
@@ -36,31 +43,25 @@ def run_env(extra: dict | None = None) -> dict:
     return {**os.environ, "PYTHONPATH": str(ROOT / "src"), **(extra or {})}
 
 
-def final_state(out_dir: Path) -> dict:
-    return torch.load(out_dir / "model.pt", weights_only=True)["state_dict"]
-
-
-def assert_same_weights(a: dict, b: dict) -> None:
-    assert a.keys() == b.keys()
-    different = [k for k in a if not torch.equal(a[k], b[k])]
-    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
-
-
-def kill_after_first_checkpoint(command: list[str], checkpoint_root: Path, env: dict,
-                                log_path: Path) -> int:
-    """Start a run, SIGKILL it once a checkpoint exists; return that checkpoint's iteration."""
+def kill_after_first_checkpoint(command: list[str], env: dict, log_path: Path,
+                                find: Callable[[], list]) -> list:
+    """Start a run, SIGKILL it as soon as `find` lists a checkpoint; return that listing."""
     with open(log_path, "w") as log:
         process = subprocess.Popen(command, stderr=log, stdout=log, env=env)
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline and process.poll() is None:
-            found = sorted(checkpoint_root.glob("*/ckpt-*.pt"))
+            found = find()
             if found:
                 process.send_signal(signal.SIGKILL)
                 process.wait()
-                return int(found[0].stem.split("-")[1])
+                return found
             time.sleep(0.01)
     raise AssertionError(f"no checkpoint before the run ended ({process.poll()}): "
                          f"{log_path.read_text()[-2000:]}")
+
+
+def local_checkpoints(root: Path) -> Callable[[], list[Path]]:
+    return lambda: sorted(root.glob("*/ckpt-*.pt"))
 
 
 @pytest.fixture(scope="module")
@@ -83,8 +84,9 @@ def test_killed_run_resumes_to_the_same_weights(data, uninterrupted, tmp_path):
     checkpoints, out = tmp_path / "checkpoints", tmp_path / "out"
     command = train_command(data, out, hp, "--checkpoints", str(checkpoints),
                             "--checkpoint-every", "3")
-    killed_at = kill_after_first_checkpoint(command, checkpoints, run_env(),
-                                            tmp_path / "killed.log")
+    [first, *_] = kill_after_first_checkpoint(command, run_env(), tmp_path / "killed.log",
+                                              local_checkpoints(checkpoints))
+    killed_at = int(first.stem.split("-")[1])
     assert killed_at == 3
     assert not (out / "model.pt").exists()
 
@@ -97,14 +99,10 @@ def test_killed_run_resumes_to_the_same_weights(data, uninterrupted, tmp_path):
     run = json.loads((out / "run.json").read_text())
     assert run["training"]["iterations"] == 24
     assert run["training"]["resumed_from"] == resumed_at
-    assert_same_weights(final_state(out), final_state(reference))
-    # The loss log carries the intervals from before the kill: one entry per 4 iterations.
+    # Same weights, and the loss log carries the intervals from before the kill.
+    assert_same_run(reference, out)
     log = json.loads((out / "train_log.json").read_text())
     assert [e["iteration"] for e in log] == [4, 8, 12, 16, 20, 24]
-    timing = {"seconds", "images_per_second"}
-    reference_log = json.loads((reference / "train_log.json").read_text())
-    assert [{k: v for k, v in e.items() if k not in timing} for e in log] == \
-        [{k: v for k, v in e.items() if k not in timing} for e in reference_log]
     # A finished run removes its checkpoints: its weights are in the outputs.
     assert not list(checkpoints.glob("*/ckpt-*.pt"))
 
@@ -115,7 +113,8 @@ def test_other_settings_never_resume_a_stale_checkpoint(data, tmp_path):
     first = train_command(data, tmp_path / "a", hp | {"iterations": 40}, "--checkpoints",
                           str(checkpoints),
                           "--checkpoint-every", "1")
-    kill_after_first_checkpoint(first, checkpoints, run_env(), tmp_path / "a.log")
+    kill_after_first_checkpoint(first, run_env(), tmp_path / "a.log",
+                                local_checkpoints(checkpoints))
     changed = train_command(data, tmp_path / "b", hp, "--checkpoints",
                             str(checkpoints), "--checkpoint-every", "100")
     rerun = subprocess.run(changed, env=run_env(), capture_output=True, text=True, timeout=900)
@@ -139,16 +138,12 @@ def test_s3_checkpoints_resume_a_killed_run(data, uninterrupted, s3, tmp_path):
     command = train_command(data, out, hp, "--checkpoints", f"s3://{bucket}/runs/tiny/{MODEL}",
                             "--checkpoint-every", "3", "--checkpoint-keep", "1",
                             "--s3-endpoint", s3.endpoint)
-    with open(tmp_path / "killed.log", "w") as log:
-        process = subprocess.Popen(command, stderr=log, stdout=log, env=env)
-        deadline, keys = time.monotonic() + 600, []
-        while time.monotonic() < deadline and process.poll() is None and not keys:
-            listing = client.list_objects_v2(Bucket=bucket, Prefix="runs/tiny/")
-            keys = [o["Key"] for o in listing.get("Contents", []) if o["Key"].endswith(".pt")]
-            time.sleep(0.05)
-        process.send_signal(signal.SIGKILL)
-        process.wait()
-    assert keys, (tmp_path / "killed.log").read_text()[-2000:]
+
+    def uploaded() -> list[str]:
+        listing = client.list_objects_v2(Bucket=bucket, Prefix="runs/tiny/")
+        return [o["Key"] for o in listing.get("Contents", []) if o["Key"].endswith(".pt")]
+
+    keys = kill_after_first_checkpoint(command, env, tmp_path / "killed.log", uploaded)
     assert keys[0].startswith(f"runs/tiny/{MODEL}/") and keys[0].endswith(".pt")
 
     rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
@@ -237,8 +232,6 @@ def test_resume_continues_the_random_stream_of_a_sampling_model(tmp_path):
     """Faster R-CNN draws its RPN and ROI samples from torch's global generator: a resumed run
     must continue that stream where the checkpoint left it. (At 64 px there are fewer anchors
     than samples, every candidate is taken and the stream would not matter: hence 192 px.)"""
-    from interrupted import assert_same_run, train_interrupted_and_uninterrupted
-
     from nadir.training.torchvision_backend import TorchvisionBackend
 
     hp = tiny_chips.hyperparameters(iterations=4, log_interval=2, amp=False)
