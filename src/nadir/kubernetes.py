@@ -28,13 +28,13 @@ CONTAINER_NAME = "snakemake"
 RULE_LABEL = "snakemake-rule"
 RUN_LABEL = "snakemake-run"
 
-# Field name in the settings file -> (pod spec field, expected YAML type).
-POD_FIELDS: dict[str, tuple[str, type]] = {
-    "labels": ("labels", dict),
-    "nodeSelector": ("nodeSelector", dict),
-    "affinity": ("affinity", dict),
-    "tolerations": ("tolerations", list),
-    "imagePullSecrets": ("imagePullSecrets", list),
+# Field of the settings file (named as in the pod spec; labels go to the metadata) -> its type.
+POD_FIELDS: dict[str, type] = {
+    "labels": dict,
+    "nodeSelector": dict,
+    "affinity": dict,
+    "tolerations": list,
+    "imagePullSecrets": list,
 }
 SCOPES = {
     "all": "every pod",
@@ -58,13 +58,13 @@ class PodSettings:
         Affinity is replaced per kind (nodeAffinity, podAffinity, podAntiAffinity), because a
         deep merge of selector terms would change their meaning (terms are ORed).
         """
-        return PodSettings(
-            labels={**self.labels, **more.labels},
-            nodeSelector={**self.nodeSelector, **more.nodeSelector},
-            affinity={**self.affinity, **more.affinity},
-            tolerations=[*self.tolerations, *more.tolerations],
-            imagePullSecrets=[*self.imagePullSecrets, *more.imagePullSecrets],
-        )
+        return PodSettings(**{name: _combined(getattr(self, name), getattr(more, name))
+                              for name in POD_FIELDS})
+
+
+def _combined(base: dict | list, more: dict | list) -> dict | list:
+    """The one merge rule of pod settings: maps updated key by key, lists appended to."""
+    return {**base, **more} if isinstance(base, dict) else [*base, *more]
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,7 @@ def _scope_settings(path: Path, scope: str, raw: Any) -> PodSettings:
                                f"{sorted(POD_FIELDS)}")
     values = {}
     for name, value in raw.items():
-        expected = POD_FIELDS[name][1]
+        expected = POD_FIELDS[name]
         if not isinstance(value, expected):
             raise InputError(path, f"`{scope}.{name}` must be a {expected.__name__} "
                                    f"(as in a Kubernetes pod spec), got {value!r}")
@@ -153,16 +153,10 @@ def apply_pod_settings(job: dict[str, Any], settings: PodSettings, *, rule: str,
     template = job["spec"]["template"]
     template.setdefault("metadata", {}).setdefault("labels", {}).update(labels)
     pod = template["spec"]
-    if settings.nodeSelector:
-        pod["nodeSelector"] = {**(pod.get("nodeSelector") or {}), **settings.nodeSelector}
-    if settings.affinity:
-        pod["affinity"] = {**(pod.get("affinity") or {}), **copy.deepcopy(settings.affinity)}
-    if settings.tolerations:
-        pod["tolerations"] = [*(pod.get("tolerations") or []),
-                              *copy.deepcopy(settings.tolerations)]
-    if settings.imagePullSecrets:
-        pod["imagePullSecrets"] = [*(pod.get("imagePullSecrets") or []),
-                                   *copy.deepcopy(settings.imagePullSecrets)]
+    for name, kind in POD_FIELDS.items():
+        value = getattr(settings, name)
+        if name != "labels" and value:
+            pod[name] = _combined(pod.get(name) or kind(), copy.deepcopy(value))
     if shm_mb:
         pod.setdefault("volumes", []).append(
             {"name": SHM_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": f"{int(shm_mb)}M"}})
