@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 import tiny_chips  # noqa: E402
 import torch  # noqa: E402
 
-from nadir.training.backend import TrainJob, get_backend  # noqa: E402
+from nadir.training.backend import get_backend  # noqa: E402
 from nadir.training.catalogue import CATALOGUE  # noqa: E402
 from nadir.training.checkpoints import LocalCheckpoints  # noqa: E402
 from nadir.training.data import SeededBatches, ShardChips, collate  # noqa: E402
@@ -89,11 +89,10 @@ def bare_loop(model_name: str, data: dict, hp: dict, threads: int, amp: bool) ->
 def nadir_loop(model_name: str, data: dict, hp: dict, threads: int, work: Path,
                checkpoint_every: int) -> float:
     """Images per second of nadir's own loop (the backend's `seconds` covers its steps only)."""
-    job = TrainJob(dataset="bench", model=model_name, hp=hp, train_json=data["coco"],
-                   manifest=data["manifest"], shards=[data["shard"]], out_dir=work / model_name,
-                   threads=threads, world_size=1, checkpoint_every=checkpoint_every,
-                   checkpoints=LocalCheckpoints(work / "ck" / model_name)
-                   if checkpoint_every else None)
+    job = tiny_chips.train_job(data, model_name, hp, work / model_name, dataset="bench",
+                               threads=threads, world_size=1, checkpoint_every=checkpoint_every,
+                               checkpoints=LocalCheckpoints(work / "ck" / model_name)
+                               if checkpoint_every else None)
     result = get_backend(CATALOGUE[model_name].backend).train(job)
     return hp["iterations"] * hp["batch_size"] / result["seconds"]
 

@@ -37,10 +37,8 @@ def train_interrupted_and_uninterrupted(backend, model: str, hp: dict, tmp_path:
     data = tiny_chips.build(tmp_path / "data", chips=4, size=size)
 
     def job(out: str, checkpoints: LocalCheckpoints | None) -> TrainJob:
-        return TrainJob(dataset="tiny", model=model, hp=hp, train_json=data["coco"],
-                        manifest=data["manifest"], shards=[data["shard"]],
-                        out_dir=tmp_path / out, threads=1, world_size=1,
-                        checkpoints=checkpoints, checkpoint_every=checkpoint_every)
+        return tiny_chips.train_job(data, model, hp, tmp_path / out, threads=1, world_size=1,
+                                    checkpoints=checkpoints, checkpoint_every=checkpoint_every)
 
     backend.train(job("reference", None))
     with pytest.raises(Interrupted):

@@ -101,15 +101,13 @@ def test_missing_detectron2_is_a_clear_error(monkeypatch):
 @pytest.mark.parametrize("model", D2_MODELS)
 def test_detectron2_model_trains_and_predicts(model, tmp_path):
     from nadir.evaluation import evaluate
-    from nadir.training.backend import TrainJob
     from nadir.training.checkpoints import LocalCheckpoints
 
     data = tiny_chips.build(tmp_path / "data", chips=4)
     lr = 0.001 if model == "d2_retinanet_r50_fpn" else 0.0002  # RetinaNet: flat at 2e-4
     hp = tiny_chips.hyperparameters(iterations=8, log_interval=4, lr=lr, amp=False)
-    job = TrainJob(dataset="tiny", model=model, hp=hp, train_json=data["coco"],
-                   manifest=data["manifest"], shards=[data["shard"]], out_dir=tmp_path / "out",
-                   checkpoints=LocalCheckpoints(tmp_path / "ck"), checkpoint_every=4)
+    job = tiny_chips.train_job(data, model, hp, tmp_path / "out",
+                               checkpoints=LocalCheckpoints(tmp_path / "ck"), checkpoint_every=4)
     backend = d2.Detectron2Backend()
     result = backend.train(job)
     assert result["iterations"] == 8

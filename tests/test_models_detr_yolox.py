@@ -19,7 +19,7 @@ from interrupted import assert_same_run
 from nadir.config import model_hyperparameters
 from nadir.errors import NadirError
 from nadir.evaluation import evaluate
-from nadir.training.backend import TrainJob, get_backend
+from nadir.training.backend import get_backend
 from nadir.training.catalogue import CATALOGUE, entry
 from nadir.training.checkpoints import LocalCheckpoints
 from nadir.training.detectors import build_detector
@@ -45,18 +45,12 @@ def short_hp(model: str, **changes) -> dict:
     return model_hyperparameters({"training": training, "models": {model: None}}, model)
 
 
-def job_for(model: str, data: dict, out_dir, hp: dict, **extra) -> TrainJob:
-    return TrainJob(dataset="tiny", model=model, hp=hp, train_json=data["coco"],
-                    manifest=data["manifest"], shards=[data["shard"]], out_dir=out_dir,
-                    threads=2, **extra)
-
-
 @pytest.mark.parametrize("model", [pytest.param(m, marks=pytest.mark.slow) if m in SLOW else m
                                    for m in NEW_FAMILIES])
 def test_model_trains_with_falling_loss_and_evaluates(model, data, tmp_path):
     # The same two chips every step (no flips): a model that learns fits them at once.
     backend = get_backend(entry(model).backend)
-    result = backend.train(job_for(model, data, tmp_path, short_hp(model)))
+    result = backend.train(tiny_chips.train_job(data, model, short_hp(model), tmp_path, threads=2))
     assert result["iterations"] == 8 and result["resumed_from"] == 0
     log = json.loads((tmp_path / "train_log.json").read_text())
     losses = [row["loss"] for row in log]
@@ -82,8 +76,8 @@ def test_model_trains_with_falling_loss_and_evaluates(model, data, tmp_path):
 def test_category_ids_with_gaps_come_back_from_detr(tmp_path):
     data = tiny_chips.build(tmp_path / "data", chips=2, category_ids=(11, 94))
     backend = get_backend("transformers")
-    backend.train(job_for("detr_r50", data, tmp_path / "out", short_hp("detr_r50",
-                                                                       iterations=1)))
+    backend.train(tiny_chips.train_job(data, "detr_r50", short_hp("detr_r50", iterations=1),
+                                       tmp_path / "out", threads=2))
     predictions = backend.predict(tmp_path / "out" / "model.pt", data["coco"], [data["shard"]],
                                   {"score_threshold": 0.0, "max_detections": 100,
                                    "batch_size": 2})
@@ -111,11 +105,11 @@ def test_yolox_resumes_to_the_weights_of_an_uninterrupted_run(data, tmp_path):
     store = LocalCheckpoints(tmp_path / "checkpoints", keep=1)
     backend = get_backend("yolox")
     # The first run leaves its checkpoint at iteration 2 (only `nadir train` clears them).
-    first = backend.train(job_for("yolox_s", data, tmp_path / "a", hp, checkpoints=store,
-                                  checkpoint_every=2))
+    first = backend.train(tiny_chips.train_job(data, "yolox_s", hp, tmp_path / "a",
+                                               threads=2, checkpoints=store, checkpoint_every=2))
     assert first["resumed_from"] == 0 and store.iterations() == [2]
-    second = backend.train(job_for("yolox_s", data, tmp_path / "b", hp, checkpoints=store,
-                                   checkpoint_every=2))
+    second = backend.train(tiny_chips.train_job(data, "yolox_s", hp, tmp_path / "b",
+                                                threads=2, checkpoints=store, checkpoint_every=2))
     assert second["resumed_from"] == 2
     assert_same_run(tmp_path / "a", tmp_path / "b")
 

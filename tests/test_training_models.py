@@ -13,7 +13,7 @@ import torch
 
 from nadir.config import model_hyperparameters
 from nadir.evaluation import evaluate
-from nadir.training.backend import TrainJob, get_backend
+from nadir.training.backend import get_backend
 from nadir.training.catalogue import CATALOGUE, DEFAULT_MODEL, PRETRAINED_KINDS, weight_source
 from nadir.training.torchvision_models import build_model
 
@@ -36,9 +36,7 @@ def test_model_trains_with_falling_loss_and_evaluates(model, data, tmp_path):
         {"training": tiny_chips.hyperparameters(iterations=8, log_interval=4, augment=False,
                                                 warmup_iterations=1),
          "models": {model: None}}, model)
-    job = TrainJob(dataset="tiny", model=model, hp=hp, train_json=data["coco"],
-                   manifest=data["manifest"], shards=[data["shard"]], out_dir=tmp_path,
-                   threads=2)
+    job = tiny_chips.train_job(data, model, hp, tmp_path, threads=2)
     backend = get_backend("torchvision")
     result = backend.train(job)
     assert result["iterations"] == 8 and result["resumed_from"] == 0
@@ -60,8 +58,7 @@ def test_model_trains_with_falling_loss_and_evaluates(model, data, tmp_path):
 def test_category_ids_with_gaps_train_and_come_back(tmp_path):
     data = tiny_chips.build(tmp_path / "data", chips=2, category_ids=(11, 94))
     hp = tiny_chips.hyperparameters(iterations=2)
-    job = TrainJob(dataset="gaps", model=DEFAULT_MODEL, hp=hp, train_json=data["coco"],
-                   manifest=data["manifest"], shards=[data["shard"]], out_dir=tmp_path / "out")
+    job = tiny_chips.train_job(data, DEFAULT_MODEL, hp, tmp_path / "out", dataset="gaps")
     backend = get_backend("torchvision")
     backend.train(job)
     predictions = backend.predict(tmp_path / "out" / "model.pt", data["coco"], [data["shard"]],

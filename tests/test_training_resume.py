@@ -210,10 +210,9 @@ def test_two_process_ddp_on_cpu_checkpoints_and_resumes(data, tmp_path):
     hp = tiny_chips.hyperparameters(iterations=6, batch_size=2, log_interval=3)
 
     def job(out: str) -> TrainJob:
-        return TrainJob(dataset="tiny", model=MODEL, hp=hp, train_json=data["coco"],
-                        manifest=data["manifest"], shards=[data["shard"]],
-                        out_dir=tmp_path / out, threads=2, world_size=2, checkpoint_every=3,
-                        checkpoints=LocalCheckpoints(tmp_path / "ck"))
+        return tiny_chips.train_job(data, MODEL, hp, tmp_path / out, threads=2, world_size=2,
+                                    checkpoint_every=3,
+                                    checkpoints=LocalCheckpoints(tmp_path / "ck"))
 
     backend = get_backend("torchvision")
     first = backend.train(job("first"))

@@ -61,3 +61,13 @@ def hyperparameters(**overrides) -> dict:
     return {"iterations": 6, "batch_size": 2, "lr": 0.001, "weight_decay": 0.0001,
             "warmup_iterations": 2, "clip_grad_norm": 10.0, "augment": True, "log_interval": 2,
             "seed": 0, "pretrained": "none", "amp": True} | overrides
+
+
+def train_job(data: dict, model: str, hp: dict, out_dir: Path, dataset: str = "tiny",
+              **settings):
+    """A TrainJob over what `build` wrote; `settings` are the TrainJob's other fields."""
+    from nadir.training.backend import TrainJob
+
+    return TrainJob(dataset=dataset, model=model, hp=hp, train_json=data["coco"],
+                    manifest=data["manifest"], shards=[data["shard"]], out_dir=out_dir,
+                    **settings)
