@@ -29,6 +29,7 @@ from urllib.parse import urlparse
 from urllib.request import Request, urlopen
 
 from nadir.errors import InputError, NadirError
+from nadir.index import image_header
 
 log = logging.getLogger(__name__)
 
@@ -327,27 +328,6 @@ def classify(relative: str, dataset_format: str, tiled: bool = True) -> str | No
         if label_dir in folders and suffix == ".geojson":
             return "label"
     return None
-
-
-def image_header(path: Path) -> dict:
-    """Size, bands, type and georeferencing of an image, read from its header only."""
-    import warnings
-
-    import rasterio
-    from rasterio.errors import NotGeoreferencedWarning
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            with rasterio.open(path) as src:
-                georeferenced = src.crs is not None
-                t = src.transform
-                return {"width": src.width, "height": src.height, "bands": src.count,
-                        "dtype": src.dtypes[0],
-                        "crs": src.crs.to_string() if georeferenced else None,
-                        "transform": [t.a, t.b, t.c, t.d, t.e, t.f] if georeferenced else None}
-    except rasterio.errors.RasterioIOError as exc:
-        raise InputError(path, f"not a readable raster image ({exc})") from None
 
 
 def scan(root: Path, entries: list[tuple[SourceEntry, Path]], dataset_format: str,
