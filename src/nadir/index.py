@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nadir.datasets.dota import parse_label_file
+from nadir.datasets.records import polygon_outside
 from nadir.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -63,8 +64,7 @@ def image_header(path: Path) -> dict:
 
 
 def _check_inside(polygon: list[float], width: int, height: int, label: Path, line: int):
-    xs, ys = polygon[0::2], polygon[1::2]
-    if max(xs) <= 0 or max(ys) <= 0 or min(xs) >= width or min(ys) >= height:
+    if polygon_outside(polygon, width, height):
         raise InputError(
             label, f"polygon lies entirely outside the {width}x{height} image: {polygon}", line
         )

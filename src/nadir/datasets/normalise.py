@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from nadir.datasets import dota, rareplanes, xview
-from nadir.datasets.records import BadInput, ClassFilter
+from nadir.datasets.records import BadInput, ClassFilter, polygon_outside
 from nadir.errors import InputError
 from nadir.index import ANNOTATION_FIELDS, format_polygon, write_categories, write_scene_table
 
@@ -57,11 +57,6 @@ def assign_splits(scenes: list[dict], dataset_format: str, split: dict) -> tuple
     return {s["scene"]: s["split"] for s in scenes}, "official (per source entry)"
 
 
-def outside(polygon: list[float], width: int, height: int) -> bool:
-    xs, ys = polygon[0::2], polygon[1::2]
-    return max(xs) <= 0 or max(ys) <= 0 or min(xs) >= width or min(ys) >= height
-
-
 class AnnotationWriter:
     """Streams annotation rows to annotations.csv, numbering objects per scene."""
 
@@ -98,7 +93,7 @@ def _index_dota(scenes, files_dir, spec, bad, writer_for) -> dict:
                                        dota.CLASSES_BY_VERSION[spec["version"]], bad)
         scene["gsd"] = "" if labels.gsd is None else labels.gsd
         for obj in labels.objects:
-            if outside(obj.polygon, scene["width"], scene["height"]):
+            if polygon_outside(obj.polygon, scene["width"], scene["height"]):
                 bad.report("outside_image", scene["label"], f"polygon {obj.polygon} lies "
                            f"outside the {scene['width']}x{scene['height']} image", obj.line)
                 continue
@@ -140,7 +135,7 @@ def _index_rareplanes(scenes, files_dir, spec, bad, writer_for) -> dict:
     writer = writer_for(classes)
     for scene in scenes:
         for obj in parsed[scene["scene"]]:
-            if outside(obj.polygon, scene["width"], scene["height"]):
+            if polygon_outside(obj.polygon, scene["width"], scene["height"]):
                 bad.report("outside_image", scene["label"], f"feature {obj.feature} lies "
                            f"outside the {scene['width']}x{scene['height']} image")
                 continue
