@@ -87,10 +87,10 @@ def _class_filter(classes: list[str], spec: dict) -> ClassFilter:
 
 
 def _index_dota(scenes, files_dir, spec, bad, writer_for) -> dict:
-    writer = writer_for(dota.CLASSES_BY_VERSION[spec["version"]])
+    classes = dota.CLASSES_BY_VERSION[spec["version"]]
+    writer = writer_for(classes)
     for n, scene in enumerate(scenes, start=1):
-        labels = dota.parse_label_file(files_dir / scene["label"],
-                                       dota.CLASSES_BY_VERSION[spec["version"]], bad)
+        labels = dota.parse_label_file(files_dir / scene["label"], classes, bad)
         scene["gsd"] = "" if labels.gsd is None else labels.gsd
         for obj in labels.objects:
             if polygon_outside(obj.polygon, scene["width"], scene["height"]):
@@ -158,13 +158,13 @@ def build_index(manifest_path: Path, files_dir: Path, spec: dict, out_dir: Path)
             if s["label"] is None:
                 bad.report("image_without_label", s["image"], "no label file of the same name")
         labelled = [s for s in scenes if s["label"] is not None]
-    writers: list[AnnotationWriter] = []
+    writer: AnnotationWriter | None = None  # opened by the indexer once it knows the classes
     featured: set[str] = set()
 
     def writer_for(classes: list[str]) -> AnnotationWriter:
-        writers.append(AnnotationWriter(out_dir / "annotations.csv",
-                                        _class_filter(classes, spec)))
-        return writers[-1]
+        nonlocal writer
+        writer = AnnotationWriter(out_dir / "annotations.csv", _class_filter(classes, spec))
+        return writer
 
     try:
         if fmt == "dota":
@@ -175,9 +175,8 @@ def build_index(manifest_path: Path, files_dir: Path, spec: dict, out_dir: Path)
         else:
             details = _index_rareplanes(labelled, files_dir, spec, bad, writer_for)
     finally:
-        for w in writers:
-            w.close()
-    writer = writers[0]
+        if writer is not None:
+            writer.close()
     if fmt == "xview":  # an xView image without a single feature has no labels at all
         for s in labelled:
             if s["scene"] not in featured:
