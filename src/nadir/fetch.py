@@ -29,6 +29,7 @@ from urllib.parse import urlparse
 from urllib.request import Request, urlopen
 
 from nadir.errors import InputError, NadirError
+from nadir.index import image_header
 
 log = logging.getLogger(__name__)
 
@@ -106,12 +107,13 @@ def _retrying(what: str, attempts: int, action: Callable[[], None]) -> None:
     raise NadirError(f"{what}: still failing after {attempts + 1} attempt(s): {error}")
 
 
-def download(url: str, dest: Path, sha256: str | None, settings: FetchSettings) -> Path:
-    """Download `url` to `dest` via `dest.part`, resuming a previous partial download."""
+def download(url: str, dest: Path, sha256: str | None, settings: FetchSettings) -> str:
+    """Download `url` to `dest` via `dest.part`, resuming a previous partial download.
+
+    Returns the file's SHA-256 (computed once, while verifying it)."""
     if dest.exists():
         log.info("already downloaded: %s", dest)
-        _verify(dest, sha256, url)
-        return dest
+        return _verify(dest, sha256, url)
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
 
@@ -146,13 +148,13 @@ def download(url: str, dest: Path, sha256: str | None, settings: FetchSettings) 
     log.info("downloading %s", url)
     _retrying(f"download of {url}", settings.retries, attempt)
     try:
-        _verify(part, sha256, url)
+        digest = _verify(part, sha256, url)
     except InputError:
         part.unlink()  # a corrupt part would poison every resume
         raise
     os.replace(part, dest)
     log.info("downloaded and verified %s (%d bytes)", dest, dest.stat().st_size)
-    return dest
+    return digest
 
 
 def _s3_client(entry: SourceEntry):
@@ -284,8 +286,8 @@ def obtain(entry: SourceEntry, dest: Path, dataset_format: str,
     if entry.scheme in ("http", "https"):
         name = Path(urlparse(entry.url).path).name or "download"
         key = hashlib.sha256(entry.url.encode()).hexdigest()[:16]
-        path = download(entry.url, settings.cache_dir / key / name, entry.sha256, settings)
-        record["sha256"] = sha256_of(path)
+        path = settings.cache_dir / key / name
+        record["sha256"] = download(entry.url, path, entry.sha256, settings)
     else:
         path = Path(entry.url).expanduser()
         if not path.exists():
@@ -326,27 +328,6 @@ def classify(relative: str, dataset_format: str, tiled: bool = True) -> str | No
         if label_dir in folders and suffix == ".geojson":
             return "label"
     return None
-
-
-def image_header(path: Path) -> dict:
-    """Size, bands, type and georeferencing of an image, read from its header only."""
-    import warnings
-
-    import rasterio
-    from rasterio.errors import NotGeoreferencedWarning
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            with rasterio.open(path) as src:
-                georeferenced = src.crs is not None
-                t = src.transform
-                return {"width": src.width, "height": src.height, "bands": src.count,
-                        "dtype": src.dtypes[0],
-                        "crs": src.crs.to_string() if georeferenced else None,
-                        "transform": [t.a, t.b, t.c, t.d, t.e, t.f] if georeferenced else None}
-    except rasterio.errors.RasterioIOError as exc:
-        raise InputError(path, f"not a readable raster image ({exc})") from None
 
 
 def scan(root: Path, entries: list[tuple[SourceEntry, Path]], dataset_format: str,

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nadir.datasets.dota import parse_label_file
+from nadir.datasets.records import polygon_outside
 from nadir.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -41,22 +42,29 @@ class Annotation:
     polygon: list[float]
 
 
-def _image_header(path: Path) -> dict:
-    import rasterio
+def image_header(path: Path) -> dict:
+    """Size, bands, type and georeferencing of an image, read from its header only."""
+    import warnings
 
-    if not path.exists():
-        raise InputError(path, "image not found; every label file needs an image of the same name")
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning
+
     try:
-        with rasterio.open(path) as src:
-            return {"width": src.width, "height": src.height, "bands": src.count,
-                    "dtype": src.dtypes[0]}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(path) as src:
+                georeferenced = src.crs is not None
+                t = src.transform
+                return {"width": src.width, "height": src.height, "bands": src.count,
+                        "dtype": src.dtypes[0],
+                        "crs": src.crs.to_string() if georeferenced else None,
+                        "transform": [t.a, t.b, t.c, t.d, t.e, t.f] if georeferenced else None}
     except rasterio.errors.RasterioIOError as exc:
         raise InputError(path, f"not a readable raster image ({exc})") from None
 
 
 def _check_inside(polygon: list[float], width: int, height: int, label: Path, line: int):
-    xs, ys = polygon[0::2], polygon[1::2]
-    if max(xs) <= 0 or max(ys) <= 0 or min(xs) >= width or min(ys) >= height:
+    if polygon_outside(polygon, width, height):
         raise InputError(
             label, f"polygon lies entirely outside the {width}x{height} image: {polygon}", line
         )
@@ -67,7 +75,10 @@ def build_index(sources: list[SceneSource], classes: list[str], out_dir: Path) -
     out_dir.mkdir(parents=True, exist_ok=True)
     scenes, annotations = [], []
     for n, src in enumerate(sources, start=1):
-        header = _image_header(src.image)
+        if not src.image.exists():
+            raise InputError(src.image,
+                             "image not found; every label file needs an image of the same name")
+        header = image_header(src.image)
         labels = parse_label_file(src.label, classes)
         for i, obj in enumerate(labels.objects):
             _check_inside(obj.polygon, header["width"], header["height"], src.label, obj.line)

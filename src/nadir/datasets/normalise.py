@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from nadir.datasets import dota, rareplanes, xview
-from nadir.datasets.records import BadInput, ClassFilter
+from nadir.datasets.records import BadInput, ClassFilter, polygon_outside
 from nadir.errors import InputError
 from nadir.index import ANNOTATION_FIELDS, format_polygon, write_categories, write_scene_table
 
@@ -57,11 +57,6 @@ def assign_splits(scenes: list[dict], dataset_format: str, split: dict) -> tuple
     return {s["scene"]: s["split"] for s in scenes}, "official (per source entry)"
 
 
-def outside(polygon: list[float], width: int, height: int) -> bool:
-    xs, ys = polygon[0::2], polygon[1::2]
-    return max(xs) <= 0 or max(ys) <= 0 or min(xs) >= width or min(ys) >= height
-
-
 class AnnotationWriter:
     """Streams annotation rows to annotations.csv, numbering objects per scene."""
 
@@ -92,13 +87,13 @@ def _class_filter(classes: list[str], spec: dict) -> ClassFilter:
 
 
 def _index_dota(scenes, files_dir, spec, bad, writer_for) -> dict:
-    writer = writer_for(dota.CLASSES_BY_VERSION[spec["version"]])
+    classes = dota.CLASSES_BY_VERSION[spec["version"]]
+    writer = writer_for(classes)
     for n, scene in enumerate(scenes, start=1):
-        labels = dota.parse_label_file(files_dir / scene["label"],
-                                       dota.CLASSES_BY_VERSION[spec["version"]], bad)
+        labels = dota.parse_label_file(files_dir / scene["label"], classes, bad)
         scene["gsd"] = "" if labels.gsd is None else labels.gsd
         for obj in labels.objects:
-            if outside(obj.polygon, scene["width"], scene["height"]):
+            if polygon_outside(obj.polygon, scene["width"], scene["height"]):
                 bad.report("outside_image", scene["label"], f"polygon {obj.polygon} lies "
                            f"outside the {scene['width']}x{scene['height']} image", obj.line)
                 continue
@@ -140,7 +135,7 @@ def _index_rareplanes(scenes, files_dir, spec, bad, writer_for) -> dict:
     writer = writer_for(classes)
     for scene in scenes:
         for obj in parsed[scene["scene"]]:
-            if outside(obj.polygon, scene["width"], scene["height"]):
+            if polygon_outside(obj.polygon, scene["width"], scene["height"]):
                 bad.report("outside_image", scene["label"], f"feature {obj.feature} lies "
                            f"outside the {scene['width']}x{scene['height']} image")
                 continue
@@ -163,13 +158,13 @@ def build_index(manifest_path: Path, files_dir: Path, spec: dict, out_dir: Path)
             if s["label"] is None:
                 bad.report("image_without_label", s["image"], "no label file of the same name")
         labelled = [s for s in scenes if s["label"] is not None]
-    writers: list[AnnotationWriter] = []
+    writer: AnnotationWriter | None = None  # opened by the indexer once it knows the classes
     featured: set[str] = set()
 
     def writer_for(classes: list[str]) -> AnnotationWriter:
-        writers.append(AnnotationWriter(out_dir / "annotations.csv",
-                                        _class_filter(classes, spec)))
-        return writers[-1]
+        nonlocal writer
+        writer = AnnotationWriter(out_dir / "annotations.csv", _class_filter(classes, spec))
+        return writer
 
     try:
         if fmt == "dota":
@@ -180,9 +175,8 @@ def build_index(manifest_path: Path, files_dir: Path, spec: dict, out_dir: Path)
         else:
             details = _index_rareplanes(labelled, files_dir, spec, bad, writer_for)
     finally:
-        for w in writers:
-            w.close()
-    writer = writers[0]
+        if writer is not None:
+            writer.close()
     if fmt == "xview":  # an xView image without a single feature has no labels at all
         for s in labelled:
             if s["scene"] not in featured:

@@ -21,6 +21,20 @@ DEFAULT_POLICY = {"malformed_record": "error", "unknown_class": "error", "outsid
 EXAMPLES_KEPT = 5  # per case, in the summary, so a user can find what was skipped
 
 
+
+def box_outside(xmin: float, ymin: float, xmax: float, ymax: float, width: int,
+                height: int) -> bool:
+    """Whether a box lies entirely outside a width x height image (touching its edge counts)."""
+    return xmax <= 0 or ymax <= 0 or xmin >= width or ymin >= height
+
+
+def polygon_outside(polygon: list[float], width: int, height: int) -> bool:
+    """`box_outside` for the bounds of a polygon (x y pairs in pixels)."""
+    xs, ys = polygon[0::2], polygon[1::2]
+    xmax, ymax = max(xs), max(ys)
+    return box_outside(min(xs), min(ys), xmax, ymax, width, height)
+
+
 @dataclass
 class BadInput:
     """Applies the per-case policy: raise `InputError`, or count the skip and keep examples."""

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nadir.datasets.records import BadInput
+from nadir.datasets.records import BadInput, box_outside
 from nadir.errors import InputError
 
 # The 60 named classes of xView's training labels (ids are not contiguous).
@@ -155,7 +155,7 @@ def read_objects(path: Path, image_sizes: dict[str, tuple[int, int]], bad: BadIn
             continue
         xmin, ymin, xmax, ymax = box
         width, height = image_sizes[image]
-        if xmax <= 0 or ymax <= 0 or xmin >= width or ymin >= height:
+        if box_outside(xmin, ymin, xmax, ymax, width, height):
             bad.report("outside_image", str(path),
                        f"feature {number}: box {box} lies outside the {width}x{height} image "
                        f"{image}")
