@@ -228,6 +228,18 @@ def test_self_crossing_outline_is_repaired_before_it_is_measured(tmp_path):
     assert obj["bbox"] == [100, 100, 20, 20]
 
 
+def test_self_crossing_outline_with_a_spike_keeps_every_box_in_place(tmp_path):
+    # make_valid's default turns this outline into a collection of two triangles and a line
+    # (the spike to x = 25); the objects after it must keep their own boxes.
+    image = write_raster(tmp_path / "scene.tif", position_pixels(256, 256))
+    spiked = Annotation("S", 0, "plane", 0, [10, 10, 20, 20, 20, 10, 25, 10, 20, 10, 10, 20])
+    result, _ = chip(tmp_path, image, [spiked, square("S", 1, 100, 100, 140, 120)], size=256)
+    first, second = result["chips"][0]["objects"]
+    assert first["object"] == 0 and first["bbox"] == [10, 10, 10, 10]
+    assert len(first["polygons"]) == 2 and first["visible"] == 1.0
+    assert second["object"] == 1 and second["bbox"] == [100, 100, 40, 20]
+
+
 # --- empty and nodata chips -----------------------------------------------------------------
 
 def test_empty_chips_are_kept_at_the_configured_rate_reproducibly(tmp_path):

@@ -170,14 +170,18 @@ class SceneObjects:
         self.bounds = np.array([[*v.min(0), *v.max(0)] for v in self.vertices]).reshape(-1, 4)
 
     def shapes(self, indices: np.ndarray) -> np.ndarray:
-        """The objects' polygons, made valid where they are not (self-crossing outlines)."""
+        """The objects' polygons, made valid where they are not (self-crossing outlines).
+
+        Repairs keep only polygons: a line or point left by a spike of the outline (which the
+        default repair returns beside the polygons, in a collection) has no area to chip."""
         rings = [self.vertices[i] for i in indices]
         coords = np.concatenate([np.vstack([r, r[:1]]) for r in rings])
         ring_of = np.repeat(np.arange(len(rings)), [len(r) + 1 for r in rings])
         shapes = shapely.polygons(shapely.linearrings(coords, indices=ring_of))
         invalid = ~shapely.is_valid(shapes)
         if invalid.any():
-            shapes[invalid] = shapely.make_valid(shapes[invalid])
+            shapes[invalid] = shapely.make_valid(shapes[invalid], method="structure",
+                                                 keep_collapsed=False)
         return shapes
 
     def clip(self, x0: int, y0: int, size: int,
