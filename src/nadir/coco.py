@@ -8,6 +8,8 @@ from pathlib import Path
 
 from shapely.geometry import Polygon
 
+from nadir.errors import NadirError
+
 
 def _polygon_area(polygons: list[list[float]]) -> float:
     return sum(Polygon(list(zip(p[0::2], p[1::2], strict=True))).area for p in polygons)
@@ -67,6 +69,13 @@ def write_coco(shard_jsons: list[Path], categories_json: Path, outputs: dict[str
                stats_path: Path) -> dict:
     categories = json.loads(Path(categories_json).read_text())
     coco = build_coco(shard_jsons, categories, list(outputs))
+    for split, data in coco.items():
+        if not data["images"]:
+            raise NadirError(
+                f"no chip of the {split} split was written, so nothing could be trained or "
+                f"evaluated on it: check that {split} has scenes (the dataset's `split` "
+                "settings and source entries), and that chips are not all skipped "
+                "(chipping.empty_keep, chipping.nodata_max)")
     for split, path in outputs.items():
         Path(path).write_text(json.dumps(coco[split]) + "\n")
     stats = statistics(coco)

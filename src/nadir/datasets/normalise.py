@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
 import random
 from collections import Counter
 from collections.abc import Iterable
@@ -57,11 +58,28 @@ def assign_splits(scenes: list[dict], dataset_format: str, split: dict) -> tuple
     return {s["scene"]: s["split"] for s in scenes}, "official (per source entry)"
 
 
+def check_splits(splits: dict[str, str], method: str, dataset: str) -> None:
+    """Stop at index time, not after training, when train or val would hold no scene."""
+    for wanted in ("train", "val"):
+        if wanted in splits.values():
+            continue
+        if method == "official":
+            fix = (f"give a source entry `split: {wanted}` (datasets.{dataset}.source), or set "
+                   f"datasets.{dataset}.split.method: seeded")
+        else:
+            fix = (f"fetch more scenes (a seeded split needs at least 2), or change "
+                   f"datasets.{dataset}.split.val_fraction")
+        raise InputError(f"datasets.{dataset}", f"the {wanted} split would hold none of the "
+                                                f"{len(splits)} labelled scene(s); {fix}")
+
+
 class AnnotationWriter:
-    """Streams annotation rows to annotations.csv, numbering objects per scene."""
+    """Streams annotation rows to annotations.csv, numbering objects per scene. The rows go to
+    a `.partial` file that takes the final name only once the whole index is known good."""
 
     def __init__(self, path: Path, class_filter: ClassFilter):
-        self.fh = open(path, "w", newline="")  # noqa: SIM115 - closed in close()
+        self.path, self.partial = path, path.with_name(path.name + ".partial")
+        self.fh = open(self.partial, "w", newline="")  # noqa: SIM115 - closed in close()
         self.writer = csv.writer(self.fh)
         self.writer.writerow(ANNOTATION_FIELDS)
         self.filter = class_filter
@@ -79,6 +97,9 @@ class AnnotationWriter:
 
     def close(self) -> None:
         self.fh.close()
+
+    def publish(self) -> None:
+        os.replace(self.partial, self.path)
 
 
 def _class_filter(classes: list[str], spec: dict) -> ClassFilter:
@@ -174,15 +195,21 @@ def build_index(manifest_path: Path, files_dir: Path, spec: dict, out_dir: Path)
                                    featured)
         else:
             details = _index_rareplanes(labelled, files_dir, spec, bad, writer_for)
-    finally:
-        if writer is not None:
+        writer.close()
+        if fmt == "xview":  # an xView image without a single feature has no labels at all
+            for s in labelled:
+                if s["scene"] not in featured:
+                    bad.report("image_without_label", s["image"], "no feature names this image")
+            labelled = [s for s in labelled if s["scene"] in featured]
+        splits, split_how = assign_splits(labelled, fmt, spec["split"])
+        check_splits(splits, "official" if split_how.startswith("official") else "seeded",
+                     manifest["dataset"])
+        writer.publish()
+    except BaseException:
+        if writer is not None:  # no annotations.csv that looks complete
             writer.close()
-    if fmt == "xview":  # an xView image without a single feature has no labels at all
-        for s in labelled:
-            if s["scene"] not in featured:
-                bad.report("image_without_label", s["image"], "no feature names this image")
-        labelled = [s for s in labelled if s["scene"] in featured]
-    splits, split_how = assign_splits(labelled, fmt, spec["split"])
+            writer.partial.unlink(missing_ok=True)
+        raise
     for s in scenes:
         s["split"] = splits.get(s["scene"], EXCLUDED)
         s["objects"] = writer.per_scene.get(s["scene"], 0)
