@@ -4,13 +4,15 @@ Requests are forwarded unchanged (Host included, so S3 signatures stay valid). `
 what to do to the next matching requests, one entry each, in order: (method, path, "500")
 answers with an S3 InternalError instead of forwarding, (method, path, "cut") forwards but cuts
 the response body after `cut_after` bytes (a connection dropped mid-body); `path` is the start
-of the request path, e.g. "/bucket/key". `seen` records (method, path).
+of the request path, e.g. "/bucket/key". `before(method, path)`, when set, is called first
+(a test stops the server behind the proxy from it). `seen` records (method, path).
 """
 
 from __future__ import annotations
 
 import http.client
 import threading
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlparse
 
@@ -24,6 +26,7 @@ class FaultProxy:
         self.faults: list[tuple[str, str, str]] = []
         self.seen: list[tuple[str, str]] = []
         self.cut_after = cut_after
+        self.before: Callable[[str, str], None] | None = None
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -34,6 +37,8 @@ class FaultProxy:
 
             def _forward(self):
                 proxy.seen.append((self.command, self.path))
+                if proxy.before is not None:
+                    proxy.before(self.command, self.path)
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else None
                 fault = next((f for f in proxy.faults
@@ -50,9 +55,13 @@ class FaultProxy:
                 conn = http.client.HTTPConnection(target.hostname, target.port, timeout=30)
                 headers = {k: v for k, v in self.headers.items()
                            if k.lower() not in ("connection", "expect")}
-                conn.request(self.command, self.path, body=body, headers=headers)
-                response = conn.getresponse()
-                data = response.read()
+                try:
+                    conn.request(self.command, self.path, body=body, headers=headers)
+                    response = conn.getresponse()
+                    data = response.read()
+                except OSError:  # the server is down: so is the connection to the client
+                    self.close_connection = True
+                    return
                 self.send_response(response.status)
                 for key, value in response.getheaders():
                     if key.lower() not in ("connection", "transfer-encoding", "content-length"):

@@ -19,7 +19,7 @@ from pathlib import Path
 PORT_FLAGS = [
     "master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port",
     "filer.port.grpc", "s3.port", "s3.port.grpc", "webdav.port", "admin.port",
-    "admin.port.grpc", "debug.port", "s3.port.iceberg",
+    "admin.port.grpc", "debug.port", "s3.port.iceberg", "s3.port.lance",
 ]
 
 

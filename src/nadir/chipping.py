@@ -539,6 +539,18 @@ def _crs_text(crs) -> str | None:
     return crs.to_string()
 
 
+def _read_errors_named(chips: Iterator, image: Path) -> Iterator:
+    """The chips of a scene; a failed read (a truncated or corrupt file) becomes an InputError
+    naming the image instead of GDAL's bare "Read failed"."""
+    import rasterio
+
+    try:
+        yield from chips
+    except rasterio.errors.RasterioError as exc:
+        raise InputError(image, f"cannot read its pixels ({exc}); the file is truncated or "
+                                "corrupt: copy or download it again") from None
+
+
 def chip_shard(scenes: list[dict], annotations: dict[str, list[Annotation]],
                images: dict[str, Path], params: ChipParams, tar_path: Path, json_path: Path,
                threads: int = 1) -> dict:
@@ -590,8 +602,9 @@ def chip_shard(scenes: list[dict], annotations: dict[str, list[Annotation]],
             except rasterio.errors.RasterioIOError as exc:
                 raise InputError(images[name], f"not a readable raster image ({exc})") from None
             with rasterio.Env(**settings), rasterio.open(images[name]) as src:
-                for record, job in chip_scene(src, scene, counts, annotations.get(name, []),
-                                              params):
+                for record, job in _read_errors_named(
+                        chip_scene(src, scene, counts, annotations.get(name, []), params),
+                        images[name]):
                     pending.append((record, pool.submit(job)))
                     if len(pending) > encoders:
                         write_oldest(tar)

@@ -21,6 +21,7 @@ import shutil
 import tarfile
 import time
 import zipfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from http.client import HTTPException
@@ -269,7 +270,8 @@ def _s3_client(entry: SourceEntry, settings: FetchSettings):
     config = Config(retries={"max_attempts": settings.retries + 1, "mode": "standard"},
                     connect_timeout=settings.timeout_s, read_timeout=settings.timeout_s,
                     **({"signature_version": UNSIGNED} if entry.anonymous else {}))
-    return boto3.client("s3", endpoint_url=entry.endpoint_url, config=config)
+    # A session of its own: boto3's default one keeps the credentials it first found.
+    return boto3.session.Session().client("s3", endpoint_url=entry.endpoint_url, config=config)
 
 
 def _s3_select(objects: dict[str, str], prefix: str, wanted: Callable[[str], str | None],
@@ -401,24 +403,63 @@ def is_archive(path: Path) -> bool:
     return path.is_file() and path.name.lower().endswith(ARCHIVE_SUFFIXES)
 
 
-def extract(archive: Path, dest: Path) -> None:
+NESTING_LIMIT = 3  # archives inside archives are extracted down to this depth
+
+
+def _extract_one(archive: Path, dest: Path) -> None:
     """Extract a zip or tar archive, refusing members that would land outside `dest`."""
-    dest.mkdir(parents=True, exist_ok=True)
     log.info("extracting %s", archive)
-    if archive.name.lower().endswith(".zip"):
-        with zipfile.ZipFile(archive) as zf:
-            root = dest.resolve()
-            for member in zf.namelist():
-                if not (dest / member).resolve().is_relative_to(root):
-                    raise InputError(archive, f"member {member!r} would be written outside "
-                                              "the extraction folder")
-            zf.extractall(dest)
-    else:
-        try:
+    try:
+        if archive.name.lower().endswith(".zip"):
+            with zipfile.ZipFile(archive) as zf:
+                root = dest.resolve()
+                for member in zf.namelist():
+                    if not (dest / member).resolve().is_relative_to(root):
+                        raise InputError(archive, f"member {member!r} would be written outside "
+                                                  "the extraction folder")
+                zf.extractall(dest)
+        else:
             with tarfile.open(archive) as tf:
                 tf.extractall(dest, filter="data")
-        except (tarfile.TarError, EOFError) as exc:
-            raise InputError(archive, f"not a readable tar archive ({exc})") from None
+    except tarfile.FilterError as exc:
+        raise InputError(archive, f"refused: {exc}") from None
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, OSError) as exc:
+        raise InputError(archive, f"not a readable archive ({exc}); it is corrupt or "
+                                  "truncated: download or copy it again") from None
+
+
+def extract(archive: Path, dest: Path) -> None:
+    """Extract an archive, and archives found inside it, into `dest`.
+
+    Everything goes to `<dest>.partial` first and takes its place only once all of it is
+    extracted, so a corrupt or truncated archive never leaves a folder that looks complete.
+    An inner archive is extracted into a folder named after it, and then removed.
+    """
+    partial = dest.with_name(dest.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    try:
+        _extract_one(archive, partial)
+        for depth in range(1, NESTING_LIMIT + 1):
+            inner = sorted(p for p in partial.rglob("*") if is_archive(p))
+            if not inner:
+                break
+            if depth == NESTING_LIMIT:
+                raise InputError(archive, f"archives nested more than {NESTING_LIMIT} deep "
+                                          f"(e.g. {inner[0].relative_to(partial)}); unpack it "
+                                          "by hand")
+            for path in inner:
+                suffix = next(x for x in ARCHIVE_SUFFIXES if path.name.lower().endswith(x))
+                _extract_one(path, path.with_name(path.name[:-len(suffix)]))
+                path.unlink()
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    if dest.exists():
+        shutil.copytree(partial, dest, dirs_exist_ok=True)
+        shutil.rmtree(partial)
+    else:
+        os.replace(partial, dest)
 
 
 def _link_or_copy(src: str, dst: str) -> None:

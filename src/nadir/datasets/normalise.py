@@ -77,16 +77,26 @@ class AnnotationWriter:
     """Streams annotation rows to annotations.csv, numbering objects per scene. The rows go to
     a `.partial` file that takes the final name only once the whole index is known good."""
 
-    def __init__(self, path: Path, class_filter: ClassFilter):
+    def __init__(self, path: Path, class_filter: ClassFilter, bad: BadInput):
         self.path, self.partial = path, path.with_name(path.name + ".partial")
         self.fh = open(self.partial, "w", newline="")  # noqa: SIM115 - closed in close()
         self.writer = csv.writer(self.fh)
         self.writer.writerow(ANNOTATION_FIELDS)
-        self.filter = class_filter
+        self.filter, self.bad = class_filter, bad
+        self.seen: set[int] = set()  # hashes of (scene, class, outline) written so far
         self.per_scene: Counter = Counter()
         self.per_class: Counter = Counter()
 
-    def add(self, scene: str, category: str, difficult: int, polygon: list[float]) -> None:
+    def add(self, scene: str, category: str, difficult: int, polygon: list[float],
+            where: str, line: int | None = None) -> None:
+        """Write one object, unless it repeats an object of its scene (same class, same
+        vertices): a duplicate would count twice in training and in the scores."""
+        key = hash((scene, category, tuple(polygon)))
+        if key in self.seen:
+            self.bad.report("duplicate_object", where, f"the same {category} outline as an "
+                            f"earlier object of scene {scene}", line)
+            return
+        self.seen.add(key)
         name = self.filter.apply(category, polygon)
         if name is None:
             return
@@ -118,7 +128,8 @@ def _index_dota(scenes, files_dir, spec, bad, writer_for) -> dict:
                 bad.report("outside_image", scene["label"], f"polygon {obj.polygon} lies "
                            f"outside the {scene['width']}x{scene['height']} image", obj.line)
                 continue
-            writer.add(scene["scene"], obj.category, obj.difficult, obj.polygon)
+            writer.add(scene["scene"], obj.category, obj.difficult, obj.polygon,
+                       scene["label"], obj.line)
         if n % 200 == 0 or n == len(scenes):
             log.info("parsed DOTA labels: %d/%d scenes", n, len(scenes))
     return {}
@@ -132,7 +143,8 @@ def _index_xview(scenes, files_dir, label_files, bad, writer_for, featured: set)
     for label_file in label_files:
         log.info("streaming xView labels from %s", label_file)
         for obj in xview.read_objects(files_dir / label_file, sizes, bad, counts):
-            writer.add(by_image[obj.image]["scene"], obj.category, 0, obj.polygon)
+            writer.add(by_image[obj.image]["scene"], obj.category, 0, obj.polygon,
+                       f"{label_file}, feature {obj.feature}")
             if counts.kept % 200_000 == 0:
                 log.info("xView: %d features read, %d objects kept", counts.features,
                          counts.kept)
@@ -160,7 +172,8 @@ def _index_rareplanes(scenes, files_dir, spec, bad, writer_for) -> dict:
                 bad.report("outside_image", scene["label"], f"feature {obj.feature} lies "
                            f"outside the {scene['width']}x{scene['height']} image")
                 continue
-            writer.add(scene["scene"], obj.category, 0, obj.polygon)
+            writer.add(scene["scene"], obj.category, 0, obj.polygon,
+                       f"{scene['label']}, feature {obj.feature}")
     return {"class_attribute": spec["class_attribute"], "classes_in_data": classes}
 
 
@@ -184,7 +197,8 @@ def build_index(manifest_path: Path, files_dir: Path, spec: dict, out_dir: Path)
 
     def writer_for(classes: list[str]) -> AnnotationWriter:
         nonlocal writer
-        writer = AnnotationWriter(out_dir / "annotations.csv", _class_filter(classes, spec))
+        writer = AnnotationWriter(out_dir / "annotations.csv", _class_filter(classes, spec),
+                                  bad)
         return writer
 
     try:

@@ -17,9 +17,10 @@ from nadir.errors import InputError
 log = logging.getLogger(__name__)
 
 CASES = ("malformed_record", "unknown_class", "outside_image", "label_without_image",
-         "image_without_label")
+         "image_without_label", "duplicate_object")
 DEFAULT_POLICY = {"malformed_record": "error", "unknown_class": "error", "outside_image": "skip",
-                  "label_without_image": "skip", "image_without_label": "skip"}
+                  "label_without_image": "skip", "image_without_label": "skip",
+                  "duplicate_object": "skip"}
 EXAMPLES_KEPT = 5  # per case, in the summary, so a user can find what was skipped
 UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
 
