@@ -79,11 +79,16 @@ def index_dota(tmp_path: Path, label: bytes, **policy) -> tuple[dict | None, Pat
 
 
 def expect_label_error(tmp_path: Path, label: bytes, pattern: str, skip_case: str | None):
-    """The default policy stops, naming file and line, and writes no index; where a policy
-    can skip the case instead, the skip is counted and the clean objects are all kept."""
+    """The default policy stops, naming file and line, and leaves the index of an earlier run
+    as it was; where a policy can skip the case instead, the skip is counted and the clean
+    objects are all kept."""
+    earlier = tmp_path / "strict" / "index" / "annotations.csv"
+    earlier.parent.mkdir(parents=True)
+    earlier.write_text("an earlier run's table\n")
     with pytest.raises(InputError, match=pattern):
         index_dota(tmp_path / "strict", label)
-    assert not list((tmp_path / "strict" / "index").glob("annotations.csv*"))
+    assert [p.name for p in earlier.parent.iterdir()] == ["annotations.csv"]
+    assert earlier.read_text() == "an earlier run's table\n"
     if skip_case:
         summary, _ = index_dota(tmp_path / "lenient", label, **{skip_case: "skip"})
         assert summary["bad_input"]["skipped"][skip_case] == 1

@@ -2,10 +2,14 @@
 
 A dataset's `source` lists entries, each a local path (folder, file or archive the user placed),
 an http(s):// URL, or an s3://bucket/prefix/ (anonymous by default, for public buckets).
-- Downloads are resumable (HTTP Range on a `.part` file kept in the cache), retried with
-  exponential back-off, checked against `sha256` when given, and renamed to their final name only
-  once complete and verified, so a partial download never looks complete.
-- Archives (.zip, .tar, .tar.gz, .tgz) are extracted; folders are linked or copied.
+- Downloads are resumable (HTTP Range with If-Range on the version a `.part` file in the cache
+  holds, so two versions are never spliced), retried with exponential back-off, complete only at
+  the length the server announced, checked against `sha256` when given, and renamed to their
+  final name only once complete and verified, so a partial download never looks complete.
+  Pretrained weights use the same downloader.
+- s3:// objects come through the cache too, keyed by ETag; botocore does the retrying.
+- Archives (.zip, .tar, .tar.gz, .tgz, and archives inside them) are extracted; folders are
+  linked or copied.
 - Every entry lands in its own sub-folder `<n>-<split>/` of the output folder; the manifest then
   lists each scene (image, label, split, size, georeferencing) with paths relative to it.
 """
