@@ -51,11 +51,11 @@ def _check_trailer(path: Path) -> None:
     trailer = TRAILERS.get(Path(path).suffix.lower())
     if trailer is None:
         return
-    with open(path, "rb") as fh:
+    with open(path, "rb") as fh:  # the marker may be followed by padding or other data
         fh.seek(0, 2)
-        fh.seek(max(0, fh.tell() - 64))
-        end = fh.read().rstrip(b"\x00")  # some writers pad the end
-    if trailer not in end[-len(trailer) - 16:]:
+        fh.seek(max(0, fh.tell() - 4096))
+        end = fh.read()
+    if trailer not in end:
         raise InputError(path, f"truncated: a complete {Path(path).suffix.lstrip('.').upper()} "
                                "file ends with its end marker and this one does not; copy or "
                                "download it again")
