@@ -20,6 +20,7 @@ import argparse
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -86,6 +87,7 @@ def main() -> None:
           + f"; load {os.getloadavg()[0]:.2f}")
     if not args.no_run:
         workdir.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(ROOT / "config", workdir / "config", dirs_exist_ok=True)
         snakemake = [str(BIN / "snakemake"), "--snakefile", str(ROOT / "Snakefile"),
                      "--directory", str(workdir), "--cores", str(args.cores)]
         config = ["--config", *args.set] if args.set else []
