@@ -2,7 +2,8 @@
 
 Runs the workflow with the default config in a fresh working directory (`snakemake --cores 2`,
 as `make sample` does), then reads the benchmark file Snakemake wrote for every job and prints,
-per rule: jobs, wall seconds (summed over its jobs), CPU seconds, peak RSS and mean load; and
+per rule: jobs, wall seconds (summed over its jobs), CPU seconds, peak RSS and the share of its
+wall time it was on a CPU (Snakemake's `mean_load`, in %); and
 the run's whole wall time, the time of the report, Python's start-up plus nadir's imports (what
 every job pays once), and the AP50 on the val chips and scenes from the leaderboard. Every
 figure comes with the load average, since other work on the machine slows whichever job it
@@ -51,7 +52,7 @@ def start_up_seconds(repeats: int = 3) -> dict[str, float]:
 def per_rule(workdir: Path) -> dict[str, dict]:
     """Sum Snakemake's benchmark files (results/benchmarks/**.tsv) per rule."""
     rules: dict[str, dict] = defaultdict(lambda: {"jobs": 0, "s": 0.0, "cpu_time": 0.0,
-                                                   "max_rss": 0.0, "mean_load": []})
+                                                   "max_rss": 0.0, "cpu_percent": []})
     for path in sorted((workdir / "results" / "benchmarks").rglob("*.tsv")):
         rule = path.stem.split("-")[0]
         with open(path) as fh:
@@ -63,7 +64,7 @@ def per_rule(workdir: Path) -> dict[str, dict]:
         rss = row.get("max_rss")
         entry["max_rss"] = max(entry["max_rss"], float(rss) if rss not in (None, "", "NA") else 0)
         if row.get("mean_load") not in (None, "", "NA"):
-            entry["mean_load"].append(float(row["mean_load"]))
+            entry["cpu_percent"].append(float(row["mean_load"]))
     return dict(rules)
 
 
@@ -97,12 +98,12 @@ def main() -> None:
         print(f"pipeline {pipeline:.1f} s (load {load:.2f} before, {os.getloadavg()[0]:.2f} "
               f"after), report {report:.1f} s, together {(pipeline + report) / 60:.2f} min")
     rules = per_rule(workdir)
-    print(f"\n{'rule':<20}{'jobs':>5}{'wall s':>9}{'CPU s':>9}{'peak MiB':>10}{'load':>7}")
+    print(f"\n{'rule':<20}{'jobs':>5}{'wall s':>9}{'CPU s':>9}{'peak MiB':>10}{'CPU %':>7}")
     for rule, r in sorted(rules.items(), key=lambda item: -item[1]["s"]):
-        load = (f"{sum(r['mean_load']) / len(r['mean_load']):7.1f}" if r["mean_load"]
+        busy = (f"{sum(r['cpu_percent']) / len(r['cpu_percent']):7.1f}" if r["cpu_percent"]
                 else f"{'-':>7}")
         print(f"{rule:<20}{r['jobs']:>5}{r['s']:9.1f}{r['cpu_time']:9.1f}{r['max_rss']:10.0f}"
-              f"{load}")
+              f"{busy}")
     print(f"{'all jobs':<20}{sum(r['jobs'] for r in rules.values()):>5}"
           f"{sum(r['s'] for r in rules.values()):9.1f}"
           f"{sum(r['cpu_time'] for r in rules.values()):9.1f}")
