@@ -416,7 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     # Idle OpenMP threads sleep instead of spinning (libgomp's default), unless the user says
     # otherwise. On cores that other work shares (a busy machine, a pod under a CPU limit),
-    # spinning made a 2-thread CPU training step 7-10 times slower (bench/README.md). OpenMP
+    # spinning made a 2-thread CPU training step 14 times slower (bench/omp_wait.py). OpenMP
     # reads it when torch is first imported, which no stage does before this line.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     args = build_parser().parse_args(argv)
