@@ -38,7 +38,13 @@ def train_command(data: dict, out_dir: Path, hp: dict, *extra: str) -> list[str]
     return [sys.executable, "-m", "nadir", "train", "--dataset", "tiny", "--model", MODEL,
             "--hp", json.dumps(hp), "--train", str(data["coco"]),
             "--manifest", str(data["manifest"]), "--shards", str(data["shard"]),
-            "--out-dir", str(out_dir), "--threads", "1", *extra]
+            *output_options(out_dir), "--threads", "1", *extra]
+
+
+def output_options(out_dir: Path) -> list[str]:
+    return ["--weights-out", str(out_dir / "model.pt"), "--train-log",
+            str(out_dir / "train_log.json"), "--run", str(out_dir / "run.json"),
+            "--resolved-config", str(out_dir / "resolved_config.json")]
 
 
 def run_env(extra: dict | None = None) -> dict:

@@ -612,7 +612,7 @@ def params_dict(params: ChipParams) -> dict:
     return d
 
 
-def write_manifest(shard_jsons: list[Path], out: Path) -> dict:
+def write_chip_manifest(shard_jsons: list[Path], out: Path) -> dict:
     """Everything needed to reproduce and audit the chips: parameters, versions, counts."""
     shards = [json.loads(p.read_text()) for p in shard_jsons]
     params = {json.dumps(s["params"], sort_keys=True) for s in shards}

@@ -30,39 +30,42 @@ def cmd_sample(args) -> None:
 
 
 def cmd_index(args) -> None:
+    from nadir.index import IndexTables
+
+    tables = IndexTables(Path(args.scenes), Path(args.annotations), Path(args.categories),
+                         Path(args.summary))
     if args.format != "sample":
-        cmd_index_fetched(args)
+        cmd_index_fetched(args, tables)
         return
     from nadir.datasets import sample
-    from nadir.index import SceneSource, build_index
+    from nadir.index import SceneSource, index_sample
 
     if not args.scene:
         raise NadirError("index --format sample needs one --scene SPLIT IMAGE LABEL per scene")
     classes = sample.CLASSES
     sources = [SceneSource(Path(image).stem, split, Path(image), Path(label))
                for split, image, label in args.scene]
-    counts = build_index(sources, classes, Path(args.out_dir))
+    counts = index_sample(sources, classes, tables)
     log.info("index: %d scenes, %d objects", counts["scenes"], counts["objects"])
 
 
-def cmd_index_fetched(args) -> None:
+def cmd_index_fetched(args, tables) -> None:
     """The index of a fetched dataset (DOTA, xView, RarePlanes) from its fetch manifest."""
-    from nadir.datasets.normalise import build_index
+    from nadir.datasets.normalise import index_fetched
 
     if not (args.manifest and args.files_dir and args.spec):
         raise NadirError(f"index --format {args.format} needs --manifest, --files-dir and --spec")
-    build_index(Path(args.manifest), Path(args.files_dir), json.loads(args.spec),
-                Path(args.out_dir))
+    index_fetched(Path(args.manifest), Path(args.files_dir), json.loads(args.spec), tables)
 
 
 def cmd_fetch(args) -> None:
-    from nadir.fetch import FetchSettings, fetch_dataset, write_manifest
+    from nadir.fetch import FetchSettings, fetch_dataset, write_scene_manifest
 
     settings = json.loads(args.settings)
     manifest = fetch_dataset(args.dataset, json.loads(args.spec), Path(args.files_dir),
                              FetchSettings(Path(settings["cache_dir"]), settings["retries"],
                                            settings["timeout_s"]))
-    write_manifest(manifest, Path(args.manifest))
+    write_scene_manifest(manifest, Path(args.manifest))
 
 
 def cmd_dataset_stats(args) -> None:
@@ -98,10 +101,10 @@ def cmd_chip(args) -> None:
     log.info("shard %s: %d chips from %d scenes", args.tar, chips, len(scenes))
 
 
-def cmd_manifest(args) -> None:
-    from nadir.chipping import write_manifest
+def cmd_chip_manifest(args) -> None:
+    from nadir.chipping import write_chip_manifest
 
-    manifest = write_manifest([Path(p) for p in args.shards], Path(args.out))
+    manifest = write_chip_manifest([Path(p) for p in args.shards], Path(args.out))
     log.info("chips: %s", json.dumps(manifest["totals"]))
 
 
@@ -117,16 +120,17 @@ def cmd_coco(args) -> None:
 
 def cmd_train(args) -> None:
     from nadir.training import run
-    from nadir.training.backend import TrainJob
+    from nadir.training.backend import TrainJob, TrainOutputs
 
+    outputs = TrainOutputs(Path(args.weights_out), Path(args.train_log), Path(args.run),
+                           Path(args.resolved_config))
     job = TrainJob(dataset=args.dataset, model=args.model, hp=json.loads(args.hp),
                    train_json=Path(args.train), manifest=Path(args.manifest),
-                   shards=[Path(p) for p in args.shards], out_dir=Path(args.out_dir),
+                   shards=[Path(p) for p in args.shards], outputs=outputs,
                    threads=args.threads, checkpoint_every=args.checkpoint_every,
                    weights_file=Path(args.pretrained_weights) if args.pretrained_weights else None,
                    world_size=args.world_size)
-    run(job, args.checkpoints, args.s3_endpoint, args.checkpoint_keep,
-        Path(args.resolved_config) if args.resolved_config else None)
+    run(job, args.checkpoints, args.s3_endpoint, args.checkpoint_keep)
 
 
 def cmd_fetch_weights(args) -> None:
@@ -286,7 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--manifest", help="fetched formats: the fetch manifest")
     p.add_argument("--files-dir", help="fetched formats: the folder the manifest's paths are in")
     p.add_argument("--spec", help="fetched formats: JSON of the dataset's config")
-    p.add_argument("--out-dir", required=True)
+    for table in ("scenes", "annotations", "categories", "summary"):
+        p.add_argument(f"--{table}", required=True, help=f"the {table} file to write")
 
     p = command("dataset-stats", cmd_dataset_stats, "dataset statistics and their figure")
     p.add_argument("--scenes", required=True)
@@ -305,7 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", required=True)
     p.add_argument("--threads", type=int, default=1)
 
-    p = command("manifest", cmd_manifest, "write the chip manifest from the shard chip lists")
+    p = command("chip-manifest", cmd_chip_manifest,
+                "write the chip manifest from the shard chip lists")
     p.add_argument("--shards", nargs="+", required=True)
     p.add_argument("--out", required=True)
 
@@ -326,8 +332,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True)
     p.add_argument("--train", required=True)
     p.add_argument("--manifest", required=True)
-    p.add_argument("--out-dir", required=True)
-    p.add_argument("--resolved-config", help="default: OUT_DIR/resolved_config.json")
+    p.add_argument("--weights-out", required=True, help="model.pt to write")
+    p.add_argument("--train-log", required=True, help="train_log.json to write")
+    p.add_argument("--run", required=True, help="run.json to write")
+    p.add_argument("--resolved-config", required=True, help="resolved_config.json to write")
     p.add_argument("--pretrained-weights", help="the weights file `pretrained` asks for")
     p.add_argument("--checkpoints", help="checkpoint location: a directory or s3://BUCKET/PREFIX "
                    "(a subfolder per run fingerprint is made); none: no checkpoints")

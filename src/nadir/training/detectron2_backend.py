@@ -383,11 +383,11 @@ class Detectron2Backend:
             trainer.train(start, hp["iterations"])
         finally:
             shutil.rmtree(work, ignore_errors=True)
-        job.out_dir.mkdir(parents=True, exist_ok=True)
+        job.outputs.weights.parent.mkdir(parents=True, exist_ok=True)
         torch.save({"model": job.model, "num_classes": num_classes, "image_size": size,
                     "categories": coco["categories"], "pretrained": hp["pretrained"],
-                    "state_dict": model.state_dict()}, job.out_dir / "model.pt")
-        (job.out_dir / "train_log.json").write_text(json.dumps(history, indent=1) + "\n")
+                    "state_dict": model.state_dict()}, job.outputs.weights)
+        job.outputs.train_log.write_text(json.dumps(history, indent=1) + "\n")
         return {"seconds": round(time.perf_counter() - began, 2), "iterations": hp["iterations"],
                 "resumed_from": start, "device": device.type, "processes": 1, "amp": amp,
                 "chips": len(coco["images"])}
