@@ -14,9 +14,10 @@ from dataset_builders import make_dota, make_xview, write_geotiff, xview_feature
 from nadir.datasets import dota, rareplanes, xview
 from nadir.datasets.normalise import index_fetched, seeded_split
 from nadir.datasets.records import BadInput, ClassFilter
-from nadir.datasets.stats import dataset_statistics, plot_statistics
+from nadir.datasets.stats import dataset_statistics
 from nadir.errors import InputError
 from nadir.fetch import FetchSettings, fetch_dataset
+from nadir.figures import plot_statistics
 from nadir.index import IndexTables
 
 V15 = dota.CLASSES_BY_VERSION["v1.5"]

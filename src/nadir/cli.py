@@ -69,7 +69,8 @@ def cmd_fetch(args) -> None:
 
 
 def cmd_dataset_stats(args) -> None:
-    from nadir.datasets.stats import dataset_statistics, plot_statistics
+    from nadir.datasets.stats import dataset_statistics
+    from nadir.figures import plot_statistics
 
     stats = dataset_statistics(Path(args.scenes), Path(args.annotations), Path(args.categories))
     Path(args.json).write_text(json.dumps(stats, indent=1) + "\n")
@@ -250,7 +251,7 @@ def cmd_plot_detections(args) -> None:
 
 
 def cmd_plot_loss(args) -> None:
-    from nadir.report import plot_loss_curve
+    from nadir.figures import plot_loss_curve
 
     plot_loss_curve(Path(args.train_log), Path(args.out), args.title)
 

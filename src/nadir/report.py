@@ -1,13 +1,12 @@
-"""The summarise stage: the leaderboard across (dataset, model) runs, and the loss curves.
+"""The summarise stage: the leaderboard across (dataset, model) runs.
 
-The evaluation figures are in nadir.figures, the cost table in nadir.costs.
+Every figure is in nadir.figures, the cost table in nadir.costs.
 """
 
 from __future__ import annotations
 
 import csv
 import html
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,27 +114,3 @@ def write_leaderboard(results: list[RunResult], csv_path: Path, markdown_path: P
         "and peak_memory_mb (host) cover the run's train and evaluate jobs.</p>"
         + "".join(tables) + "</body></html>\n")
     return rows
-
-
-def plot_loss_curve(train_log: Path, out_png: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    history = json.loads(Path(train_log).read_text())
-    steps = [h["iteration"] for h in history]
-    fig, (ax_loss, ax_lr) = plt.subplots(1, 2, figsize=(9, 3.2))
-    for key in sorted(k for k in history[0] if k not in ("iteration", "lr", "seconds")):
-        ax_loss.plot(steps, [h[key] for h in history], label=key,
-                     linewidth=2.2 if key == "loss" else 1)
-    ax_loss.set_xlabel("iteration")
-    ax_loss.set_ylabel("loss")
-    ax_loss.legend(fontsize=7)
-    ax_lr.plot(steps, [h["lr"] for h in history])
-    ax_lr.set_xlabel("iteration")
-    ax_lr.set_ylabel("learning rate")
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=90)
-    plt.close(fig)
