@@ -176,23 +176,15 @@ def cmd_evaluate_scenes(args) -> None:
 
 
 def cmd_leaderboard(args) -> None:
-    from nadir.costs import read_benchmark, recorded_gpus
-    from nadir.report import RunResult, write_leaderboard
+    from nadir.report import RunFiles, read_run_result, write_leaderboard
 
     columns = [args.runs, args.metrics, args.scene_metrics, args.train_benchmarks,
                args.evaluate_benchmarks, args.scene_benchmarks]
     if len({len(c) for c in columns}) != 1:
         raise NadirError("leaderboard: give one run.json, metrics.json, scene metrics and "
                          f"three benchmark files per run; got {[len(c) for c in columns]}")
-    results = []
-    for run_json, chip_json, scene_json, train_tsv, eval_tsv, scene_tsv in zip(
-            *columns, strict=True):
-        run = json.loads(Path(run_json).read_text())
-        chip = json.loads(Path(chip_json).read_text())
-        jobs = [read_benchmark(Path(train_tsv), "train", recorded_gpus(run, run_json)),
-                read_benchmark(Path(eval_tsv), "evaluate", recorded_gpus(chip, chip_json)),
-                read_benchmark(Path(scene_tsv), "evaluate_scenes")]
-        results.append(RunResult(run, chip, json.loads(Path(scene_json).read_text()), jobs))
+    results = [read_run_result(RunFiles(*map(Path, files)))
+               for files in zip(*columns, strict=True)]
     rows = write_leaderboard(results, Path(args.csv), Path(args.markdown), Path(args.html))
     log.info("ranked %d run(s) on %d dataset(s)", len(rows), len({r["dataset"] for r in rows}))
 
@@ -213,14 +205,9 @@ def cmd_cost(args) -> None:
 
 def cmd_summary(args) -> None:
     """Print the leaderboard and the total cost: the last thing a run shows in the terminal."""
-    import csv
+    from nadir.report import summary_text
 
-    with open(args.cost, newline="") as fh:
-        total = list(csv.DictReader(fh))[-1]
-    text = (f"{Path(args.leaderboard).read_text()}\nCost of this workflow's jobs: "
-            f"{total['jobs']} jobs, {total['wall_seconds']} s wall-clock, "
-            f"{total['cpu_hours'] or 'n/a'} CPU-hours, {total['gpu_hours']} GPU-hours "
-            "(per rule: results/cost.csv, and \"Cost\" in the report)\n")
+    text = summary_text(Path(args.leaderboard), Path(args.cost))
     Path(args.out).write_text(text)
     print(f"\n== nadir leaderboard ==\n{text}", flush=True)
 
