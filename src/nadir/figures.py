@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,7 @@ import numpy as np
 from nadir.datasets.normalise import EXCLUDED
 from nadir.errors import InputError
 from nadir.evaluation import NO_GROUND_TRUTH
+from nadir.shards import member_offsets, read_member
 
 log = logging.getLogger(__name__)
 
@@ -118,25 +118,17 @@ def pick_sample_chips(coco: dict, count: int) -> list[dict]:
                             count - len(chosen))
 
 
-def read_chips(shards: list[Path], images: list[dict]) -> list[np.ndarray]:
-    """The chips' pixels, read from their shards (each opened once, never unpacked)."""
+def read_chips(shards: list[Path], images: list[dict], listed_in: Path) -> list[np.ndarray]:
+    """The chips' pixels, read from their shards (never unpacked); `listed_in`: the COCO file."""
     from PIL import Image
 
-    pixels: dict[int, np.ndarray] = {}
-    for shard in sorted({im["shard"] for im in images}):
-        if not 0 <= shard < len(shards):
-            raise InputError(shards[0] if shards else "shards", f"chips are listed in shard "
-                             f"{shard}, but {len(shards)} shard(s) were given")
-        with tarfile.open(shards[shard]) as tar:
-            for image in (im for im in images if im["shard"] == shard):
-                try:
-                    member = tar.extractfile(image["file_name"])
-                except KeyError:
-                    raise InputError(shards[shard], f"chip {image['file_name']} is not in "
-                                     "this shard; rerun the chip stage") from None
-                pixels[image["id"]] = np.asarray(
-                    Image.open(io.BytesIO(member.read())).convert("RGB"))
-    return [pixels[im["id"]] for im in images]
+    offsets = member_offsets(shards, {(im["shard"], im["file_name"]) for im in images},
+                             listed_in)
+    pixels = []
+    for im in images:
+        data = read_member(shards[im["shard"]], *offsets[(im["shard"], im["file_name"])])
+        pixels.append(np.asarray(Image.open(io.BytesIO(data)).convert("RGB")))
+    return pixels
 
 
 def plot_detection_grid(coco_json: Path, predictions: list[dict], shards: list[Path],
@@ -157,7 +149,8 @@ def plot_detection_grid(coco_json: Path, predictions: list[dict], shards: list[P
     for ax in axes.flat:
         ax.axis("off")
     drawn = {"truth": 0, "predictions": 0}
-    for ax, image, pixels in zip(axes.flat, chips, read_chips(shards, chips), strict=False):
+    pixels_of = read_chips(shards, chips, coco_json)
+    for ax, image, pixels in zip(axes.flat, chips, pixels_of, strict=False):
         ax.imshow(pixels)
         truth = [a for a in coco["annotations"] if a["image_id"] == image["id"]]
         shown = [p for p in predictions
