@@ -80,22 +80,12 @@ def cmd_dataset_stats(args) -> None:
 
 
 def cmd_chip(args) -> None:
-    from nadir.chipping import ChipParams, chip_shard
-    from nadir.datasets.normalise import EXCLUDED
-    from nadir.index import read_annotations, read_scenes
+    from nadir.chipping import ChipParams, chip_shard, scenes_to_chip
+    from nadir.index import read_annotations
 
     params = ChipParams.from_config(json.loads(args.params))
     images = {Path(p).stem: Path(p) for p in args.images}
-    scenes, excluded = [], []
-    for s in read_scenes(Path(args.scenes)):
-        if s["scene"] in images:
-            (excluded if s["split"] == EXCLUDED else scenes).append(s)
-    if excluded:  # left out by the index's bad-input policy (see the index summary)
-        log.info("not chipping %d excluded scene(s): %s", len(excluded),
-                 [s["scene"] for s in excluded[:5]])
-    if len(scenes) + len(excluded) != len(images):
-        unknown = sorted(set(images) - {s["scene"] for s in scenes + excluded})
-        raise NadirError(f"images {unknown} are not in the scene table {args.scenes}")
+    scenes = scenes_to_chip(Path(args.scenes), images)
     result = chip_shard(scenes, read_annotations(Path(args.annotations)), images, params,
                         Path(args.tar), Path(args.json), threads=args.threads)
     chips = sum(counts["chips_written"] for counts in result["scenes"].values())
