@@ -338,11 +338,11 @@ def _save_checkpoint(job: TrainJob, done: int, optimisation: Optimisation, progr
 def _write_outputs(job: TrainJob, model: torch.nn.Module, dataset: ShardChips, size: int,
                    history: list) -> None:
     """model.pt (weights with what predicting needs) and train_log.json."""
-    job.out_dir.mkdir(parents=True, exist_ok=True)
+    job.outputs.weights.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"model": job.model, "num_classes": len(dataset.categories), "image_size": size,
                 "categories": dataset.categories, "state_dict": model.state_dict()},
-               job.out_dir / "model.pt")
-    (job.out_dir / "train_log.json").write_text(json.dumps(history, indent=1) + "\n")
+               job.outputs.weights)
+    job.outputs.train_log.write_text(json.dumps(history, indent=1) + "\n")
 
 
 @torch.no_grad()
