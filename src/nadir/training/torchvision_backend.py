@@ -205,11 +205,11 @@ def _loop(rank: int, job: TrainJob, world: int, device: torch.device) -> dict:
                  "AMP %s, %d loader worker(s) per process", job.model, len(dataset), num_classes,
                  size, start, iterations, device.type, world, "on" if amp else "off", workers)
     began = time.perf_counter()
+    target_keys = ("boxes", "labels", *getattr(model, "target_keys", ()))  # oriented: quads
     for step in range(start, iterations):
         images, targets = next(batches)
         images = [im.to(device) for im in images]
-        targets = [{"boxes": t["boxes"].to(device), "labels": t["labels"].to(device)}
-                   for t in targets]
+        targets = [{key: t[key].to(device) for key in target_keys} for t in targets]
         with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
             losses = trained(images, targets)
             loss = sum(losses.values())
@@ -300,13 +300,16 @@ def predict(weights: Path, coco_json: Path, shards: list[Path], hp: dict,
         items = [dataset[i] for i in range(first, min(first + batch, len(dataset)))]
         outputs = model([im.to(device) for im, _ in items])
         for (_, target), out in zip(items, outputs, strict=True):
-            for b, s, c in zip(out["boxes"].tolist(), out["scores"].tolist(),
-                               out["labels"].tolist(), strict=True):
+            polygons = out["polygons"].tolist() if "polygons" in out else None  # oriented
+            for i, (b, s, c) in enumerate(zip(out["boxes"].tolist(), out["scores"].tolist(),
+                                              out["labels"].tolist(), strict=True)):
                 if c not in category_of:
                     continue
                 results.append({"image_id": target["image_id"], "category_id": category_of[c],
                                 "bbox": [round(b[0], 2), round(b[1], 2), round(b[2] - b[0], 2),
                                          round(b[3] - b[1], 2)], "score": round(s, 5)})
+                if polygons is not None:
+                    results[-1]["polygon"] = [round(v, 2) for v in polygons[i]]
         log.info("predicted %d/%d chips", min(first + batch, len(dataset)), len(dataset))
     log.info("predicted %d detections on %d chips", len(results), len(dataset))
     return results
