@@ -138,3 +138,16 @@ def test_the_report_outlines_oriented_predictions_and_truth_as_rotated_boxes():
         assert isinstance(patch, Polygon)
         assert patch.get_xy()[:4].ravel().tolist() == pytest.approx(corners)
     assert isinstance(outline(truth, False, "red", "-"), Rectangle)
+
+
+def test_the_oriented_sample_config_is_valid_and_trains_an_oriented_model():
+    from pathlib import Path
+
+    import yaml
+
+    from nadir.config import validate
+    from nadir.training.catalogue import CATALOGUE
+
+    path = Path(__file__).parents[1] / "config" / "oriented.yaml"
+    config = validate(yaml.safe_load(path.read_text()), list(CATALOGUE))
+    assert [CATALOGUE[m].oriented for m in config["models"]] == [True]
