@@ -166,5 +166,13 @@ def flip_rotate_points(points: torch.Tensor, code: int, width: int, height: int)
     return torch.stack([xs, ys], 2).reshape(points.shape)
 
 
+def model_targets(model: torch.nn.Module, targets: tuple[dict, ...],
+                  device: torch.device) -> list[dict]:
+    """The target fields a model trains on, on its device: `boxes` and `labels`, plus those it
+    names in `target_keys` (the oriented model: `quads`)."""
+    keys = ("boxes", "labels", *getattr(model, "target_keys", ()))
+    return [{key: t[key].to(device) for key in keys} for t in targets]
+
+
 def collate(batch):
     return tuple(zip(*batch, strict=True))

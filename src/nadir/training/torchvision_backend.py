@@ -22,7 +22,13 @@ import torch.distributed as dist
 
 from nadir.errors import NadirError
 from nadir.training.backend import TrainJob, base_resolved_config, fingerprint
-from nadir.training.data import SeededBatches, ShardChips, category_labels, collate
+from nadir.training.data import (
+    SeededBatches,
+    ShardChips,
+    category_labels,
+    collate,
+    model_targets,
+)
 from nadir.training.detectors import build_detector
 
 log = logging.getLogger(__name__)
@@ -205,11 +211,10 @@ def _loop(rank: int, job: TrainJob, world: int, device: torch.device) -> dict:
                  "AMP %s, %d loader worker(s) per process", job.model, len(dataset), num_classes,
                  size, start, iterations, device.type, world, "on" if amp else "off", workers)
     began = time.perf_counter()
-    target_keys = ("boxes", "labels", *getattr(model, "target_keys", ()))  # oriented: quads
     for step in range(start, iterations):
         images, targets = next(batches)
         images = [im.to(device) for im in images]
-        targets = [{key: t[key].to(device) for key in target_keys} for t in targets]
+        targets = model_targets(model, targets, device)
         with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
             losses = trained(images, targets)
             loss = sum(losses.values())
