@@ -7,6 +7,7 @@ from collections import Counter
 from pathlib import Path
 
 from nadir.datasets.records import polygon_area
+from nadir.rotated_boxes import rbox_from_polygon
 
 
 def build_coco(shard_jsons: list[Path], categories: list[dict], splits: list[str]) -> dict:
@@ -14,6 +15,8 @@ def build_coco(shard_jsons: list[Path], categories: list[dict], splits: list[str
 
     Each image carries `shard` (index into the shard list), `scene`, `x`, `y` and `transform`,
     which the trainer uses to find the chip and the evaluator to map boxes back to the scene.
+    Each annotation carries, beside `bbox`, its oriented box `rbox` ([cx, cy, w, h, angle in
+    degrees], the minimum-area rectangle of its `segmentation`; see `nadir.rotated_boxes`).
     """
     by_name = {c["name"]: c["id"] for c in categories}
     out = {s: {"images": [], "annotations": [], "categories": categories} for s in splits}
@@ -33,7 +36,8 @@ def build_coco(shard_jsons: list[Path], categories: list[dict], splits: list[str
                 ann_id += 1
                 coco["annotations"].append({
                     "id": ann_id, "image_id": image_id, "category_id": by_name[obj["category"]],
-                    "bbox": obj["bbox"], "area": round(sum(map(polygon_area, obj["polygons"])), 2),
+                    "bbox": obj["bbox"], "rbox": rbox_from_polygon(obj["polygons"]),
+                    "area": round(sum(map(polygon_area, obj["polygons"])), 2),
                     "segmentation": obj["polygons"], "iscrowd": 0,
                     "truncated": int(obj["truncated"]), "difficult": obj["difficult"],
                 })
