@@ -1,0 +1,12 @@
+"""Benchmark protocols: each benchmark's own way of scoring detections on whole scenes.
+
+- `coco`: COCO's box metrics (nadir.evaluation), for every dataset;
+- `dota_task2`, `dota_task1`: DOTA's horizontal- and oriented-box tasks (nadir.protocols.dota);
+- `xview`: the xView challenge scorer (nadir.protocols.xview).
+
+Each module computes the reference implementation's numbers (tests/test_protocols.py compares
+them on fixtures the references produced) and writes the benchmark's submission files.
+docs/evaluation.md says what each number means and which published tables it compares with.
+"""
+
+PROTOCOLS = ("coco", "dota_task2", "dota_task1", "xview")
