@@ -110,6 +110,25 @@ def test_leaderboard_files(tmp_path):
     assert "<h2>dota</h2>" in page and "http" not in page  # self-contained
 
 
+def test_protocol_columns_hold_each_benchmark_map_and_stay_empty_where_not_computed(tmp_path):
+    dota, xview = result("dota", "fcos", 0.6, 0.4), result("xview", "fcos", 0.2, 0.1)
+    dota.scene["protocols"] = {
+        "dota_task2": {"status": "ok", "map": 0.71},
+        "dota_task1": {"status": "not computed", "reason": "no detection carries a polygon"}}
+    xview.scene["protocols"] = {"xview": {"status": "ok", "map": 0.12}}
+    write_leaderboard([dota, xview], tmp_path / "l.csv", tmp_path / "l.md", tmp_path / "l.html")
+    with open(tmp_path / "l.csv", newline="") as fh:
+        rows = {r["dataset"]: r for r in csv.DictReader(fh)}
+    assert [rows["dota"][c] for c in ("dota_task2_map", "dota_task1_map", "xview_map")] == [
+        "0.71", "", ""]
+    assert rows["xview"]["xview_map"] == "0.12" and rows["xview"]["dota_task2_map"] == ""
+    tables = (tmp_path / "l.md").read_text().split("### ")
+    # Each dataset's Markdown table shows only the protocols it was scored by.
+    assert "| DOTA task 2 mAP |" in tables[1] and "DOTA task 1" not in tables[1]
+    assert "| 0.71 |" in tables[1] and "xView mAP" not in tables[1]
+    assert "| xView mAP |" in tables[2] and "| 0.12 |" in tables[2]
+
+
 def test_summary_prints_the_leaderboard_and_total_cost(tmp_path, capsys):
     (tmp_path / "l.md").write_text("### dota\n\n| rank | model |\n")
     (tmp_path / "cost.csv").write_text(
