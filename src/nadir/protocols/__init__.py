@@ -114,7 +114,7 @@ def score_protocols(protocols: Sequence[str], objects: list[dict], detections: l
                     [s + XVIEW_IMAGE_SUFFIX for s in scenes], type_ids, folder / name)
         for name, result in results.items():
             if result["status"] == "ok":
-                log.info("%s: mAP %.4f", name, result["map"] or 0.0)
+                log.info("%s: mAP %s", name, result["map"])
             else:
                 log.info("%s: %s (%s)", name, result["status"], result["reason"])
         if submission is not None:

@@ -58,10 +58,16 @@ def outline(polygon: list[float]) -> Polygon:
     return Polygon(list(zip(polygon[0::2], polygon[1::2], strict=True)))
 
 
-def _polygon_iou(outline_: Polygon, outlines: np.ndarray) -> np.ndarray:
-    """Exact IoU of one outline with many (the devkit's polyiou does the same arithmetic)."""
-    inter = shapely.area(shapely.intersection(outlines, outline_))
-    return inter / (shapely.area(outlines) + outline_.area - inter)
+def _polygon_iou(outline_: Polygon, outlines: np.ndarray, bounds: np.ndarray) -> np.ndarray:
+    """Exact IoU of one outline with many (the devkit's polyiou does the same arithmetic);
+    only outlines whose bounds meet this one's are intersected, the others have IoU 0."""
+    x0, y0, x1, y1 = outline_.bounds
+    near = np.flatnonzero((bounds[:, 0] <= x1) & (bounds[:, 2] >= x0)
+                          & (bounds[:, 1] <= y1) & (bounds[:, 3] >= y0))
+    iou = np.zeros(len(outlines))
+    inter = shapely.area(shapely.intersection(outlines[near], outline_))
+    iou[near] = inter / (shapely.area(outlines[near]) + outline_.area - inter)
+    return iou
 
 
 class _ClassObjects:
@@ -75,11 +81,12 @@ class _ClassObjects:
                                    dtype=np.float64)
         else:
             self.shapes = np.array([outline(o["polygon"]) for o in objects], dtype=object)
+            self.bounds = shapely.bounds(self.shapes)
 
     def overlaps(self, detection: dict, task: int) -> np.ndarray:
         if task == 2:
             return _inclusive_iou(np.asarray(detection["bbox"], dtype=np.float64), self.shapes)
-        return _polygon_iou(outline(detection["polygon"]), self.shapes)
+        return _polygon_iou(outline(detection["polygon"]), self.shapes, self.bounds)
 
 
 def class_ap(objects: list[dict], detections: list[dict], task: int) -> dict:
