@@ -71,12 +71,46 @@ def xview_type_ids(classes: Sequence[str]) -> dict[str, int | None]:
     return {name: ids.get(name) for name in classes}
 
 
+def _score_dota(task: int, objects: list[dict], detections: list[dict], classes: list[str],
+                folder: Path) -> dict:
+    from nadir.protocols.dota import evaluate_dota, write_result_files
+
+    if task == 1:
+        missing = sum("polygon" not in d for d in detections)
+        if missing == len(detections):
+            return {"status": NOT_COMPUTED, "reason": (
+                "task 1 scores oriented boxes, and no detection carries a polygon: the model "
+                "predicts axis-aligned boxes only")}
+        if missing:
+            raise ValueError(f"dota_task1: {missing} of {len(detections)} detections lack a "
+                             "polygon")
+    result = {"status": "ok", **evaluate_dota(objects, detections, classes, task)}
+    write_result_files(detections, classes, task, folder)
+    return result
+
+
+def _score_xview(objects: list[dict], detections: list[dict], classes: list[str],
+                 scenes: list[str], folder: Path) -> dict:
+    from nadir.protocols.xview import evaluate_xview, write_prediction_files
+
+    type_ids = xview_type_ids(classes)
+    result = {"status": "ok", **evaluate_xview(objects, detections, type_ids)}
+    outside = sorted(name for name, type_id in type_ids.items() if type_id is None)
+    if outside:
+        result["classes_without_type_id"] = outside
+        log.warning("xview: classes %s are not xView classes: scored, but in no class group "
+                    "and left out of the prediction files", outside)
+    write_prediction_files(
+        [{**d, "image": d["image"] + XVIEW_IMAGE_SUFFIX} for d in detections],
+        [scene + XVIEW_IMAGE_SUFFIX for scene in scenes], type_ids, folder)
+    return result
+
+
 def score_protocols(protocols: Sequence[str], objects: list[dict], detections: list[dict],
                     classes: list[str], scenes: list[str], submission: Path | None) -> dict:
     """Each benchmark protocol's numbers (`coco` is computed by the caller), and its submission
     files in the zip `submission` (one folder per protocol)."""
-    from nadir.protocols.dota import TASKS, evaluate_dota, write_result_files
-    from nadir.protocols.xview import evaluate_xview, write_prediction_files
+    from nadir.protocols.dota import TASKS
 
     unknown = sorted(set(protocols) - set(PROTOCOLS))
     if unknown:
@@ -86,33 +120,14 @@ def score_protocols(protocols: Sequence[str], objects: list[dict], detections: l
         folder = Path(tmp)
         for name in protocols:
             if name in TASKS:
-                task = TASKS[name]
-                if task == 1 and not any("polygon" in d for d in detections):
-                    results[name] = {"status": NOT_COMPUTED, "reason": (
-                        "task 1 scores oriented boxes, and no detection carries a polygon: "
-                        "the model predicts axis-aligned boxes only")}
-                    continue
-                if task == 1:
-                    missing = sum("polygon" not in d for d in detections)
-                    if missing:
-                        raise ValueError(f"dota_task1: {missing} of {len(detections)} "
-                                         "detections lack a polygon")
-                results[name] = {"status": "ok",
-                                 **evaluate_dota(objects, detections, classes, task)}
-                write_result_files(detections, classes, task, folder / name)
+                results[name] = _score_dota(TASKS[name], objects, detections, classes,
+                                            folder / name)
             elif name == "xview":
-                type_ids = xview_type_ids(classes)
-                results[name] = {"status": "ok",
-                                 **evaluate_xview(objects, detections, type_ids)}
-                outside = sorted(n for n, t in type_ids.items() if t is None)
-                if outside:
-                    results[name]["classes_without_type_id"] = outside
-                    log.warning("xview: classes %s are not xView classes: scored, but in no "
-                                "class group and left out of the prediction files", outside)
-                write_prediction_files(
-                    [{**d, "image": d["image"] + XVIEW_IMAGE_SUFFIX} for d in detections],
-                    [s + XVIEW_IMAGE_SUFFIX for s in scenes], type_ids, folder / name)
-        for name, result in results.items():
+                results[name] = _score_xview(objects, detections, classes, scenes,
+                                             folder / name)
+            result = results.get(name)
+            if result is None:
+                continue
             if result["status"] == "ok":
                 log.info("%s: mAP %s", name, result["map"])
             else:
