@@ -108,6 +108,41 @@ def format_markdown(rows: list[dict]) -> str:
     return "\n".join(parts) + "\n"
 
 
+# Summary numbers of a protocol's table, before its per-class AP (those a protocol has).
+PROTOCOL_SUMMARY = ["map", "map_small", "map_medium", "map_large", "map_common", "map_rare",
+                    "precision", "recall", "f1"]
+
+
+def protocol_tables(results: list[RunResult], dataset: str) -> str:
+    """HTML: per benchmark protocol that scored this dataset, one row per model with its
+    summary numbers and per-class AP (a protocol not computed for a model says why)."""
+    runs = sorted((r for r in results if r.run["dataset"] == dataset),
+                  key=lambda r: r.run["model"])
+    tables = []
+    for protocol in PROTOCOL_COLUMNS.values():
+        scored = [r.scene.get("protocols", {}).get(protocol) for r in runs]
+        ok = [p for p in scored if p and p["status"] == "ok"]
+        if not ok:
+            continue
+        summary = [k for k in PROTOCOL_SUMMARY if k in ok[0]]
+        classes = [c["name"] for c in ok[0]["per_class"]]
+        head = "".join(f"<th>{html.escape(h)}</th>" for h in ["model", *summary, *classes])
+        body = ""
+        for run, result in zip(runs, scored, strict=True):
+            if result is None:
+                continue
+            if result["status"] != "ok":
+                cells = (f"<td colspan='{len(summary) + len(classes)}'>"
+                         f"{html.escape(result['status'])}: {html.escape(result['reason'])}</td>")
+            else:
+                ap = {c["name"]: c["AP"] for c in result["per_class"]}
+                cells = "".join(f"<td>{html.escape(_text(v))}</td>" for v in
+                                [*(result[k] for k in summary), *(ap.get(c) for c in classes)])
+            body += f"<tr><td>{html.escape(run.run['model'])}</td>{cells}</tr>"
+        tables.append(f"<h3>{html.escape(protocol)}</h3><table><tr>{head}</tr>{body}</table>")
+    return "".join(tables)
+
+
 def write_leaderboard(results: list[RunResult], csv_path: Path, markdown_path: Path,
                       html_path: Path) -> list[dict]:
     rows = leaderboard_rows(results)
@@ -122,7 +157,8 @@ def write_leaderboard(results: list[RunResult], csv_path: Path, markdown_path: P
         body = "".join(
             "<tr>" + "".join(f"<td>{html.escape(_text(r[f]))}</td>" for f in LEADERBOARD_FIELDS)
             + "</tr>" for r in rows if r["dataset"] == dataset)
-        tables.append(f"<h2>{html.escape(dataset)}</h2><table><tr>{header}</tr>{body}</table>")
+        tables.append(f"<h2>{html.escape(dataset)}</h2><table><tr>{header}</tr>{body}</table>"
+                      + protocol_tables(results, dataset))
     html_path.write_text(
         "<!DOCTYPE html><html><head><meta charset='utf-8'><title>nadir leaderboard</title>"
         f"<style>{TABLE_CSS}</style></head><body><h1>Leaderboard</h1><p>COCO box metrics of "
@@ -130,7 +166,8 @@ def write_leaderboard(results: list[RunResult], csv_path: Path, markdown_path: P
         "after merging the chips' detections (scene_*), and the benchmarks' own protocols on "
         "the same scenes: dota_task2_map and dota_task1_map (DOTA_devkit, VOC07 AP at IoU 0.5, "
         "horizontal and oriented boxes), xview_map (the xView scorer); empty where a protocol "
-        "was not asked for or not computed. rank orders a dataset's runs by "
+        "was not asked for or not computed; below each dataset's table, each protocol's "
+        "numbers per model, with its per-class AP. rank orders a dataset's runs by "
         "scene_AP, chip_rank by chip AP. -1: no objects of that size. wall_seconds, gpu_hours "
         "and peak_memory_mb (host) cover the run's train and evaluate jobs.</p>"
         + "".join(tables) + "</body></html>\n")
