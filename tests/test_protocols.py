@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from nadir.config import ConfigError, validate
 from nadir.protocols.ap import all_point_ap, voc07_ap
 from nadir.protocols.dota import evaluate_dota, write_result_files
 from nadir.protocols.xview import evaluate_xview, write_prediction_files
@@ -110,3 +111,25 @@ def test_xview_prediction_files_have_the_scorer_format(tmp_path):
     assert [p.name for p in paths] == ["5.tif.txt", "6.tif.txt"]
     assert paths[0].read_text() == "3.0 4.0 13.0 24.5 18 0.25\n"
     assert paths[1].read_text() == ""
+
+
+def _config(evaluation: dict | None = None) -> dict:
+    config = {"datasets": {"s": {"format": "sample"}}, "models": {"ssdlite320": {}}}
+    if evaluation is not None:
+        config["evaluation"] = evaluation
+    return config
+
+
+def test_protocols_default_by_dataset_format():
+    config = _config()
+    validate(config, ["ssdlite320"])
+    assert config["evaluation"]["protocols"] == {
+        "dota": ["coco", "dota_task2", "dota_task1"],
+        "sample": ["coco", "dota_task2", "dota_task1"],
+        "xview": ["coco", "xview"], "rareplanes": ["coco"]}
+
+
+@pytest.mark.parametrize("protocols", [["xview"], ["coco", "voc"], ["coco", "coco"]])
+def test_protocols_must_include_coco_and_name_known_protocols_once(protocols):
+    with pytest.raises(ConfigError, match=r"evaluation\.protocols\.xview"):
+        validate(_config({"protocols": {"xview": protocols}}), ["ssdlite320"])
