@@ -10,13 +10,13 @@ import zipfile
 
 import pytest
 import yaml
-from conftest import ROOT, planned_jobs, run_snakemake
+from conftest import ROOT, SAMPLE_MODEL, planned_jobs, run_snakemake
 from dataset_builders import FileServer, make_dota, make_xview, sha256
 
 from nadir.datasets import dota, xview
 
 pytestmark = pytest.mark.slow
-MODEL = next(iter(yaml.safe_load((ROOT / "config" / "test.yaml").read_text())["models"]))
+MODEL = SAMPLE_MODEL  # config/test.yaml's one model
 
 
 @pytest.fixture(scope="module")
