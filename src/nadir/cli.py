@@ -11,6 +11,7 @@ from pathlib import Path
 
 from nadir import __version__
 from nadir.errors import NadirError
+from nadir.protocols import PROTOCOLS
 
 log = logging.getLogger("nadir")
 
@@ -160,7 +161,8 @@ def cmd_evaluate_scenes(args) -> None:
     predictions_path = Path(args.predictions)
     detections, result = evaluate_scenes(
         json.loads(predictions_path.read_text()), predictions_path, Path(args.coco),
-        Path(args.scenes), Path(args.annotations), args.nms_iou, args.max_detections)
+        Path(args.scenes), Path(args.annotations), args.nms_iou, args.max_detections,
+        args.protocols, Path(args.submission) if args.submission else None)
     Path(args.scene_predictions).write_text(json.dumps(detections) + "\n")
     Path(args.metrics).write_text(json.dumps(result, indent=1) + "\n")
     log.info("scene-level metrics: %s", json.dumps(result["metrics"]))
@@ -344,6 +346,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-detections", type=int, required=True)
     p.add_argument("--scene-predictions", required=True)
     p.add_argument("--metrics", required=True)
+    p.add_argument("--protocols", nargs="+", default=["coco"],
+                   choices=PROTOCOLS,
+                   help="benchmark protocols to score by (coco is always computed)")
+    p.add_argument("--submission", help="zip of the protocols' submission files to write")
 
     p = command("leaderboard", cmd_leaderboard, "rank every run (CSV, Markdown, HTML)")
     for option in ("runs", "metrics", "scene-metrics", "train-benchmarks",

@@ -8,22 +8,26 @@ devkit's merge uses 0.3). What remains is scored with the same COCO metrics agai
 of every val scene, from the index tables (scenes.csv, annotations.csv). Objects no chip kept (cut
 below `min_visible`, or in skipped chips) therefore count as misses here, and not at chip level.
 
-Boxes are axis-aligned (the bounds of each annotated polygon), like the chip-level ones, and
-difficult objects count like any other, so the two levels differ only by the merge. Detections
-of an oriented model also carry their corners (`polygon`): those are shifted into the scene
-unclipped, and the merge compares them by polygon IoU (rotated NMS) instead of their boxes.
+COCO boxes are axis-aligned (the bounds of each annotated polygon), like the chip-level ones,
+and difficult objects count like any other, so the two COCO levels differ only by the merge.
+Detections of an oriented model also carry their corners (`polygon`): those are shifted into
+the scene unclipped, and the merge compares them by polygon IoU (rotated NMS) instead of their
+boxes. The benchmark protocols (nadir.protocols: DOTA's tasks, xView's scorer) score the same
+merged detections by their own rules, difficult objects and oriented outlines included.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 from nadir.datasets.records import polygon_area
 from nadir.errors import InputError
 from nadir.evaluation import check_detections, coco_evaluation
 from nadir.index import read_annotations, read_scenes
+from nadir.protocols import protocol_detections, protocol_objects, score_protocols
 from nadir.rotated_boxes import rotated_nms, shift_polygon
 
 log = logging.getLogger(__name__)
@@ -134,8 +138,14 @@ def _merge_polygons(detections: list[dict], nms_iou: float) -> list[dict]:
 
 def evaluate_scenes(chip_predictions: list[dict], predictions_path: Path, val_json: Path,
                     scenes_csv: Path, annotations_csv: Path, nms_iou: float,
-                    max_detections: int) -> tuple[dict, dict]:
-    """Return (scene detections file content, scene-level metrics)."""
+                    max_detections: int, protocols: Sequence[str] = ("coco",),
+                    submission: Path | None = None) -> tuple[dict, dict]:
+    """Return (scene detections file content, scene-level metrics).
+
+    COCO's numbers are always computed (they rank the leaderboard); the benchmark `protocols`
+    (nadir.protocols) add theirs under `protocols` and write their submission files into the
+    zip `submission`.
+    """
     chips = json.loads(Path(val_json).read_text())
     check_detections(chips, chip_predictions, predictions_path)
     images = scene_images(scenes_csv, "val")
@@ -155,7 +165,13 @@ def evaluate_scenes(chip_predictions: list[dict], predictions_path: Path, val_js
              len(scene_dets), len(images), emptied, len(merged), nms_iou)
     gt = scene_ground_truth(images, annotations_csv, chips["categories"])
     result = coco_evaluation(gt, merged, max_detections, source=annotations_csv)
+    scenes = [im["scene"] for im in images]
+    benchmark = score_protocols(
+        [p for p in protocols if p != "coco"],
+        protocol_objects(scenes, read_annotations(Path(annotations_csv))),
+        protocol_detections(merged, images, chips["categories"]),
+        [c["name"] for c in chips["categories"]], scenes, submission)
     result = {"level": "scene", "nms_iou": nms_iou, "chip_detections": len(chip_predictions),
               "outside_scene": emptied, "merged_away": len(scene_dets) - len(merged),
-              "scenes_without_chips": without_chips, **result}
+              "scenes_without_chips": without_chips, **result, "protocols": benchmark}
     return {"images": images, "detections": merged}, result
