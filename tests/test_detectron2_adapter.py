@@ -14,6 +14,7 @@ import tiny_chips
 
 from nadir.errors import NadirError
 from nadir.training import detectron2_backend as d2
+from nadir.training.backend import TrainOutputs
 from nadir.training.catalogue import CATALOGUE
 
 needs_detectron2 = pytest.mark.skipif(
@@ -123,7 +124,7 @@ def test_detectron2_model_trains_and_predicts(model, tmp_path):
 
     saved = torch.load(io.BytesIO(LocalCheckpoints(tmp_path / "ck").read(4)),
                        weights_only=False)
-    job.out_dir = tmp_path / "rerun"
+    job.outputs = TrainOutputs.in_folder(tmp_path / "rerun")
     rerun = backend.train(job)
     assert rerun["resumed_from"] == 4 and rerun["seconds"] > saved["nadir_seconds"] > 0
     rerun_log = json.loads((tmp_path / "rerun" / "train_log.json").read_text())

@@ -30,11 +30,11 @@ from s3proxy import FaultProxy
 from nadir.chipping import ChipParams, chip_shard
 from nadir.config import ConfigError, validate
 from nadir.datasets import rareplanes, xview
-from nadir.datasets.normalise import build_index
+from nadir.datasets.normalise import index_fetched
 from nadir.datasets.records import BadInput
 from nadir.errors import InputError, NadirError
 from nadir.fetch import FetchSettings, SourceEntry, download, extract, fetch_dataset, fetch_s3
-from nadir.index import image_header
+from nadir.index import IndexTables, image_header
 from nadir.training.catalogue import CATALOGUE
 from nadir.training.checkpoints import S3Checkpoints
 
@@ -75,7 +75,7 @@ def index_dota(tmp_path: Path, label: bytes, **policy) -> tuple[dict | None, Pat
     files = tmp_path / "files"
     (tmp_path / "m.json").write_text(json.dumps(fetch_dataset("d", spec, files, fast(tmp_path))))
     out = tmp_path / "index"
-    return build_index(tmp_path / "m.json", files, spec, out), out
+    return index_fetched(tmp_path / "m.json", files, spec, IndexTables.in_folder(out)), out
 
 
 def expect_label_error(tmp_path: Path, label: bytes, pattern: str, skip_case: str | None):

@@ -35,6 +35,7 @@ from urllib.parse import urlparse
 from urllib.request import Request, urlopen
 
 from nadir.errors import InputError, NadirError
+from nadir.hashing import sha256_of
 from nadir.index import image_header
 
 log = logging.getLogger(__name__)
@@ -79,14 +80,6 @@ class FetchSettings:
 
 class ChecksumError(InputError):
     """A file whose SHA-256 is not the expected one (corrupt, or another version)."""
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(BLOCK), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def verify(path: Path, expected: str | None, origin: str,
@@ -596,6 +589,6 @@ def fetch_dataset(name: str, spec: dict, files_dir: Path, settings: FetchSetting
     return manifest
 
 
-def write_manifest(manifest: dict, path: Path) -> None:
+def write_scene_manifest(manifest: dict, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(manifest, indent=1) + "\n")
