@@ -294,6 +294,7 @@ class KubernetesDouble:
     quota: dict[str, str] = field(default_factory=dict)
     policy: NautilusPolicy | None = None
     faults: list[Fault] = field(default_factory=list)
+    forget_secrets: bool = False  # accept Secrets and drop them, as a careless cleanup would
 
     def __post_init__(self) -> None:
         self.lock = threading.RLock()
@@ -447,7 +448,8 @@ class KubernetesDouble:
         if method == "POST" and name is None:
             manifest = self.decode(body, "v1", "Secret")
             self.admit("Secret", manifest, validate_secret)
-            self.secrets[manifest["metadata"]["name"]] = manifest
+            if not self.forget_secrets:
+                self.secrets[manifest["metadata"]["name"]] = manifest
             return 201, manifest
         if method == "DELETE" and name:
             if self.secrets.pop(name, None) is None:
@@ -604,10 +606,10 @@ class KubernetesDouble:
             used = sum(quantity(((p.container.get("resources") or {}).get("requests") or {})
                                 .get(resource, "0")) for p in active)
             if wanted and used + wanted > quantity(hard):
-                exceeded.append((key, wanted, used, hard))
+                exceeded.append((key, requests[resource], used, hard))
         if not exceeded:
             return None
-        requested = ",".join(f"{key}={wanted:g}" for key, wanted, _, _ in exceeded)
+        requested = ",".join(f"{key}={wanted}" for key, wanted, _, _ in exceeded)
         used = ",".join(f"{key}={used:g}" for key, _, used, _ in exceeded)
         limited = ",".join(f"{key}={hard}" for key, _, _, hard in exceeded)
         return (f'pods "{pod.name}" is forbidden: exceeded quota: nadir-quota, requested: '

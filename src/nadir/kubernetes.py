@@ -195,8 +195,9 @@ def apply_pod_settings(job: dict[str, Any], settings: PodSettings, *, rule: str,
 
     The Job and its pods are labelled with the rule and the run (`kubectl get pods -l
     snakemake-run=...`); a GPU requested under the upstream name (nvidia.com/gpu) is requested
-    under `gpuResource` instead; `shm_mb` mounts a memory-backed emptyDir of that size at
-    /dev/shm (it counts against the container's memory limit, so `mem_mb` must include it);
+    under `gpuResource` instead, with a limit equal to the request; `shm_mb` mounts a
+    memory-backed emptyDir of that size at /dev/shm (it counts against the container's memory
+    limit, so `mem_mb` must include it);
     `deadline_s` becomes the Job's activeDeadlineSeconds. The container gets POD_ENVIRONMENT.
     """
     job = copy.deepcopy(job)
@@ -210,11 +211,17 @@ def apply_pod_settings(job: dict[str, Any], settings: PodSettings, *, rule: str,
         if name not in ("labels", "gpuResource") and value:
             pod[name] = _combined(pod.get(name) or kind(), copy.deepcopy(value))
     container = next(c for c in pod["containers"] if c["name"] == CONTAINER_NAME)
+    resources = container.setdefault("resources", {})
     if settings.gpuResource:
-        for amounts in (container.get("resources") or {}).values():
+        for amounts in resources.values():
             for upstream in UPSTREAM_GPU_RESOURCES:
                 if amounts and upstream in amounts:
                     amounts[settings.gpuResource] = amounts.pop(upstream)
+    # A GPU (any extended resource) must have a limit equal to its request, or the API server
+    # refuses the Job; upstream writes limits only with `scale: 0`.
+    extended = {k: v for k, v in (resources.get("requests") or {}).items() if "/" in k}
+    if extended:
+        resources["limits"] = {**(resources.get("limits") or {}), **extended}
     env = container.setdefault("env", []) or []
     container["env"] = [*env, *({"name": k, "value": v} for k, v in POD_ENVIRONMENT.items()
                                 if all(e["name"] != k for e in env))]

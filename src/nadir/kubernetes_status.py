@@ -91,13 +91,14 @@ def _joined(*parts: str | None) -> str:
 def assess(job: dict[str, Any], pod: dict[str, Any] | None,
            events: list[dict[str, Any]]) -> Failed | None:
     """Failed, Stuck or None (see the module docstring); `events` are the Job's and the pod's."""
-    status = job.get("status") or {}
     pod_name = (pod or {}).get("metadata", {}).get("name")
-    for condition in status.get("conditions") or []:
-        if condition.get("type") == "Failed" and condition.get("status") == "True":
-            reason = condition.get("reason") or "Failed"
-            detail = _joined(condition.get("message"), _pod_detail(pod), _event_text(events))
-            return Failed(reason, detail, pod_name)
+    failed = next((c for c in (job.get("status") or {}).get("conditions") or []
+                   if c.get("type") == "Failed" and c.get("status") == "True"), None)
+    # The deadline explains the pod's end; otherwise the pod's own reason (OOMKilled, Evicted)
+    # says more than the Job's BackoffLimitExceeded.
+    if failed and (failed.get("reason") == "DeadlineExceeded" or pod is None):
+        return Failed(failed.get("reason") or "Failed",
+                      _joined(failed.get("message"), _event_text(events)), pod_name)
     if pod is None:
         refused = [e for e in _warnings(events) if e.get("reason") == "FailedCreate"]
         if refused:
@@ -105,6 +106,15 @@ def assess(job: dict[str, Any], pod: dict[str, Any] | None,
             kind = Failed if quota_never_fits(message) else Stuck
             return kind("FailedCreate", message, None)
         return None
+    verdict = _pod_verdict(pod, events)
+    if verdict is None and failed:
+        return Failed(failed.get("reason") or "Failed",
+                      _joined(failed.get("message"), _event_text(events)), pod_name)
+    return verdict
+
+
+def _pod_verdict(pod: dict[str, Any], events: list[dict[str, Any]]) -> Failed | None:
+    pod_name = pod.get("metadata", {}).get("name")
     pod_status = pod.get("status") or {}
     container = next((c for c in pod_status.get("containerStatuses") or []
                       if c.get("name") == CONTAINER_NAME), None)
@@ -131,14 +141,15 @@ def assess(job: dict[str, Any], pod: dict[str, Any] | None,
     return None
 
 
-def _pod_detail(pod: dict[str, Any] | None) -> str | None:
-    if pod is None:
-        return None
-    status = pod.get("status") or {}
-    return _joined(status.get("reason"), status.get("message")) if status.get("reason") else None
-
-
 def log_tail(log: str, lines: int) -> str:
-    """The last `lines` lines of a pod log, indented, for an error message."""
-    kept = log.rstrip("\n").splitlines()[-lines:]
-    return "\n".join(f"    {line}" for line in kept)
+    """The last `lines` lines of a pod log, indented, for an error message.
+
+    When the last Python traceback starts earlier, the tail starts with it (up to three times
+    `lines`): in a pod the tool's traceback is followed by Snakemake's own report of the failure.
+    """
+    all_lines = log.rstrip("\n").splitlines()
+    start = max(0, len(all_lines) - lines)
+    tracebacks = [n for n, line in enumerate(all_lines) if line.startswith("Traceback (most")]
+    if tracebacks and len(all_lines) - 3 * lines <= tracebacks[-1] < start:
+        start = tracebacks[-1]
+    return "\n".join(f"    {line}" for line in all_lines[start:])

@@ -310,7 +310,7 @@ class Executor(upstream.Executor):
                 kept.write_text(log)
                 aux_logs.append(str(kept))
                 lines = self.workflow.executor_settings.log_lines
-                message += (f"\nLast {lines} lines of the pod log (whole log: {kept}):\n"
+                message += (f"\nEnd of the pod log (whole log: {kept}):\n"
                             f"{log_tail(log, lines)}")
         self.logger.error(message)
         self.report_job_error(job_info, msg=message + "\n", aux_logs=aux_logs)
