@@ -54,6 +54,9 @@ UPSTREAM_GPU_RESOURCES = ("nvidia.com/gpu", "amd.com/gpu")
 # Environment of every pod: Python output unbuffered, and `python -m nadir` copies what it writes
 # to its log file onto the pod's stdout (nadir.log_tee), so `kubectl logs -f` shows progress.
 POD_ENVIRONMENT = {"PYTHONUNBUFFERED": "1", "NADIR_TEE_STDERR": "1"}
+# Where Snakemake's S3 plugin reads its endpoint (the upstream executor passes it to pods in the
+# run's Secret, like the keys).
+S3_ENDPOINT_VARIABLE = "SNAKEMAKE_STORAGE_S3_ENDPOINT_URL"
 
 
 @dataclass(frozen=True)
@@ -190,7 +193,8 @@ def label_value(text: str) -> str:
 
 
 def apply_pod_settings(job: dict[str, Any], settings: PodSettings, *, rule: str, run_id: str,
-                       shm_mb: int | None = None, deadline_s: int | None = None) -> dict[str, Any]:
+                       shm_mb: int | None = None, deadline_s: int | None = None,
+                       s3_endpoint: str | None = None) -> dict[str, Any]:
     """A copy of a batch/v1 Job manifest (JSON form) with the pod settings merged in.
 
     The Job and its pods are labelled with the rule and the run (`kubectl get pods -l
@@ -198,7 +202,9 @@ def apply_pod_settings(job: dict[str, Any], settings: PodSettings, *, rule: str,
     under `gpuResource` instead, with a limit equal to the request; `shm_mb` mounts a
     memory-backed emptyDir of that size at /dev/shm (it counts against the container's memory
     limit, so `mem_mb` must include it);
-    `deadline_s` becomes the Job's activeDeadlineSeconds. The container gets POD_ENVIRONMENT.
+    `deadline_s` becomes the Job's activeDeadlineSeconds; `s3_endpoint` replaces the S3 endpoint
+    the controller uses (pods inside a cluster reach S3 at another address than a controller
+    outside it). The container gets POD_ENVIRONMENT.
     """
     job = copy.deepcopy(job)
     labels = {**settings.labels, RULE_LABEL: label_value(rule), RUN_LABEL: label_value(run_id)}
@@ -222,9 +228,9 @@ def apply_pod_settings(job: dict[str, Any], settings: PodSettings, *, rule: str,
     extended = {k: v for k, v in (resources.get("requests") or {}).items() if "/" in k}
     if extended:
         resources["limits"] = {**(resources.get("limits") or {}), **extended}
-    env = container.setdefault("env", []) or []
-    container["env"] = [*env, *({"name": k, "value": v} for k, v in POD_ENVIRONMENT.items()
-                                if all(e["name"] != k for e in env))]
+    added = {**POD_ENVIRONMENT, **({S3_ENDPOINT_VARIABLE: s3_endpoint} if s3_endpoint else {})}
+    kept = [e for e in container.get("env") or [] if e["name"] not in added]
+    container["env"] = [*kept, *({"name": k, "value": v} for k, v in added.items())]
     if shm_mb:
         pod.setdefault("volumes", []).append(
             {"name": SHM_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": f"{int(shm_mb)}M"}})
@@ -233,3 +239,4 @@ def apply_pod_settings(job: dict[str, Any], settings: PodSettings, *, rule: str,
     if deadline_s:
         job["spec"]["activeDeadlineSeconds"] = int(deadline_s)
     return job
+

@@ -18,12 +18,14 @@ jobs are watched and stopped, where upstream hangs or fails silently:
 - stopping the controller (Ctrl-C, an error) deletes every Job of the run, found by its
   `snakemake-run` label, and the run's Secret, even when one of those calls fails;
 - pods do not `pip install` the S3 storage plugin at start: the nadir image ships it pinned;
+- pods may reach S3 at another endpoint than the controller (inside and outside a cluster);
 - a failed pod's log is read from its (only) container, not with `previous=True`, which a real
   API server refuses for a container that never restarted (Jobs run with restartPolicy Never).
 
 Settings: those of the upstream plugin under the `--kubernetes-pods-` prefix, plus
 `--kubernetes-pods-pod-settings FILE`, `--kubernetes-pods-stuck-timeout SECONDS` and
-`--kubernetes-pods-log-lines N` (docs/kubernetes.md).
+`--kubernetes-pods-log-lines N` and `--kubernetes-pods-s3-endpoint-in-pods URL`
+(docs/kubernetes.md).
 """
 
 import dataclasses
@@ -76,6 +78,12 @@ class ExecutorSettings(upstream.ExecutorSettings):
     log_lines: int = field(
         default=40,
         metadata={"help": "Lines of a failed pod's log quoted in the error message."},
+    )
+    s3_endpoint_in_pods: Optional[str] = field(  # noqa: UP045
+        default=None,
+        metadata={"help": "S3 endpoint URL for pods when it differs from the controller's "
+                          "--storage-s3-endpoint-url (a cluster's in-cluster endpoint, e.g. "
+                          "http://rook-ceph-rgw-nautiluss3.rook on NRP Nautilus)."},
     )
 
 
@@ -211,6 +219,7 @@ class Executor(upstream.Executor):
             manifest, settings, rule=job.name, run_id=self.run_namespace,
             shm_mb=resources.get("shm_mb"),
             deadline_s=int(runtime_min * 60) if runtime_min else None,
+            s3_endpoint=self.workflow.executor_settings.s3_endpoint_in_pods,
         )
         self.logger.debug(f"Job {amended['metadata']['name']} of rule {job.name} with pod "
                           f"settings applied: {amended['spec']['template']['spec']}")
