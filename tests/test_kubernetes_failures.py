@@ -23,6 +23,8 @@ import pytest
 from conftest import ROOT
 from k8s_double import KubernetesDouble, Node, Pod
 
+pytestmark = pytest.mark.slow  # Snakemake runs through the API double
+
 BUCKET = "nadir-k8s-failures"
 HARD_TIMEOUT_S = 240
 FAST_S = 120

@@ -18,6 +18,8 @@ from k8s_double import KubernetesDouble, NautilusPolicy, Node
 
 from nadir.kubernetes import S3_ENDPOINT_VARIABLE, load_pod_settings
 
+pytestmark = pytest.mark.slow  # Snakemake runs through the API double
+
 NAUTILUS = ROOT / "profiles" / "nautilus"
 BUCKET = "nadir-k8s-profiles"
 DEFAULT_MODEL, LARGE_MODEL = "ssdlite320_mobilenet_v3_large", "fasterrcnn_convnext_tiny_fpn"
