@@ -19,6 +19,8 @@ import threading
 import time
 from pathlib import Path
 
+import kubernetes.client
+import kubernetes.config
 import pytest
 from conftest import ROOT
 from k8s_double import KubernetesDouble, Node, Pod
@@ -62,7 +64,23 @@ rule crash:
 rule fine:
     output: "out/fine.txt"
     shell: "echo done > {{output}}"
+
+rule progress:
+    output: "out/progress.txt"
+    log: "logs/progress.log"
+    shell: "python progress.py {{output}} 2> {{log}}"
 '''
+# A job that logs progress to stderr as nadir's commands do, switching on their copy to stdout.
+PROGRESS_SCRIPT = """
+import logging, sys, time
+from nadir.log_tee import tee_stderr_if_asked
+tee_stderr_if_asked()
+logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(message)s")
+for i in range(1, 31):
+    logging.getLogger("nadir.training").info("iteration %d/30", i)
+    time.sleep(0.3)
+open(sys.argv[1], "w").write("trained\\n")
+"""
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +89,7 @@ def workflow(tmp_path_factory) -> Path:
     directory = tmp_path_factory.mktemp("k8s-failures") / "workflow"
     directory.mkdir()
     (directory / "Snakefile").write_text(textwrap.dedent(SNAKEFILE))
+    (directory / "progress.py").write_text(PROGRESS_SCRIPT)
     subprocess.run(["git", "init", "-q"], cwd=directory, check=True)
     subprocess.run(["git", "add", "-A"], cwd=directory, check=True)
     return directory
@@ -134,6 +153,27 @@ def stop_when_started(double: KubernetesDouble, stops: dict[str, str]) -> thread
     return thread
 
 
+def follow_progress(double: KubernetesDouble, seen: list[str]) -> None:
+    """Read the progress pod's log through the API while it runs, as `kubectl logs -f` does,
+    and keep the iteration lines seen before it ended (in a thread)."""
+    core = kubernetes.client.CoreV1Api(
+        kubernetes.config.new_client_from_config(str(double.kubeconfig)))
+    deadline = time.monotonic() + HARD_TIMEOUT_S
+    while time.monotonic() < deadline and len(seen) < 2:
+        for pod in double.all_pods():
+            if pod.labels.get("snakemake-rule") == "progress" and pod.process is not None \
+                    and pod.exit_code is None:
+                try:
+                    log = core.read_namespaced_pod_log(pod.name, double.namespace,
+                                                       container="snakemake")
+                except kubernetes.client.ApiException:
+                    continue
+                lines = re.findall(r"iteration \d+/30", log)
+                if lines and pod.exit_code is None and lines[-1] not in seen:
+                    seen.append(lines[-1])
+        time.sleep(0.3)
+
+
 @pytest.fixture(scope="module")
 def failing_run(workflow, s3, tmp_path_factory):
     """One run of every rule with --keep-going on a cluster of one CPU node under a 16 GiB
@@ -143,15 +183,18 @@ def failing_run(workflow, s3, tmp_path_factory):
                         quota={"requests.memory": "16Gi"})
     stop_when_started(double, {"oom": "OOMKilled", "evicted": "Evicted",
                                "deadline": "DeadlineExceeded"})
+    progress: list[str] = []
+    threading.Thread(target=follow_progress, args=(double, progress), daemon=True).start()
     proc, elapsed = run(workflow, double, s3, "failing", "--keep-going",
                         *(f"out/{name}.txt" for name in ("unschedulable", "over_quota", "oom",
-                                                         "evicted", "deadline", "crash", "fine")))
-    yield double, proc, elapsed
+                                                         "evicted", "deadline", "crash", "fine",
+                                                         "progress")))
+    yield double, proc, elapsed, progress
     double.stop()
 
 
 def test_failing_run_ends_fast_and_the_good_job_succeeds(failing_run, s3):
-    double, proc, elapsed = failing_run
+    double, proc, elapsed, _ = failing_run
     assert proc.returncode != 0
     assert elapsed < FAST_S, proc.stderr[-3000:]
     stored = s3.client().get_object(Bucket=BUCKET, Key="failing/out/fine.txt")["Body"].read()
@@ -168,7 +211,7 @@ def test_failing_run_ends_fast_and_the_good_job_succeeds(failing_run, s3):
     ("crash", "Error", "exit code 1"),
 ])
 def test_a_failed_pod_is_named_with_its_reason_and_detail(failing_run, rule, reason, detail):
-    double, proc, _ = failing_run
+    double, proc, _, _ = failing_run
     error = error_of(proc.stderr, rule)
     pod = pod_of_rule(double, rule)
     assert f"(pod {pod.name}) failed: {reason}: " in error
@@ -176,14 +219,14 @@ def test_a_failed_pod_is_named_with_its_reason_and_detail(failing_run, rule, rea
 
 
 def test_unschedulable_waits_for_the_stuck_timeout_then_fails(failing_run):
-    _, proc, _ = failing_run
+    _, proc, _, _ = failing_run
     assert "waits: Unschedulable" in proc.stderr
     assert "for more than 3 s, --kubernetes-pods-stuck-timeout" in error_of(proc.stderr,
                                                                           "unschedulable")
 
 
 def test_quota_that_can_never_admit_the_pod_fails_at_once(failing_run):
-    double, proc, _ = failing_run
+    double, proc, _, _ = failing_run
     error = error_of(proc.stderr, "over_quota")
     job = next(j for j in double.accepted("Job")
                if j["metadata"]["labels"]["snakemake-rule"] == "over_quota")
@@ -193,7 +236,7 @@ def test_quota_that_can_never_admit_the_pod_fails_at_once(failing_run):
 
 
 def test_a_crashed_job_shows_its_traceback_in_the_error(failing_run):
-    _, proc, _ = failing_run
+    _, proc, _, _ = failing_run
     error = error_of(proc.stderr, "crash")
     assert "End of the pod log (whole log: " in error
     assert "Traceback (most recent call last):" in error
@@ -264,3 +307,12 @@ def test_ctrl_c_deletes_the_runs_jobs_and_secret(workflow, s3, tmp_path):
     assert "Terminating processes on user request" in output
     assert double.jobs == {} and double.secrets == {}
     assert all(pod.exit_code is not None for pod in double.all_pods())
+
+
+def test_a_running_job_shows_its_progress_in_the_pod_log_and_keeps_its_log_file(failing_run, s3):
+    _, _, _, progress = failing_run
+    # two different iteration lines read while the pod was still running: the log streams
+    assert len(progress) == 2, progress
+    stored = s3.client().get_object(Bucket=BUCKET, Key="failing/logs/progress.log")["Body"]
+    assert re.findall(r"iteration \d+/30", stored.read().decode()) == \
+        [f"iteration {i}/30" for i in range(1, 31)]  # the rule's log file has every line
