@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -386,3 +388,21 @@ def test_log_tail_starts_at_the_last_traceback_when_it_is_near():
     assert tail.splitlines()[0] == "    Traceback (most recent call last):"
     assert tail.splitlines()[-1] == "    line 59"
     assert log_tail("\n".join(lines), 3) == "    line 97\n    line 98\n    line 99"
+
+
+@pytest.mark.parametrize("switched_on", [True, False])
+def test_nadir_copies_its_log_and_traceback_to_stdout_only_in_pods(tmp_path, switched_on):
+    """`python -m nadir ... 2> log`: the log file always gets everything; stdout (the pod's
+    output, what `kubectl logs` shows) gets a copy only with NADIR_TEE_STDERR=1."""
+    env = {k: v for k, v in os.environ.items() if k != "NADIR_TEE_STDERR"}
+    if switched_on:
+        env["NADIR_TEE_STDERR"] = "1"
+    log = tmp_path / "rule.log"
+    with open(log, "w") as stderr:
+        proc = subprocess.run([sys.executable, "-m", "nadir", "plot-loss", "--train-log",
+                               str(tmp_path / "missing.json"), "--out", str(tmp_path / "x.png"),
+                               "--title", "t"], stdout=subprocess.PIPE, stderr=stderr,
+                              text=True, env=env, timeout=120)
+    assert proc.returncode == 1
+    assert "FileNotFoundError" in log.read_text()
+    assert ("Traceback (most recent call last)" in proc.stdout) is switched_on
