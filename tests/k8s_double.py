@@ -19,11 +19,25 @@ read log. It is strict where a cluster is strict and runs what a cluster would r
 - pod status, the Job's status and the pod log are reported through the same API; a log with
   `previous=true` is refused as the kubelet refuses it for a container that never restarted.
 - every manifest received (valid or not) is kept for assertions, and a test can kill a running
-  pod (exit code 137, as on eviction or preemption). activeDeadlineSeconds is enforced.
+  pod (exit code 137: OOMKilled, or Evicted/Preempted with the pod's reason and message, as a
+  node reports them). activeDeadlineSeconds is enforced.
 
-What it does not do: scheduling (resources, node selectors, affinity and tolerations are
-recorded, not matched against nodes), images (the pod runs with the test venv whatever the
-image), volumes (an emptyDir at /dev/shm is validated and recorded, not mounted).
+What a test can switch on, each failing the way a cluster fails, with the same API objects:
+
+- `nodes`: a scheduler. A pod goes to the first node whose labels match its nodeSelector and
+  required node affinity (In, NotIn, Exists, DoesNotExist, Gt, Lt), whose taints it tolerates and
+  whose allocatable resources cover its requests (not reduced by other pods); otherwise it stays
+  Pending with PodScheduled=False/Unschedulable and a FailedScheduling event that counts the
+  reasons, as kube-scheduler words them. Without nodes every pod runs.
+- `unpullable_images`: the pod waits in ErrImagePull, with the kubelet's message and event.
+- `quota`: a ResourceQuota (`requests.nvidia.com/gpu: 1`, ...); a Job whose pod would exceed it
+  gets no pod and a FailedCreate event `... is forbidden: exceeded quota: ...`.
+- `policy`: an admission policy (NautilusPolicy: limits within a ratio of requests, allowed GPU
+  resource names, no `sleep` in commands); a Job it refuses gets 403 from the API.
+- `inject_faults`: the next matching requests answer 429/500/... or drop the connection.
+
+What it does not do: images (the pod runs with the test venv whatever the image), volumes (an
+emptyDir at /dev/shm is validated and recorded, not mounted), resource accounting on nodes.
 """
 
 from __future__ import annotations
@@ -119,11 +133,18 @@ class Pod:
     directory: Path
     log_path: Path
     container: dict[str, Any]
+    spec: dict[str, Any] = field(default_factory=dict)
     process: subprocess.Popen | None = None
     phase: str = "Pending"
     exit_code: int | None = None
     reason: str | None = None
     waiting_reason: str | None = None
+    waiting_message: str | None = None
+    unschedulable: str | None = None  # the scheduler's message while no node fits
+    node_name: str | None = None
+    status_reason: str | None = None  # pod-level: Evicted, Preempted, DeadlineExceeded
+    status_message: str | None = None
+    created: str = field(default_factory=now)
     started: str | None = None
     finished: str | None = None
     killed: bool = False
@@ -133,24 +154,39 @@ class Pod:
             state = {"terminated": {"exitCode": self.exit_code, "reason": self.reason,
                                     "startedAt": self.started, "finishedAt": self.finished}}
         elif self.waiting_reason:
-            state = {"waiting": {"reason": self.waiting_reason}}
-        else:
+            state = {"waiting": {"reason": self.waiting_reason,
+                                 "message": self.waiting_message or ""}}
+        elif self.started:
             state = {"running": {"startedAt": self.started}}
-        return {
-            "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": self.name, "namespace": namespace, "labels": self.labels},
-            "spec": {"containers": [self.container], "restartPolicy": "Never"},
-            "status": {"phase": self.phase, "containerStatuses": [{
+        else:
+            state = {"waiting": {"reason": "ContainerCreating"}}
+        status: dict[str, Any] = {"phase": self.phase}
+        if self.unschedulable:
+            status["conditions"] = [{"type": "PodScheduled", "status": "False",
+                                     "reason": "Unschedulable", "message": self.unschedulable,
+                                     "lastTransitionTime": self.created}]
+        else:
+            status["containerStatuses"] = [{
                 "name": self.container["name"], "image": self.container.get("image", ""),
                 "imageID": "", "ready": self.phase == "Running", "restartCount": 0,
-                "state": state}]},
+                "state": state}]
+        if self.status_reason:
+            status.update(reason=self.status_reason, message=self.status_message or "")
+        spec = {**self.spec, "containers": [self.container], "restartPolicy": "Never"}
+        if self.node_name:
+            spec["nodeName"] = self.node_name
+        return {
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": self.name, "namespace": namespace, "labels": self.labels,
+                         "creationTimestamp": self.created},
+            "spec": spec, "status": status,
         }
 
 
 @dataclass
 class Job:
     manifest: dict[str, Any]
-    pod: Pod
+    pod: Pod | None  # None: the Job controller could not create it (quota)
     deadline: float | None = None
 
     @property
@@ -159,14 +195,82 @@ class Job:
 
     def status(self) -> dict[str, Any]:
         pod = self.pod
+        if pod is None:
+            return {}
         if pod.exit_code is None:
             return {"active": 1, "startTime": pod.started}
         if pod.exit_code == 0:
             return {"succeeded": 1, "startTime": pod.started, "completionTime": pod.finished,
                     "conditions": [{"type": "Complete", "status": "True"}]}
-        reason = "DeadlineExceeded" if pod.reason == "DeadlineExceeded" else "BackoffLimitExceeded"
+        if pod.reason == "DeadlineExceeded":
+            reason, message = "DeadlineExceeded", "Job was active longer than specified deadline"
+        else:
+            reason, message = "BackoffLimitExceeded", "Job has reached the specified backoff limit"
         return {"failed": 1, "startTime": pod.started,
-                "conditions": [{"type": "Failed", "status": "True", "reason": reason}]}
+                "conditions": [{"type": "Failed", "status": "True", "reason": reason,
+                                "message": message}]}
+
+
+@dataclass
+class Node:
+    """A node the double's scheduler may place pods on (labels, taints, allocatable)."""
+
+    name: str
+    labels: dict[str, str] = field(default_factory=dict)
+    allocatable: dict[str, str] = field(default_factory=lambda: {"cpu": "64", "memory": "512Gi"})
+    taints: list[dict[str, str]] = field(default_factory=list)
+
+
+@dataclass
+class NautilusPolicy:
+    """NRP Nautilus' rules for pods, as its admission refuses them (DESIGN.md section 8).
+
+    The ratio of limits to requests is this project's reading of the cluster's policy page (to be
+    checked there); GPU resource names are the generic one and the families Nautilus requests
+    under their own names.
+    """
+
+    max_limit_ratio: float = 1.2
+    gpu_resources: tuple[str, ...] = ("nvidia.com/gpu", "nvidia.com/a100", "nvidia.com/a40",
+                                      "nvidia.com/rtxa6000")
+
+    def check(self, manifest: dict[str, Any]) -> None:
+        pod = manifest["spec"]["template"]["spec"]
+        for n, container in enumerate(pod.get("containers") or []):
+            where = f"spec.template.spec.containers[{n}]"
+            words = " ".join([*(container.get("command") or []), *(container.get("args") or [])])
+            if re.search(r"\bsleep\b", words):
+                raise self.refuse(f"{where}: `sleep` in a pod's command is not allowed: pods must "
+                                  f"do work, idle pods are deleted")
+            resources = container.get("resources") or {}
+            requests, limits = resources.get("requests") or {}, resources.get("limits") or {}
+            for resource in ("cpu", "memory"):
+                if resource not in requests or resource not in limits:
+                    raise self.refuse(f"{where}: requests and limits of {resource} must be set")
+                ratio = quantity(limits[resource]) / quantity(requests[resource])
+                if ratio > self.max_limit_ratio:
+                    raise self.refuse(f"{where}: the {resource} limit {limits[resource]} is more "
+                                      f"than {self.max_limit_ratio:g} times the request "
+                                      f"{requests[resource]}")
+            for resource in {*requests, *limits}:
+                if "gpu" in resource or resource.startswith("nvidia.com/"):
+                    if resource not in self.gpu_resources:
+                        raise self.refuse(f"{where}: GPU resource {resource!r} is not offered; "
+                                          f"use one of {list(self.gpu_resources)}")
+
+    @staticmethod
+    def refuse(message: str) -> ApiError:
+        return ApiError(403, "Forbidden", f'admission webhook "policy.nrp-nautilus.io" denied '
+                                          f'the request: {message}')
+
+
+@dataclass
+class Fault:
+    """Answers to give the next requests whose method and path match, instead of serving them."""
+
+    method: str
+    path: re.Pattern
+    answers: list[int | str]  # an HTTP status, or "drop" to close the connection unanswered
 
 
 @dataclass
@@ -184,6 +288,13 @@ class KubernetesDouble:
     jobs: dict[str, Job] = field(default_factory=dict)
     pods: dict[str, Pod] = field(default_factory=dict)
     finished_pods: list[Pod] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    nodes: list[Node] | None = None
+    unpullable_images: set[str] = field(default_factory=set)
+    quota: dict[str, str] = field(default_factory=dict)
+    policy: NautilusPolicy | None = None
+    faults: list[Fault] = field(default_factory=list)
+    forget_secrets: bool = False  # accept Secrets and drop them, as a careless cleanup would
 
     def __post_init__(self) -> None:
         self.lock = threading.RLock()
@@ -248,6 +359,14 @@ class KubernetesDouble:
         with self.lock:
             self._kill(self.pods[pod_name], reason)
 
+    def inject_faults(self, method: str, path_pattern: str, *answers: int | str) -> None:
+        """Answer the next requests matching method and path regex with `answers`, in order."""
+        with self.lock:
+            self.faults.append(Fault(method, re.compile(path_pattern), list(answers)))
+
+    def pod_of(self, job_name: str) -> Pod | None:
+        return next((p for p in self.all_pods() if p.job_name == job_name), None)
+
     def wait_for(self, predicate, timeout: float, what: str):
         """Poll `predicate()` until it returns something truthy; fail after `timeout` seconds."""
         deadline = time.monotonic() + timeout
@@ -266,7 +385,16 @@ class KubernetesDouble:
         body = request.rfile.read(length) if length else b""
         with self.lock:
             self.requests.append((request.command, url.path))
+            fault = next((f for f in self.faults if f.answers and f.method == request.command
+                          and f.path.search(url.path)), None)
+            answer_instead = fault.answers.pop(0) if fault else None
+        if answer_instead == "drop":
+            request.close_connection = True
+            return  # the client sees the connection closed without an answer
         try:
+            if answer_instead is not None:
+                raise ApiError(int(answer_instead), "InjectedFault",
+                               f"injected answer {answer_instead}")
             if request.headers.get("Authorization") != f"Bearer {self.token}":
                 raise ApiError(401, "Unauthorized", "Unauthorized")
             code, answer = self.route(request.command, url.path, query, body)
@@ -284,7 +412,8 @@ class KubernetesDouble:
 
     def route(self, method: str, path: str, query: dict[str, str],
               body: bytes) -> tuple[int, Any]:
-        core = re.fullmatch(r"/api/v1/namespaces/([^/]+)/(secrets|pods)(?:/([^/]+))?(/log)?", path)
+        core = re.fullmatch(r"/api/v1/namespaces/([^/]+)/(secrets|pods|events)(?:/([^/]+))?(/log)?",
+                            path)
         batch = re.fullmatch(r"/apis/batch/v1/namespaces/([^/]+)/jobs(?:/([^/]+))?(/status)?", path)
         match = core or batch
         if not match:
@@ -296,9 +425,11 @@ class KubernetesDouble:
         with self.lock:
             if core and core.group(2) == "secrets":
                 return self.secret_call(method, core.group(3), body)
+            if core and core.group(2) == "events":
+                return self.event_call(method, query)
             if core:
                 return self.pod_call(method, core.group(3), bool(core.group(4)), query)
-            return self.job_call(method, batch.group(2), bool(batch.group(3)), body)
+            return self.job_call(method, batch.group(2), bool(batch.group(3)), body, query)
 
     def decode(self, body: bytes, api_version: str, kind: str) -> dict[str, Any]:
         try:
@@ -317,7 +448,8 @@ class KubernetesDouble:
         if method == "POST" and name is None:
             manifest = self.decode(body, "v1", "Secret")
             self.admit("Secret", manifest, validate_secret)
-            self.secrets[manifest["metadata"]["name"]] = manifest
+            if not self.forget_secrets:
+                self.secrets[manifest["metadata"]["name"]] = manifest
             return 201, manifest
         if method == "DELETE" and name:
             if self.secrets.pop(name, None) is None:
@@ -326,13 +458,29 @@ class KubernetesDouble:
             return 200, {"kind": "Status", "apiVersion": "v1", "status": "Success"}
         raise ApiError(405, "MethodNotAllowed", f"{method} on secrets is not served here")
 
-    def job_call(self, method: str, name: str | None, status: bool,
-                 body: bytes) -> tuple[int, Any]:
+    def event_call(self, method: str, query: dict[str, str]) -> tuple[int, Any]:
+        if method != "GET":
+            raise ApiError(405, "MethodNotAllowed", f"{method} on events is not served here")
+        fields = dict(term.split("=", 1) for term in query.get("fieldSelector", "").split(",")
+                      if "=" in term)
+        items = [e for e in self.events
+                 if all(_field(e, key) == value for key, value in fields.items())]
+        return 200, {"apiVersion": "v1", "kind": "EventList", "metadata": {}, "items": items}
+
+    def job_call(self, method: str, name: str | None, status: bool, body: bytes,
+                 query: dict[str, str]) -> tuple[int, Any]:
         if method == "POST" and name is None:
             manifest = self.decode(body, "batch/v1", "Job")
             self.admit("Job", manifest, validate_job)
             job = self.start_job(manifest)
             return 201, {**job.manifest, "status": {}}
+        if method == "GET" and name is None:
+            selector = _selector(query)
+            items = [{**job.manifest, "status": job.status()} for job in self.jobs.values()
+                     if all(job.manifest["metadata"].get("labels", {}).get(k) == v
+                            for k, v in selector.items())]
+            return 200, {"apiVersion": "batch/v1", "kind": "JobList", "metadata": {},
+                         "items": items}
         job = self.jobs.get(name or "")
         if job is None:
             raise ApiError(404, "NotFound", f'jobs.batch "{name}" not found', kind="jobs",
@@ -341,7 +489,7 @@ class KubernetesDouble:
             return 200, {**job.manifest, "status": job.status()}
         if method == "DELETE" and not status:
             del self.jobs[name]
-            if job.pod.name in self.pods:
+            if job.pod is not None and job.pod.name in self.pods:
                 self.delete_pod(job.pod.name)
             return 200, {**job.manifest, "status": job.status()}
         raise ApiError(405, "MethodNotAllowed", f"{method} on a job is not served here")
@@ -349,8 +497,7 @@ class KubernetesDouble:
     def pod_call(self, method: str, name: str | None, log: bool,
                  query: dict[str, str]) -> tuple[int, Any]:
         if method == "GET" and name is None:
-            selector = dict(term.split("=", 1) for term in
-                            query.get("labelSelector", "").split(",") if "=" in term)
+            selector = _selector(query)
             items = [pod.manifest(self.namespace) for pod in self.pods.values()
                      if all(pod.labels.get(k) == v for k, v in selector.items())]
             return 200, {"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": items}
@@ -366,6 +513,10 @@ class KubernetesDouble:
             if query.get("previous", "").lower() in ("1", "t", "true"):
                 raise ApiError(400, "BadRequest", f'previous terminated container "{container}"'
                                                   f' in pod "{name}" not found')
+            if pod.process is None:  # as the kubelet answers for a container never started
+                waiting = pod.waiting_reason or "PodInitializing"
+                raise ApiError(400, "BadRequest", f'container "{container}" in pod "{name}" is '
+                                                  f"waiting to start: {waiting}")
             return 200, pod.log_path.read_text(errors="replace") if pod.log_path.exists() else ""
         if method == "DELETE" and not log:
             self.delete_pod(name)
@@ -384,6 +535,8 @@ class KubernetesDouble:
                 raise ApiError(422, "Invalid", f"{kind} {name!r} is invalid: {where}: "
                                                f"{error.message}", where, kind, name) from None
             semantic_check(manifest)
+            if self.policy is not None and kind == "Job":
+                self.policy.check(manifest)
             existing = self.secrets if kind == "Secret" else self.jobs
             if name in existing:
                 raise ApiError(409, "AlreadyExists", f'{kind} "{name}" already exists',
@@ -407,14 +560,77 @@ class KubernetesDouble:
                   "controller-uid": manifest["metadata"]["uid"]}
         pod_name = f"{name}-{secrets.token_hex(3)[:5]}"
         directory = self.workdir / "pods" / pod_name
+        spec = {k: v for k, v in template["spec"].items() if k != "containers"}
         pod = Pod(pod_name, name, labels, directory, directory / "log.txt",
-                  template["spec"]["containers"][0])
+                  template["spec"]["containers"][0], spec)
         deadline_s = manifest["spec"].get("activeDeadlineSeconds")
         job = Job(manifest, pod, time.monotonic() + deadline_s if deadline_s else None)
         self.jobs[name] = job
+        refusal = self.quota_refusal(pod)
+        if refusal:  # the Job exists, its controller cannot create the pod
+            job.pod = None
+            self.record_event("Job", name, "FailedCreate", f"Error creating: {refusal}")
+            return job
         self.pods[pod_name] = pod
+        if not self.schedule(pod):
+            return job
+        image = pod.container.get("image", "")
+        if image in self.unpullable_images:
+            pod.waiting_reason = "ErrImagePull"
+            pod.waiting_message = (f'failed to pull and unpack image "{image}": failed to '
+                                   f'resolve reference "{image}": not found')
+            self.record_event("Pod", pod_name, "Failed",
+                              f'Failed to pull image "{image}": {pod.waiting_message}')
+            return job
         self.launch(pod, job)
         return job
+
+    def record_event(self, kind: str, name: str, reason: str, message: str) -> None:
+        stamp = now()
+        self.events.append({
+            "apiVersion": "v1", "kind": "Event", "type": "Warning", "reason": reason,
+            "message": message, "count": 1, "firstTimestamp": stamp, "lastTimestamp": stamp,
+            "metadata": {"name": f"{name}.{secrets.token_hex(8)}", "namespace": self.namespace},
+            "involvedObject": {"kind": kind, "name": name, "namespace": self.namespace}})
+
+    def quota_refusal(self, pod: Pod) -> str | None:
+        """The API server's refusal of `pod` under the quota, or None if it fits."""
+        if not self.quota:
+            return None
+        requests = (pod.container.get("resources") or {}).get("requests") or {}
+        active = [p for p in self.pods.values() if p.exit_code is None]
+        exceeded = []
+        for key, hard in sorted(self.quota.items()):
+            resource = key.removeprefix("requests.")
+            wanted = quantity(requests.get(resource, "0"))
+            used = sum(quantity(((p.container.get("resources") or {}).get("requests") or {})
+                                .get(resource, "0")) for p in active)
+            if wanted and used + wanted > quantity(hard):
+                exceeded.append((key, requests[resource], used, hard))
+        if not exceeded:
+            return None
+        requested = ",".join(f"{key}={wanted}" for key, wanted, _, _ in exceeded)
+        used = ",".join(f"{key}={used:g}" for key, _, used, _ in exceeded)
+        limited = ",".join(f"{key}={hard}" for key, _, _, hard in exceeded)
+        return (f'pods "{pod.name}" is forbidden: exceeded quota: nadir-quota, requested: '
+                f"{requested}, used: {used}, limited: {limited}")
+
+    def schedule(self, pod: Pod) -> bool:
+        """Place `pod` on a node (True), or leave it Pending and Unschedulable (False)."""
+        if self.nodes is None:
+            return True
+        reasons: dict[str, int] = {}
+        for node in self.nodes:
+            why = unfit(node, pod.spec, pod.container)
+            if why is None:
+                pod.node_name = node.name
+                return True
+            reasons[why] = reasons.get(why, 0) + 1
+        pod.unschedulable = (f"0/{len(self.nodes)} nodes are available: "
+                             + ", ".join(f"{n} {why}" for why, n in sorted(reasons.items()))
+                             + ". preemption: not eligible due to preemptionPolicy=Never.")
+        self.record_event("Pod", pod.name, "FailedScheduling", pod.unschedulable)
+        return False
 
     def pod_environment(self, pod: Pod) -> dict[str, str] | None:
         """The container's environment, or None when a referenced Secret or key is missing."""
@@ -443,6 +659,8 @@ class KubernetesDouble:
         env = self.pod_environment(pod)
         if env is None:  # the kubelet keeps such a pod waiting; so does the double
             pod.waiting_reason = "CreateContainerConfigError"
+            pod.waiting_message = "secret or key referenced by the pod's environment not found"
+            self.record_event("Pod", pod.name, "Failed", f"Error: {pod.waiting_message}")
             return
         argv = [*(pod.container.get("command") or []), *(pod.container.get("args") or [])]
         pod.started, pod.phase = now(), "Running"
@@ -473,6 +691,8 @@ class KubernetesDouble:
     def _kill(self, pod: Pod, reason: str) -> None:
         if pod.process is not None and pod.process.poll() is None:
             pod.killed, pod.reason = True, reason
+            if reason in POD_LEVEL_REASONS:
+                pod.status_reason, pod.status_message = reason, POD_LEVEL_REASONS[reason]
             try:
                 os.killpg(pod.process.pid, signal.SIGKILL)
             except ProcessLookupError:
@@ -480,12 +700,89 @@ class KubernetesDouble:
 
     def delete_pod(self, name: str) -> None:
         pod = self.pods.pop(name)
+        pod.phase = pod.phase if pod.exit_code is not None else "Failed"
         self._kill(pod, "Deleted")
         if pod.process is not None:
             pod.process.wait()
         self.finished_pods.append(pod)
         # Keep the log for assertions; the pod's files go, as on a node.
         shutil.rmtree(pod.directory / "workdir", ignore_errors=True)
+
+
+# Pod-level reasons a node gives when it stops a pod, with its message.
+POD_LEVEL_REASONS = {
+    "Evicted": "The node was low on resource: ephemeral-storage. Threshold quantity: 10Gi, "
+               "available: 9Gi.",
+    "Preempted": "Preempted in order to admit critical pod",
+}
+
+
+def _selector(query: dict[str, str]) -> dict[str, str]:
+    return dict(term.split("=", 1) for term in query.get("labelSelector", "").split(",")
+                if "=" in term)
+
+
+def _field(obj: dict[str, Any], dotted: str) -> Any:
+    for part in dotted.split("."):
+        obj = (obj or {}).get(part) if isinstance(obj, dict) else None
+    return obj
+
+
+def _expression_matches(labels: dict[str, str], expression: dict[str, Any]) -> bool:
+    key, operator = expression["key"], expression["operator"]
+    values = expression.get("values") or []
+    present = key in labels
+    if operator == "In":
+        return present and labels[key] in values
+    if operator == "NotIn":
+        return not present or labels[key] not in values
+    if operator == "Exists":
+        return present
+    if operator == "DoesNotExist":
+        return not present
+    if operator in ("Gt", "Lt"):
+        try:
+            have, bound = int(labels[key]), int(values[0])
+        except (KeyError, ValueError, IndexError):
+            return False
+        return have > bound if operator == "Gt" else have < bound
+    raise ApiError(422, "Invalid", f"unknown node selector operator {operator!r}")
+
+
+def _tolerated(taint: dict[str, str], tolerations: list[dict[str, Any]]) -> bool:
+    for toleration in tolerations:
+        if toleration.get("effect") and toleration["effect"] != taint.get("effect"):
+            continue
+        if toleration.get("operator", "Equal") == "Exists":
+            if not toleration.get("key") or toleration["key"] == taint["key"]:
+                return True
+        elif toleration.get("key") == taint["key"] and \
+                toleration.get("value", "") == taint.get("value", ""):
+            return True
+    return False
+
+
+def unfit(node: Node, spec: dict[str, Any], container: dict[str, Any]) -> str | None:
+    """Why `node` cannot take the pod, in kube-scheduler's words, or None when it can."""
+    selector = spec.get("nodeSelector") or {}
+    terms = (((spec.get("affinity") or {}).get("nodeAffinity") or {})
+             .get("requiredDuringSchedulingIgnoredDuringExecution") or {}) \
+        .get("nodeSelectorTerms") or []
+    if any(node.labels.get(k) != v for k, v in selector.items()) or (terms and not any(
+            all(_expression_matches(node.labels, e) for e in term.get("matchExpressions") or [])
+            for term in terms)):
+        return "node(s) didn't match Pod's node affinity/selector"
+    for taint in node.taints:
+        if taint.get("effect") in ("NoSchedule", "NoExecute") and \
+                not _tolerated(taint, spec.get("tolerations") or []):
+            return f"node(s) had untolerated taint {{{taint['key']}: {taint.get('value', '')}}}"
+    requests = (container.get("resources") or {}).get("requests") or {}
+    for resource, amount in sorted(requests.items()):
+        if resource == "ephemeral-storage":
+            continue
+        if quantity(node.allocatable.get(resource, "0")) < quantity(amount):
+            return f"Insufficient {resource}"
+    return None
 
 
 # --- server-side validation beyond the JSON schema -------------------------------------------

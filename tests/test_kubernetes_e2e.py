@@ -10,13 +10,17 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import kubernetes.client
+import kubernetes.config
 import pytest
 import yaml
 from conftest import ROOT, RUN_JOBS, SUMMARY_JOBS, planned_jobs
@@ -81,6 +85,29 @@ def kill_once(double: KubernetesDouble, rule: str, when_log_has: str, killed: li
         return
     double.kill(pod.name)
     killed.append(pod)
+
+
+def watch_training_progress(double: KubernetesDouble, seen: list[str]) -> None:
+    """Read running train pods' logs through the API, as `kubectl logs -f` does, and keep the
+    iteration lines seen while a pod was still running (in a thread)."""
+    core = kubernetes.client.CoreV1Api(
+        kubernetes.config.new_client_from_config(str(double.kubeconfig)))
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline and not seen:
+        for pod in double.all_pods():
+            if pod.labels.get("snakemake-rule") != "train" or pod.exit_code is not None \
+                    or pod.process is None:
+                continue
+            try:
+                log = core.read_namespaced_pod_log(pod.name, double.namespace,
+                                                   container="snakemake")
+            except kubernetes.client.ApiException:
+                continue
+            lines = [line for line in log.splitlines()
+                     if re.search(r"iteration \d+/\d+ \(", line)]
+            if lines and pod.exit_code is None:
+                seen.append(lines[-1])
+        time.sleep(0.5)
 
 
 @dataclass
@@ -269,11 +296,15 @@ def test_training_pod_killed_mid_run_resumes_from_its_s3_checkpoint(pipeline, s3
 
     killer = threading.Thread(target=kill_training_after_its_first_checkpoint, daemon=True)
     killer.start()
+    progress: list[str] = []
+    threading.Thread(target=watch_training_progress, args=(double, progress), daemon=True).start()
     run_json = "results/sample/models/ssdlite320_mobilenet_v3_large/run.json"
     proc = snakemake_on(pipeline.checkout, double, s3, pipeline.prefix, "--configfile",
                         "config/resume.yaml", "--jobs", "1", run_json, *SMALL_THREADS)
     assert proc.returncode == 0, proc.stderr[-6000:]
     assert len(killed) == 1 and killed[0].exit_code == 137
+    # `kubectl logs` of a running training pod shows its progress (nadir copies its log there)
+    assert progress and "/40 (" in progress[0], progress
 
     def stored(key: str) -> str:
         return client.get_object(Bucket=BUCKET, Key=f"{pipeline.prefix}/{key}")["Body"] \

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -16,7 +18,14 @@ from conftest import ROOT
 from k8s_double import KubernetesDouble
 
 from nadir.errors import InputError
-from nadir.kubernetes import apply_pod_settings, label_value, load_pod_settings
+from nadir.kubernetes import (
+    POD_ENVIRONMENT,
+    S3_ENDPOINT_VARIABLE,
+    apply_pod_settings,
+    label_value,
+    load_pod_settings,
+)
+from nadir.kubernetes_status import Failed, Stuck, assess, log_tail, quota_never_fits
 
 PROFILE = ROOT / "profiles" / "kubernetes"
 
@@ -109,7 +118,57 @@ gpu:
     kubernetes_validate.validate(job, "1.33", strict=True)
 
 
+CLASSES = """
+gpu:
+  gpuResource: nvidia.com/gpu
+  nodeSelector: {tier: gpu}
+gpu_classes:
+  big:
+    gpuResource: nvidia.com/a100
+    priorityClassName: opportunistic
+    nodeSelector: {card: a100}
+models:
+  convnext: big
+"""
+
+
+def test_a_gpu_class_by_model_or_rule_sets_resource_name_priority_and_selector(tmp_path):
+    settings = load_pod_settings(write(tmp_path, CLASSES))
+    assert settings.gpu_class(rule_class=None, model="convnext") == "big"
+    assert settings.gpu_class(rule_class="big", model="ssd") == "big"
+    assert settings.gpu_class(rule_class=None, model="ssd") is None
+    job = apply_pod_settings(upstream_like_job(gpu=True), settings.for_job(True, "big"),
+                             rule="train", run_id="r")
+    pod = job["spec"]["template"]["spec"]
+    resources = pod["containers"][0]["resources"]
+    assert resources["requests"]["nvidia.com/a100"] == resources["limits"]["nvidia.com/a100"]
+    assert "nvidia.com/gpu" not in resources["requests"]
+    assert pod["priorityClassName"] == "opportunistic"
+    assert pod["nodeSelector"] == {"tier": "gpu", "card": "a100"}
+    kubernetes_validate.validate(job, "1.33", strict=True)
+    # a CPU job ignores GPU classes
+    cpu = apply_pod_settings(upstream_like_job(), settings.for_job(False, "big"), rule="index",
+                             run_id="r")
+    assert "priorityClassName" not in cpu["spec"]["template"]["spec"]
+    with pytest.raises(KeyError, match="GPU class 'huge' is not in"):
+        settings.for_job(True, "huge")
+
+
+def test_gpu_limit_is_added_and_pods_get_their_environment():
+    job = upstream_like_job(gpu=True)
+    job["spec"]["template"]["spec"]["containers"][0]["resources"].pop("limits")
+    amended = apply_pod_settings(job, load_pod_settings(PROFILE / "pods.yaml").for_job(True),
+                                 rule="train", run_id="r", s3_endpoint="http://rgw.inside")
+    container = amended["spec"]["template"]["spec"]["containers"][0]
+    assert container["resources"]["limits"] == {"nvidia.com/gpu": "1"}
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env == {**POD_ENVIRONMENT, S3_ENDPOINT_VARIABLE: "http://rgw.inside"}
+
+
 @pytest.mark.parametrize(("text", "expected"), [
+    ("gpu_classes: {big: {gpuResource: a100}}\n", "`gpu_classes.big.gpuResource` must be"),
+    ("gpu_classes: {}\nmodels: {convnext: big}\n", "`models.convnext` names GPU class 'big'"),
+    ("all: {priorityClassName: [a]}\n", "`all.priorityClassName` must be a str"),
     ("gpus: {}\n", "unknown top-level key(s) ['gpus']"),
     ("all: {tolerance: []}\n", "`all` has unknown key(s) ['tolerance']"),
     ("gpu: {tolerations: {key: x}}\n", "`gpu.tolerations` must be a list"),
@@ -264,3 +323,86 @@ def test_active_deadline_ends_a_job(api):
     batch.create_namespaced_job(double.namespace, job)
     status = wait_finished(double, batch, "job-d")
     assert status.failed == 1 and status.conditions[0].reason == "DeadlineExceeded"
+
+
+# --- why a job is not running (nadir.kubernetes_status) --------------------------------------
+def pod_json(name="p-1", phase="Pending", state=None, conditions=None, reason=None):
+    status = {"phase": phase, "conditions": conditions or []}
+    if state is not None:
+        status["containerStatuses"] = [{"name": "snakemake", "state": state}]
+    if reason:
+        status.update(reason=reason, message=f"{reason} message")
+    return {"metadata": {"name": name}, "status": status}
+
+
+def event(reason, message, kind="Warning"):
+    return {"type": kind, "reason": reason, "message": message, "lastTimestamp": "t"}
+
+
+FAILED_JOB = {"status": {"conditions": [{"type": "Failed", "status": "True",
+                                          "reason": "BackoffLimitExceeded"}]}}
+
+
+@pytest.mark.parametrize(("job", "pod", "events", "expected"), [
+    ({}, pod_json(phase="Running", state={"running": {}}), [], None),
+    ({}, pod_json(state={"waiting": {"reason": "ContainerCreating"}}), [], None),
+    ({}, pod_json(state={"waiting": {"reason": "ImagePullBackOff", "message": "not found"}}),
+     [event("Failed", "Failed to pull image")],
+     Failed("ImagePullBackOff", "not found; event Failed: Failed to pull image", "p-1")),
+    ({}, pod_json(conditions=[{"type": "PodScheduled", "status": "False",
+                               "reason": "Unschedulable", "message": "0/3 nodes"}]), [],
+     Stuck("Unschedulable", "0/3 nodes", "p-1")),
+    (FAILED_JOB, pod_json(phase="Failed", state={"terminated": {"exitCode": 137,
+                                                                "reason": "OOMKilled"}}), [],
+     Failed("OOMKilled", "exit code 137 (killed: out of memory, or by the node)", "p-1")),
+    (FAILED_JOB, pod_json(phase="Failed", reason="Evicted"), [],
+     Failed("Evicted", "Evicted message", "p-1")),
+    ({"status": {"conditions": [{"type": "Failed", "status": "True", "reason": "DeadlineExceeded",
+                                 "message": "Job was active longer than specified deadline"}]}},
+     pod_json(phase="Failed", state={"terminated": {"exitCode": 143, "reason": "Error"}}), [],
+     Failed("DeadlineExceeded", "Job was active longer than specified deadline", "p-1")),
+    ({}, None, [event("FailedCreate", 'pods "x" is forbidden: exceeded quota: q, requested: '
+                      "requests.nvidia.com/gpu=1, used: requests.nvidia.com/gpu=4, limited: "
+                      "requests.nvidia.com/gpu=4")],
+     Stuck("FailedCreate", 'pods "x" is forbidden: exceeded quota: q, requested: '
+           "requests.nvidia.com/gpu=1, used: requests.nvidia.com/gpu=4, limited: "
+           "requests.nvidia.com/gpu=4")),
+    ({}, None, [], None),
+])
+def test_assess_names_reason_and_detail(job, pod, events, expected):
+    assert assess(job, pod, events) == expected
+
+
+def test_quota_never_fits_only_when_the_request_exceeds_the_limit():
+    message = ("exceeded quota: q, requested: requests.memory={r}, used: requests.memory=1Gi, "
+               "limited: requests.memory=16Gi")
+    assert quota_never_fits(message.format(r="20000M"))
+    assert not quota_never_fits(message.format(r="8Gi"))
+    assert not quota_never_fits("forbidden: something else")
+
+
+def test_log_tail_starts_at_the_last_traceback_when_it_is_near():
+    lines = [f"line {n}" for n in range(100)]
+    log = "\n".join(lines[:50] + ["Traceback (most recent call last):", "  boom"] + lines[50:60])
+    tail = log_tail(log, 5)
+    assert tail.splitlines()[0] == "    Traceback (most recent call last):"
+    assert tail.splitlines()[-1] == "    line 59"
+    assert log_tail("\n".join(lines), 3) == "    line 97\n    line 98\n    line 99"
+
+
+@pytest.mark.parametrize("switched_on", [True, False])
+def test_nadir_copies_its_log_and_traceback_to_stdout_only_in_pods(tmp_path, switched_on):
+    """`python -m nadir ... 2> log`: the log file always gets everything; stdout (the pod's
+    output, what `kubectl logs` shows) gets a copy only with NADIR_TEE_STDERR=1."""
+    env = {k: v for k, v in os.environ.items() if k != "NADIR_TEE_STDERR"}
+    if switched_on:
+        env["NADIR_TEE_STDERR"] = "1"
+    log = tmp_path / "rule.log"
+    with open(log, "w") as stderr:
+        proc = subprocess.run([sys.executable, "-m", "nadir", "plot-loss", "--train-log",
+                               str(tmp_path / "missing.json"), "--out", str(tmp_path / "x.png"),
+                               "--title", "t"], stdout=subprocess.PIPE, stderr=stderr,
+                              text=True, env=env, timeout=120)
+    assert proc.returncode == 1
+    assert "FileNotFoundError" in log.read_text()
+    assert ("Traceback (most recent call last)" in proc.stdout) is switched_on

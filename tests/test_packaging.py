@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sys
 from importlib import metadata
 
 import pytest
@@ -32,31 +33,59 @@ def dockerfile_arg(name: str) -> str:
 
 
 ENV_FILES = ["requirements.txt", "detectors.txt", "detectron2.txt"]
+# The runtime stage: what pods run (the build stage before it only compiles wheels).
+RUNTIME_STAGE = DOCKERFILE[DOCKERFILE.rindex("\nFROM "):]
 
 
 def test_image_installs_the_env_files_and_no_other_pins():
-    copied = re.search(r"^COPY ((?:envs/\S+ )+)(\S+)/$", DOCKERFILE, re.M)
+    copied = re.search(r"^COPY ((?:envs/\S+ )+)(\S+)/$", RUNTIME_STAGE, re.M)
     assert copied, "the image must COPY the env files into one folder"
     assert copied.group(1).split() == [f"envs/{name}" for name in ENV_FILES]
     install = re.search(r"^RUN pip install --no-cache-dir ((?:-r \S+ ?(?:\\\n\s*)?)+)$",
-                        DOCKERFILE, re.M)
+                        RUNTIME_STAGE, re.M)
     assert install, "the image must pip install the copied env files"
     assert re.findall(r"-r (\S+)", install.group(1)) == [
         f"{copied.group(2)}/{name}" for name in ENV_FILES]
     # nothing pinned beside them: every version the image installs comes from those files
     assert not re.search(r"pip (?:install|wheel)[^\n]*==", DOCKERFILE)
-    for name in ENV_FILES + ["yolox.txt"]:
+    for name in ENV_FILES + ["yolox.txt", "cuda-build.txt"]:
         pins(ROOT / "envs" / name)  # each line pinned with ==
 
 
-def test_base_image_torch_is_the_pinned_torch():
-    torch_in_image = dockerfile_arg("PYTORCH_TAG").split("-")[0]
-    assert torch_in_image == REQUIREMENTS["torch"]
+def test_torch_comes_from_the_pins_not_from_a_base_image():
+    """No CUDA or PyTorch base image: torch and its CUDA 13.0 libraries come from PyPI at the
+    pinned versions, on the Python CI runs."""
+    assert "pytorch/pytorch" not in DOCKERFILE and "nvidia/cuda" not in DOCKERFILE
+    base = dockerfile_arg("PYTHON_IMAGE")
+    assert base.startswith(f"python:{sys.version_info.major}.{sys.version_info.minor}-slim")
+    assert "torch" in REQUIREMENTS
 
 
-def test_detectron2_is_pinned_to_a_commit():
+def test_cuda_build_packages_are_those_torch_was_built_with():
+    """nvcc and headers for detectron2's operators match torch's CUDA (cuda-toolkit's pins)."""
+    toolkit = next(r for r in metadata.requires("torch") if r.startswith("cuda-toolkit"))
+    toolkit_version = re.search(r"==([\d.]+)", toolkit).group(1)
+    assert metadata.version("cuda-toolkit").removesuffix(".0") == toolkit_version
+    pinned_by_toolkit = {}
+    for requirement in metadata.requires("cuda-toolkit"):
+        match = re.match(r"([\w-]+)==([\d.]+)\.\*; .*extra == 'nvcc'", requirement)
+        if match:
+            pinned_by_toolkit[match.group(1)] = match.group(2)
+    build = pins(ROOT / "envs" / "cuda-build.txt")
+    assert {"nvidia-cuda-nvcc", "nvidia-cuda-crt", "nvidia-nvvm",
+            "nvidia-cuda-runtime"} <= set(pinned_by_toolkit)
+    for name, version in pinned_by_toolkit.items():
+        assert build[name] == version, name
+
+
+def test_detectron2_is_pinned_to_a_commit_and_built_for_the_clusters_cards():
     assert re.fullmatch(r"[0-9a-f]{40}", dockerfile_arg("DETECTRON2_COMMIT"))
-    assert "detectron2.git@${DETECTRON2_COMMIT}" in DOCKERFILE
+    assert 'checkout --detach "${DETECTRON2_COMMIT}"' in DOCKERFILE
+    arch_list = re.search(r'TORCH_CUDA_ARCH_LIST="([^"]+)"', DOCKERFILE).group(1)
+    architectures = [a.removesuffix("+PTX") for a in arch_list.split(";")]
+    # Turing (T4, RTX 20xx) to Hopper at least; CUDA 13 builds nothing older than 7.5
+    assert {"7.5", "8.0", "8.6", "8.9", "9.0"} <= set(architectures)
+    assert "check_detectron2_cuda_build.sh /src/detectron2" in DOCKERFILE
 
 
 @pytest.mark.parametrize("package", ["snakemake", "snakemake-executor-plugin-kubernetes",

@@ -2,14 +2,17 @@
 
 GPU training on a shared cluster needs more than the upstream plugin writes into a Job: a
 memory-backed /dev/shm (PyTorch data loaders pass batches through it, and Docker's default is
-64 MB), a way onto the right GPU product (node selector or affinity), tolerations for the
-cluster's taints, image pull secrets for a private registry, labels to find a run's pods and a
-deadline. The executor plugin `snakemake_executor_plugin_kubernetes_pods` builds each Job with the
-upstream code and passes the manifest through `apply_pod_settings` before it is submitted.
+64 MB), a way onto the right GPU (the cluster's GPU resource name, such as NRP Nautilus'
+`nvidia.com/a100`, node affinity on product and CUDA-driver labels, a priority class),
+tolerations for the cluster's taints, image pull secrets for a private registry, labels to find a
+run's pods and a deadline. The executor plugin `snakemake_executor_plugin_kubernetes_pods`
+builds each Job with the upstream code and passes the manifest through `apply_pod_settings`
+before it is submitted.
 
-Cluster-wide settings come from a YAML file named in the profile (see docs/kubernetes.md);
-per-rule ones are Snakemake resources (`shm_mb`, `runtime`), so they sit with the other
-per-rule resources in the profile's `set-resources`.
+Cluster-wide settings come from a YAML file named in the profile (see docs/kubernetes.md): what
+every pod gets, what GPU pods get, named GPU classes (a larger card, say) and which models need
+which class. Per-rule ones are Snakemake resources (`shm_mb`, `runtime`, `gpu_class`), so they sit
+with the other per-rule resources in the profile's `set-resources`.
 """
 
 from __future__ import annotations
@@ -28,18 +31,32 @@ CONTAINER_NAME = "snakemake"
 RULE_LABEL = "snakemake-rule"
 RUN_LABEL = "snakemake-run"
 
-# Field of the settings file (named as in the pod spec; labels go to the metadata) -> its type.
+# Field of the settings file -> its type. All but `gpuResource` are named as in the pod spec
+# (labels go to the metadata); `gpuResource` is the extended resource a GPU is requested as.
 POD_FIELDS: dict[str, type] = {
     "labels": dict,
     "nodeSelector": dict,
     "affinity": dict,
     "tolerations": list,
     "imagePullSecrets": list,
+    "priorityClassName": str,
+    "gpuResource": str,
 }
 SCOPES = {
     "all": "every pod",
     "gpu": "pods of jobs that request a GPU (resource `gpu`), on top of `all`",
+    "gpu_classes": "named GPU settings (a larger card, ...), on top of `gpu`, chosen per rule by "
+                   "the resource `gpu_class` or per model by `models`",
+    "models": "model name -> GPU class, for jobs with a `model` wildcard",
 }
+# GPU resource names the upstream executor writes (by `gpu_manufacturer`).
+UPSTREAM_GPU_RESOURCES = ("nvidia.com/gpu", "amd.com/gpu")
+# Environment of every pod: Python output unbuffered, and `python -m nadir` copies what it writes
+# to its log file onto the pod's stdout (nadir.log_tee), so `kubectl logs -f` shows progress.
+POD_ENVIRONMENT = {"PYTHONUNBUFFERED": "1", "NADIR_TEE_STDERR": "1"}
+# Where Snakemake's S3 plugin reads its endpoint (the upstream executor passes it to pods in the
+# run's Secret, like the keys).
+S3_ENDPOINT_VARIABLE = "SNAKEMAKE_STORAGE_S3_ENDPOINT_URL"
 
 
 @dataclass(frozen=True)
@@ -51,9 +68,12 @@ class PodSettings:
     affinity: dict[str, Any] = field(default_factory=dict)
     tolerations: list[dict[str, Any]] = field(default_factory=list)
     imagePullSecrets: list[dict[str, str]] = field(default_factory=list)
+    priorityClassName: str = ""
+    gpuResource: str = ""
 
     def merged(self, more: PodSettings) -> PodSettings:
-        """`more` on top of these: maps are updated key by key, lists are appended to.
+        """`more` on top of these: maps are updated key by key, lists are appended to, a text
+        (priority class, GPU resource) is replaced when `more` sets one.
 
         Affinity is replaced per kind (nodeAffinity, podAffinity, podAntiAffinity), because a
         deep merge of selector terms would change their meaning (terms are ORed).
@@ -62,20 +82,38 @@ class PodSettings:
                               for name in POD_FIELDS})
 
 
-def _combined(base: dict | list, more: dict | list) -> dict | list:
-    """The one merge rule of pod settings: maps updated key by key, lists appended to."""
+def _combined(base: dict | list | str, more: dict | list | str) -> dict | list | str:
+    """The one merge rule of pod settings: maps updated key by key, lists appended to, texts
+    replaced."""
+    if isinstance(base, str):
+        return more or base
     return {**base, **more} if isinstance(base, dict) else [*base, *more]
 
 
 @dataclass(frozen=True)
 class ClusterPodSettings:
-    """The settings file: what every pod gets and what GPU pods get in addition."""
+    """The settings file: what every pod gets, what GPU pods get in addition, GPU classes."""
 
     every_pod: PodSettings = field(default_factory=PodSettings)
     gpu_pods: PodSettings = field(default_factory=PodSettings)
+    gpu_classes: dict[str, PodSettings] = field(default_factory=dict)
+    model_classes: dict[str, str] = field(default_factory=dict)
 
-    def for_job(self, requests_gpu: bool) -> PodSettings:
-        return self.every_pod.merged(self.gpu_pods) if requests_gpu else self.every_pod
+    def gpu_class(self, rule_class: str | None, model: str | None) -> str | None:
+        """The GPU class of a job: its model's (`models`) before its rule's (`gpu_class`)."""
+        return self.model_classes.get(model or "") or rule_class or None
+
+    def for_job(self, requests_gpu: bool, gpu_class: str | None = None) -> PodSettings:
+        """Settings of one pod; a GPU class applies only to a job that requests a GPU."""
+        if not requests_gpu:
+            return self.every_pod
+        settings = self.every_pod.merged(self.gpu_pods)
+        if gpu_class is None:
+            return settings
+        if gpu_class not in self.gpu_classes:
+            raise KeyError(f"GPU class {gpu_class!r} is not in the pod settings' `gpu_classes` "
+                           f"(known: {sorted(self.gpu_classes)})")
+        return settings.merged(self.gpu_classes[gpu_class])
 
 
 def _scope_settings(path: Path, scope: str, raw: Any) -> PodSettings:
@@ -94,6 +132,9 @@ def _scope_settings(path: Path, scope: str, raw: Any) -> PodSettings:
             raise InputError(path, f"`{scope}.{name}` must be a {expected.__name__} "
                                    f"(as in a Kubernetes pod spec), got {value!r}")
         values[name] = copy.deepcopy(value)
+    if "gpuResource" in values and "/" not in values["gpuResource"]:
+        raise InputError(path, f"`{scope}.gpuResource` must be an extended resource name such as "
+                               f"nvidia.com/gpu or nvidia.com/a100, got {values['gpuResource']!r}")
     for name in ("labels", "nodeSelector"):
         for key, value in values.get(name, {}).items():
             if not isinstance(value, str):
@@ -128,8 +169,21 @@ def load_pod_settings(path: str | Path) -> ClusterPodSettings:
     if unknown:
         raise InputError(path, f"unknown top-level key(s) {unknown}; allowed: "
                                + "; ".join(f"`{k}` ({v})" for k, v in SCOPES.items()))
-    return ClusterPodSettings(every_pod=_scope_settings(path, "all", raw.get("all")),
-                              gpu_pods=_scope_settings(path, "gpu", raw.get("gpu")))
+    classes = raw.get("gpu_classes") or {}
+    models = raw.get("models") or {}
+    for key, value in (("gpu_classes", classes), ("models", models)):
+        if not isinstance(value, dict):
+            raise InputError(path, f"`{key}` must be a mapping, got {value!r}")
+    for model, name in models.items():
+        if name not in classes:
+            raise InputError(path, f"`models.{model}` names GPU class {name!r}, which is not in "
+                                   f"`gpu_classes` (known: {sorted(classes)})")
+    return ClusterPodSettings(
+        every_pod=_scope_settings(path, "all", raw.get("all")),
+        gpu_pods=_scope_settings(path, "gpu", raw.get("gpu")),
+        gpu_classes={name: _scope_settings(path, f"gpu_classes.{name}", value)
+                     for name, value in classes.items()},
+        model_classes={str(model): str(name) for model, name in models.items()})
 
 
 def label_value(text: str) -> str:
@@ -139,13 +193,18 @@ def label_value(text: str) -> str:
 
 
 def apply_pod_settings(job: dict[str, Any], settings: PodSettings, *, rule: str, run_id: str,
-                       shm_mb: int | None = None, deadline_s: int | None = None) -> dict[str, Any]:
+                       shm_mb: int | None = None, deadline_s: int | None = None,
+                       s3_endpoint: str | None = None) -> dict[str, Any]:
     """A copy of a batch/v1 Job manifest (JSON form) with the pod settings merged in.
 
     The Job and its pods are labelled with the rule and the run (`kubectl get pods -l
-    snakemake-run=...`); `shm_mb` mounts a memory-backed emptyDir of that size at /dev/shm (it
-    counts against the container's memory limit, so `mem_mb` must include it); `deadline_s`
-    becomes the Job's activeDeadlineSeconds.
+    snakemake-run=...`); a GPU requested under the upstream name (nvidia.com/gpu) is requested
+    under `gpuResource` instead, with a limit equal to the request; `shm_mb` mounts a
+    memory-backed emptyDir of that size at /dev/shm (it counts against the container's memory
+    limit, so `mem_mb` must include it);
+    `deadline_s` becomes the Job's activeDeadlineSeconds; `s3_endpoint` replaces the S3 endpoint
+    the controller uses (pods inside a cluster reach S3 at another address than a controller
+    outside it). The container gets POD_ENVIRONMENT.
     """
     job = copy.deepcopy(job)
     labels = {**settings.labels, RULE_LABEL: label_value(rule), RUN_LABEL: label_value(run_id)}
@@ -155,15 +214,29 @@ def apply_pod_settings(job: dict[str, Any], settings: PodSettings, *, rule: str,
     pod = template["spec"]
     for name, kind in POD_FIELDS.items():
         value = getattr(settings, name)
-        if name != "labels" and value:
+        if name not in ("labels", "gpuResource") and value:
             pod[name] = _combined(pod.get(name) or kind(), copy.deepcopy(value))
+    container = next(c for c in pod["containers"] if c["name"] == CONTAINER_NAME)
+    resources = container.setdefault("resources", {})
+    if settings.gpuResource:
+        for amounts in resources.values():
+            for upstream in UPSTREAM_GPU_RESOURCES:
+                if amounts and upstream in amounts:
+                    amounts[settings.gpuResource] = amounts.pop(upstream)
+    # A GPU (any extended resource) must have a limit equal to its request, or the API server
+    # refuses the Job; upstream writes limits only with `scale: 0`.
+    extended = {k: v for k, v in (resources.get("requests") or {}).items() if "/" in k}
+    if extended:
+        resources["limits"] = {**(resources.get("limits") or {}), **extended}
+    added = {**POD_ENVIRONMENT, **({S3_ENDPOINT_VARIABLE: s3_endpoint} if s3_endpoint else {})}
+    kept = [e for e in container.get("env") or [] if e["name"] not in added]
+    container["env"] = [*kept, *({"name": k, "value": v} for k, v in added.items())]
     if shm_mb:
         pod.setdefault("volumes", []).append(
             {"name": SHM_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": f"{int(shm_mb)}M"}})
-        for container in pod["containers"]:
-            if container["name"] == CONTAINER_NAME:
-                container.setdefault("volumeMounts", []).append(
-                    {"name": SHM_VOLUME, "mountPath": "/dev/shm"})
+        container.setdefault("volumeMounts", []).append(
+            {"name": SHM_VOLUME, "mountPath": "/dev/shm"})
     if deadline_s:
         job["spec"]["activeDeadlineSeconds"] = int(deadline_s)
     return job
+
