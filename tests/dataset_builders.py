@@ -111,17 +111,29 @@ def make_xview(root: Path, images: int = 4, size: int = 320) -> dict:
 
 
 class FileServer:
-    """Serves a folder on 127.0.0.1 with HTTP Range support. `drop_after` bytes: the first
-    response of each file is cut there (a dropped connection), so resuming can be tested."""
+    """Serves a folder on 127.0.0.1 with HTTP Range support (`bytes=START-[END]`) and HEAD,
+    counting the body bytes it sends (`bytes_served`). `drop_after` bytes: the first response
+    of each file is cut there (a dropped connection), so resuming can be tested."""
 
     def __init__(self, root: Path, drop_after: int | None = None):
         self.root, self.drop_after, self.requests = root, drop_after, []
         self.dropped: set[str] = set()
+        self.bytes_served = 0
         server = self
 
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args):
                 pass
+
+            def do_HEAD(self):  # noqa: N802 - http.server's naming
+                path = server.root / self.path.lstrip("/")
+                if not path.is_file():
+                    self.send_error(404)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Length", str(path.stat().st_size))
+                self.send_header("Accept-Ranges", "bytes")
+                self.end_headers()
 
             def do_GET(self):  # noqa: N802 - http.server's naming
                 server.requests.append((self.path, self.headers.get("Range")))
@@ -129,18 +141,22 @@ class FileServer:
                 if not path.is_file():
                     self.send_error(404)
                     return
-                data = path.read_bytes()
-                start = 0
+                size = path.stat().st_size
+                start, end = 0, size - 1
                 if self.headers.get("Range"):
-                    start = int(self.headers["Range"].split("=")[1].split("-")[0])
-                    if start >= len(data):
+                    first, _, last = self.headers["Range"].split("=")[1].partition("-")
+                    start, end = int(first), min(int(last) if last else size - 1, size - 1)
+                    if start >= size:
                         self.send_error(416)
                         return
                     self.send_response(206)
-                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+                    self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
                 else:
                     self.send_response(200)
-                body = data[start:]
+                with open(path, "rb") as fh:
+                    fh.seek(start)
+                    body = fh.read(end + 1 - start)
+                server.bytes_served += len(body)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 if server.drop_after and self.path not in server.dropped:

@@ -176,6 +176,15 @@ def gdal_path(location: str) -> str:
     return location
 
 
+def remote_cache_bytes(src, size: int) -> int:
+    """GDAL's block cache for a remote scene: the blocks under a whole row of windows, so that
+    each block is fetched once (a window row straddles two block rows; the next window row
+    reuses the lower one). It grows with the scene's width only, like chipping's row ring."""
+    block_rows = src.block_shapes[0][0]
+    row_bytes = src.width * src.count * np.dtype(src.dtypes[0]).itemsize
+    return (size + 2 * block_rows) * row_bytes * 5 // 4
+
+
 @contextlib.contextmanager
 def remote_access(location: str, s3_endpoint: str | None) -> Iterator[dict]:
     """GDAL settings (returned) and, for s3://, credentials for reading one scene.
@@ -429,6 +438,9 @@ def detect_scene(source: SceneSource, params: ChipParams, detector: WindowDetect
         try:
             with rasterio.open(path) as probe:
                 gdal = gdal_settings(probe, params.size, threads)
+                if source.scheme != "file":
+                    gdal["GDAL_CACHEMAX"] = max(gdal["GDAL_CACHEMAX"],
+                                                remote_cache_bytes(probe, params.size))
         except RasterioIOError as exc:
             raise InputError(source.location, f"not a readable raster ({exc})") from None
         with rasterio.Env(**gdal), rasterio.open(path) as src:
@@ -478,10 +490,9 @@ def pixel_outline(detection: dict) -> list[tuple[float, float]]:
 
 
 def to_crs_coordinates(ring: list[tuple[float, float]], transform) -> list[tuple[float, float]]:
-    from affine import Affine
-
-    affine = Affine(*transform)
-    return [affine * point for point in ring]
+    """Scene pixels (column, row) to the scene's CRS by its affine transform (a, b, c, d, e, f)."""
+    a, b, c, d, e, f = transform
+    return [(a * x + b * y + c, d * x + e * y + f) for x, y in ring]
 
 
 def feature_properties(detection: dict, names: dict[int, str], run: dict,
