@@ -127,6 +127,8 @@ def test_http_cog_is_read_in_ranges_without_a_local_copy_in_bounded_memory(tmp_p
 
     params = ChipParams(size=128, overlap=16)
     settings = InferenceSettings(batch_size=4, quicklook_size=256)
+    import torchvision.ops  # noqa: F401 - the merge's NMS; its import is no per-scene cost
+
     try:
         tracemalloc.start()
         result = inference.detect_scene(SceneSource("big", f"{server.url}/big.tif"), params,

@@ -509,6 +509,7 @@ def write_geojson(result: SceneResult, rings: list, properties: list[dict], path
     features = []
     for ring, props in zip(rings, properties, strict=True):
         if result.georeferenced:
+            ring = to_crs_coordinates(ring, result.transform)
             xs, ys = reproject(result.crs, "EPSG:4326", [p[0] for p in ring],
                                [p[1] for p in ring])
             ring = list(zip(xs, ys, strict=True))
