@@ -1,6 +1,6 @@
 """`snakemake predict` on the tiny sample: the features of each val scene are exactly the
-scene-level evaluation's merged detections, the files read back with GDAL/OGR (CRS included), and adding a
-scene to `inference:` plans only that scene's job."""
+scene-level evaluation's merged detections, the files read back with GDAL/OGR (CRS included),
+and adding a scene to `inference:` plans only that scene's job."""
 
 import json
 import shutil

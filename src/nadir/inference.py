@@ -36,7 +36,7 @@ import numpy as np
 
 from nadir.chipping import ChipParams, Radiometry, WindowReader, gdal_settings, window_offsets
 from nadir.errors import InputError, NadirError
-from nadir.fetch import sha256_of
+from nadir.hashing import sha256_of
 from nadir.scene_evaluation import merge_overlaps, to_scene_coordinates
 
 log = logging.getLogger(__name__)
