@@ -112,7 +112,7 @@ def test_files_read_back_with_ogr_and_crs(predicted):
     assert lon_lat[1] - 1e-9 <= lat0 < lat1 <= lon_lat[3] + 1e-9
     _, _, _, fields = pyogrio.raw.read(out / "detections.gpkg")
     columns = dict(zip(gpkg["fields"], fields, strict=True))
-    run = json.loads((workdir / f"results/{RUN}/run.json").read_text())
+    run = json.loads((workdir / f"results/sample/models/{MODEL}/run.json").read_text())
     assert set(columns["model"]) == {MODEL} and set(columns["dataset"]) == {"sample"}
     assert len(set(columns["run_digest"])) == 1 and len(columns["run_digest"][0]) == 16
     assert set(columns["class"]) <= set(CLASSES)
