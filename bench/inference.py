@@ -12,13 +12,14 @@ each variant in its own subprocess so that its peak resident memory (VmHWM) can 
   the same torchvision model wrapped as a SAHI detection model; run only when `--sahi-path`
   (a folder where SAHI and its dependencies were installed, e.g. with pip's --target) imports.
 
-`--detector none` times the reading and merging alone (a detector that finds nothing), on every
-window of the scene; `--detector model` runs an (untrained) SSDlite on the first `--rows` rows of
-windows, so the model's cost is in the figures too. Prints windows/s, seconds, peak RSS and the
-peak above the process's RSS once imports and model are loaded, then the ratios. Usage:
+`--detector none` times the reading and merging alone (a detector that finds nothing);
+`--detector model` runs an untrained SSDlite on every window, so the model's cost is in the
+figures too (on a CPU that takes hours at 20,000 px: use a smaller `--size`). Prints windows/s,
+seconds, peak RSS and the peak above the process's RSS once imports and model are loaded, then
+the ratios. Usage:
 
-    python bench/inference.py                                # 20,000 px, both detectors
-    python bench/inference.py --size 6000 --detector none
+    python bench/inference.py --sahi-path /tmp/sahi             # 20,000 px, reading and merging
+    python bench/inference.py --size 4000 --detector model
 """
 
 from __future__ import annotations
