@@ -1,5 +1,5 @@
 """Small datasets in the exact on-disk formats of DOTA, xView and RarePlanes, made by the tests,
-and a local HTTP server (with Range support and an optional dropped connection) to fetch them."""
+and a local HTTP server (Range, If-Range, and injected faults) to fetch them."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import hashlib
 import json
 import tarfile
 import threading
+import time
 import zipfile
+from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -111,12 +113,23 @@ def make_xview(root: Path, images: int = 4, size: int = 320) -> dict:
 
 
 class FileServer:
-    """Serves a folder on 127.0.0.1 with HTTP Range support (`bytes=START-[END]`) and HEAD,
-    counting the body bytes it sends (`bytes_served`). `drop_after` bytes: the first response
-    of each file is cut there (a dropped connection), so resuming can be tested."""
+    """Serves a folder on 127.0.0.1 as a CDN would: ETag and Last-Modified from the file, Range
+    requests honoured only while `If-Range` still matches (or always, with `if_range=False`, as
+    careless servers do), 416 with `Content-Range: bytes */N` past the end; a range's end
+    (`bytes=START-END`) and HEAD are honoured, only the requested bytes are read, and the body
+    bytes sent are counted (`bytes_served`), so a test can tell a range reader from a download.
 
-    def __init__(self, root: Path, drop_after: int | None = None):
+    Faults, for the tests: `drop_after` bytes cuts the first response of each file there (a
+    dropped connection); `script` lists what to do with each request in turn: "ok", "drop"
+    (cut after `drop_after` bytes), "stall" (send the headers, then nothing for `stall_s`) or
+    an HTTP status to answer with. Each request is recorded as (path, Range header).
+    """
+
+    def __init__(self, root: Path, drop_after: int | None = None, script: tuple = (),
+                 stall_s: float = 0.0, if_range: bool = True):
         self.root, self.drop_after, self.requests = root, drop_after, []
+        self.script, self.stall_s, self.if_range = list(script), stall_s, if_range
+        self.scripted = bool(script)
         self.dropped: set[str] = set()
         self.bytes_served = 0
         server = self
@@ -137,17 +150,39 @@ class FileServer:
 
             def do_GET(self):  # noqa: N802 - http.server's naming
                 server.requests.append((self.path, self.headers.get("Range")))
+                action = "ok"
+                if server.script:
+                    action = server.script.pop(0)
+                elif server.drop_after and not server.scripted \
+                        and self.path not in server.dropped:
+                    server.dropped.add(self.path)
+                    action = "drop"
+                if isinstance(action, int):
+                    self.send_error(action)
+                    return
                 path = server.root / self.path.lstrip("/")
                 if not path.is_file():
                     self.send_error(404)
                     return
-                size = path.stat().st_size
+                stat = path.stat()
+                size = stat.st_size
+                version = f"{size}:{stat.st_mtime_ns}".encode()  # changes when the file does
+                etag = '"' + hashlib.sha256(version).hexdigest()[:16] + '"'
+                modified = formatdate(stat.st_mtime, usegmt=True)
                 start, end = 0, size - 1
-                if self.headers.get("Range"):
-                    first, _, last = self.headers["Range"].split("=")[1].partition("-")
-                    start, end = int(first), min(int(last) if last else size - 1, size - 1)
+                wanted = self.headers.get("Range")
+                if wanted and server.if_range and self.headers.get("If-Range") not in (
+                        None, etag, modified):
+                    wanted = None  # the file changed: the whole new version, with 200
+                if wanted:
+                    first, _, last = wanted.split("=")[1].partition("-")
+                    start = int(first)
+                    end = min(int(last), size - 1) if last.strip() else size - 1
                     if start >= size:
-                        self.send_error(416)
+                        self.send_response(416)
+                        self.send_header("Content-Range", f"bytes */{size}")
+                        self.send_header("Content-Length", "0")
+                        self.end_headers()
                         return
                     self.send_response(206)
                     self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
@@ -158,9 +193,12 @@ class FileServer:
                     body = fh.read(end + 1 - start)
                 server.bytes_served += len(body)
                 self.send_header("Content-Length", str(len(body)))
+                self.send_header("ETag", etag)
+                self.send_header("Last-Modified", modified)
                 self.end_headers()
-                if server.drop_after and self.path not in server.dropped:
-                    server.dropped.add(self.path)
+                if action == "stall":
+                    time.sleep(server.stall_s)
+                if action == "drop":
                     self.wfile.write(body[:server.drop_after])
                     self.wfile.flush()
                     self.close_connection = True
@@ -168,6 +206,7 @@ class FileServer:
                 self.wfile.write(body)
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()

@@ -1,6 +1,6 @@
-"""The summarise stage: the leaderboard across (dataset, model) runs, and the loss curves.
+"""The summarise stage: the leaderboard across (dataset, model) runs.
 
-The evaluation figures are in nadir.figures, the cost table in nadir.costs.
+Every figure is in nadir.figures, the cost table in nadir.costs.
 """
 
 from __future__ import annotations
@@ -11,20 +11,25 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from nadir.costs import TABLE_CSS, JobCost
+from nadir.costs import TABLE_CSS, JobCost, read_benchmark, recorded_gpus
 
 LEADERBOARD_METRICS = ["AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large"]
 SCENE_METRICS = ["AP", "AP50", "AP75", "ARmax"]
+# The benchmark protocols' headline numbers (scene level; empty where not computed).
+PROTOCOL_COLUMNS = {"dota_task2_map": "dota_task2", "dota_task1_map": "dota_task1",
+                    "xview_map": "xview"}
 LEADERBOARD_FIELDS = [
     "rank", "chip_rank", "dataset", "model", *LEADERBOARD_METRICS,
-    *(f"scene_{m}" for m in SCENE_METRICS), "iterations", "train_seconds", "wall_seconds",
+    *(f"scene_{m}" for m in SCENE_METRICS), *PROTOCOL_COLUMNS, "iterations", "train_seconds",
+    "wall_seconds",
     "gpu_hours", "peak_memory_mb", "device", "train_chips", "val_chips", "val_scenes",
 ]
 # The columns of the terminal and Markdown tables, with their headings.
 SUMMARY_COLUMNS = {"rank": "rank", "model": "model", "scene_AP": "scene AP",
-                   "scene_AP50": "scene AP50", "AP": "chip AP", "AP50": "chip AP50",
-                   "iterations": "iterations", "wall_seconds": "wall s",
-                   "gpu_hours": "GPU-h", "peak_memory_mb": "peak MB"}
+                   "scene_AP50": "scene AP50", "dota_task2_map": "DOTA task 2 mAP",
+                   "dota_task1_map": "DOTA task 1 mAP", "xview_map": "xView mAP",
+                   "AP": "chip AP", "AP50": "chip AP50", "iterations": "iterations",
+                   "wall_seconds": "wall s", "gpu_hours": "GPU-h", "peak_memory_mb": "peak MB"}
 
 
 @dataclass
@@ -37,6 +42,39 @@ class RunResult:
     jobs: list[JobCost]
 
 
+@dataclass(frozen=True)
+class RunFiles:
+    """The files a run's leaderboard row is read from."""
+
+    run: Path  # run.json
+    metrics: Path  # chip-level metrics.json
+    scene_metrics: Path  # scene_metrics.json
+    train_benchmark: Path  # the benchmark TSVs of its train, evaluate, evaluate_scenes jobs
+    evaluate_benchmark: Path
+    scene_benchmark: Path
+
+
+def read_run_result(files: RunFiles) -> RunResult:
+    """A run's record, chip and scene scores and job costs (GPUs from the devices recorded)."""
+    run = json.loads(files.run.read_text())
+    chip = json.loads(files.metrics.read_text())
+    jobs = [read_benchmark(files.train_benchmark, "train", recorded_gpus(run, files.run)),
+            read_benchmark(files.evaluate_benchmark, "evaluate",
+                           recorded_gpus(chip, files.metrics)),
+            read_benchmark(files.scene_benchmark, "evaluate_scenes")]
+    return RunResult(run, chip, json.loads(files.scene_metrics.read_text()), jobs)
+
+
+def summary_text(leaderboard_markdown: Path, cost_csv: Path) -> str:
+    """The leaderboard and the total cost of the workflow's jobs, as the terminal shows them."""
+    with open(cost_csv, newline="") as fh:
+        total = list(csv.DictReader(fh))[-1]
+    return (f"{Path(leaderboard_markdown).read_text()}\nCost of this workflow's jobs: "
+            f"{total['jobs']} jobs, {total['wall_seconds']} s wall-clock, "
+            f"{total['cpu_hours'] or 'n/a'} CPU-hours, {total['gpu_hours']} GPU-hours "
+            "(per rule: results/cost.csv, and \"Cost\" in the report)\n")
+
+
 def _rank(rows: list[dict], metric: str, column: str) -> None:
     """Number rows 1..n within each dataset by `metric`, best first (ties: chip AP, model)."""
     for dataset in {r["dataset"] for r in rows}:
@@ -44,6 +82,12 @@ def _rank(rows: list[dict], metric: str, column: str) -> None:
                         key=lambda r: (-r[metric], -r["AP"], r["model"]))
         for i, row in enumerate(ranked, start=1):
             row[column] = i
+
+
+def protocol_map(scene: dict, protocol: str) -> float | None:
+    """A protocol's mAP from scene metrics; None where it was not asked for or not computed."""
+    result = scene.get("protocols", {}).get(protocol, {})
+    return result.get("map") if result.get("status") == "ok" else None
 
 
 def leaderboard_rows(results: list[RunResult]) -> list[dict]:
@@ -56,6 +100,7 @@ def leaderboard_rows(results: list[RunResult]) -> list[dict]:
             "dataset": r.run["dataset"], "model": r.run["model"],
             **{m: r.chip["metrics"][m] for m in LEADERBOARD_METRICS},
             **{f"scene_{m}": r.scene["metrics"][m] for m in SCENE_METRICS},
+            **{column: protocol_map(r.scene, p) for column, p in PROTOCOL_COLUMNS.items()},
             "iterations": r.run["training"]["iterations"],
             "train_seconds": r.run["training"]["seconds"],
             "wall_seconds": round(sum(j.wall_seconds for j in r.jobs), 2),
@@ -78,17 +123,57 @@ def format_markdown(rows: list[dict]) -> str:
     """The leaderboard as Markdown, one table per dataset (also what the terminal shows)."""
     parts = []
     for dataset in sorted({r["dataset"] for r in rows}):
+        runs = [r for r in rows if r["dataset"] == dataset]
+        # A protocol column only for datasets scored by that protocol.
+        columns = {k: v for k, v in SUMMARY_COLUMNS.items()
+                   if k not in PROTOCOL_COLUMNS or any(r[k] is not None for r in runs)}
         parts += [f"### {dataset}", "",
-                  "| " + " | ".join(SUMMARY_COLUMNS.values()) + " |",
+                  "| " + " | ".join(columns.values()) + " |",
                   "|" + "|".join("---:" if k not in ("model",) else "---"
-                                 for k in SUMMARY_COLUMNS) + "|"]
-        parts += ["| " + " | ".join(_text(r[k]) for k in SUMMARY_COLUMNS) + " |"
-                  for r in rows if r["dataset"] == dataset]
+                                 for k in columns) + "|"]
+        parts += ["| " + " | ".join(_text(r[k]) for k in columns) + " |" for r in runs]
         parts.append("")
     parts.append("rank: by scene-level AP (chips merged back into scenes); chip AP: on the "
-                 "val chips. AP is COCO's (IoU 0.5:0.95). wall s, GPU-h and peak MB cover the "
-                 "run's train and evaluate jobs; peak MB is host memory (n/a: not sampled).")
+                 "val chips. AP is COCO's (IoU 0.5:0.95). DOTA task 1/2 and xView mAP: the "
+                 "benchmarks' own protocols on the same scenes (docs/evaluation.md). wall s, "
+                 "GPU-h and peak MB cover the run's train and evaluate jobs; peak MB is host "
+                 "memory (n/a: not sampled).")
     return "\n".join(parts) + "\n"
+
+
+# Summary numbers of a protocol's table, before its per-class AP (those a protocol has).
+PROTOCOL_SUMMARY = ["map", "map_small", "map_medium", "map_large", "map_common", "map_rare",
+                    "precision", "recall", "f1"]
+
+
+def protocol_tables(results: list[RunResult], dataset: str) -> str:
+    """HTML: per benchmark protocol that scored this dataset, one row per model with its
+    summary numbers and per-class AP (a protocol not computed for a model says why)."""
+    runs = sorted((r for r in results if r.run["dataset"] == dataset),
+                  key=lambda r: r.run["model"])
+    tables = []
+    for protocol in PROTOCOL_COLUMNS.values():
+        scored = [r.scene.get("protocols", {}).get(protocol) for r in runs]
+        ok = [p for p in scored if p and p["status"] == "ok"]
+        if not ok:
+            continue
+        summary = [k for k in PROTOCOL_SUMMARY if k in ok[0]]
+        classes = [c["name"] for c in ok[0]["per_class"]]
+        head = "".join(f"<th>{html.escape(h)}</th>" for h in ["model", *summary, *classes])
+        body = ""
+        for run, result in zip(runs, scored, strict=True):
+            if result is None:
+                continue
+            if result["status"] != "ok":
+                cells = (f"<td colspan='{len(summary) + len(classes)}'>"
+                         f"{html.escape(result['status'])}: {html.escape(result['reason'])}</td>")
+            else:
+                ap = {c["name"]: c["AP"] for c in result["per_class"]}
+                cells = "".join(f"<td>{html.escape(_text(v))}</td>" for v in
+                                [*(result[k] for k in summary), *(ap.get(c) for c in classes)])
+            body += f"<tr><td>{html.escape(run.run['model'])}</td>{cells}</tr>"
+        tables.append(f"<h3>{html.escape(protocol)}</h3><table><tr>{head}</tr>{body}</table>")
+    return "".join(tables)
 
 
 def write_leaderboard(results: list[RunResult], csv_path: Path, markdown_path: Path,
@@ -105,37 +190,18 @@ def write_leaderboard(results: list[RunResult], csv_path: Path, markdown_path: P
         body = "".join(
             "<tr>" + "".join(f"<td>{html.escape(_text(r[f]))}</td>" for f in LEADERBOARD_FIELDS)
             + "</tr>" for r in rows if r["dataset"] == dataset)
-        tables.append(f"<h2>{html.escape(dataset)}</h2><table><tr>{header}</tr>{body}</table>")
+        tables.append(f"<h2>{html.escape(dataset)}</h2><table><tr>{header}</tr>{body}</table>"
+                      + protocol_tables(results, dataset))
     html_path.write_text(
         "<!DOCTYPE html><html><head><meta charset='utf-8'><title>nadir leaderboard</title>"
         f"<style>{TABLE_CSS}</style></head><body><h1>Leaderboard</h1><p>COCO box metrics of "
         "each run on its dataset's val split: on the chips (AP, AP50, ...) and on whole scenes "
-        "after merging the chips' detections (scene_*). rank orders a dataset's runs by "
+        "after merging the chips' detections (scene_*), and the benchmarks' own protocols on "
+        "the same scenes: dota_task2_map and dota_task1_map (DOTA_devkit, VOC07 AP at IoU 0.5, "
+        "horizontal and oriented boxes), xview_map (the xView scorer); empty where a protocol "
+        "was not asked for or not computed; below each dataset's table, each protocol's "
+        "numbers per model, with its per-class AP. rank orders a dataset's runs by "
         "scene_AP, chip_rank by chip AP. -1: no objects of that size. wall_seconds, gpu_hours "
         "and peak_memory_mb (host) cover the run's train and evaluate jobs.</p>"
         + "".join(tables) + "</body></html>\n")
     return rows
-
-
-def plot_loss_curve(train_log: Path, out_png: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    history = json.loads(Path(train_log).read_text())
-    steps = [h["iteration"] for h in history]
-    fig, (ax_loss, ax_lr) = plt.subplots(1, 2, figsize=(9, 3.2))
-    for key in sorted(k for k in history[0] if k not in ("iteration", "lr", "seconds")):
-        ax_loss.plot(steps, [h[key] for h in history], label=key,
-                     linewidth=2.2 if key == "loss" else 1)
-    ax_loss.set_xlabel("iteration")
-    ax_loss.set_ylabel("loss")
-    ax_loss.legend(fontsize=7)
-    ax_lr.plot(steps, [h["lr"] for h in history])
-    ax_lr.set_xlabel("iteration")
-    ax_lr.set_ylabel("learning rate")
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=90)
-    plt.close(fig)

@@ -90,9 +90,9 @@ rule train:
         "Training {wildcards.model} on {wildcards.dataset}"
     shell:
         "{NADIR} train --dataset {wildcards.dataset} --model {wildcards.model} "
-        "--hp {params.hp} --train {input.train} --manifest {input.manifest} "
-        "--shards {input.shards} {params.pretrained} --out-dir $(dirname {output.weights}) "
-        "--resolved-config {output.resolved} "
+        "--hp {params.hp:q} --train {input.train} --manifest {input.manifest} "
+        "--shards {input.shards} {params.pretrained} --weights-out {output.weights} "
+        "--train-log {output.train_log} --run {output.run} --resolved-config {output.resolved} "
         "--checkpoints {CHECKPOINT_ROOT}/{wildcards.dataset}/{wildcards.model} "
         "{CHECKPOINT_OPTIONS} "
         "--threads {threads} 2> {log}"

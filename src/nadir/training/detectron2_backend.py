@@ -19,12 +19,13 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import tarfile
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from nadir.errors import NadirError
+from nadir.shards import member_offsets, read_member
 from nadir.training.backend import TrainJob
 from nadir.training.catalogue import entry
 from nadir.training.provenance import base_resolved_config
@@ -127,26 +128,17 @@ def unpack_chips(coco_json: Path, shards: list[Path], image_root: Path) -> Path:
     Chip names are only unique within a shard, hence one folder per shard.
     """
     coco = json.loads(Path(coco_json).read_text())
-    wanted: dict[int, set[str]] = {}
-    for image in coco["images"]:
-        wanted.setdefault(image["shard"], set()).add(image["file_name"])
-    written = 0
-    for index, names in sorted(wanted.items()):
+    offsets = member_offsets(shards, {(im["shard"], im["file_name"]) for im in coco["images"]},
+                             Path(coco_json))
+    for (index, name), (offset, size) in sorted(offsets.items()):
         folder = image_root / str(index)
         folder.mkdir(parents=True, exist_ok=True)
-        with tarfile.open(shards[index]) as tar:
-            for member in tar:
-                if member.name in names:
-                    (folder / Path(member.name).name).write_bytes(tar.extractfile(member).read())
-                    written += 1
-    if written != len(coco["images"]):
-        raise NadirError(f"{coco_json}: {len(coco['images'])} chips listed, {written} found in "
-                         "the shards; rerun the chip stage")
+        (folder / Path(name).name).write_bytes(read_member(shards[index], offset, size))
     for image in coco["images"]:
         image["file_name"] = f"{image['shard']}/{Path(image['file_name']).name}"
     rewritten = image_root / "coco.json"
     rewritten.write_text(json.dumps(coco))
-    log.info("unpacked %d chips to %s for detectron2", written, image_root)
+    log.info("unpacked %d chips to %s for detectron2", len(offsets), image_root)
     return rewritten
 
 
@@ -234,13 +226,15 @@ def build_detectron2_model(model: str, num_classes: int, size: int, pretrained: 
     return built, lazy.model.get("input_format", "BGR")
 
 
-def _checkpoint_hook(checkpointer, store, every: int, total: int, history: list, device):
+def _checkpoint_hook(checkpointer, store, every: int, total: int, history: list, device,
+                     seconds: Callable[[], float]):
     """A detectron2 hook: every `every` iterations, save a checkpoint and hand it to the store.
 
     Besides detectron2's own state (model, optimiser, scheduler, iteration) the checkpoint holds
     what a bit-identical resume also needs: the loss log so far, torch's random state (Faster
     R-CNN samples from it) and the dense detectors' running loss normaliser, which is a plain
-    attribute outside the state dict.
+    attribute outside the state dict; and the training seconds so far, so that run.json's
+    `seconds` covers every attempt of a resumed run.
     """
     from detectron2.engine import HookBase
 
@@ -253,7 +247,8 @@ def _checkpoint_hook(checkpointer, store, every: int, total: int, history: list,
                 checkpointer.save("store_upload", nadir_history=list(history),
                                   nadir_rng=rng_state(device),
                                   nadir_loss_normalizer=getattr(self.trainer.model,
-                                                                "loss_normalizer", None))
+                                                                "loss_normalizer", None),
+                                  nadir_seconds=seconds())
                 local = Path(checkpointer.save_dir) / "store_upload.pth"
                 store.save(done, local.read_bytes())
                 local.unlink()
@@ -344,7 +339,10 @@ class Detectron2Backend:
             optimizer, warmup_cosine(hp["warmup_iterations"], hp["iterations"]))
         resumed = self.resume(job)
         start = resumed["iteration"] if resumed is not None else 0
-        chips = RegisteredChips(get_detection_dataset_dicts([registration["name"]]),
+        # Every chip of train.json, empty ones included (detectron2 drops them by default), so
+        # this backend trains on the chips the others do and that run.json counts.
+        chips = RegisteredChips(get_detection_dataset_dicts([registration["name"]],
+                                                            filter_empty=False),
                                 input_format, hp["augment"])
         workers = loader_workers(job.threads, 1, device)
         loader = torch.utils.data.DataLoader(
@@ -359,12 +357,18 @@ class Detectron2Backend:
                                              optimizer=optimizer, scheduler=scheduler,
                                              trainer=trainer)
         history: list = []
+        clock = {"before": 0.0, "began": time.perf_counter()}  # seconds of earlier attempts
+
+        def seconds() -> float:
+            return clock["before"] + time.perf_counter() - clock["began"]
+
         trainer.register_hooks([
             hooks.IterationTimer(),
             hooks.LRScheduler(optimizer=optimizer, scheduler=scheduler),
             _loss_log_hook(history, hp["log_interval"], hp["iterations"], hp["batch_size"]),
         ] + ([_checkpoint_hook(checkpointer, job.checkpoints, job.checkpoint_every,
-                               hp["iterations"], history, device)] if job.checkpoints else []))
+                               hp["iterations"], history, device, seconds)]
+           if job.checkpoints else []))
         if resumed is not None:
             local = work / "checkpoints" / f"resume_{start:09d}.pth"
             local.write_bytes(resumed["data"])
@@ -373,22 +377,23 @@ class Detectron2Backend:
                 raise NadirError(f"checkpoint {start} in {job.checkpoints.describe()} holds "
                                  f"iteration {trainer.iter + 1}; remove it to start over")
             history.extend(saved.get("nadir_history", []))
+            clock["before"] = saved.get("nadir_seconds", 0.0)
             set_rng_state(saved["nadir_rng"], device)
             if saved.get("nadir_loss_normalizer") is not None:
                 model.loss_normalizer = saved["nadir_loss_normalizer"]
             log.info("resuming from the checkpoint at iteration %d/%d in %s", start,
                      hp["iterations"], job.checkpoints.describe())
-        began = time.perf_counter()
+        clock["began"] = time.perf_counter()
         try:
             trainer.train(start, hp["iterations"])
         finally:
             shutil.rmtree(work, ignore_errors=True)
-        job.out_dir.mkdir(parents=True, exist_ok=True)
+        job.outputs.weights.parent.mkdir(parents=True, exist_ok=True)
         torch.save({"model": job.model, "num_classes": num_classes, "image_size": size,
                     "categories": coco["categories"], "pretrained": hp["pretrained"],
-                    "state_dict": model.state_dict()}, job.out_dir / "model.pt")
-        (job.out_dir / "train_log.json").write_text(json.dumps(history, indent=1) + "\n")
-        return {"seconds": round(time.perf_counter() - began, 2), "iterations": hp["iterations"],
+                    "state_dict": model.state_dict()}, job.outputs.weights)
+        job.outputs.train_log.write_text(json.dumps(history, indent=1) + "\n")
+        return {"seconds": round(seconds(), 2), "iterations": hp["iterations"],
                 "resumed_from": start, "device": device.type, "processes": 1, "amp": amp,
                 "chips": len(coco["images"])}
 

@@ -23,7 +23,13 @@ import torch.distributed as dist
 
 from nadir.errors import NadirError
 from nadir.training.backend import TrainJob
-from nadir.training.data import SeededBatches, ShardChips, category_labels, collate
+from nadir.training.data import (
+    SeededBatches,
+    ShardChips,
+    category_labels,
+    collate,
+    model_targets,
+)
 from nadir.training.detectors import build_detector
 from nadir.training.loop import (
     device_name,
@@ -303,8 +309,7 @@ def _train_step(model: torch.nn.Module, batch: tuple, optimisation: Optimisation
     """Forward, backward, clip, step: one iteration; returns the total loss and its parts."""
     images, targets = batch
     images = [im.to(device) for im in images]
-    targets = [{"boxes": t["boxes"].to(device), "labels": t["labels"].to(device)}
-               for t in targets]
+    targets = model_targets(model, targets, device)
     with torch.autocast(device.type, dtype=torch.float16, enabled=optimisation.amp):
         losses = model(images, targets)
         loss = sum(losses.values())
@@ -338,11 +343,11 @@ def _save_checkpoint(job: TrainJob, done: int, optimisation: Optimisation, progr
 def _write_outputs(job: TrainJob, model: torch.nn.Module, dataset: ShardChips, size: int,
                    history: list) -> None:
     """model.pt (weights with what predicting needs) and train_log.json."""
-    job.out_dir.mkdir(parents=True, exist_ok=True)
+    job.outputs.weights.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"model": job.model, "num_classes": len(dataset.categories), "image_size": size,
                 "categories": dataset.categories, "state_dict": model.state_dict()},
-               job.out_dir / "model.pt")
-    (job.out_dir / "train_log.json").write_text(json.dumps(history, indent=1) + "\n")
+               job.outputs.weights)
+    job.outputs.train_log.write_text(json.dumps(history, indent=1) + "\n")
 
 
 @torch.no_grad()
@@ -371,13 +376,16 @@ def predict(weights: Path, coco_json: Path, shards: list[Path], hp: dict,
         items = [dataset[i] for i in range(first, min(first + batch, len(dataset)))]
         outputs = model([im.to(device) for im, _ in items])
         for (_, target), out in zip(items, outputs, strict=True):
-            for b, s, c in zip(out["boxes"].tolist(), out["scores"].tolist(),
-                               out["labels"].tolist(), strict=True):
+            polygons = out["polygons"].tolist() if "polygons" in out else None  # oriented
+            for i, (b, s, c) in enumerate(zip(out["boxes"].tolist(), out["scores"].tolist(),
+                                              out["labels"].tolist(), strict=True)):
                 if c not in category_of:
                     continue
                 results.append({"image_id": target["image_id"], "category_id": category_of[c],
                                 "bbox": [round(b[0], 2), round(b[1], 2), round(b[2] - b[0], 2),
                                          round(b[3] - b[1], 2)], "score": round(s, 5)})
+                if polygons is not None:
+                    results[-1]["polygon"] = [round(v, 2) for v in polygons[i]]
         log.info("predicted %d/%d chips", min(first + batch, len(dataset)), len(dataset))
     log.info("predicted %d detections on %d chips", len(results), len(dataset))
     return results
