@@ -22,6 +22,7 @@ include: "workflow/rules/coco.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/predict.smk"
 
 
 # Every product a user keeps is a target, so deleting any of them (locally or in the bucket)
@@ -39,4 +40,5 @@ rule all:
             file=["model.pt", "run.json", "predictions.json", "metrics.json", "loss.png"],
         ),
         "results/summary.txt",
+        predict_targets,  # the `inference` runs and scenes (none by default)
     default_target: True

@@ -115,7 +115,9 @@ def make_xview(root: Path, images: int = 4, size: int = 320) -> dict:
 class FileServer:
     """Serves a folder on 127.0.0.1 as a CDN would: ETag and Last-Modified from the file, Range
     requests honoured only while `If-Range` still matches (or always, with `if_range=False`, as
-    careless servers do), 416 with `Content-Range: bytes */N` past the end.
+    careless servers do), 416 with `Content-Range: bytes */N` past the end; a range's end
+    (`bytes=START-END`) and HEAD are honoured, only the requested bytes are read, and the body
+    bytes sent are counted (`bytes_served`), so a test can tell a range reader from a download.
 
     Faults, for the tests: `drop_after` bytes cuts the first response of each file there (a
     dropped connection); `script` lists what to do with each request in turn: "ok", "drop"
@@ -129,11 +131,22 @@ class FileServer:
         self.script, self.stall_s, self.if_range = list(script), stall_s, if_range
         self.scripted = bool(script)
         self.dropped: set[str] = set()
+        self.bytes_served = 0
         server = self
 
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args):
                 pass
+
+            def do_HEAD(self):  # noqa: N802 - http.server's naming
+                path = server.root / self.path.lstrip("/")
+                if not path.is_file():
+                    self.send_error(404)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Length", str(path.stat().st_size))
+                self.send_header("Accept-Ranges", "bytes")
+                self.end_headers()
 
             def do_GET(self):  # noqa: N802 - http.server's naming
                 server.requests.append((self.path, self.headers.get("Range")))
@@ -151,27 +164,34 @@ class FileServer:
                 if not path.is_file():
                     self.send_error(404)
                     return
-                data = path.read_bytes()
-                etag = '"' + hashlib.sha256(data).hexdigest()[:16] + '"'
-                modified = formatdate(path.stat().st_mtime, usegmt=True)
-                start = 0
+                stat = path.stat()
+                size = stat.st_size
+                version = f"{size}:{stat.st_mtime_ns}".encode()  # changes when the file does
+                etag = '"' + hashlib.sha256(version).hexdigest()[:16] + '"'
+                modified = formatdate(stat.st_mtime, usegmt=True)
+                start, end = 0, size - 1
                 wanted = self.headers.get("Range")
                 if wanted and server.if_range and self.headers.get("If-Range") not in (
                         None, etag, modified):
                     wanted = None  # the file changed: the whole new version, with 200
                 if wanted:
-                    start = int(wanted.split("=")[1].split("-")[0])
-                    if start >= len(data):
+                    first, _, last = wanted.split("=")[1].partition("-")
+                    start = int(first)
+                    end = min(int(last), size - 1) if last.strip() else size - 1
+                    if start >= size:
                         self.send_response(416)
-                        self.send_header("Content-Range", f"bytes */{len(data)}")
+                        self.send_header("Content-Range", f"bytes */{size}")
                         self.send_header("Content-Length", "0")
                         self.end_headers()
                         return
                     self.send_response(206)
-                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+                    self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
                 else:
                     self.send_response(200)
-                body = data[start:]
+                with open(path, "rb") as fh:
+                    fh.seek(start)
+                    body = fh.read(end + 1 - start)
+                server.bytes_served += len(body)
                 self.send_header("Content-Length", str(len(body)))
                 self.send_header("ETag", etag)
                 self.send_header("Last-Modified", modified)

@@ -168,6 +168,24 @@ def cmd_evaluate_scenes(args) -> None:
     log.info("scene-level metrics: %s", json.dumps(result["metrics"]))
 
 
+def cmd_predict(args) -> None:
+    from nadir.inference import InferenceSettings, SceneSource, predict_scene
+
+    outputs = {"geojson": Path(args.geojson), "geopackage": Path(args.geopackage),
+               "summary": Path(args.summary), "quicklook": Path(args.quicklook)}
+    predict_scene(SceneSource(args.scene_name, args.source), Path(args.weights), Path(args.run),
+                  InferenceSettings.from_config(json.loads(args.settings)), outputs,
+                  threads=args.threads, s3_endpoint=args.s3_endpoint)
+
+
+def cmd_list_scenes(args) -> None:
+    from nadir.inference import list_s3_prefix
+
+    scenes = list_s3_prefix(args.prefix, args.s3_endpoint)
+    Path(args.out).write_text(json.dumps({"source": args.prefix, "scenes": [
+        {"name": s.name, "location": s.location} for s in scenes]}, indent=1) + "\n")
+
+
 def cmd_leaderboard(args) -> None:
     from nadir.report import RunFiles, read_run_result, write_leaderboard
 
@@ -350,6 +368,24 @@ def build_parser() -> argparse.ArgumentParser:
                    choices=PROTOCOLS,
                    help="benchmark protocols to score by (coco is always computed)")
     p.add_argument("--submission", help="zip of the protocols' submission files to write")
+
+    p = command("predict", cmd_predict, "apply a trained run to one scene (GeoJSON, GeoPackage, "
+                "summary, quick-look)")
+    p.add_argument("--weights", required=True, help="the run's model.pt")
+    p.add_argument("--run", required=True, help="the run's run.json (its chipping settings)")
+    p.add_argument("--source", required=True, help="the scene: a path, http(s):// or s3:// URL")
+    p.add_argument("--scene-name", required=True)
+    p.add_argument("--settings", required=True, help="JSON of the `inference` settings")
+    p.add_argument("--s3-endpoint", help="S3 endpoint URL for s3:// scenes (keys come from "
+                   "SNAKEMAKE_STORAGE_S3_ACCESS_KEY/_SECRET_KEY)")
+    p.add_argument("--threads", type=int, default=1)
+    for output in ("geojson", "geopackage", "summary", "quicklook"):
+        p.add_argument(f"--{output}", required=True)
+
+    p = command("list-scenes", cmd_list_scenes, "list the raster objects under an s3:// prefix")
+    p.add_argument("--prefix", required=True, help="s3://bucket/prefix/")
+    p.add_argument("--s3-endpoint", help="S3 endpoint URL (keys as for predict)")
+    p.add_argument("--out", required=True)
 
     p = command("leaderboard", cmd_leaderboard, "rank every run (CSV, Markdown, HTML)")
     for option in ("runs", "metrics", "scene-metrics", "train-benchmarks",

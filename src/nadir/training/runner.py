@@ -46,6 +46,9 @@ def run(job: TrainJob, checkpoint_root: str | None = None, s3_endpoint: str | No
     record = {
         "dataset": job.dataset, "model": job.model, "backend": backend_name,
         "hyperparameters": job.hp, "training": result, "inputs": job.input_digests,
+        # Band selection, stretch and windows of the chips it learnt from: what inference
+        # must reproduce on new scenes.
+        "chipping": json.loads(job.manifest.read_text()).get("params"),
         "code": resolved["code"], "versions": resolved["versions"],
     }
     job.outputs.run.write_text(json.dumps(record, indent=1) + "\n")

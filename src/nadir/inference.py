@@ -1,0 +1,603 @@
+"""Apply a trained run to new scenes: windows read straight from the source, detections on a map.
+
+A scene is a path, an http(s) URL or an s3:// object, or comes from a STAC item collection or an
+s3:// prefix. It is never copied: GDAL reads the windows it needs (`/vsicurl/` and `/vsis3/`
+range requests for remote files), with chipping's own reader, so memory is bounded by a window
+(tiled files) or a ring of rows (striped files) whatever the scene's size, and windows that are
+mostly nodata are skipped as at training time. Each window gets the band selection and the
+radiometric stretch the run's chips got (recorded in its run.json), then batches go through the
+model while the next batch is read. Window detections are shifted into the scene and merged with
+scene evaluation's own functions (clip to the scene, class-wise NMS), so a val scene gives
+exactly the detections scene-level evaluation scores.
+
+Per scene and run: a GeoJSON in EPSG:4326, a GeoPackage in the scene's CRS (each feature with
+class, score, model and the run's digest), a summary with per-class counts, and a quick-look PNG
+drawn from the windows as they pass (nothing is read twice for it). A scene without a CRS gets
+pixel coordinates (y down) in both files, and a warning.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import re
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from urllib.parse import urlparse
+
+import numpy as np
+
+from nadir.chipping import ChipParams, Radiometry, WindowReader, gdal_settings, window_offsets
+from nadir.errors import InputError, NadirError
+from nadir.hashing import sha256_of
+from nadir.scene_evaluation import merge_overlaps, to_scene_coordinates
+
+log = logging.getLogger(__name__)
+
+PROGRESS_INTERVAL_S = 10.0
+SCENE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+RASTER_SUFFIXES = (".tif", ".tiff", ".jp2", ".png", ".img", ".vrt")
+# STAC asset keys tried in this order when the config names none (common names of a visual
+# or single-file asset in public catalogues).
+DEFAULT_STAC_ASSETS = ("visual", "image", "data", "analytic")
+PALETTE = [(255, 64, 64), (64, 160, 255), (255, 200, 0), (0, 220, 120), (220, 0, 220),
+           (0, 230, 230), (255, 128, 0), (160, 100, 255)]
+
+
+# --- scenes ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SceneSource:
+    """One scene to process: its name (used in output paths) and where GDAL reads it."""
+
+    name: str
+    location: str
+
+    @property
+    def scheme(self) -> str:
+        scheme = urlparse(self.location).scheme
+        return scheme if scheme in ("http", "https", "s3") else "file"
+
+
+def scene_name(location: str) -> str:
+    """A scene's default name: its file name without the suffix, made path-safe."""
+    stem = Path(urlparse(location).path).name
+    for suffix in RASTER_SUFFIXES:
+        if stem.lower().endswith(suffix):
+            stem = stem[:-len(suffix)]
+            break
+    return re.sub(r"[^A-Za-z0-9._-]", "_", stem).lstrip("._-") or "scene"
+
+
+def is_listing(location: str) -> bool:
+    """Whether an entry names several scenes: an s3:// prefix (ends with /) or a STAC file."""
+    return (location.startswith("s3://") and location.endswith("/")) or \
+        location.lower().endswith(".json")
+
+
+def stac_scenes(path: Path, asset_keys: list[str] | None = None) -> list[SceneSource]:
+    """The scenes of a STAC item collection (a FeatureCollection of items, e.g. a saved STAC API
+    search) or of a single item: per item, the first of `asset_keys` it has, named by item id.
+    Relative asset hrefs are resolved against the file's folder."""
+    keys = list(asset_keys or DEFAULT_STAC_ASSETS)
+    try:
+        document = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise InputError(path, f"not a readable STAC JSON file ({exc})") from None
+    items = document.get("features") if document.get("type") == "FeatureCollection" \
+        else [document] if document.get("type") == "Feature" else None
+    if items is None:
+        raise InputError(path, "expected a STAC item collection (type FeatureCollection) or a "
+                         f"STAC item (type Feature), got type {document.get('type')!r}")
+    scenes = []
+    for n, item in enumerate(items):
+        assets = item.get("assets") or {}
+        key = next((k for k in keys if k in assets), None)
+        if key is None:
+            raise InputError(path, f"item {n} ({item.get('id')!r}) has none of the assets "
+                             f"{keys}; it has {sorted(assets)} (set inference.stac_assets)")
+        href = assets[key].get("href")
+        if not href:
+            raise InputError(path, f"item {n} ({item.get('id')!r}): asset {key!r} has no href")
+        if not urlparse(href).scheme and not href.startswith("/"):
+            href = str((Path(path).parent / href).resolve())
+        name = re.sub(r"[^A-Za-z0-9._-]", "_", str(item.get("id") or scene_name(href)))
+        scenes.append(SceneSource(name.lstrip("._-") or scene_name(href), href))
+    log.info("STAC file %s: %d scene(s) from assets %s", path, len(scenes), keys)
+    return scenes
+
+
+def direct_scenes(entries: list, asset_keys: list[str] | None = None) -> list[SceneSource]:
+    """The config's scene entries that need no listing job: paths, URLs, s3:// objects (a
+    string, or {name, source}) and STAC files, in order. s3:// prefixes are left out."""
+    scenes = []
+    for entry in entries:
+        location, name = (entry, None) if isinstance(entry, str) else \
+            (entry["source"], entry.get("name"))
+        if location.lower().endswith(".json"):
+            scenes.extend(stac_scenes(Path(location), asset_keys))
+        elif not is_listing(location):
+            scenes.append(SceneSource(name or scene_name(location), location))
+    return scenes
+
+
+def check_scene_names(scenes: list[SceneSource]) -> None:
+    """Names become output folders: they must be path-safe and unique."""
+    seen: dict[str, str] = {}
+    for scene in scenes:
+        if not SCENE_NAME.fullmatch(scene.name):
+            raise NadirError(f"inference scene name {scene.name!r} ({scene.location}) must be "
+                             "letters, digits, '.', '_' or '-'")
+        if scene.name in seen and seen[scene.name] != scene.location:
+            raise NadirError(f"two inference scenes are named {scene.name!r}: "
+                             f"{seen[scene.name]} and {scene.location}; give one a `name`")
+        seen[scene.name] = scene.location
+
+
+def source_id(location: str) -> str:
+    """A short stable id of a listed source (an s3:// prefix), for its listing file's name."""
+    return hashlib.sha256(location.encode()).hexdigest()[:12]
+
+
+def list_s3_prefix(prefix: str, endpoint: str | None) -> list[SceneSource]:
+    """The raster objects under an s3:// prefix, named by file name (credentials as the
+    checkpoint store reads them: SNAKEMAKE_STORAGE_S3_* variables, else boto3's chain)."""
+    from nadir.training.checkpoints import S3Checkpoints
+
+    bucket, _, key_prefix = prefix[len("s3://"):].partition("/")
+    client = S3Checkpoints(bucket, key_prefix, endpoint).client
+    scenes = []
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket,
+                                                                 Prefix=key_prefix):
+        for obj in page.get("Contents", []):
+            if obj["Key"].lower().endswith(RASTER_SUFFIXES):
+                scenes.append(SceneSource(scene_name(obj["Key"]), f"s3://{bucket}/{obj['Key']}"))
+    if not scenes:
+        raise InputError(prefix, f"no raster object ({', '.join(RASTER_SUFFIXES)}) under this "
+                         "prefix")
+    log.info("%s: %d scene(s)", prefix, len(scenes))
+    return scenes
+
+
+def gdal_path(location: str) -> str:
+    """Where GDAL reads a scene: range requests for remote files, never a download."""
+    parsed = urlparse(location)
+    if parsed.scheme in ("http", "https"):
+        return "/vsicurl/" + location
+    if parsed.scheme == "s3":
+        return f"/vsis3/{parsed.netloc}{parsed.path}"
+    return location
+
+
+def remote_cache_bytes(src, size: int) -> int:
+    """GDAL's block cache for a remote scene: the blocks under a whole row of windows, so that
+    each block is fetched once (a window row straddles two block rows; the next window row
+    reuses the lower one). It grows with the scene's width only, like chipping's row ring."""
+    block_rows = src.block_shapes[0][0]
+    row_bytes = src.width * src.count * np.dtype(src.dtypes[0]).itemsize
+    return (size + 2 * block_rows) * row_bytes * 5 // 4
+
+
+@contextlib.contextmanager
+def remote_access(location: str, s3_endpoint: str | None) -> Iterator[dict]:
+    """GDAL settings (returned) and, for s3://, credentials for reading one scene.
+
+    Keys come from SNAKEMAKE_STORAGE_S3_ACCESS_KEY / _SECRET_KEY and are handed to GDAL as
+    this process's AWS_* environment for the duration of the read (never as arguments, so they
+    appear in no command line and no log); without keys, s3:// is read anonymously.
+    """
+    options: dict = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR", "GDAL_HTTP_MAX_RETRY": "3",
+                     "GDAL_HTTP_RETRY_DELAY": "1"}
+    saved: dict[str, str | None] = {}
+    if location.startswith("s3://"):
+        access = os.environ.get("SNAKEMAKE_STORAGE_S3_ACCESS_KEY")
+        secret = os.environ.get("SNAKEMAKE_STORAGE_S3_SECRET_KEY")
+        if access and secret:
+            for name, value in (("AWS_ACCESS_KEY_ID", access), ("AWS_SECRET_ACCESS_KEY", secret)):
+                saved[name] = os.environ.get(name)
+                os.environ[name] = value
+        elif not os.environ.get("AWS_ACCESS_KEY_ID"):
+            options["AWS_NO_SIGN_REQUEST"] = "YES"
+        if s3_endpoint:
+            endpoint = urlparse(s3_endpoint)
+            options |= {"AWS_S3_ENDPOINT": endpoint.netloc or endpoint.path,
+                        "AWS_HTTPS": "NO" if endpoint.scheme == "http" else "YES",
+                        "AWS_VIRTUAL_HOSTING": "FALSE"}
+        options.setdefault("AWS_REGION", os.environ.get("AWS_REGION", "us-east-1"))
+    try:
+        yield options
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+# --- settings --------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class InferenceSettings:
+    """How windows are cut and detections kept; `window`/`overlap`/`bands` None: the run's."""
+
+    window: int | None = None
+    overlap: int | None = None
+    bands: tuple[int, ...] | None = None
+    score_threshold: float = 0.3
+    max_detections: int = 100
+    nms_iou: float = 0.3
+    batch_size: int = 8
+    quicklook_size: int = 1024
+
+    @classmethod
+    def from_config(cls, settings: dict) -> InferenceSettings:
+        values = {k: settings[k] for k in asdict(cls()) if k in settings}
+        if values.get("bands") is not None:
+            values["bands"] = tuple(values["bands"])
+        return cls(**values)
+
+
+def run_chip_params(run: dict, run_path: Path, settings: InferenceSettings) -> ChipParams:
+    """The chipping the run was trained on (band selection, stretch, nodata and padding rules),
+    with the window, overlap and bands the inference settings override."""
+    recorded = run.get("chipping")
+    if recorded is None:
+        raise InputError(run_path, "records no chipping settings (`chipping`): the run was "
+                         "trained before nadir recorded them; retrain it")
+    params = ChipParams.from_config(recorded)
+    changes = {k: v for k, v in (("size", settings.window), ("overlap", settings.overlap),
+                                 ("bands", settings.bands)) if v is not None}
+    if "bands" in changes and changes["bands"] != params.bands:
+        log.warning("bands %s differ from the %s the run was trained on", list(changes["bands"]),
+                    list(params.bands) if params.bands else "default")
+    try:
+        return replace(params, **changes)
+    except NadirError as exc:
+        raise NadirError(f"inference settings: {exc}") from None
+
+
+# --- windows ---------------------------------------------------------------------------------
+
+@dataclass
+class WindowCounts:
+    windows: int = 0
+    read: int = 0
+    nodata_skipped: int = 0
+
+
+def scene_windows(src, params: ChipParams, counts: WindowCounts,
+                  radiometry: Radiometry) -> Iterator[tuple[int, int, np.ndarray]]:
+    """(x, y, chip) for every window of an open scene in row-major order, each chip exactly as
+    chipping made it (bands, stretch, nodata set to `pad_value`, edges padded); windows whose
+    nodata share exceeds `nodata_max` are skipped and counted."""
+    reader = WindowReader(src, radiometry.bands, params.size)
+    size, bands = params.size, len(radiometry.bands)
+    xs = window_offsets(src.width, size, params.overlap)
+    ys = window_offsets(src.height, size, params.overlap)
+    counts.windows = len(xs) * len(ys)
+    log.info("%d x %d px, %d band(s) %s, %s, %d x %d windows of %d px", src.width, src.height,
+             src.count, src.dtypes[0], reader.description, len(xs), len(ys), size)
+    for y0 in ys:
+        rows = min(size, src.height - y0)
+        for x0 in xs:
+            cols = min(size, src.width - x0)
+            valid = reader.valid(x0, y0, cols, rows)
+            if valid is not None and 1.0 - valid.mean() > params.nodata_max:
+                counts.nodata_skipped += 1
+                continue
+            chip = (np.empty((bands, size, size), np.uint8) if (rows, cols) == (size, size)
+                    else np.full((bands, size, size), params.pad_value, np.uint8))
+            inside = chip[:, :rows, :cols]
+            if radiometry.scale is None:
+                reader.read(x0, y0, inside)
+            else:
+                radiometry.to_8bit(reader.read(x0, y0, np.empty((bands, rows, cols),
+                                                                src.dtypes[0])), out=inside)
+            if valid is not None and not valid.all():
+                inside[:, ~valid] = params.pad_value
+            counts.read += 1
+            yield x0, y0, chip
+
+
+def batched(windows: Iterator, size: int) -> Iterator[list]:
+    batch = []
+    for window in windows:
+        batch.append(window)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def prefetched(batches: Iterator[list]) -> Iterator[list]:
+    """The batches, the next one read on another thread while the caller uses this one (GDAL
+    and the model both release Python's lock); at most two batches exist at once."""
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(next, batches, None)
+        while (batch := pending.result()) is not None:
+            pending = pool.submit(next, batches, None)
+            yield batch
+
+
+# --- the model -------------------------------------------------------------------------------
+
+WindowDetector = Callable[[list[np.ndarray]], list[list[dict]]]
+
+
+def load_detector(weights: Path, window: int, score_threshold: float, max_detections: int,
+                  threads: int = 1) -> tuple[WindowDetector, list[dict]]:
+    """A function from uint8 (bands, size, size) windows to their COCO detections (xywh in
+    window pixels, category id, score, rounded as evaluation rounds them), and the categories.
+
+    The one place inference meets a backend: models of the shared training loop (torchvision,
+    transformers, yolox) are built as evaluation builds them. detectron2 runs are not supported
+    yet.
+    """
+    import torch
+
+    from nadir.training.catalogue import entry
+    from nadir.training.data import category_labels
+    from nadir.training.detectors import build_detector
+
+    torch.set_num_threads(max(1, threads))
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    saved = torch.load(weights, map_location="cpu", weights_only=True)
+    if entry(saved["model"]).backend == "detectron2":
+        raise NadirError(f"{weights}: inference does not support detectron2 runs yet")
+    model = build_detector(saved["model"], saved["num_classes"], window)
+    model.load_state_dict(saved["state_dict"])
+    model.to(device).eval()
+    for head in (model, getattr(model, "roi_heads", None)):
+        if head is not None and hasattr(head, "score_thresh"):
+            head.score_thresh = score_threshold
+        if head is not None and hasattr(head, "detections_per_img"):
+            head.detections_per_img = max_detections
+    category_of = {label: cid for cid, label in category_labels(saved["categories"]).items()}
+    log.info("model %s (%d classes) on %s", saved["model"], saved["num_classes"], device.type)
+
+    @torch.no_grad()
+    def detect(chips: list[np.ndarray]) -> list[list[dict]]:
+        pixels = torch.from_numpy(np.stack(chips)).to(device)
+        if pixels.shape[1] == 1:  # grey chips reach the model as RGB, as at training time
+            pixels = pixels.expand(-1, 3, -1, -1)
+        outputs = model(list(pixels.float() / 255.0))
+        results = []
+        for out in outputs:
+            found = []
+            for b, s, c in zip(out["boxes"].tolist(), out["scores"].tolist(),
+                               out["labels"].tolist(), strict=True):
+                if c in category_of:  # label 0 is background; sigmoid heads may score it
+                    found.append({"category_id": category_of[c], "score": round(s, 5),
+                                  "bbox": [round(b[0], 2), round(b[1], 2), round(b[2] - b[0], 2),
+                                           round(b[3] - b[1], 2)]})
+            results.append(found)
+        return results
+
+    return detect, saved["categories"]
+
+
+# --- one scene -------------------------------------------------------------------------------
+
+@dataclass
+class SceneResult:
+    scene: str
+    width: int
+    height: int
+    crs: str | None
+    transform: list[float]  # affine a, b, c, d, e, f: pixel (col, row) to the scene's CRS
+    detections: list[dict]  # scene pixels: bbox xywh, category_id, score (and any polygon)
+    counts: WindowCounts
+    quicklook: np.ndarray  # (3, h, w) uint8
+    seconds: float
+
+    @property
+    def georeferenced(self) -> bool:
+        return self.crs is not None
+
+
+class QuickLook:
+    """A decimated RGB picture of the scene, filled from the windows as they are read."""
+
+    def __init__(self, width: int, height: int, longest: int):
+        self.step = max(1, -(-max(width, height) // longest))
+        self.image = np.zeros((3, -(-height // self.step), -(-width // self.step)), np.uint8)
+        self.width, self.height = width, height
+
+    def add(self, x0: int, y0: int, chip: np.ndarray) -> None:
+        rows, cols = min(chip.shape[1], self.height - y0), min(chip.shape[2], self.width - x0)
+        step = self.step
+        r0, c0 = (-y0) % step, (-x0) % step
+        part = chip[:, r0:rows:step, c0:cols:step]
+        top, left = (y0 + r0) // step, (x0 + c0) // step
+        self.image[:, top:top + part.shape[1], left:left + part.shape[2]] = part
+
+
+def detect_scene(source: SceneSource, params: ChipParams, detector: WindowDetector,
+                 settings: InferenceSettings, threads: int = 1,
+                 s3_endpoint: str | None = None) -> SceneResult:
+    """Read every window of a scene, detect in batches, merge into scene detections."""
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+
+    started = last_report = time.monotonic()
+    path = gdal_path(source.location)
+    counts = WindowCounts()
+    chips: list[dict] = []  # per window: id, x, y (what to_scene_coordinates needs)
+    window_detections: list[dict] = []
+    with remote_access(source.location, s3_endpoint) as options, warnings.catch_warnings(), \
+            rasterio.Env(GDAL_PAM_ENABLED="NO", **options):
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        try:
+            with rasterio.open(path) as probe:
+                gdal = gdal_settings(probe, params.size, threads)
+                if source.scheme != "file":
+                    gdal["GDAL_CACHEMAX"] = max(gdal["GDAL_CACHEMAX"],
+                                                remote_cache_bytes(probe, params.size))
+        except RasterioIOError as exc:
+            raise InputError(source.location, f"not a readable raster ({exc})") from None
+        with rasterio.Env(**gdal), rasterio.open(path) as src:
+            log.info("scene %s from %s", source.name, source.location)
+            radiometry = Radiometry(src, params)
+            quicklook = QuickLook(src.width, src.height, settings.quicklook_size)
+            windows = scene_windows(src, params, counts, radiometry)
+            for batch in prefetched(batched(windows, settings.batch_size)):
+                for (x0, y0, chip), found in zip(batch, detector([c for _, _, c in batch]),
+                                                 strict=True):
+                    chips.append({"id": len(chips), "scene": source.name, "x": x0, "y": y0})
+                    window_detections += [d | {"image_id": chips[-1]["id"]} for d in found]
+                    quicklook.add(x0, y0, chip)
+                now = time.monotonic()
+                if now - last_report >= PROGRESS_INTERVAL_S:
+                    last_report = now
+                    log.info("scene %s: %d/%d windows, %d skipped as nodata, %d detections, "
+                             "%.1f windows/s", source.name, counts.read + counts.nodata_skipped,
+                             counts.windows, counts.nodata_skipped, len(window_detections),
+                             counts.read / max(now - started, 1e-9))
+            width, height, crs, transform = src.width, src.height, src.crs, src.transform
+    scene = {"id": 1, "scene": source.name, "width": width, "height": height}
+    shifted, emptied = to_scene_coordinates(window_detections, {"images": chips}, [scene])
+    merged = merge_overlaps(shifted, settings.nms_iou)
+    seconds = time.monotonic() - started
+    log.info("scene %s: %d windows read, %d skipped as nodata; %d window detections -> %d "
+             "in the scene (%d outside it) -> %d after class-wise NMS at IoU %.2f; %.1f s, "
+             "%.1f windows/s", source.name, counts.read, counts.nodata_skipped,
+             len(window_detections), len(shifted), emptied, len(merged), settings.nms_iou,
+             seconds, counts.read / max(seconds, 1e-9))
+    return SceneResult(source.name, width, height, crs.to_string() if crs else None,
+                       list(transform)[:6], merged, counts, quicklook.image, seconds)
+
+
+# --- outputs ---------------------------------------------------------------------------------
+
+def pixel_outline(detection: dict) -> list[tuple[float, float]]:
+    """A detection's outline in scene pixels: its polygon when the model gives one (oriented
+    detectors), else its box; closed ring."""
+    if detection.get("polygon"):
+        p = detection["polygon"]
+        ring = list(zip(p[0::2], p[1::2], strict=True))
+    else:
+        x, y, w, h = detection["bbox"]
+        ring = [(x, y), (x + w, y), (x + w, y + h), (x, y + h)]
+    return ring + ring[:1]
+
+
+def to_crs_coordinates(ring: list[tuple[float, float]], transform) -> list[tuple[float, float]]:
+    """Scene pixels (column, row) to the scene's CRS by its affine transform (a, b, c, d, e, f)."""
+    a, b, c, d, e, f = transform
+    return [(a * x + b * y + c, d * x + e * y + f) for x, y in ring]
+
+
+def feature_properties(detection: dict, names: dict[int, str], run: dict,
+                       digest: str, scene: str) -> dict:
+    return {"class": names[detection["category_id"]], "category_id": detection["category_id"],
+            "score": detection["score"], "model": run["model"], "dataset": run["dataset"],
+            "run_digest": digest, "scene": scene}
+
+
+def write_geojson(result: SceneResult, rings: list, properties: list[dict], path: Path) -> None:
+    """EPSG:4326 (longitude, latitude) per RFC 7946; pixel coordinates without a CRS."""
+    from rasterio.warp import transform as reproject
+
+    features = []
+    for ring, props in zip(rings, properties, strict=True):
+        if result.georeferenced:
+            ring = to_crs_coordinates(ring, result.transform)
+            xs, ys = reproject(result.crs, "EPSG:4326", [p[0] for p in ring],
+                               [p[1] for p in ring])
+            ring = list(zip(xs, ys, strict=True))
+        features.append({"type": "Feature", "properties": props, "geometry": {
+            "type": "Polygon", "coordinates": [[[float(x), float(y)] for x, y in ring]]}})
+    collection = {"type": "FeatureCollection", "name": result.scene, "features": features}
+    if not result.georeferenced:
+        collection["nadir:coordinates"] = "pixel (column, row) of the scene, y down"
+    path.write_text(json.dumps(collection) + "\n")
+
+
+def write_geopackage(result: SceneResult, rings: list, properties: list[dict],
+                     path: Path) -> None:
+    """One `detections` layer in the scene's CRS (pixel coordinates without one)."""
+    import pyogrio.raw
+    import shapely
+
+    coords = [to_crs_coordinates(r, result.transform) if result.georeferenced else r
+              for r in rings]
+    geometry = shapely.to_wkb(np.array([shapely.Polygon(c) for c in coords], dtype=object))
+    fields = ["class", "category_id", "score", "model", "dataset", "run_digest", "scene"]
+    types = {"class": object, "category_id": np.int64, "score": np.float64, "model": object,
+             "dataset": object, "run_digest": object, "scene": object}
+    data = [np.array([p[f] for p in properties], dtype=types[f]) for f in fields]
+    if path.exists():
+        path.unlink()  # OGR would add a second layer to an old file
+    pyogrio.raw.write(str(path), geometry=np.asarray(geometry, dtype=object), field_data=data,
+                      fields=fields, layer="detections", driver="GPKG", geometry_type="Polygon",
+                      crs=result.crs)
+
+
+def write_quicklook(result: SceneResult, names: dict[int, str], path: Path,
+                    min_score: float) -> None:
+    from PIL import Image, ImageDraw
+
+    image = Image.fromarray(np.ascontiguousarray(result.quicklook.transpose(1, 2, 0)))
+    draw = ImageDraw.Draw(image)
+    step = max(1, -(-max(result.width, result.height) // max(image.size)))
+    ids = sorted(names)
+    for det in result.detections:
+        if det["score"] >= min_score:
+            ring = [(x / step, y / step) for x, y in pixel_outline(det)]
+            draw.line(ring, fill=PALETTE[ids.index(det["category_id"]) % len(PALETTE)], width=2)
+    for n, cid in enumerate(ids):  # a legend in the top-left corner
+        draw.rectangle([4, 4 + 14 * n, 14, 14 + 14 * n], fill=PALETTE[n % len(PALETTE)])
+        draw.text((18, 3 + 14 * n), names[cid], fill=(255, 255, 255))
+    image.save(path, "PNG")
+
+
+def predict_scene(source: SceneSource, weights: Path, run_json: Path,
+                  settings: InferenceSettings, outputs: dict[str, Path], threads: int = 1,
+                  s3_endpoint: str | None = None) -> dict:
+    """Apply one run to one scene and write its GeoJSON, GeoPackage, summary and quick-look;
+    returns the summary."""
+    run = json.loads(Path(run_json).read_text())
+    params = run_chip_params(run, Path(run_json), settings)
+    detector, categories = load_detector(weights, params.size, settings.score_threshold,
+                                         settings.max_detections, threads)
+    result = detect_scene(source, params, detector, settings, threads, s3_endpoint)
+    if not result.georeferenced:
+        log.warning("scene %s (%s) has no georeferencing: its GeoJSON and GeoPackage hold pixel "
+                    "coordinates (column, row; y down)", source.name, source.location)
+    digest = sha256_of(Path(weights))[:16]
+    names = {c["id"]: c["name"] for c in categories}
+    rings = [pixel_outline(d) for d in result.detections]
+    properties = [feature_properties(d, names, run, digest, source.name)
+                  for d in result.detections]
+    for path in outputs.values():
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    write_geojson(result, rings, properties, Path(outputs["geojson"]))
+    write_geopackage(result, rings, properties, Path(outputs["geopackage"]))
+    write_quicklook(result, names, Path(outputs["quicklook"]), settings.score_threshold)
+    per_class = {names[cid]: 0 for cid in sorted(names)}
+    for det in result.detections:
+        per_class[names[det["category_id"]]] += 1
+    summary = {
+        "scene": source.name, "source": source.location, "width": result.width,
+        "height": result.height, "crs": result.crs, "georeferenced": result.georeferenced,
+        "transform": result.transform, "dataset": run["dataset"], "model": run["model"],
+        "run_digest": digest, "detections": len(result.detections), "per_class": per_class,
+        "windows": asdict(result.counts), "seconds": round(result.seconds, 2),
+        "windows_per_second": round(result.counts.read / max(result.seconds, 1e-9), 2),
+        "settings": asdict(settings) | {"window": params.size, "overlap": params.overlap,
+                                        "bands": list(params.bands) if params.bands else None},
+        "radiometry": {"stretch_percentiles": list(params.stretch_percentiles),
+                       "nodata_max": params.nodata_max, "pad_value": params.pad_value},
+        "pixel_detections": result.detections,
+    }
+    Path(outputs["summary"]).write_text(json.dumps(summary, indent=1) + "\n")
+    log.info("scene %s: %d detections %s", source.name, len(result.detections), per_class)
+    return summary

@@ -1,0 +1,253 @@
+"""Inference on scenes the tests build: the same pixels as chipping, remote reads without a local
+copy and within a memory bound, georeferenced and pixel-coordinate outputs, scene sources."""
+
+import io
+import json
+import logging
+import os
+import tarfile
+import tracemalloc
+
+import boto3
+import numpy as np
+import pyogrio
+import pytest
+import rasterio
+import tiny_chips
+from dataset_builders import FileServer
+from PIL import Image
+from rasterio.transform import from_origin
+
+from nadir import inference
+from nadir.chipping import ChipParams, Radiometry, chip_shard, params_dict
+from nadir.errors import InputError, NadirError
+from nadir.inference import InferenceSettings, SceneSource, WindowCounts
+
+MODEL = "ssdlite320_mobilenet_v3_large"
+OUTPUTS = ["geojson", "geopackage", "summary", "quicklook"]
+
+
+def write_scene(path, pixels, crs="EPSG:32631", driver="GTiff", nodata=None, **options):
+    bands, height, width = pixels.shape
+    profile = {"driver": driver, "width": width, "height": height, "count": bands,
+               "dtype": pixels.dtype.name, "nodata": nodata, **options}
+    if crs:
+        profile |= {"crs": crs, "transform": from_origin(400_000.0, 5_000_000.0, 0.5, 0.5)}
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(pixels)
+    return path
+
+
+def squares_scene(width=300, height=200, seed=0) -> np.ndarray:
+    """Grey noise with the tiny model's red squares and blue bars."""
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(90, 140, (3, height, width), dtype=np.uint8)
+    for x, y in ((30, 20), (150, 90), (240, 150)):
+        pixels[:, y:y + 16, x:x + 16] = np.array([230, 30, 30])[:, None, None]
+    pixels[:, 60:68, 200:221] = np.array([20, 20, 120])[:, None, None]
+    return pixels
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A two-iteration SSDlite run on 64 px chips, with the run.json a training job writes."""
+    from nadir.training.torchvision_backend import TorchvisionBackend
+
+    root = tmp_path_factory.mktemp("tiny-run")
+    data = tiny_chips.build(root / "chips", chips=4, size=64)
+    out = root / "run"
+    TorchvisionBackend().train(tiny_chips.train_job(
+        data, MODEL, tiny_chips.hyperparameters(iterations=2, amp=False), out))
+    run = {"dataset": "tiny", "model": MODEL,
+           "chipping": params_dict(ChipParams(size=64, overlap=16, image_format="png"))}
+    (out / "run.json").write_text(json.dumps(run))
+    return out / "model.pt", out / "run.json"
+
+
+def predict(tiny_run, location, out_dir, **settings):
+    weights, run_json = tiny_run
+    outputs = {k: out_dir / f"detections.{k}" for k in OUTPUTS}
+    return inference.predict_scene(
+        SceneSource("scene", str(location)), weights, run_json,
+        InferenceSettings(score_threshold=0.01, **settings), outputs), outputs
+
+
+# --- the pixels the model sees ---------------------------------------------------------------
+
+def test_windows_equal_chips_band_selection_stretch_and_nodata(tmp_path):
+    """A 16-bit 4-band scene with a nodata corner: every window inference reads equals the chip
+    chipping wrote (bands 3,2,1, per-scene stretch, nodata set to the pad value, padded edge),
+    and the same windows are skipped as mostly nodata."""
+    rng = np.random.default_rng(1)
+    pixels = rng.integers(200, 4000, (4, 60, 300), dtype=np.uint16)  # shorter than a window
+    pixels[:, :40, :100] = 0  # nodata: most of the first window, part of the second
+    scene = write_scene(tmp_path / "s.tif", pixels, nodata=0, tiled=True, blockxsize=32,
+                        blockysize=32)
+    params = ChipParams(size=64, overlap=8, bands=(3, 2, 1), image_format="png", empty_keep=1.0,
+                        pad_value=7)
+    shard = chip_shard([{"scene": "s", "split": "val"}], {}, {"s": scene}, params,
+                       tmp_path / "shard.tar", tmp_path / "shard.json")
+    with tarfile.open(tmp_path / "shard.tar") as tar:
+        chips = {m.name: np.asarray(Image.open(io.BytesIO(tar.extractfile(m).read())))
+                 for m in tar}
+    counts = WindowCounts()
+    with rasterio.open(scene) as src:
+        windows = list(inference.scene_windows(src, params, counts, Radiometry(src, params)))
+    assert len(windows) == len(chips) == shard["scenes"]["s"]["chips_written"] == 5
+    assert counts.nodata_skipped == shard["scenes"]["s"]["nodata_skipped"] == 1
+    for x0, y0, chip in windows:
+        np.testing.assert_array_equal(chip.transpose(1, 2, 0), chips[f"s_{x0}_{y0}.png"])
+
+
+# --- remote scenes ---------------------------------------------------------------------------
+
+def test_http_cog_is_read_in_ranges_without_a_local_copy_in_bounded_memory(tmp_path,
+                                                                           monkeypatch):
+    """A 2,048 px noise COG (12 MiB, incompressible) served over HTTP: every request is a range
+    request, each byte is served about once, nothing of a scene's size is written anywhere, and
+    Python's heap (numpy's arrays included) stays under a tenth of the scene."""
+    served = tmp_path / "served"
+    served.mkdir()
+    rng = np.random.default_rng(2)
+    pixels = rng.integers(0, 256, (3, 2048, 2048), dtype=np.uint8)
+    write_scene(served / "big.tif", pixels, driver="COG", compress="deflate", blocksize=256,
+                overviews="NONE")
+    scene_bytes, file_bytes = pixels.nbytes, (served / "big.tif").stat().st_size
+    del pixels
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("TMPDIR", str(work))
+    server = FileServer(served)
+    windows = []
+
+    def detector(chips):
+        windows.append(len(chips))
+        return [[] for _ in chips]
+
+    params = ChipParams(size=128, overlap=16)
+    settings = InferenceSettings(batch_size=4, quicklook_size=256)
+    import torchvision.ops  # noqa: F401 - the merge's NMS; its import is no per-scene cost
+
+    try:
+        tracemalloc.start()
+        result = inference.detect_scene(SceneSource("big", f"{server.url}/big.tif"), params,
+                                        detector, settings, threads=2)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        server.stop()
+    assert result.counts.read == sum(windows) == 19 * 19 and result.width == 2048
+    assert all(rng_header for _, rng_header in server.requests)
+    assert server.bytes_served < 1.1 * file_bytes
+    written = [p.stat().st_size for p in work.rglob("*") if p.is_file()]
+    assert sum(written) < scene_bytes / 100
+    assert peak < scene_bytes / 10, f"peak {peak / 2**20:.1f} MiB"
+
+
+def test_http_and_local_give_the_same_detections_and_geojson_is_lon_lat(tiny_run, tmp_path):
+    served = tmp_path / "served"
+    served.mkdir()
+    write_scene(served / "scene.tif", squares_scene(), driver="COG", blocksize=64)
+    local, _ = predict(tiny_run, served / "scene.tif", tmp_path / "local")
+    server = FileServer(served)
+    try:
+        remote, outputs = predict(tiny_run, f"{server.url}/scene.tif", tmp_path / "remote")
+    finally:
+        server.stop()
+    assert remote["pixel_detections"] == local["pixel_detections"]
+    assert remote["detections"] > 0 and remote["windows"]["read"] == 6 * 4
+    features = json.loads(outputs["geojson"].read_text())["features"]
+    lon, lat = np.array([p for f in features for p in f["geometry"]["coordinates"][0]]).T
+    assert (0 < lon).all() and (lon < 6).all() and (45 < lat).all() and (lat < 46).all()
+    assert pyogrio.read_info(outputs["geopackage"])["crs"] == "EPSG:32631"
+    assert remote["per_class"] == {
+        name: sum(f["properties"]["class"] == name for f in features)
+        for name in ("red-square", "blue-bar")}
+
+
+def test_s3_prefix_is_listed_and_read_with_credentials_from_the_environment(
+        tiny_run, tmp_path, s3, monkeypatch):
+    scene = write_scene(tmp_path / "scene.tif", squares_scene(), driver="COG", blocksize=64)
+    client = boto3.client("s3", endpoint_url=s3.endpoint, aws_access_key_id=s3.access_key,
+                          aws_secret_access_key=s3.secret_key, region_name="us-east-1")
+    client.create_bucket(Bucket="imagery")
+    client.upload_file(str(scene), "imagery", "new/one.tif")
+    client.put_object(Bucket="imagery", Key="new/readme.txt", Body=b"not a scene")
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("SNAKEMAKE_STORAGE_S3_ACCESS_KEY", s3.access_key)
+    monkeypatch.setenv("SNAKEMAKE_STORAGE_S3_SECRET_KEY", s3.secret_key)
+    listed = inference.list_s3_prefix("s3://imagery/new/", s3.endpoint)
+    assert listed == [SceneSource("one", "s3://imagery/new/one.tif")]
+    weights, run_json = tiny_run
+    outputs = {k: tmp_path / "s3" / f"d.{k}" for k in OUTPUTS}
+    remote = inference.predict_scene(listed[0], weights, run_json,
+                                     InferenceSettings(score_threshold=0.01), outputs,
+                                     s3_endpoint=s3.endpoint)
+    local, _ = predict(tiny_run, scene, tmp_path / "local")
+    assert remote["pixel_detections"] == local["pixel_detections"]
+    assert "AWS_SECRET_ACCESS_KEY" not in os.environ  # handed to GDAL for the read only
+    assert s3.secret_key not in outputs["summary"].read_text()
+
+
+# --- outputs ---------------------------------------------------------------------------------
+
+def test_scene_without_georeferencing_gets_pixel_coordinates_and_a_warning(tiny_run, tmp_path,
+                                                                           caplog):
+    scene = write_scene(tmp_path / "plain.png", squares_scene(), crs=None, driver="PNG")
+    with caplog.at_level(logging.WARNING, logger="nadir.inference"):
+        summary, outputs = predict(tiny_run, scene, tmp_path / "out")
+    assert "has no georeferencing" in caplog.text
+    assert not summary["georeferenced"] and summary["crs"] is None
+    geojson = json.loads(outputs["geojson"].read_text())
+    coords = np.array([p for f in geojson["features"] for p in f["geometry"]["coordinates"][0]])
+    assert len(coords) and coords.min() >= 0 and coords[:, 0].max() <= 300
+    assert coords[:, 1].max() <= 200
+    first = summary["pixel_detections"][0]["bbox"]
+    assert geojson["features"][0]["geometry"]["coordinates"][0][0] == first[:2]
+    assert pyogrio.read_info(outputs["geopackage"])["crs"] is None
+    assert Image.open(outputs["quicklook"]).size == (300, 200)
+
+
+def test_run_without_chipping_record_and_band_override(tmp_path):
+    run_json = tmp_path / "run.json"
+    with pytest.raises(InputError, match="records no chipping settings"):
+        inference.run_chip_params({"model": MODEL}, run_json, InferenceSettings())
+    run = {"chipping": params_dict(ChipParams(size=128, overlap=16, bands=(1, 2, 3)))}
+    params = inference.run_chip_params(run, run_json, InferenceSettings(window=96, bands=(2,)))
+    assert (params.size, params.overlap, params.bands) == (96, 16, (2,))
+    assert inference.run_chip_params(run, run_json, InferenceSettings()).bands == (1, 2, 3)
+    with pytest.raises(NadirError, match="overlap must be in"):
+        inference.run_chip_params(run, run_json, InferenceSettings(window=64, overlap=64))
+
+
+# --- scene sources ---------------------------------------------------------------------------
+
+def test_scene_sources_paths_urls_stac_and_prefixes(tmp_path):
+    stac = tmp_path / "search.json"
+    stac.write_text(json.dumps({"type": "FeatureCollection", "features": [
+        {"type": "Feature", "id": "S2A 2026/11/30", "assets": {
+            "visual": {"href": "https://example.org/a/visual.tif"},
+            "data": {"href": "https://example.org/a/data.tif"}}},
+        {"type": "Feature", "id": "local-item", "assets": {"data": {"href": "tiles/b.tif"}}}]}))
+    scenes = inference.direct_scenes(
+        ["scenes/Harbour 1.tif", "https://example.org/x/y.TIF?sig=1", "s3://bucket/k/z.tif",
+         "s3://bucket/prefix/", {"name": "mine", "source": "s3://bucket/other.tif"}, str(stac)])
+    assert [(s.name, s.location, s.scheme) for s in scenes] == [
+        ("Harbour_1", "scenes/Harbour 1.tif", "file"),
+        ("y", "https://example.org/x/y.TIF?sig=1", "https"),
+        ("z", "s3://bucket/k/z.tif", "s3"),
+        ("mine", "s3://bucket/other.tif", "s3"),
+        ("S2A_2026_11_30", "https://example.org/a/visual.tif", "https"),
+        ("local-item", str(tmp_path / "tiles" / "b.tif"), "file")]
+    assert inference.gdal_path("https://example.org/x/y.tif") == \
+        "/vsicurl/https://example.org/x/y.tif"
+    assert inference.gdal_path("s3://bucket/k/z.tif") == "/vsis3/bucket/k/z.tif"
+    with pytest.raises(NadirError, match="two inference scenes are named 'z'"):
+        inference.check_scene_names([SceneSource("z", "a/z.tif"), SceneSource("z", "b/z.tif")])
+    with pytest.raises(InputError, match=r"has none of the assets \['visual'\]"):
+        inference.stac_scenes(stac, ["visual"])
+    stac.write_text(json.dumps({"type": "Catalog"}))
+    with pytest.raises(InputError, match="expected a STAC item collection"):
+        inference.stac_scenes(stac)
