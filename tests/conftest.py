@@ -20,7 +20,7 @@ SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 # The jobs of one (dataset, model) run, and the summary jobs that gather every run: what an
 # edit of one model's settings reruns.
 RUN_JOBS = ["train", "evaluate", "evaluate_scenes", "loss_curve", "plot_pr", "plot_detections"]
-SUMMARY_JOBS = ["plot_class_ap", "leaderboard", "cost", "summary", "all"]
+SUMMARY_JOBS = ["plot_class_ap", "compare", "leaderboard", "cost", "summary", "all"]
 
 
 @pytest.fixture(scope="session")

@@ -20,6 +20,7 @@ EXPECTED_CATEGORIES = {
     "Precision-recall curves": {"sample": [f"{RUN}/pr.png"]},
     "Sample detections": {"sample": [f"{RUN}/detections.png"]},
     "Training curves": {"sample": [f"{RUN}/loss.png"]},
+    "Comparisons": {"sample": ["results/sample/comparison.html"]},
 }
 
 
@@ -64,7 +65,8 @@ def check_report(page: str, staged: str = "") -> None:
     assert not re.search(r"<script[^>]+src=", page)
     assert not re.search(r"<link[^>]+href=[\"']?https?:", page)
     assert not re.search(r"@import|url\([\"']?https?:", page)
-    for table in ("results/leaderboard.html", "results/cost.html"):
+    for table in ("results/leaderboard.html", "results/cost.html",
+                  "results/sample/comparison.html"):
         assert b"http" not in data(results[table])
 
 
@@ -91,7 +93,7 @@ def test_sample_pipeline_report_has_every_figure_and_opens_offline(tmp_path):
                   for p in (tmp_path / "results/benchmarks").rglob("*.tsv")}
     assert {"cost.tsv", "summary.tsv", "sample/evaluate_scenes-ssdlite320_mobilenet_v3_large.tsv",
             "sample/generate_sample.tsv"} <= benchmarks
-    assert int(cost["total"]["jobs"]) == len(benchmarks) - 2 == 14
+    assert int(cost["total"]["jobs"]) == len(benchmarks) - 2 == 15
     assert cost["train"]["jobs"] == "1" and cost["chip"]["jobs"] == "2"
     with open(tmp_path / "results/leaderboard.csv", newline="") as fh:
         (row,) = list(csv.DictReader(fh))
@@ -105,8 +107,8 @@ def test_sample_pipeline_report_has_every_figure_and_opens_offline(tmp_path):
                       + "evaluation:\n  scene_nms_iou: 0.5\n")
     dry = run_snakemake(tmp_path, "--configfile", str(edited), "--replace-workflow-config", "-n")
     assert planned_jobs(dry) == {
-        "evaluate_scenes": 1, "plot_pr": 1, "plot_class_ap": 1, "leaderboard": 1, "cost": 1,
-        "summary": 1, "all": 1}
+        "evaluate_scenes": 1, "plot_pr": 1, "plot_class_ap": 1, "compare": 1, "leaderboard": 1,
+        "cost": 1, "summary": 1, "all": 1}
 
 
 @pytest.mark.slow
@@ -124,7 +126,7 @@ def test_sample_pipeline_and_report_on_s3_storage(tmp_path, s3):
     bucket = s3.client()
     cost = bucket.get_object(Bucket="nadir-report", Key="run/results/cost.csv")
     rows = {r["rule"]: r for r in csv.DictReader(cost["Body"].read().decode().splitlines())}
-    assert rows["total"]["jobs"] == "14"
+    assert rows["total"]["jobs"] == "15"
     keys = [o["Key"] for o in bucket.list_objects_v2(Bucket="nadir-report")["Contents"]]
     assert "run/results/benchmarks/sample/evaluate_scenes-ssdlite320_mobilenet_v3_large.tsv" \
         in keys

@@ -212,9 +212,39 @@ def cmd_leaderboard(args) -> None:
         jobs = [read_benchmark(Path(train_tsv), "train", recorded_gpus(run, run_json)),
                 read_benchmark(Path(eval_tsv), "evaluate", recorded_gpus(chip, chip_json)),
                 read_benchmark(Path(scene_tsv), "evaluate_scenes")]
-        results.append(RunResult(run, chip, json.loads(Path(scene_json).read_text()), jobs))
-    rows = write_leaderboard(results, Path(args.csv), Path(args.markdown), Path(args.html))
+        # The run's name is its folder: results/<dataset>/models/<run>/run.json
+        results.append(RunResult(run, chip, json.loads(Path(scene_json).read_text()), jobs,
+                                 name=Path(run_json).parent.name))
+    comparisons = {}
+    for path in args.comparisons or []:
+        comparison = json.loads(Path(path).read_text())
+        comparisons[comparison["dataset"]] = comparison
+    rows = write_leaderboard(results, Path(args.csv), Path(args.markdown), Path(args.html),
+                             comparisons)
     log.info("ranked %d run(s) on %d dataset(s)", len(rows), len({r["dataset"] for r in rows}))
+
+
+def cmd_compare(args) -> None:
+    from nadir.comparison import compare_dataset, comparison_html
+    from nadir.costs import TABLE_CSS
+    from nadir.scene_evaluation import scene_ground_truth
+
+    if len(args.runs) != len(args.scene_predictions):
+        raise NadirError(f"compare: give one scene predictions file per run.json; got "
+                         f"{len(args.runs)} and {len(args.scene_predictions)}")
+    runs = [(Path(run_json).parent.name, json.loads(Path(run_json).read_text()),
+             json.loads(Path(predictions).read_text()))
+            for run_json, predictions in zip(args.runs, args.scene_predictions, strict=True)]
+    categories = json.loads(Path(args.coco).read_text())["categories"]
+    gt = scene_ground_truth(runs[0][2]["images"], Path(args.annotations), categories)
+    log.info("comparing %d run(s) on %d val scenes: %d bootstrap draws of the scenes",
+             len(runs), len(gt["images"]), args.resamples)
+    result = compare_dataset(runs, gt, args.max_detections, args.metric, args.resamples,
+                             args.seed)
+    Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+    Path(args.html).write_text(comparison_html(result, TABLE_CSS))
+    for name, verdict in sorted(result["verdicts"].items()):
+        log.info("%s: %s %.4f, %s", name, args.metric, result["observed"][name], verdict)
 
 
 def cmd_cost(args) -> None:
@@ -388,8 +418,22 @@ def build_parser() -> argparse.ArgumentParser:
                    "evaluate-benchmarks", "scene-benchmarks"):
         p.add_argument(f"--{option}", nargs="+", required=True,
                        help="one per run, in the same run order")
+    p.add_argument("--comparisons", nargs="*", help="comparison.json per dataset (compare)")
     p.add_argument("--csv", required=True)
     p.add_argument("--markdown", required=True)
+    p.add_argument("--html", required=True)
+
+    p = command("compare", cmd_compare, "paired bootstrap comparison of a dataset's runs")
+    p.add_argument("--runs", nargs="+", required=True, help="run.json per run")
+    p.add_argument("--scene-predictions", nargs="+", required=True,
+                   help="scene_predictions.json per run, in the same order")
+    p.add_argument("--coco", required=True, help="the val COCO file (for the categories)")
+    p.add_argument("--annotations", required=True, help="the index's annotations.csv")
+    p.add_argument("--max-detections", type=int, required=True, help="per scene and class")
+    p.add_argument("--metric", choices=["AP", "AP50"], default="AP")
+    p.add_argument("--resamples", type=int, required=True)
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--json", required=True)
     p.add_argument("--html", required=True)
 
     p = command("cost", cmd_cost, "tabulate jobs, wall time, CPU- and GPU-hours per rule")

@@ -16,6 +16,8 @@ COCO's AP exactly (tests/test_comparison.py checks it against the evaluation sta
 
 from __future__ import annotations
 
+import html
+import json
 import math
 from dataclasses import dataclass
 from itertools import combinations
@@ -73,6 +75,22 @@ def summarise_repeats(values: list[float]) -> dict:
     sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
     half = t_quantile_975(n - 1) * sd / math.sqrt(n)
     return {"n": n, "mean": mean, "sd": sd, "ci_low": mean - half, "ci_high": mean + half}
+
+
+def group_settings(runs: list[tuple[str, dict]]) -> list[tuple[str, list[int]]]:
+    """Which runs are repeats of one setting: (label, indices into `runs`) per group.
+
+    `runs` holds (run name, run.json record). Runs of one dataset and model whose
+    hyperparameters differ only by the seed are one setting; its label is its shortest run
+    name (the first repeat's, without the `--repeat-N` suffix).
+    """
+    groups: dict[tuple, list[int]] = {}
+    for i, (_, record) in enumerate(runs):
+        hp = {k: v for k, v in record.get("hyperparameters", {}).items() if k != "seed"}
+        key = (record["dataset"], record["model"], json.dumps(hp, sort_keys=True))
+        groups.setdefault(key, []).append(i)
+    return [(min((runs[i][0] for i in members), key=lambda n: (len(n), n)), members)
+            for members in groups.values()]
 
 
 @dataclass
@@ -255,3 +273,48 @@ def paired_bootstrap(runs: dict[str, list[SceneMatches]], resamples: int, seed: 
     return {"metric": metric, "resamples": resamples, "seed": seed, "scenes": len(scenes),
             "repeats": {n: len(runs[n]) for n in names}, "observed": observed, "best": best,
             "verdicts": verdicts, "pairs": pairs}
+
+
+def compare_dataset(runs: list[tuple[str, dict, dict]], gt: dict, max_detections: int,
+                    metric: str, resamples: int, seed: int) -> dict:
+    """The comparison of one dataset's settings: `runs` holds (run name, run.json record,
+    scene predictions file content) per run; `gt` is the COCO ground truth of the val scenes."""
+    groups = group_settings([(name, record) for name, record, _ in runs])
+    settings = {label: [scene_matches(gt, runs[i][2]["detections"], max_detections)
+                        for i in members] for label, members in groups}
+    result = paired_bootstrap(settings, resamples, seed, metric)
+    return {"dataset": runs[0][1]["dataset"],
+            "settings": {label: sorted(runs[i][0] for i in members)
+                         for label, members in groups}, **result}
+
+
+def comparison_html(result: dict, table_css: str) -> str:
+    """A self-contained page: each setting's score and verdict, then every pair."""
+    def number(value: float) -> str:
+        return "n/a" if value != value else f"{value:.4f}"  # NaN: no objects in any draw
+
+    metric, best = result["metric"], result["best"]
+    settings = "".join(
+        f"<tr><td>{html.escape(name)}</td><td>{result['repeats'][name]}</td>"
+        f"<td>{number(result['observed'][name])}</td>"
+        f"<td>{html.escape(result['verdicts'][name])}</td></tr>"
+        for name in sorted(result["observed"], key=lambda n: -result["observed"][n]))
+    pairs = "".join(
+        f"<tr><td>{html.escape(p['first'])}</td><td>{html.escape(p['second'])}</td>"
+        f"<td>{number(p['difference'])}</td><td>[{number(p['ci_low'])}, "
+        f"{number(p['ci_high'])}]</td><td>{'yes' if p['distinguishable'] else 'no'}</td></tr>"
+        for p in result["pairs"])
+    return (
+        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>nadir comparison</title>"
+        f"<style>{table_css}</style></head><body><h1>Pairwise comparison on "
+        f"{html.escape(result['dataset'])}</h1><p>Scene-level {metric} of each setting on the "
+        f"{result['scenes']} val scenes (the mean over its repeats), and a paired bootstrap: "
+        f"{result['resamples']} draws of the scenes with replacement (seed {result['seed']}), "
+        "every setting scored on the same draws; the interval is the 2.5 to 97.5 percentile "
+        "of the difference. A setting whose difference to the best "
+        f"({html.escape(best)}) includes 0 is not distinguishable from it. The interval "
+        "covers the choice of test scenes, not the training seed: repeats add that.</p>"
+        f"<table><tr><th>setting</th><th>repeats</th><th>{metric}</th><th>verdict</th></tr>"
+        f"{settings}</table><h2>Every pair</h2><table><tr><th>first</th><th>second</th>"
+        f"<th>{metric} first minus second</th><th>95 % interval</th><th>distinguishable</th>"
+        f"</tr>{pairs}</table></body></html>\n")

@@ -1,6 +1,6 @@
 rule coco:
     input:
-        chips=expand("results/{{dataset}}/chips/shard-{shard}.json", shard=SHARDS),
+        chips=shard_files("json"),
         categories="results/{dataset}/index/categories.json",
     output:
         train="results/{dataset}/coco/train.json",

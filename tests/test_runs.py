@@ -1,0 +1,104 @@
+"""Runs derived from the config: sweeps, repeats, per-dataset chipping and training settings."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from nadir.config import ConfigError, dataset_chipping, runs, validate
+from nadir.training.catalogue import CATALOGUE
+
+SSD = "ssdlite320_mobilenet_v3_large"
+FCOS = "fcos_resnet18_fpn"
+BASE = {"datasets": {"dota": {"format": "sample"}, "xview": {"format": "sample"}},
+        "models": {SSD: {}, FCOS: {"lr": 0.0007}}, "training": {"lr": 0.001, "seed": 5}}
+
+
+def checked(edit=None) -> dict:
+    config = copy.deepcopy(BASE)
+    if edit:
+        edit(config)
+    return validate(config, list(CATALOGUE))
+
+
+def test_without_sweeps_or_repeats_each_model_is_one_run_per_dataset():
+    table = runs(checked())
+    assert [(r.dataset, r.name) for r in table] == [
+        ("dota", FCOS), ("dota", SSD), ("xview", FCOS), ("xview", SSD)]
+    assert {r.hp["lr"] for r in table if r.model == FCOS} == {0.0007}
+
+
+def test_sweep_cells_grid_and_repeats_name_their_runs_readably():
+    def edit(config):
+        config["sweeps"] = {SSD: {"cells": [{}, {"lr": 0.0005}],
+                                  "grid": {"batch_size": [2, 8], "iterations": [100]}}}
+        config["repeats"] = 2
+    table = [r for r in runs(checked(edit)) if r.dataset == "dota" and r.model == SSD]
+    by_name = {r.name: r for r in table}
+    assert sorted(by_name) == sorted([
+        SSD, f"{SSD}--repeat-2",
+        f"{SSD}--lr-0.0005", f"{SSD}--lr-0.0005--repeat-2",
+        f"{SSD}--batch_size-2--iterations-100", f"{SSD}--batch_size-2--iterations-100--repeat-2",
+        f"{SSD}--batch_size-8--iterations-100", f"{SSD}--batch_size-8--iterations-100--repeat-2",
+    ])
+    cell = by_name[f"{SSD}--batch_size-8--iterations-100--repeat-2"]
+    assert (cell.hp["batch_size"], cell.hp["iterations"], cell.hp["seed"]) == (8, 100, 6)
+    assert (cell.cell, cell.repeat) == (f"{SSD}--batch_size-8--iterations-100", 2)
+    assert by_name[SSD].hp["seed"] == 5 and by_name[f"{SSD}--lr-0.0005"].hp["lr"] == 0.0005
+
+
+def test_settings_layer_from_training_to_the_dataset_pair_to_the_cell():
+    def edit(config):
+        config["datasets"]["xview"]["training"] = {"iterations": 300, "batch_size": 16}
+        config["datasets"]["xview"]["models"] = {FCOS: {"lr": 0.0002, "iterations": 400}}
+        config["sweeps"] = {FCOS: {"cells": [{}, {"iterations": 50}]}}
+    table = {(r.dataset, r.name): r.hp for r in runs(checked(edit))}
+    assert table[("dota", FCOS)]["lr"] == 0.0007  # models.<m> only
+    assert table[("xview", SSD)]["iterations"] == 300  # dataset-wide
+    assert (table[("xview", FCOS)]["lr"], table[("xview", FCOS)]["iterations"],
+            table[("xview", FCOS)]["batch_size"]) == (0.0002, 400, 16)  # the pair wins
+    assert table[("xview", f"{FCOS}--iterations-50")]["iterations"] == 50  # the cell wins
+
+
+def test_each_dataset_chips_with_its_own_settings():
+    def edit(config):
+        config["chipping"] = {"size": 512, "overlap": 64}
+        config["datasets"]["dota"]["chipping"] = {"size": 1024, "overlap": 200, "shards": 8}
+    config = checked(edit)
+    assert {k: dataset_chipping(config, "dota")[k] for k in ("size", "overlap", "shards")} == {
+        "size": 1024, "overlap": 200, "shards": 8}
+    assert {k: dataset_chipping(config, "xview")[k] for k in ("size", "overlap", "shards")} == {
+        "size": 512, "overlap": 64, "shards": 2}
+
+
+@pytest.mark.parametrize("edit, expected", [
+    (lambda c: c["datasets"]["dota"].update(chipping={"size": 128, "overlap": 128}),
+     "config key datasets.dota.chipping.overlap: 128 must be smaller than "
+     "datasets.dota.chipping.size (128)"),
+    (lambda c: c["datasets"]["dota"].update(chipping={"sise": 128}),
+     "config key datasets.dota.chipping: unknown key(s) ['sise']"),
+    (lambda c: c["datasets"]["dota"].update(models={"yolo9000": {}}),
+     "config key datasets.dota.models: 'yolo9000' is not allowed"),
+    (lambda c: c["datasets"]["dota"].update(models={"ssd300_vgg16": {"lr": 0.1}}),
+     "config key datasets.dota.models.ssd300_vgg16: ssd300_vgg16 is not in `models`"),
+    (lambda c: c["datasets"]["dota"].update(training={"lr": -1}),
+     "config key datasets.dota.training.lr"),
+    (lambda c: c.update(sweeps={SSD: {"grid": {"lrr": [0.1]}}}),
+     "config key sweeps.ssdlite320_mobilenet_v3_large.grid: unknown key(s) ['lrr']"),
+    (lambda c: c.update(sweeps={SSD: {"grid": {"batch_size": [2, "big"]}}}),
+     "config key sweeps.ssdlite320_mobilenet_v3_large.grid.batch_size.1"),
+    (lambda c: c.update(sweeps={"ssd300_vgg16": {"cells": [{}]}}),
+     "config key sweeps.ssd300_vgg16: ssd300_vgg16 is not in `models`"),
+    (lambda c: c.update(sweeps={SSD: {"cells": [{"seed": 1}]}}, repeats=3),
+     "sweeps over `seed` and `repeats` > 1 both set seeds"),
+    (lambda c: c.update(sweeps={SSD: {"cells": [{"lr": 0.1}], "grid": {"lr": [0.1]}}}),
+     "cells ['ssdlite320_mobilenet_v3_large--lr-0.1'] appear twice"),
+    (lambda c: c.update(sweeps={SSD: {}}), "config key sweeps.ssdlite320_mobilenet_v3_large: "
+     "give `cells` or `grid`"),
+    (lambda c: c.update(repeats=0), "config key repeats"),
+])
+def test_mistakes_name_the_key(edit, expected):
+    with pytest.raises(ConfigError) as err:
+        checked(edit)
+    assert expected in str(err.value)
