@@ -9,6 +9,8 @@ import pytest
 
 from nadir.comparison import (
     average_precision,
+    compare_dataset,
+    comparison_html,
     paired_bootstrap,
     scene_matches,
     summarise_repeats,
@@ -160,3 +162,24 @@ def test_models_scored_on_other_scenes_are_refused():
     with pytest.raises(Exception, match="same test scenes"):
         paired_bootstrap({"a": [scene_matches(gt, [], 100)],
                           "b": [scene_matches(fewer, [], 100)]}, resamples=5, seed=0)
+
+
+def test_a_dataset_comparison_groups_repeats_by_their_settings():
+    gt = scenes_with_objects(8)
+
+    def run(name, model, seed, lr, detections):
+        record = {"dataset": "dota", "model": model,
+                  "hyperparameters": {"lr": lr, "seed": seed}}
+        return name, record, {"images": gt["images"], "detections": detections}
+
+    good = [noisy_detections(gt, seed=s, jitter=2, miss=0.05) for s in (20, 21)]
+    weak = noisy_detections(gt, seed=22, jitter=12, miss=0.6)
+    result = compare_dataset([run("m", "m", 0, 0.001, good[0]),
+                              run("m--repeat-2", "m", 1, 0.001, good[1]),
+                              run("m--lr-0.01", "m", 0, 0.01, weak)],
+                             gt, max_detections=100, metric="AP50", resamples=200, seed=1)
+    assert result["settings"] == {"m": ["m", "m--repeat-2"], "m--lr-0.01": ["m--lr-0.01"]}
+    assert result["repeats"] == {"m": 2, "m--lr-0.01": 1}
+    assert result["best"] == "m" and result["verdicts"]["m--lr-0.01"] == "worse than the best"
+    page = comparison_html(result, "")
+    assert "Pairwise comparison on dota" in page and "worse than the best" in page
