@@ -108,21 +108,24 @@ def test_mistakes_name_the_key(edit, expected):
 
 
 def test_two_datasets_chip_each_with_their_own_size(tmp_path):
-    """Only the chipping stage of two tiny sample datasets (seconds): the manifests record
-    each dataset's own settings and the chips have its size."""
+    """Only the chipping stage of two tiny sample datasets: the manifests record each
+    dataset's own settings and the chips have its size. `tiles` is chipped at its scene size,
+    as RarePlanes' 512 px tiles would be: each scene passes through as one whole chip."""
     tiny = {"format": "sample", "train_scenes": 1, "val_scenes": 1, "scene_size": 256,
             "objects_per_scene": 6}
-    config = {"datasets": {"small": tiny, "large": {**tiny, "chipping": {
-                  "size": 160, "overlap": 16, "shards": 1}}},
+    config = {"datasets": {"small": tiny, "tiles": {**tiny, "chipping": {
+                  "size": 256, "overlap": 64, "shards": 1}}},
               "models": {SSD: {}}, "chipping": {"size": 96, "overlap": 16, "shards": 2}}
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     run_snakemake(tmp_path, "--configfile", str(tmp_path / "config.yaml"),
                   "--replace-workflow-config", "results/small/chips/manifest.json",
-                  "results/large/chips/manifest.json")
-    for dataset, size, overlap, shards in (("small", 96, 16, 2), ("large", 160, 16, 1)):
+                  "results/tiles/chips/manifest.json")
+    for dataset, size, overlap, shards in (("small", 96, 16, 2), ("tiles", 256, 64, 1)):
         manifest = json.loads((tmp_path / f"results/{dataset}/chips/manifest.json").read_text())
         assert (manifest["params"]["size"], manifest["params"]["overlap"],
                 manifest["shards"]) == (size, overlap, shards)
         chips = [c for n in range(shards) for c in json.loads(
             (tmp_path / f"results/{dataset}/chips/shard-{n:03d}.json").read_text())["chips"]]
         assert chips and {(c["width"], c["height"]) for c in chips} == {(size, size)}
+    assert sorted((c["scene"], c["x"], c["y"]) for c in chips) == [
+        ("T0000", 0, 0), ("V0000", 0, 0)]  # the last dataset, `tiles`: one chip per scene
