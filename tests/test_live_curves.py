@@ -69,3 +69,21 @@ def test_events_reach_s3(s3, tmp_path, monkeypatch):
     (local / keys[0].rsplit("/", 1)[1]).write_bytes(
         client.get_object(Bucket="nadir-live", Key=keys[0])["Body"].read())
     assert read_scalars(local) == {"loss/total": [(5, 2.0)]}
+
+
+def test_loss_figure_gains_a_selection_panel_when_the_log_has_selection_scores(tmp_path):
+    import json
+
+    from PIL import Image
+
+    from nadir.report import plot_loss_curve
+
+    losses = [{"iteration": i, "lr": 0.001, "seconds": i, "images_per_second": 9.0,
+               "loss": 2.0 / i, "bbox_regression": 1.0 / i} for i in (5, 10)]
+    widths = {}
+    for name, log in (("plain", losses), ("selection", losses + [
+            {"iteration": 10, "selection_AP": 0.3, "selection_AP50": 0.6}])):
+        (tmp_path / f"{name}.json").write_text(json.dumps(log))
+        plot_loss_curve(tmp_path / f"{name}.json", tmp_path / f"{name}.png", name)
+        widths[name] = Image.open(tmp_path / f"{name}.png").size[0]
+    assert widths["selection"] == widths["plain"] * 3 // 2  # a third panel of the same width

@@ -129,3 +129,23 @@ def test_two_datasets_chip_each_with_their_own_size(tmp_path):
         assert chips and {(c["width"], c["height"]) for c in chips} == {(size, size)}
     assert sorted((c["scene"], c["x"], c["y"]) for c in chips) == [
         ("T0000", 0, 0), ("V0000", 0, 0)]  # the last dataset, `tiles`: one chip per scene
+
+
+def test_selection_split_is_carved_from_train_by_scene_with_a_seed():
+    from nadir.coco import carve_selection
+
+    train = {"categories": [{"id": 1, "name": "plane"}], "images": [], "annotations": []}
+    for n in range(40):  # 10 scenes x 4 chips, one object per chip
+        image = {"id": n + 1, "scene": f"S{n // 4}", "shard": n % 2, "file_name": f"{n}.jpg"}
+        train["images"].append(image)
+        train["annotations"].append({"id": 100 + n, "image_id": n + 1, "category_id": 1})
+    fit, selection = carve_selection(train, 0.2, seed=3)
+    fit_scenes = {im["scene"] for im in fit["images"]}
+    selection_scenes = {im["scene"] for im in selection["images"]}
+    assert len(selection_scenes) == 2 and not fit_scenes & selection_scenes
+    assert len(fit["images"]) + len(selection["images"]) == 40
+    assert {a["image_id"] for a in selection["annotations"]} == {
+        im["id"] for im in selection["images"]}
+    assert carve_selection(train, 0.2, seed=3)[1] == selection  # same seed, same scenes
+    assert {im["scene"] for im in carve_selection(train, 0.2, seed=4)[1]["images"]} != \
+        selection_scenes

@@ -209,15 +209,22 @@ def write_leaderboard(results: list[RunResult], csv_path: Path, markdown_path: P
 
 
 def plot_loss_curve(train_log: Path, out_png: Path, title: str) -> None:
+    """Loss terms and learning rate per logged iteration; with `training.eval_every`, a third
+    panel with the selection split's chip-level AP and AP50 (entries holding `selection_AP`)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    history = json.loads(Path(train_log).read_text())
+    entries = json.loads(Path(train_log).read_text())
+    history = [h for h in entries if "loss" in h]
+    selection = [h for h in entries if "selection_AP" in h]
     steps = [h["iteration"] for h in history]
-    fig, (ax_loss, ax_lr) = plt.subplots(1, 2, figsize=(9, 3.2))
-    for key in sorted(k for k in history[0] if k not in ("iteration", "lr", "seconds")):
+    panels = 3 if selection else 2
+    fig, axes = plt.subplots(1, panels, figsize=(4.5 * panels, 3.2))
+    ax_loss, ax_lr = axes[0], axes[1]
+    for key in sorted(k for k in history[0] if k not in ("iteration", "lr", "seconds",
+                                                         "images_per_second")):
         ax_loss.plot(steps, [h[key] for h in history], label=key,
                      linewidth=2.2 if key == "loss" else 1)
     ax_loss.set_xlabel("iteration")
@@ -226,6 +233,15 @@ def plot_loss_curve(train_log: Path, out_png: Path, title: str) -> None:
     ax_lr.plot(steps, [h["lr"] for h in history])
     ax_lr.set_xlabel("iteration")
     ax_lr.set_ylabel("learning rate")
+    if selection:
+        ax_sel = axes[2]
+        for key, label in (("selection_AP", "AP"), ("selection_AP50", "AP50")):
+            ax_sel.plot([h["iteration"] for h in selection], [h[key] for h in selection],
+                        marker="o", label=label)
+        ax_sel.set_xlabel("iteration")
+        ax_sel.set_ylabel("selection split, chip level")
+        ax_sel.set_ylim(0, 1)
+        ax_sel.legend(fontsize=7)
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(out_png, dpi=90)
