@@ -19,10 +19,10 @@ from interrupted import assert_same_run
 from nadir.config import model_hyperparameters
 from nadir.errors import NadirError
 from nadir.evaluation import evaluate
-from nadir.training.backend import get_backend
 from nadir.training.catalogue import CATALOGUE, entry
 from nadir.training.checkpoints import LocalCheckpoints
 from nadir.training.detectors import build_detector
+from nadir.training.registry import get_backend
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # nothing here may download
 

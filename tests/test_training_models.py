@@ -13,8 +13,8 @@ import torch
 
 from nadir.config import model_hyperparameters
 from nadir.evaluation import evaluate
-from nadir.training.backend import get_backend
 from nadir.training.catalogue import CATALOGUE, DEFAULT_MODEL, PRETRAINED_KINDS, weight_source
+from nadir.training.registry import get_backend
 from nadir.training.torchvision_models import build_model
 
 TORCHVISION = sorted(n for n, e in CATALOGUE.items() if e.backend == "torchvision")

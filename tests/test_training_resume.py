@@ -25,6 +25,8 @@ from interrupted import (
     train_interrupted_and_uninterrupted,
 )
 
+from nadir.errors import NadirError
+from nadir.hashing import sha256_of
 from nadir.training.checkpoints import LocalCheckpoints, open_store
 from nadir.training.data import SeededBatches
 
@@ -125,6 +127,46 @@ def test_other_settings_never_resume_a_stale_checkpoint(data, tmp_path):
     assert len(list(checkpoints.glob("*/ckpt-*.pt"))) == 1
 
 
+def test_run_writes_its_records_and_removes_its_checkpoints(data, tmp_path, monkeypatch):
+    """`nadir.training.run` (what the train rule calls): checkpoints under the run's
+    fingerprint while it trains, run.json and resolved_config.json beside the weights, and no
+    checkpoint left once the weights are written."""
+    from nadir.training import run, runner
+
+    written = []
+
+    class WatchedCheckpoints(LocalCheckpoints):
+        def save(self, iteration: int, data: bytes) -> None:
+            super().save(iteration, data)
+            written.extend(self.directory.glob("ckpt-*.pt"))
+
+    monkeypatch.setattr(runner, "open_store", lambda location, endpoint, keep:
+                        WatchedCheckpoints(Path(location), keep))
+    hp = tiny_chips.hyperparameters(iterations=4, log_interval=2)
+    job = tiny_chips.train_job(data, MODEL, hp, tmp_path / "out", checkpoint_every=2)
+    record = run(job, str(tmp_path / "ck"))
+    out = tmp_path / "out"
+    assert json.loads((out / "run.json").read_text()) == record
+    assert record["backend"] == "torchvision" and record["training"]["iterations"] == 4
+    assert record["inputs"]["train_coco"] == sha256_of(data["coco"])[:16]
+    resolved = json.loads((out / "resolved_config.json").read_text())
+    fingerprint = resolved["checkpoints"]["fingerprint"]
+    assert resolved["training"] == record["training"]
+    assert [p.relative_to(tmp_path / "ck").as_posix() for p in written] == \
+        [f"{fingerprint}/ckpt-000000002.pt"]
+    assert not list((tmp_path / "ck").rglob("ckpt-*.pt"))
+    assert (out / "model.pt").exists() and (out / "train_log.json").exists()
+
+
+def test_run_without_the_pretrained_weights_it_asks_for_fails_before_training(data, tmp_path):
+    from nadir.training import run
+
+    hp = tiny_chips.hyperparameters(pretrained="coco")
+    with pytest.raises(NadirError, match="ssdlite320_mobilenet_v3_large_coco-a79551df.pth"):
+        run(tiny_chips.train_job(data, MODEL, hp, tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
 def test_s3_checkpoints_resume_a_killed_run(data, uninterrupted, s3, tmp_path):
     reference, hp = uninterrupted
     bucket = "nadir-ckpt-test"
@@ -205,7 +247,8 @@ def test_batches_depend_only_on_seed_and_step():
 def test_two_process_ddp_on_cpu_checkpoints_and_resumes(data, tmp_path):
     """The DistributedDataParallel path (gloo, 2 processes): it trains, checkpoints the random
     states of both processes, and a rerun resumes from that checkpoint to the same weights."""
-    from nadir.training.backend import TrainJob, get_backend
+    from nadir.training.backend import TrainJob
+    from nadir.training.registry import get_backend
 
     hp = tiny_chips.hyperparameters(iterations=6, batch_size=2, log_interval=3)
 

@@ -116,43 +116,17 @@ def cmd_coco(args) -> None:
 
 
 def cmd_train(args) -> None:
-    from nadir.training.backend import TrainJob, fingerprint, get_backend, input_digests
-    from nadir.training.catalogue import entry, weight_source
-    from nadir.training.checkpoints import open_store
-    from nadir.training.weights import verify_file
+    from nadir.training import run
+    from nadir.training.backend import TrainJob
 
-    hp = json.loads(args.hp)
-    out_dir = Path(args.out_dir)
-    model = entry(args.model)
-    weights_file = Path(args.pretrained_weights) if args.pretrained_weights else None
-    source = weight_source(args.model, hp["pretrained"])
-    if source is not None and weights_file is None:
-        raise NadirError(f"{args.model} with pretrained: {hp['pretrained']} needs "
-                         f"--pretrained-weights ({source.file_name})")
-    weights_sha256 = verify_file(weights_file, source.sha256) if source is not None else None
-    job = TrainJob(dataset=args.dataset, model=args.model, hp=hp, train_json=Path(args.train),
-                   manifest=Path(args.manifest), shards=[Path(p) for p in args.shards],
-                   out_dir=out_dir, threads=args.threads, checkpoint_every=args.checkpoint_every,
-                   weights_file=weights_file, world_size=args.world_size)
-    job.input_digests = input_digests(job, weights_sha256)
-    if args.checkpoints:
-        job.checkpoints = open_store(f"{args.checkpoints.rstrip('/')}/{fingerprint(job)}",
-                                     args.s3_endpoint, args.checkpoint_keep)
-    backend = get_backend(model.backend)
-    resolved = backend.resolved_config(job)
-    result = backend.train(job)
-    resolved["training"] = result
-    Path(args.resolved_config or out_dir / "resolved_config.json").write_text(
-        json.dumps(resolved, indent=1) + "\n")
-    run = {
-        "dataset": args.dataset, "model": args.model, "backend": model.backend,
-        "hyperparameters": hp, "training": result, "inputs": job.input_digests,
-        "code": resolved["code"], "versions": resolved["versions"],
-    }
-    (out_dir / "run.json").write_text(json.dumps(run, indent=1) + "\n")
-    if job.checkpoints is not None:
-        job.checkpoints.clear()  # the run is complete: its weights are in the outputs
-        log.info("removed the run's checkpoints from %s", job.checkpoints.describe())
+    job = TrainJob(dataset=args.dataset, model=args.model, hp=json.loads(args.hp),
+                   train_json=Path(args.train), manifest=Path(args.manifest),
+                   shards=[Path(p) for p in args.shards], out_dir=Path(args.out_dir),
+                   threads=args.threads, checkpoint_every=args.checkpoint_every,
+                   weights_file=Path(args.pretrained_weights) if args.pretrained_weights else None,
+                   world_size=args.world_size)
+    run(job, args.checkpoints, args.s3_endpoint, args.checkpoint_keep,
+        Path(args.resolved_config) if args.resolved_config else None)
 
 
 def cmd_fetch_weights(args) -> None:
@@ -169,7 +143,8 @@ def cmd_fetch_weights(args) -> None:
 
 def cmd_evaluate(args) -> None:
     from nadir.evaluation import evaluate
-    from nadir.training.backend import backend_of_weights, device_name
+    from nadir.training.loop import device_name
+    from nadir.training.registry import backend_of_weights
 
     hp = json.loads(args.hp)
     shards = [Path(p) for p in args.shards]

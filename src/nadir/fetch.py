@@ -29,6 +29,7 @@ from urllib.parse import urlparse
 from urllib.request import Request, urlopen
 
 from nadir.errors import InputError, NadirError
+from nadir.hashing import sha256_of
 from nadir.index import image_header
 
 log = logging.getLogger(__name__)
@@ -69,14 +70,6 @@ class FetchSettings:
     cache_dir: Path = Path("downloads")
     retries: int = 5
     timeout_s: float = 60.0
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(BLOCK), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _verify(path: Path, expected: str | None, origin: str) -> str:

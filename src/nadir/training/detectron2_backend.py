@@ -25,8 +25,9 @@ import time
 from pathlib import Path
 
 from nadir.errors import NadirError
-from nadir.training.backend import TrainJob, base_resolved_config
+from nadir.training.backend import TrainJob
 from nadir.training.catalogue import entry
+from nadir.training.provenance import base_resolved_config
 
 log = logging.getLogger(__name__)
 
@@ -243,7 +244,7 @@ def _checkpoint_hook(checkpointer, store, every: int, total: int, history: list,
     """
     from detectron2.engine import HookBase
 
-    from nadir.training.torchvision_backend import rng_state
+    from nadir.training.loop import rng_state
 
     class CheckpointToStore(HookBase):
         def after_step(self):
@@ -308,7 +309,7 @@ class Detectron2Backend:
         from detectron2.solver import get_default_optimizer_params
 
         from nadir.training.data import SeededBatches
-        from nadir.training.torchvision_backend import (
+        from nadir.training.loop import (
             loader_generator,
             loader_workers,
             set_rng_state,

@@ -8,7 +8,8 @@ here only names itself and records its library's version in the resolved config.
 
 from __future__ import annotations
 
-from nadir.training.backend import TrainJob, installed_versions
+from nadir.training.backend import TrainJob
+from nadir.training.provenance import installed_versions
 from nadir.training.torchvision_backend import TorchvisionBackend
 
 

@@ -1,9 +1,10 @@
 """The torchvision backend: one training loop (AMP, DDP, checkpoints, resume) and prediction.
 
-The loop reads top to bottom: build, resume, then per iteration forward, backward, clip, step,
-log, checkpoint. With several processes (one per GPU, or `world_size` on the CPU with gloo) each
-takes its slice of every global batch and DistributedDataParallel averages the gradients; only
-rank 0 logs, checkpoints and writes outputs.
+`_loop` reads top to bottom like torchvision's detection reference: load the chips, build the
+model and its optimiser, resume, then per iteration `_train_step` (forward, backward, clip,
+step), record the losses, log, checkpoint; last, write the outputs. With several processes (one
+per GPU, or `world_size` on the CPU with gloo) each takes its slice of every global batch and
+DistributedDataParallel averages the gradients; only rank 0 logs, checkpoints and writes outputs.
 """
 
 from __future__ import annotations
@@ -11,77 +12,37 @@ from __future__ import annotations
 import io
 import json
 import logging
-import math
 import socket
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
 from nadir.errors import NadirError
-from nadir.training.backend import TrainJob, base_resolved_config, fingerprint
+from nadir.training.backend import TrainJob
 from nadir.training.data import SeededBatches, ShardChips, category_labels, collate
 from nadir.training.detectors import build_detector
+from nadir.training.loop import (
+    device_name,
+    loader_generator,
+    loader_workers,
+    rng_state,
+    set_rng_state,
+    warmup_cosine,
+    world_size_for,
+)
+from nadir.training.provenance import base_resolved_config, fingerprint
 
 log = logging.getLogger(__name__)
-
-
-def warmup_cosine(warmup: int, total: int):
-    """Learning-rate factor: linear warm-up, then cosine decay to zero at `total`."""
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, total - warmup)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-    return factor
-
-
-def world_size_for(requested: int | None) -> int:
-    """Processes to train with: as requested, else one per visible GPU, else one."""
-    if requested is not None:
-        return max(1, requested)
-    return max(1, torch.cuda.device_count())
-
-
-def loader_workers(threads: int, world_size: int, device: torch.device) -> int:
-    """Data loader processes per training process, from the job's threads.
-
-    On a GPU every thread but one decodes chips (the one drives the GPU); on the CPU the
-    threads do the model's arithmetic and the main process decodes (JPEG decoding is cheap
-    next to a CPU training step).
-    """
-    per_process = max(1, threads // world_size)
-    return 0 if device.type == "cpu" else min(8, max(1, per_process - 1))
-
-
-def loader_generator(seed: int) -> torch.Generator:
-    """The data loader's own generator.
-
-    Without one, every loader iterator draws its worker seed from torch's global generator, so a
-    resumed run, which restores that generator's state and then starts its loader, would be one
-    draw ahead of the uninterrupted run from then on (Faster R-CNN samples from that stream).
-    """
-    return torch.Generator().manual_seed(seed)
 
 
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def rng_state(device: torch.device) -> dict:
-    """torch's random state on the CPU and, when training there, on the GPU."""
-    return {"torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
-
-
-def set_rng_state(state: dict, device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    if device.type == "cuda" and state["cuda"] is not None:
-        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 class TorchvisionBackend:
@@ -118,7 +79,7 @@ class TorchvisionBackend:
 
     def resolved_config(self, job: TrainJob) -> dict:
         world = world_size_for(job.world_size)
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = device_name()
         return base_resolved_config(job) | {"runtime": {
             "device": device, "processes": world,
             "gpu": torch.cuda.get_device_name(0) if device == "cuda" else None,
@@ -150,128 +111,238 @@ def _train_process(rank: int, job: TrainJob, world: int, port: int | None,
     return summary if rank == 0 else {}
 
 
+@dataclass
+class Optimisation:
+    """The model and what updates it: everything a checkpoint saves besides the progress."""
+
+    model: torch.nn.Module
+    params: list
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    amp: bool
+
+    def state(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict()}
+
+    def load(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+
+
+@dataclass
+class Progress:
+    """Iterations done, time spent and losses recorded, carried across a resume.
+
+    Per-iteration losses stay on the device (`window`) until a log line or checkpoint needs
+    them: one synchronisation per interval instead of one per loss per iteration.
+    """
+
+    start: int = 0
+    seconds_before: float = 0.0  # spent by the runs this one resumes
+    history: list = field(default_factory=list)  # one row per log interval: train_log.json
+    loss_names: list = field(default_factory=list)
+    window: list = field(default_factory=list)
+    began: float = field(default_factory=time.perf_counter)
+
+    @classmethod
+    def from_checkpoint(cls, state: dict, device: torch.device) -> Progress:
+        return cls(start=state["iteration"], seconds_before=state["seconds"],
+                   history=state["history"], loss_names=state["loss_names"],
+                   window=[torch.tensor(values, device=device) for values in state["window"]])
+
+    def state(self) -> dict:
+        return {"history": self.history, "loss_names": self.loss_names,
+                "window": [values.tolist() for values in self.window],
+                "seconds": self.seconds()}
+
+    def seconds(self) -> float:
+        """Training time so far, the resumed runs' included."""
+        return self.seconds_before + time.perf_counter() - self.began
+
+    def record(self, loss: torch.Tensor, losses: dict) -> None:
+        self.loss_names = self.loss_names or ["loss", *losses]
+        self.window.append(torch.stack([loss.detach().float()] +
+                                       [v.detach().float() for v in losses.values()]))
+
+    def window_means(self, model: str, done: int, lr: float) -> torch.Tensor:
+        """The mean of each loss since the last log line; a non-finite loss stops training."""
+        means = torch.stack(self.window).mean(0)
+        if not torch.isfinite(means).all():
+            raise NadirError(
+                f"{model}: the loss became {means[0].item()} between iterations "
+                f"{done - len(self.window) + 1} and {done}; lower the learning rate (now "
+                f"{lr}) or lengthen the warm-up")
+        return means
+
+    def log_interval(self, means: torch.Tensor, done: int, total: int, lr: float,
+                     images_per_step: int) -> None:
+        """Close the interval: one train_log row and one log line with the ETA."""
+        seconds = time.perf_counter() - self.began
+        per_iteration = seconds / (done - self.start)
+        row = {"iteration": done, "lr": lr, "seconds": round(self.seconds_before + seconds, 2),
+               "images_per_second": round(images_per_step / per_iteration, 2)}
+        row |= dict(zip(self.loss_names, means.tolist(), strict=True))
+        self.history.append(row)
+        self.window = []
+        log.info("iteration %d/%d (%.0f%%)  loss %.4f  lr %.2e  %.2fs/it  %.1f img/s  "
+                 "ETA %.0fs", done, total, 100 * done / total, row["loss"], row["lr"],
+                 per_iteration, row["images_per_second"], per_iteration * (total - done))
+
+
 def _loop(rank: int, job: TrainJob, world: int, device: torch.device) -> dict:
-    hp, lead = job.hp, rank == 0
+    """One process's run: set up, then train step by step, logging and checkpointing."""
+    hp, lead, iterations = job.hp, rank == 0, job.hp["iterations"]
     torch.manual_seed(hp["seed"])
     torch.set_num_threads(max(1, job.threads // world))
-    dataset = ShardChips(job.train_json, job.shards, augment=hp["augment"])
-    if len(dataset) == 0:
-        raise NadirError(f"{job.train_json} holds no chips: check the split and chipping settings")
-    size = dataset.images[0]["width"]
-    num_classes = len(dataset.categories)
-    model = build_detector(job.model, num_classes, size, hp["pretrained"], job.weights_file)
-    model.to(device).train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=hp["lr"], weight_decay=hp["weight_decay"])
-    iterations = hp["iterations"]
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, warmup_cosine(hp["warmup_iterations"], iterations))
-    amp = bool(hp["amp"]) and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=amp)
-    # Per-iteration losses stay on the device until a log line or checkpoint needs them: one
-    # synchronisation per interval instead of one per loss per iteration.
-    history, window, loss_names, elapsed_before, start = [], [], [], 0.0, 0
-    state = TorchvisionBackend().resume(job)
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        if len(state["rng"]) == world:
-            set_rng_state(state["rng"][rank], device)
-        elif lead:
-            log.warning("checkpoint was written by %d process(es), this run has %d: random "
-                        "states are not restored", len(state["rng"]), world)
-        history, loss_names = state["history"], state["loss_names"]
-        window = [torch.tensor(values, device=device) for values in state["window"]]
-        elapsed_before, start = state["seconds"], state["iteration"]
-        if lead:
-            log.info("resuming from the checkpoint at iteration %d/%d in %s", start, iterations,
-                     job.checkpoints.describe())
-    elif lead and job.checkpoints is not None:
-        log.info("no checkpoint in %s: starting at iteration 0", job.checkpoints.describe())
-    trained = model
-    if world > 1:
-        trained = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
+    dataset = _load_chips(job)
+    size, num_classes = dataset.images[0]["width"], len(dataset.categories)
+    optimisation = _build_optimisation(job, num_classes, size, device)
+    progress = _resume(job, optimisation, rank, world, device)
+    trained = _distributed(optimisation.model, world, device)
     workers = loader_workers(job.threads, world, device)
-    sampler = SeededBatches(len(dataset), hp["batch_size"], hp["seed"], start, rank, world,
-                            hp["augment"])
-    batches = iter(torch.utils.data.DataLoader(
-        dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate,
-        persistent_workers=workers > 0, generator=loader_generator(hp["seed"])))
+    batches = _batches(dataset, hp, progress.start, rank, world, workers)
     if lead:
         log.info("training %s on %d chips, %d classes, %d px, iterations %d..%d, device %s x%d, "
                  "AMP %s, %d loader worker(s) per process", job.model, len(dataset), num_classes,
-                 size, start, iterations, device.type, world, "on" if amp else "off", workers)
-    began = time.perf_counter()
-    for step in range(start, iterations):
-        images, targets = next(batches)
-        images = [im.to(device) for im in images]
-        targets = [{"boxes": t["boxes"].to(device), "labels": t["labels"].to(device)}
-                   for t in targets]
-        with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
-            losses = trained(images, targets)
-            loss = sum(losses.values())
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(params, hp["clip_grad_norm"])
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
+                 size, progress.start, iterations, device.type, world,
+                 "on" if optimisation.amp else "off", workers)
+    progress.began = time.perf_counter()
+    for step in range(progress.start, iterations):
+        loss, losses = _train_step(trained, next(batches), optimisation, hp["clip_grad_norm"],
+                                   device)
         done = step + 1
         checkpoint_now = job.checkpoints is not None and job.checkpoint_every and \
             done % job.checkpoint_every == 0 and done < iterations
         log_now = done % hp["log_interval"] == 0 or done == iterations
-        if lead:
-            loss_names = loss_names or ["loss", *losses]
-            window.append(torch.stack([loss.detach().float()] +
-                                      [v.detach().float() for v in losses.values()]))
-        if lead and (log_now or checkpoint_now):
-            means = torch.stack(window).mean(0)
-            if not torch.isfinite(means).all():
-                raise NadirError(
-                    f"{job.model}: the loss became {means[0].item()} between iterations "
-                    f"{done - len(window) + 1} and {done}; lower the learning rate (now "
-                    f"{hp['lr']}) or lengthen the warm-up")
-        if lead and log_now:
-            seconds = time.perf_counter() - began
-            per_iteration = seconds / (done - start)
-            entry = {"iteration": done, "lr": scheduler.get_last_lr()[0],
-                     "seconds": round(elapsed_before + seconds, 2),
-                     "images_per_second": round(hp["batch_size"] * world / per_iteration, 2)}
-            entry |= dict(zip(loss_names, means.tolist(), strict=True))
-            history.append(entry)
-            window = []
-            log.info("iteration %d/%d (%.0f%%)  loss %.4f  lr %.2e  %.2fs/it  %.1f img/s  "
-                     "ETA %.0fs", done, iterations, 100 * done / iterations, entry["loss"],
-                     entry["lr"], per_iteration, entry["images_per_second"],
-                     per_iteration * (iterations - done))
+        if not lead:
+            if checkpoint_now:
+                _gather_rng_states(world, device)
+            continue
+        progress.record(loss, losses)
+        lr = optimisation.scheduler.get_last_lr()[0]
+        if log_now or checkpoint_now:
+            means = progress.window_means(job.model, done, hp["lr"])
+        if log_now:
+            progress.log_interval(means, done, iterations, lr, hp["batch_size"] * world)
         if checkpoint_now:
-            rng = [rng_state(device)]
-            if world > 1:
-                rng = [None] * world
-                dist.all_gather_object(rng, rng_state(device))
-            if lead:
-                buffer = io.BytesIO()
-                torch.save({"fingerprint": fingerprint(job), "iteration": done,
-                            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                            "rng": rng, "history": history, "loss_names": loss_names,
-                            "window": [values.tolist() for values in window],
-                            "seconds": elapsed_before + time.perf_counter() - began}, buffer)
-                job.checkpoints.save(done, buffer.getvalue())
-    seconds = elapsed_before + time.perf_counter() - began
+            _save_checkpoint(job, done, optimisation, progress, _gather_rng_states(world, device))
     if not lead:
         return {}
+    _write_outputs(job, optimisation.model, dataset, size, progress.history)
+    return {"seconds": round(progress.seconds(), 2), "iterations": iterations,
+            "resumed_from": progress.start, "device": device.type, "processes": world,
+            "amp": optimisation.amp, "chips": len(dataset)}
+
+
+def _load_chips(job: TrainJob) -> ShardChips:
+    dataset = ShardChips(job.train_json, job.shards, augment=job.hp["augment"])
+    if len(dataset) == 0:
+        raise NadirError(f"{job.train_json} holds no chips: check the split and chipping settings")
+    return dataset
+
+
+def _build_optimisation(job: TrainJob, num_classes: int, size: int,
+                        device: torch.device) -> Optimisation:
+    """The catalogue model, AdamW, the warm-up-then-cosine schedule and the AMP scaler."""
+    hp = job.hp
+    model = build_detector(job.model, num_classes, size, hp["pretrained"], job.weights_file)
+    model.to(device).train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=hp["lr"], weight_decay=hp["weight_decay"])
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, warmup_cosine(hp["warmup_iterations"], hp["iterations"]))
+    amp = bool(hp["amp"]) and device.type == "cuda"
+    return Optimisation(model, params, optimizer, scheduler,
+                        torch.amp.GradScaler("cuda", enabled=amp), amp)
+
+
+def _resume(job: TrainJob, optimisation: Optimisation, rank: int, world: int,
+            device: torch.device) -> Progress:
+    """Load the newest matching checkpoint into `optimisation`; the progress it had reached."""
+    lead = rank == 0
+    state = TorchvisionBackend().resume(job)
+    if state is None:
+        if lead and job.checkpoints is not None:
+            log.info("no checkpoint in %s: starting at iteration 0", job.checkpoints.describe())
+        return Progress()
+    optimisation.load(state)
+    if len(state["rng"]) == world:
+        set_rng_state(state["rng"][rank], device)
+    elif lead:
+        log.warning("checkpoint was written by %d process(es), this run has %d: random "
+                    "states are not restored", len(state["rng"]), world)
+    if lead:
+        log.info("resuming from the checkpoint at iteration %d/%d in %s", state["iteration"],
+                 job.hp["iterations"], job.checkpoints.describe())
+    return Progress.from_checkpoint(state, device)
+
+
+def _distributed(model: torch.nn.Module, world: int, device: torch.device) -> torch.nn.Module:
+    """The model as the loop calls it: wrapped in DistributedDataParallel when world > 1."""
+    if world == 1:
+        return model
+    return torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def _batches(dataset: ShardChips, hp: dict, start: int, rank: int, world: int, workers: int):
+    """This process's batches from iteration `start` on, in the seeded order."""
+    sampler = SeededBatches(len(dataset), hp["batch_size"], hp["seed"], start, rank, world,
+                            hp["augment"])
+    return iter(torch.utils.data.DataLoader(
+        dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate,
+        persistent_workers=workers > 0, generator=loader_generator(hp["seed"])))
+
+
+def _train_step(model: torch.nn.Module, batch: tuple, optimisation: Optimisation,
+                clip_grad_norm: float, device: torch.device) -> tuple[torch.Tensor, dict]:
+    """Forward, backward, clip, step: one iteration; returns the total loss and its parts."""
+    images, targets = batch
+    images = [im.to(device) for im in images]
+    targets = [{"boxes": t["boxes"].to(device), "labels": t["labels"].to(device)}
+               for t in targets]
+    with torch.autocast(device.type, dtype=torch.float16, enabled=optimisation.amp):
+        losses = model(images, targets)
+        loss = sum(losses.values())
+    optimisation.optimizer.zero_grad(set_to_none=True)
+    optimisation.scaler.scale(loss).backward()
+    optimisation.scaler.unscale_(optimisation.optimizer)
+    torch.nn.utils.clip_grad_norm_(optimisation.params, clip_grad_norm)
+    optimisation.scaler.step(optimisation.optimizer)
+    optimisation.scaler.update()
+    optimisation.scheduler.step()
+    return loss, losses
+
+
+def _gather_rng_states(world: int, device: torch.device) -> list:
+    """Every process's random state (one entry per rank); every rank must call it."""
+    if world == 1:
+        return [rng_state(device)]
+    states = [None] * world
+    dist.all_gather_object(states, rng_state(device))
+    return states
+
+
+def _save_checkpoint(job: TrainJob, done: int, optimisation: Optimisation, progress: Progress,
+                     rng: list) -> None:
+    buffer = io.BytesIO()
+    torch.save({"fingerprint": fingerprint(job), "iteration": done, **optimisation.state(),
+                "rng": rng, **progress.state()}, buffer)
+    job.checkpoints.save(done, buffer.getvalue())
+
+
+def _write_outputs(job: TrainJob, model: torch.nn.Module, dataset: ShardChips, size: int,
+                   history: list) -> None:
+    """model.pt (weights with what predicting needs) and train_log.json."""
     job.out_dir.mkdir(parents=True, exist_ok=True)
-    torch.save({"model": job.model, "num_classes": num_classes, "image_size": size,
+    torch.save({"model": job.model, "num_classes": len(dataset.categories), "image_size": size,
                 "categories": dataset.categories, "state_dict": model.state_dict()},
                job.out_dir / "model.pt")
     (job.out_dir / "train_log.json").write_text(json.dumps(history, indent=1) + "\n")
-    return {"seconds": round(seconds, 2), "iterations": iterations, "resumed_from": start,
-            "device": device.type, "processes": world, "amp": amp, "chips": len(dataset)}
 
 
 @torch.no_grad()
@@ -279,7 +350,7 @@ def predict(weights: Path, coco_json: Path, shards: list[Path], hp: dict,
             threads: int = 1) -> list[dict]:
     """COCO-format detections (xywh boxes, category ids, scores) for every image of a split."""
     torch.set_num_threads(max(1, threads))
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device_name())
     saved = torch.load(weights, map_location="cpu", weights_only=True)
     model = build_detector(saved["model"], saved["num_classes"], saved["image_size"])
     model.load_state_dict(saved["state_dict"])

@@ -16,7 +16,7 @@ import urllib.request
 from pathlib import Path
 
 from nadir.errors import NadirError
-from nadir.fetch import sha256_of
+from nadir.hashing import sha256_of
 
 log = logging.getLogger(__name__)
 

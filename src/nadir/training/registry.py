@@ -1,0 +1,36 @@
+"""Backend name -> implementation, imported only when asked for.
+
+A backend's module imports its framework (torch, detectron2, transformers...), so naming a
+backend costs nothing until it is used; a new backend is one line here and one catalogue entry.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+from nadir.training.backend import Backend
+from nadir.training.catalogue import entry
+
+BACKENDS = {
+    "torchvision": "nadir.training.torchvision_backend:TorchvisionBackend",
+    "detectron2": "nadir.training.detectron2_backend:Detectron2Backend",
+    "transformers": "nadir.training.loop_backends:TransformersBackend",
+    "yolox": "nadir.training.loop_backends:YoloxBackend",
+}
+
+
+def get_backend(name: str) -> Backend:
+    """A new instance of the backend called `name`."""
+    if name not in BACKENDS:
+        raise KeyError(f"unknown backend {name!r}; known: {sorted(BACKENDS)}")
+    module, cls = BACKENDS[name].split(":")
+    return getattr(importlib.import_module(module), cls)()
+
+
+def backend_of_weights(weights: Path) -> Backend:
+    """The backend that trained a `model.pt` (every backend saves its catalogue name in it)."""
+    import torch
+
+    saved = torch.load(weights, map_location="cpu", weights_only=True, mmap=True)
+    return get_backend(entry(saved["model"]).backend)

@@ -1,0 +1,58 @@
+"""One training run from start to finish, as the train rule asks for it.
+
+Verify the pretrained weights, digest the inputs, open the checkpoint store under the run's
+fingerprint, train with the model's backend, write resolved_config.json and run.json, and remove
+the checkpoints once the weights are safely written. `nadir train` is a thin shell over `run`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from nadir.errors import NadirError
+from nadir.training.backend import TrainJob
+from nadir.training.catalogue import entry, weight_source
+from nadir.training.checkpoints import open_store
+from nadir.training.provenance import fingerprint, input_digests
+from nadir.training.registry import get_backend
+from nadir.training.weights import verify_file
+
+log = logging.getLogger(__name__)
+
+
+def run(job: TrainJob, checkpoint_root: str | None = None, s3_endpoint: str | None = None,
+        checkpoint_keep: int = 2, resolved_config: Path | None = None) -> dict:
+    """Train `job` and write its records; returns the run record (run.json).
+
+    `checkpoint_root` is a directory or s3://BUCKET/PREFIX; the run's checkpoints go to a
+    subfolder named by its fingerprint (None: no checkpoints). `resolved_config` defaults to
+    OUT_DIR/resolved_config.json.
+    """
+    source = weight_source(job.model, job.hp["pretrained"])
+    if source is not None and job.weights_file is None:
+        raise NadirError(f"{job.model} with pretrained: {job.hp['pretrained']} needs its "
+                         f"weights file ({source.file_name}); the fetch_weights rule provides it")
+    weights_sha256 = verify_file(job.weights_file, source.sha256) if source is not None else None
+    job.input_digests = input_digests(job, weights_sha256)
+    if checkpoint_root:
+        job.checkpoints = open_store(f"{checkpoint_root.rstrip('/')}/{fingerprint(job)}",
+                                     s3_endpoint, checkpoint_keep)
+    backend_name = entry(job.model).backend
+    backend = get_backend(backend_name)
+    resolved = backend.resolved_config(job)
+    result = backend.train(job)
+    resolved["training"] = result
+    Path(resolved_config or job.out_dir / "resolved_config.json").write_text(
+        json.dumps(resolved, indent=1) + "\n")
+    record = {
+        "dataset": job.dataset, "model": job.model, "backend": backend_name,
+        "hyperparameters": job.hp, "training": result, "inputs": job.input_digests,
+        "code": resolved["code"], "versions": resolved["versions"],
+    }
+    (job.out_dir / "run.json").write_text(json.dumps(record, indent=1) + "\n")
+    if job.checkpoints is not None:
+        job.checkpoints.clear()  # the run is complete: its weights are in the outputs
+        log.info("removed the run's checkpoints from %s", job.checkpoints.describe())
+    return record
