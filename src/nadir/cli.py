@@ -124,7 +124,8 @@ def cmd_train(args) -> None:
                    shards=[Path(p) for p in args.shards], out_dir=Path(args.out_dir),
                    threads=args.threads, checkpoint_every=args.checkpoint_every,
                    weights_file=Path(args.pretrained_weights) if args.pretrained_weights else None,
-                   world_size=args.world_size)
+                   world_size=args.world_size,
+                   selection_json=Path(args.selection) if args.selection else None)
     run(job, args.checkpoints, args.s3_endpoint, args.checkpoint_keep,
         Path(args.resolved_config) if args.resolved_config else None)
 
@@ -220,6 +221,19 @@ def cmd_compare(args) -> None:
     Path(args.html).write_text(comparison_html(result, TABLE_CSS))
     for name, verdict in sorted(result["verdicts"].items()):
         log.info("%s: %s %.4f, %s", name, args.metric, result["observed"][name], verdict)
+
+
+def cmd_carve_selection(args) -> None:
+    from nadir.coco import carve_selection
+
+    train = json.loads(Path(args.train).read_text())
+    fit, selection = carve_selection(train, args.fraction, args.seed, args.train)
+    Path(args.fit).write_text(json.dumps(fit) + "\n")
+    Path(args.selection).write_text(json.dumps(selection) + "\n")
+    log.info("selection split: %d chips of %d train scenes held out (fraction %s, seed %d); "
+             "%d chips left to train on", len(selection["images"]),
+             len({im["scene"] for im in selection["images"]}), args.fraction, args.seed,
+             len(fit["images"]))
 
 
 def cmd_cost(args) -> None:
@@ -366,6 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--s3-endpoint", help="S3 endpoint URL for s3:// checkpoints (keys come "
                    "from SNAKEMAKE_STORAGE_S3_ACCESS_KEY/_SECRET_KEY)")
     p.add_argument("--world-size", type=int, help="training processes (default: one per GPU)")
+    p.add_argument("--selection", help="COCO split scored every `eval_every` iterations")
     p = sub.choices["evaluate"]
     p.add_argument("--weights", required=True)
     p.add_argument("--coco", required=True)
@@ -397,6 +412,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", required=True)
     p.add_argument("--markdown", required=True)
     p.add_argument("--html", required=True)
+
+    p = command("carve-selection", cmd_carve_selection,
+                "hold train scenes out as the selection split (seeded, by scene)")
+    p.add_argument("--train", required=True)
+    p.add_argument("--fraction", type=float, required=True)
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--fit", required=True, help="the train split without the selection scenes")
+    p.add_argument("--selection", required=True)
 
     p = command("compare", cmd_compare, "paired bootstrap comparison of a dataset's runs")
     p.add_argument("--runs", nargs="+", required=True, help="run.json per run")

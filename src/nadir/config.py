@@ -108,6 +108,7 @@ def validate(config: dict, model_names: list[str]) -> dict:
         except NadirError as error:
             raise ConfigError(f"config key {key}: {error}") from None
     _check_sweeps(config)
+    _check_selection(config)
     return config
 
 
@@ -213,3 +214,17 @@ def runs(config: dict) -> list[Run]:
                     table.append(Run(dataset, name, model, base, repeat,
                                      run_hyperparameters(config, dataset, model, cell, repeat)))
     return sorted(table, key=lambda r: (r.dataset, r.name))
+
+
+def _check_selection(config: dict) -> None:
+    """`select: best` needs selection scores, which only the torchvision loop computes."""
+    from nadir.training.catalogue import CATALOGUE
+
+    for run in runs(config):
+        where = f"run {run.name} on {run.dataset}"
+        if run.hp["select"] == "best" and not run.hp["eval_every"]:
+            raise ConfigError(f"config key training.select: best needs training.eval_every > 0 "
+                              f"({where})")
+        if run.hp["eval_every"] and CATALOGUE[run.model].backend == "detectron2":
+            raise ConfigError(f"config key training.eval_every: not supported by the "
+                              f"detectron2 backend yet ({where})")

@@ -28,6 +28,8 @@ def cost_jobs():
                  ("coco", f"results/benchmarks/{d}/coco.tsv", None),
                  ("plot_class_ap", f"results/benchmarks/{d}/plot_class_ap.tsv", None),
                  ("compare", f"results/benchmarks/{d}/compare.tsv", None)]
+        if any(r.hp["eval_every"] for (rd, _), r in RUN_TABLE.items() if rd == d):
+            jobs.append(("carve_selection", f"results/benchmarks/{d}/carve_selection.tsv", None))
         for m in RUN_NAMES:
             run = f"results/{d}/models/{m}"
             jobs += [

@@ -66,9 +66,15 @@ rule fetch_weights:
         "{NADIR} fetch-weights --file {wildcards.weights_file} --out {output.weights} 2> {log}"
 
 
+def selects(wildcards):
+    """Whether the run scores a selection split while it trains (training.eval_every)."""
+    return run_of(wildcards).hp["eval_every"] > 0
+
+
 rule train:
     input:
-        train="results/{dataset}/coco/train.json",
+        train=lambda w: f"results/{w.dataset}/coco/{'fit' if selects(w) else 'train'}.json",
+        selection=lambda w: [f"results/{w.dataset}/coco/selection.json"] if selects(w) else [],
         manifest="results/{dataset}/chips/manifest.json",
         shards=shard_files("tar"),
         pretrained=pretrained_input,
@@ -84,6 +90,7 @@ rule train:
         pretrained=lambda w, input: (
             f"--pretrained-weights {input.pretrained}" if input.pretrained else ""
         ),
+        selection=lambda w, input: f"--selection {input.selection}" if input.selection else "",
     threads: 8  # capped at --cores on a laptop; profiles set their own
     log:
         "logs/{dataset}/train-{model}.log",
@@ -94,7 +101,7 @@ rule train:
     shell:
         "{NADIR} train --dataset {wildcards.dataset} --model {params.model} "
         "--hp {params.hp} --train {input.train} --manifest {input.manifest} "
-        "--shards {input.shards} {params.pretrained} --out-dir $(dirname {output.weights}) "
+        "--shards {input.shards} {params.pretrained} {params.selection} --out-dir $(dirname {output.weights}) "
         "--resolved-config {output.resolved} "
         "--checkpoints {CHECKPOINT_ROOT}/{wildcards.dataset}/{wildcards.model} "
         "{CHECKPOINT_OPTIONS} "
