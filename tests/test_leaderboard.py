@@ -149,6 +149,15 @@ def test_repeats_are_one_row_with_mean_sd_and_t_interval():
     assert top["wall_seconds"] == 3 * 3996  # costs add up over the repeats
     single = rows[1]
     assert single["scene_AP"] == 0.4 and single["scene_AP_sd"] is None
+    assert top["weights"] == "last"
+
+
+def test_the_weights_column_says_which_split_selected():
+    runs = [repeat("ssdlite", "ssdlite", 0, 0.5), repeat("ssdlite", "ssdlite--repeat-2", 1, 0.6)]
+    for run, iteration in zip(runs, (300, 500), strict=True):
+        run.run["training"]["selection"] = {"weights": "best", "best": {"iteration": iteration}}
+    (row,) = leaderboard_rows(runs)
+    assert row["weights"] == "best on the selection split (iteration 300, 500)"
 
 
 def test_comparison_marks_settings_against_the_best(tmp_path):

@@ -22,7 +22,7 @@ SPREAD_SUFFIXES = ["sd", "ci_low", "ci_high"]
 LEADERBOARD_FIELDS = [
     "rank", "chip_rank", "dataset", "model", "run", "repeats", "seeds", *ALL_METRICS,
     "iterations", "train_seconds", "wall_seconds", "gpu_hours", "peak_memory_mb", "device",
-    "train_chips", "val_chips", "val_scenes", "vs_best", "vs_best_difference",
+    "train_chips", "val_chips", "val_scenes", "weights", "vs_best", "vs_best_difference",
     "vs_best_ci_low", "vs_best_ci_high",
     *(f"{m}_{suffix}" for m in ALL_METRICS for suffix in SPREAD_SUFFIXES),
 ]
@@ -82,6 +82,16 @@ def _vs_best(comparison: dict | None, label: str) -> dict:
     return row
 
 
+def _weights(members: list[RunResult]) -> str:
+    """Which weights were scored: the last, or the best on the selection split (iterations)."""
+    selection = members[0].run["training"].get("selection")
+    if not selection or selection["weights"] == "last":
+        return "last" if not selection else "last (selection split scored)"
+    iterations = ", ".join(str(r.run["training"]["selection"]["best"]["iteration"])
+                           for r in members)
+    return f"best on the selection split (iteration {iterations})"
+
+
 def leaderboard_rows(results: list[RunResult],
                      comparisons: dict[str, dict] | None = None) -> list[dict]:
     """One row per dataset and setting (a model or a sweep cell), its repeats aggregated: each
@@ -113,7 +123,7 @@ def leaderboard_rows(results: list[RunResult],
             "peak_memory_mb": max(memory) if memory else None,
             "device": first.run["training"]["device"],
             "train_chips": first.run["training"]["chips"], "val_chips": first.chip["images"],
-            "val_scenes": first.scene["images"],
+            "val_scenes": first.scene["images"], "weights": _weights(members),
             **_vs_best((comparisons or {}).get(first.run["dataset"]), label),
         }
         rows.append(row)
