@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 CORES ?= 2
 
-.PHONY: install install-test sample test lint clean
+.PHONY: install install-test sample test test-fast lint clean
 
 $(VENV)/.installed: envs/requirements.txt pyproject.toml
 	python3 -m venv $(VENV)
@@ -29,6 +29,12 @@ sample: install
 test: install-test
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest
+
+# The unit tests: everything not marked slow (pipeline runs, multi-process and kill-and-resume
+# training), for the edit-test loop.
+test-fast: install-test
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/pytest -m "not slow"
 
 clean:
 	rm -rf results logs raw .snakemake report.html

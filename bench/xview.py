@@ -38,11 +38,13 @@ print(json.dumps({{"seconds": seconds, "peak_mib": peak_mib, "result": result}})
 
 NADIR_INDEX = """
 from pathlib import Path
-from nadir.datasets.normalise import build_index
+from nadir.datasets.normalise import index_fetched
+from nadir.index import IndexTables
 spec = {{"format": "xview", "version": None, "class_attribute": "role",
         "split": {{"method": "seeded", "val_fraction": 0.2, "seed": 0}},
         "classes": {{"merge": {{}}, "keep": None, "min_size": 0}}, "on_bad_input": {{}}}}
-summary = build_index(Path({manifest!r}), Path({files!r}), spec, Path({out!r}))
+summary = index_fetched(Path({manifest!r}), Path({files!r}), spec,
+                        IndexTables.in_folder(Path({out!r})))
 result = {{"objects": summary["objects"], "features": summary["features"],
           "dropped": summary["dropped"]}}
 """

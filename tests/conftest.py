@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
@@ -21,6 +25,9 @@ SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 # edit of one model's settings reruns.
 RUN_JOBS = ["train", "evaluate", "evaluate_scenes", "loss_curve", "plot_pr", "plot_detections"]
 SUMMARY_JOBS = ["plot_class_ap", "compare", "leaderboard", "cost", "summary", "all"]
+TEST_CONFIG = yaml.safe_load((ROOT / "config" / "test.yaml").read_text())
+SAMPLE_MODEL = "ssdlite320_mobilenet_v3_large"
+S3_BUCKET = "nadir-e2e"
 
 
 @pytest.fixture(scope="session")
@@ -43,6 +50,63 @@ def run_snakemake(workdir: Path, *args: str, env: dict | None = None,
             f"snakemake failed ({proc.returncode}): {' '.join(args)}\n"
             f"--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-8000:]}")
     return proc
+
+
+def write_config(path: Path, edit: Callable[[dict], None] | None = None) -> list[str]:
+    """config/test.yaml, changed by `edit`, written to `path`; the arguments that use it."""
+    config = json.loads(json.dumps(TEST_CONFIG))
+    if edit:
+        edit(config)
+    path.write_text(yaml.safe_dump(config))
+    return ["--configfile", str(path), "--replace-workflow-config"]
+
+
+def report_command(workdir: Path, args: list[str]) -> list[str]:
+    """`snakemake --report`, as the README says: no --cores needed."""
+    return [*SNAKEMAKE, "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir),
+            *args, "--report", str(workdir / "report.html")]
+
+
+@dataclass
+class SampleRun:
+    """A finished run of the sample pipeline (config/test.yaml) and its report."""
+
+    workdir: Path
+    args: list[str]  # the configuration (and storage) arguments it ran with
+    run: subprocess.CompletedProcess
+    report: subprocess.CompletedProcess
+
+
+@pytest.fixture(scope="session")
+def local_sample_run(tmp_path_factory) -> SampleRun:
+    """The sample pipeline on local files, run once for every end-to-end test that reads it or
+    dry-runs on it; a test that changes files works on a copy. Checkpoints every 2 iterations,
+    so the run also writes one and clears it."""
+    workdir = tmp_path_factory.mktemp("local-sample")
+    args = write_config(workdir / "config.yaml",
+                        lambda c: c.setdefault("checkpoints", {}).update(every=2))
+    run = run_snakemake(workdir, *args)
+    report = subprocess.run(report_command(workdir, args), check=True, capture_output=True,
+                            text=True, timeout=600)
+    return SampleRun(workdir, args, run, report)
+
+
+def s3_args(s3, prefix: str) -> list[str]:
+    return ["--configfile", str(ROOT / "config" / "test.yaml"), "--replace-workflow-config",
+            "--default-storage-provider", "s3",
+            "--default-storage-prefix", f"s3://{S3_BUCKET}/{prefix}",
+            "--storage-s3-endpoint-url", s3.endpoint]
+
+
+@pytest.fixture(scope="session")
+def s3_sample_run(s3, tmp_path_factory) -> SampleRun:
+    """The sample pipeline with S3 as the default storage (prefix `run1` of S3_BUCKET), and its
+    report, run once for every end-to-end S3 test."""
+    workdir = tmp_path_factory.mktemp("s3-sample")
+    args = s3_args(s3, "run1")
+    run = run_snakemake(workdir, *args, env=s3.env())
+    report = run_snakemake(workdir, *args, "--report", "report.html", env=s3.env())
+    return SampleRun(workdir, args, run, report)
 
 
 def planned_jobs(proc: subprocess.CompletedProcess) -> dict[str, int]:

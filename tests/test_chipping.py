@@ -26,7 +26,7 @@ from nadir.chipping import (
     encode,
     gdal_settings,
     window_offsets,
-    write_manifest,
+    write_chip_manifest,
 )
 from nadir.config import ConfigError, validate
 from nadir.errors import InputError, NadirError
@@ -429,7 +429,7 @@ def test_chips_and_manifest_are_identical_whatever_the_thread_count(tmp_path, la
         result, tar = chip(tmp_path, image, objects, threads=threads, tag=run, size=96,
                            overlap=16, image_format="jpeg", empty_keep=0.5, **settings)
         manifest = tmp_path / f"{run}-manifest.json"
-        write_manifest([tmp_path / f"{run}.json"], manifest)
+        write_chip_manifest([tmp_path / f"{run}.json"], manifest)
         outputs.append(((tmp_path / f"{run}.json").read_bytes(), tar.read_bytes(),
                         manifest.read_bytes()))
     assert all(output == outputs[0] for output in outputs)
@@ -460,13 +460,13 @@ def test_manifest_adds_up_every_shard_and_refuses_mixed_parameters(tmp_path):
     objects = [square("S", 0, 10, 10, 40, 40), square("S", 1, 120, 90, 170, 130)]
     first, _ = chip(tmp_path, image, objects, size=128, tag="a")
     second, _ = chip(tmp_path, image, objects, scene="T", size=128, tag="b")
-    manifest = write_manifest([tmp_path / "a.json", tmp_path / "b.json"], tmp_path / "m.json")
+    manifest = write_chip_manifest([tmp_path / "a.json", tmp_path / "b.json"], tmp_path / "m.json")
     for key, total in manifest["totals"].items():
         assert total == first["scenes"]["S"][key] + second["scenes"]["T"][key]
     assert manifest["scenes"]["T"]["shard"] == 1 and manifest["params"]["size"] == 128
     chip(tmp_path, image, objects, scene="T", size=96, tag="c")
     with pytest.raises(InputError, match="different parameters"):
-        write_manifest([tmp_path / "a.json", tmp_path / "c.json"], tmp_path / "m2.json")
+        write_chip_manifest([tmp_path / "a.json", tmp_path / "c.json"], tmp_path / "m2.json")
 
 
 def test_workflow_chip_stage_uses_these_rules(tmp_path):

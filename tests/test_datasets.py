@@ -12,11 +12,13 @@ import pytest
 from dataset_builders import make_dota, make_xview, write_geotiff, xview_feature
 
 from nadir.datasets import dota, rareplanes, xview
-from nadir.datasets.normalise import build_index, seeded_split
+from nadir.datasets.normalise import index_fetched, seeded_split
 from nadir.datasets.records import BadInput, ClassFilter
-from nadir.datasets.stats import dataset_statistics, plot_statistics
+from nadir.datasets.stats import dataset_statistics
 from nadir.errors import InputError
 from nadir.fetch import FetchSettings, fetch_dataset
+from nadir.figures import plot_statistics
+from nadir.index import IndexTables
 
 V15 = dota.CLASSES_BY_VERSION["v1.5"]
 
@@ -192,7 +194,7 @@ def test_dota_fetch_and_index_from_a_zip_and_a_folder(tmp_path):
     assert manifest["labels_without_image"] == ["01-val/labelTxt-v1.5/P0999.txt"]
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     out = tmp_path / "index"
-    summary = build_index(tmp_path / "manifest.json", files, dataset, out)
+    summary = index_fetched(tmp_path / "manifest.json", files, dataset, IndexTables.in_folder(out))
     scenes = {r["scene"]: r for r in _read_csv(out / "scenes.csv")}
     assert {k: v["split"] for k, v in scenes.items()} == {
         "P0000": "train", "P0001": "train", "P0002": "train", "P0100": "val", "P0101": "val",
@@ -204,7 +206,8 @@ def test_dota_fetch_and_index_from_a_zip_and_a_folder(tmp_path):
     assert names == V15
     strict = {**dataset, "on_bad_input": {"image_without_label": "error"}}
     with pytest.raises(InputError, match=r"P0998\.tif: no label file"):
-        build_index(tmp_path / "manifest.json", files, strict, tmp_path / "index2")
+        index_fetched(tmp_path / "manifest.json", files, strict,
+                      IndexTables.in_folder(tmp_path / "index2"))
 
 
 def test_dota_merge_and_keep_change_the_categories(tmp_path):
@@ -216,7 +219,8 @@ def test_dota_merge_and_keep_change_the_categories(tmp_path):
     files = tmp_path / "files"
     (tmp_path / "m.json").write_text(json.dumps(fetch_dataset(
         "d", dataset, files, FetchSettings(tmp_path / "cache", 0, 5))))
-    summary = build_index(tmp_path / "m.json", files, dataset, tmp_path / "out")
+    summary = index_fetched(tmp_path / "m.json", files, dataset,
+                            IndexTables.in_folder(tmp_path / "out"))
     rows = _read_csv(tmp_path / "out" / "annotations.csv")
     assert {r["category"] for r in rows} == {"vehicle"}
     assert summary["categories"] == [{"id": 1, "name": "vehicle"}]
@@ -231,7 +235,8 @@ def test_xview_index_counts_every_drop_seeds_the_split_and_shows_imbalance(tmp_p
     files = tmp_path / "files"
     (tmp_path / "m.json").write_text(json.dumps(fetch_dataset(
         "xv", dataset, files, FetchSettings(tmp_path / "cache", 0, 5))))
-    summary = build_index(tmp_path / "m.json", files, dataset, tmp_path / "out")
+    summary = index_fetched(tmp_path / "m.json", files, dataset,
+                            IndexTables.in_folder(tmp_path / "out"))
     assert summary["features"] == built["features"]
     assert summary["objects"] == built["objects"]
     assert summary["dropped"] == {"degenerate_box": 1, "empty_box": 1, "unnamed_type_id_75": 1,
@@ -239,7 +244,8 @@ def test_xview_index_counts_every_drop_seeds_the_split_and_shows_imbalance(tmp_p
     assert summary["bad_input"]["skipped"]["label_without_image"] == 1
     assert summary["scenes"] == {"train": 3, "val": 1}
     assert summary["split"].startswith("seeded")
-    again = build_index(tmp_path / "m.json", files, dataset, tmp_path / "out2")
+    again = index_fetched(tmp_path / "m.json", files, dataset,
+                          IndexTables.in_folder(tmp_path / "out2"))
     assert (tmp_path / "out" / "scenes.csv").read_text() == (
         tmp_path / "out2" / "scenes.csv").read_text()
     assert again["scenes"] == summary["scenes"]
@@ -300,9 +306,10 @@ def test_dota_polygon_outside_its_image_is_counted_or_stops_with_file_and_line(t
     files = tmp_path / "files"
     (tmp_path / "m.json").write_text(json.dumps(fetch_dataset(
         "d", dataset, files, FetchSettings(tmp_path / "cache", 0, 5))))
-    summary = build_index(tmp_path / "m.json", files, dataset, tmp_path / "out")
+    summary = index_fetched(tmp_path / "m.json", files, dataset,
+                            IndexTables.in_folder(tmp_path / "out"))
     assert summary["objects"] == 1
     assert summary["bad_input"]["skipped"]["outside_image"] == 1
     strict = {**dataset, "on_bad_input": {"outside_image": "error"}}
     with pytest.raises(InputError, match=r"P1\.txt, line 2: polygon .* outside the 64x64 image"):
-        build_index(tmp_path / "m.json", files, strict, tmp_path / "out2")
+        index_fetched(tmp_path / "m.json", files, strict, IndexTables.in_folder(tmp_path / "out2"))

@@ -14,6 +14,7 @@ import tiny_chips
 
 from nadir.errors import NadirError
 from nadir.training import detectron2_backend as d2
+from nadir.training.backend import TrainOutputs
 from nadir.training.catalogue import CATALOGUE
 
 needs_detectron2 = pytest.mark.skipif(
@@ -116,7 +117,7 @@ def test_detectron2_model_trains_and_predicts(model, tmp_path):
     assert log[-1]["loss"] < log[0]["loss"], [e["loss"] for e in log]
     assert LocalCheckpoints(tmp_path / "ck").iterations() == [4]
     # A rerun finds the checkpoint (the backend leaves it; `nadir train` removes it at the end).
-    job.out_dir = tmp_path / "rerun"
+    job.outputs = TrainOutputs.in_folder(tmp_path / "rerun")
     assert backend.train(job)["resumed_from"] == 4
     rerun_log = json.loads((tmp_path / "rerun" / "train_log.json").read_text())
     assert [e["iteration"] for e in rerun_log] == [4, 8]

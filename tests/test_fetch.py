@@ -11,9 +11,10 @@ import s3server
 from dataset_builders import FileServer, sha256, write_geotiff
 from rasterio.warp import transform as warp
 
-from nadir.datasets.normalise import build_index
+from nadir.datasets.normalise import index_fetched
 from nadir.errors import InputError, NadirError
 from nadir.fetch import FetchSettings, SourceEntry, download, fetch_dataset, fetch_s3
+from nadir.index import IndexTables
 
 
 def settings(tmp_path, retries=2):
@@ -134,7 +135,8 @@ def test_rareplanes_from_an_anonymous_public_bucket_with_a_subset(public_s3, tmp
         ("t1", "train"), ("t2", "train"), ("t9", "val")]
     assert [s["objects"] for s in manifest["sources"]] == [4, 2]
     (tmp_path / "m.json").write_text(json.dumps(manifest))
-    summary = build_index(tmp_path / "m.json", files, spec, tmp_path / "out")
+    summary = index_fetched(tmp_path / "m.json", files, spec,
+                            IndexTables.in_folder(tmp_path / "out"))
     assert [c["name"] for c in summary["categories"]] == sorted({roles[t] for t in
                                                                   ("t1", "t2", "t9")})
     rows = (tmp_path / "out" / "annotations.csv").read_text().splitlines()[1:]

@@ -76,7 +76,7 @@ def test_loss_figure_gains_a_selection_panel_when_the_log_has_selection_scores(t
 
     from PIL import Image
 
-    from nadir.report import plot_loss_curve
+    from nadir.figures import plot_loss_curve
 
     losses = [{"iteration": i, "lr": 0.001, "seconds": i, "images_per_second": 9.0,
                "loss": 2.0 / i, "bbox_regression": 1.0 / i} for i in (5, 10)]

@@ -3,31 +3,26 @@
 import csv
 import json
 import shutil
-import subprocess
 
 import pytest
-import yaml
-from conftest import ROOT, RUN_JOBS, SNAKEMAKE, SUMMARY_JOBS, planned_jobs, run_snakemake
+from conftest import (
+    RUN_JOBS,
+    SAMPLE_MODEL,
+    SUMMARY_JOBS,
+    TEST_CONFIG,
+    planned_jobs,
+    run_snakemake,
+    write_config,
+)
 
-TEST_CONFIG = yaml.safe_load((ROOT / "config" / "test.yaml").read_text())
-MODEL = "ssdlite320_mobilenet_v3_large"
+pytestmark = pytest.mark.slow
+MODEL = SAMPLE_MODEL
 
 
-def write_config(path, edit=None):
-    config = json.loads(json.dumps(TEST_CONFIG))
-    if edit:
-        edit(config)
-    path.write_text(yaml.safe_dump(config))
-    return ["--configfile", str(path), "--replace-workflow-config"]
-
-
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-    """One complete tiny run shared by the tests below (they only read it or dry-run on it)."""
-    workdir = tmp_path_factory.mktemp("pipeline")
-    args = write_config(workdir / "config.yaml")
-    run_snakemake(workdir, *args)
-    return workdir, args
+@pytest.fixture
+def finished_run(local_sample_run):
+    """The session's local sample run (they only read it or dry-run on it)."""
+    return local_sample_run.workdir, local_sample_run.args
 
 
 def test_run_produces_leaderboard_and_per_run_files(finished_run):
@@ -53,21 +48,11 @@ def test_run_produces_leaderboard_and_per_run_files(finished_run):
     assert manifest["totals"]["objects_truncated"] > 0
 
 
-def test_report_holds_leaderboard_and_loss_curve(finished_run):
-    workdir, args = finished_run
-    # As the README says: no --cores needed for the report.
-    subprocess.run([*SNAKEMAKE, "--snakefile", str(ROOT / "Snakefile"), "--directory",
-                    str(workdir), *args, "--report", str(workdir / "report.html")],
-                   check=True, capture_output=True, timeout=600)
-    html = (workdir / "report.html").read_text(errors="replace")
-    assert "leaderboard.html" in html
-    assert "loss.png" in html
-    assert "Training curves" in html
-
-
-def test_second_run_does_nothing(finished_run):
-    workdir, args = finished_run
-    assert planned_jobs(run_snakemake(workdir, *args, "--dry-run")) == {}
+def test_second_run_does_nothing(finished_run, tmp_path):
+    """Not even with other checkpoint settings (the run wrote one every 2 iterations)."""
+    workdir, _ = finished_run
+    assert planned_jobs(run_snakemake(workdir, *write_config(tmp_path / "plain.yaml"),
+                                      "--dry-run")) == {}
 
 
 def test_learning_rate_edit_reruns_only_that_model(finished_run, tmp_path):

@@ -8,7 +8,7 @@ import json
 import re
 
 import pytest
-from conftest import ROOT, planned_jobs, run_snakemake
+from conftest import ROOT, S3_BUCKET, planned_jobs, run_snakemake
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 RUN = "results/sample/models/ssdlite320_mobilenet_v3_large"
@@ -77,60 +77,56 @@ def check_printed_leaderboard(stdout: str) -> None:
 
 
 @pytest.mark.slow
-def test_sample_pipeline_report_has_every_figure_and_opens_offline(tmp_path):
-    config = ("--configfile", str(ROOT / "config/test.yaml"), "--replace-workflow-config")
-    check_printed_leaderboard(run_snakemake(tmp_path, *config).stdout)
-    run_snakemake(tmp_path, *config, "--report", "report.html")
-    check_report((tmp_path / "report.html").read_text())
+def test_sample_pipeline_report_has_every_figure_and_opens_offline(local_sample_run):
+    workdir = local_sample_run.workdir
+    check_printed_leaderboard(local_sample_run.run.stdout)
+    check_report((workdir / "report.html").read_text())
     for subs in EXPECTED_CATEGORIES.values():
         for path in (p for files in subs.values() for p in files if p.endswith(".png")):
-            assert (tmp_path / path).read_bytes().startswith(PNG_MAGIC)
+            assert (workdir / path).read_bytes().startswith(PNG_MAGIC)
 
     # Every job left a benchmark; the cost table counts all but its own and the summary's.
-    with open(tmp_path / "results/cost.csv", newline="") as fh:
+    with open(workdir / "results/cost.csv", newline="") as fh:
         cost = {row["rule"]: row for row in csv.DictReader(fh)}
-    benchmarks = {p.relative_to(tmp_path / "results/benchmarks").as_posix()
-                  for p in (tmp_path / "results/benchmarks").rglob("*.tsv")}
+    benchmarks = {p.relative_to(workdir / "results/benchmarks").as_posix()
+                  for p in (workdir / "results/benchmarks").rglob("*.tsv")}
     assert {"cost.tsv", "summary.tsv", "sample/evaluate_scenes-ssdlite320_mobilenet_v3_large.tsv",
             "sample/generate_sample.tsv"} <= benchmarks
     assert int(cost["total"]["jobs"]) == len(benchmarks) - 2 == 15
     assert cost["train"]["jobs"] == "1" and cost["chip"]["jobs"] == "2"
-    with open(tmp_path / "results/leaderboard.csv", newline="") as fh:
+    with open(workdir / "results/leaderboard.csv", newline="") as fh:
         (row,) = list(csv.DictReader(fh))
     assert row["rank"] == "1" and float(row["wall_seconds"]) > 0 and row["device"] == "cpu"
-    scene = json.loads((tmp_path / RUN / "scene_metrics.json").read_text())
+    scene = json.loads((workdir / RUN / "scene_metrics.json").read_text())
     assert scene["level"] == "scene" and scene["images"] == 2  # config/test.yaml: 2 val scenes
 
     # A scene-level setting reruns the scene scoring and what reads it, never the model.
-    edited = tmp_path / "edited.yaml"
+    edited = workdir / "edited.yaml"
     edited.write_text((ROOT / "config/test.yaml").read_text()
                       + "evaluation:\n  scene_nms_iou: 0.5\n")
-    dry = run_snakemake(tmp_path, "--configfile", str(edited), "--replace-workflow-config", "-n")
+    dry = run_snakemake(workdir, "--configfile", str(edited), "--replace-workflow-config", "-n")
     assert planned_jobs(dry) == {
         "evaluate_scenes": 1, "plot_pr": 1, "plot_class_ap": 1, "compare": 1, "leaderboard": 1,
         "cost": 1, "summary": 1, "all": 1}
 
 
 @pytest.mark.slow
-def test_sample_pipeline_and_report_on_s3_storage(tmp_path, s3):
+def test_sample_pipeline_and_report_on_s3_storage(s3_sample_run, s3):
     """Every new rule sees only its staged inputs; the cost table reads benchmarks from the
     bucket; the local summary rule prints in the terminal; the keys leak nowhere."""
-    args = ("--configfile", str(ROOT / "config/test.yaml"), "--replace-workflow-config",
-            "--default-storage-provider", "s3", "--default-storage-prefix",
-            "s3://nadir-report/run", "--storage-s3-endpoint-url", s3.endpoint)
-    run = run_snakemake(tmp_path, *args, env=s3.env())
+    run, report = s3_sample_run.run, s3_sample_run.report
     check_printed_leaderboard(run.stdout)
-    report = run_snakemake(tmp_path, *args, "--report", "report.html", env=s3.env())
-    page = (tmp_path / "report.html").read_text()
-    check_report(page, staged=".snakemake/storage/s3/nadir-report/run/")
+    page = (s3_sample_run.workdir / "report.html").read_text()
+    check_report(page, staged=f".snakemake/storage/s3/{S3_BUCKET}/run1/")
     bucket = s3.client()
-    cost = bucket.get_object(Bucket="nadir-report", Key="run/results/cost.csv")
+    cost = bucket.get_object(Bucket=S3_BUCKET, Key="run1/results/cost.csv")
     rows = {r["rule"]: r for r in csv.DictReader(cost["Body"].read().decode().splitlines())}
     assert rows["total"]["jobs"] == "15"
-    keys = [o["Key"] for o in bucket.list_objects_v2(Bucket="nadir-report")["Contents"]]
-    assert "run/results/benchmarks/sample/evaluate_scenes-ssdlite320_mobilenet_v3_large.tsv" \
+    keys = [o["Key"] for o in bucket.list_objects_v2(Bucket=S3_BUCKET, Prefix="run1/")
+            ["Contents"]]
+    assert "run1/results/benchmarks/sample/evaluate_scenes-ssdlite320_mobilenet_v3_large.tsv" \
         in keys
-    logs = "".join(bucket.get_object(Bucket="nadir-report", Key=k)["Body"].read().decode()
-                   for k in keys if k.startswith("run/logs/"))
+    logs = "".join(bucket.get_object(Bucket=S3_BUCKET, Key=k)["Body"].read().decode()
+                   for k in keys if k.startswith("run1/logs/"))
     for text in (run.stdout, run.stderr, report.stdout, report.stderr, page, logs):
         assert s3.secret_key not in text

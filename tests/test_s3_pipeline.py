@@ -1,17 +1,11 @@
 """The sample pipeline with S3 as the default storage, on a real SeaweedFS server."""
 
 import pytest
-from conftest import ROOT, planned_jobs, run_snakemake
+from conftest import S3_BUCKET, SAMPLE_MODEL, planned_jobs, run_snakemake, s3_args
 
-MODEL = "ssdlite320_mobilenet_v3_large"
-BUCKET = "nadir-e2e"
-
-
-def s3_args(s3, prefix):
-    return ["--configfile", str(ROOT / "config" / "test.yaml"), "--replace-workflow-config",
-            "--default-storage-provider", "s3",
-            "--default-storage-prefix", f"s3://{BUCKET}/{prefix}",
-            "--storage-s3-endpoint-url", s3.endpoint]
+pytestmark = pytest.mark.slow
+MODEL = SAMPLE_MODEL
+BUCKET = S3_BUCKET
 
 
 def keys(s3, prefix):
@@ -19,12 +13,10 @@ def keys(s3, prefix):
     return {obj["Key"][len(prefix) + 1:] for page in pages for obj in page.get("Contents", [])}
 
 
-@pytest.fixture(scope="module")
-def s3_run(s3, tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("s3run")
-    args = s3_args(s3, "run1")
-    proc = run_snakemake(workdir, *args, env=s3.env())
-    return workdir, args, proc
+@pytest.fixture
+def s3_run(s3_sample_run):
+    """The session's S3 sample run (prefix run1)."""
+    return s3_sample_run.workdir, s3_sample_run.args, s3_sample_run.run
 
 
 def test_every_output_lands_in_the_bucket(s3, s3_run):

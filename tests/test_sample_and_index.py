@@ -12,7 +12,7 @@ from nadir.chipping import window_offsets
 from nadir.datasets.dota import parse_label_file
 from nadir.datasets.sample import CLASSES, SampleSpec, write_scene
 from nadir.errors import InputError
-from nadir.index import SceneSource, build_index
+from nadir.index import IndexTables, SceneSource, index_sample
 
 SPEC = SampleSpec(train_scenes=3, val_scenes=1, scene_size=480, objects_per_scene=14, seed=7)
 
@@ -61,7 +61,7 @@ def test_scenes_are_georeferenced_rgb_with_three_rotated_classes_crossing_chips(
 
 def test_index_tables(tmp_path):
     sources = make(tmp_path)
-    counts = build_index(sources, CLASSES, tmp_path / "index")
+    counts = index_sample(sources, CLASSES, IndexTables.in_folder(tmp_path / "index"))
     with open(tmp_path / "index" / "scenes.csv") as fh:
         scenes = list(csv.DictReader(fh))
     assert [s["split"] for s in scenes] == ["train", "train", "train", "val"]
@@ -76,7 +76,7 @@ def test_missing_image_is_named(tmp_path):
     sources = make(tmp_path)
     sources[1].image.unlink()
     with pytest.raises(InputError, match=r"T0001\.tif: image not found"):
-        build_index(sources, CLASSES, tmp_path / "index")
+        index_sample(sources, CLASSES, IndexTables.in_folder(tmp_path / "index"))
 
 
 def test_label_line_with_seven_numbers_is_named(tmp_path):
@@ -85,7 +85,7 @@ def test_label_line_with_seven_numbers_is_named(tmp_path):
     lines[4] = "1 2 3 4 5 6 7 plane 0"
     sources[2].label.write_text("\n".join(lines) + "\n")
     with pytest.raises(InputError, match=r"T0002\.txt, line 5: expected .* got 7 numbers"):
-        build_index(sources, CLASSES, tmp_path / "index")
+        index_sample(sources, CLASSES, IndexTables.in_folder(tmp_path / "index"))
 
 
 def test_polygon_outside_the_image_is_named(tmp_path):
@@ -93,4 +93,4 @@ def test_polygon_outside_the_image_is_named(tmp_path):
     with open(sources[0].label, "a") as fh:
         fh.write("900 900 950 900 950 950 900 950 plane 0\n")
     with pytest.raises(InputError, match=r"entirely outside the 480x480 image"):
-        build_index(sources, CLASSES, tmp_path / "index")
+        index_sample(sources, CLASSES, IndexTables.in_folder(tmp_path / "index"))

@@ -38,7 +38,13 @@ def train_command(data: dict, out_dir: Path, hp: dict, *extra: str) -> list[str]
     return [sys.executable, "-m", "nadir", "train", "--dataset", "tiny", "--model", MODEL,
             "--hp", json.dumps(hp), "--train", str(data["coco"]),
             "--manifest", str(data["manifest"]), "--shards", str(data["shard"]),
-            "--out-dir", str(out_dir), "--threads", "1", *extra]
+            *output_options(out_dir), "--threads", "1", *extra]
+
+
+def output_options(out_dir: Path) -> list[str]:
+    return ["--weights-out", str(out_dir / "model.pt"), "--train-log",
+            str(out_dir / "train_log.json"), "--run", str(out_dir / "run.json"),
+            "--resolved-config", str(out_dir / "resolved_config.json")]
 
 
 def run_env(extra: dict | None = None) -> dict:
@@ -81,6 +87,7 @@ def uninterrupted(data, tmp_path_factory):
     return out, hp
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_weights(data, uninterrupted, tmp_path):
     reference, hp = uninterrupted
     checkpoints, out = tmp_path / "checkpoints", tmp_path / "out"
@@ -109,6 +116,7 @@ def test_killed_run_resumes_to_the_same_weights(data, uninterrupted, tmp_path):
     assert not list(checkpoints.glob("*/ckpt-*.pt"))
 
 
+@pytest.mark.slow
 def test_other_settings_never_resume_a_stale_checkpoint(data, tmp_path):
     checkpoints = tmp_path / "checkpoints"
     hp = tiny_chips.hyperparameters(iterations=4)
@@ -167,6 +175,7 @@ def test_run_without_the_pretrained_weights_it_asks_for_fails_before_training(da
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_s3_checkpoints_resume_a_killed_run(data, uninterrupted, s3, tmp_path):
     reference, hp = uninterrupted
     bucket = "nadir-ckpt-test"
@@ -273,6 +282,7 @@ def test_two_process_ddp_on_cpu_checkpoints_and_resumes(data, tmp_path):
     assert log[0]["images_per_second"] > 0
 
 
+@pytest.mark.slow
 def test_resume_continues_the_random_stream_of_a_sampling_model(tmp_path):
     """Faster R-CNN draws its RPN and ROI samples from torch's global generator: a resumed run
     must continue that stream where the checkpoint left it. (At 64 px there are fewer anchors

@@ -62,18 +62,20 @@ def test_s3_storage_puts_checkpoints_under_the_storage_prefix(tmp_path, s3):
 
 
 @pytest.mark.slow
-def test_sample_run_records_its_config_and_checkpoint_settings_never_retrain(tmp_path):
-    config = config_file(tmp_path, checkpoints={"every": 2})
-    run_snakemake(tmp_path / "work", "--configfile", str(config), "--replace-workflow-config")
-    run_dir = tmp_path / "work" / "results" / "sample" / "models" / "ssdlite320_mobilenet_v3_large"
+def test_sample_run_records_its_config_and_checkpoint_settings_never_retrain(
+        local_sample_run, tmp_path):
+    """The session's sample run wrote a checkpoint every 2 iterations."""
+    work = local_sample_run.workdir
+    run_dir = work / "results" / "sample" / "models" / "ssdlite320_mobilenet_v3_large"
     resolved = json.loads((run_dir / "resolved_config.json").read_text())
     assert resolved["hyperparameters"]["iterations"] == 4
     assert resolved["checkpoints"]["every"] == 2
     assert resolved["model"]["backend"] == "torchvision"
     assert len(resolved["inputs"]["train_coco"]) == 16
     assert resolved["code"]["source_sha256"] and resolved["versions"]["torch"]
-    log = (tmp_path / "work" / "logs" / "sample" / "train-ssdlite320_mobilenet_v3_large.log")
+    log = work / "logs" / "sample" / "train-ssdlite320_mobilenet_v3_large.log"
     assert "checkpoint at iteration 2 written to checkpoints/sample/" in log.read_text()
-    assert not list((tmp_path / "work" / "checkpoints").rglob("ckpt-*.pt"))
+    assert not list((work / "checkpoints").rglob("ckpt-*.pt"))
     moved = config_file(tmp_path, checkpoints={"every": 3, "location": str(tmp_path / "ck")})
-    assert planned_jobs(dry_run(tmp_path, moved)) == {}
+    assert planned_jobs(run_snakemake(work, "--configfile", str(moved),
+                                      "--replace-workflow-config", "-n")) == {}

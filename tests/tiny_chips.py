@@ -66,8 +66,9 @@ def hyperparameters(**overrides) -> dict:
 def train_job(data: dict, model: str, hp: dict, out_dir: Path, dataset: str = "tiny",
               **settings):
     """A TrainJob over what `build` wrote; `settings` are the TrainJob's other fields."""
-    from nadir.training.backend import TrainJob
+    from nadir.training.backend import TrainJob, TrainOutputs
 
     return TrainJob(dataset=dataset, model=model, hp=hp, train_json=data["coco"],
-                    manifest=data["manifest"], shards=[data["shard"]], out_dir=out_dir,
+                    manifest=data["manifest"], shards=[data["shard"]],
+                    outputs=TrainOutputs.in_folder(out_dir),
                     **settings)

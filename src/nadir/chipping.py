@@ -53,8 +53,9 @@ from rasterio.windows import Window
 from shapely.geometry import box
 
 from nadir import __version__
+from nadir.datasets.normalise import EXCLUDED
 from nadir.errors import InputError, NadirError
-from nadir.index import Annotation
+from nadir.index import Annotation, read_scenes
 
 log = logging.getLogger(__name__)
 
@@ -535,6 +536,23 @@ def _crs_text(crs) -> str | None:
     return crs.to_string()
 
 
+def scenes_to_chip(scene_table: Path, images: dict[str, Path]) -> list[dict]:
+    """The rows of the scene table whose images this shard was given, less the scenes the index
+    excluded (its bad-input policy; see the index summary). An image the table does not list is
+    an InputError."""
+    scenes, excluded = [], []
+    for s in read_scenes(scene_table):
+        if s["scene"] in images:
+            (excluded if s["split"] == EXCLUDED else scenes).append(s)
+    if excluded:
+        log.info("not chipping %d excluded scene(s): %s", len(excluded),
+                 [s["scene"] for s in excluded[:5]])
+    if len(scenes) + len(excluded) != len(images):
+        unknown = sorted(set(images) - {s["scene"] for s in scenes + excluded})
+        raise InputError(scene_table, f"images {unknown} are not in the scene table")
+    return scenes
+
+
 def chip_shard(scenes: list[dict], annotations: dict[str, list[Annotation]],
                images: dict[str, Path], params: ChipParams, tar_path: Path, json_path: Path,
                threads: int = 1) -> dict:
@@ -612,7 +630,7 @@ def params_dict(params: ChipParams) -> dict:
     return d
 
 
-def write_manifest(shard_jsons: list[Path], out: Path) -> dict:
+def write_chip_manifest(shard_jsons: list[Path], out: Path) -> dict:
     """Everything needed to reproduce and audit the chips: parameters, versions, counts."""
     shards = [json.loads(p.read_text()) for p in shard_jsons]
     params = {json.dumps(s["params"], sort_keys=True) for s in shards}

@@ -30,43 +30,47 @@ def cmd_sample(args) -> None:
 
 
 def cmd_index(args) -> None:
+    from nadir.index import IndexTables
+
+    tables = IndexTables(Path(args.scenes), Path(args.annotations), Path(args.categories),
+                         Path(args.summary))
     if args.format != "sample":
-        cmd_index_fetched(args)
+        cmd_index_fetched(args, tables)
         return
     from nadir.datasets import sample
-    from nadir.index import SceneSource, build_index
+    from nadir.index import SceneSource, index_sample
 
     if not args.scene:
         raise NadirError("index --format sample needs one --scene SPLIT IMAGE LABEL per scene")
     classes = sample.CLASSES
     sources = [SceneSource(Path(image).stem, split, Path(image), Path(label))
                for split, image, label in args.scene]
-    counts = build_index(sources, classes, Path(args.out_dir))
+    counts = index_sample(sources, classes, tables)
     log.info("index: %d scenes, %d objects", counts["scenes"], counts["objects"])
 
 
-def cmd_index_fetched(args) -> None:
+def cmd_index_fetched(args, tables) -> None:
     """The index of a fetched dataset (DOTA, xView, RarePlanes) from its fetch manifest."""
-    from nadir.datasets.normalise import build_index
+    from nadir.datasets.normalise import index_fetched
 
     if not (args.manifest and args.files_dir and args.spec):
         raise NadirError(f"index --format {args.format} needs --manifest, --files-dir and --spec")
-    build_index(Path(args.manifest), Path(args.files_dir), json.loads(args.spec),
-                Path(args.out_dir))
+    index_fetched(Path(args.manifest), Path(args.files_dir), json.loads(args.spec), tables)
 
 
 def cmd_fetch(args) -> None:
-    from nadir.fetch import FetchSettings, fetch_dataset, write_manifest
+    from nadir.fetch import FetchSettings, fetch_dataset, write_scene_manifest
 
     settings = json.loads(args.settings)
     manifest = fetch_dataset(args.dataset, json.loads(args.spec), Path(args.files_dir),
                              FetchSettings(Path(settings["cache_dir"]), settings["retries"],
                                            settings["timeout_s"]))
-    write_manifest(manifest, Path(args.manifest))
+    write_scene_manifest(manifest, Path(args.manifest))
 
 
 def cmd_dataset_stats(args) -> None:
-    from nadir.datasets.stats import dataset_statistics, plot_statistics
+    from nadir.datasets.stats import dataset_statistics
+    from nadir.figures import plot_statistics
 
     stats = dataset_statistics(Path(args.scenes), Path(args.annotations), Path(args.categories))
     Path(args.json).write_text(json.dumps(stats, indent=1) + "\n")
@@ -76,32 +80,22 @@ def cmd_dataset_stats(args) -> None:
 
 
 def cmd_chip(args) -> None:
-    from nadir.chipping import ChipParams, chip_shard
-    from nadir.datasets.normalise import EXCLUDED
-    from nadir.index import read_annotations, read_scenes
+    from nadir.chipping import ChipParams, chip_shard, scenes_to_chip
+    from nadir.index import read_annotations
 
     params = ChipParams.from_config(json.loads(args.params))
     images = {Path(p).stem: Path(p) for p in args.images}
-    scenes, excluded = [], []
-    for s in read_scenes(Path(args.scenes)):
-        if s["scene"] in images:
-            (excluded if s["split"] == EXCLUDED else scenes).append(s)
-    if excluded:  # left out by the index's bad-input policy (see the index summary)
-        log.info("not chipping %d excluded scene(s): %s", len(excluded),
-                 [s["scene"] for s in excluded[:5]])
-    if len(scenes) + len(excluded) != len(images):
-        unknown = sorted(set(images) - {s["scene"] for s in scenes + excluded})
-        raise NadirError(f"images {unknown} are not in the scene table {args.scenes}")
+    scenes = scenes_to_chip(Path(args.scenes), images)
     result = chip_shard(scenes, read_annotations(Path(args.annotations)), images, params,
                         Path(args.tar), Path(args.json), threads=args.threads)
     chips = sum(counts["chips_written"] for counts in result["scenes"].values())
     log.info("shard %s: %d chips from %d scenes", args.tar, chips, len(scenes))
 
 
-def cmd_manifest(args) -> None:
-    from nadir.chipping import write_manifest
+def cmd_chip_manifest(args) -> None:
+    from nadir.chipping import write_chip_manifest
 
-    manifest = write_manifest([Path(p) for p in args.shards], Path(args.out))
+    manifest = write_chip_manifest([Path(p) for p in args.shards], Path(args.out))
     log.info("chips: %s", json.dumps(manifest["totals"]))
 
 
@@ -117,17 +111,18 @@ def cmd_coco(args) -> None:
 
 def cmd_train(args) -> None:
     from nadir.training import run
-    from nadir.training.backend import TrainJob
+    from nadir.training.backend import TrainJob, TrainOutputs
 
+    outputs = TrainOutputs(Path(args.weights_out), Path(args.train_log), Path(args.run),
+                           Path(args.resolved_config))
     job = TrainJob(dataset=args.dataset, model=args.model, hp=json.loads(args.hp),
                    train_json=Path(args.train), manifest=Path(args.manifest),
-                   shards=[Path(p) for p in args.shards], out_dir=Path(args.out_dir),
+                   shards=[Path(p) for p in args.shards], outputs=outputs,
                    threads=args.threads, checkpoint_every=args.checkpoint_every,
                    weights_file=Path(args.pretrained_weights) if args.pretrained_weights else None,
                    world_size=args.world_size,
                    selection_json=Path(args.selection) if args.selection else None)
-    run(job, args.checkpoints, args.s3_endpoint, args.checkpoint_keep,
-        Path(args.resolved_config) if args.resolved_config else None)
+    run(job, args.checkpoints, args.s3_endpoint, args.checkpoint_keep)
 
 
 def cmd_fetch_weights(args) -> None:
@@ -172,25 +167,15 @@ def cmd_evaluate_scenes(args) -> None:
 
 
 def cmd_leaderboard(args) -> None:
-    from nadir.costs import read_benchmark, recorded_gpus
-    from nadir.report import RunResult, write_leaderboard
+    from nadir.report import RunFiles, read_run_result, write_leaderboard
 
     columns = [args.runs, args.metrics, args.scene_metrics, args.train_benchmarks,
                args.evaluate_benchmarks, args.scene_benchmarks]
     if len({len(c) for c in columns}) != 1:
         raise NadirError("leaderboard: give one run.json, metrics.json, scene metrics and "
                          f"three benchmark files per run; got {[len(c) for c in columns]}")
-    results = []
-    for run_json, chip_json, scene_json, train_tsv, eval_tsv, scene_tsv in zip(
-            *columns, strict=True):
-        run = json.loads(Path(run_json).read_text())
-        chip = json.loads(Path(chip_json).read_text())
-        jobs = [read_benchmark(Path(train_tsv), "train", recorded_gpus(run, run_json)),
-                read_benchmark(Path(eval_tsv), "evaluate", recorded_gpus(chip, chip_json)),
-                read_benchmark(Path(scene_tsv), "evaluate_scenes")]
-        # The run's name is its folder: results/<dataset>/models/<run>/run.json
-        results.append(RunResult(run, chip, json.loads(Path(scene_json).read_text()), jobs,
-                                 name=Path(run_json).parent.name))
+    results = [read_run_result(RunFiles(*map(Path, files)))
+               for files in zip(*columns, strict=True)]
     comparisons = {}
     for path in args.comparisons or []:
         comparison = json.loads(Path(path).read_text())
@@ -252,14 +237,9 @@ def cmd_cost(args) -> None:
 
 def cmd_summary(args) -> None:
     """Print the leaderboard and the total cost: the last thing a run shows in the terminal."""
-    import csv
+    from nadir.report import summary_text
 
-    with open(args.cost, newline="") as fh:
-        total = list(csv.DictReader(fh))[-1]
-    text = (f"{Path(args.leaderboard).read_text()}\nCost of this workflow's jobs: "
-            f"{total['jobs']} jobs, {total['wall_seconds']} s wall-clock, "
-            f"{total['cpu_hours'] or 'n/a'} CPU-hours, {total['gpu_hours']} GPU-hours "
-            "(per rule: results/cost.csv, and \"Cost\" in the report)\n")
+    text = summary_text(Path(args.leaderboard), Path(args.cost))
     Path(args.out).write_text(text)
     print(f"\n== nadir leaderboard ==\n{text}", flush=True)
 
@@ -290,7 +270,7 @@ def cmd_plot_detections(args) -> None:
 
 
 def cmd_plot_loss(args) -> None:
-    from nadir.report import plot_loss_curve
+    from nadir.figures import plot_loss_curve
 
     plot_loss_curve(Path(args.train_log), Path(args.out), args.title)
 
@@ -330,7 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--manifest", help="fetched formats: the fetch manifest")
     p.add_argument("--files-dir", help="fetched formats: the folder the manifest's paths are in")
     p.add_argument("--spec", help="fetched formats: JSON of the dataset's config")
-    p.add_argument("--out-dir", required=True)
+    for table in ("scenes", "annotations", "categories", "summary"):
+        p.add_argument(f"--{table}", required=True, help=f"the {table} file to write")
 
     p = command("dataset-stats", cmd_dataset_stats, "dataset statistics and their figure")
     p.add_argument("--scenes", required=True)
@@ -349,7 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", required=True)
     p.add_argument("--threads", type=int, default=1)
 
-    p = command("manifest", cmd_manifest, "write the chip manifest from the shard chip lists")
+    p = command("chip-manifest", cmd_chip_manifest,
+                "write the chip manifest from the shard chip lists")
     p.add_argument("--shards", nargs="+", required=True)
     p.add_argument("--out", required=True)
 
@@ -370,8 +352,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True)
     p.add_argument("--train", required=True)
     p.add_argument("--manifest", required=True)
-    p.add_argument("--out-dir", required=True)
-    p.add_argument("--resolved-config", help="default: OUT_DIR/resolved_config.json")
+    p.add_argument("--weights-out", required=True, help="model.pt to write")
+    p.add_argument("--train-log", required=True, help="train_log.json to write")
+    p.add_argument("--run", required=True, help="run.json to write")
+    p.add_argument("--resolved-config", required=True, help="resolved_config.json to write")
     p.add_argument("--pretrained-weights", help="the weights file `pretrained` asks for")
     p.add_argument("--checkpoints", help="checkpoint location: a directory or s3://BUCKET/PREFIX "
                    "(a subfolder per run fingerprint is made); none: no checkpoints")

@@ -6,14 +6,9 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from shapely.geometry import Polygon
-
 from nadir.datasets.normalise import seeded_split
+from nadir.datasets.records import polygon_area
 from nadir.errors import InputError
-
-
-def _polygon_area(polygons: list[list[float]]) -> float:
-    return sum(Polygon(list(zip(p[0::2], p[1::2], strict=True))).area for p in polygons)
 
 
 def build_coco(shard_jsons: list[Path], categories: list[dict], splits: list[str]) -> dict:
@@ -40,7 +35,7 @@ def build_coco(shard_jsons: list[Path], categories: list[dict], splits: list[str
                 ann_id += 1
                 coco["annotations"].append({
                     "id": ann_id, "image_id": image_id, "category_id": by_name[obj["category"]],
-                    "bbox": obj["bbox"], "area": round(_polygon_area(obj["polygons"]), 2),
+                    "bbox": obj["bbox"], "area": round(sum(map(polygon_area, obj["polygons"])), 2),
                     "segmentation": obj["polygons"], "iscrowd": 0,
                     "truncated": int(obj["truncated"]), "difficult": obj["difficult"],
                 })

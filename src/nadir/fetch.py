@@ -381,6 +381,6 @@ def fetch_dataset(name: str, spec: dict, files_dir: Path, settings: FetchSetting
     return manifest
 
 
-def write_manifest(manifest: dict, path: Path) -> None:
+def write_scene_manifest(manifest: dict, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(manifest, indent=1) + "\n")

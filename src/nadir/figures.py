@@ -1,4 +1,5 @@
-"""The report's evaluation figures: per-class AP heat map, PR curves, sample detections.
+"""Every figure of the report: dataset statistics, loss curves, per-class AP heat map, PR
+curves, sample detections.
 
 Each function reads the stage outputs it is given and writes one PNG; none reads anything else,
 so each runs as its own Snakemake job (or pod) with only its declared inputs.
@@ -9,13 +10,14 @@ from __future__ import annotations
 import io
 import json
 import logging
-import tarfile
 from pathlib import Path
 
 import numpy as np
 
+from nadir.datasets.normalise import EXCLUDED
 from nadir.errors import InputError
 from nadir.evaluation import NO_GROUND_TRUTH
+from nadir.shards import member_offsets, read_member
 
 log = logging.getLogger(__name__)
 
@@ -116,25 +118,17 @@ def pick_sample_chips(coco: dict, count: int) -> list[dict]:
                             count - len(chosen))
 
 
-def read_chips(shards: list[Path], images: list[dict]) -> list[np.ndarray]:
-    """The chips' pixels, read from their shards (each opened once, never unpacked)."""
+def read_chips(shards: list[Path], images: list[dict], listed_in: Path) -> list[np.ndarray]:
+    """The chips' pixels, read from their shards (never unpacked); `listed_in`: the COCO file."""
     from PIL import Image
 
-    pixels: dict[int, np.ndarray] = {}
-    for shard in sorted({im["shard"] for im in images}):
-        if not 0 <= shard < len(shards):
-            raise InputError(shards[0] if shards else "shards", f"chips are listed in shard "
-                             f"{shard}, but {len(shards)} shard(s) were given")
-        with tarfile.open(shards[shard]) as tar:
-            for image in (im for im in images if im["shard"] == shard):
-                try:
-                    member = tar.extractfile(image["file_name"])
-                except KeyError:
-                    raise InputError(shards[shard], f"chip {image['file_name']} is not in "
-                                     "this shard; rerun the chip stage") from None
-                pixels[image["id"]] = np.asarray(
-                    Image.open(io.BytesIO(member.read())).convert("RGB"))
-    return [pixels[im["id"]] for im in images]
+    offsets = member_offsets(shards, {(im["shard"], im["file_name"]) for im in images},
+                             listed_in)
+    pixels = []
+    for im in images:
+        data = read_member(shards[im["shard"]], *offsets[(im["shard"], im["file_name"])])
+        pixels.append(np.asarray(Image.open(io.BytesIO(data)).convert("RGB")))
+    return pixels
 
 
 def plot_detection_grid(coco_json: Path, predictions: list[dict], shards: list[Path],
@@ -155,7 +149,8 @@ def plot_detection_grid(coco_json: Path, predictions: list[dict], shards: list[P
     for ax in axes.flat:
         ax.axis("off")
     drawn = {"truth": 0, "predictions": 0}
-    for ax, image, pixels in zip(axes.flat, chips, read_chips(shards, chips), strict=False):
+    pixels_of = read_chips(shards, chips, coco_json)
+    for ax, image, pixels in zip(axes.flat, chips, pixels_of, strict=False):
         ax.imshow(pixels)
         truth = [a for a in coco["annotations"] if a["image_id"] == image["id"]]
         shown = [p for p in predictions
@@ -177,6 +172,87 @@ def plot_detection_grid(coco_json: Path, predictions: list[dict], shards: list[P
              len(chips), drawn["truth"], drawn["predictions"], min_score)
     fig.suptitle(f"{title}\nground truth: green, solid; predictions with score >= "
                  f"{min_score}: magenta, dashed", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=90)
+    plt.close(fig)
+
+
+def plot_statistics(stats: dict, out_png: Path, title: str) -> None:
+    """Three panels: objects per class (log scale), object sizes, objects per image."""
+    plt = _pyplot()
+    splits = [s for s in stats["objects_per_class"] if s != EXCLUDED]
+    classes = list(next(iter(stats["objects_per_class"].values()), {}))
+    fig, (ax_cls, ax_size, ax_img) = plt.subplots(
+        1, 3, figsize=(14, max(3.5, 0.22 * len(classes) + 1)),
+        gridspec_kw={"width_ratios": [1.4, 1, 1]})
+    height = 0.8 / max(1, len(splits))  # side by side: stacking misleads on a log scale
+    for i, split in enumerate(splits):
+        counts = [stats["objects_per_class"][split][c] for c in classes]
+        ax_cls.barh([y - 0.4 + (i + 0.5) * height for y in range(len(classes))], counts,
+                    height, label=split)
+    ax_cls.set_yticks(range(len(classes)), classes, fontsize=7 if len(classes) > 20 else 9)
+    ax_cls.invert_yaxis()
+    ax_cls.set_xscale("log")
+    ax_cls.set_xlim(left=0.8)  # bars start below one object, so a bar's length is its count
+    ax_cls.set_xlabel("objects (log scale)")
+    imbalance = stats["class_imbalance"]
+    ax_cls.set_title(f"objects per class (max/min {imbalance})" if imbalance else
+                     "objects per class")
+    ax_cls.legend(fontsize=8, loc="best")
+    sizes = stats["object_size_px"]["histogram"]
+    ax_size.bar(range(len(sizes)), list(sizes.values()))
+    ax_size.set_xticks(range(len(sizes)), list(sizes), rotation=45, fontsize=8)
+    ax_size.set_xlabel("object size, sqrt(box area) in px")
+    ax_size.set_ylabel("objects")
+    ax_size.set_title(f"object sizes (median {stats['object_size_px']['median']} px)")
+    width = 0.8 / max(1, len(splits))
+    for i, split in enumerate(splits):
+        hist = stats["objects_per_image"][split]["histogram"]
+        ax_img.bar([x + i * width for x in range(len(hist))], list(hist.values()), width,
+                   label=split)
+        ax_img.set_xticks(range(len(hist)), list(hist), rotation=45, fontsize=8)
+    ax_img.set_xlabel("objects per image")
+    ax_img.set_ylabel("images")
+    ax_img.set_title("objects per image")
+    ax_img.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
+
+
+def plot_loss_curve(train_log: Path, out_png: Path, title: str) -> None:
+    """Each loss term and the learning rate against the iteration; with `training.eval_every`,
+    a third panel with the selection split's chip-level AP and AP50 (rows with
+    `selection_AP`)."""
+    plt = _pyplot()
+    entries = json.loads(Path(train_log).read_text())
+    history = [h for h in entries if "loss" in h]
+    selection = [h for h in entries if "selection_AP" in h]
+    steps = [h["iteration"] for h in history]
+    panels = 3 if selection else 2
+    fig, axes = plt.subplots(1, panels, figsize=(4.5 * panels, 3.2))
+    ax_loss, ax_lr = axes[0], axes[1]
+    for key in sorted(k for k in history[0] if k not in ("iteration", "lr", "seconds",
+                                                         "images_per_second")):
+        ax_loss.plot(steps, [h[key] for h in history], label=key,
+                     linewidth=2.2 if key == "loss" else 1)
+    ax_loss.set_xlabel("iteration")
+    ax_loss.set_ylabel("loss")
+    ax_loss.legend(fontsize=7)
+    ax_lr.plot(steps, [h["lr"] for h in history])
+    ax_lr.set_xlabel("iteration")
+    ax_lr.set_ylabel("learning rate")
+    if selection:
+        ax_selection = axes[2]
+        for key, label in (("selection_AP", "AP"), ("selection_AP50", "AP50")):
+            ax_selection.plot([h["iteration"] for h in selection], [h[key] for h in selection],
+                              marker="o", label=label)
+        ax_selection.set_xlabel("iteration")
+        ax_selection.set_ylabel("selection split, chip level")
+        ax_selection.set_ylim(0, 1)
+        ax_selection.legend(fontsize=7)
+    fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(out_png, dpi=90)
     plt.close(fig)

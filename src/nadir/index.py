@@ -33,6 +33,26 @@ class SceneSource:
     label: Path
 
 
+@dataclass(frozen=True)
+class IndexTables:
+    """The files an index writes (the index rule declares each of them)."""
+
+    scenes: Path  # scenes.csv
+    annotations: Path  # annotations.csv
+    categories: Path  # categories.json
+    summary: Path  # summary.json: counts, splits and every counted skip
+
+    @classmethod
+    def in_folder(cls, folder: Path) -> IndexTables:
+        """The four files under their usual names in one folder."""
+        return cls(folder / "scenes.csv", folder / "annotations.csv",
+                   folder / "categories.json", folder / "summary.json")
+
+    def make_folders(self) -> None:
+        for path in (self.scenes, self.annotations, self.categories, self.summary):
+            path.parent.mkdir(parents=True, exist_ok=True)
+
+
 @dataclass
 class Annotation:
     scene: str
@@ -70,9 +90,10 @@ def _check_inside(polygon: list[float], width: int, height: int, label: Path, li
         )
 
 
-def build_index(sources: list[SceneSource], classes: list[str], out_dir: Path) -> dict:
-    """Parse every scene's labels and image header; write the tables; return counts."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+def index_sample(sources: list[SceneSource], classes: list[str], tables: IndexTables) -> dict:
+    """The sample's index: parse every scene's DOTA-style labels and image header; write the
+    tables; return counts. (Fetched datasets: `nadir.datasets.normalise.index_fetched`.)"""
+    tables.make_folders()
     scenes, annotations = [], []
     for n, src in enumerate(sources, start=1):
         if not src.image.exists():
@@ -88,21 +109,20 @@ def build_index(sources: list[SceneSource], classes: list[str], out_dir: Path) -
                        "objects": len(labels.objects)})
         if n % 50 == 0 or n == len(sources):
             log.info("indexed %d/%d scenes", n, len(sources))
-    write_tables(out_dir, scenes, annotations, classes)
+    write_tables(tables, scenes, annotations, classes)
     counts = {"scenes": len(scenes), "objects": len(annotations)}
-    (out_dir / "summary.json").write_text(json.dumps({"format": "sample", **counts}, indent=1)
-                                          + "\n")
+    tables.summary.write_text(json.dumps({"format": "sample", **counts}, indent=1) + "\n")
     return counts
 
 
-def write_tables(out_dir: Path, scenes: list[dict], annotations: list[Annotation],
+def write_tables(tables: IndexTables, scenes: list[dict], annotations: list[Annotation],
                  classes: list[str]) -> None:
-    write_scene_table(out_dir / "scenes.csv", scenes)
-    with open(out_dir / "annotations.csv", "w", newline="") as fh:
+    write_scene_table(tables.scenes, scenes)
+    with open(tables.annotations, "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(ANNOTATION_FIELDS)
         writer.writerows(annotation_row(a) for a in annotations)
-    write_categories(out_dir / "categories.json", classes)
+    write_categories(tables.categories, classes)
 
 
 def write_scene_table(path: Path, scenes: list[dict]) -> None:

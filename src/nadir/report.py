@@ -1,6 +1,6 @@
-"""The summarise stage: the leaderboard across runs (repeats aggregated), and the loss curves.
+"""The summarise stage: the leaderboard across runs (repeats aggregated).
 
-The evaluation figures are in nadir.figures, the cost table in nadir.costs.
+Every figure is in nadir.figures, the cost table in nadir.costs.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nadir.comparison import group_settings, summarise_repeats
-from nadir.costs import TABLE_CSS, JobCost
+from nadir.costs import TABLE_CSS, JobCost, read_benchmark, recorded_gpus
 
 LEADERBOARD_METRICS = ["AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large"]
 SCENE_METRICS = ["AP", "AP50", "AP75", "ARmax"]
@@ -43,6 +43,41 @@ class RunResult:
     scene: dict
     jobs: list[JobCost]
     name: str = ""
+
+
+@dataclass(frozen=True)
+class RunFiles:
+    """The files a run's leaderboard row is read from."""
+
+    run: Path  # run.json
+    metrics: Path  # chip-level metrics.json
+    scene_metrics: Path  # scene_metrics.json
+    train_benchmark: Path  # the benchmark TSVs of its train, evaluate, evaluate_scenes jobs
+    evaluate_benchmark: Path
+    scene_benchmark: Path
+
+
+def read_run_result(files: RunFiles) -> RunResult:
+    """A run's record, chip and scene scores and job costs (GPUs from the devices recorded)."""
+    run = json.loads(files.run.read_text())
+    chip = json.loads(files.metrics.read_text())
+    jobs = [read_benchmark(files.train_benchmark, "train", recorded_gpus(run, files.run)),
+            read_benchmark(files.evaluate_benchmark, "evaluate",
+                           recorded_gpus(chip, files.metrics)),
+            read_benchmark(files.scene_benchmark, "evaluate_scenes")]
+    # The run's name is its folder: results/<dataset>/models/<run>/run.json
+    return RunResult(run, chip, json.loads(files.scene_metrics.read_text()), jobs,
+                     name=files.run.parent.name)
+
+
+def summary_text(leaderboard_markdown: Path, cost_csv: Path) -> str:
+    """The leaderboard and the total cost of the workflow's jobs, as the terminal shows them."""
+    with open(cost_csv, newline="") as fh:
+        total = list(csv.DictReader(fh))[-1]
+    return (f"{Path(leaderboard_markdown).read_text()}\nCost of this workflow's jobs: "
+            f"{total['jobs']} jobs, {total['wall_seconds']} s wall-clock, "
+            f"{total['cpu_hours'] or 'n/a'} CPU-hours, {total['gpu_hours']} GPU-hours "
+            "(per rule: results/cost.csv, and \"Cost\" in the report)\n")
 
 
 def _rank(rows: list[dict], metric: str, column: str) -> None:
@@ -216,43 +251,3 @@ def write_leaderboard(results: list[RunResult], csv_path: Path, markdown_path: P
         "setting, and the best's lead in scene AP with its 95 % interval.</p>"
         + "".join(tables) + "</body></html>\n")
     return rows
-
-
-def plot_loss_curve(train_log: Path, out_png: Path, title: str) -> None:
-    """Loss terms and learning rate per logged iteration; with `training.eval_every`, a third
-    panel with the selection split's chip-level AP and AP50 (entries holding `selection_AP`)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    entries = json.loads(Path(train_log).read_text())
-    history = [h for h in entries if "loss" in h]
-    selection = [h for h in entries if "selection_AP" in h]
-    steps = [h["iteration"] for h in history]
-    panels = 3 if selection else 2
-    fig, axes = plt.subplots(1, panels, figsize=(4.5 * panels, 3.2))
-    ax_loss, ax_lr = axes[0], axes[1]
-    for key in sorted(k for k in history[0] if k not in ("iteration", "lr", "seconds",
-                                                         "images_per_second")):
-        ax_loss.plot(steps, [h[key] for h in history], label=key,
-                     linewidth=2.2 if key == "loss" else 1)
-    ax_loss.set_xlabel("iteration")
-    ax_loss.set_ylabel("loss")
-    ax_loss.legend(fontsize=7)
-    ax_lr.plot(steps, [h["lr"] for h in history])
-    ax_lr.set_xlabel("iteration")
-    ax_lr.set_ylabel("learning rate")
-    if selection:
-        ax_sel = axes[2]
-        for key, label in (("selection_AP", "AP"), ("selection_AP50", "AP50")):
-            ax_sel.plot([h["iteration"] for h in selection], [h[key] for h in selection],
-                        marker="o", label=label)
-        ax_sel.set_xlabel("iteration")
-        ax_sel.set_ylabel("selection split, chip level")
-        ax_sel.set_ylim(0, 1)
-        ax_sel.legend(fontsize=7)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=90)
-    plt.close(fig)

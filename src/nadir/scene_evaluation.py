@@ -18,9 +18,7 @@ import json
 import logging
 from pathlib import Path
 
-from shapely.geometry import Polygon
-from shapely.validation import make_valid
-
+from nadir.datasets.records import polygon_area
 from nadir.errors import InputError
 from nadir.evaluation import check_detections, coco_evaluation
 from nadir.index import read_annotations, read_scenes
@@ -35,11 +33,6 @@ def scene_images(scenes_csv: Path, split: str) -> list[dict]:
         raise InputError(scenes_csv, f"no scene of split {split!r}: nothing to evaluate")
     return [{"id": i, "scene": s["scene"], "width": s["width"], "height": s["height"],
              "file_name": s["scene"]} for i, s in enumerate(rows, start=1)]
-
-
-def _polygon_area(polygon: list[float]) -> float:
-    shape = Polygon(list(zip(polygon[0::2], polygon[1::2], strict=True)))
-    return float((shape if shape.is_valid else make_valid(shape)).area)
 
 
 def scene_ground_truth(images: list[dict], annotations_csv: Path,
@@ -60,7 +53,7 @@ def scene_ground_truth(images: list[dict], annotations_csv: Path,
                 "id": len(gt["annotations"]) + 1, "image_id": image["id"],
                 "category_id": by_name[ann.category],
                 "bbox": [round(x0, 2), round(y0, 2), round(x1 - x0, 2), round(y1 - y0, 2)],
-                "area": round(_polygon_area(ann.polygon), 2), "iscrowd": 0,
+                "area": round(polygon_area(ann.polygon), 2), "iscrowd": 0,
                 "difficult": ann.difficult,
             })
     return gt

@@ -17,16 +17,16 @@ rule chip:
     message:
         "Chipping shard {wildcards.shard} of {wildcards.dataset}"
     shell:
-        "{NADIR} chip --params {params.chipping} --scenes {input.scenes} "
+        "{NADIR} chip --params {params.chipping:q} --scenes {input.scenes} "
         "--annotations {input.annotations} --images {input.images} --tar {output.tar} "
         "--json {output.chips} --threads {threads} 2> {log}"
 
 
 rule chip_manifest:
     input:
-        shard_files("json"),
+        chips=shard_files("json"),
     output:
-        "results/{dataset}/chips/manifest.json",
+        manifest="results/{dataset}/chips/manifest.json",
     log:
         "logs/{dataset}/chip_manifest.log",
     benchmark:
@@ -34,4 +34,4 @@ rule chip_manifest:
     message:
         "Writing the chip manifest of {wildcards.dataset}"
     shell:
-        "{NADIR} manifest --shards {input} --out {output} 2> {log}"
+        "{NADIR} chip-manifest --shards {input.chips} --out {output.manifest} 2> {log}"

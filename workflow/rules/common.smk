@@ -132,5 +132,5 @@ def shard_images(dataset, shard):
 
 
 def as_json(value):
-    """A shell-quoted JSON argument."""
-    return "'" + json.dumps(value, sort_keys=True).replace("'", "'\\''") + "'"
+    """A config value as a JSON argument; shell commands quote it with `{params.x:q}`."""
+    return json.dumps(value, sort_keys=True)

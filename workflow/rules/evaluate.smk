@@ -20,7 +20,7 @@ rule evaluate:
     message:
         "Evaluating {wildcards.model} on the val chips of {wildcards.dataset}"
     shell:
-        "{NADIR} evaluate --hp {params.hp} --weights {input.weights} --coco {input.val} "
+        "{NADIR} evaluate --hp {params.hp:q} --weights {input.weights} --coco {input.val} "
         "--shards {input.shards} --predictions {output.predictions} "
         "--metrics {output.metrics} --threads {threads} 2> {log}"
 

@@ -15,8 +15,8 @@ def index_inputs(wildcards):
     }
 
 
-def index_args(wildcards, input):
-    """The index command's arguments, with the staged (local) paths."""
+def index_sources(wildcards, input):
+    """The index command's format and sources, with the staged (local) paths."""
     dataset = wildcards.dataset
     if not is_fetched(dataset):
         splits = [split for split, _ in scenes(dataset)]
@@ -29,8 +29,15 @@ def index_args(wildcards, input):
     files_dir = Path(input.manifest).parent / "files"
     return (
         f"--format {config['datasets'][dataset]['format']} --manifest {input.manifest} "
-        f"--files-dir {files_dir} --spec {as_json(dataset_keys(dataset, INDEX_KEYS))}"
+        f"--files-dir {files_dir}"
     )
+
+
+def index_spec(wildcards):
+    """The dataset settings a fetched dataset's index reads (the sample has none)."""
+    if not is_fetched(wildcards.dataset):
+        return as_json({})
+    return as_json(dataset_keys(wildcards.dataset, INDEX_KEYS))
 
 
 rule index:
@@ -42,7 +49,8 @@ rule index:
         categories="results/{dataset}/index/categories.json",
         summary="results/{dataset}/index/summary.json",
     params:
-        args=index_args,
+        sources=index_sources,
+        spec=index_spec,
     log:
         "logs/{dataset}/index.log",
     benchmark:
@@ -50,4 +58,6 @@ rule index:
     message:
         "Indexing scenes and annotations of {wildcards.dataset}"
     shell:
-        "{NADIR} index {params.args} --out-dir $(dirname {output.scenes}) 2> {log}"
+        "{NADIR} index {params.sources} --spec {params.spec:q} --scenes {output.scenes} "
+        "--annotations {output.annotations} --categories {output.categories} "
+        "--summary {output.summary} 2> {log}"

@@ -19,5 +19,5 @@ for _dataset in DATASETS:
         message:
             f"Generating the synthetic sample dataset '{_dataset}'"
         shell:
-            "{NADIR} sample --spec {params.spec} --images {output.images} "
+            "{NADIR} sample --spec {params.spec:q} --images {output.images} "
             "--labels {output.labels} 2> {log}"

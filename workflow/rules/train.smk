@@ -100,8 +100,9 @@ rule train:
         "Training {wildcards.model} on {wildcards.dataset}"
     shell:
         "{NADIR} train --dataset {wildcards.dataset} --model {params.model} "
-        "--hp {params.hp} --train {input.train} --manifest {input.manifest} "
-        "--shards {input.shards} {params.pretrained} {params.selection} --out-dir $(dirname {output.weights}) "
+        "--hp {params.hp:q} --train {input.train} --manifest {input.manifest} "
+        "--shards {input.shards} {params.pretrained} {params.selection} "
+        "--weights-out {output.weights} --train-log {output.train_log} --run {output.run} "
         "--resolved-config {output.resolved} "
         "--checkpoints {CHECKPOINT_ROOT}/{wildcards.dataset}/{wildcards.model} "
         "{CHECKPOINT_OPTIONS} "

@@ -20,7 +20,13 @@ from pathlib import Path
 from nadir.datasets import dota, rareplanes, xview
 from nadir.datasets.records import BadInput, ClassFilter, polygon_outside
 from nadir.errors import InputError
-from nadir.index import ANNOTATION_FIELDS, format_polygon, write_categories, write_scene_table
+from nadir.index import (
+    ANNOTATION_FIELDS,
+    IndexTables,
+    format_polygon,
+    write_categories,
+    write_scene_table,
+)
 
 log = logging.getLogger(__name__)
 
@@ -143,11 +149,11 @@ def _index_rareplanes(scenes, files_dir, spec, bad, writer_for) -> dict:
     return {"class_attribute": spec["class_attribute"], "classes_in_data": classes}
 
 
-def build_index(manifest_path: Path, files_dir: Path, spec: dict, out_dir: Path) -> dict:
+def index_fetched(manifest_path: Path, files_dir: Path, spec: dict, tables: IndexTables) -> dict:
     """Parse a fetched dataset into the normalised tables; returns the summary it writes."""
     manifest = json.loads(Path(manifest_path).read_text())
     fmt = manifest["format"]
-    out_dir.mkdir(parents=True, exist_ok=True)
+    tables.make_folders()
     bad = BadInput(spec["on_bad_input"])
     for label in manifest["labels_without_image"]:
         bad.report("label_without_image", label, "no image of the same name was fetched")
@@ -163,7 +169,7 @@ def build_index(manifest_path: Path, files_dir: Path, spec: dict, out_dir: Path)
 
     def writer_for(classes: list[str]) -> AnnotationWriter:
         nonlocal writer
-        writer = AnnotationWriter(out_dir / "annotations.csv", _class_filter(classes, spec))
+        writer = AnnotationWriter(tables.annotations, _class_filter(classes, spec))
         return writer
 
     try:
@@ -186,9 +192,9 @@ def build_index(manifest_path: Path, files_dir: Path, spec: dict, out_dir: Path)
     for s in scenes:
         s["split"] = splits.get(s["scene"], EXCLUDED)
         s["objects"] = writer.per_scene.get(s["scene"], 0)
-    write_scene_table(out_dir / "scenes.csv", scenes)
+    write_scene_table(tables.scenes, scenes)
     classes = writer.filter.output_classes()
-    write_categories(out_dir / "categories.json", classes)
+    write_categories(tables.categories, classes)
     summary = {
         "dataset": manifest["dataset"], "format": fmt, "version": manifest.get("version"),
         "split": split_how,
@@ -198,7 +204,7 @@ def build_index(manifest_path: Path, files_dir: Path, spec: dict, out_dir: Path)
         "categories": [{"id": i + 1, "name": c} for i, c in enumerate(classes)],
         "bad_input": bad.summary(), "class_filter": writer.filter.summary(), **details,
     }
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    tables.summary.write_text(json.dumps(summary, indent=1) + "\n")
     log.info("index of %s: scenes %s, %d objects", manifest["dataset"], summary["scenes"],
              summary["objects"])
     return summary

@@ -10,6 +10,9 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field
 
+from shapely.geometry import Polygon
+from shapely.validation import make_valid
+
 from nadir.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -33,6 +36,14 @@ def polygon_outside(polygon: list[float], width: int, height: int) -> bool:
     xs, ys = polygon[0::2], polygon[1::2]
     xmax, ymax = max(xs), max(ys)
     return box_outside(min(xs), min(ys), xmax, ymax, width, height)
+
+
+def polygon_area(polygon: list[float]) -> float:
+    """Area in square pixels of a polygon (x y pairs); a self-intersecting one is repaired
+    first (shapely's make_valid), so a bow-tie counts both its lobes instead of their
+    difference."""
+    shape = Polygon(list(zip(polygon[0::2], polygon[1::2], strict=True)))
+    return float((shape if shape.is_valid else make_valid(shape)).area)
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Per-dataset statistics from the index tables, and the report figure that shows them.
+"""Per-dataset statistics from the index tables (nadir.figures draws them for the report).
 
 Objects per class (per split), object sizes (square root of the box area, in pixels) and
 objects per image. The tables are streamed, so xView's million rows need little memory; the
@@ -80,51 +80,3 @@ def _image_histogram(values: list[int]) -> dict[str, int]:
     for lo, hi in zip(edges, edges[1:], strict=False):
         out[f"{lo}-{hi - 1}" if hi - lo > 1 else str(lo)] = sum(lo <= v < hi for v in values)
     return out
-
-
-def plot_statistics(stats: dict, out_png: Path, title: str) -> None:
-    """Three panels: objects per class (log scale), object sizes, objects per image."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    splits = [s for s in stats["objects_per_class"] if s != EXCLUDED]
-    classes = list(next(iter(stats["objects_per_class"].values()), {}))
-    fig, (ax_cls, ax_size, ax_img) = plt.subplots(
-        1, 3, figsize=(14, max(3.5, 0.22 * len(classes) + 1)),
-        gridspec_kw={"width_ratios": [1.4, 1, 1]})
-    height = 0.8 / max(1, len(splits))  # side by side: stacking misleads on a log scale
-    for i, split in enumerate(splits):
-        counts = [stats["objects_per_class"][split][c] for c in classes]
-        ax_cls.barh([y - 0.4 + (i + 0.5) * height for y in range(len(classes))], counts,
-                    height, label=split)
-    ax_cls.set_yticks(range(len(classes)), classes, fontsize=7 if len(classes) > 20 else 9)
-    ax_cls.invert_yaxis()
-    ax_cls.set_xscale("log")
-    ax_cls.set_xlim(left=0.8)  # bars start below one object, so a bar's length is its count
-    ax_cls.set_xlabel("objects (log scale)")
-    imbalance = stats["class_imbalance"]
-    ax_cls.set_title(f"objects per class (max/min {imbalance})" if imbalance else
-                     "objects per class")
-    ax_cls.legend(fontsize=8, loc="best")
-    sizes = stats["object_size_px"]["histogram"]
-    ax_size.bar(range(len(sizes)), list(sizes.values()))
-    ax_size.set_xticks(range(len(sizes)), list(sizes), rotation=45, fontsize=8)
-    ax_size.set_xlabel("object size, sqrt(box area) in px")
-    ax_size.set_ylabel("objects")
-    ax_size.set_title(f"object sizes (median {stats['object_size_px']['median']} px)")
-    width = 0.8 / max(1, len(splits))
-    for i, split in enumerate(splits):
-        hist = stats["objects_per_image"][split]["histogram"]
-        ax_img.bar([x + i * width for x in range(len(hist))], list(hist.values()), width,
-                   label=split)
-        ax_img.set_xticks(range(len(hist)), list(hist), rotation=45, fontsize=8)
-    ax_img.set_xlabel("objects per image")
-    ax_img.set_ylabel("images")
-    ax_img.set_title("objects per image")
-    ax_img.legend(fontsize=8)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=100)
-    plt.close(fig)

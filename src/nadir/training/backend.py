@@ -15,6 +15,22 @@ from typing import Protocol
 from nadir.training.checkpoints import CheckpointStore
 
 
+@dataclass(frozen=True)
+class TrainOutputs:
+    """The files a training run writes (the train rule declares each of them)."""
+
+    weights: Path  # model.pt: the weights and what predicting needs
+    train_log: Path  # train_log.json: mean losses and lr per log interval
+    run: Path  # run.json: the run record the leaderboard reads
+    resolved_config: Path  # resolved_config.json: everything to trace and redo the run
+
+    @classmethod
+    def in_folder(cls, folder: Path) -> TrainOutputs:
+        """The four files under their usual names in one folder."""
+        return cls(folder / "model.pt", folder / "train_log.json", folder / "run.json",
+                   folder / "resolved_config.json")
+
+
 @dataclass
 class TrainJob:
     """Everything one training run needs; the same job always gives the same run."""
@@ -25,7 +41,7 @@ class TrainJob:
     train_json: Path
     manifest: Path  # the chip manifest: its digest ties the run to its chips
     shards: list[Path]
-    out_dir: Path
+    outputs: TrainOutputs
     threads: int = 1
     checkpoints: CheckpointStore | None = None
     checkpoint_every: int = 0  # iterations; 0 writes no checkpoint

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import io
 import json
-import tarfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-from nadir.errors import InputError
+from nadir.shards import member_offsets, read_member
 
 
 class ShardChips(torch.utils.data.Dataset):
@@ -37,35 +36,17 @@ class ShardChips(torch.utils.data.Dataset):
                 boxes[ann["image_id"]].append((x, y, x + w, y + h,
                                                self.label_of[ann["category_id"]]))
         self.boxes = boxes
-        self.offsets = self._member_offsets()
+        self.offsets = member_offsets(
+            [Path(s) for s in self.shards],
+            {(im["shard"], im["file_name"]) for im in self.images}, self.coco_json)
         self.augment = augment
-
-    def _member_offsets(self) -> dict[tuple[int, str], tuple[int, int]]:
-        wanted = {(im["shard"], im["file_name"]) for im in self.images}
-        offsets = {}
-        for index, shard in enumerate(self.shards):
-            with tarfile.open(shard) as tar:
-                for member in tar:
-                    if (index, member.name) in wanted:
-                        offsets[(index, member.name)] = (member.offset_data, member.size)
-        missing = wanted - offsets.keys()
-        if missing:
-            shard, name = sorted(missing)[0]
-            shard_path = self.shards[shard] if shard < len(self.shards) else "(no such shard)"
-            raise InputError(
-                self.coco_json, f"{len(missing)} chip(s) listed here are not in the shards, e.g. "
-                f"{name} in shard {shard} ({shard_path}); rerun the chip stage")
-        return offsets
 
     def __len__(self) -> int:
         return len(self.images)
 
     def read_image(self, index: int) -> np.ndarray:
         im = self.images[index]
-        offset, size = self.offsets[(im["shard"], im["file_name"])]
-        with open(self.shards[im["shard"]], "rb") as fh:
-            fh.seek(offset)
-            data = fh.read(size)
+        data = read_member(self.shards[im["shard"]], *self.offsets[(im["shard"], im["file_name"])])
         return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
 
     def __getitem__(self, key: int | tuple[int, int]):

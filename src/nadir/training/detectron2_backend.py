@@ -19,12 +19,12 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import tarfile
 import tempfile
 import time
 from pathlib import Path
 
 from nadir.errors import NadirError
+from nadir.shards import member_offsets, read_member
 from nadir.training.backend import TrainJob
 from nadir.training.catalogue import entry
 from nadir.training.provenance import base_resolved_config
@@ -127,26 +127,17 @@ def unpack_chips(coco_json: Path, shards: list[Path], image_root: Path) -> Path:
     Chip names are only unique within a shard, hence one folder per shard.
     """
     coco = json.loads(Path(coco_json).read_text())
-    wanted: dict[int, set[str]] = {}
-    for image in coco["images"]:
-        wanted.setdefault(image["shard"], set()).add(image["file_name"])
-    written = 0
-    for index, names in sorted(wanted.items()):
+    offsets = member_offsets(shards, {(im["shard"], im["file_name"]) for im in coco["images"]},
+                             Path(coco_json))
+    for (index, name), (offset, size) in sorted(offsets.items()):
         folder = image_root / str(index)
         folder.mkdir(parents=True, exist_ok=True)
-        with tarfile.open(shards[index]) as tar:
-            for member in tar:
-                if member.name in names:
-                    (folder / Path(member.name).name).write_bytes(tar.extractfile(member).read())
-                    written += 1
-    if written != len(coco["images"]):
-        raise NadirError(f"{coco_json}: {len(coco['images'])} chips listed, {written} found in "
-                         "the shards; rerun the chip stage")
+        (folder / Path(name).name).write_bytes(read_member(shards[index], offset, size))
     for image in coco["images"]:
         image["file_name"] = f"{image['shard']}/{Path(image['file_name']).name}"
     rewritten = image_root / "coco.json"
     rewritten.write_text(json.dumps(coco))
-    log.info("unpacked %d chips to %s for detectron2", written, image_root)
+    log.info("unpacked %d chips to %s for detectron2", len(offsets), image_root)
     return rewritten
 
 
@@ -383,11 +374,11 @@ class Detectron2Backend:
             trainer.train(start, hp["iterations"])
         finally:
             shutil.rmtree(work, ignore_errors=True)
-        job.out_dir.mkdir(parents=True, exist_ok=True)
+        job.outputs.weights.parent.mkdir(parents=True, exist_ok=True)
         torch.save({"model": job.model, "num_classes": num_classes, "image_size": size,
                     "categories": coco["categories"], "pretrained": hp["pretrained"],
-                    "state_dict": model.state_dict()}, job.out_dir / "model.pt")
-        (job.out_dir / "train_log.json").write_text(json.dumps(history, indent=1) + "\n")
+                    "state_dict": model.state_dict()}, job.outputs.weights)
+        job.outputs.train_log.write_text(json.dumps(history, indent=1) + "\n")
         return {"seconds": round(time.perf_counter() - began, 2), "iterations": hp["iterations"],
                 "resumed_from": start, "device": device.type, "processes": 1, "amp": amp,
                 "chips": len(coco["images"])}

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
 
 from nadir.errors import NadirError
 from nadir.training.backend import TrainJob
@@ -23,12 +22,11 @@ log = logging.getLogger(__name__)
 
 
 def run(job: TrainJob, checkpoint_root: str | None = None, s3_endpoint: str | None = None,
-        checkpoint_keep: int = 2, resolved_config: Path | None = None) -> dict:
+        checkpoint_keep: int = 2) -> dict:
     """Train `job` and write its records; returns the run record (run.json).
 
     `checkpoint_root` is a directory or s3://BUCKET/PREFIX; the run's checkpoints go to a
-    subfolder named by its fingerprint (None: no checkpoints). `resolved_config` defaults to
-    OUT_DIR/resolved_config.json.
+    subfolder named by its fingerprint (None: no checkpoints).
     """
     source = weight_source(job.model, job.hp["pretrained"])
     if source is not None and job.weights_file is None:
@@ -44,14 +42,13 @@ def run(job: TrainJob, checkpoint_root: str | None = None, s3_endpoint: str | No
     resolved = backend.resolved_config(job)
     result = backend.train(job)
     resolved["training"] = result
-    Path(resolved_config or job.out_dir / "resolved_config.json").write_text(
-        json.dumps(resolved, indent=1) + "\n")
+    job.outputs.resolved_config.write_text(json.dumps(resolved, indent=1) + "\n")
     record = {
         "dataset": job.dataset, "model": job.model, "backend": backend_name,
         "hyperparameters": job.hp, "training": result, "inputs": job.input_digests,
         "code": resolved["code"], "versions": resolved["versions"],
     }
-    (job.out_dir / "run.json").write_text(json.dumps(record, indent=1) + "\n")
+    job.outputs.run.write_text(json.dumps(record, indent=1) + "\n")
     if job.checkpoints is not None:
         job.checkpoints.clear()  # the run is complete: its weights are in the outputs
         log.info("removed the run's checkpoints from %s", job.checkpoints.describe())

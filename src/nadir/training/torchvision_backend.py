@@ -231,7 +231,7 @@ def _loop(rank: int, job: TrainJob, world: int, device: torch.device) -> dict:
                  "on" if optimisation.amp else "off", workers)
     scorer = live = None
     if lead:
-        live = LiveCurves(job.checkpoints, job.out_dir, progress.start)
+        live = LiveCurves(job.checkpoints, job.outputs.weights.parent, progress.start)
         if hp.get("eval_every"):
             scorer = SelectionScorer(job.selection_json, job.shards, dataset.categories,
                                      hp["batch_size"])
@@ -405,7 +405,7 @@ def _write_outputs(job: TrainJob, model: torch.nn.Module, dataset: ShardChips, s
     With `eval_every` and a checkpoint location, the best and the last weights are also kept
     there (best.pt, last.pt), whichever model.pt holds.
     """
-    job.out_dir.mkdir(parents=True, exist_ok=True)
+    job.outputs.weights.parent.mkdir(parents=True, exist_ok=True)
     weights = {"last": model.state_dict(), "best": progress.best_weights}
     header = {"model": job.model, "num_classes": len(dataset.categories), "image_size": size,
               "categories": dataset.categories}
@@ -413,13 +413,13 @@ def _write_outputs(job: TrainJob, model: torch.nn.Module, dataset: ShardChips, s
     if weights[chosen] is None:
         raise NadirError(f"{job.model}: select: best needs eval_every > 0 and a selection split")
     torch.save({**header, "state_dict": weights[chosen], "weights": chosen,
-                "selection": progress.best}, job.out_dir / "model.pt")
+                "selection": progress.best}, job.outputs.weights)
     if job.checkpoints is not None and progress.best_weights is not None:
         for name, state in weights.items():
             buffer = io.BytesIO()
             torch.save({**header, "state_dict": state, "weights": name}, buffer)
             job.checkpoints.put(f"{name}.pt", buffer.getvalue())
-    (job.out_dir / "train_log.json").write_text(json.dumps(progress.history, indent=1) + "\n")
+    job.outputs.train_log.write_text(json.dumps(progress.history, indent=1) + "\n")
 
 
 @torch.no_grad()

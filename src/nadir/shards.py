@@ -1,0 +1,47 @@
+"""The one reader of chip shards: members of the tar files by byte offset, never unpacked.
+
+Training, prediction, the figures and the detectron2 adapter all find their chips through
+`member_offsets` and read them with `read_member`, so a missing chip is reported the same way
+everywhere.
+"""
+
+from __future__ import annotations
+
+import tarfile
+from pathlib import Path
+
+from nadir.errors import InputError
+
+Member = tuple[int, str]  # (shard index, member name), as COCO images list their chips
+
+
+def member_offsets(shards: list[Path], wanted: set[Member],
+                   listed_in: Path) -> dict[Member, tuple[int, int]]:
+    """(data offset, size) of every wanted chip; `listed_in` is the file that lists them.
+
+    A chip that its shard lacks, or a shard index beyond `shards`, is an InputError that names
+    the shard (or the list) and the first such chip.
+    """
+    out_of_range = sorted(index for index, _ in wanted if not 0 <= index < len(shards))
+    if out_of_range:
+        raise InputError(listed_in, f"chips are listed in shard {out_of_range[0]}, but "
+                         f"{len(shards)} shard(s) were given")
+    offsets = {}
+    for index in sorted({index for index, _ in wanted}):
+        with tarfile.open(shards[index]) as tar:
+            for member in tar:
+                if (index, member.name) in wanted:
+                    offsets[(index, member.name)] = (member.offset_data, member.size)
+    missing = sorted(wanted - offsets.keys())
+    if missing:
+        index, name = missing[0]
+        raise InputError(shards[index], f"chip {name} is not in this shard ({len(missing)} "
+                         f"chip(s) listed in {listed_in} are missing); rerun the chip stage")
+    return offsets
+
+
+def read_member(shard: Path, offset: int, size: int) -> bytes:
+    """The bytes of one chip at a known offset (from `member_offsets`)."""
+    with open(shard, "rb") as fh:
+        fh.seek(offset)
+        return fh.read(size)
