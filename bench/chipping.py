@@ -42,7 +42,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
@@ -179,7 +178,7 @@ def run_baseline(scene: Path, objects: list[Annotation], params: ChipParams, out
     with tarfile.open(out, "w") as tar:
         for x0, y0, chip in whole_image_windows(scene, params):
             clip_to_window(objects, x0, y0, params.size, params.min_visible)
-            data = encode(Image.fromarray(chip), params)
+            data = encode(chip.transpose(2, 0, 1), params)
             info = tarfile.TarInfo(f"scene_{x0}_{y0}.{params.extension}")
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
@@ -200,10 +199,10 @@ def run_encode(scene: Path, params: ChipParams, threads: int) -> tuple[int, floa
                    for x in xs]
         for n, (x0, y0) in enumerate(windows, start=1):
             pixels = src.read(window=Window(x0, y0, params.size, params.size))
-            batch.append(np.ascontiguousarray(pixels.transpose(1, 2, 0)))
+            batch.append(pixels)
             if len(batch) == 8 * threads or n == len(windows):
                 started, cpu_started = time.perf_counter(), time.process_time()
-                list(pool.map(lambda chip: encode(Image.fromarray(chip), params), batch))
+                list(pool.map(lambda chip: encode(chip, params), batch))
                 seconds += time.perf_counter() - started
                 cpu += time.process_time() - cpu_started
                 chips += len(batch)

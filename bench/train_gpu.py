@@ -37,7 +37,7 @@ import torch  # noqa: E402
 
 from nadir.training.catalogue import CATALOGUE  # noqa: E402
 from nadir.training.checkpoints import LocalCheckpoints  # noqa: E402
-from nadir.training.data import SeededBatches, ShardChips, collate  # noqa: E402
+from nadir.training.data import SeededBatches, ShardChips, collate, model_targets  # noqa: E402
 from nadir.training.detectors import build_detector  # noqa: E402
 from nadir.training.loop import loader_workers  # noqa: E402
 from nadir.training.registry import get_backend  # noqa: E402
@@ -69,8 +69,7 @@ def bare_loop(model_name: str, data: dict, hp: dict, threads: int, amp: bool) ->
     def step() -> None:
         images, targets = next(loader)
         images = [im.to(device) for im in images]
-        targets = [{"boxes": t["boxes"].to(device), "labels": t["labels"].to(device)}
-                   for t in targets]
+        targets = model_targets(model, targets, device)
         with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
             loss = sum(model(images, targets).values())
         optimizer.zero_grad(set_to_none=True)

@@ -5,7 +5,8 @@ Writes a synthetic xView GeoJSON (xView's feature layout: `bounds_imcoords` stri
 unnamed ids 75/82 and empty boxes), then runs, each in a fresh process:
 - nadir's index of it (streaming parse, annotations written as they are parsed), and
 - a baseline that only loads the whole file with `json.load`, as a naive converter would first do.
-It prints wall time and peak resident memory of both, and their ratios.
+It prints wall time, CPU seconds and peak resident memory of both, their ratios, and the load
+average (on a shared machine CPU seconds move less than wall time).
 
     python bench/xview.py [--features 1000000] [--images 847] [--workdir DIR]
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import subprocess
 import sys
@@ -32,8 +34,9 @@ sys.path.insert(0, {src!r})
 start = time.perf_counter()
 {body}
 seconds = time.perf_counter() - start
-peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-print(json.dumps({{"seconds": seconds, "peak_mib": peak_mib, "result": result}}))
+usage = resource.getrusage(resource.RUSAGE_SELF)
+print(json.dumps({{"seconds": seconds, "cpu_seconds": usage.ru_utime + usage.ru_stime,
+                  "peak_mib": usage.ru_maxrss / 1024, "result": result}}))
 """
 
 NADIR_INDEX = """
@@ -115,16 +118,19 @@ def main() -> None:
                             "width": 3000, "height": 3000, "bands": 3, "dtype": "uint8",
                             "crs": None, "transform": None} for i in range(args.images)]}
     (workdir / "manifest.json").write_text(json.dumps(manifest))
+    print(f"load average {os.getloadavg()[0]:.2f} before the runs")
     nadir = measure(NADIR_INDEX.format(manifest=str(workdir / "manifest.json"),
                                        files=str(files), out=str(workdir / "index")))
     baseline = measure(BASELINE.format(labels=str(labels)))
-    print(f"{'run':<34}{'seconds':>10}{'peak MiB':>12}")
-    print(f"{'nadir index (stream + write CSV)':<34}{nadir['seconds']:>10.1f}"
-          f"{nadir['peak_mib']:>12.0f}")
-    print(f"{'baseline json.load only':<34}{baseline['seconds']:>10.1f}"
-          f"{baseline['peak_mib']:>12.0f}")
-    print(f"ratios nadir/baseline: time {nadir['seconds'] / baseline['seconds']:.2f}, "
-          f"peak memory {nadir['peak_mib'] / baseline['peak_mib']:.2f}")
+    print(f"load average {os.getloadavg()[0]:.2f} after the runs")
+    print(f"{'run':<34}{'seconds':>10}{'CPU s':>8}{'peak MiB':>12}")
+    for label, run in (("nadir index (stream + write CSV)", nadir),
+                       ("baseline json.load only", baseline)):
+        print(f"{label:<34}{run['seconds']:>10.1f}{run['cpu_seconds']:>8.1f}"
+              f"{run['peak_mib']:>12.0f}")
+    print(f"speed-up over json.load: {baseline['seconds'] / nadir['seconds']:.2f} x (wall), "
+          f"{baseline['cpu_seconds'] / nadir['cpu_seconds']:.2f} x (CPU); peak memory "
+          f"{nadir['peak_mib'] / baseline['peak_mib']:.3f} x")
     print(f"nadir kept {nadir['result']['objects']} of {nadir['result']['features']} features; "
           f"dropped {nadir['result']['dropped']}")
     print(f"targets: < 60 s and < 2048 MiB -> "

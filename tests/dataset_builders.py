@@ -1,5 +1,5 @@
 """Small datasets in the exact on-disk formats of DOTA, xView and RarePlanes, made by the tests,
-and a local HTTP server (with Range support and an optional dropped connection) to fetch them."""
+and a local HTTP server (Range, If-Range, and injected faults) to fetch them."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import hashlib
 import json
 import tarfile
 import threading
+import time
 import zipfile
+from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -111,11 +113,21 @@ def make_xview(root: Path, images: int = 4, size: int = 320) -> dict:
 
 
 class FileServer:
-    """Serves a folder on 127.0.0.1 with HTTP Range support. `drop_after` bytes: the first
-    response of each file is cut there (a dropped connection), so resuming can be tested."""
+    """Serves a folder on 127.0.0.1 as a CDN would: ETag and Last-Modified from the file, Range
+    requests honoured only while `If-Range` still matches (or always, with `if_range=False`, as
+    careless servers do), 416 with `Content-Range: bytes */N` past the end.
 
-    def __init__(self, root: Path, drop_after: int | None = None):
+    Faults, for the tests: `drop_after` bytes cuts the first response of each file there (a
+    dropped connection); `script` lists what to do with each request in turn: "ok", "drop"
+    (cut after `drop_after` bytes), "stall" (send the headers, then nothing for `stall_s`) or
+    an HTTP status to answer with. Each request is recorded as (path, Range header).
+    """
+
+    def __init__(self, root: Path, drop_after: int | None = None, script: tuple = (),
+                 stall_s: float = 0.0, if_range: bool = True):
         self.root, self.drop_after, self.requests = root, drop_after, []
+        self.script, self.stall_s, self.if_range = list(script), stall_s, if_range
+        self.scripted = bool(script)
         self.dropped: set[str] = set()
         server = self
 
@@ -125,16 +137,35 @@ class FileServer:
 
             def do_GET(self):  # noqa: N802 - http.server's naming
                 server.requests.append((self.path, self.headers.get("Range")))
+                action = "ok"
+                if server.script:
+                    action = server.script.pop(0)
+                elif server.drop_after and not server.scripted \
+                        and self.path not in server.dropped:
+                    server.dropped.add(self.path)
+                    action = "drop"
+                if isinstance(action, int):
+                    self.send_error(action)
+                    return
                 path = server.root / self.path.lstrip("/")
                 if not path.is_file():
                     self.send_error(404)
                     return
                 data = path.read_bytes()
+                etag = '"' + hashlib.sha256(data).hexdigest()[:16] + '"'
+                modified = formatdate(path.stat().st_mtime, usegmt=True)
                 start = 0
-                if self.headers.get("Range"):
-                    start = int(self.headers["Range"].split("=")[1].split("-")[0])
+                wanted = self.headers.get("Range")
+                if wanted and server.if_range and self.headers.get("If-Range") not in (
+                        None, etag, modified):
+                    wanted = None  # the file changed: the whole new version, with 200
+                if wanted:
+                    start = int(wanted.split("=")[1].split("-")[0])
                     if start >= len(data):
-                        self.send_error(416)
+                        self.send_response(416)
+                        self.send_header("Content-Range", f"bytes */{len(data)}")
+                        self.send_header("Content-Length", "0")
+                        self.end_headers()
                         return
                     self.send_response(206)
                     self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
@@ -142,9 +173,12 @@ class FileServer:
                     self.send_response(200)
                 body = data[start:]
                 self.send_header("Content-Length", str(len(body)))
+                self.send_header("ETag", etag)
+                self.send_header("Last-Modified", modified)
                 self.end_headers()
-                if server.drop_after and self.path not in server.dropped:
-                    server.dropped.add(self.path)
+                if action == "stall":
+                    time.sleep(server.stall_s)
+                if action == "drop":
                     self.wfile.write(body[:server.drop_after])
                     self.wfile.flush()
                     self.close_connection = True
@@ -152,6 +186,7 @@ class FileServer:
                 self.wfile.write(body)
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()

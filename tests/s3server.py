@@ -19,7 +19,7 @@ from pathlib import Path
 PORT_FLAGS = [
     "master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port",
     "filer.port.grpc", "s3.port", "s3.port.grpc", "webdav.port", "admin.port",
-    "admin.port.grpc", "debug.port", "s3.port.iceberg",
+    "admin.port.grpc", "debug.port", "s3.port.iceberg", "s3.port.lance",
 ]
 
 
@@ -50,6 +50,7 @@ class S3Server:
     secret_key: str
     process: subprocess.Popen
     log_path: Path
+    command: list[str]
 
     def env(self) -> dict[str, str]:
         """Environment for Snakemake's S3 storage plugin and boto3: keys never on a command line."""
@@ -77,6 +78,34 @@ class S3Server:
         except subprocess.TimeoutExpired:
             self.process.kill()
 
+    def restart(self, timeout: float = 30.0) -> None:
+        """Start the stopped server again: same ports, credentials and data."""
+        self.process = _launch(self.command, self.log_path)
+        _wait_until_ready(self, timeout)
+
+
+def _launch(cmd: list[str], log_path: Path) -> subprocess.Popen:
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True,
+                                env={**os.environ, "S3_BUCKET": ""})
+
+
+def _wait_until_ready(server: S3Server, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            tail = server.log_path.read_text()[-2000:]
+            raise RuntimeError(f"weed exited with {server.process.returncode}: {tail}")
+        try:
+            server.client().list_buckets()
+            return
+        except Exception:  # noqa: BLE001 - not ready yet
+            time.sleep(0.3)
+    server.stop()
+    tail = server.log_path.read_text()[-2000:]
+    raise RuntimeError(f"SeaweedFS did not answer within {timeout}s: {tail}")
+
 
 def start(workdir: Path, timeout: float = 30.0,
           anonymous_actions: list[str] | None = None) -> S3Server:
@@ -100,22 +129,8 @@ def start(workdir: Path, timeout: float = 30.0,
            f"-dir={workdir / 'data'}", f"-s3.config={config_path}", "-admin.ui=false",
            "-master.telemetry=false", *[f"-{flag}={port}" for flag, port in ports.items()]]
     (workdir / "data").mkdir(exist_ok=True)
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, start_new_session=True,
-                                   env={**os.environ, "S3_BUCKET": ""})
+    log_path.write_bytes(b"")
     server = S3Server(f"http://127.0.0.1:{ports['s3.port']}", access_key, secret_key,
-                      process, log_path)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            tail = log_path.read_text()[-2000:]
-            raise RuntimeError(f"weed exited with {process.returncode}: {tail}")
-        try:
-            server.client().list_buckets()
-            return server
-        except Exception:  # noqa: BLE001 - not ready yet
-            time.sleep(0.3)
-    server.stop()
-    tail = log_path.read_text()[-2000:]
-    raise RuntimeError(f"SeaweedFS did not answer within {timeout}s: {tail}")
+                      _launch(cmd, log_path), log_path, cmd)
+    _wait_until_ready(server, timeout)
+    return server

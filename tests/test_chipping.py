@@ -8,6 +8,7 @@ import json
 import tarfile
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import rasterio
@@ -21,7 +22,6 @@ from nadir.chipping import (
     ChipParams,
     Radiometry,
     WindowReader,
-    chip_image,
     chip_shard,
     encode,
     gdal_settings,
@@ -62,6 +62,15 @@ def position_pixels(width: int, height: int) -> np.ndarray:
     """3-band uint8 pixels from which a chip's position can be read back."""
     y, x = np.mgrid[0:height, 0:width]
     return np.stack([x % 251, y % 241, (x // 251 + 7 * (y // 241)) % 256]).astype(np.uint8)
+
+
+def noisy_pixels(width: int, height: int) -> np.ndarray:
+    """3-band uint8 pixels with fine noise on a gradient, as imagery has (PNG filters and
+    JPEG quantisation both have work to do)."""
+    rng = np.random.default_rng(7)
+    y, x = np.mgrid[0:height, 0:width]
+    gradient = np.stack([x * 2, y * 3, (x + y) * 1.5]) % 200 + 20
+    return (gradient + rng.normal(0, 8, gradient.shape)).clip(0, 255).astype(np.uint8)
 
 
 def square(scene: str, index: int, x0: float, y0: float, x1: float, y1: float,
@@ -226,6 +235,18 @@ def test_self_crossing_outline_is_repaired_before_it_is_measured(tmp_path):
     [obj] = result["chips"][0]["objects"]
     assert len(obj["polygons"]) == 2 and obj["visible"] == 1.0
     assert obj["bbox"] == [100, 100, 20, 20]
+
+
+def test_self_crossing_outline_with_a_spike_keeps_every_box_in_place(tmp_path):
+    # make_valid's default turns this outline into a collection of two triangles and a line
+    # (the spike to x = 25); the objects after it must keep their own boxes.
+    image = write_raster(tmp_path / "scene.tif", position_pixels(256, 256))
+    spiked = Annotation("S", 0, "plane", 0, [10, 10, 20, 20, 20, 10, 25, 10, 20, 10, 10, 20])
+    result, _ = chip(tmp_path, image, [spiked, square("S", 1, 100, 100, 140, 120)], size=256)
+    first, second = result["chips"][0]["objects"]
+    assert first["object"] == 0 and first["bbox"] == [10, 10, 10, 10]
+    assert len(first["polygons"]) == 2 and first["visible"] == 1.0
+    assert second["object"] == 1 and second["bbox"] == [100, 100, 40, 20]
 
 
 # --- empty and nodata chips -----------------------------------------------------------------
@@ -439,20 +460,37 @@ def test_chips_and_manifest_are_identical_whatever_the_thread_count(tmp_path, la
 
 
 @pytest.mark.parametrize("bands", [1, 3])
-@pytest.mark.parametrize("image_format", ["jpeg", "png"])
-def test_encoded_chips_are_what_pillow_writes_for_the_interleaved_pixels(bands, image_format):
-    chip_pixels = position_pixels(90, 70)[:bands]
-    params = ChipParams(image_format=image_format)
-    data = encode(chip_image(chip_pixels), params)
+def test_png_chips_decode_to_exactly_the_pixels_cut_with_pillow_and_opencv(bands):
+    chip_pixels = noisy_pixels(90, 70)[:bands]
+    data = encode(chip_pixels, ChipParams(image_format="png"))
+    np.testing.assert_array_equal(decoded(data), chip_pixels)
+    by_opencv = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    expected = chip_pixels[0] if bands == 1 else chip_pixels[::-1].transpose(1, 2, 0)  # BGR
+    np.testing.assert_array_equal(by_opencv, expected)
+    assert encode(chip_pixels, ChipParams(image_format="png")) == data
+
+
+@pytest.mark.parametrize("bands", [1, 3])
+@pytest.mark.parametrize("quality", [90, 40])
+def test_jpeg_chips_keep_the_configured_quality(bands, quality):
+    """The quantisation tables are what Pillow (libjpeg) writes at that quality, the colours
+    are the chip's (closer to them than to the bands reversed), and a lower quality gives a
+    smaller file."""
+    chip_pixels = noisy_pixels(96, 80)[:bands]
+    data = encode(chip_pixels, ChipParams(jpeg_quality=quality))
     interleaved = chip_pixels[0] if bands == 1 else chip_pixels.transpose(1, 2, 0)
-    expected = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(interleaved)).save(
-        expected, image_format.upper(),
-        **({"quality": 90} if image_format == "jpeg" else {"compress_level": 1}))
-    assert data == expected.getvalue()
-    if image_format == "png":
-        np.testing.assert_array_equal(decoded(data), chip_pixels)
-    assert encode(chip_image(chip_pixels), params) == data  # the scratch file is reused
+    reference = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(interleaved)).save(reference, "JPEG", quality=quality)
+    opened = Image.open(io.BytesIO(data))
+    assert opened.mode == ("L" if bands == 1 else "RGB")
+    assert opened.quantization == Image.open(reference).quantization
+    pixels = decoded(data).astype(int)
+    error, swapped = (np.abs(pixels - expected).mean() for expected in (chip_pixels,
+                                                                       chip_pixels[::-1]))
+    assert bands == 1 or error < 0.5 * swapped
+    assert len(data) < len(encode(chip_pixels, ChipParams(jpeg_quality=quality + 5)))
+    # Both are libjpeg-turbo with the same settings: JPEG chips are what nadir wrote with Pillow.
+    assert data == reference.getvalue()
 
 
 def test_manifest_adds_up_every_shard_and_refuses_mixed_parameters(tmp_path):

@@ -88,3 +88,45 @@ def test_readme_model_table_lists_every_catalogue_model():
         row = next((line for line in table.splitlines() if line.startswith(f"| `{name}`")), None)
         assert row is not None, f"README.md's model table lacks {name}"
         assert entry.backend in row and entry.licence in row
+
+
+DOTA = {"format": "dota", "source": [{"url": "/data/DOTA/train.zip", "split": "train"}]}
+
+
+@pytest.mark.parametrize("dataset, key", [
+    ({"format": "sample", "classes": {"keep": ["plane"]}}, "datasets.d.classes"),
+    ({"format": "sample", "split": {"method": "seeded"}}, "datasets.d.split"),
+    ({"format": "sample", "on_bad_input": {"unknown_class": "skip"}}, "datasets.d.on_bad_input"),
+    ({**DOTA, "train_scenes": 10}, "datasets.d.train_scenes"),
+    ({**DOTA, "tiled": False}, "datasets.d.tiled"),
+    ({"format": "rareplanes", "version": "v1.5", "source": [{"url": "s3://b/p/"}]},
+     "datasets.d.version"),
+    ({"format": "dota", "source": [{"url": "/x.zip", "anonymous": False}]},
+     "datasets.d.source.0.anonymous"),
+    ({"format": "xview", "source": [{"url": "s3://b/x/", "sha256": "0" * 64}]},
+     "datasets.d.source.0.sha256"),
+    ({**DOTA, "split": {"val_fraction": 0.3}}, "datasets.d.split.val_fraction"),
+    ({"format": "xview", "source": [{"url": "/x.tgz"}], "split": {"method": "official"}},
+     "datasets.d.split.method"),
+], ids=["classes-on-sample", "split-on-sample", "on_bad_input-on-sample",
+        "train_scenes-on-dota", "tiled-on-dota", "version-on-rareplanes",
+        "anonymous-on-a-file", "sha256-on-s3", "val_fraction-with-official-split",
+        "official-split-on-xview"])
+def test_keys_that_do_nothing_for_the_format_are_errors_naming_the_key(dataset, key):
+    with pytest.raises(ConfigError, match=rf"config key {key}: "):
+        checked({**MINIMAL, "datasets": {"d": dataset}})
+
+
+@pytest.mark.parametrize("config, message", [
+    ({"training": {"iterations": 40, "warmup_iterations": 50}},
+     r"training.warmup_iterations \(model ssdlite320_mobilenet_v3_large\): 50 is more than its "
+     r"40 iterations"),
+    ({"training": {"iterations": 100}, "models": {"ssdlite320_mobilenet_v3_large": {
+        "iterations": 20, "warmup_iterations": 10}}, "checkpoints": {"every": 30}},
+     "checkpoints.every: 30 is more than the 20 iterations of model"),
+], ids=["warmup-longer-than-training", "checkpoint-interval-longer-than-training"])
+def test_training_settings_that_defeat_each_other_are_errors(config, message):
+    with pytest.raises(ConfigError, match=message):
+        checked({**MINIMAL, **config})
+    if "checkpoints" in config:  # the default interval (100) is not the user's contradiction
+        checked({**MINIMAL, **{k: v for k, v in config.items() if k != "checkpoints"}})

@@ -302,7 +302,12 @@ def test_dota_polygon_outside_its_image_is_counted_or_stops_with_file_and_line(t
     (folder / "labelTxt").mkdir()
     (folder / "labelTxt" / "P1.txt").write_text(
         "1 1 9 1 9 9 1 9 ship 0\n70 70 90 70 90 90 70 90 ship 0\n")
-    dataset = spec(source=[{"url": str(folder), "split": "val"}])
+    train = tmp_path / "train"
+    write_geotiff(train / "images" / "P2.tif", np.zeros((64, 64, 3), np.uint8))
+    (train / "labelTxt").mkdir()
+    (train / "labelTxt" / "P2.txt").write_text("")
+    dataset = spec(source=[{"url": str(folder), "split": "val"},
+                           {"url": str(train), "split": "train"}])
     files = tmp_path / "files"
     (tmp_path / "m.json").write_text(json.dumps(fetch_dataset(
         "d", dataset, files, FetchSettings(tmp_path / "cache", 0, 5))))
@@ -313,3 +318,38 @@ def test_dota_polygon_outside_its_image_is_counted_or_stops_with_file_and_line(t
     strict = {**dataset, "on_bad_input": {"outside_image": "error"}}
     with pytest.raises(InputError, match=r"P1\.txt, line 2: polygon .* outside the 64x64 image"):
         index_fetched(tmp_path / "m.json", files, strict, IndexTables.in_folder(tmp_path / "out2"))
+
+
+@pytest.mark.parametrize("entries, split, fix", [
+    ([("train", "train")], "val", r"give a source entry `split: val` \(datasets.d.source\)"),
+    ([("val", "val")], "train", "give a source entry `split: train`"),
+])
+def test_an_empty_split_stops_the_index_naming_the_split_and_the_key(tmp_path, entries, split,
+                                                                      fix):
+    sources = make_dota(tmp_path / "src", train=2, val=1)
+    dataset = spec(source=[{"url": str(sources[s]), "split": name} for s, name in entries])
+    files = tmp_path / "files"
+    (tmp_path / "m.json").write_text(json.dumps(fetch_dataset(
+        "d", dataset, files, FetchSettings(tmp_path / "cache", 0, 5))))
+    with pytest.raises(InputError, match=rf"datasets.d: the {split} split would hold none of "
+                                         rf"the \d labelled scene\(s\); {fix}"):
+        index_fetched(tmp_path / "m.json", files, dataset,
+                      IndexTables.in_folder(tmp_path / "out"))
+    assert not list((tmp_path / "out").glob("*.csv*"))
+
+
+def test_a_split_without_chips_stops_the_coco_stage_before_writing(tmp_path):
+    from nadir.coco import write_coco
+    from nadir.errors import NadirError
+
+    shard = tmp_path / "shard-000.json"
+    shard.write_text(json.dumps({"chips": [{
+        "split": "train", "file": "a.jpg", "width": 64, "height": 64, "scene": "a", "x": 0,
+        "y": 0, "transform": None, "objects": []}]}))
+    categories = tmp_path / "categories.json"
+    categories.write_text(json.dumps([{"id": 1, "name": "plane"}]))
+    outputs = {"train": tmp_path / "train.json", "val": tmp_path / "val.json"}
+    with pytest.raises(NadirError, match="no chip of the val split was written"):
+        write_coco([shard], categories, outputs, tmp_path / "stats.json")
+    assert sorted(p.name for p in tmp_path.glob("*.json")) == ["categories.json",
+                                                                 "shard-000.json"]

@@ -6,15 +6,17 @@ from __future__ import annotations
 
 import csv
 import json
+import zipfile
 
 import pytest
 import yaml
-from conftest import ROOT, planned_jobs, run_snakemake
+from conftest import ROOT, SAMPLE_MODEL, planned_jobs, run_snakemake
 from dataset_builders import FileServer, make_dota, make_xview, sha256
 
 from nadir.datasets import dota, xview
 
 pytestmark = pytest.mark.slow
+MODEL = SAMPLE_MODEL  # config/test.yaml's one model
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +59,35 @@ def _check_results(read, built: dict) -> None:
     manifest = json.loads(read("results/xv/chips/manifest.json"))
     assert sorted(manifest["scenes"]) == ["1000", "1001", "1002", "1003"]
     assert {s["shard"] for s in manifest["scenes"].values()} == {0, 1}
+    # Each dataset is scored by its benchmark's protocol too (evaluation.protocols defaults).
+    board = {r["dataset"]: r for r in with_header}
+    assert float(board["xv"]["xview_map"]) >= 0 and board["xv"]["dota_task2_map"] == ""
+    assert float(board["dota15"]["dota_task2_map"]) >= 0 and board["dota15"]["xview_map"] == ""
+    xview_scores = json.loads(read(f"results/xv/models/{MODEL}/scene_metrics.json"))
+    assert set(xview_scores["protocols"]) == {"xview"}
+    assert xview_scores["protocols"]["xview"]["status"] == "ok"
+    assert {"map_small", "map_rare", "precision", "recall", "f1"} <= set(
+        xview_scores["protocols"]["xview"])
+    dota_scores = json.loads(read(f"results/dota15/models/{MODEL}/scene_metrics.json"))
+    assert [r["name"] for r in dota_scores["protocols"]["dota_task2"]["per_class"]] == \
+        dota.CLASSES_BY_VERSION["v1.5"]
+    assert dota_scores["protocols"]["dota_task1"]["status"] == "not computed"  # no polygons
+
+
+def _check_submissions(root) -> None:
+    """The benchmarks' submission files: xView's one per val image, DOTA's one per class."""
+    val_scenes = [r["scene"] for r in csv.DictReader(
+        (root / "results/xv/index/scenes.csv").read_text().splitlines()) if r["split"] == "val"]
+    with zipfile.ZipFile(root / f"results/xv/models/{MODEL}/submission.zip") as archive:
+        assert sorted(archive.namelist()) == sorted(f"xview/{s}.tif.txt" for s in val_scenes)
+        for name in archive.namelist():
+            for line in archive.read(name).decode().splitlines():
+                xmin, ymin, xmax, ymax, type_id, score = line.split()
+                assert int(type_id) in xview.CLASS_NAMES and 0 < float(score) <= 1
+                assert float(xmin) < float(xmax) and float(ymin) < float(ymax)
+    with zipfile.ZipFile(root / f"results/dota15/models/{MODEL}/submission.zip") as archive:
+        assert sorted(archive.namelist()) == sorted(
+            f"dota_task2/Task2_{c}.txt" for c in dota.CLASSES_BY_VERSION["v1.5"])
 
 
 def test_pipeline_on_dota_and_xview_locally(tmp_path, config_file):
@@ -64,6 +95,7 @@ def test_pipeline_on_dota_and_xview_locally(tmp_path, config_file):
     args = ("--configfile", str(path), "--replace-workflow-config")
     run_snakemake(tmp_path, *args)
     _check_results(lambda rel: (tmp_path / rel).read_text(), built)
+    _check_submissions(tmp_path)
     assert (tmp_path / "results/dota15/index/stats.png").read_bytes()[:4] == b"\x89PNG"
     assert planned_jobs(run_snakemake(tmp_path, *args, "--dry-run")) == {}
     run_snakemake(tmp_path, *args, "--report", str(tmp_path / "report.html"))

@@ -116,9 +116,17 @@ def test_detectron2_model_trains_and_predicts(model, tmp_path):
     assert [e["iteration"] for e in log] == [4, 8]
     assert log[-1]["loss"] < log[0]["loss"], [e["loss"] for e in log]
     assert LocalCheckpoints(tmp_path / "ck").iterations() == [4]
-    # A rerun finds the checkpoint (the backend leaves it; `nadir train` removes it at the end).
+    # A rerun finds the checkpoint (the backend leaves it; `nadir train` removes it at the end)
+    # and its `seconds` adds the time trained before the checkpoint to its own.
+    import io
+
+    import torch
+
+    saved = torch.load(io.BytesIO(LocalCheckpoints(tmp_path / "ck").read(4)),
+                       weights_only=False)
     job.outputs = TrainOutputs.in_folder(tmp_path / "rerun")
-    assert backend.train(job)["resumed_from"] == 4
+    rerun = backend.train(job)
+    assert rerun["resumed_from"] == 4 and rerun["seconds"] > saved["nadir_seconds"] > 0
     rerun_log = json.loads((tmp_path / "rerun" / "train_log.json").read_text())
     assert [e["iteration"] for e in rerun_log] == [4, 8]
     predictions = backend.predict(tmp_path / "out" / "model.pt", data["coco"], [data["shard"]],
@@ -126,6 +134,28 @@ def test_detectron2_model_trains_and_predicts(model, tmp_path):
                                    "batch_size": 2})
     metrics = evaluate(data["coco"], predictions, 20)["metrics"]
     assert 0.0 <= metrics["AP50"] <= 1.0
+
+
+@needs_detectron2
+def test_detectron2_trains_on_every_chip_empty_ones_included(tmp_path, monkeypatch):
+    """detectron2 drops chips without objects by default; the other backends and run.json
+    count them, so it must not, or leaderboard rows would not be comparable."""
+    data = tiny_chips.build(tmp_path / "data", chips=4)
+    coco = json.loads(data["coco"].read_text())
+    coco["annotations"] = [a for a in coco["annotations"] if a["image_id"] != 2]
+    data["coco"].write_text(json.dumps(coco))
+    seen = []
+
+    class Recorded(d2.RegisteredChips):
+        def __init__(self, dicts, *args):
+            seen.append(len(dicts))
+            super().__init__(dicts, *args)
+
+    monkeypatch.setattr(d2, "RegisteredChips", Recorded)
+    hp = tiny_chips.hyperparameters(iterations=1, log_interval=1, lr=0.0002, amp=False)
+    result = d2.Detectron2Backend().train(
+        tiny_chips.train_job(data, "d2_faster_rcnn_r50_fpn", hp, tmp_path / "out"))
+    assert seen == [4] == [result["chips"]]
 
 
 @needs_detectron2

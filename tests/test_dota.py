@@ -2,7 +2,8 @@
 
 import pytest
 
-from nadir.datasets.dota import CLASSES_V1_5, parse_label_text
+from nadir.datasets.dota import CLASSES_V1_5, parse_label_file, parse_label_text
+from nadir.datasets.records import BadInput
 from nadir.errors import InputError
 
 
@@ -40,3 +41,18 @@ def test_bad_lines_name_file_and_line(line, message):
     assert err.value.line == 3
     assert str(err.value).startswith("labelTxt/P0007.txt, line 3: ")
     assert message in str(err.value)
+
+
+@pytest.mark.parametrize("header", [True, False], ids=["with-header", "headerless"])
+def test_a_utf8_byte_order_mark_is_not_part_of_line_1(tmp_path, header):
+    """Windows editors start files with a BOM: line 1 (header or object) must still parse,
+    and under `skip` no object may be lost to it."""
+    lines = ["imagesource:GoogleEarth", "gsd:0.5"] if header else []
+    lines += ["1 1 5 1 5 5 1 5 plane 0", "2 2 6 2 6 6 2 6 ship 1"]
+    path = tmp_path / "P0001.txt"
+    path.write_bytes(b"\xef\xbb\xbf" + "\n".join(lines).encode() + b"\n")
+    bad = BadInput({"malformed_record": "skip"})
+    label = parse_label_file(path, CLASSES_V1_5, bad)
+    assert [o.category for o in label.objects] == ["plane", "ship"]
+    assert label.imagesource == ("GoogleEarth" if header else None)
+    assert sum(bad.skipped.values()) == 0

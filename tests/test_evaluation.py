@@ -100,6 +100,15 @@ def test_unknown_image_in_predictions_names_the_file_and_detection(tmp_path):
         evaluate(coco, bad, max_detections=100)
 
 
+def test_an_oriented_outline_without_four_corners_names_the_detection(tmp_path):
+    coco = tmp_path / "val.json"
+    coco.write_text(json.dumps(ground_truth(TRUTH)))
+    bad = perfect()
+    bad[2] = {**bad[2], "polygon": [0, 0, 5, 0, 5, 5]}
+    with pytest.raises(InputError, match=r"val\.json: detection 2: polygon must be the four "):
+        evaluate(coco, bad, max_detections=100)
+
+
 def test_ground_truth_without_objects_is_an_input_error(tmp_path):
     coco = tmp_path / "val.json"
     coco.write_text(json.dumps(ground_truth([])))

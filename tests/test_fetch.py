@@ -164,3 +164,96 @@ def test_private_bucket_with_credentials_from_the_environment(public_s3, tmp_pat
     anonymous = SourceEntry("s3://team/xview/", endpoint_url=public_s3.endpoint)
     with pytest.raises(NadirError, match="AccessDenied"):
         fetch_s3(anonymous, tmp_path / "e", lambda rel: "label", settings(tmp_path, retries=0))
+
+
+@pytest.mark.parametrize("if_range", [True, False], ids=["if-range-honoured", "if-range-ignored"])
+@pytest.mark.parametrize("new_size", [1_500, 500], ids=["grew", "shrank"])
+def test_a_file_changed_between_attempts_is_downloaded_again_never_spliced(tmp_path, if_range,
+                                                                           new_size):
+    """400 bytes of the old version in the `.part`, then the server's file changes: the result
+    is the new version whole, whether the server honours If-Range (200) or ignores it (a 206 of
+    the new version, or a 416 when the new one is shorter than the part)."""
+    root = tmp_path / "www"
+    root.mkdir()
+    (root / "f.bin").write_bytes(b"o" * 1_000)
+    server = FileServer(root, drop_after=400, if_range=if_range)
+    try:
+        dest = tmp_path / "cache" / "f.bin"
+        with pytest.raises(NadirError, match="connection closed after 400 of 1000 bytes"):
+            download(f"{server.url}/f.bin", dest, None, settings(tmp_path, retries=0))
+        new = bytes(range(256)) * 6
+        (root / "f.bin").write_bytes(new[:new_size])
+        download(f"{server.url}/f.bin", dest, None, settings(tmp_path, retries=1))
+        assert dest.read_bytes() == new[:new_size]
+        assert not list(dest.parent.glob("*.part*"))
+    finally:
+        server.stop()
+
+
+def test_a_part_of_unknown_version_is_not_resumed(tmp_path):
+    """A `.part` without the record of its version (from an older nadir, or a crash) is
+    downloaded again from byte 0 rather than trusted."""
+    root = tmp_path / "www"
+    root.mkdir()
+    (root / "f.bin").write_bytes(b"n" * 1_000)
+    dest = tmp_path / "cache" / "f.bin"
+    dest.parent.mkdir(parents=True)
+    dest.with_name("f.bin.part").write_bytes(b"o" * 1_000)
+    server = FileServer(root)
+    try:
+        download(f"{server.url}/f.bin", dest, None, settings(tmp_path, retries=0))
+        assert dest.read_bytes() == b"n" * 1_000
+        assert server.requests == [("/f.bin", None)]
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def proxied_s3(public_s3):
+    """The public SeaweedFS server behind a proxy that injects faults."""
+    from s3proxy import FaultProxy
+
+    proxy = FaultProxy(public_s3.endpoint)
+    yield proxy
+    proxy.stop()
+
+
+def _bucket_with(server, bucket: str, objects: dict[str, bytes]) -> None:
+    client = server.client()
+    if bucket not in [b["Name"] for b in client.list_buckets().get("Buckets", [])]:
+        client.create_bucket(Bucket=bucket)
+    for key, body in objects.items():
+        client.put_object(Bucket=bucket, Key=key, Body=body)
+
+
+def test_s3_transfer_that_gives_up_is_a_clear_error_without_multiplied_attempts(
+        public_s3, proxied_s3, tmp_path):
+    """Every object body cut mid-stream: boto3 raises RetriesExceededError, which must become
+    a NadirError, after retries + 1 GETs in all (no nadir loop on top of botocore's)."""
+    _bucket_with(public_s3, "public", {"cut/a.tif": b"x" * 5_000})
+    proxied_s3.faults = [("GET", "/public/cut/a.tif", "cut")] * 20
+    entry = SourceEntry("s3://public/cut/", endpoint_url=proxied_s3.endpoint)
+    lists = proxied_s3.count("GET")
+    with pytest.raises(NadirError, match="download of s3://public/cut/a.tif: .*gave up"):
+        fetch_s3(entry, tmp_path / "d", lambda rel: "image", settings(tmp_path, retries=1))
+    assert proxied_s3.count("GET") - lists == 1 + 2  # the listing, then 2 attempts
+    assert not (tmp_path / "d" / "a.tif").exists()
+
+
+def test_s3_sources_go_through_the_cache_and_refetch_only_changed_objects(
+        public_s3, proxied_s3, tmp_path):
+    _bucket_with(public_s3, "public", {"cached/a.tif": b"a" * 100, "cached/b.tif": b"b" * 100})
+    entry = SourceEntry("s3://public/cached/", endpoint_url=proxied_s3.endpoint)
+
+    def gets_of_objects(dest):
+        before = len(proxied_s3.seen)
+        fetch_s3(entry, tmp_path / dest, lambda rel: "image", settings(tmp_path))
+        return sorted(p for m, p in proxied_s3.seen[before:] if m == "GET" and "list" not in p)
+
+    assert gets_of_objects("first") == ["/public/cached/a.tif", "/public/cached/b.tif"]
+    assert gets_of_objects("second") == []
+    assert (tmp_path / "second" / "b.tif").read_bytes() == b"b" * 100
+    _bucket_with(public_s3, "public", {"cached/b.tif": b"B" * 100})
+    assert gets_of_objects("third") == ["/public/cached/b.tif"]
+    assert (tmp_path / "third" / "b.tif").read_bytes() == b"B" * 100
+    assert (tmp_path / "second" / "b.tif").read_bytes() == b"b" * 100

@@ -110,6 +110,36 @@ def test_leaderboard_files(tmp_path):
     assert "<h2>dota</h2>" in page and "http" not in page  # self-contained
 
 
+def test_protocol_columns_hold_each_benchmark_map_and_stay_empty_where_not_computed(tmp_path):
+    dota, xview = result("dota", "fcos", 0.6, 0.4), result("xview", "fcos", 0.2, 0.1)
+    dota.scene["protocols"] = {
+        "dota_task2": {"status": "ok", "map": 0.71, "per_class": [
+            {"name": "plane", "AP": 0.9}, {"name": "ship", "AP": 0.52}]},
+        "dota_task1": {"status": "not computed", "reason": "no detection carries a polygon"}}
+    xview.scene["protocols"] = {"xview": {
+        "status": "ok", "map": 0.12, "map_small": None, "map_rare": 0.12, "precision": 0.3,
+        "recall": 0.4, "f1": 0.34, "per_class": [{"name": "Small Car", "AP": 0.12}]}}
+    write_leaderboard([dota, xview], tmp_path / "l.csv", tmp_path / "l.md", tmp_path / "l.html")
+    with open(tmp_path / "l.csv", newline="") as fh:
+        rows = {r["dataset"]: r for r in csv.DictReader(fh)}
+    assert [rows["dota"][c] for c in ("dota_task2_map", "dota_task1_map", "xview_map")] == [
+        "0.71", "", ""]
+    assert rows["xview"]["xview_map"] == "0.12" and rows["xview"]["dota_task2_map"] == ""
+    tables = (tmp_path / "l.md").read_text().split("### ")
+    # Each dataset's Markdown table shows only the protocols it was scored by.
+    assert "| DOTA task 2 mAP |" in tables[1] and "DOTA task 1" not in tables[1]
+    assert "| 0.71 |" in tables[1] and "xView mAP" not in tables[1]
+    assert "| xView mAP |" in tables[2] and "| 0.12 |" in tables[2]
+    # The report's page holds each protocol's numbers per class.
+    page = (tmp_path / "l.html").read_text()
+    assert ("<h3>dota_task2</h3><table><tr><th>model</th><th>map</th><th>plane</th>"
+            "<th>ship</th></tr><tr><td>fcos</td><td>0.71</td><td>0.9</td><td>0.52</td>"
+            "</tr></table>") in page
+    assert "<h3>dota_task1</h3>" not in page  # computed for no model
+    assert ("<th>map_small</th><th>map_rare</th><th>precision</th><th>recall</th><th>f1</th>"
+            "<th>Small Car</th></tr><tr><td>fcos</td><td>0.12</td><td>n/a</td>") in page
+
+
 def test_summary_prints_the_leaderboard_and_total_cost(tmp_path, capsys):
     (tmp_path / "l.md").write_text("### dota\n\n| rank | model |\n")
     (tmp_path / "cost.csv").write_text(

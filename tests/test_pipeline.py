@@ -3,6 +3,7 @@
 import csv
 import json
 import shutil
+import zipfile
 
 import pytest
 from conftest import (
@@ -32,7 +33,14 @@ def test_run_produces_leaderboard_and_per_run_files(finished_run):
     assert [(r["dataset"], r["model"], r["rank"]) for r in rows] == [("sample", MODEL, "1")]
     assert 0.0 <= float(rows[0]["AP50"]) <= 1.0
     assert int(rows[0]["iterations"]) == TEST_CONFIG["training"]["iterations"]
+    # The sample is DOTA-format: DOTA's task-2 protocol scores it; task 1 needs an oriented
+    # model, so its column stays empty for this one.
+    assert 0.0 <= float(rows[0]["dota_task2_map"]) <= 1.0 and rows[0]["dota_task1_map"] == ""
     run_dir = workdir / "results" / "sample" / "models" / MODEL
+    classes = [c["name"] for c in json.loads(
+        (workdir / "results/sample/index/categories.json").read_text())]
+    with zipfile.ZipFile(run_dir / "submission.zip") as archive:
+        assert sorted(archive.namelist()) == sorted(f"dota_task2/Task2_{c}.txt" for c in classes)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert set(metrics["metrics"]) >= {"AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large"}
     assert metrics["images"] > 0 and metrics["objects"] > 0

@@ -107,7 +107,16 @@ def test_sample_pipeline_report_has_every_figure_and_opens_offline(local_sample_
     dry = run_snakemake(workdir, "--configfile", str(edited), "--replace-workflow-config", "-n")
     assert planned_jobs(dry) == {
         "evaluate_scenes": 1, "plot_pr": 1, "plot_class_ap": 1, "compare": 1, "leaderboard": 1,
-        "cost": 1, "summary": 1, "all": 1}
+        "cost": 1,
+        "summary": 1, "all": 1}
+    # So does the choice of benchmark protocols.
+    edited.write_text((ROOT / "config/test.yaml").read_text()
+                      + "evaluation:\n  protocols:\n    sample: [coco]\n")
+    dry = run_snakemake(workdir, "--configfile", str(edited), "--replace-workflow-config", "-n")
+    assert planned_jobs(dry) == {
+        "evaluate_scenes": 1, "plot_pr": 1, "plot_class_ap": 1, "compare": 1, "leaderboard": 1,
+        "cost": 1,
+        "summary": 1, "all": 1}
 
 
 @pytest.mark.slow

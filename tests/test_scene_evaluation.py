@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import zipfile
 
 import pytest
 
@@ -39,9 +40,10 @@ def scene_files(tmp_path):
     return tmp_path
 
 
-def run(files, predictions, nms_iou=0.3):
+def run(files, predictions, nms_iou=0.3, protocols=("coco",), submission=None):
     return evaluate_scenes(predictions, files / "predictions.json", files / "val.json",
-                           files / "scenes.csv", files / "annotations.csv", nms_iou, 1000)
+                           files / "scenes.csv", files / "annotations.csv", nms_iou, 1000,
+                           protocols, submission)
 
 
 PLANE_IN_CHIP_1 = {"image_id": 1, "category_id": 1, "bbox": [120, 50, 40, 30], "score": 0.9}
@@ -115,3 +117,52 @@ def test_unknown_category_in_the_annotation_table_names_scene_and_object(scene_f
     with pytest.raises(InputError, match=r"annotations\.csv: scene V1 object 1: category "
                                          r"'submarine'"):
         run(scene_files, [PLANE_IN_CHIP_1])
+
+
+def test_benchmark_protocols_score_the_merged_scene_and_write_their_files(scene_files):
+    """The duplicate across chips is merged before DOTA's and xView's protocols see it; an
+    axis-aligned model has no task-1 number, and says why."""
+    zip_path = scene_files / "submission.zip"
+    detections, result = run(scene_files, [PLANE_IN_CHIP_1, PLANE_IN_CHIP_2],
+                             protocols=["coco", "dota_task2", "dota_task1", "xview"],
+                             submission=zip_path)
+    task2 = result["protocols"]["dota_task2"]
+    assert task2["status"] == "ok"
+    # Plane found (AP 1), ship missed (0), container-crane without objects (0, as the devkit).
+    assert [(r["name"], r["AP"]) for r in task2["per_class"]] == [
+        ("plane", 1.0), ("ship", 0.0), ("container-crane", 0.0)]
+    assert task2["map"] == pytest.approx(1 / 3, abs=1e-6)
+    assert task2["classes_without_ground_truth"] == ["container-crane"]
+    assert result["protocols"]["dota_task1"]["status"] == "not computed"
+    assert "polygon" in result["protocols"]["dota_task1"]["reason"]
+    # xView's scorer does not count the ship as a miss: no ship was detected in that scene.
+    xview = result["protocols"]["xview"]
+    assert xview["map"] == 0.5 and xview["recall"] == 1.0
+    assert [r["objects_counted"] for r in xview["per_class"]] == [1, 0]
+    with zipfile.ZipFile(zip_path) as archive:
+        names = sorted(archive.namelist())
+        assert names == ["dota_task2/Task2_container-crane.txt", "dota_task2/Task2_plane.txt",
+                         "dota_task2/Task2_ship.txt", "xview/V1.tif.txt"]
+        assert archive.read("dota_task2/Task2_plane.txt") == b"V1 0.9 120.0 50.0 160.0 80.0\n"
+        # The sample's classes are not xView classes: no line can name their type id.
+        assert archive.read("xview/V1.tif.txt") == b""
+
+
+def test_oriented_detections_get_dota_task1_numbers(scene_files):
+    """A detection with a `polygon` (an oriented model) is shifted into the scene with its box
+    and scored by its outline: a thin rotated outline inside the plane's box misses it."""
+    rotated = [121, 60, 159, 62, 158, 70, 120, 68]  # inside the box, IoU with it about 0.25
+    plane = {**PLANE_IN_CHIP_1, "polygon": rectangle(120, 50, 40, 30)}
+    plane_in_chip_2 = {**PLANE_IN_CHIP_2, "score": 0.95,
+                       "polygon": [x - 96 if i % 2 == 0 else x for i, x in enumerate(rotated)]}
+    zip_path = scene_files / "submission.zip"
+    detections, result = run(scene_files, [plane, plane_in_chip_2], nms_iou=0.999,
+                             protocols=["coco", "dota_task1"], submission=zip_path)
+    assert detections["detections"][1]["polygon"] == rotated
+    task1 = {r["name"]: r for r in result["protocols"]["dota_task1"]["per_class"]}
+    # Ranked: the rotated outline (0.95, IoU < 0.5: false), the exact one (0.9, true).
+    assert (task1["plane"]["true_positives"], task1["plane"]["false_positives"]) == (1, 1)
+    assert task1["plane"]["AP"] == 0.5  # precision 1/2 at every recall point
+    with zipfile.ZipFile(zip_path) as archive:
+        lines = archive.read("dota_task1/Task1_plane.txt").decode().splitlines()
+    assert lines[0] == "V1 0.9 120.0 50.0 160.0 50.0 160.0 80.0 120.0 80.0"

@@ -14,10 +14,12 @@ import threading
 from pathlib import Path
 
 import pytest
+from dataset_builders import FileServer
 
 from nadir.errors import NadirError
+from nadir.fetch import ChecksumError, FetchSettings
 from nadir.training.catalogue import weight_files
-from nadir.training.weights import ChecksumError, fetch_weights, verify_file
+from nadir.training.weights import fetch_weights, verify_file
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,7 +60,7 @@ def test_fetch_verifies_a_full_digest_and_records_it(server, tmp_path):
 def test_wrong_checksum_leaves_no_file(server, tmp_path):
     url, _ = server
     out = tmp_path / "w.pth"
-    with pytest.raises(ChecksumError, match="does not start with the catalogue's 00000000"):
+    with pytest.raises(ChecksumError, match="SHA-256 mismatch .* expected 00000000"):
         fetch_weights(f"{url}/weights.pth", "00000000", out)
     assert not out.exists() and not list(tmp_path.glob("w.pth*"))
 
@@ -75,10 +77,31 @@ def test_no_network_is_a_clear_error(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     out = tmp_path / "w.pth"
-    with pytest.raises(NadirError, match=r"cannot download pretrained weights .*place it at "
+    with pytest.raises(NadirError, match=r"cannot download pretrained weights: .*place it at "
                                          r".*pretrained: none"):
-        fetch_weights(f"http://127.0.0.1:{port}/w.pth", "abc", out, timeout=5)
+        fetch_weights(f"http://127.0.0.1:{port}/w.pth", "abc", out, FetchSettings(retries=0))
     assert not out.exists()
+
+
+def test_a_truncated_download_is_retried_and_never_kept_short(tmp_path):
+    """A server that announces 300,000 bytes and sends 1,000: the download is resumed, and
+    while it stays short no weights file (nor its record) appears, checksum or not."""
+    served = tmp_path / "served"
+    served.mkdir()
+    payload = os.urandom(300_000)
+    (served / "w.pth").write_bytes(payload)
+    server = FileServer(served, drop_after=1_000, script=["drop"] * 3)
+    try:
+        out = tmp_path / "weights" / "w.pth"
+        with pytest.raises(NadirError, match=r"cannot download pretrained weights: .*"
+                                             r"connection closed after 3000 of 300000 bytes"):
+            fetch_weights(f"{server.url}/w.pth", None, out, FetchSettings(retries=2))
+        assert not out.exists() and not (tmp_path / "weights" / "w.pth.json").exists()
+        record = fetch_weights(f"{server.url}/w.pth", None, out, FetchSettings(retries=0))
+        assert out.read_bytes() == payload and record["bytes"] == 300_000
+        assert server.requests[-1] == ("/w.pth", "bytes=3000-")
+    finally:
+        server.stop()
 
 
 def test_cli_fetches_a_catalogue_file_from_a_mirror_and_checks_it(server, tmp_path):
@@ -91,7 +114,7 @@ def test_cli_fetches_a_catalogue_file_from_a_mirror_and_checks_it(server, tmp_pa
         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
     # The served bytes are not torchvision's ResNet-18: the catalogue checksum rejects them.
     assert proc.returncode == 1
-    assert "does not start with the catalogue's f37072fd" in proc.stderr
+    assert "SHA-256 mismatch" in proc.stderr and "expected f37072fd" in proc.stderr
     assert "Traceback" not in proc.stderr
     unknown = subprocess.run(
         [sys.executable, "-m", "nadir", "fetch-weights", "--file", "nope.pth", "--out", "x"],

@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
 from nadir import __version__
 from nadir.errors import NadirError
+from nadir.protocols import PROTOCOLS
 
 log = logging.getLogger("nadir")
 
@@ -160,7 +162,8 @@ def cmd_evaluate_scenes(args) -> None:
     predictions_path = Path(args.predictions)
     detections, result = evaluate_scenes(
         json.loads(predictions_path.read_text()), predictions_path, Path(args.coco),
-        Path(args.scenes), Path(args.annotations), args.nms_iou, args.max_detections)
+        Path(args.scenes), Path(args.annotations), args.nms_iou, args.max_detections,
+        args.protocols, Path(args.submission) if args.submission else None)
     Path(args.scene_predictions).write_text(json.dumps(detections) + "\n")
     Path(args.metrics).write_text(json.dumps(result, indent=1) + "\n")
     log.info("scene-level metrics: %s", json.dumps(result["metrics"]))
@@ -386,6 +389,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-detections", type=int, required=True)
     p.add_argument("--scene-predictions", required=True)
     p.add_argument("--metrics", required=True)
+    p.add_argument("--protocols", nargs="+", default=["coco"],
+                   choices=PROTOCOLS,
+                   help="benchmark protocols to score by (coco is always computed)")
+    p.add_argument("--submission", help="zip of the protocols' submission files to write")
 
     p = command("leaderboard", cmd_leaderboard, "rank every run (CSV, Markdown, HTML)")
     for option in ("runs", "metrics", "scene-metrics", "train-benchmarks",
@@ -464,6 +471,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Idle OpenMP threads sleep instead of spinning (libgomp's default), unless the user says
+    # otherwise. On cores that other work shares (a busy machine, a pod under a CPU limit),
+    # spinning made a 2-thread CPU training step 14 times slower (bench/omp_wait.py). OpenMP
+    # reads it when torch is first imported, which no stage does before this line.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from nadir.datasets.normalise import seeded_split
 from nadir.datasets.records import polygon_area
-from nadir.errors import InputError
+from nadir.errors import InputError, NadirError
+from nadir.rotated_boxes import rbox_from_polygon
 
 
 def build_coco(shard_jsons: list[Path], categories: list[dict], splits: list[str]) -> dict:
@@ -16,6 +17,8 @@ def build_coco(shard_jsons: list[Path], categories: list[dict], splits: list[str
 
     Each image carries `shard` (index into the shard list), `scene`, `x`, `y` and `transform`,
     which the trainer uses to find the chip and the evaluator to map boxes back to the scene.
+    Each annotation carries, beside `bbox`, its oriented box `rbox` ([cx, cy, w, h, angle in
+    degrees], the minimum-area rectangle of its `segmentation`; see `nadir.rotated_boxes`).
     """
     by_name = {c["name"]: c["id"] for c in categories}
     out = {s: {"images": [], "annotations": [], "categories": categories} for s in splits}
@@ -35,7 +38,8 @@ def build_coco(shard_jsons: list[Path], categories: list[dict], splits: list[str
                 ann_id += 1
                 coco["annotations"].append({
                     "id": ann_id, "image_id": image_id, "category_id": by_name[obj["category"]],
-                    "bbox": obj["bbox"], "area": round(sum(map(polygon_area, obj["polygons"])), 2),
+                    "bbox": obj["bbox"], "rbox": rbox_from_polygon(obj["polygons"]),
+                    "area": round(sum(map(polygon_area, obj["polygons"])), 2),
                     "segmentation": obj["polygons"], "iscrowd": 0,
                     "truncated": int(obj["truncated"]), "difficult": obj["difficult"],
                 })
@@ -65,6 +69,13 @@ def write_coco(shard_jsons: list[Path], categories_json: Path, outputs: dict[str
                stats_path: Path) -> dict:
     categories = json.loads(Path(categories_json).read_text())
     coco = build_coco(shard_jsons, categories, list(outputs))
+    for split, data in coco.items():
+        if not data["images"]:
+            raise NadirError(
+                f"no chip of the {split} split was written, so nothing could be trained or "
+                f"evaluated on it: check that {split} has scenes (the dataset's `split` "
+                "settings and source entries), and that chips are not all skipped "
+                "(chipping.empty_keep, chipping.nodata_max)")
     for split, path in outputs.items():
         Path(path).write_text(json.dumps(coco[split]) + "\n")
     stats = statistics(coco)

@@ -88,13 +88,74 @@ def _describe(error) -> str:
     return f"config key {path}: {error.message}"
 
 
+def _scheme(url: str) -> str:
+    scheme = url.split("://", 1)[0] if "://" in url else "file"
+    return scheme if scheme in ("http", "https", "s3") else "file"
+
+
+def _not_applying(given: dict, schema: dict) -> list[str]:
+    """Keys the user wrote that do nothing for their dataset's format (schema `x-formats`) or
+    source entry's kind of URL (`x-schemes`)."""
+    dataset_keys = schema["$defs"]["dataset"]["properties"]
+    source_keys = schema["$defs"]["source"]["properties"]
+    problems = []
+    for name, dataset in (given.get("datasets") or {}).items():
+        fmt = dataset.get("format")
+        for key in dataset:
+            formats = dataset_keys.get(key, {}).get("x-formats")
+            if formats and fmt not in formats:
+                problems.append(f"config key datasets.{name}.{key}: does not apply to format "
+                                f"{fmt!r} (only to {', '.join(formats)}); remove it")
+        for i, entry in enumerate(dataset.get("source") or []):
+            scheme = _scheme(str(entry.get("url", "")))
+            for key in entry:
+                schemes = source_keys.get(key, {}).get("x-schemes")
+                if schemes and scheme not in schemes:
+                    problems.append(f"config key datasets.{name}.source.{i}.{key}: does not "
+                                    f"apply to a {scheme} source (only to "
+                                    f"{', '.join(schemes)}); remove it")
+        split = dataset.get("split") or {}
+        if fmt == "xview" and split.get("method") == "official":
+            problems.append(f"config key datasets.{name}.split.method: xView has no official "
+                            "split; remove it (the split is always seeded)")
+        if split.get("method", "official") == "official" and fmt != "xview":
+            problems += [f"config key datasets.{name}.split.{key}: applies only to "
+                         "split.method: seeded; set that or remove it"
+                         for key in ("val_fraction", "seed") if key in split]
+    return problems
+
+
+def _contradictions(given: dict, config: dict) -> list[str]:
+    """Training settings that defeat each other, per model as its settings resolve."""
+    problems = []
+    from nadir.training.catalogue import CATALOGUE
+
+    every = (given.get("checkpoints") or {}).get("every")
+    for model in config["models"]:
+        hp = (model_hyperparameters(config, model) if model in CATALOGUE  # else a test's name
+              else {**config["training"], **(config["models"][model] or {})})
+        if hp["warmup_iterations"] > hp["iterations"]:
+            problems.append(f"config key training.warmup_iterations (model {model}): "
+                            f"{hp['warmup_iterations']} is more than its {hp['iterations']} "
+                            "iterations, so the learning rate would never decay")
+        if every and every > hp["iterations"]:
+            problems.append(f"config key checkpoints.every: {every} is more than the "
+                            f"{hp['iterations']} iterations of model {model}, so it would "
+                            "never write a checkpoint (0 turns checkpoints off)")
+    return problems
+
+
 def validate(config: dict, model_names: list[str]) -> dict:
     """Validate in place, filling defaults; raise ConfigError listing every problem."""
-    validator = DefaultFillingValidator(load_schema(model_names))
+    given = copy.deepcopy(config)  # what the user wrote, before defaults are filled in
+    schema = load_schema(model_names)
+    validator = DefaultFillingValidator(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
-    if errors:
-        lines = "\n".join(f"  - {_describe(e)}" for e in errors)
-        raise ConfigError(f"invalid configuration ({len(errors)} problem(s)):\n{lines}")
+    problems = [_describe(e) for e in errors] or [*_not_applying(given, schema),
+                                                  *_contradictions(given, config)]
+    if problems:
+        lines = "\n".join(f"  - {p}" for p in problems)
+        raise ConfigError(f"invalid configuration ({len(problems)} problem(s)):\n{lines}")
     from nadir.chipping import ChipParams
 
     for key, chip in [("chipping", config["chipping"])] + [

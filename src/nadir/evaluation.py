@@ -50,6 +50,10 @@ def check_detections(gt: dict, detections: list[dict], source: str | Path) -> No
         if len(det["bbox"]) != 4:
             raise InputError(source, f"detection {i}: bbox must be [x, y, width, height], "
                              f"got {det['bbox']}")
+        # An oriented model's outline, scored by DOTA's task 1 (nadir.protocols.dota).
+        if "polygon" in det and len(det["polygon"]) != 8:
+            raise InputError(source, f"detection {i}: polygon must be the four corners "
+                             f"[x1, y1, x2, y2, x3, y3, x4, y4], got {det['polygon']}")
 
 
 def run_cocoeval(gt: dict, detections: list[dict], max_detections: int,

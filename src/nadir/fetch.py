@@ -2,10 +2,14 @@
 
 A dataset's `source` lists entries, each a local path (folder, file or archive the user placed),
 an http(s):// URL, or an s3://bucket/prefix/ (anonymous by default, for public buckets).
-- Downloads are resumable (HTTP Range on a `.part` file kept in the cache), retried with
-  exponential back-off, checked against `sha256` when given, and renamed to their final name only
-  once complete and verified, so a partial download never looks complete.
-- Archives (.zip, .tar, .tar.gz, .tgz) are extracted; folders are linked or copied.
+- Downloads are resumable (HTTP Range with If-Range on the version a `.part` file in the cache
+  holds, so two versions are never spliced), retried with exponential back-off, complete only at
+  the length the server announced, checked against `sha256` when given, and renamed to their
+  final name only once complete and verified, so a partial download never looks complete.
+  Pretrained weights use the same downloader.
+- s3:// objects come through the cache too, keyed by ETag; botocore does the retrying.
+- Archives (.zip, .tar, .tar.gz, .tgz, and archives inside them) are extracted; folders are
+  linked or copied.
 - Every entry lands in its own sub-folder `<n>-<split>/` of the output folder; the manifest then
   lists each scene (image, label, split, size, georeferencing) with paths relative to it.
 """
@@ -16,10 +20,12 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import tarfile
 import time
 import zipfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from http.client import HTTPException
@@ -72,12 +78,23 @@ class FetchSettings:
     timeout_s: float = 60.0
 
 
-def _verify(path: Path, expected: str | None, origin: str) -> str:
+class ChecksumError(InputError):
+    """A file whose SHA-256 is not the expected one (corrupt, or another version)."""
+
+
+def verify(path: Path, expected: str | None, origin: str,
+           hint: str = "the file is corrupt or a different version") -> str:
+    """The file's SHA-256, checked against `expected`: a full digest, or the prefix that
+    torchvision publishes in its file names (None: nothing to check)."""
     actual = sha256_of(path)
-    if expected and actual != expected:
-        raise InputError(path, f"SHA-256 mismatch for {origin}: expected {expected}, got {actual}"
-                               "; the file is corrupt or a different version")
+    if expected and not actual.startswith(expected.lower()):
+        raise ChecksumError(path, f"SHA-256 mismatch for {origin}: expected {expected}, got "
+                                  f"{actual}; {hint}")
     return actual
+
+
+class Incomplete(ConnectionError):
+    """A response that ended before the length its headers announced (retried, resumed)."""
 
 
 def _retrying(what: str, attempts: int, action: Callable[[], None]) -> None:
@@ -100,70 +117,165 @@ def _retrying(what: str, attempts: int, action: Callable[[], None]) -> None:
     raise NadirError(f"{what}: still failing after {attempts + 1} attempt(s): {error}")
 
 
+@dataclass
+class PartialDownload:
+    """A `.part` file and what identifies the version it holds (`.part.json`): the ETag or
+    Last-Modified and the full length the server announced. A part is resumed only with
+    `If-Range` on that validator, so two versions of a file are never spliced together."""
+
+    path: Path
+    validator: str | None = None
+    total: int | None = None
+
+    @classmethod
+    def open(cls, dest: Path) -> PartialDownload:
+        part = cls(dest.with_name(dest.name + ".part"))
+        try:
+            state = json.loads(part.sidecar.read_text())
+            part.validator, part.total = state["validator"], state["total"]
+        except (OSError, ValueError, KeyError):
+            part.discard()  # a part of unknown version cannot be resumed safely
+        return part
+
+    @property
+    def sidecar(self) -> Path:
+        return self.path.with_name(self.path.name + ".json")
+
+    @property
+    def size(self) -> int:
+        return self.path.stat().st_size if self.path.exists() else 0
+
+    def resumable(self) -> bool:
+        return self.validator is not None and self.total is not None and 0 < self.size
+
+    def start(self, validator: str | None, total: int | None) -> None:
+        """Begin again from byte 0 for the version the server now announces."""
+        self.path.write_bytes(b"")
+        self.validator, self.total = validator, total
+        self.sidecar.write_text(json.dumps({"validator": validator, "total": total}))
+
+    def discard(self) -> None:
+        self.path.unlink(missing_ok=True)
+        self.sidecar.unlink(missing_ok=True)
+        self.validator = self.total = None
+
+
+def _validator(headers) -> str | None:
+    """A strong validator for If-Range: the ETag unless it is weak, else Last-Modified."""
+    etag = headers.get("ETag")
+    if etag and not etag.startswith("W/"):
+        return etag
+    return headers.get("Last-Modified")
+
+
+def _content_range(headers) -> tuple[int | None, int | None]:
+    """(first byte, full length) of a `Content-Range: bytes a-b/n` or `bytes */n` header."""
+    value = headers.get("Content-Range") or ""
+    match = re.fullmatch(r"bytes (?:(\d+)-\d+|\*)/(\d+|\*)", value.strip())
+    if not match:
+        return None, None
+    first, total = match.groups()
+    return (int(first) if first else None), (int(total) if total != "*" else None)
+
+
+def _receive(response, part: PartialDownload, dest: Path) -> None:
+    """Append the response body to the part, failing with `Incomplete` when it ends early."""
+    received = part.size
+    next_report = received + PROGRESS_EVERY
+    with open(part.path, "ab") as out:
+        for block in iter(lambda: response.read(BLOCK), b""):
+            out.write(block)
+            received += len(block)
+            if received >= next_report:
+                log.info("%s: %d MiB of %s", dest.name, received >> 20,
+                         f"{part.total >> 20} MiB" if part.total else "unknown size")
+                next_report += PROGRESS_EVERY
+    if part.total is None:
+        return
+    if received < part.total:
+        raise Incomplete(f"connection closed after {received} of {part.total} bytes")
+    if received > part.total:
+        part.discard()
+        raise Incomplete(f"the server sent {received} bytes after announcing {part.total}")
+
+
+def _attempt(url: str, part: PartialDownload, dest: Path, timeout_s: float) -> None:
+    """One request: resume the part if the server still has the same version, else restart."""
+    headers = {}
+    if part.resumable():
+        headers = {"Range": f"bytes={part.size}-", "If-Range": part.validator}
+    try:
+        response = urlopen(Request(url, headers=headers), timeout=timeout_s)
+    except HTTPError as exc:
+        if exc.code != 416 or not headers:
+            raise
+        _, total = _content_range(exc.headers)
+        if total is not None and total == part.size == part.total:
+            return  # the part already holds every byte of this version
+        log.warning("%s: the server refused to resume at byte %d (HTTP 416); starting over",
+                    url, part.size)
+        part.discard()
+        raise Incomplete("range not satisfiable; the partial download was discarded") from None
+    with response:
+        validator = _validator(response.headers)
+        first, total = _content_range(response.headers)
+        if headers and response.status == 206 and first == part.size \
+                and total == part.total and validator == part.validator:
+            log.info("resuming %s at byte %d of %d", url, part.size, part.total)
+        else:
+            if headers:
+                log.info("%s changed or cannot be resumed; downloading it from the start", url)
+            length = response.headers.get("Content-Length")
+            if response.status == 206:
+                part.discard()
+                raise Incomplete("a partial response to a request for the whole file")
+            part.start(validator, int(length) if length is not None else None)
+        _receive(response, part, dest)
+
+
 def download(url: str, dest: Path, sha256: str | None, settings: FetchSettings) -> str:
-    """Download `url` to `dest` via `dest.part`, resuming a previous partial download.
+    """Download `url` to `dest` via `dest.part`, resuming a previous partial download of the
+    same version; `dest` appears only complete (every announced byte) and verified.
 
     Returns the file's SHA-256 (computed once, while verifying it)."""
     if dest.exists():
         log.info("already downloaded: %s", dest)
-        return _verify(dest, sha256, url)
+        return verify(dest, sha256, url)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(dest.name + ".part")
-
-    def attempt() -> None:
-        offset = part.stat().st_size if part.exists() else 0
-        headers = {"Range": f"bytes={offset}-"} if offset else {}
-        try:
-            response = urlopen(Request(url, headers=headers), timeout=settings.timeout_s)
-        except HTTPError as exc:
-            if exc.code == 416 and offset:  # nothing left to send: the part is complete
-                return
-            raise
-        with response:
-            resumed = offset > 0 and response.status == 206
-            if offset and not resumed:
-                log.info("server ignored the range request; downloading %s from the start", url)
-                offset = 0
-            length = response.headers.get("Content-Length")
-            expected = offset + int(length) if length is not None else None
-            received, next_report = offset, offset + PROGRESS_EVERY
-            with open(part, "ab" if resumed else "wb") as out:
-                for block in iter(lambda: response.read(BLOCK), b""):
-                    out.write(block)
-                    received += len(block)
-                    if received >= next_report:
-                        log.info("%s: %d MiB of %s", dest.name, received >> 20,
-                                 f"{expected >> 20} MiB" if expected else "unknown size")
-                        next_report += PROGRESS_EVERY
-        if expected is not None and received < expected:
-            raise ConnectionError(f"connection closed after {received} of {expected} bytes")
-
+    part = PartialDownload.open(dest)
     log.info("downloading %s", url)
-    _retrying(f"download of {url}", settings.retries, attempt)
+    _retrying(f"download of {url}", settings.retries,
+              lambda: _attempt(url, part, dest, settings.timeout_s))
     try:
-        digest = _verify(part, sha256, url)
-    except InputError:
-        part.unlink()  # a corrupt part would poison every resume
+        digest = verify(part.path, sha256, url)
+    except ChecksumError:
+        part.discard()  # a corrupt part would poison every resume
         raise
-    os.replace(part, dest)
+    os.replace(part.path, dest)
+    part.sidecar.unlink(missing_ok=True)
     log.info("downloaded and verified %s (%d bytes)", dest, dest.stat().st_size)
     return digest
 
 
-def _s3_client(entry: SourceEntry):
+def _s3_client(entry: SourceEntry, settings: FetchSettings):
+    """A client whose requests botocore retries `settings.retries` times (nadir adds no retry
+    loop of its own on top, so attempts never multiply)."""
     import boto3
     from botocore import UNSIGNED
     from botocore.config import Config
 
-    config = Config(signature_version=UNSIGNED) if entry.anonymous else None
-    return boto3.client("s3", endpoint_url=entry.endpoint_url, config=config)
+    config = Config(retries={"max_attempts": settings.retries + 1, "mode": "standard"},
+                    connect_timeout=settings.timeout_s, read_timeout=settings.timeout_s,
+                    **({"signature_version": UNSIGNED} if entry.anonymous else {}))
+    # A session of its own: boto3's default one keeps the credentials it first found.
+    return boto3.session.Session().client("s3", endpoint_url=entry.endpoint_url, config=config)
 
 
-def _s3_select(keys: list[str], prefix: str, wanted: Callable[[str], str | None],
+def _s3_select(objects: dict[str, str], prefix: str, wanted: Callable[[str], str | None],
                max_scenes: int | None) -> list[str]:
     """The keys the format wants; with `max_scenes`, the first N images (in key order) and the
     labels that share their names."""
-    kinds = {k: wanted(k[len(prefix):]) for k in keys}
+    kinds = {k: wanted(k[len(prefix):]) for k in objects}
     images = sorted(k for k, kind in kinds.items() if kind == "image")
     labels = [k for k, kind in kinds.items() if kind == "label"]
     if max_scenes is not None:
@@ -173,82 +285,178 @@ def _s3_select(keys: list[str], prefix: str, wanted: Callable[[str], str | None]
     return sorted(images + labels)
 
 
+class S3Cache:
+    """Objects of one endpoint and bucket kept under the fetch cache, each with the ETag it had
+    (`etags.json`), so a later fetch copies unchanged objects from disk and downloads only new
+    or changed ones. An object enters the index only once its file is complete."""
+
+    SAVE_EVERY = 100
+
+    def __init__(self, cache_dir: Path, endpoint: str | None, bucket: str):
+        key = hashlib.sha256(f"{endpoint or 'aws'}|{bucket}".encode()).hexdigest()[:16]
+        self.root = cache_dir / "s3" / key
+        self.index_path = self.root / "etags.json"
+        try:
+            self.etags: dict[str, str] = json.loads(self.index_path.read_text())
+        except (OSError, ValueError):
+            self.etags = {}
+        self.unsaved = 0
+
+    def path(self, key: str) -> Path:
+        return self.root / "objects" / key
+
+    def holds(self, key: str, etag: str) -> bool:
+        return self.etags.get(key) == etag and self.path(key).is_file()
+
+    def add(self, key: str, etag: str) -> None:
+        self.etags[key] = etag
+        self.unsaved += 1
+        if self.unsaved >= self.SAVE_EVERY:
+            self.save()
+
+    def save(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        partial = self.index_path.with_name(f"etags.json.partial-{os.getpid()}")
+        partial.write_text(json.dumps(self.etags, sort_keys=True))
+        os.replace(partial, self.index_path)
+        self.unsaved = 0
+
+
 def fetch_s3(entry: SourceEntry, dest: Path, wanted: Callable[[str], str | None],
              settings: FetchSettings) -> list[str]:
-    """Copy the wanted objects under an s3:// prefix into `dest`, keeping their relative keys."""
+    """Copy the wanted objects under an s3:// prefix into `dest`, keeping their relative keys;
+    objects come through the cache (`settings.cache_dir`), downloaded only when new or changed."""
+    from boto3.s3.transfer import TransferConfig
+
     parsed = urlparse(entry.url)
     bucket, prefix = parsed.netloc, parsed.path.lstrip("/")
     if prefix and not prefix.endswith("/"):
         prefix += "/"
-    client = _s3_client(entry)
-    keys: list[str] = []
+    client = _s3_client(entry, settings)
+    # botocore retries requests; s3transfer retries a body cut mid-stream: one loop each.
+    transfer = TransferConfig(num_download_attempts=settings.retries + 1, use_threads=False)
+    objects: dict[str, str] = {}
 
     def list_keys() -> None:
-        keys.clear()
         for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket,
                                                                      Prefix=prefix):
-            keys.extend(o["Key"] for o in page.get("Contents", []) if not o["Key"].endswith("/"))
+            objects.update((o["Key"], o.get("ETag", "")) for o in page.get("Contents", [])
+                           if not o["Key"].endswith("/"))
 
-    _s3_call(f"listing {entry.url}", settings, list_keys)
-    selected = _s3_select(keys, prefix, wanted, entry.max_scenes)
+    _s3_call(f"listing {entry.url}", list_keys)
+    selected = _s3_select(objects, prefix, wanted, entry.max_scenes)
     if not selected:
-        raise InputError(entry.url, f"no wanted files among the {len(keys)} object(s) under this "
-                                    "prefix; check the prefix and the dataset's `tiled` setting")
-    for n, key in enumerate(selected, start=1):
-        target = dest / key[len(prefix):]
-        target.parent.mkdir(parents=True, exist_ok=True)
-        part = target.with_name(target.name + ".part")
-        _s3_call(f"download of s3://{bucket}/{key}", settings,
-                 lambda key=key, part=part: client.download_file(bucket, key, str(part)))
-        os.replace(part, target)
-        if n % 100 == 0 or n == len(selected):
-            log.info("s3: %d/%d objects from %s", n, len(selected), entry.url)
+        raise InputError(entry.url, f"no wanted files among the {len(objects)} object(s) under "
+                                    "this prefix; check the prefix and the dataset's `tiled` "
+                                    "setting")
+    cache = S3Cache(settings.cache_dir, entry.endpoint_url, bucket)
+    reused = 0
+    try:
+        for n, key in enumerate(selected, start=1):
+            cached = cache.path(key)
+            if cache.holds(key, objects[key]):
+                reused += 1
+            else:
+                cached.parent.mkdir(parents=True, exist_ok=True)
+                part = cached.with_name(cached.name + ".part")
+                _s3_call(f"download of s3://{bucket}/{key}",
+                         lambda key=key, part=part: client.download_file(
+                             bucket, key, str(part), Config=transfer))
+                os.replace(part, cached)
+                cache.add(key, objects[key])
+            target = dest / key[len(prefix):]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.unlink(missing_ok=True)
+            _link_or_copy(str(cached), str(target))
+            if n % 100 == 0 or n == len(selected):
+                log.info("s3: %d/%d objects from %s (%d from the cache)", n, len(selected),
+                         entry.url, reused)
+    finally:
+        cache.save()
     return selected
 
 
-def _s3_call(what: str, settings: FetchSettings, action: Callable[[], None]) -> None:
+def _s3_call(what: str, action: Callable[[], None]) -> None:
+    """Run one S3 action (botocore has already retried it) and turn its failures into
+    NadirErrors that say what to check."""
+    from boto3.exceptions import RetriesExceededError, S3TransferFailedError
     from botocore.exceptions import BotoCoreError, ClientError
 
-    for attempt in range(settings.retries + 1):
-        try:
-            action()
-            return
-        except ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code", "")
-            if code in ("AccessDenied", "NoSuchBucket", "403", "404", "NoSuchKey"):
-                raise NadirError(f"{what}: {code} (for a public bucket, keep anonymous: true; "
-                                 "for a private one, set anonymous: false and AWS_* "
-                                 "credentials in the environment)") from None
-            error: Exception = exc
-        except BotoCoreError as exc:
-            error = exc
-        if attempt < settings.retries:
-            time.sleep(min(30.0, 2.0 ** attempt))
-    raise NadirError(f"{what}: still failing after {settings.retries + 1} attempt(s): {error}")
+    try:
+        action()
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "")
+        if code in ("AccessDenied", "NoSuchBucket", "403", "404", "NoSuchKey"):
+            raise NadirError(f"{what}: {code} (for a public bucket, keep anonymous: true; "
+                             "for a private one, set anonymous: false and AWS_* "
+                             "credentials in the environment)") from None
+        raise NadirError(f"{what}: {code or exc}; gave up after botocore's retries") from None
+    except (BotoCoreError, RetriesExceededError, S3TransferFailedError) as exc:
+        raise NadirError(f"{what}: {exc}; gave up after botocore's retries (check the "
+                         "endpoint_url and that the server is up)") from None
 
 
 def is_archive(path: Path) -> bool:
     return path.is_file() and path.name.lower().endswith(ARCHIVE_SUFFIXES)
 
 
-def extract(archive: Path, dest: Path) -> None:
+NESTING_LIMIT = 3  # archives inside archives are extracted down to this depth
+
+
+def _extract_one(archive: Path, dest: Path) -> None:
     """Extract a zip or tar archive, refusing members that would land outside `dest`."""
-    dest.mkdir(parents=True, exist_ok=True)
     log.info("extracting %s", archive)
-    if archive.name.lower().endswith(".zip"):
-        with zipfile.ZipFile(archive) as zf:
-            root = dest.resolve()
-            for member in zf.namelist():
-                if not (dest / member).resolve().is_relative_to(root):
-                    raise InputError(archive, f"member {member!r} would be written outside "
-                                              "the extraction folder")
-            zf.extractall(dest)
-    else:
-        try:
+    try:
+        if archive.name.lower().endswith(".zip"):
+            with zipfile.ZipFile(archive) as zf:
+                root = dest.resolve()
+                for member in zf.namelist():
+                    if not (dest / member).resolve().is_relative_to(root):
+                        raise InputError(archive, f"member {member!r} would be written outside "
+                                                  "the extraction folder")
+                zf.extractall(dest)
+        else:
             with tarfile.open(archive) as tf:
                 tf.extractall(dest, filter="data")
-        except (tarfile.TarError, EOFError) as exc:
-            raise InputError(archive, f"not a readable tar archive ({exc})") from None
+    except tarfile.FilterError as exc:
+        raise InputError(archive, f"refused: {exc}") from None
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, OSError) as exc:
+        raise InputError(archive, f"not a readable archive ({exc}); it is corrupt or "
+                                  "truncated: download or copy it again") from None
+
+
+def extract(archive: Path, dest: Path) -> None:
+    """Extract an archive, and archives found inside it, into `dest`.
+
+    Everything goes to `<dest>.partial` first and takes its place only once all of it is
+    extracted, so a corrupt or truncated archive never leaves a folder that looks complete.
+    An inner archive is extracted into a folder named after it, and then removed.
+    """
+    partial = dest.with_name(dest.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    try:
+        _extract_one(archive, partial)
+        for depth in range(1, NESTING_LIMIT + 1):
+            inner = sorted(p for p in partial.rglob("*") if is_archive(p))
+            if not inner:
+                break
+            if depth == NESTING_LIMIT:
+                raise InputError(archive, f"archives nested more than {NESTING_LIMIT} deep "
+                                          f"(e.g. {inner[0].relative_to(partial)}); unpack it "
+                                          "by hand")
+            for path in inner:
+                suffix = next(x for x in ARCHIVE_SUFFIXES if path.name.lower().endswith(x))
+                _extract_one(path, path.with_name(path.name[:-len(suffix)]))
+                path.unlink()
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    if dest.exists():
+        shutil.copytree(partial, dest, dirs_exist_ok=True)
+        shutil.rmtree(partial)
+    else:
+        os.replace(partial, dest)
 
 
 def _link_or_copy(src: str, dst: str) -> None:
@@ -287,7 +495,7 @@ def obtain(entry: SourceEntry, dest: Path, dataset_format: str,
             raise InputError(path, f"not found: this {dataset_format} source entry is expected "
                                    f"at this path. {WHERE_TO_GET[dataset_format]}")
         if path.is_file():
-            record["sha256"] = _verify(path, entry.sha256, str(path))
+            record["sha256"] = verify(path, entry.sha256, str(path))
     place(path, dest)
     return record
 

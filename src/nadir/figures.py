@@ -1,5 +1,5 @@
 """Every figure of the report: dataset statistics, loss curves, per-class AP heat map, PR
-curves, sample detections.
+curves, sample detections (rotated boxes for oriented models).
 
 Each function reads the stage outputs it is given and writes one PNG; none reads anything else,
 so each runs as its own Snakemake job (or pod) with only its declared inputs.
@@ -17,6 +17,7 @@ import numpy as np
 from nadir.datasets.normalise import EXCLUDED
 from nadir.errors import InputError
 from nadir.evaluation import NO_GROUND_TRUTH
+from nadir.rotated_boxes import rbox_to_polygon
 from nadir.shards import member_offsets, read_member
 
 log = logging.getLogger(__name__)
@@ -131,13 +132,30 @@ def read_chips(shards: list[Path], images: list[dict], listed_in: Path) -> list[
     return pixels
 
 
+def outline(item: dict, oriented: bool, colour: str, style: str):
+    """The patch drawn for one annotation or detection: its rotated box when `oriented` and it
+    has one (`polygon`, or an annotation's `rbox`), else its axis-aligned `bbox`."""
+    from matplotlib.patches import Polygon, Rectangle
+
+    corners = item.get("polygon") or (rbox_to_polygon(item["rbox"]) if "rbox" in item else None)
+    if oriented and corners is not None:
+        return Polygon(np.reshape(corners, (4, 2)), closed=True, fill=False, edgecolor=colour,
+                       linestyle=style, linewidth=1.2)
+    x, y, w, h = item["bbox"]
+    return Rectangle((x, y), w, h, fill=False, edgecolor=colour, linestyle=style,
+                     linewidth=1.2)
+
+
 def plot_detection_grid(coco_json: Path, predictions: list[dict], shards: list[Path],
                         out_png: Path, title: str, count: int, min_score: float) -> None:
-    """Sample val chips with ground truth (green) and predictions above `min_score` (magenta)."""
-    from matplotlib.patches import Rectangle
+    """Sample val chips with ground truth (green) and predictions above `min_score` (magenta).
 
+    An oriented model's predictions (carrying `polygon`) are drawn as rotated boxes, and so is
+    the ground truth beside them (each annotation's `rbox`); other models' as axis-aligned ones.
+    """
     plt = _pyplot()
     coco = json.loads(Path(coco_json).read_text())
+    oriented = any("polygon" in p for p in predictions)
     chips = pick_sample_chips(coco, count)
     if not chips:
         raise InputError(coco_json, "the val split has no chips to draw")
@@ -158,9 +176,7 @@ def plot_detection_grid(coco_json: Path, predictions: list[dict], shards: list[P
         for boxes, colour, style in ((truth, GROUND_TRUTH_COLOUR, "-"),
                                      (shown, PREDICTION_COLOUR, "--")):
             for b in boxes:
-                x, y, w, h = b["bbox"]
-                ax.add_patch(Rectangle((x, y), w, h, fill=False, edgecolor=colour,
-                                       linestyle=style, linewidth=1.2))
+                ax.add_patch(outline(b, oriented, colour, style))
         for p in shown:
             ax.text(p["bbox"][0], p["bbox"][1] - 1, f"{names[p['category_id']]} "
                     f"{p['score']:.2f}", color=PREDICTION_COLOUR, fontsize=5)

@@ -62,12 +62,34 @@ class Annotation:
     polygon: list[float]
 
 
+# How complete PNG and JPEG files end: GDAL reads a truncated one without an error (a PNG's
+# missing rows come back as made-up pixels), so the index checks their last bytes.
+TRAILERS = {".png": b"IEND\xaeB`\x82", ".jpg": b"\xff\xd9", ".jpeg": b"\xff\xd9"}
+
+
+def _check_trailer(path: Path) -> None:
+    trailer = TRAILERS.get(Path(path).suffix.lower())
+    if trailer is None:
+        return
+    with open(path, "rb") as fh:  # the marker may be followed by padding or other data
+        fh.seek(0, 2)
+        fh.seek(max(0, fh.tell() - 4096))
+        end = fh.read()
+    if trailer not in end:
+        raise InputError(path, f"truncated: a complete {Path(path).suffix.lstrip('.').upper()} "
+                               "file ends with its end marker and this one does not; copy or "
+                               "download it again")
+
+
 def image_header(path: Path) -> dict:
-    """Size, bands, type and georeferencing of an image, read from its header only."""
+    """Size, bands, type and georeferencing of an image, read from its header only (and, for
+    PNG and JPEG, its last bytes, which show whether it is complete)."""
     import warnings
 
     import rasterio
     from rasterio.errors import NotGeoreferencedWarning
+
+    _check_trailer(path)
 
     try:
         with warnings.catch_warnings():

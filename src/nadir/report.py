@@ -19,18 +19,23 @@ SCENE_METRICS = ["AP", "AP50", "AP75", "ARmax"]
 ALL_METRICS = [*LEADERBOARD_METRICS, *(f"scene_{m}" for m in SCENE_METRICS)]
 # Over repeats each metric column holds the mean; these say how far to trust it.
 SPREAD_SUFFIXES = ["sd", "ci_low", "ci_high"]
+# The benchmark protocols' headline numbers (scene level; empty where not computed).
+PROTOCOL_COLUMNS = {"dota_task2_map": "dota_task2", "dota_task1_map": "dota_task1",
+                    "xview_map": "xview"}
 LEADERBOARD_FIELDS = [
     "rank", "chip_rank", "dataset", "model", "run", "repeats", "seeds", *ALL_METRICS,
-    "iterations", "train_seconds", "wall_seconds", "gpu_hours", "peak_memory_mb", "device",
+    *PROTOCOL_COLUMNS, "iterations", "train_seconds", "wall_seconds", "gpu_hours",
+    "peak_memory_mb", "device",
     "train_chips", "val_chips", "val_scenes", "weights", "vs_best", "vs_best_difference",
     "vs_best_ci_low", "vs_best_ci_high",
     *(f"{m}_{suffix}" for m in ALL_METRICS for suffix in SPREAD_SUFFIXES),
 ]
 # The columns of the terminal and Markdown tables, with their headings.
 SUMMARY_COLUMNS = {"rank": "rank", "run": "model", "scene_AP": "scene AP",
-                   "scene_AP50": "scene AP50", "AP": "chip AP", "AP50": "chip AP50",
-                   "iterations": "iterations", "wall_seconds": "wall s",
-                   "gpu_hours": "GPU-h", "peak_memory_mb": "peak MB"}
+                   "scene_AP50": "scene AP50", "dota_task2_map": "DOTA task 2 mAP",
+                   "dota_task1_map": "DOTA task 1 mAP", "xview_map": "xView mAP",
+                   "AP": "chip AP", "AP50": "chip AP50", "iterations": "iterations",
+                   "wall_seconds": "wall s", "gpu_hours": "GPU-h", "peak_memory_mb": "peak MB"}
 
 
 @dataclass
@@ -89,6 +94,12 @@ def _rank(rows: list[dict], metric: str, column: str) -> None:
             row[column] = i
 
 
+def protocol_map(scene: dict, protocol: str) -> float | None:
+    """A protocol's mAP from scene metrics; None where it was not asked for or not computed."""
+    result = scene.get("protocols", {}).get(protocol, {})
+    return result.get("map") if result.get("status") == "ok" else None
+
+
 def group_repeats(results: list[RunResult]) -> list[tuple[str, list[RunResult]]]:
     """(setting's label, its runs): runs that differ only by their seed are one row."""
     groups = group_settings([(r.name or r.run["model"], r.run) for r in results])
@@ -115,6 +126,11 @@ def _vs_best(comparison: dict | None, label: str) -> dict:
             row |= {"vs_best_difference": round(sign * pair["difference"], 6),
                     "vs_best_ci_low": round(low, 6), "vs_best_ci_high": round(high, 6)}
     return row
+
+
+def _mean_or_none(values: list) -> float | None:
+    """The mean over repeats of a number some runs may lack (None then)."""
+    return None if any(v is None for v in values) else round(sum(values) / len(values), 6)
 
 
 def _weights(members: list[RunResult]) -> str:
@@ -150,6 +166,8 @@ def leaderboard_rows(results: list[RunResult],
                 row[f"{metric}_{suffix}"] = (None if stats[suffix] is None
                                              else round(stats[suffix], 6))
         row |= {
+            **{column: _mean_or_none([protocol_map(r.scene, p) for r in members])
+               for column, p in PROTOCOL_COLUMNS.items()},
             "iterations": first.run["training"]["iterations"],
             "train_seconds": round(sum(r.run["training"]["seconds"] for r in members)
                                    / len(members), 2),
@@ -189,18 +207,22 @@ def _summary_columns(rows: list[dict]) -> dict:
 def format_markdown(rows: list[dict]) -> str:
     """The leaderboard as Markdown, one table per dataset (also what the terminal shows)."""
     parts = []
-    columns = _summary_columns(rows)
     for dataset in sorted({r["dataset"] for r in rows}):
+        runs = [r for r in rows if r["dataset"] == dataset]
+        # A protocol column only for datasets scored by that protocol.
+        columns = {k: v for k, v in _summary_columns(rows).items()
+                   if k not in PROTOCOL_COLUMNS or any(r[k] is not None for r in runs)}
         parts += [f"### {dataset}", "",
                   "| " + " | ".join(columns.values()) + " |",
                   "|" + "|".join("---:" if k not in ("run", "vs_best") else "---"
                                  for k in columns) + "|"]
-        parts += ["| " + " | ".join(_cell(r, k) for k in columns) + " |"
-                  for r in rows if r["dataset"] == dataset]
+        parts += ["| " + " | ".join(_cell(r, k) for k in columns) + " |" for r in runs]
         parts.append("")
     parts.append("rank: by scene-level AP (chips merged back into scenes); chip AP: on the "
-                 "val chips. AP is COCO's (IoU 0.5:0.95). wall s, GPU-h and peak MB cover the "
-                 "run's train and evaluate jobs; peak MB is host memory (n/a: not sampled).")
+                 "val chips. AP is COCO's (IoU 0.5:0.95). DOTA task 1/2 and xView mAP: the "
+                 "benchmarks' own protocols on the same scenes (docs/evaluation.md). wall s, "
+                 "GPU-h and peak MB cover the run's train and evaluate jobs; peak MB is host "
+                 "memory (n/a: not sampled).")
     if any(r["repeats"] > 1 for r in rows):
         parts.append("mean ± sd: over the repeats (seeds) of a setting; wall s and GPU-h are "
                      "their sum. 95 % intervals: results/leaderboard.csv.")
@@ -224,6 +246,41 @@ HTML_FIELDS = [f for f in LEADERBOARD_FIELDS if not f.endswith(
     tuple(f"_{suffix}" for suffix in SPREAD_SUFFIXES)) or f == "vs_best_difference"]
 
 
+# Summary numbers of a protocol's table, before its per-class AP (those a protocol has).
+PROTOCOL_SUMMARY = ["map", "map_small", "map_medium", "map_large", "map_common", "map_rare",
+                    "precision", "recall", "f1"]
+
+
+def protocol_tables(results: list[RunResult], dataset: str) -> str:
+    """HTML: per benchmark protocol that scored this dataset, one row per model with its
+    summary numbers and per-class AP (a protocol not computed for a model says why)."""
+    runs = sorted((r for r in results if r.run["dataset"] == dataset),
+                  key=lambda r: r.run["model"])
+    tables = []
+    for protocol in PROTOCOL_COLUMNS.values():
+        scored = [r.scene.get("protocols", {}).get(protocol) for r in runs]
+        ok = [p for p in scored if p and p["status"] == "ok"]
+        if not ok:
+            continue
+        summary = [k for k in PROTOCOL_SUMMARY if k in ok[0]]
+        classes = [c["name"] for c in ok[0]["per_class"]]
+        head = "".join(f"<th>{html.escape(h)}</th>" for h in ["model", *summary, *classes])
+        body = ""
+        for run, result in zip(runs, scored, strict=True):
+            if result is None:
+                continue
+            if result["status"] != "ok":
+                cells = (f"<td colspan='{len(summary) + len(classes)}'>"
+                         f"{html.escape(result['status'])}: {html.escape(result['reason'])}</td>")
+            else:
+                ap = {c["name"]: c["AP"] for c in result["per_class"]}
+                cells = "".join(f"<td>{html.escape(_text(v))}</td>" for v in
+                                [*(result[k] for k in summary), *(ap.get(c) for c in classes)])
+            body += f"<tr><td>{html.escape(run.run['model'])}</td>{cells}</tr>"
+        tables.append(f"<h3>{html.escape(protocol)}</h3><table><tr>{head}</tr>{body}</table>")
+    return "".join(tables)
+
+
 def write_leaderboard(results: list[RunResult], csv_path: Path, markdown_path: Path,
                       html_path: Path, comparisons: dict[str, dict] | None = None) -> list[dict]:
     rows = leaderboard_rows(results, comparisons)
@@ -238,12 +295,17 @@ def write_leaderboard(results: list[RunResult], csv_path: Path, markdown_path: P
         body = "".join(
             "<tr>" + "".join(f"<td>{html.escape(_html_cell(r, f))}</td>" for f in HTML_FIELDS)
             + "</tr>" for r in rows if r["dataset"] == dataset)
-        tables.append(f"<h2>{html.escape(dataset)}</h2><table><tr>{header}</tr>{body}</table>")
+        tables.append(f"<h2>{html.escape(dataset)}</h2><table><tr>{header}</tr>{body}</table>"
+                      + protocol_tables(results, dataset))
     html_path.write_text(
         "<!DOCTYPE html><html><head><meta charset='utf-8'><title>nadir leaderboard</title>"
         f"<style>{TABLE_CSS}</style></head><body><h1>Leaderboard</h1><p>COCO box metrics of "
         "each run on its dataset's val split: on the chips (AP, AP50, ...) and on whole scenes "
-        "after merging the chips' detections (scene_*). rank orders a dataset's runs by "
+        "after merging the chips' detections (scene_*), and the benchmarks' own protocols on "
+        "the same scenes: dota_task2_map and dota_task1_map (DOTA_devkit, VOC07 AP at IoU 0.5, "
+        "horizontal and oriented boxes), xview_map (the xView scorer); empty where a protocol "
+        "was not asked for or not computed; below each dataset's table, each protocol's "
+        "numbers per model, with its per-class AP. rank orders a dataset's runs by "
         "scene_AP, chip_rank by chip AP. -1: no objects of that size. wall_seconds, gpu_hours "
         "and peak_memory_mb (host) cover the run's train and evaluate jobs. A setting trained with "
         "several seeds (repeats) shows each metric as mean ± sd [95 % t-interval of the mean], "

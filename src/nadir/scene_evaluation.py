@@ -8,20 +8,27 @@ devkit's merge uses 0.3). What remains is scored with the same COCO metrics agai
 of every val scene, from the index tables (scenes.csv, annotations.csv). Objects no chip kept (cut
 below `min_visible`, or in skipped chips) therefore count as misses here, and not at chip level.
 
-Boxes are axis-aligned (the bounds of each annotated polygon), like the chip-level ones, and
-difficult objects count like any other, so the two levels differ only by the merge.
+COCO boxes are axis-aligned (the bounds of each annotated polygon), like the chip-level ones,
+and difficult objects count like any other, so the two COCO levels differ only by the merge.
+Detections of an oriented model also carry their corners (`polygon`): those are shifted into
+the scene unclipped, and the merge compares them by polygon IoU (rotated NMS) instead of their
+boxes. The benchmark protocols (nadir.protocols: DOTA's tasks, xView's scorer) score the same
+merged detections by their own rules, difficult objects and oriented outlines included.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 from nadir.datasets.records import polygon_area
 from nadir.errors import InputError
 from nadir.evaluation import check_detections, coco_evaluation
 from nadir.index import read_annotations, read_scenes
+from nadir.protocols import protocol_detections, protocol_objects, score_protocols
+from nadir.rotated_boxes import rotated_nms, shift_polygon
 
 log = logging.getLogger(__name__)
 
@@ -81,34 +88,64 @@ def to_scene_coordinates(chip_detections: list[dict], chips: dict,
             continue
         out.append({"image_id": scene["id"], "category_id": det["category_id"],
                     "bbox": [x0, y0, x1 - x0, y1 - y0], "score": det["score"]})
+        if "polygon" in det:  # oriented: corners shifted, not clipped (DOTA's are not either)
+            out[-1]["polygon"] = shift_polygon(det["polygon"], chip["x"], chip["y"])
     return out, emptied
 
 
 def merge_overlaps(detections: list[dict], nms_iou: float) -> list[dict]:
     """Class-wise NMS within each scene: of detections of one class in one scene overlapping by
-    more than `nms_iou` (IoU), only the highest-scoring one is kept."""
+    more than `nms_iou` (IoU), only the highest-scoring one is kept.
+
+    Detections of an oriented model (all carrying `polygon`) are compared by polygon IoU;
+    the others by the IoU of their axis-aligned boxes.
+    """
+    if not detections:
+        return []
+    oriented = sum("polygon" in d for d in detections)
+    if oriented:
+        if oriented != len(detections):
+            raise ValueError(f"{oriented} of {len(detections)} detections carry a polygon: "
+                             "one model's detections are all oriented or none")
+        return _merge_polygons(detections, nms_iou)
     import torch
     from torchvision.ops import batched_nms
 
-    if not detections:
-        return []
     boxes = torch.tensor([[d["bbox"][0], d["bbox"][1], d["bbox"][0] + d["bbox"][2],
                            d["bbox"][1] + d["bbox"][3]] for d in detections],
                          dtype=torch.float64)
     scores = torch.tensor([d["score"] for d in detections], dtype=torch.float64)
-    # One NMS group per (scene, class): boxes of different groups never suppress each other.
-    groups = {key: i for i, key in enumerate(sorted({(d["image_id"], d["category_id"])
-                                                      for d in detections}))}
-    group_ids = torch.tensor([groups[(d["image_id"], d["category_id"])] for d in detections])
+    group_ids = torch.tensor(_nms_groups(detections))
     keep = batched_nms(boxes, scores, group_ids, nms_iou).tolist()
     return [{**detections[i], "bbox": [round(v, 2) for v in detections[i]["bbox"]]}
             for i in sorted(keep)]
 
 
+def _nms_groups(detections: list[dict]) -> list[int]:
+    """One NMS group per (scene, class): detections of different groups never suppress each
+    other."""
+    groups = {key: i for i, key in enumerate(sorted({(d["image_id"], d["category_id"])
+                                                      for d in detections}))}
+    return [groups[(d["image_id"], d["category_id"])] for d in detections]
+
+
+def _merge_polygons(detections: list[dict], nms_iou: float) -> list[dict]:
+    keep = rotated_nms([d["polygon"] for d in detections], [d["score"] for d in detections],
+                       _nms_groups(detections), nms_iou)
+    return [{**detections[i], "bbox": [round(v, 2) for v in detections[i]["bbox"]],
+             "polygon": [round(v, 2) for v in detections[i]["polygon"]]} for i in keep]
+
+
 def evaluate_scenes(chip_predictions: list[dict], predictions_path: Path, val_json: Path,
                     scenes_csv: Path, annotations_csv: Path, nms_iou: float,
-                    max_detections: int) -> tuple[dict, dict]:
-    """Return (scene detections file content, scene-level metrics)."""
+                    max_detections: int, protocols: Sequence[str] = ("coco",),
+                    submission: Path | None = None) -> tuple[dict, dict]:
+    """Return (scene detections file content, scene-level metrics).
+
+    COCO's numbers are always computed (they rank the leaderboard); the benchmark `protocols`
+    (nadir.protocols) add theirs under `protocols` and write their submission files into the
+    zip `submission`.
+    """
     chips = json.loads(Path(val_json).read_text())
     check_detections(chips, chip_predictions, predictions_path)
     images = scene_images(scenes_csv, "val")
@@ -128,7 +165,13 @@ def evaluate_scenes(chip_predictions: list[dict], predictions_path: Path, val_js
              len(scene_dets), len(images), emptied, len(merged), nms_iou)
     gt = scene_ground_truth(images, annotations_csv, chips["categories"])
     result = coco_evaluation(gt, merged, max_detections, source=annotations_csv)
+    scenes = [im["scene"] for im in images]
+    benchmark = score_protocols(
+        [p for p in protocols if p != "coco"],
+        protocol_objects(scenes, read_annotations(Path(annotations_csv))),
+        protocol_detections(merged, images, chips["categories"]),
+        [c["name"] for c in chips["categories"]], scenes, submission)
     result = {"level": "scene", "nms_iou": nms_iou, "chip_detections": len(chip_predictions),
               "outside_scene": emptied, "merged_away": len(scene_dets) - len(merged),
-              "scenes_without_chips": without_chips, **result}
+              "scenes_without_chips": without_chips, **result, "protocols": benchmark}
     return {"images": images, "detections": merged}, result

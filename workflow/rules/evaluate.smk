@@ -34,18 +34,22 @@ rule evaluate_scenes:
     output:
         predictions="results/{dataset}/models/{model}/scene_predictions.json",
         metrics="results/{dataset}/models/{model}/scene_metrics.json",
+        submission="results/{dataset}/models/{model}/submission.zip",
     params:
         nms_iou=config["evaluation"]["scene_nms_iou"],
         max_detections=config["evaluation"]["scene_max_detections"],
+        protocols=lambda w: " ".join(
+            config["evaluation"]["protocols"][config["datasets"][w.dataset]["format"]]),
     log:
         "logs/{dataset}/evaluate_scenes-{model}.log",
     benchmark:
         "results/benchmarks/{dataset}/evaluate_scenes-{model}.tsv"
     message:
         "Merging {wildcards.model}'s chip detections into whole {wildcards.dataset} val scenes "
-        "and scoring them"
+        "and scoring them ({params.protocols})"
     shell:
         "{NADIR} evaluate-scenes --predictions {input.predictions} --coco {input.val} "
         "--scenes {input.scenes} --annotations {input.annotations} "
         "--nms-iou {params.nms_iou} --max-detections {params.max_detections} "
+        "--protocols {params.protocols} --submission {output.submission} "
         "--scene-predictions {output.predictions} --metrics {output.metrics} 2> {log}"

@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nadir.datasets.records import CASES, BadInput
+from nadir.datasets.records import CASES, BadInput, read_label_text
 from nadir.errors import InputError
 
 CLASSES_V1_0 = [
@@ -115,7 +115,7 @@ def parse_label_text(text: str, path: str, classes: list[str],
 
 def parse_label_file(path: str | Path, classes: list[str],
                      bad: BadInput | None = None) -> LabelFile:
-    return parse_label_text(Path(path).read_text(encoding="utf-8"), str(path), classes, bad)
+    return parse_label_text(read_label_text(path), str(path), classes, bad)
 
 
 def format_label_file(label: LabelFile) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
 import random
 from collections import Counter
 from collections.abc import Iterable
@@ -63,18 +64,45 @@ def assign_splits(scenes: list[dict], dataset_format: str, split: dict) -> tuple
     return {s["scene"]: s["split"] for s in scenes}, "official (per source entry)"
 
 
-class AnnotationWriter:
-    """Streams annotation rows to annotations.csv, numbering objects per scene."""
+def check_splits(splits: dict[str, str], method: str, dataset: str) -> None:
+    """Stop at index time, not after training, when train or val would hold no scene."""
+    for wanted in ("train", "val"):
+        if wanted in splits.values():
+            continue
+        if method == "official":
+            fix = (f"give a source entry `split: {wanted}` (datasets.{dataset}.source), or set "
+                   f"datasets.{dataset}.split.method: seeded")
+        else:
+            fix = (f"fetch more scenes (a seeded split needs at least 2), or change "
+                   f"datasets.{dataset}.split.val_fraction")
+        raise InputError(f"datasets.{dataset}", f"the {wanted} split would hold none of the "
+                                                f"{len(splits)} labelled scene(s); {fix}")
 
-    def __init__(self, path: Path, class_filter: ClassFilter):
-        self.fh = open(path, "w", newline="")  # noqa: SIM115 - closed in close()
+
+class AnnotationWriter:
+    """Streams annotation rows to annotations.csv, numbering objects per scene. The rows go to
+    a `.partial` file that takes the final name only once the whole index is known good."""
+
+    def __init__(self, path: Path, class_filter: ClassFilter, bad: BadInput):
+        self.path, self.partial = path, path.with_name(path.name + ".partial")
+        self.fh = open(self.partial, "w", newline="")  # noqa: SIM115 - closed in close()
         self.writer = csv.writer(self.fh)
         self.writer.writerow(ANNOTATION_FIELDS)
-        self.filter = class_filter
+        self.filter, self.bad = class_filter, bad
+        self.seen: set[int] = set()  # hashes of (scene, class, outline) written so far
         self.per_scene: Counter = Counter()
         self.per_class: Counter = Counter()
 
-    def add(self, scene: str, category: str, difficult: int, polygon: list[float]) -> None:
+    def add(self, scene: str, category: str, difficult: int, polygon: list[float],
+            where: str, line: int | None = None) -> None:
+        """Write one object, unless it repeats an object of its scene (same class, same
+        vertices): a duplicate would count twice in training and in the scores."""
+        key = hash((scene, category, tuple(polygon)))
+        if key in self.seen:
+            self.bad.report("duplicate_object", where, f"the same {category} outline as an "
+                            f"earlier object of scene {scene}", line)
+            return
+        self.seen.add(key)
         name = self.filter.apply(category, polygon)
         if name is None:
             return
@@ -85,6 +113,9 @@ class AnnotationWriter:
 
     def close(self) -> None:
         self.fh.close()
+
+    def publish(self) -> None:
+        os.replace(self.partial, self.path)
 
 
 def _class_filter(classes: list[str], spec: dict) -> ClassFilter:
@@ -103,7 +134,8 @@ def _index_dota(scenes, files_dir, spec, bad, writer_for) -> dict:
                 bad.report("outside_image", scene["label"], f"polygon {obj.polygon} lies "
                            f"outside the {scene['width']}x{scene['height']} image", obj.line)
                 continue
-            writer.add(scene["scene"], obj.category, obj.difficult, obj.polygon)
+            writer.add(scene["scene"], obj.category, obj.difficult, obj.polygon,
+                       scene["label"], obj.line)
         if n % 200 == 0 or n == len(scenes):
             log.info("parsed DOTA labels: %d/%d scenes", n, len(scenes))
     return {}
@@ -117,7 +149,8 @@ def _index_xview(scenes, files_dir, label_files, bad, writer_for, featured: set)
     for label_file in label_files:
         log.info("streaming xView labels from %s", label_file)
         for obj in xview.read_objects(files_dir / label_file, sizes, bad, counts):
-            writer.add(by_image[obj.image]["scene"], obj.category, 0, obj.polygon)
+            writer.add(by_image[obj.image]["scene"], obj.category, 0, obj.polygon,
+                       f"{label_file}, feature {obj.feature}")
             if counts.kept % 200_000 == 0:
                 log.info("xView: %d features read, %d objects kept", counts.features,
                          counts.kept)
@@ -145,7 +178,8 @@ def _index_rareplanes(scenes, files_dir, spec, bad, writer_for) -> dict:
                 bad.report("outside_image", scene["label"], f"feature {obj.feature} lies "
                            f"outside the {scene['width']}x{scene['height']} image")
                 continue
-            writer.add(scene["scene"], obj.category, 0, obj.polygon)
+            writer.add(scene["scene"], obj.category, 0, obj.polygon,
+                       f"{scene['label']}, feature {obj.feature}")
     return {"class_attribute": spec["class_attribute"], "classes_in_data": classes}
 
 
@@ -169,7 +203,7 @@ def index_fetched(manifest_path: Path, files_dir: Path, spec: dict, tables: Inde
 
     def writer_for(classes: list[str]) -> AnnotationWriter:
         nonlocal writer
-        writer = AnnotationWriter(tables.annotations, _class_filter(classes, spec))
+        writer = AnnotationWriter(tables.annotations, _class_filter(classes, spec), bad)
         return writer
 
     try:
@@ -180,15 +214,21 @@ def index_fetched(manifest_path: Path, files_dir: Path, spec: dict, tables: Inde
                                    featured)
         else:
             details = _index_rareplanes(labelled, files_dir, spec, bad, writer_for)
-    finally:
-        if writer is not None:
+        writer.close()
+        if fmt == "xview":  # an xView image without a single feature has no labels at all
+            for s in labelled:
+                if s["scene"] not in featured:
+                    bad.report("image_without_label", s["image"], "no feature names this image")
+            labelled = [s for s in labelled if s["scene"] in featured]
+        splits, split_how = assign_splits(labelled, fmt, spec["split"])
+        check_splits(splits, "official" if split_how.startswith("official") else "seeded",
+                     manifest["dataset"])
+        writer.publish()
+    except BaseException:
+        if writer is not None:  # no annotations.csv that looks complete
             writer.close()
-    if fmt == "xview":  # an xView image without a single feature has no labels at all
-        for s in labelled:
-            if s["scene"] not in featured:
-                bad.report("image_without_label", s["image"], "no feature names this image")
-        labelled = [s for s in labelled if s["scene"] in featured]
-    splits, split_how = assign_splits(labelled, fmt, spec["split"])
+            writer.partial.unlink(missing_ok=True)
+        raise
     for s in scenes:
         s["split"] = splits.get(s["scene"], EXCLUDED)
         s["objects"] = writer.per_scene.get(s["scene"], 0)

@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from nadir.datasets.records import BadInput
+from nadir.datasets.records import BadInput, read_label_text
 from nadir.errors import InputError
 
 GEOJSON_DEFAULT_CRS = "EPSG:4326"
@@ -79,7 +79,7 @@ def read_objects(path: Path, attribute: str, image_crs: str | None,
         raise InputError(path, "its image has no georeferencing (CRS and geotransform), so the "
                                "geographic polygons cannot be placed in pixels")
     try:
-        collection = json.loads(Path(path).read_text(encoding="utf-8"))
+        collection = json.loads(read_label_text(path))
     except json.JSONDecodeError as exc:
         raise InputError(path, f"not valid JSON: {exc.msg}", exc.lineno) from None
     features = collection.get("features") if isinstance(collection, dict) else None

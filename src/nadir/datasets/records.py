@@ -6,9 +6,11 @@ skip that is written to the dataset's index summary: nothing is dropped without 
 
 from __future__ import annotations
 
+import codecs
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from shapely.geometry import Polygon
 from shapely.validation import make_valid
@@ -18,11 +20,27 @@ from nadir.errors import InputError
 log = logging.getLogger(__name__)
 
 CASES = ("malformed_record", "unknown_class", "outside_image", "label_without_image",
-         "image_without_label")
+         "image_without_label", "duplicate_object")
 DEFAULT_POLICY = {"malformed_record": "error", "unknown_class": "error", "outside_image": "skip",
-                  "label_without_image": "skip", "image_without_label": "skip"}
+                  "label_without_image": "skip", "image_without_label": "skip",
+                  "duplicate_object": "skip"}
 EXAMPLES_KEPT = 5  # per case, in the summary, so a user can find what was skipped
+UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
 
+
+def read_label_text(path: str | Path) -> str:
+    """A label file's text: UTF-8 with or without a byte-order mark (Windows editors write
+    one), or UTF-16 with its mark; any other encoding is an error naming the line, never text
+    with a mangled first line or replaced characters."""
+    data = Path(path).read_bytes()
+    encoding = "utf-16" if data.startswith(UTF16_BOMS) else "utf-8-sig"
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise InputError(path, f"not {encoding.upper().removesuffix('-SIG')} text (byte "
+                               f"{exc.start}: {data[exc.start:exc.start + 1]!r}); save the "
+                               "file as UTF-8", line) from None
 
 
 def box_outside(xmin: float, ymin: float, xmax: float, ymax: float, width: int,

@@ -60,9 +60,19 @@ class XviewCounts:
 
 
 def iter_features(path: Path) -> Iterator[dict]:
-    """Yield the features of a FeatureCollection one by one, holding about one chunk in memory."""
+    """Yield the features of a FeatureCollection one by one, holding about one chunk in memory.
+
+    The file is UTF-8, with or without a byte-order mark; other encodings are an error."""
+    try:
+        yield from _features(path)
+    except UnicodeDecodeError as exc:
+        raise InputError(path, f"not UTF-8 text ({exc.reason}); save the file as "
+                               "UTF-8") from None
+
+
+def _features(path: Path) -> Iterator[dict]:
     decoder = json.JSONDecoder()
-    with open(path, encoding="utf-8") as fh:
+    with open(path, encoding="utf-8-sig") as fh:
         buffer = fh.read(CHUNK_CHARS)
         match = _FEATURES_KEY.search(buffer)
         while match is None:

@@ -42,11 +42,13 @@ class ModelEntry:
     licence: str  # of the code; weights carry their own
     hyperparameters: dict = field(default_factory=dict)  # over `training`, under the user's
     weights: dict[str, WeightSource] = field(default_factory=dict)  # "imagenet"/"coco" → source
+    oriented: bool = False  # predicts rotated boxes: each detection carries a 4-corner polygon
 
 
 _TV_MODELS = "https://download.pytorch.org/models/"
 _D2 = "https://dl.fbaipublicfiles.com/detectron2/"
 _TV_LICENCE = "BSD-3-Clause (torchvision)"
+_NADIR_LICENCE = "Apache-2.0 (nadir; torchvision parts BSD-3-Clause)"
 _D2_LICENCE = "Apache-2.0 (detectron2)"
 # Weights carry their publishers' terms. torchvision states no licence for its weights and
 # points to the training data's terms (ImageNet, COCO); detectron2's MODEL_ZOO.md licenses its
@@ -77,6 +79,7 @@ def _yolox(file_name: str) -> WeightSource:
     return WeightSource(_YOLOX + file_name, None, _YOLOX_WEIGHTS)
 
 
+_RESNET18 = _tv("resnet18-f37072fd.pth", "IMAGENET1K_V1")
 _RESNET50 = _tv("resnet50-0676ba61.pth", "IMAGENET1K_V1")
 _MOBILENET_V3 = _tv("mobilenet_v3_large-8738ca79.pth", "IMAGENET1K_V1")
 _D2_R50 = _d2("ImageNetPretrained/MSRA/R-50.pkl")
@@ -92,7 +95,11 @@ CATALOGUE: dict[str, ModelEntry] = {e.name: e for e in [
                                         "IMAGENET1K_FEATURES"),
                         "coco": _tv("ssd300_vgg16_coco-b556d3b4.pth", "COCO_V1")}),
     ModelEntry("fcos_resnet18_fpn", "torchvision", "fcos_resnet18_fpn", "FCOS, ResNet-18 FPN",
-               _TV_LICENCE, weights={"imagenet": _tv("resnet18-f37072fd.pth", "IMAGENET1K_V1")}),
+               _TV_LICENCE, weights={"imagenet": _RESNET18}),
+    ModelEntry("oriented_fcos_resnet18_fpn", "torchvision", "oriented_fcos_resnet18_fpn",
+               "Oriented FCOS (rotated boxes), ResNet-18 FPN", _NADIR_LICENCE,
+               weights={"imagenet": _RESNET18},
+               oriented=True),
     ModelEntry("fcos_resnet50_fpn", "torchvision", "fcos_resnet50_fpn", "FCOS, ResNet-50 FPN",
                _TV_LICENCE,
                weights={"imagenet": _RESNET50,

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from nadir.rotated_boxes import rbox_to_polygon
 from nadir.shards import member_offsets, read_member
 
 
@@ -17,7 +18,8 @@ class ShardChips(torch.utils.data.Dataset):
     """The images of one COCO split, with their boxes, read from the shards by byte offset.
 
     Each item is (CHW float tensor in [0, 1], target dict with `boxes` in xyxy pixels, `labels`
-    as model labels 1..K (see `category_labels`), `image_id`). With `augment`, the flip or
+    as model labels 1..K (see `category_labels`), `quads` (the 4 corners of each oriented box,
+    see `corners_of`), `image_id`). With `augment`, the flip or
     90-degree rotation chosen by the sampler is applied: overhead imagery has no preferred
     orientation.
     """
@@ -34,7 +36,8 @@ class ShardChips(torch.utils.data.Dataset):
             x, y, w, h = ann["bbox"]
             if w > 0 and h > 0:
                 boxes[ann["image_id"]].append((x, y, x + w, y + h,
-                                               self.label_of[ann["category_id"]]))
+                                               self.label_of[ann["category_id"]],
+                                               *corners_of(ann)))
         self.boxes = boxes
         self.offsets = member_offsets(
             [Path(s) for s in self.shards],
@@ -56,9 +59,12 @@ class ShardChips(torch.utils.data.Dataset):
         rows = self.boxes[self.images[index]["id"]]
         boxes = torch.tensor([r[:4] for r in rows], dtype=torch.float32).reshape(-1, 4)
         labels = torch.tensor([r[4] for r in rows], dtype=torch.int64)
+        quads = torch.tensor([r[5:] for r in rows], dtype=torch.float32).reshape(-1, 8)
         if self.augment and code:
+            quads = flip_rotate_points(quads, code, pixels.shape[2], pixels.shape[1])
             pixels, boxes = random_flip_rotate(pixels, boxes, code)
-        target = {"boxes": boxes, "labels": labels, "image_id": self.images[index]["id"]}
+        target = {"boxes": boxes, "labels": labels, "quads": quads,
+                  "image_id": self.images[index]["id"]}
         return pixels.float() / 255.0, target
 
 
@@ -118,6 +124,35 @@ def random_flip_rotate(pixels: torch.Tensor, boxes: torch.Tensor, code: int):
         pixels = pixels.transpose(1, 2)
         boxes = boxes[:, [1, 0, 3, 2]]
     return pixels.contiguous(), boxes
+
+
+def corners_of(annotation: dict) -> list[float]:
+    """The 4 corners of an annotation's oriented box (`rbox`); its `bbox` corners in COCO
+    files written before `rbox` existed."""
+    if "rbox" in annotation:
+        return rbox_to_polygon(annotation["rbox"])
+    x, y, w, h = annotation["bbox"]
+    return [x, y, x + w, y, x + w, y + h, x, y + h]
+
+
+def flip_rotate_points(points: torch.Tensor, code: int, width: int, height: int) -> torch.Tensor:
+    """`random_flip_rotate`'s symmetry (code 0..7) applied to rows of flat x, y coordinates."""
+    xs, ys = points[:, 0::2], points[:, 1::2]
+    if code & 1:
+        xs = width - xs
+    if code & 2:
+        ys = height - ys
+    if code & 4:
+        xs, ys = ys, xs
+    return torch.stack([xs, ys], 2).reshape(points.shape)
+
+
+def model_targets(model: torch.nn.Module, targets: tuple[dict, ...],
+                  device: torch.device) -> list[dict]:
+    """The target fields a model trains on, on its device: `boxes` and `labels`, plus those it
+    names in `target_keys` (the oriented model: `quads`); `model` may be wrapped in DDP."""
+    keys = ("boxes", "labels", *getattr(getattr(model, "module", model), "target_keys", ()))
+    return [{key: t[key].to(device) for key in keys} for t in targets]
 
 
 def collate(batch):

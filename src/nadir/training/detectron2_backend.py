@@ -21,6 +21,7 @@ import logging
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from nadir.errors import NadirError
@@ -225,13 +226,15 @@ def build_detectron2_model(model: str, num_classes: int, size: int, pretrained: 
     return built, lazy.model.get("input_format", "BGR")
 
 
-def _checkpoint_hook(checkpointer, store, every: int, total: int, history: list, device):
+def _checkpoint_hook(checkpointer, store, every: int, total: int, history: list, device,
+                     seconds: Callable[[], float]):
     """A detectron2 hook: every `every` iterations, save a checkpoint and hand it to the store.
 
     Besides detectron2's own state (model, optimiser, scheduler, iteration) the checkpoint holds
     what a bit-identical resume also needs: the loss log so far, torch's random state (Faster
     R-CNN samples from it) and the dense detectors' running loss normaliser, which is a plain
-    attribute outside the state dict.
+    attribute outside the state dict; and the training seconds so far, so that run.json's
+    `seconds` covers every attempt of a resumed run.
     """
     from detectron2.engine import HookBase
 
@@ -244,7 +247,8 @@ def _checkpoint_hook(checkpointer, store, every: int, total: int, history: list,
                 checkpointer.save("store_upload", nadir_history=list(history),
                                   nadir_rng=rng_state(device),
                                   nadir_loss_normalizer=getattr(self.trainer.model,
-                                                                "loss_normalizer", None))
+                                                                "loss_normalizer", None),
+                                  nadir_seconds=seconds())
                 local = Path(checkpointer.save_dir) / "store_upload.pth"
                 store.save(done, local.read_bytes())
                 local.unlink()
@@ -335,7 +339,10 @@ class Detectron2Backend:
             optimizer, warmup_cosine(hp["warmup_iterations"], hp["iterations"]))
         resumed = self.resume(job)
         start = resumed["iteration"] if resumed is not None else 0
-        chips = RegisteredChips(get_detection_dataset_dicts([registration["name"]]),
+        # Every chip of train.json, empty ones included (detectron2 drops them by default), so
+        # this backend trains on the chips the others do and that run.json counts.
+        chips = RegisteredChips(get_detection_dataset_dicts([registration["name"]],
+                                                            filter_empty=False),
                                 input_format, hp["augment"])
         workers = loader_workers(job.threads, 1, device)
         loader = torch.utils.data.DataLoader(
@@ -350,12 +357,18 @@ class Detectron2Backend:
                                              optimizer=optimizer, scheduler=scheduler,
                                              trainer=trainer)
         history: list = []
+        clock = {"before": 0.0, "began": time.perf_counter()}  # seconds of earlier attempts
+
+        def seconds() -> float:
+            return clock["before"] + time.perf_counter() - clock["began"]
+
         trainer.register_hooks([
             hooks.IterationTimer(),
             hooks.LRScheduler(optimizer=optimizer, scheduler=scheduler),
             _loss_log_hook(history, hp["log_interval"], hp["iterations"], hp["batch_size"]),
         ] + ([_checkpoint_hook(checkpointer, job.checkpoints, job.checkpoint_every,
-                               hp["iterations"], history, device)] if job.checkpoints else []))
+                               hp["iterations"], history, device, seconds)]
+           if job.checkpoints else []))
         if resumed is not None:
             local = work / "checkpoints" / f"resume_{start:09d}.pth"
             local.write_bytes(resumed["data"])
@@ -364,12 +377,13 @@ class Detectron2Backend:
                 raise NadirError(f"checkpoint {start} in {job.checkpoints.describe()} holds "
                                  f"iteration {trainer.iter + 1}; remove it to start over")
             history.extend(saved.get("nadir_history", []))
+            clock["before"] = saved.get("nadir_seconds", 0.0)
             set_rng_state(saved["nadir_rng"], device)
             if saved.get("nadir_loss_normalizer") is not None:
                 model.loss_normalizer = saved["nadir_loss_normalizer"]
             log.info("resuming from the checkpoint at iteration %d/%d in %s", start,
                      hp["iterations"], job.checkpoints.describe())
-        began = time.perf_counter()
+        clock["began"] = time.perf_counter()
         try:
             trainer.train(start, hp["iterations"])
         finally:
@@ -379,7 +393,7 @@ class Detectron2Backend:
                     "categories": coco["categories"], "pretrained": hp["pretrained"],
                     "state_dict": model.state_dict()}, job.outputs.weights)
         job.outputs.train_log.write_text(json.dumps(history, indent=1) + "\n")
-        return {"seconds": round(time.perf_counter() - began, 2), "iterations": hp["iterations"],
+        return {"seconds": round(seconds(), 2), "iterations": hp["iterations"],
                 "resumed_from": start, "device": device.type, "processes": 1, "amp": amp,
                 "chips": len(coco["images"])}
 

@@ -32,14 +32,16 @@ def detections(model: torch.nn.Module, dataset: ShardChips, categories: list[dic
         items = [dataset[i] for i in range(first, min(first + batch, len(dataset)))]
         outputs = model([im.to(device) for im, _ in items])
         for (_, target), out in zip(items, outputs, strict=True):
-            for b, s, c in zip(out["boxes"].tolist(), out["scores"].tolist(),
-                               out["labels"].tolist(), strict=True):
-                if c in category_of:
-                    results.append({"image_id": target["image_id"],
-                                    "category_id": category_of[c],
-                                    "bbox": [round(b[0], 2), round(b[1], 2),
-                                             round(b[2] - b[0], 2), round(b[3] - b[1], 2)],
-                                    "score": round(s, 5)})
+            polygons = out["polygons"].tolist() if "polygons" in out else None  # oriented
+            for i, (b, s, c) in enumerate(zip(out["boxes"].tolist(), out["scores"].tolist(),
+                                              out["labels"].tolist(), strict=True)):
+                if c not in category_of:
+                    continue
+                results.append({"image_id": target["image_id"], "category_id": category_of[c],
+                                "bbox": [round(b[0], 2), round(b[1], 2), round(b[2] - b[0], 2),
+                                         round(b[3] - b[1], 2)], "score": round(s, 5)})
+                if polygons is not None:
+                    results[-1]["polygon"] = [round(v, 2) for v in polygons[i]]
         if log_progress:
             log.info("predicted %d/%d chips", min(first + batch, len(dataset)), len(dataset))
     return results

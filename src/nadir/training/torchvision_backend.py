@@ -23,7 +23,7 @@ import torch.distributed as dist
 
 from nadir.errors import NadirError
 from nadir.training.backend import TrainJob
-from nadir.training.data import SeededBatches, ShardChips, collate
+from nadir.training.data import SeededBatches, ShardChips, collate, model_targets
 from nadir.training.detectors import build_detector
 from nadir.training.live import LiveCurves
 from nadir.training.loop import (
@@ -366,8 +366,7 @@ def _train_step(model: torch.nn.Module, batch: tuple, optimisation: Optimisation
     """Forward, backward, clip, step: one iteration; returns the total loss and its parts."""
     images, targets = batch
     images = [im.to(device) for im in images]
-    targets = [{"boxes": t["boxes"].to(device), "labels": t["labels"].to(device)}
-               for t in targets]
+    targets = model_targets(model, targets, device)
     with torch.autocast(device.type, dtype=torch.float16, enabled=optimisation.amp):
         losses = model(images, targets)
         loss = sum(losses.values())

@@ -54,16 +54,28 @@ def _ssd300(num_classes: int, size: int, backbone_weights: str | None) -> nn.Mod
     return _detection_builder("ssd300_vgg16", sized=False)(num_classes, size, backbone_weights)
 
 
-def _fcos_resnet18(num_classes: int, size: int, backbone_weights: str | None) -> nn.Module:
+def _resnet18_fpn(backbone_weights: str | None) -> nn.Module:
+    """ResNet-18 (plain BatchNorm, nothing frozen) under a P3-P7 feature pyramid."""
     from torchvision.models import resnet18
-    from torchvision.models.detection import FCOS
     from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
     from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
     trunk = resnet18(weights=backbone_weights, norm_layer=nn.BatchNorm2d)
-    backbone = _resnet_fpn_extractor(trunk, 5, returned_layers=[2, 3, 4],
-                                     extra_blocks=LastLevelP6P7(256, 256))
-    return FCOS(backbone, num_classes + 1, **_size_args(size))
+    return _resnet_fpn_extractor(trunk, 5, returned_layers=[2, 3, 4],
+                                 extra_blocks=LastLevelP6P7(256, 256))
+
+
+def _fcos_resnet18(num_classes: int, size: int, backbone_weights: str | None) -> nn.Module:
+    from torchvision.models.detection import FCOS
+
+    return FCOS(_resnet18_fpn(backbone_weights), num_classes + 1, **_size_args(size))
+
+
+def _oriented_fcos_resnet18(num_classes: int, size: int,
+                            backbone_weights: str | None) -> nn.Module:
+    from nadir.training.oriented_models import OrientedFCOS
+
+    return OrientedFCOS(_resnet18_fpn(backbone_weights), num_classes)
 
 
 class StagesWithFPN(nn.Module):
@@ -111,6 +123,7 @@ BUILDERS: dict[str, Callable[[int, int, str | None], nn.Module]] = {
     "ssdlite320_mobilenet_v3_large": _ssdlite,
     "ssd300_vgg16": _ssd300,
     "fcos_resnet18_fpn": _fcos_resnet18,
+    "oriented_fcos_resnet18_fpn": _oriented_fcos_resnet18,
     "fcos_resnet50_fpn": _detection_builder("fcos_resnet50_fpn"),
     "retinanet_resnet50_fpn_v2": _detection_builder("retinanet_resnet50_fpn_v2"),
     "fasterrcnn_resnet50_fpn_v2": _detection_builder("fasterrcnn_resnet50_fpn_v2"),

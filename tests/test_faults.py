@@ -1,0 +1,656 @@
+"""The bad-input and fault matrix: every case ends in a named error or a counted skip, leaves
+no partial output that looks complete, deletes no earlier result, and a rerun once the fault is
+cleared gives what an undisturbed run gives.
+
+Each case is one function registered under its name with `@case`; docs/faults.md lists the
+same names in its table (checked by `test_docs_table_lists_every_case`). Cases exercise the
+stage functions directly on data they build, against a fault-injecting HTTP server
+(`dataset_builders.FileServer`) and the real SeaweedFS server, alone or behind a proxy that
+injects faults (`s3proxy.FaultProxy`).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import socket
+import tarfile
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import s3server
+from conftest import ROOT
+from dataset_builders import FileServer, write_geotiff, write_png
+from s3proxy import FaultProxy
+
+from nadir.chipping import ChipParams, chip_shard
+from nadir.config import ConfigError, validate
+from nadir.datasets import rareplanes, xview
+from nadir.datasets.normalise import index_fetched
+from nadir.datasets.records import BadInput
+from nadir.errors import InputError, NadirError
+from nadir.fetch import FetchSettings, SourceEntry, download, extract, fetch_dataset, fetch_s3
+from nadir.index import IndexTables, image_header
+from nadir.training.catalogue import CATALOGUE
+from nadir.training.checkpoints import S3Checkpoints
+
+MATRIX: dict[str, Callable] = {}
+
+
+def case(name: str):
+    def register(function: Callable) -> Callable:
+        assert name not in MATRIX, name
+        MATRIX[name] = function
+        return function
+    return register
+
+
+def fast(tmp_path: Path, retries: int = 0, timeout_s: float = 5.0) -> FetchSettings:
+    return FetchSettings(tmp_path / "cache", retries, timeout_s)
+
+
+# --- labels: a two-scene DOTA dataset whose train label file holds the case's bytes ---------
+
+GOOD = ("imagesource:GoogleEarth\ngsd:0.5\n2 2 20 2 20 20 2 20 plane 0\n"
+        "30 30 50 30 50 50 30 50 ship 1\n")
+
+
+def index_dota(tmp_path: Path, label: bytes, **policy) -> tuple[dict | None, Path]:
+    """Fetch and index a train scene labelled with `label` and a clean val scene; returns
+    (index summary, index folder)."""
+    for split, text in (("train", label), ("val", GOOD.encode())):
+        folder = tmp_path / split
+        write_png(folder / "images" / f"{split}0.png", np.full((64, 64, 3), 80, np.uint8))
+        (folder / "labelTxt").mkdir(parents=True, exist_ok=True)
+        (folder / "labelTxt" / f"{split}0.txt").write_bytes(text)
+    spec = {"format": "dota", "version": "v1.0",
+            "source": [{"url": str(tmp_path / "train"), "split": "train"},
+                       {"url": str(tmp_path / "val"), "split": "val"}],
+            "split": {"method": "official", "val_fraction": 0.2, "seed": 0},
+            "classes": {"merge": {}, "keep": None, "min_size": 0}, "on_bad_input": policy}
+    files = tmp_path / "files"
+    (tmp_path / "m.json").write_text(json.dumps(fetch_dataset("d", spec, files, fast(tmp_path))))
+    out = tmp_path / "index"
+    return index_fetched(tmp_path / "m.json", files, spec, IndexTables.in_folder(out)), out
+
+
+def expect_label_error(tmp_path: Path, label: bytes, pattern: str, skip_case: str | None):
+    """The default policy stops, naming file and line, and leaves the index of an earlier run
+    as it was; where a policy can skip the case instead, the skip is counted and the clean
+    objects are all kept."""
+    earlier = tmp_path / "strict" / "index" / "annotations.csv"
+    earlier.parent.mkdir(parents=True)
+    earlier.write_text("an earlier run's table\n")
+    with pytest.raises(InputError, match=pattern):
+        index_dota(tmp_path / "strict", label)
+    assert [p.name for p in earlier.parent.iterdir()] == ["annotations.csv"]
+    assert earlier.read_text() == "an earlier run's table\n"
+    if skip_case:
+        summary, _ = index_dota(tmp_path / "lenient", label, **{skip_case: "skip"})
+        assert summary["bad_input"]["skipped"][skip_case] == 1
+        assert summary["objects_per_class"]["plane"] == 2  # one per scene
+
+
+def expect_label_ok(tmp_path: Path, label: bytes, train_objects: int, **skipped):
+    summary, out = index_dota(tmp_path, label)
+    assert summary["objects"] - 2 == train_objects  # val holds 2
+    assert {k: v for k, v in summary["bad_input"]["skipped"].items() if v} == skipped
+    assert (out / "annotations.csv").exists() and (out / "summary.json").exists()
+
+
+@case("label-utf8-bom")
+def _(tmp_path):
+    expect_label_ok(tmp_path, b"\xef\xbb\xbf" + GOOD.encode(), 2)
+
+
+@case("label-utf16")
+def _(tmp_path):
+    expect_label_ok(tmp_path, GOOD.encode("utf-16"), 2)
+
+
+@case("label-latin1")
+def _(tmp_path):
+    text = GOOD.replace("GoogleEarth", "Géoportail").encode("latin-1")
+    expect_label_error(tmp_path, text, r"train0\.txt, line 1: not UTF-8 text", None)
+
+
+@case("label-nan-coordinate")
+def _(tmp_path):
+    expect_label_error(tmp_path, (GOOD + "nan 1 5 1 5 5 1 5 ship 0\n").encode(),
+                       r"train0\.txt, line 5: coordinates must be finite", "malformed_record")
+
+
+@case("label-inf-coordinate")
+def _(tmp_path):
+    expect_label_error(tmp_path, (GOOD + "1 1 inf 1 5 5 1 5 ship 0\n").encode(),
+                       r"train0\.txt, line 5: coordinates must be finite", "malformed_record")
+
+
+@case("label-huge-coordinates")
+def _(tmp_path):
+    far = "1e30 1e30 2e30 1e30 2e30 2e30 1e30 2e30 ship 0\n"
+    expect_label_ok(tmp_path, (GOOD + far).encode(), 2, outside_image=1)
+
+
+@case("label-duplicate-object")
+def _(tmp_path):
+    expect_label_ok(tmp_path, (GOOD + "2 2 20 2 20 20 2 20 plane 0\n").encode(), 2,
+                    duplicate_object=1)
+
+
+@case("label-wrong-field-count")
+def _(tmp_path):
+    expect_label_error(tmp_path, (GOOD + "1 1 5 1 5 5 ship 0\n").encode(),
+                       r"train0\.txt, line 5: expected x1 y1", "malformed_record")
+
+
+@case("label-unknown-class")
+def _(tmp_path):
+    expect_label_error(tmp_path, (GOOD + "1 1 5 1 5 5 1 5 spaceship 0\n").encode(),
+                       r"train0\.txt, line 5: unknown class 'spaceship'", "unknown_class")
+
+
+@case("label-empty-file")
+def _(tmp_path):
+    expect_label_ok(tmp_path, b"", 0)
+
+
+@case("xview-truncated-json")
+def _(tmp_path):
+    path = tmp_path / "xView_train.geojson"
+    path.write_text('{"type": "FeatureCollection", "features": [{"properties": {"image_id": ')
+    with pytest.raises(InputError, match=r"xView_train\.geojson: feature 1 is not valid JSON"):
+        list(xview.iter_features(path))
+
+
+@case("xview-bom")
+def _(tmp_path):
+    path = tmp_path / "xView_train.geojson"
+    feature = {"properties": {"image_id": "1.tif", "type_id": 18, "bounds_imcoords": "1,1,9,9"}}
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps({"features": [feature]}).encode())
+    counts = xview.XviewCounts()
+    objects = list(xview.read_objects(path, {"1.tif": (64, 64)}, BadInput(), counts))
+    assert [o.category for o in objects] == ["Small Car"]
+
+
+# --- images ---------------------------------------------------------------------------------
+
+def chip_params() -> ChipParams:
+    return ChipParams(size=64, overlap=0, empty_keep=1.0, image_format="png")
+
+
+def chip_one(tmp_path: Path, image: Path) -> dict:
+    header = image_header(image)
+    scene = {"scene": "s", "split": "train", "width": header["width"],
+             "height": header["height"]}
+    chip_shard([scene], {}, {"s": image}, chip_params(), tmp_path / "s.tar", tmp_path / "s.json")
+    return json.loads((tmp_path / "s.json").read_text())
+
+
+def truncated(path: Path) -> Path:
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 2])
+    return path
+
+
+def noise(size: int) -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 255, (size, size, 3), dtype=np.uint8)
+
+
+@case("image-zero-byte")
+def _(tmp_path):
+    (tmp_path / "empty.tif").write_bytes(b"")
+    with pytest.raises(InputError, match=r"empty\.tif: not a readable raster image"):
+        image_header(tmp_path / "empty.tif")
+
+
+@case("image-truncated-png")
+def _(tmp_path):
+    write_png(tmp_path / "t.png", noise(200))
+    with pytest.raises(InputError, match=r"t\.png: truncated: a complete PNG file ends"):
+        image_header(truncated(tmp_path / "t.png"))
+
+
+@case("image-truncated-jpeg")
+def _(tmp_path):
+    from PIL import Image
+
+    Image.fromarray(noise(200)).save(tmp_path / "t.jpg")
+    with pytest.raises(InputError, match=r"t\.jpg: truncated: a complete JPG file ends"):
+        image_header(truncated(tmp_path / "t.jpg"))
+
+
+@case("image-truncated-tiff")
+def _(tmp_path):
+    write_geotiff(tmp_path / "t.tif", noise(200))
+    with pytest.raises(InputError, match=r"t\.tif: cannot read its pixels .*truncated or "
+                                         r"corrupt"):
+        chip_one(tmp_path, truncated(tmp_path / "t.tif"))
+
+
+@case("image-wrong-band-count")
+def _(tmp_path):
+    write_geotiff(tmp_path / "rgb.tif", noise(64))
+    scene = {"scene": "s", "split": "train"}
+    params = ChipParams(size=64, overlap=0, bands=(1, 2, 4))
+    with pytest.raises(InputError, match=r"rgb\.tif: band 4 requested, the image has 3"):
+        chip_shard([scene], {}, {"s": tmp_path / "rgb.tif"}, params, tmp_path / "s.tar",
+                   tmp_path / "s.json")
+
+
+@case("image-1x1")
+def _(tmp_path):
+    write_png(tmp_path / "dot.png", np.full((1, 1, 3), 200, np.uint8))
+    shard = chip_one(tmp_path, tmp_path / "dot.png")
+    [chip] = shard["chips"]
+    assert (chip["width"], chip["height"]) == (64, 64) and shard["scenes"]["s"]["width"] == 1
+
+
+@case("image-100k-px-wide")
+def _(tmp_path):
+    """A sparse GeoTIFF: the header says 100,000 x 16 px, the file holds no pixel block."""
+    import rasterio
+    from rasterio.transform import from_origin
+
+    path = tmp_path / "wide.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=100_000, height=16, count=3,
+                       dtype="uint8", tiled=True, blockxsize=256, blockysize=16,
+                       sparse_ok=True, crs="EPSG:32633",
+                       transform=from_origin(500_000, 5_000_000, 0.5, 0.5)):
+        pass
+    assert path.stat().st_size < 1_000_000
+    assert image_header(path)["width"] == 100_000
+
+
+@case("image-without-georeferencing")
+def _(tmp_path):
+    (tmp_path / "t.geojson").write_text('{"features": []}')
+    with pytest.raises(InputError, match=r"t\.geojson: its image has no georeferencing"):
+        rareplanes.read_objects(tmp_path / "t.geojson", "role", None, None, BadInput())
+
+
+# --- archives -------------------------------------------------------------------------------
+
+def expect_archive_error(tmp_path: Path, archive: Path, pattern: str) -> None:
+    dest = tmp_path / "out"
+    with pytest.raises(InputError, match=pattern):
+        extract(archive, dest)
+    assert not dest.exists() and not (tmp_path / "out.partial").exists()
+    assert not (tmp_path / "evil.txt").exists()
+
+
+def valid_zip(path: Path, members: dict[str, bytes]) -> Path:
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return path
+
+
+def tar_with(path: Path, add: Callable[[tarfile.TarFile], None], mode: str = "w") -> Path:
+    with tarfile.open(path, mode) as tf:
+        add(tf)
+    return path
+
+
+def add_file(tf: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tf.addfile(info, io.BytesIO(data))
+
+
+@case("archive-corrupt-zip")
+def _(tmp_path):
+    (tmp_path / "bad.zip").write_bytes(b"PK\x03\x04 not really a zip" * 10)
+    expect_archive_error(tmp_path, tmp_path / "bad.zip", r"bad\.zip: not a readable archive")
+
+
+@case("archive-truncated-zip")
+def _(tmp_path):
+    archive = valid_zip(tmp_path / "t.zip", {"a.png": bytes(range(256)) * 400})
+    expect_archive_error(tmp_path, truncated(archive), r"t\.zip: not a readable archive")
+
+
+@case("archive-corrupt-tar")
+def _(tmp_path):
+    (tmp_path / "bad.tar").write_bytes(b"\x01" * 3000)
+    expect_archive_error(tmp_path, tmp_path / "bad.tar", r"bad\.tar: not a readable archive")
+
+
+@case("archive-truncated-tar-gz")
+def _(tmp_path):
+    rng = np.random.default_rng(1)
+    archive = tar_with(tmp_path / "t.tar.gz", lambda tf: [
+        add_file(tf, f"images/{i}.png", rng.bytes(20_000)) for i in range(4)], "w:gz")
+    expect_archive_error(tmp_path, truncated(archive), r"t\.tar\.gz: not a readable archive")
+
+
+@case("archive-zip-entry-escaping")
+def _(tmp_path):
+    archive = valid_zip(tmp_path / "evil.zip", {"ok.txt": b"1", "../evil.txt": b"2"})
+    expect_archive_error(tmp_path, archive, r"member '\.\./evil\.txt' would be written outside")
+
+
+@case("archive-tar-entry-escaping")
+def _(tmp_path):
+    archive = tar_with(tmp_path / "evil.tar", lambda tf: add_file(tf, "../evil.txt", b"2"))
+    expect_archive_error(tmp_path, archive, r"evil\.tar: refused: .*outside")
+
+
+@case("archive-tar-link-escaping")
+def _(tmp_path):
+    def add(tf):
+        link = tarfile.TarInfo("evil.txt")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tf.addfile(link)
+    expect_archive_error(tmp_path, tar_with(tmp_path / "link.tar", add), r"link\.tar: refused")
+
+
+@case("archive-nested")
+def _(tmp_path):
+    """DOTA's downloads wrap part archives in another one: the inner ones are extracted too."""
+    inner = valid_zip(tmp_path / "part1.zip", {"images/P0001.png": b"png"})
+    outer = valid_zip(tmp_path / "DOTA.zip", {"train/part1.zip": inner.read_bytes()})
+    extract(outer, tmp_path / "out")
+    assert (tmp_path / "out" / "train" / "part1" / "images" / "P0001.png").read_bytes() == b"png"
+    assert not list((tmp_path / "out").rglob("*.zip"))
+
+
+@case("archive-nested-too-deep")
+def _(tmp_path):
+    archive = valid_zip(tmp_path / "a.zip", {"x.txt": b"x"})
+    for depth in range(3):
+        archive = valid_zip(tmp_path / f"n{depth}.zip", {archive.name: archive.read_bytes()})
+    expect_archive_error(tmp_path, archive, r"nested more than 3 deep")
+
+
+# --- configs --------------------------------------------------------------------------------
+
+def expect_config_error(edit: dict, pattern: str) -> None:
+    config = {"datasets": {"d": {"format": "sample"}},
+              "models": {"ssdlite320_mobilenet_v3_large": {}}, **edit}
+    with pytest.raises(ConfigError, match=pattern):
+        validate(config, list(CATALOGUE))
+
+
+@case("config-unknown-key")
+def _(tmp_path):
+    expect_config_error({"training": {"iterationz": 5}}, r"config key training: unknown key")
+
+
+@case("config-key-not-for-the-format")
+def _(tmp_path):
+    expect_config_error({"datasets": {"d": {"format": "sample", "on_bad_input": {}}}},
+                        r"config key datasets\.d\.on_bad_input: does not apply to format")
+
+
+@case("config-warmup-longer-than-training")
+def _(tmp_path):
+    expect_config_error({"training": {"iterations": 10, "warmup_iterations": 20}},
+                        r"config key training\.warmup_iterations")
+
+
+@case("config-overlap-not-below-size")
+def _(tmp_path):
+    expect_config_error({"chipping": {"size": 64, "overlap": 64}},
+                        r"config key chipping\.overlap")
+
+
+# --- HTTP: the fault-injecting FileServer on 127.0.0.1 ----------------------------------------
+
+PAYLOAD = bytes(range(256)) * 1_000  # 256,000 bytes
+
+
+def serve(tmp_path: Path, **faults) -> FileServer:
+    root = tmp_path / "www"
+    root.mkdir(exist_ok=True)
+    (root / "data.bin").write_bytes(PAYLOAD)
+    return FileServer(root, **faults)
+
+
+def expect_download_error(tmp_path: Path, server: FileServer, pattern: str,
+                          path: str = "/data.bin", **settings) -> Path:
+    dest = tmp_path / "cache" / "data.bin"
+    with pytest.raises(NadirError, match=pattern):
+        download(server.url + path, dest, None, fast(tmp_path, **settings))
+    assert not dest.exists()
+    return dest
+
+
+def rerun_gives_the_payload(tmp_path: Path, server: FileServer) -> None:
+    dest = tmp_path / "cache" / "data.bin"
+    download(f"{server.url}/data.bin", dest, None, fast(tmp_path))
+    assert dest.read_bytes() == PAYLOAD
+    assert not list(dest.parent.glob("*.part*"))
+
+
+@case("http-404")
+def _(tmp_path):
+    server = serve(tmp_path)
+    try:
+        expect_download_error(tmp_path, server, r"HTTP 404 .*not retried", "/missing.bin",
+                              retries=3)
+        assert len(server.requests) == 1
+    finally:
+        server.stop()
+
+
+@case("http-500-then-ok")
+def _(tmp_path, monkeypatch):
+    monkeypatch.setattr("time.sleep", lambda s: None)  # the back-off, not the subject here
+    server = serve(tmp_path, script=[500, 500])
+    try:
+        download(f"{server.url}/data.bin", tmp_path / "d.bin", None, fast(tmp_path, retries=2))
+        assert (tmp_path / "d.bin").read_bytes() == PAYLOAD and len(server.requests) == 3
+    finally:
+        server.stop()
+
+
+@case("http-500-always")
+def _(tmp_path, monkeypatch):
+    monkeypatch.setattr("time.sleep", lambda s: None)
+    server = serve(tmp_path, script=[500] * 3)
+    try:
+        expect_download_error(tmp_path, server, r"still failing after 3 attempt\(s\): HTTP "
+                                                r"Error 500", retries=2)
+        rerun_gives_the_payload(tmp_path, server)
+    finally:
+        server.stop()
+
+
+@case("http-dropped-mid-body")
+def _(tmp_path):
+    server = serve(tmp_path, drop_after=100_000)
+    try:
+        dest = expect_download_error(tmp_path, server, r"connection closed after 100000 of "
+                                                       r"256000 bytes")
+        assert dest.with_name("data.bin.part").stat().st_size == 100_000  # kept to resume
+        rerun_gives_the_payload(tmp_path, server)
+        assert server.requests[-1] == ("/data.bin", "bytes=100000-")
+    finally:
+        server.stop()
+
+
+@case("http-stalled-server")
+def _(tmp_path):
+    server = serve(tmp_path, script=["stall"], stall_s=3.0)
+    try:
+        expect_download_error(tmp_path, server, r"timed out", timeout_s=0.5)
+        rerun_gives_the_payload(tmp_path, server)
+    finally:
+        server.stop()
+
+
+@case("http-announced-length-never-arrives")
+def _(tmp_path, monkeypatch):
+    monkeypatch.setattr("time.sleep", lambda s: None)
+    server = serve(tmp_path, drop_after=1_000, script=["drop"] * 3)
+    try:
+        expect_download_error(tmp_path, server, r"closed after 3000 of 256000 bytes", retries=2)
+        rerun_gives_the_payload(tmp_path, server)
+    finally:
+        server.stop()
+
+
+@case("http-file-changed-between-attempts")
+def _(tmp_path):
+    server = serve(tmp_path, drop_after=100_000, if_range=False)
+    try:
+        expect_download_error(tmp_path, server, r"closed after 100000")
+        (tmp_path / "www" / "data.bin").write_bytes(PAYLOAD[::-1])
+        dest = tmp_path / "cache" / "data.bin"
+        download(f"{server.url}/data.bin", dest, None, fast(tmp_path, retries=1))
+        assert dest.read_bytes() == PAYLOAD[::-1]
+    finally:
+        server.stop()
+
+
+# --- S3: the real SeaweedFS server, alone or behind a fault-injecting proxy --------------------
+
+@pytest.fixture(scope="module")
+def restartable_s3(tmp_path_factory):
+    """A SeaweedFS server of this module's own, which a case may stop and start again."""
+    server = s3server.start(tmp_path_factory.mktemp("weed-faults"))
+    server.client().create_bucket(Bucket="scenes")
+    yield server
+    server.stop()
+
+
+def private_entry(prefix: str, endpoint: str) -> SourceEntry:
+    return SourceEntry(f"s3://{prefix}", endpoint_url=endpoint, anonymous=False)
+
+
+def with_credentials(server, monkeypatch) -> None:
+    for key, value in server.env().items():
+        monkeypatch.setenv(key, value)
+
+
+@case("s3-wrong-endpoint")
+def _(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    entry = SourceEntry("s3://scenes/x/", endpoint_url=f"http://127.0.0.1:{port}")
+    with pytest.raises(NadirError, match=r"listing s3://scenes/x/: Could not connect .*check "
+                                         r"the endpoint_url"):
+        fetch_s3(entry, tmp_path / "d", lambda rel: "image", fast(tmp_path, timeout_s=2))
+    assert not (tmp_path / "d").exists()
+
+
+@case("s3-access-denied")
+def _(tmp_path, s3):
+    s3.client().create_bucket(Bucket="denied")
+    s3.client().put_object(Bucket="denied", Key="x/a.tif", Body=b"a")
+    entry = SourceEntry("s3://denied/x/", endpoint_url=s3.endpoint)  # anonymous
+    with pytest.raises(NadirError, match=r"AccessDenied \(for a public bucket"):
+        fetch_s3(entry, tmp_path / "d", lambda rel: "image", fast(tmp_path))
+
+
+@case("s3-missing-bucket")
+def _(tmp_path, s3, monkeypatch):
+    with_credentials(s3, monkeypatch)
+    with pytest.raises(NadirError, match=r"listing s3://no-such-bucket/x/: NoSuchBucket"):
+        fetch_s3(private_entry("no-such-bucket/x/", s3.endpoint), tmp_path / "d",
+                 lambda rel: "image", fast(tmp_path))
+
+
+@case("s3-server-stopped-mid-run")
+def _(tmp_path, restartable_s3, monkeypatch):
+    """SeaweedFS stops while the third of six objects is requested: the fetch stops with a
+    named error, keeps what it completed (in the cache), and once the server is started again
+    a rerun fetches only the rest and ends with exactly the bucket's objects."""
+    server = restartable_s3
+    with_credentials(server, monkeypatch)
+    objects = {f"run/{i}.tif": bytes([i]) * (1000 + i) for i in range(6)}
+    for key, body in objects.items():
+        server.client().put_object(Bucket="scenes", Key=key, Body=body)
+    proxy = FaultProxy(server.endpoint)
+    gets = []
+
+    def stop_at_the_third_object(method, path):
+        if method == "GET" and "/run/" in path:
+            gets.append(path)
+            if len(gets) == 3:
+                server.stop()
+
+    proxy.before = stop_at_the_third_object
+    entry = private_entry("scenes/run/", proxy.endpoint)
+    settings = fast(tmp_path, retries=1, timeout_s=2)
+    try:
+        with pytest.raises(NadirError, match=r"download of s3://scenes/run/2\.tif: .*gave up"):
+            fetch_s3(entry, tmp_path / "first", lambda rel: "image", settings)
+        done = sorted(p.name for p in (tmp_path / "first").iterdir())
+        assert done == ["0.tif", "1.tif"]  # complete files only
+        server.restart()
+        proxy.before = None
+        seen_before_rerun = len(proxy.seen)
+        fetch_s3(entry, tmp_path / "rerun", lambda rel: "image", settings)
+        rerun_gets = [p for m, p in proxy.seen[seen_before_rerun:] if m == "GET" and "/run/" in p]
+    finally:
+        proxy.stop()
+        if server.process.poll() is not None:
+            server.restart()
+    assert {f"run/{p.name}": p.read_bytes() for p in (tmp_path / "rerun").iterdir()} == objects
+    assert sorted(rerun_gets) == [f"/scenes/run/{i}.tif" for i in range(2, 6)]  # not 0, 1
+
+
+@case("s3-500-during-upload")
+def _(tmp_path, restartable_s3, monkeypatch):
+    """A checkpoint upload answered with a 500 is retried by botocore and lands whole; a 500
+    on every attempt is a named error and leaves no checkpoint listed."""
+    server = restartable_s3
+    monkeypatch.setenv("SNAKEMAKE_STORAGE_S3_ACCESS_KEY", server.access_key)
+    monkeypatch.setenv("SNAKEMAKE_STORAGE_S3_SECRET_KEY", server.secret_key)
+    proxy = FaultProxy(server.endpoint)
+    try:
+        proxy.faults = [("PUT", "/scenes/ck/", "500")]
+        store = S3Checkpoints("scenes", "ck", proxy.endpoint)
+        store.write(10, b"state" * 1000)
+        assert store.read(10) == b"state" * 1000 and proxy.count("PUT") == 2
+        monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+        proxy.faults = [("PUT", "/scenes/ck/", "500")]
+        with pytest.raises(NadirError, match=r"cannot write a checkpoint to s3://scenes/ck"):
+            S3Checkpoints("scenes", "ck", proxy.endpoint).write(20, b"later")
+        assert store.iterations() == [10]
+    finally:
+        proxy.stop()
+
+
+@case("s3-body-cut-mid-stream")
+def _(tmp_path, restartable_s3, monkeypatch):
+    server = restartable_s3
+    with_credentials(server, monkeypatch)
+    server.client().put_object(Bucket="scenes", Key="cut/a.tif", Body=b"a" * 5_000)
+    proxy = FaultProxy(server.endpoint)
+    try:
+        proxy.faults = [("GET", "/scenes/cut/a.tif", "cut")]
+        entry = private_entry("scenes/cut/", proxy.endpoint)
+        fetch_s3(entry, tmp_path / "d", lambda rel: "image", fast(tmp_path, retries=1))
+        assert (tmp_path / "d" / "a.tif").read_bytes() == b"a" * 5_000
+        proxy.faults = [("GET", "/scenes/cut/a.tif", "cut")] * 2
+        with pytest.raises(NadirError, match=r"download of s3://scenes/cut/a\.tif: .*gave up"):
+            fetch_s3(entry, tmp_path / "e", lambda rel: "image",
+                     FetchSettings(tmp_path / "other-cache", 1, 5))
+        assert not (tmp_path / "e" / "a.tif").exists()
+    finally:
+        proxy.stop()
+
+
+# --- the matrix and its table ---------------------------------------------------------------
+
+@pytest.mark.parametrize("name", list(MATRIX))
+def test_fault(name, tmp_path, request):
+    function = MATRIX[name]
+    wanted = function.__code__.co_varnames[:function.__code__.co_argcount]
+    function(*[tmp_path if arg == "tmp_path" else request.getfixturevalue(arg)
+               for arg in wanted])
+
+
+def test_docs_table_lists_every_case():
+    table = (ROOT / "docs" / "faults.md").read_text()
+    documented = re.findall(r"^\| `([a-z0-9-]+)` \|", table, flags=re.MULTILINE)
+    assert documented == list(MATRIX), "docs/faults.md's table and the matrix differ"
+    assert len(MATRIX) >= 30
