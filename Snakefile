@@ -21,6 +21,7 @@ include: "workflow/rules/chip.smk"
 include: "workflow/rules/coco.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/compare.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/predict.smk"
 
@@ -34,6 +35,7 @@ rule all:
         expand("results/{dataset}/chips/manifest.json", dataset=DATASETS),
         expand("results/{dataset}/coco/{split}.json", dataset=DATASETS, split=["train", "val"]),
         expand("results/{dataset}/index/stats.png", dataset=DATASETS),
+        expand("results/{dataset}/comparison.{ext}", dataset=DATASETS, ext=["json", "html"]),
         expand(
             "results/{run}/{file}",
             run=RUNS,

@@ -144,7 +144,7 @@ def test_sample_pipeline_runs_end_to_end_as_pods(pipeline, s3):
     assert rules == sorted(["generate_sample_sample", "index", "dataset_stats", "chip", "chip",
                             "chip", "chip_manifest", "coco", "train", "evaluate",
                             "evaluate_scenes", "loss_curve", "plot_pr", "plot_detections",
-                            "plot_class_ap", "leaderboard", "cost"])
+                            "plot_class_ap", "compare", "leaderboard", "cost"])
     assert [r.error for r in pipeline.double.received if not r.accepted] == []
     # every file is in the bucket, nothing was written beside the controller
     leaderboard = s3.client().get_object(

@@ -151,3 +151,77 @@ def test_summary_prints_the_leaderboard_and_total_cost(tmp_path, capsys):
     assert "| rank | model |" in printed
     assert "1 jobs, 3600 s wall-clock, 1.0 CPU-hours, 1.0 GPU-hours" in printed
     assert (tmp_path / "summary.txt").read_text() in printed
+
+
+def repeat(model: str, name: str, seed: int, scene_ap: float, lr: float = 0.001) -> RunResult:
+    """One repeat of a setting: same model and settings but the seed, own scene AP."""
+    base = result("dota", model, chip_ap=scene_ap + 0.1, scene_ap=scene_ap)
+    base.run["hyperparameters"] = {"lr": lr, "seed": seed, "iterations": 1500}
+    base.name = name
+    return base
+
+
+def test_repeats_are_one_row_with_mean_sd_and_t_interval():
+    rows = leaderboard_rows([
+        repeat("ssdlite", "ssdlite", 0, 0.5), repeat("ssdlite", "ssdlite--repeat-2", 1, 0.6),
+        repeat("ssdlite", "ssdlite--repeat-3", 2, 0.7),
+        repeat("ssdlite", "ssdlite--lr-0.0005", 0, 0.4, lr=0.0005),
+    ])
+    assert [(r["run"], r["repeats"], r["seeds"], r["rank"]) for r in rows] == [
+        ("ssdlite", 3, "0 1 2", 1), ("ssdlite--lr-0.0005", 1, "0", 2)]
+    top = rows[0]
+    half = 4.302652729911275 * 0.1 / 3 ** 0.5  # t(0.975, 2) * sd / sqrt(n)
+    assert top["scene_AP"] == pytest.approx(0.6)
+    assert top["scene_AP_sd"] == pytest.approx(0.1)
+    assert (top["scene_AP_ci_low"], top["scene_AP_ci_high"]) == (
+        pytest.approx(0.6 - half, abs=1e-6), pytest.approx(0.6 + half, abs=1e-6))
+    assert top["AP"] == pytest.approx(0.7)  # the chip metrics are aggregated the same way
+    assert top["wall_seconds"] == 3 * 3996  # costs add up over the repeats
+    single = rows[1]
+    assert single["scene_AP"] == 0.4 and single["scene_AP_sd"] is None
+    assert top["weights"] == "last"
+
+
+def test_the_weights_column_says_which_split_selected():
+    runs = [repeat("ssdlite", "ssdlite", 0, 0.5), repeat("ssdlite", "ssdlite--repeat-2", 1, 0.6)]
+    for run, iteration in zip(runs, (300, 500), strict=True):
+        run.run["training"]["selection"] = {"weights": "best", "best": {"iteration": iteration}}
+    (row,) = leaderboard_rows(runs)
+    assert row["weights"] == "best on the selection split (iteration 300, 500)"
+
+
+def test_comparison_marks_settings_against_the_best(tmp_path):
+    results = [repeat("fcos", "fcos", 0, 0.52), repeat("ssdlite", "ssdlite", 0, 0.5),
+               repeat("ssd300", "ssd300", 0, 0.2)]
+    comparison = {"dataset": "dota", "best": "fcos", "verdicts": {
+        "fcos": "best", "ssdlite": "not distinguishable from the best",
+        "ssd300": "worse than the best"}, "pairs": [
+        {"first": "fcos", "second": "ssd300", "difference": 0.32, "ci_low": 0.2,
+         "ci_high": 0.4},
+        {"first": "fcos", "second": "ssdlite", "difference": 0.02, "ci_low": -0.01,
+         "ci_high": 0.05},
+        {"first": "ssd300", "second": "ssdlite", "difference": -0.3, "ci_low": -0.4,
+         "ci_high": -0.2}]}
+    rows = write_leaderboard(results, tmp_path / "l.csv", tmp_path / "l.md",
+                             tmp_path / "l.html", {"dota": comparison})
+    marks = {r["run"]: (r["vs_best"], r["vs_best_difference"], r["vs_best_ci_low"],
+                        r["vs_best_ci_high"]) for r in rows}
+    assert marks == {"fcos": ("best", None, None, None),
+                     "ssdlite": ("not distinguishable from the best", 0.02, -0.01, 0.05),
+                     "ssd300": ("worse than the best", 0.32, 0.2, 0.4)}
+    markdown = (tmp_path / "l.md").read_text()
+    assert "| vs best |" in markdown.splitlines()[2]
+    assert "| not distinguishable from the best |" in markdown
+    with open(tmp_path / "l.csv", newline="") as fh:
+        csv_rows = {r["run"]: r for r in csv.DictReader(fh)}
+    assert csv_rows["ssd300"]["vs_best"] == "worse than the best"
+
+
+def test_markdown_shows_mean_and_sd_for_repeats(tmp_path):
+    results = [repeat("ssdlite", "ssdlite", 0, 0.5), repeat("ssdlite", "ssdlite--repeat-2", 1,
+                                                            0.6)]
+    write_leaderboard(results, tmp_path / "l.csv", tmp_path / "l.md", tmp_path / "l.html")
+    row = (tmp_path / "l.md").read_text().splitlines()[4]
+    assert row.startswith("| 1 | ssdlite | 0.5500 ± 0.0707 | 0.5500 ± 0.0707 | 0.6500 ± 0.0707 |")
+    page = (tmp_path / "l.html").read_text()
+    assert "0.5500 ± 0.0707 [-0.0853, 1.1853]" in page  # t(0.975, 1) = 12.706

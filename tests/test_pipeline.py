@@ -76,11 +76,36 @@ def test_second_model_adds_only_its_jobs(finished_run, tmp_path):
     args = write_config(tmp_path / "two.yaml",
                         lambda c: c["models"].update({"fcos_resnet18_fpn": {}}))
     proc = run_snakemake(workdir, *args, "--dry-run")
-    out = proc.stdout
     assert planned_jobs(proc) == dict.fromkeys(RUN_JOBS + SUMMARY_JOBS, 1)
-    missing = [line for line in out.splitlines() if "Missing output files" in line]
+    missing = missing_outputs(proc)
     assert any("models/fcos_resnet18_fpn/model.pt" in line for line in missing)
     assert not any(f"models/{MODEL}/" in line for line in missing)
+
+
+def missing_outputs(proc) -> list[str]:
+    return [line for line in proc.stdout.splitlines() if "Missing output files" in line]
+
+
+def test_editing_a_sweep_cell_reruns_only_that_cell(finished_run, tmp_path):
+    workdir, _ = finished_run
+    for lr in (0.0005, 0.0002):  # a two-cell sweep, then its second cell edited
+        args = write_config(tmp_path / f"sweep-{lr}.yaml", lambda c, lr=lr: c.update(
+            sweeps={MODEL: {"cells": [{}, {"lr": lr}]}}))
+        proc = run_snakemake(workdir, *args, "--dry-run")
+        assert planned_jobs(proc) == dict.fromkeys(RUN_JOBS + SUMMARY_JOBS, 1)
+        missing = missing_outputs(proc)
+        assert any(f"models/{MODEL}--lr-{lr}/model.pt" in line for line in missing)
+        assert not any(f"models/{MODEL}/" in line for line in missing)  # the {} cell is done
+
+
+def test_more_repeats_add_only_the_new_seeds(finished_run, tmp_path):
+    workdir, _ = finished_run
+    args = write_config(tmp_path / "repeats.yaml", lambda c: c.update(repeats=3))
+    proc = run_snakemake(workdir, *args, "--dry-run")
+    assert planned_jobs(proc) == {**dict.fromkeys(RUN_JOBS, 2), **dict.fromkeys(SUMMARY_JOBS, 1)}
+    trained = {line.split("models/")[1].split("/")[0] for line in missing_outputs(proc)
+               if "model.pt" in line}
+    assert trained == {f"{MODEL}--repeat-2", f"{MODEL}--repeat-3"}
 
 
 def test_bad_label_line_fails_with_file_and_line_and_keeps_results(finished_run, tmp_path):

@@ -20,6 +20,7 @@ EXPECTED_CATEGORIES = {
     "Precision-recall curves": {"sample": [f"{RUN}/pr.png"]},
     "Sample detections": {"sample": [f"{RUN}/detections.png"]},
     "Training curves": {"sample": [f"{RUN}/loss.png"]},
+    "Comparisons": {"sample": ["results/sample/comparison.html"]},
 }
 
 
@@ -64,7 +65,8 @@ def check_report(page: str, staged: str = "") -> None:
     assert not re.search(r"<script[^>]+src=", page)
     assert not re.search(r"<link[^>]+href=[\"']?https?:", page)
     assert not re.search(r"@import|url\([\"']?https?:", page)
-    for table in ("results/leaderboard.html", "results/cost.html"):
+    for table in ("results/leaderboard.html", "results/cost.html",
+                  "results/sample/comparison.html"):
         assert b"http" not in data(results[table])
 
 
@@ -90,7 +92,7 @@ def test_sample_pipeline_report_has_every_figure_and_opens_offline(local_sample_
                   for p in (workdir / "results/benchmarks").rglob("*.tsv")}
     assert {"cost.tsv", "summary.tsv", "sample/evaluate_scenes-ssdlite320_mobilenet_v3_large.tsv",
             "sample/generate_sample.tsv"} <= benchmarks
-    assert int(cost["total"]["jobs"]) == len(benchmarks) - 2 == 14
+    assert int(cost["total"]["jobs"]) == len(benchmarks) - 2 == 15
     assert cost["train"]["jobs"] == "1" and cost["chip"]["jobs"] == "2"
     with open(workdir / "results/leaderboard.csv", newline="") as fh:
         (row,) = list(csv.DictReader(fh))
@@ -104,14 +106,16 @@ def test_sample_pipeline_report_has_every_figure_and_opens_offline(local_sample_
                       + "evaluation:\n  scene_nms_iou: 0.5\n")
     dry = run_snakemake(workdir, "--configfile", str(edited), "--replace-workflow-config", "-n")
     assert planned_jobs(dry) == {
-        "evaluate_scenes": 1, "plot_pr": 1, "plot_class_ap": 1, "leaderboard": 1, "cost": 1,
+        "evaluate_scenes": 1, "plot_pr": 1, "plot_class_ap": 1, "compare": 1, "leaderboard": 1,
+        "cost": 1,
         "summary": 1, "all": 1}
     # So does the choice of benchmark protocols.
     edited.write_text((ROOT / "config/test.yaml").read_text()
                       + "evaluation:\n  protocols:\n    sample: [coco]\n")
     dry = run_snakemake(workdir, "--configfile", str(edited), "--replace-workflow-config", "-n")
     assert planned_jobs(dry) == {
-        "evaluate_scenes": 1, "plot_pr": 1, "plot_class_ap": 1, "leaderboard": 1, "cost": 1,
+        "evaluate_scenes": 1, "plot_pr": 1, "plot_class_ap": 1, "compare": 1, "leaderboard": 1,
+        "cost": 1,
         "summary": 1, "all": 1}
 
 
@@ -126,7 +130,7 @@ def test_sample_pipeline_and_report_on_s3_storage(s3_sample_run, s3):
     bucket = s3.client()
     cost = bucket.get_object(Bucket=S3_BUCKET, Key="run1/results/cost.csv")
     rows = {r["rule"]: r for r in csv.DictReader(cost["Body"].read().decode().splitlines())}
-    assert rows["total"]["jobs"] == "14"
+    assert rows["total"]["jobs"] == "15"
     keys = [o["Key"] for o in bucket.list_objects_v2(Bucket=S3_BUCKET, Prefix="run1/")
             ["Contents"]]
     assert "run1/results/benchmarks/sample/evaluate_scenes-ssdlite320_mobilenet_v3_large.tsv" \

@@ -45,7 +45,7 @@ def test_deleted_remote_output_reruns_only_its_dependants_from_an_empty_director
     # evaluate rewrites predictions.json too, so everything reading the predictions reruns.
     assert planned_jobs(proc) == dict.fromkeys(
         ["evaluate", "evaluate_scenes", "plot_pr", "plot_detections", "plot_class_ap",
-         "leaderboard", "cost", "summary", "all"], 1)
+         "compare", "leaderboard", "cost", "summary", "all"], 1)
     assert f"results/sample/models/{MODEL}/metrics.json" in keys(s3, "run1")
 
 

@@ -122,7 +122,8 @@ def cmd_train(args) -> None:
                    shards=[Path(p) for p in args.shards], outputs=outputs,
                    threads=args.threads, checkpoint_every=args.checkpoint_every,
                    weights_file=Path(args.pretrained_weights) if args.pretrained_weights else None,
-                   world_size=args.world_size)
+                   world_size=args.world_size,
+                   selection_json=Path(args.selection) if args.selection else None)
     run(job, args.checkpoints, args.s3_endpoint, args.checkpoint_keep)
 
 
@@ -196,8 +197,49 @@ def cmd_leaderboard(args) -> None:
                          f"three benchmark files per run; got {[len(c) for c in columns]}")
     results = [read_run_result(RunFiles(*map(Path, files)))
                for files in zip(*columns, strict=True)]
-    rows = write_leaderboard(results, Path(args.csv), Path(args.markdown), Path(args.html))
+    comparisons = {}
+    for path in args.comparisons or []:
+        comparison = json.loads(Path(path).read_text())
+        comparisons[comparison["dataset"]] = comparison
+    rows = write_leaderboard(results, Path(args.csv), Path(args.markdown), Path(args.html),
+                             comparisons)
     log.info("ranked %d run(s) on %d dataset(s)", len(rows), len({r["dataset"] for r in rows}))
+
+
+def cmd_compare(args) -> None:
+    from nadir.comparison import compare_dataset, comparison_html
+    from nadir.costs import TABLE_CSS
+    from nadir.scene_evaluation import scene_ground_truth
+
+    if len(args.runs) != len(args.scene_predictions):
+        raise NadirError(f"compare: give one scene predictions file per run.json; got "
+                         f"{len(args.runs)} and {len(args.scene_predictions)}")
+    runs = [(Path(run_json).parent.name, json.loads(Path(run_json).read_text()),
+             json.loads(Path(predictions).read_text()))
+            for run_json, predictions in zip(args.runs, args.scene_predictions, strict=True)]
+    categories = json.loads(Path(args.coco).read_text())["categories"]
+    gt = scene_ground_truth(runs[0][2]["images"], Path(args.annotations), categories)
+    log.info("comparing %d run(s) on %d val scenes: %d bootstrap draws of the scenes",
+             len(runs), len(gt["images"]), args.resamples)
+    result = compare_dataset(runs, gt, args.max_detections, args.metric, args.resamples,
+                             args.seed)
+    Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+    Path(args.html).write_text(comparison_html(result, TABLE_CSS))
+    for name, verdict in sorted(result["verdicts"].items()):
+        log.info("%s: %s %.4f, %s", name, args.metric, result["observed"][name], verdict)
+
+
+def cmd_carve_selection(args) -> None:
+    from nadir.coco import carve_selection
+
+    train = json.loads(Path(args.train).read_text())
+    fit, selection = carve_selection(train, args.fraction, args.seed, args.train)
+    Path(args.fit).write_text(json.dumps(fit) + "\n")
+    Path(args.selection).write_text(json.dumps(selection) + "\n")
+    log.info("selection split: %d chips of %d train scenes held out (fraction %s, seed %d); "
+             "%d chips left to train on", len(selection["images"]),
+             len({im["scene"] for im in selection["images"]}), args.fraction, args.seed,
+             len(fit["images"]))
 
 
 def cmd_cost(args) -> None:
@@ -343,6 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--s3-endpoint", help="S3 endpoint URL for s3:// checkpoints (keys come "
                    "from SNAKEMAKE_STORAGE_S3_ACCESS_KEY/_SECRET_KEY)")
     p.add_argument("--world-size", type=int, help="training processes (default: one per GPU)")
+    p.add_argument("--selection", help="COCO split scored every `eval_every` iterations")
     p = sub.choices["evaluate"]
     p.add_argument("--weights", required=True)
     p.add_argument("--coco", required=True)
@@ -392,8 +435,30 @@ def build_parser() -> argparse.ArgumentParser:
                    "evaluate-benchmarks", "scene-benchmarks"):
         p.add_argument(f"--{option}", nargs="+", required=True,
                        help="one per run, in the same run order")
+    p.add_argument("--comparisons", nargs="*", help="comparison.json per dataset (compare)")
     p.add_argument("--csv", required=True)
     p.add_argument("--markdown", required=True)
+    p.add_argument("--html", required=True)
+
+    p = command("carve-selection", cmd_carve_selection,
+                "hold train scenes out as the selection split (seeded, by scene)")
+    p.add_argument("--train", required=True)
+    p.add_argument("--fraction", type=float, required=True)
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--fit", required=True, help="the train split without the selection scenes")
+    p.add_argument("--selection", required=True)
+
+    p = command("compare", cmd_compare, "paired bootstrap comparison of a dataset's runs")
+    p.add_argument("--runs", nargs="+", required=True, help="run.json per run")
+    p.add_argument("--scene-predictions", nargs="+", required=True,
+                   help="scene_predictions.json per run, in the same order")
+    p.add_argument("--coco", required=True, help="the val COCO file (for the categories)")
+    p.add_argument("--annotations", required=True, help="the index's annotations.csv")
+    p.add_argument("--max-detections", type=int, required=True, help="per scene and class")
+    p.add_argument("--metric", choices=["AP", "AP50"], default="AP")
+    p.add_argument("--resamples", type=int, required=True)
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--json", required=True)
     p.add_argument("--html", required=True)
 
     p = command("cost", cmd_cost, "tabulate jobs, wall time, CPU- and GPU-hours per rule")

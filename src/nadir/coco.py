@@ -6,8 +6,9 @@ import json
 from collections import Counter
 from pathlib import Path
 
+from nadir.datasets.normalise import seeded_split
 from nadir.datasets.records import polygon_area
-from nadir.errors import NadirError
+from nadir.errors import InputError, NadirError
 from nadir.rotated_boxes import rbox_from_polygon
 
 
@@ -80,3 +81,27 @@ def write_coco(shard_jsons: list[Path], categories_json: Path, outputs: dict[str
     stats = statistics(coco)
     Path(stats_path).write_text(json.dumps(stats, indent=1) + "\n")
     return stats
+
+
+def carve_selection(train: dict, fraction: float, seed: int,
+                    source: str | Path = "train split") -> tuple[dict, dict]:
+    """Split a train COCO split by scene into (fit, selection), seeded.
+
+    The split that picks a model's best checkpoint must not be the one it is scored on; where
+    a dataset has only train and val (DOTA's test labels are not public, so its val is the test
+    split), the selection scenes come out of train. Image and object ids are kept, so each
+    chip keeps its shard and name.
+    """
+    scenes = sorted({im["scene"] for im in train["images"]})
+    if len(scenes) < 2:
+        raise InputError(source, f"{len(scenes)} train scene(s): a selection split needs at "
+                         "least 2, so that both parts keep one")
+    chosen = {s for s, part in seeded_split(scenes, fraction, seed).items() if part == "val"}
+
+    def part(selected: bool) -> dict:
+        images = [im for im in train["images"] if (im["scene"] in chosen) == selected]
+        ids = {im["id"] for im in images}
+        return {**train, "images": images,
+                "annotations": [a for a in train["annotations"] if a["image_id"] in ids]}
+
+    return part(False), part(True)

@@ -7,6 +7,10 @@ reported at once, so a typo never starts a job.
 from __future__ import annotations
 
 import copy
+import itertools
+import json
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -38,15 +42,30 @@ def _with_defaults(validator_class):
 DefaultFillingValidator = _with_defaults(Draft202012Validator)
 
 
+def _without_defaults(section: dict) -> dict:
+    """A section's schema for overriding it: the same keys and checks, no defaults (what an
+    override leaves out comes from the section), and null meaning no overrides."""
+    overrides = copy.deepcopy(section)
+    for prop in overrides["properties"].values():
+        prop.pop("default", None)
+    overrides.pop("default", None)
+    overrides["type"] = ["object", "null"]  # `name:` with nothing after it means no overrides
+    return overrides
+
+
 def load_schema(model_names: list[str]) -> dict:
     schema = yaml.safe_load(SCHEMA_PATH.read_text())
-    training = copy.deepcopy(schema["properties"]["training"])
-    for prop in training["properties"].values():
-        prop.pop("default", None)
-    training.pop("default", None)
-    training["type"] = ["object", "null"]  # `model_name:` with nothing after it means no overrides
+    training = _without_defaults(schema["properties"]["training"])
     schema["$defs"]["overrides"] = training
-    schema["properties"]["models"]["propertyNames"] = {"enum": sorted(model_names)}
+    schema["$defs"]["chipping_overrides"] = _without_defaults(schema["properties"]["chipping"])
+    schema["$defs"]["sweep_grid"] = {
+        **schema["$defs"]["sweep_grid"], "additionalProperties": False,
+        "properties": {key: {"type": "array", "minItems": 1, "items": prop}
+                       for key, prop in training["properties"].items()}}
+    models = {"enum": sorted(model_names)}
+    schema["properties"]["models"]["propertyNames"] = models
+    schema["properties"]["sweeps"]["propertyNames"] = models
+    schema["$defs"]["dataset"]["properties"]["models"]["propertyNames"] = models
     return schema
 
 
@@ -137,17 +156,20 @@ def validate(config: dict, model_names: list[str]) -> dict:
     if problems:
         lines = "\n".join(f"  - {p}" for p in problems)
         raise ConfigError(f"invalid configuration ({len(problems)} problem(s)):\n{lines}")
-    chip = config["chipping"]
-    if chip["overlap"] >= chip["size"]:
-        raise ConfigError(
-            f"config key chipping.overlap: {chip['overlap']} must be smaller than "
-            f"chipping.size ({chip['size']})")
     from nadir.chipping import ChipParams
 
-    try:  # the rules that JSON Schema cannot express (e.g. 1 or 3 bands)
-        ChipParams.from_config(chip)
-    except NadirError as error:
-        raise ConfigError(f"config key chipping: {error}") from None
+    for key, chip in [("chipping", config["chipping"])] + [
+            (f"datasets.{d}.chipping", dataset_chipping(config, d))
+            for d in sorted(config["datasets"]) if config["datasets"][d]["chipping"]]:
+        if chip["overlap"] >= chip["size"]:
+            raise ConfigError(f"config key {key}.overlap: {chip['overlap']} must be smaller "
+                              f"than {key}.size ({chip['size']})")
+        try:  # the rules that JSON Schema cannot express (e.g. 1 or 3 bands)
+            ChipParams.from_config(chip)
+        except NadirError as error:
+            raise ConfigError(f"config key {key}: {error}") from None
+    _check_sweeps(config)
+    _check_selection(config)
     return config
 
 
@@ -158,3 +180,112 @@ def model_hyperparameters(config: dict, model: str) -> dict:
 
     return {**config["training"], **CATALOGUE[model].hyperparameters,
             **(config["models"][model] or {})}
+
+
+def dataset_chipping(config: dict, dataset: str) -> dict:
+    """One dataset's chipping settings: `chipping`, then the dataset's own `chipping` keys."""
+    return {**config["chipping"], **(config["datasets"][dataset].get("chipping") or {})}
+
+
+# Run names: `<model>`, then `--<key>-<value>` per swept key (sorted), then `--repeat-<n>` from
+# the second repeat on. Only letters, digits, `.`, `_` and `-`: safe in paths, S3 keys and
+# Snakemake wildcards.
+REPEAT_SUFFIX = "--repeat-"
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+@dataclass(frozen=True)
+class Run:
+    """One training run: a (dataset, model, sweep cell, repeat) and its resolved settings."""
+
+    dataset: str
+    name: str  # the run's folder under results/<dataset>/models/
+    model: str  # the catalogue name
+    cell: str  # `name` without the repeat suffix: the runs that differ only by seed share it
+    repeat: int  # 1..repeats
+    hp: dict
+
+
+def _value_text(value) -> str:
+    text = value if isinstance(value, str) else json.dumps(value)
+    return _UNSAFE.sub("_", text)
+
+
+def sweep_cells(config: dict, model: str) -> list[dict]:
+    """The hyperparameter sets of a model: its `cells`, then every combination of its `grid`
+    (one empty set, the plain run, without a sweep)."""
+    sweep = config["sweeps"].get(model)
+    if not sweep:
+        return [{}]
+    grid = sweep["grid"] or {}
+    keys = sorted(grid)
+    combinations = [dict(zip(keys, values, strict=True))
+                    for values in itertools.product(*(grid[k] for k in keys))] if keys else []
+    return [dict(cell or {}) for cell in sweep["cells"]] + combinations
+
+
+def cell_name(model: str, cell: dict) -> str:
+    return model + "".join(f"--{key}-{_value_text(cell[key])}" for key in sorted(cell))
+
+
+def _check_sweeps(config: dict) -> None:
+    """What the schema cannot say about sweeps and per-dataset model settings."""
+    for dataset in sorted(config["datasets"]):
+        for model in sorted(config["datasets"][dataset]["models"]):
+            if model not in config["models"]:
+                raise ConfigError(f"config key datasets.{dataset}.models.{model}: {model} is "
+                                  "not in `models`, so it is not trained")
+    for model in sorted(config["sweeps"]):
+        if model not in config["models"]:
+            raise ConfigError(f"config key sweeps.{model}: {model} is not in `models`; add it "
+                              "there to sweep it")
+        cells = sweep_cells(config, model)
+        if not cells:
+            raise ConfigError(f"config key sweeps.{model}: give `cells` or `grid`")
+        if config["repeats"] > 1 and any("seed" in cell for cell in cells):
+            raise ConfigError(f"config key sweeps.{model}: sweeps over `seed` and `repeats` "
+                              "> 1 both set seeds; use one of them")
+        names = [cell_name(model, cell) for cell in cells]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ConfigError(f"config key sweeps.{model}: cells {repeated} appear twice")
+
+
+def run_hyperparameters(config: dict, dataset: str, model: str, cell: dict | None = None,
+                        repeat: int = 1) -> dict:
+    """A run's training settings, each layer over the one before: `training`, the catalogue's
+    defaults for the model, `models.<model>`, `datasets.<dataset>.training`,
+    `datasets.<dataset>.models.<model>`, the sweep cell, then the repeat's seed."""
+    spec = config["datasets"][dataset]
+    hp = {**model_hyperparameters(config, model), **(spec.get("training") or {}),
+          **((spec.get("models") or {}).get(model) or {}), **(cell or {})}
+    return {**hp, "seed": hp["seed"] + repeat - 1}
+
+
+def runs(config: dict) -> list[Run]:
+    """Every training run of a validated config, dataset by dataset, in name order. The run
+    names are the same for every dataset; the settings may differ."""
+    table = []
+    for dataset in sorted(config["datasets"]):
+        for model in sorted(config["models"]):
+            for cell in sweep_cells(config, model):
+                base = cell_name(model, cell)
+                for repeat in range(1, config["repeats"] + 1):
+                    name = base if repeat == 1 else f"{base}{REPEAT_SUFFIX}{repeat}"
+                    table.append(Run(dataset, name, model, base, repeat,
+                                     run_hyperparameters(config, dataset, model, cell, repeat)))
+    return sorted(table, key=lambda r: (r.dataset, r.name))
+
+
+def _check_selection(config: dict) -> None:
+    """`select: best` needs selection scores, which only the torchvision loop computes."""
+    from nadir.training.catalogue import CATALOGUE
+
+    for run in runs(config):
+        where = f"run {run.name} on {run.dataset}"
+        if run.hp["select"] == "best" and not run.hp["eval_every"]:
+            raise ConfigError(f"config key training.select: best needs training.eval_every > 0 "
+                              f"({where})")
+        if run.hp["eval_every"] and CATALOGUE[run.model].backend == "detectron2":
+            raise ConfigError(f"config key training.eval_every: not supported by the "
+                              f"detectron2 backend yet ({where})")

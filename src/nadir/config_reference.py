@@ -33,7 +33,7 @@ def _type(prop: dict) -> str:
     if "enum" in prop:
         return " \\| ".join(f"`{v}`" for v in prop["enum"] if v is not None) + (
             " \\| null" if None in prop["enum"] else "")
-    kind = prop.get("type", "object" if "properties" in prop else "")
+    kind = prop.get("type", "object" if "properties" in prop or "$ref" in prop else "")
     kinds = kind if isinstance(kind, list) else [kind]
     if "$ref" in prop.get("items", {}):
         kinds = [f"list of {prop['items']['$ref'].split('/')[-1]}" if k == "array" else k
@@ -71,11 +71,14 @@ def render() -> str:
         parts.append(" ".join(prop.get("description", "").split()) + "\n")
         if "properties" in prop:
             parts.append(_table(prop["properties"], prop.get("required", [])))
+        elif prop.get("type") != "object":  # a single value: say its type and default
+            parts.append(f"Type: {_type(prop)}; default: {_default(prop)}.\n")
     for name, definition in schema["$defs"].items():
         if "properties" not in definition:
             continue
         title = {"dataset": "One entry of `datasets`",
-                 "source": "One entry of a dataset's `source`"}.get(name, f"`{name}`")
+                 "source": "One entry of a dataset's `source`",
+                 "sweep": "One entry of `sweeps`"}.get(name, f"`{name}`")
         parts.append(f"## {title}\n")
         if definition.get("description"):
             parts.append(" ".join(definition["description"].split()) + "\n")

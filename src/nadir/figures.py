@@ -238,12 +238,19 @@ def plot_statistics(stats: dict, out_png: Path, title: str) -> None:
 
 
 def plot_loss_curve(train_log: Path, out_png: Path, title: str) -> None:
-    """Two panels: each loss term and the learning rate against the iteration."""
+    """Each loss term and the learning rate against the iteration; with `training.eval_every`,
+    a third panel with the selection split's chip-level AP and AP50 (rows with
+    `selection_AP`)."""
     plt = _pyplot()
-    history = json.loads(Path(train_log).read_text())
+    entries = json.loads(Path(train_log).read_text())
+    history = [h for h in entries if "loss" in h]
+    selection = [h for h in entries if "selection_AP" in h]
     steps = [h["iteration"] for h in history]
-    fig, (ax_loss, ax_lr) = plt.subplots(1, 2, figsize=(9, 3.2))
-    for key in sorted(k for k in history[0] if k not in ("iteration", "lr", "seconds")):
+    panels = 3 if selection else 2
+    fig, axes = plt.subplots(1, panels, figsize=(4.5 * panels, 3.2))
+    ax_loss, ax_lr = axes[0], axes[1]
+    for key in sorted(k for k in history[0] if k not in ("iteration", "lr", "seconds",
+                                                         "images_per_second")):
         ax_loss.plot(steps, [h[key] for h in history], label=key,
                      linewidth=2.2 if key == "loss" else 1)
     ax_loss.set_xlabel("iteration")
@@ -252,6 +259,15 @@ def plot_loss_curve(train_log: Path, out_png: Path, title: str) -> None:
     ax_lr.plot(steps, [h["lr"] for h in history])
     ax_lr.set_xlabel("iteration")
     ax_lr.set_ylabel("learning rate")
+    if selection:
+        ax_selection = axes[2]
+        for key, label in (("selection_AP", "AP"), ("selection_AP50", "AP50")):
+            ax_selection.plot([h["iteration"] for h in selection], [h[key] for h in selection],
+                              marker="o", label=label)
+        ax_selection.set_xlabel("iteration")
+        ax_selection.set_ylabel("selection split, chip level")
+        ax_selection.set_ylim(0, 1)
+        ax_selection.legend(fontsize=7)
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(out_png, dpi=90)

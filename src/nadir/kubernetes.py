@@ -100,8 +100,13 @@ class ClusterPodSettings:
     model_classes: dict[str, str] = field(default_factory=dict)
 
     def gpu_class(self, rule_class: str | None, model: str | None) -> str | None:
-        """The GPU class of a job: its model's (`models`) before its rule's (`gpu_class`)."""
-        return self.model_classes.get(model or "") or rule_class or None
+        """The GPU class of a job: its model's (`models`) before its rule's (`gpu_class`).
+
+        `model` is the job's `model` wildcard, a run name: a sweep cell or a repeat
+        (`<model>--lr-0.001`, `<model>--repeat-2`) runs on its model's class.
+        """
+        model_name = (model or "").split("--")[0]
+        return self.model_classes.get(model_name) or rule_class or None
 
     def for_job(self, requests_gpu: bool, gpu_class: str | None = None) -> PodSettings:
         """Settings of one pod; a GPU class applies only to a job that requests a GPU."""

@@ -7,7 +7,8 @@ rule chip:
         tar="results/{dataset}/chips/shard-{shard}.tar",
         chips="results/{dataset}/chips/shard-{shard}.json",
     params:
-        chipping=as_json(config["chipping"]),
+        # The dataset's own settings: editing another dataset's never rechips this one.
+        chipping=lambda w: as_json(dataset_chipping(config, w.dataset)),
     threads: 2
     log:
         "logs/{dataset}/chip-{shard}.log",
@@ -23,7 +24,7 @@ rule chip:
 
 rule chip_manifest:
     input:
-        chips=expand("results/{{dataset}}/chips/shard-{shard}.json", shard=SHARDS),
+        chips=shard_files("json"),
     output:
         manifest="results/{dataset}/chips/manifest.json",
     log:

@@ -1,6 +1,6 @@
 rule coco:
     input:
-        chips=expand("results/{{dataset}}/chips/shard-{shard}.json", shard=SHARDS),
+        chips=shard_files("json"),
         categories="results/{dataset}/index/categories.json",
     output:
         train="results/{dataset}/coco/train.json",
@@ -15,3 +15,25 @@ rule coco:
     shell:
         "{NADIR} coco --shards {input.chips} --categories {input.categories} "
         "--train {output.train} --val {output.val} --stats {output.stats} 2> {log}"
+
+
+# Only runs with `training.eval_every` ask for it: they train on fit.json and score
+# selection.json while training; val stays the split the evaluate job scores.
+rule carve_selection:
+    input:
+        "results/{dataset}/coco/train.json",
+    output:
+        fit="results/{dataset}/coco/fit.json",
+        selection="results/{dataset}/coco/selection.json",
+    params:
+        fraction=lambda w: config["datasets"][w.dataset]["split"]["selection_fraction"],
+        seed=lambda w: config["datasets"][w.dataset]["split"]["seed"],
+    log:
+        "logs/{dataset}/carve_selection.log",
+    benchmark:
+        "results/benchmarks/{dataset}/carve_selection.tsv"
+    message:
+        "Holding train scenes of {wildcards.dataset} out as the selection split"
+    shell:
+        "{NADIR} carve-selection --train {input} --fraction {params.fraction} "
+        "--seed {params.seed} --fit {output.fit} --selection {output.selection} 2> {log}"

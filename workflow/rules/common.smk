@@ -3,6 +3,7 @@
 
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -14,7 +15,7 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
 os.environ.setdefault("GDAL_PAM_ENABLED", "NO")
 sys.path.insert(0, str(ROOT / "src"))
 
-from nadir.config import ConfigError, model_hyperparameters, validate
+from nadir.config import ConfigError, dataset_chipping, runs, validate
 from nadir.datasets.sample import SampleSpec
 from nadir.training.catalogue import CATALOGUE
 
@@ -25,10 +26,13 @@ except ConfigError as error:
 
 NADIR = f'"{sys.executable}" -m nadir'
 DATASETS = sorted(config["datasets"])
-MODELS = sorted(config["models"])
-RUNS = [f"{d}/models/{m}" for d in DATASETS for m in MODELS]
+# Every training run: (dataset, run name) -> nadir.config.Run. A run is a model, a sweep cell of
+# it, or a further repeat; its name is the `{model}` wildcard of every per-run rule and its
+# folder under results/<dataset>/models/. The names are the same for every dataset.
+RUN_TABLE = {(run.dataset, run.name): run for run in runs(config)}
+RUN_NAMES = sorted({name for _, name in RUN_TABLE})
+RUNS = [f"{d}/models/{name}" for d, name in RUN_TABLE]
 RUNS_COUNT = len(RUNS)
-SHARDS = [f"{i:03d}" for i in range(config["chipping"]["shards"])]
 SAMPLE_KEYS = ["train_scenes", "val_scenes", "scene_size", "objects_per_scene", "seed"]
 # Formats fetched from a `source` (rules/fetch.smk), and the dataset keys each stage depends on.
 FETCHED_FORMATS = ("dota", "xview", "rareplanes")
@@ -38,8 +42,24 @@ INDEX_KEYS = ["format", "version", "class_attribute", "split", "classes", "on_ba
 
 wildcard_constraints:
     dataset="|".join(DATASETS),
-    model="|".join(MODELS),
+    model="|".join(re.escape(name) for name in RUN_NAMES),
     shard=r"\d{3}",
+
+
+def run_of(wildcards):
+    """The Run (model, settings) behind a per-run job's wildcards."""
+    return RUN_TABLE[(wildcards.dataset, wildcards.model)]
+
+
+def shards(dataset):
+    """Shard numbers of a dataset (its own `chipping.shards`, else the shared one)."""
+    return [f"{i:03d}" for i in range(dataset_chipping(config, dataset)["shards"])]
+
+
+def shard_files(extension):
+    """Input function: every shard file (`tar` or `json`) of the job's dataset."""
+    return lambda w: [f"results/{w.dataset}/chips/shard-{s}.{extension}"
+                      for s in shards(w.dataset)]
 
 
 def sample_spec(dataset):
@@ -108,7 +128,7 @@ def dataset_images(dataset):
 def shard_images(dataset, shard):
     """Scenes are dealt to shards round-robin in scene order: reproducible from the config and
     the fetch manifest (the chip manifest records each scene's shard)."""
-    return dataset_images(dataset)[int(shard) :: len(SHARDS)]
+    return dataset_images(dataset)[int(shard) :: len(shards(dataset))]
 
 
 def as_json(value):

@@ -5,7 +5,7 @@ rule evaluate:
     input:
         weights="results/{dataset}/models/{model}/model.pt",
         val="results/{dataset}/coco/val.json",
-        shards=expand("results/{{dataset}}/chips/shard-{shard}.tar", shard=SHARDS),
+        shards=shard_files("tar"),
     output:
         predictions="results/{dataset}/models/{model}/predictions.json",
         metrics="results/{dataset}/models/{model}/metrics.json",

@@ -26,10 +26,10 @@ INFERENCE_SETTING_KEYS = [
 INFERENCE_RUNS = INFERENCE["runs"]
 for _run in INFERENCE_RUNS:
     _dataset, _model = _run.split("/")
-    if _dataset not in DATASETS or _model not in MODELS:
+    if (_dataset, _model) not in RUN_TABLE:
         raise WorkflowError(
             f"config key inference.runs: {_run!r} is not a run of this config "
-            f"(datasets {DATASETS}, models {MODELS})"
+            f"(runs: {sorted(f'{d}/{name}' for d, name in RUN_TABLE)})"
         )
 _SCENE_SOURCES = [s if isinstance(s, str) else s["source"] for s in INFERENCE["scenes"]]
 # s3:// prefixes by the id their listing file is named by.

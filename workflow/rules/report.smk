@@ -23,11 +23,14 @@ def cost_jobs():
         if config["datasets"][d]["format"] == "sample":
             jobs.append(("generate_sample", f"results/benchmarks/{d}/generate_sample.tsv", None))
         jobs += [("index", f"results/benchmarks/{d}/index.tsv", None)]
-        jobs += [("chip", f"results/benchmarks/{d}/chip-{s}.tsv", None) for s in SHARDS]
+        jobs += [("chip", f"results/benchmarks/{d}/chip-{s}.tsv", None) for s in shards(d)]
         jobs += [("chip_manifest", f"results/benchmarks/{d}/chip_manifest.tsv", None),
                  ("coco", f"results/benchmarks/{d}/coco.tsv", None),
-                 ("plot_class_ap", f"results/benchmarks/{d}/plot_class_ap.tsv", None)]
-        for m in MODELS:
+                 ("plot_class_ap", f"results/benchmarks/{d}/plot_class_ap.tsv", None),
+                 ("compare", f"results/benchmarks/{d}/compare.tsv", None)]
+        if any(r.hp["eval_every"] for (rd, _), r in RUN_TABLE.items() if rd == d):
+            jobs.append(("carve_selection", f"results/benchmarks/{d}/carve_selection.tsv", None))
+        for m in RUN_NAMES:
             run = f"results/{d}/models/{m}"
             jobs += [
                 ("train", f"results/benchmarks/{d}/train-{m}.tsv", f"{run}/run.json"),
@@ -94,7 +97,7 @@ rule plot_detections:
     input:
         val="results/{dataset}/coco/val.json",
         predictions="results/{dataset}/models/{model}/predictions.json",
-        shards=expand("results/{{dataset}}/chips/shard-{shard}.tar", shard=SHARDS),
+        shards=shard_files("tar"),
     output:
         report(
             "results/{dataset}/models/{model}/detections.png",
@@ -121,8 +124,8 @@ rule plot_detections:
 
 rule plot_class_ap:
     input:
-        chip=expand("results/{{dataset}}/models/{model}/metrics.json", model=MODELS),
-        scene=expand("results/{{dataset}}/models/{model}/scene_metrics.json", model=MODELS),
+        chip=expand("results/{{dataset}}/models/{model}/metrics.json", model=RUN_NAMES),
+        scene=expand("results/{{dataset}}/models/{model}/scene_metrics.json", model=RUN_NAMES),
     output:
         report(
             "results/{dataset}/class_ap.png",
@@ -132,13 +135,13 @@ rule plot_class_ap:
             labels={"dataset": "{dataset}", "figure": "heat map"},
         ),
     params:
-        models=" ".join(MODELS),
+        models=" ".join(RUN_NAMES),
     log:
         "logs/{dataset}/plot_class_ap.log",
     benchmark:
         "results/benchmarks/{dataset}/plot_class_ap.tsv"
     message:
-        "Plotting per-class AP of {MODELS} on {wildcards.dataset}"
+        "Plotting per-class AP of every run on {wildcards.dataset}"
     shell:
         "{NADIR} plot-class-ap --models {params.models} --metrics {input.chip} "
         "--scene-metrics {input.scene} --out {output} "
@@ -151,11 +154,12 @@ rule leaderboard:
         metrics=expand("results/{run}/metrics.json", run=RUNS),
         scene_metrics=expand("results/{run}/scene_metrics.json", run=RUNS),
         train=expand("results/benchmarks/{dataset}/train-{model}.tsv", dataset=DATASETS,
-                     model=MODELS),
+                     model=RUN_NAMES),
         evaluate=expand("results/benchmarks/{dataset}/evaluate-{model}.tsv",
-                        dataset=DATASETS, model=MODELS),
+                        dataset=DATASETS, model=RUN_NAMES),
         evaluate_scenes=expand("results/benchmarks/{dataset}/evaluate_scenes-{model}.tsv",
-                               dataset=DATASETS, model=MODELS),
+                               dataset=DATASETS, model=RUN_NAMES),
+        comparisons=expand("results/{dataset}/comparison.json", dataset=DATASETS),
     output:
         csv="results/leaderboard.csv",
         markdown="results/leaderboard.md",
@@ -175,6 +179,7 @@ rule leaderboard:
         "{NADIR} leaderboard --runs {input.runs} --metrics {input.metrics} "
         "--scene-metrics {input.scene_metrics} --train-benchmarks {input.train} "
         "--evaluate-benchmarks {input.evaluate} --scene-benchmarks {input.evaluate_scenes} "
+        "--comparisons {input.comparisons} "
         "--csv {output.csv} --markdown {output.markdown} --html {output.html} 2> {log}"
 
 

@@ -1,4 +1,5 @@
-# Training: one job per (dataset, model), plus one download per pretrained weights file.
+# Training: one job per run (dataset, model, sweep cell, repeat: the `{model}` wildcard is the
+# run's name, see common.smk), plus one download per pretrained weights file.
 # Checkpoint settings reach the command through globals, not params, so that moving or
 # retuning checkpoints never reruns a finished training job.
 
@@ -9,21 +10,22 @@ from nadir.training.catalogue import weight_files, weight_source
 WEIGHT_FILES = weight_files()
 
 
-def _pretrained(model):
-    """The weights file a model starts from under the config, or None (a config error says why)."""
+def _pretrained(run):
+    """The weights file a run starts from under the config, or None (a config error says why)."""
     try:
-        return weight_source(model, model_hyperparameters(config, model)["pretrained"])
+        return weight_source(run.model, run.hp["pretrained"])
     except KeyError as error:
-        raise WorkflowError(f"config key models.{model}: {error.args[0]}") from None
+        raise WorkflowError(f"config key models.{run.model} (run {run.name} on {run.dataset}): "
+                            f"{error.args[0]}") from None
 
 
 def pretrained_input(wildcards):
-    source = _pretrained(wildcards.model)
+    source = _pretrained(run_of(wildcards))
     return [] if source is None else [f"weights/{source.file_name}"]
 
 
-for _model in MODELS:
-    _pretrained(_model)  # fail at parse time, not in a job
+for _run in RUN_TABLE.values():
+    _pretrained(_run)  # fail at parse time, not in a job
 
 
 def _checkpoint_root():
@@ -64,11 +66,17 @@ rule fetch_weights:
         "{NADIR} fetch-weights --file {wildcards.weights_file} --out {output.weights} 2> {log}"
 
 
+def selects(wildcards):
+    """Whether the run scores a selection split while it trains (training.eval_every)."""
+    return run_of(wildcards).hp["eval_every"] > 0
+
+
 rule train:
     input:
-        train="results/{dataset}/coco/train.json",
+        train=lambda w: f"results/{w.dataset}/coco/{'fit' if selects(w) else 'train'}.json",
+        selection=lambda w: [f"results/{w.dataset}/coco/selection.json"] if selects(w) else [],
         manifest="results/{dataset}/chips/manifest.json",
-        shards=expand("results/{{dataset}}/chips/shard-{shard}.tar", shard=SHARDS),
+        shards=shard_files("tar"),
         pretrained=pretrained_input,
     output:
         weights="results/{dataset}/models/{model}/model.pt",
@@ -76,11 +84,13 @@ rule train:
         run="results/{dataset}/models/{model}/run.json",
         resolved="results/{dataset}/models/{model}/resolved_config.json",
     params:
-        # Only this model's settings: editing another model's never reruns this job.
-        hp=lambda w: as_json(model_hyperparameters(config, w.model)),
+        # Only this run's settings: editing another model's or sweep cell's never reruns it.
+        hp=lambda w: as_json(run_of(w).hp),
+        model=lambda w: run_of(w).model,
         pretrained=lambda w, input: (
             f"--pretrained-weights {input.pretrained}" if input.pretrained else ""
         ),
+        selection=lambda w, input: f"--selection {input.selection}" if input.selection else "",
     threads: 8  # capped at --cores on a laptop; profiles set their own
     log:
         "logs/{dataset}/train-{model}.log",
@@ -89,10 +99,11 @@ rule train:
     message:
         "Training {wildcards.model} on {wildcards.dataset}"
     shell:
-        "{NADIR} train --dataset {wildcards.dataset} --model {wildcards.model} "
+        "{NADIR} train --dataset {wildcards.dataset} --model {params.model} "
         "--hp {params.hp:q} --train {input.train} --manifest {input.manifest} "
-        "--shards {input.shards} {params.pretrained} --weights-out {output.weights} "
-        "--train-log {output.train_log} --run {output.run} --resolved-config {output.resolved} "
+        "--shards {input.shards} {params.pretrained} {params.selection} "
+        "--weights-out {output.weights} --train-log {output.train_log} --run {output.run} "
+        "--resolved-config {output.resolved} "
         "--checkpoints {CHECKPOINT_ROOT}/{wildcards.dataset}/{wildcards.model} "
         "{CHECKPOINT_OPTIONS} "
         "--threads {threads} 2> {log}"

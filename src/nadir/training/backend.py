@@ -48,6 +48,7 @@ class TrainJob:
     weights_file: Path | None = None  # the pretrained weights the hp ask for
     world_size: int | None = None  # processes; None: one per visible GPU (one on the CPU)
     input_digests: dict = field(default_factory=dict)
+    selection_json: Path | None = None  # the split `eval_every` scores (chips of held-out scenes)
 
 
 class Backend(Protocol):

@@ -48,7 +48,12 @@ class CheckpointStore(ABC):
     def read(self, iteration: int) -> bytes: ...
 
     @abstractmethod
-    def write(self, iteration: int, data: bytes) -> None: ...
+    def put(self, name: str, data: bytes) -> None:
+        """Store a file under the run's location (atomically): checkpoints, and files kept
+        beside them such as TensorBoard's event files."""
+
+    def write(self, iteration: int, data: bytes) -> None:
+        self.put(checkpoint_name(iteration), data)
 
     @abstractmethod
     def delete(self, iteration: int) -> None: ...
@@ -91,9 +96,9 @@ class LocalCheckpoints(CheckpointStore):
     def read(self, iteration: int) -> bytes:
         return (self.directory / checkpoint_name(iteration)).read_bytes()
 
-    def write(self, iteration: int, data: bytes) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        final = self.directory / checkpoint_name(iteration)
+    def put(self, name: str, data: bytes) -> None:
+        final = self.directory / name
+        final.parent.mkdir(parents=True, exist_ok=True)
         partial = final.with_name(final.name + f".partial-{os.getpid()}")
         partial.write_bytes(data)
         os.replace(partial, final)
@@ -134,8 +139,8 @@ class S3Checkpoints(CheckpointStore):
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_client": None}
 
-    def _key(self, iteration: int) -> str:
-        return f"{self.prefix}/{checkpoint_name(iteration)}"
+    def _key(self, name: str) -> str:
+        return f"{self.prefix}/{name}"
 
     def iterations(self) -> list[int]:
         from botocore.exceptions import ClientError
@@ -155,22 +160,22 @@ class S3Checkpoints(CheckpointStore):
         return sorted(found)
 
     def read(self, iteration: int) -> bytes:
-        return self.client.get_object(Bucket=self.bucket, Key=self._key(iteration))["Body"].read()
+        key = self._key(checkpoint_name(iteration))
+        return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
 
-    def write(self, iteration: int, data: bytes) -> None:
+    def put(self, name: str, data: bytes) -> None:
         from botocore.exceptions import ClientError
 
         try:
-            self.client.put_object(Bucket=self.bucket, Key=self._key(iteration), Body=data)
+            self.client.put_object(Bucket=self.bucket, Key=self._key(name), Body=data)
         except ClientError as error:
             if error.response.get("Error", {}).get("Code") != "NoSuchBucket":
-                raise NadirError(f"cannot write a checkpoint to {self.describe()}: {error}") \
-                    from None
+                raise NadirError(f"cannot write {name} to {self.describe()}: {error}") from None
             self.client.create_bucket(Bucket=self.bucket)
-            self.client.put_object(Bucket=self.bucket, Key=self._key(iteration), Body=data)
+            self.client.put_object(Bucket=self.bucket, Key=self._key(name), Body=data)
 
     def delete(self, iteration: int) -> None:
-        self.client.delete_object(Bucket=self.bucket, Key=self._key(iteration))
+        self.client.delete_object(Bucket=self.bucket, Key=self._key(checkpoint_name(iteration)))
 
     def describe(self) -> str:
         return f"s3://{self.bucket}/{self.prefix}"

@@ -23,14 +23,9 @@ import torch.distributed as dist
 
 from nadir.errors import NadirError
 from nadir.training.backend import TrainJob
-from nadir.training.data import (
-    SeededBatches,
-    ShardChips,
-    category_labels,
-    collate,
-    model_targets,
-)
+from nadir.training.data import SeededBatches, ShardChips, collate, model_targets
 from nadir.training.detectors import build_detector
+from nadir.training.live import LiveCurves
 from nadir.training.loop import (
     device_name,
     loader_generator,
@@ -41,6 +36,7 @@ from nadir.training.loop import (
     world_size_for,
 )
 from nadir.training.provenance import base_resolved_config, fingerprint
+from nadir.training.selection import SelectionScorer, detections
 
 log = logging.getLogger(__name__)
 
@@ -153,17 +149,34 @@ class Progress:
     loss_names: list = field(default_factory=list)
     window: list = field(default_factory=list)
     began: float = field(default_factory=time.perf_counter)
+    # With `eval_every`: the selection scores of the best weights so far, and the weights.
+    best: dict | None = None
+    best_weights: dict | None = None
 
     @classmethod
     def from_checkpoint(cls, state: dict, device: torch.device) -> Progress:
         return cls(start=state["iteration"], seconds_before=state["seconds"],
                    history=state["history"], loss_names=state["loss_names"],
-                   window=[torch.tensor(values, device=device) for values in state["window"]])
+                   window=[torch.tensor(values, device=device) for values in state["window"]],
+                   best=state.get("best"), best_weights=state.get("best_weights"))
 
     def state(self) -> dict:
         return {"history": self.history, "loss_names": self.loss_names,
                 "window": [values.tolist() for values in self.window],
-                "seconds": self.seconds()}
+                "seconds": self.seconds(), "best": self.best, "best_weights": self.best_weights}
+
+    def record_selection(self, done: int, scores: dict, model: torch.nn.Module) -> bool:
+        """Log the selection scores; keep a copy of the weights when they are the best yet
+        (by AP, then AP50; the earlier iteration wins a tie). True when they are."""
+        self.history.append({"iteration": done, **scores})
+        key = (scores["selection_AP"], scores["selection_AP50"])
+        if self.best is not None and key <= (self.best["selection_AP"],
+                                             self.best["selection_AP50"]):
+            return False
+        self.best = {"iteration": done, **scores}
+        self.best_weights = {k: v.detach().to("cpu", copy=True)
+                             for k, v in model.state_dict().items()}
+        return True
 
     def seconds(self) -> float:
         """Training time so far, the resumed runs' included."""
@@ -216,6 +229,12 @@ def _loop(rank: int, job: TrainJob, world: int, device: torch.device) -> dict:
                  "AMP %s, %d loader worker(s) per process", job.model, len(dataset), num_classes,
                  size, progress.start, iterations, device.type, world,
                  "on" if optimisation.amp else "off", workers)
+    scorer = live = None
+    if lead:
+        live = LiveCurves(job.checkpoints, job.outputs.weights.parent, progress.start)
+        if hp.get("eval_every"):
+            scorer = SelectionScorer(job.selection_json, job.shards, dataset.categories,
+                                     hp["batch_size"])
     progress.began = time.perf_counter()
     for step in range(progress.start, iterations):
         loss, losses = _train_step(trained, next(batches), optimisation, hp["clip_grad_norm"],
@@ -234,14 +253,52 @@ def _loop(rank: int, job: TrainJob, world: int, device: torch.device) -> dict:
             means = progress.window_means(job.model, done, hp["lr"])
         if log_now:
             progress.log_interval(means, done, iterations, lr, hp["batch_size"] * world)
+            live.add(done, _curves(progress.history[-1], device))
+        if scorer is not None and (done % hp["eval_every"] == 0 or done == iterations):
+            _score_selection(scorer, optimisation.model, progress, done, device, live)
         if checkpoint_now:
             _save_checkpoint(job, done, optimisation, progress, _gather_rng_states(world, device))
+            live.publish()
     if not lead:
         return {}
-    _write_outputs(job, optimisation.model, dataset, size, progress.history)
+    live.close()
+    _write_outputs(job, optimisation.model, dataset, size, progress)
     return {"seconds": round(progress.seconds(), 2), "iterations": iterations,
             "resumed_from": progress.start, "device": device.type, "processes": world,
-            "amp": optimisation.amp, "chips": len(dataset)}
+            "amp": optimisation.amp, "chips": len(dataset),
+            "selection": _selection_record(job, scorer, progress)}
+
+
+def _curves(row: dict, device: torch.device) -> dict:
+    """TensorBoard scalars of one train_log row: loss terms, lr, throughput, GPU memory."""
+    curves = {f"loss/{k}": v for k, v in row.items()
+              if k not in ("iteration", "lr", "seconds", "images_per_second")}
+    curves |= {"lr": row["lr"], "images_per_second": row["images_per_second"]}
+    if device.type == "cuda":
+        curves["gpu_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return curves
+
+
+def _score_selection(scorer: SelectionScorer, model: torch.nn.Module, progress: Progress,
+                     done: int, device: torch.device, live: LiveCurves) -> None:
+    started = time.perf_counter()
+    scores = scorer.score(model, device)
+    best = progress.record_selection(done, scores, model)
+    live.add(done, {"selection/AP": scores["selection_AP"],
+                    "selection/AP50": scores["selection_AP50"]})
+    log.info("iteration %d: selection split AP %.4f, AP50 %.4f (%.1fs)%s", done,
+             scores["selection_AP"], scores["selection_AP50"], time.perf_counter() - started,
+             ", the best so far" if best else "")
+
+
+def _selection_record(job: TrainJob, scorer: SelectionScorer | None, progress: Progress):
+    """What run.json says about checkpoint selection: which split selected, which weights."""
+    if scorer is None:
+        return None
+    return {"split": "selection: train scenes held out by scene (seeded), "
+                     f"{len(scorer.dataset)} chips", "every": job.hp["eval_every"],
+            "weights": job.hp["select"], "best": progress.best,
+            "scored_on": "val (the evaluate job)"}
 
 
 def _load_chips(job: TrainJob) -> ShardChips:
@@ -341,13 +398,27 @@ def _save_checkpoint(job: TrainJob, done: int, optimisation: Optimisation, progr
 
 
 def _write_outputs(job: TrainJob, model: torch.nn.Module, dataset: ShardChips, size: int,
-                   history: list) -> None:
-    """model.pt (weights with what predicting needs) and train_log.json."""
+                   progress: Progress) -> None:
+    """model.pt (the weights `select` picks, with what predicting needs) and train_log.json.
+
+    With `eval_every` and a checkpoint location, the best and the last weights are also kept
+    there (best.pt, last.pt), whichever model.pt holds.
+    """
     job.outputs.weights.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"model": job.model, "num_classes": len(dataset.categories), "image_size": size,
-                "categories": dataset.categories, "state_dict": model.state_dict()},
-               job.outputs.weights)
-    job.outputs.train_log.write_text(json.dumps(history, indent=1) + "\n")
+    weights = {"last": model.state_dict(), "best": progress.best_weights}
+    header = {"model": job.model, "num_classes": len(dataset.categories), "image_size": size,
+              "categories": dataset.categories}
+    chosen = job.hp.get("select", "last")
+    if weights[chosen] is None:
+        raise NadirError(f"{job.model}: select: best needs eval_every > 0 and a selection split")
+    torch.save({**header, "state_dict": weights[chosen], "weights": chosen,
+                "selection": progress.best}, job.outputs.weights)
+    if job.checkpoints is not None and progress.best_weights is not None:
+        for name, state in weights.items():
+            buffer = io.BytesIO()
+            torch.save({**header, "state_dict": state, "weights": name}, buffer)
+            job.checkpoints.put(f"{name}.pt", buffer.getvalue())
+    job.outputs.train_log.write_text(json.dumps(progress.history, indent=1) + "\n")
 
 
 @torch.no_grad()
@@ -368,25 +439,8 @@ def predict(weights: Path, coco_json: Path, shards: list[Path], hp: dict,
         model.roi_heads.score_thresh = hp["score_threshold"]
         model.roi_heads.detections_per_img = hp["max_detections"]
     dataset = ShardChips(coco_json, shards)
-    # Label 0 is the background slot; sigmoid heads (RetinaNet, FCOS) can still score it.
-    category_of = {label: cid for cid, label in category_labels(saved["categories"]).items()}
-    results = []
-    batch = hp["batch_size"]
-    for first in range(0, len(dataset), batch):
-        items = [dataset[i] for i in range(first, min(first + batch, len(dataset)))]
-        outputs = model([im.to(device) for im, _ in items])
-        for (_, target), out in zip(items, outputs, strict=True):
-            polygons = out["polygons"].tolist() if "polygons" in out else None  # oriented
-            for i, (b, s, c) in enumerate(zip(out["boxes"].tolist(), out["scores"].tolist(),
-                                              out["labels"].tolist(), strict=True)):
-                if c not in category_of:
-                    continue
-                results.append({"image_id": target["image_id"], "category_id": category_of[c],
-                                "bbox": [round(b[0], 2), round(b[1], 2), round(b[2] - b[0], 2),
-                                         round(b[3] - b[1], 2)], "score": round(s, 5)})
-                if polygons is not None:
-                    results[-1]["polygon"] = [round(v, 2) for v in polygons[i]]
-        log.info("predicted %d/%d chips", min(first + batch, len(dataset)), len(dataset))
+    results = detections(model, dataset, saved["categories"], hp["batch_size"], device,
+                         log_progress=True)
     log.info("predicted %d detections on %d chips", len(results), len(dataset))
     return results
 

@@ -1,0 +1,39 @@
+# Comparison of each dataset's runs: a paired bootstrap over its val scenes of the difference in
+# scene-level AP between settings (models, sweep cells; repeats averaged), which the leaderboard
+# marks and the report shows. Only the comparison's own settings and the runs' scene
+# predictions rerun it.
+
+
+rule compare:
+    input:
+        runs=expand("results/{{dataset}}/models/{model}/run.json", model=RUN_NAMES),
+        scene_predictions=expand("results/{{dataset}}/models/{model}/scene_predictions.json",
+                                 model=RUN_NAMES),
+        val="results/{dataset}/coco/val.json",
+        annotations="results/{dataset}/index/annotations.csv",
+    output:
+        json="results/{dataset}/comparison.json",
+        html=report(
+            "results/{dataset}/comparison.html",
+            caption="../report/comparison.rst",
+            category="Comparisons",
+            subcategory="{dataset}",
+            labels={"dataset": "{dataset}", "table": "paired bootstrap"},
+        ),
+    params:
+        metric=config["comparison"]["metric"],
+        resamples=config["comparison"]["resamples"],
+        seed=config["comparison"]["seed"],
+        max_detections=config["evaluation"]["scene_max_detections"],
+    log:
+        "logs/{dataset}/compare.log",
+    benchmark:
+        "results/benchmarks/{dataset}/compare.tsv"
+    message:
+        "Comparing the runs on {wildcards.dataset} (paired bootstrap over its val scenes)"
+    shell:
+        "{NADIR} compare --runs {input.runs} --scene-predictions {input.scene_predictions} "
+        "--coco {input.val} --annotations {input.annotations} "
+        "--max-detections {params.max_detections} --metric {params.metric} "
+        "--resamples {params.resamples} --seed {params.seed} "
+        "--json {output.json} --html {output.html} 2> {log}"
