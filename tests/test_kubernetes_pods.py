@@ -137,6 +137,9 @@ def test_a_gpu_class_by_model_or_rule_sets_resource_name_priority_and_selector(t
     assert settings.gpu_class(rule_class=None, model="convnext") == "big"
     assert settings.gpu_class(rule_class="big", model="ssd") == "big"
     assert settings.gpu_class(rule_class=None, model="ssd") is None
+    # a sweep cell or a repeat of a model (its run name) runs on the model's class
+    assert settings.gpu_class(rule_class=None, model="convnext--lr-0.001") == "big"
+    assert settings.gpu_class(rule_class=None, model="convnext--repeat-2") == "big"
     job = apply_pod_settings(upstream_like_job(gpu=True), settings.for_job(True, "big"),
                              rule="train", run_id="r")
     pod = job["spec"]["template"]["spec"]
