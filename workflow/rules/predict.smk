@@ -130,7 +130,7 @@ rule predict_scene:
     shell:
         "{NADIR} predict --weights {input.weights} --run {input.run} "
         "--source {params.source:q} --scene-name {wildcards.scene} "
-        "--settings {params.settings} {params.s3} --threads {threads} "
+        "--settings {params.settings:q} {params.s3} --threads {threads} "
         "--geojson {output.geojson} --geopackage {output.geopackage} "
         "--summary {output.summary} --quicklook {output.quicklook} 2> {log}"
 
