@@ -10,6 +10,7 @@ import pytest
 import tiny_chips
 import torch
 
+from nadir.inference import load_detector
 from nadir.rotated_boxes import polygon_iou, rbox_to_polygon
 from nadir.training.catalogue import CATALOGUE
 from nadir.training.data import ShardChips, flip_rotate_points, random_flip_rotate
@@ -104,3 +105,13 @@ def test_a_few_iterations_on_tiny_chips_predict_polygons(tmp_path):
         for b in predictions[i + 1:]:
             if (a["image_id"], a["category_id"]) == (b["image_id"], b["category_id"]):
                 assert polygon_iou(a["polygon"], b["polygon"]) <= 0.5 + 1e-3
+    # Inference on new imagery runs the same model on windows: same detections, polygons too.
+    detect, _ = load_detector(tmp_path / "out" / "model.pt", 64, score_threshold=0.0,
+                              max_detections=10)
+    coco = json.loads(data["coco"].read_text())
+    chips = ShardChips(data["coco"], [data["shard"]])
+    windows = [(chips[i][0] * 255).round().to(torch.uint8).numpy() for i in range(len(chips))]
+    for image, found in zip(coco["images"], detect(windows), strict=True):
+        expected = [{k: v for k, v in p.items() if k != "image_id"} for p in predictions
+                    if p["image_id"] == image["id"]]
+        assert found == expected

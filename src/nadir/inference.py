@@ -345,21 +345,15 @@ def load_detector(weights: Path, window: int, score_threshold: float, max_detect
 
     from nadir.training.catalogue import entry
     from nadir.training.data import category_labels
-    from nadir.training.detectors import build_detector
+    from nadir.training.selection import coco_detections
+    from nadir.training.torchvision_backend import prediction_model
 
     torch.set_num_threads(max(1, threads))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     saved = torch.load(weights, map_location="cpu", weights_only=True)
     if entry(saved["model"]).backend == "detectron2":
         raise NadirError(f"{weights}: inference does not support detectron2 runs yet")
-    model = build_detector(saved["model"], saved["num_classes"], window)
-    model.load_state_dict(saved["state_dict"])
-    model.to(device).eval()
-    for head in (model, getattr(model, "roi_heads", None)):
-        if head is not None and hasattr(head, "score_thresh"):
-            head.score_thresh = score_threshold
-        if head is not None and hasattr(head, "detections_per_img"):
-            head.detections_per_img = max_detections
+    model = prediction_model(saved, window, score_threshold, max_detections, device)
     category_of = {label: cid for cid, label in category_labels(saved["categories"]).items()}
     log.info("model %s (%d classes) on %s", saved["model"], saved["num_classes"], device.type)
 
@@ -368,18 +362,7 @@ def load_detector(weights: Path, window: int, score_threshold: float, max_detect
         pixels = torch.from_numpy(np.stack(chips)).to(device)
         if pixels.shape[1] == 1:  # grey chips reach the model as RGB, as at training time
             pixels = pixels.expand(-1, 3, -1, -1)
-        outputs = model(list(pixels.float() / 255.0))
-        results = []
-        for out in outputs:
-            found = []
-            for b, s, c in zip(out["boxes"].tolist(), out["scores"].tolist(),
-                               out["labels"].tolist(), strict=True):
-                if c in category_of:  # label 0 is background; sigmoid heads may score it
-                    found.append({"category_id": category_of[c], "score": round(s, 5),
-                                  "bbox": [round(b[0], 2), round(b[1], 2), round(b[2] - b[0], 2),
-                                           round(b[3] - b[1], 2)]})
-            results.append(found)
-        return results
+        return [coco_detections(out, category_of) for out in model(list(pixels.float() / 255.0))]
 
     return detect, saved["categories"]
 

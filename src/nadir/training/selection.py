@@ -21,27 +21,39 @@ from nadir.training.data import ShardChips, category_labels
 log = logging.getLogger(__name__)
 
 
+def coco_detections(output: dict, category_of: dict[int, int]) -> list[dict]:
+    """One image's model output as COCO detections: xywh boxes, category ids and scores rounded
+    as evaluation rounds them, and the corners (`polygon`) of an oriented model's boxes.
+
+    `category_of` maps model labels to category ids; label 0 is the background slot, which
+    sigmoid heads (RetinaNet, FCOS) can still score, so labels outside it are dropped.
+    """
+    polygons = output["polygons"].tolist() if "polygons" in output else None
+    found = []
+    for i, (b, s, c) in enumerate(zip(output["boxes"].tolist(), output["scores"].tolist(),
+                                      output["labels"].tolist(), strict=True)):
+        if c not in category_of:
+            continue
+        found.append({"category_id": category_of[c],
+                      "bbox": [round(b[0], 2), round(b[1], 2), round(b[2] - b[0], 2),
+                               round(b[3] - b[1], 2)], "score": round(s, 5)})
+        if polygons is not None:
+            found[-1]["polygon"] = [round(v, 2) for v in polygons[i]]
+    return found
+
+
 @torch.no_grad()
 def detections(model: torch.nn.Module, dataset: ShardChips, categories: list[dict],
                batch: int, device: torch.device, log_progress: bool = False) -> list[dict]:
-    """COCO-format detections (xywh, category id, score) of a model in eval mode."""
-    # Label 0 is the background slot; sigmoid heads (RetinaNet, FCOS) can still score it.
+    """COCO-format detections (image id, xywh, category id, score) of a model in eval mode."""
     category_of = {label: cid for cid, label in category_labels(categories).items()}
     results = []
     for first in range(0, len(dataset), batch):
         items = [dataset[i] for i in range(first, min(first + batch, len(dataset)))]
         outputs = model([im.to(device) for im, _ in items])
         for (_, target), out in zip(items, outputs, strict=True):
-            polygons = out["polygons"].tolist() if "polygons" in out else None  # oriented
-            for i, (b, s, c) in enumerate(zip(out["boxes"].tolist(), out["scores"].tolist(),
-                                              out["labels"].tolist(), strict=True)):
-                if c not in category_of:
-                    continue
-                results.append({"image_id": target["image_id"], "category_id": category_of[c],
-                                "bbox": [round(b[0], 2), round(b[1], 2), round(b[2] - b[0], 2),
-                                         round(b[3] - b[1], 2)], "score": round(s, 5)})
-                if polygons is not None:
-                    results[-1]["polygon"] = [round(v, 2) for v in polygons[i]]
+            results += [{"image_id": target["image_id"], **det}
+                        for det in coco_detections(out, category_of)]
         if log_progress:
             log.info("predicted %d/%d chips", min(first + batch, len(dataset)), len(dataset))
     return results

@@ -428,19 +428,26 @@ def predict(weights: Path, coco_json: Path, shards: list[Path], hp: dict,
     torch.set_num_threads(max(1, threads))
     device = torch.device(device_name())
     saved = torch.load(weights, map_location="cpu", weights_only=True)
-    model = build_detector(saved["model"], saved["num_classes"], saved["image_size"])
-    model.load_state_dict(saved["state_dict"])
-    model.to(device).eval()
-    if hasattr(model, "score_thresh"):
-        model.score_thresh = hp["score_threshold"]
-    if hasattr(model, "detections_per_img"):
-        model.detections_per_img = hp["max_detections"]
-    if hasattr(model, "roi_heads"):
-        model.roi_heads.score_thresh = hp["score_threshold"]
-        model.roi_heads.detections_per_img = hp["max_detections"]
+    model = prediction_model(saved, saved["image_size"], hp["score_threshold"],
+                             hp["max_detections"], device)
     dataset = ShardChips(coco_json, shards)
     results = detections(model, dataset, saved["categories"], hp["batch_size"], device,
                          log_progress=True)
     log.info("predicted %d detections on %d chips", len(results), len(dataset))
     return results
 
+
+def prediction_model(saved: dict, image_size: int, score_threshold: float,
+                     max_detections: int, device: torch.device) -> torch.nn.Module:
+    """A saved model (model.pt's record) built for `image_size` px inputs, in eval mode on
+    `device`, keeping detections above `score_threshold`, at most `max_detections` per image:
+    how evaluation and inference on new scenes both run a trained model."""
+    model = build_detector(saved["model"], saved["num_classes"], image_size)
+    model.load_state_dict(saved["state_dict"])
+    model.to(device).eval()
+    for head in (model, getattr(model, "roi_heads", None)):
+        if head is not None and hasattr(head, "score_thresh"):
+            head.score_thresh = score_threshold
+        if head is not None and hasattr(head, "detections_per_img"):
+            head.detections_per_img = max_detections
+    return model
