@@ -281,19 +281,22 @@ def test_cli_fetch_reports_a_missing_placed_archive_without_a_traceback(tmp_path
 def test_config_schema_fills_dataset_defaults_and_rejects_bad_values():
     from nadir.config import ConfigError, validate
 
+    model = "ssdlite320_mobilenet_v3_large"  # validation reads its catalogue defaults
+
     config = {"datasets": {"d": {"format": "dota", "version": "v2.0",
                                  "source": [{"url": "/data/DOTA/train.zip", "split": "train"}]}},
-              "models": {"m": {}}}
-    validate(config, ["m"])
+              "models": {model: {}}}
+    validate(config, [model])
     d = config["datasets"]["d"]
     assert d["on_bad_input"]["malformed_record"] == "error"
-    assert d["split"] == {"method": "official", "val_fraction": 0.2, "seed": 0}
+    assert d["split"] == {"method": "official", "val_fraction": 0.2, "seed": 0,
+                          "selection_fraction": 0.1}
     assert d["source"][0]["sha256"] is None and config["fetch"]["retries"] == 5
     for bad in ({"version": "v3"}, {"source": []}, {"on_bad_input": {"unknown_class": "ignore"}},
                 {"source": [{"url": "x", "sha256": "abc"}]}):
-        broken = {"datasets": {"d": {**config["datasets"]["d"], **bad}}, "models": {"m": {}}}
+        broken = {"datasets": {"d": {**config["datasets"]["d"], **bad}}, "models": {model: {}}}
         with pytest.raises(ConfigError, match="datasets.d"):
-            validate(broken, ["m"])
+            validate(broken, [model])
 
 
 def test_dota_polygon_outside_its_image_is_counted_or_stops_with_file_and_line(tmp_path):

@@ -612,7 +612,7 @@ def _(tmp_path, restartable_s3, monkeypatch):
         assert store.read(10) == b"state" * 1000 and proxy.count("PUT") == 2
         monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
         proxy.faults = [("PUT", "/scenes/ck/", "500")]
-        with pytest.raises(NadirError, match=r"cannot write a checkpoint to s3://scenes/ck"):
+        with pytest.raises(NadirError, match=r"cannot write ckpt-000000020\.pt to s3://scenes/ck"):
             S3Checkpoints("scenes", "ck", proxy.endpoint).write(20, b"later")
         assert store.iterations() == [10]
     finally:

@@ -114,7 +114,8 @@ def test_xview_prediction_files_have_the_scorer_format(tmp_path):
 
 
 def _config(evaluation: dict | None = None) -> dict:
-    config = {"datasets": {"s": {"format": "sample"}}, "models": {"ssdlite320": {}}}
+    config = {"datasets": {"s": {"format": "sample"}},
+              "models": {"ssdlite320_mobilenet_v3_large": {}}}
     if evaluation is not None:
         config["evaluation"] = evaluation
     return config
@@ -122,7 +123,7 @@ def _config(evaluation: dict | None = None) -> dict:
 
 def test_protocols_default_by_dataset_format():
     config = _config()
-    validate(config, ["ssdlite320"])
+    validate(config, ["ssdlite320_mobilenet_v3_large"])
     assert config["evaluation"]["protocols"] == {
         "dota": ["coco", "dota_task2", "dota_task1"],
         "sample": ["coco", "dota_task2", "dota_task1"],
@@ -132,4 +133,4 @@ def test_protocols_default_by_dataset_format():
 @pytest.mark.parametrize("protocols", [["xview"], ["coco", "voc"], ["coco", "coco"]])
 def test_protocols_must_include_coco_and_name_known_protocols_once(protocols):
     with pytest.raises(ConfigError, match=r"evaluation\.protocols\.xview"):
-        validate(_config({"protocols": {"xview": protocols}}), ["ssdlite320"])
+        validate(_config({"protocols": {"xview": protocols}}), ["ssdlite320_mobilenet_v3_large"])

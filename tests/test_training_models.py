@@ -21,6 +21,10 @@ TORCHVISION = sorted(n for n, e in CATALOGUE.items() if e.backend == "torchvisio
 # Measured here (2 shared cores): these take more than about 20 s for the few iterations.
 SLOW = {"ssd300_vgg16", "fasterrcnn_resnet50_fpn_v2", "fasterrcnn_convnext_tiny_fpn",
         "fasterrcnn_swin_t_fpn", "retinanet_resnet50_fpn_v2", "fcos_resnet50_fpn"}
+# From random init, after these 8 steps on two 64 px chips, this model scores every proposal as
+# background on some CPUs (seen 2026-12-01 here, with the code of 2cba78c too): its loss must
+# still fall and an empty prediction list must still evaluate.
+MAY_PREDICT_NOTHING = {"fasterrcnn_resnet50_fpn_v2"}
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +52,7 @@ def test_model_trains_with_falling_loss_and_evaluates(model, data, tmp_path):
     predictions = backend.predict(tmp_path / "model.pt", data["coco"], [data["shard"]],
                                   {"score_threshold": 0.0, "max_detections": 20,
                                    "batch_size": 2})
-    assert predictions, f"{model} predicted nothing"
+    assert predictions or model in MAY_PREDICT_NOTHING, f"{model} predicted nothing"
     assert {p["category_id"] for p in predictions} <= {1, 2}
     report = evaluate(data["coco"], predictions, 20)
     assert report["images"] == 2
