@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import secrets
 import shutil
 import socket
@@ -23,16 +24,46 @@ PORT_FLAGS = [
 ]
 
 
+# SeaweedFS dials some of its services at their port + 10000, so every port stays below this.
+HIGHEST_PORT = 65535 - 10000
+
+
 def free_ports(n: int) -> list[int]:
+    """`n` distinct ports free on 127.0.0.1 now, from 20000 to HIGHEST_PORT."""
+    rng = random.Random()
     sockets, ports = [], []
-    for _ in range(n):
+    while len(ports) < n:
         s = socket.socket()
-        s.bind(("127.0.0.1", 0))
+        try:
+            s.bind(("127.0.0.1", rng.randrange(20000, HIGHEST_PORT + 1)))
+        except OSError:
+            s.close()
+            continue
         sockets.append(s)
         ports.append(s.getsockname()[1])
     for s in sockets:
         s.close()
     return ports
+
+
+def _wait_for_free_ports(ports: list[int], timeout: float) -> None:
+    """Wait until every port can be bound again (as Go's listeners bind: SO_REUSEADDR)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        busy = []
+        for port in ports:
+            with socket.socket() as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    busy.append(port)
+        if not busy:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"ports {busy} of the stopped SeaweedFS are still in use "
+                               f"after {timeout}s")
+        time.sleep(0.2)
 
 
 def weed_binary() -> str:
@@ -79,7 +110,19 @@ class S3Server:
             self.process.kill()
 
     def restart(self, timeout: float = 30.0) -> None:
-        """Start the stopped server again: same ports, credentials and data."""
+        """Start the stopped server again: same ports, credentials and data.
+
+        stop() may still be running in another thread (a test's proxy stops the server mid
+        request), so the old process is waited for and its ports must be free first.
+        """
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        ports = [int(arg.split("=", 1)[1]) for arg in self.command
+                 if arg.lstrip("-").split("=", 1)[0] in PORT_FLAGS]
+        _wait_for_free_ports(ports, timeout)
         self.process = _launch(self.command, self.log_path)
         _wait_until_ready(self, timeout)
 
