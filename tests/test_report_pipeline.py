@@ -100,23 +100,16 @@ def test_sample_pipeline_report_has_every_figure_and_opens_offline(local_sample_
     scene = json.loads((workdir / RUN / "scene_metrics.json").read_text())
     assert scene["level"] == "scene" and scene["images"] == 2  # config/test.yaml: 2 val scenes
 
-    # A scene-level setting reruns the scene scoring and what reads it, never the model.
+    # A scene-level setting (the merge's IoU, the benchmark protocols) reruns the scene scoring
+    # and what reads it, never the model.
     edited = workdir / "edited.yaml"
-    edited.write_text((ROOT / "config/test.yaml").read_text()
-                      + "evaluation:\n  scene_nms_iou: 0.5\n")
-    dry = run_snakemake(workdir, "--configfile", str(edited), "--replace-workflow-config", "-n")
-    assert planned_jobs(dry) == {
-        "evaluate_scenes": 1, "plot_pr": 1, "plot_class_ap": 1, "compare": 1, "leaderboard": 1,
-        "cost": 1,
-        "summary": 1, "all": 1}
-    # So does the choice of benchmark protocols.
-    edited.write_text((ROOT / "config/test.yaml").read_text()
-                      + "evaluation:\n  protocols:\n    sample: [coco]\n")
-    dry = run_snakemake(workdir, "--configfile", str(edited), "--replace-workflow-config", "-n")
-    assert planned_jobs(dry) == {
-        "evaluate_scenes": 1, "plot_pr": 1, "plot_class_ap": 1, "compare": 1, "leaderboard": 1,
-        "cost": 1,
-        "summary": 1, "all": 1}
+    for evaluation in ("  scene_nms_iou: 0.5\n", "  protocols:\n    sample: [coco]\n"):
+        edited.write_text((ROOT / "config/test.yaml").read_text() + "evaluation:\n" + evaluation)
+        dry = run_snakemake(workdir, "--configfile", str(edited), "--replace-workflow-config",
+                            "-n")
+        assert planned_jobs(dry) == {
+            "evaluate_scenes": 1, "plot_pr": 1, "plot_class_ap": 1, "compare": 1,
+            "leaderboard": 1, "cost": 1, "summary": 1, "all": 1}, evaluation
 
 
 @pytest.mark.slow
