@@ -20,18 +20,10 @@ log = logging.getLogger("nadir")
 
 
 def cmd_sample(args) -> None:
-    from nadir.datasets.sample import SampleSpec, write_scene
+    from nadir.datasets.sample import SampleSpec, write_scenes
 
-    spec = SampleSpec(**json.loads(args.spec))
-    scenes = spec.scenes()
-    if not len(scenes) == len(args.images) == len(args.labels):
-        raise NadirError(f"{len(scenes)} scenes but {len(args.images)} image and "
-                         f"{len(args.labels)} label paths were given")
-    for n, ((split, scene), image, label) in enumerate(
-            zip(scenes, args.images, args.labels, strict=True), start=1):
-        write_scene(spec, split, scene, Path(image), Path(label))
-        if n % 10 == 0 or n == len(scenes):
-            log.info("generated %d/%d scenes", n, len(scenes))
+    write_scenes(SampleSpec(**json.loads(args.spec)), [Path(p) for p in args.images],
+                 [Path(p) for p in args.labels])
 
 
 def cmd_index(args) -> None:
@@ -251,8 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("sample", cmd_sample, "generate the embedded sample dataset")
     p.add_argument("--spec", required=True, help="JSON of the dataset's sample settings")
-    p.add_argument("--images", nargs="+", required=True)
-    p.add_argument("--labels", nargs="+", required=True)
+    p.add_argument("--images", nargs="+", required=True, help="SCENE.tif per scene")
+    p.add_argument("--labels", nargs="+", required=True, help="SCENE.txt per scene")
 
     p = command("fetch", cmd_fetch, "fetch a dataset's sources and write its scene manifest")
     p.add_argument("--dataset", required=True)

@@ -17,7 +17,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from nadir.config import ConfigError, dataset_chipping, runs, validate
 from nadir.datasets.sample import SampleSpec
-from nadir.named_inputs import input_name, run_inputs
+from nadir.named_inputs import files_by_owner, input_name, run_inputs
 from nadir.training.catalogue import CATALOGUE
 
 try:
