@@ -11,14 +11,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from nadir import figures
 from nadir.errors import InputError
 from nadir.figures import (
     class_ap_matrix,
     pick_sample_chips,
     plot_class_heatmap,
+    plot_class_heatmap_of_files,
     plot_detection_grid,
     plot_pr_curves,
 )
+from nadir.named_inputs import input_name
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -47,6 +50,24 @@ def test_heat_map_and_pr_curves_are_written(tmp_path):
     plot_pr_curves(scores(0.4), scores(0.3), tmp_path / "pr.png", "fcos on dota")
     for name in ("ap.png", "pr.png"):
         assert (tmp_path / name).read_bytes().startswith(PNG_MAGIC)
+
+
+def test_heat_map_rows_pair_each_run_with_its_own_metrics_by_name(tmp_path, monkeypatch):
+    named = {}
+    for kind, runs in (("metrics", ["fcos", "ssdlite"]), ("scene_metrics", ["ssdlite", "fcos"])):
+        for run in runs:  # scene metrics listed in the other order
+            ap = {"fcos": 0.2, "ssdlite": 0.6}[run] / (2 if kind == "scene_metrics" else 1)
+            path = tmp_path / f"{run}-{kind}.json"
+            path.write_text(json.dumps(scores(ap)))
+            named[input_name(kind, f"dota/{run}")] = str(path)
+    drawn = {}
+    monkeypatch.setattr(figures, "plot_class_heatmap",
+                        lambda models, chip, scene, out, title: drawn.update(
+                            models=models, chip=chip, scene=scene))
+    plot_class_heatmap_of_files(named, tmp_path / "ap.png", "Per-class AP on dota")
+    assert drawn["models"] == ["fcos", "ssdlite"]
+    assert [m["per_class"][0]["AP"] for m in drawn["chip"]] == [0.2, 0.6]
+    assert [m["per_class"][0]["AP"] for m in drawn["scene"]] == [0.1, 0.3]
 
 
 def test_sample_chips_put_chips_with_objects_first_and_spread_evenly():

@@ -3,13 +3,29 @@
 from __future__ import annotations
 
 import csv
+import json
 
 import pytest
 
 from nadir.cli import main
-from nadir.costs import JobCost, cost_table, read_benchmark, recorded_gpus
-from nadir.errors import InputError
-from nadir.report import RunResult, leaderboard_rows, write_leaderboard
+from nadir.costs import (
+    JobCost,
+    cost_inputs,
+    cost_of_files,
+    cost_table,
+    read_benchmark,
+    recorded_gpus,
+)
+from nadir.errors import InputError, NadirError
+from nadir.named_inputs import input_name, run_owner
+from nadir.report import (
+    COMPARISON_KIND,
+    RUN_FILE_KINDS,
+    RunResult,
+    leaderboard_of_files,
+    leaderboard_rows,
+    write_leaderboard,
+)
 
 HEADER = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
 
@@ -225,3 +241,60 @@ def test_markdown_shows_mean_and_sd_for_repeats(tmp_path):
     assert row.startswith("| 1 | ssdlite | 0.5500 ± 0.0707 | 0.5500 ± 0.0707 | 0.6500 ± 0.0707 |")
     page = (tmp_path / "l.html").read_text()
     assert "0.5500 ± 0.0707 [-0.0853, 1.1853]" in page  # t(0.975, 1) = 12.706
+
+
+def write_run_files(folder, dataset: str, model: str, scene_ap: float, device: str) -> dict:
+    """The files the leaderboard reads for one run, by kind (nadir.report.RunFiles)."""
+    folder.mkdir(parents=True)
+    result_ = result(dataset, model, chip_ap=scene_ap + 0.1, scene_ap=scene_ap, device=device)
+    files = {"run": folder / "run.json", "metrics": folder / "metrics.json",
+             "scene_metrics": folder / "scene_metrics.json"}
+    files["run"].write_text(json.dumps(result_.run))
+    files["metrics"].write_text(json.dumps({**result_.chip, "device": device}))
+    files["scene_metrics"].write_text(json.dumps(result_.scene))
+    for kind, seconds in (("train_benchmark", 3600), ("evaluate_benchmark", 360),
+                          ("scene_benchmark", 36)):
+        files[kind] = benchmark(folder, f"{kind}.tsv", seconds)
+    return files
+
+
+def test_the_leaderboard_pairs_each_file_with_its_run_by_name(tmp_path):
+    """Files listed kind by kind, the runs in another order each time, and run folders whose
+    names say nothing: every row still gets its own run's files."""
+    fcos = write_run_files(tmp_path / "a", "dota", "fcos", 0.40, "cuda")
+    ssdlite = write_run_files(tmp_path / "b", "dota", "ssdlite", 0.45, "cpu")
+    named = {}
+    for kind in RUN_FILE_KINDS:
+        for run, files in ([("ssdlite", ssdlite), ("fcos", fcos)] if kind == "metrics"
+                           else [("fcos", fcos), ("ssdlite", ssdlite)]):
+            named[input_name(kind, run_owner("dota", run))] = str(files[kind])
+    comparison = {"dataset": "dota", "best": "ssdlite", "pairs": [],
+                  "verdicts": {"ssdlite": "best", "fcos": "worse than the best"}}
+    (tmp_path / "comparison.json").write_text(json.dumps(comparison))
+    named[input_name(COMPARISON_KIND, "dota")] = str(tmp_path / "comparison.json")
+    rows = leaderboard_of_files(named, tmp_path / "l.csv", tmp_path / "l.md", tmp_path / "l.html")
+    assert [(r["run"], r["rank"], r["scene_AP"], r["AP"], r["gpu_hours"], r["vs_best"])
+            for r in rows] == [("ssdlite", 1, 0.45, 0.55, 0.0, "best"),
+                               ("fcos", 2, 0.4, 0.5, 1.1, "worse than the best")]
+    del named[input_name("scene_benchmark", "dota/fcos")]
+    with pytest.raises(NadirError, match="inputs of 'dota/fcos': no scene_benchmark file"):
+        leaderboard_of_files(named, tmp_path / "l.csv", tmp_path / "l.md", tmp_path / "l.html")
+
+
+def test_the_cost_table_reads_each_jobs_benchmark_and_device_record_by_name(tmp_path):
+    (tmp_path / "run.json").write_text(json.dumps({"training": {"device": "cuda:0"}}))
+    (tmp_path / "metrics.json").write_text(json.dumps({"device": "cpu"}))
+    named = cost_inputs([
+        ("train", "dota/fcos", benchmark(tmp_path, "train.tsv", 7200), str(tmp_path / "run.json")),
+        ("chip", "dota/000", benchmark(tmp_path, "chip-0.tsv", 10), None),
+        ("evaluate", "dota/fcos", benchmark(tmp_path, "evaluate.tsv", 360),
+         str(tmp_path / "metrics.json")),
+        ("chip", "dota/001", benchmark(tmp_path, "chip-1.tsv", 20), None),
+    ])
+    rows = cost_of_files(named, tmp_path / "cost.csv", tmp_path / "cost.html")
+    # Rules in the order their jobs are named, those that may use a GPU last.
+    assert [(r["rule"], r["jobs"], r["wall_seconds"], r["gpu_hours"]) for r in rows] == [
+        ("chip", 2, 30, 0.0), ("train", 1, 7200, 2.0), ("evaluate", 1, 360, 0.0),
+        ("total", 4, 7590, 2.0)]
+    with open(tmp_path / "cost.csv", newline="") as fh:
+        assert [r["rule"] for r in csv.DictReader(fh)] == ["chip", "train", "evaluate", "total"]

@@ -10,8 +10,8 @@ import rasterio
 
 from nadir.chipping import window_offsets
 from nadir.datasets.dota import parse_label_file
-from nadir.datasets.sample import CLASSES, SampleSpec, write_scene
-from nadir.errors import InputError
+from nadir.datasets.sample import CLASSES, SampleSpec, write_scene, write_scenes
+from nadir.errors import InputError, NadirError
 from nadir.index import IndexTables, SceneSource, index_sample
 
 SPEC = SampleSpec(train_scenes=3, val_scenes=1, scene_size=480, objects_per_scene=14, seed=7)
@@ -39,6 +39,21 @@ def test_same_seed_same_scenes_other_seed_other_scenes(tmp_path):
         with rasterio.open(x.image) as s1, rasterio.open(y.image) as s2:
             assert np.array_equal(s1.read(), s2.read())
     assert a[0].label.read_text() != c[0].label.read_text()
+
+
+def test_each_scene_goes_to_the_paths_named_after_it_in_any_order(tmp_path):
+    spec = SampleSpec(train_scenes=2, val_scenes=1, scene_size=96, objects_per_scene=3, seed=7)
+    scenes = spec.scenes()
+    images = [tmp_path / split / "images" / f"{scene}.tif" for split, scene in scenes]
+    labels = [tmp_path / split / "labelTxt" / f"{scene}.txt" for split, scene in scenes]
+    write_scenes(spec, images[::-1], labels)  # images listed in the other order
+    for (split, scene), label in zip(scenes, labels, strict=True):
+        write_scene(spec, split, scene, tmp_path / "one.tif", tmp_path / "one.txt")
+        assert label.read_text() == (tmp_path / "one.txt").read_text()
+        assert digest(tmp_path / split / "images" / f"{scene}.tif") == digest(tmp_path / "one.tif")
+    with pytest.raises(NadirError, match=r"one label path per scene.*scenes without one: "
+                                         r"\['V0000'\]; paths of no scene: \['extra'\]"):
+        write_scenes(spec, images, [*labels[:2], tmp_path / "extra.txt"])
 
 
 def test_scenes_are_georeferenced_rgb_with_three_rotated_classes_crossing_chips(tmp_path):

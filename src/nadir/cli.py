@@ -1,4 +1,5 @@
-"""`nadir <stage> ...`: the entry points the Snakemake rules call, one sub-command per stage."""
+"""`nadir <stage> ...`: the entry points the Snakemake rules call, one sub-command per stage,
+and `run_rule_script` for the summary rules' scripts, which read their inputs by name."""
 
 from __future__ import annotations
 
@@ -7,28 +8,22 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from nadir import __version__
 from nadir.errors import NadirError
+from nadir.log_tee import tee_stderr_if_asked
 from nadir.protocols import PROTOCOLS
 
 log = logging.getLogger("nadir")
 
 
 def cmd_sample(args) -> None:
-    from nadir.datasets.sample import SampleSpec, write_scene
+    from nadir.datasets.sample import SampleSpec, write_scenes
 
-    spec = SampleSpec(**json.loads(args.spec))
-    scenes = spec.scenes()
-    if not len(scenes) == len(args.images) == len(args.labels):
-        raise NadirError(f"{len(scenes)} scenes but {len(args.images)} image and "
-                         f"{len(args.labels)} label paths were given")
-    for n, ((split, scene), image, label) in enumerate(
-            zip(scenes, args.images, args.labels, strict=True), start=1):
-        write_scene(spec, split, scene, Path(image), Path(label))
-        if n % 10 == 0 or n == len(scenes):
-            log.info("generated %d/%d scenes", n, len(scenes))
+    write_scenes(SampleSpec(**json.loads(args.spec)), [Path(p) for p in args.images],
+                 [Path(p) for p in args.labels])
 
 
 def cmd_index(args) -> None:
@@ -187,48 +182,6 @@ def cmd_list_scenes(args) -> None:
         {"name": s.name, "location": s.location} for s in scenes]}, indent=1) + "\n")
 
 
-def cmd_leaderboard(args) -> None:
-    from nadir.report import RunFiles, read_run_result, write_leaderboard
-
-    columns = [args.runs, args.metrics, args.scene_metrics, args.train_benchmarks,
-               args.evaluate_benchmarks, args.scene_benchmarks]
-    if len({len(c) for c in columns}) != 1:
-        raise NadirError("leaderboard: give one run.json, metrics.json, scene metrics and "
-                         f"three benchmark files per run; got {[len(c) for c in columns]}")
-    results = [read_run_result(RunFiles(*map(Path, files)))
-               for files in zip(*columns, strict=True)]
-    comparisons = {}
-    for path in args.comparisons or []:
-        comparison = json.loads(Path(path).read_text())
-        comparisons[comparison["dataset"]] = comparison
-    rows = write_leaderboard(results, Path(args.csv), Path(args.markdown), Path(args.html),
-                             comparisons)
-    log.info("ranked %d run(s) on %d dataset(s)", len(rows), len({r["dataset"] for r in rows}))
-
-
-def cmd_compare(args) -> None:
-    from nadir.comparison import compare_dataset, comparison_html
-    from nadir.costs import TABLE_CSS
-    from nadir.scene_evaluation import scene_ground_truth
-
-    if len(args.runs) != len(args.scene_predictions):
-        raise NadirError(f"compare: give one scene predictions file per run.json; got "
-                         f"{len(args.runs)} and {len(args.scene_predictions)}")
-    runs = [(Path(run_json).parent.name, json.loads(Path(run_json).read_text()),
-             json.loads(Path(predictions).read_text()))
-            for run_json, predictions in zip(args.runs, args.scene_predictions, strict=True)]
-    categories = json.loads(Path(args.coco).read_text())["categories"]
-    gt = scene_ground_truth(runs[0][2]["images"], Path(args.annotations), categories)
-    log.info("comparing %d run(s) on %d val scenes: %d bootstrap draws of the scenes",
-             len(runs), len(gt["images"]), args.resamples)
-    result = compare_dataset(runs, gt, args.max_detections, args.metric, args.resamples,
-                             args.seed)
-    Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
-    Path(args.html).write_text(comparison_html(result, TABLE_CSS))
-    for name, verdict in sorted(result["verdicts"].items()):
-        log.info("%s: %s %.4f, %s", name, args.metric, result["observed"][name], verdict)
-
-
 def cmd_carve_selection(args) -> None:
     from nadir.coco import carve_selection
 
@@ -242,20 +195,6 @@ def cmd_carve_selection(args) -> None:
              len(fit["images"]))
 
 
-def cmd_cost(args) -> None:
-    from nadir.costs import cost_table, read_benchmark, recorded_gpus, write_cost_table
-
-    jobs = [read_benchmark(Path(tsv), rule) for rule, tsv in args.job or []]
-    for rule, tsv, record_json in args.device_job or []:
-        record = json.loads(Path(record_json).read_text())
-        jobs.append(read_benchmark(Path(tsv), rule, recorded_gpus(record, record_json)))
-    rows = cost_table(jobs)
-    write_cost_table(rows, Path(args.csv), Path(args.html))
-    total = rows[-1]
-    log.info("cost of %d job(s): %.1f s wall, %s CPU-hours, %.4f GPU-hours", total["jobs"],
-             total["wall_seconds"], total["cpu_hours"], total["gpu_hours"])
-
-
 def cmd_summary(args) -> None:
     """Print the leaderboard and the total cost: the last thing a run shows in the terminal."""
     from nadir.report import summary_text
@@ -263,16 +202,6 @@ def cmd_summary(args) -> None:
     text = summary_text(Path(args.leaderboard), Path(args.cost))
     Path(args.out).write_text(text)
     print(f"\n== nadir leaderboard ==\n{text}", flush=True)
-
-
-def cmd_plot_class_ap(args) -> None:
-    from nadir.figures import plot_class_heatmap
-
-    if not len(args.models) == len(args.metrics) == len(args.scene_metrics):
-        raise NadirError("plot-class-ap: give one chip and one scene metrics file per model")
-    chip = [json.loads(Path(p).read_text()) for p in args.metrics]
-    scene = [json.loads(Path(p).read_text()) for p in args.scene_metrics]
-    plot_class_heatmap(args.models, chip, scene, Path(args.out), args.title)
 
 
 def cmd_plot_pr(args) -> None:
@@ -314,8 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("sample", cmd_sample, "generate the embedded sample dataset")
     p.add_argument("--spec", required=True, help="JSON of the dataset's sample settings")
-    p.add_argument("--images", nargs="+", required=True)
-    p.add_argument("--labels", nargs="+", required=True)
+    p.add_argument("--images", nargs="+", required=True, help="SCENE.tif per scene")
+    p.add_argument("--labels", nargs="+", required=True, help="SCENE.txt per scene")
 
     p = command("fetch", cmd_fetch, "fetch a dataset's sources and write its scene manifest")
     p.add_argument("--dataset", required=True)
@@ -430,16 +359,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--s3-endpoint", help="S3 endpoint URL (keys as for predict)")
     p.add_argument("--out", required=True)
 
-    p = command("leaderboard", cmd_leaderboard, "rank every run (CSV, Markdown, HTML)")
-    for option in ("runs", "metrics", "scene-metrics", "train-benchmarks",
-                   "evaluate-benchmarks", "scene-benchmarks"):
-        p.add_argument(f"--{option}", nargs="+", required=True,
-                       help="one per run, in the same run order")
-    p.add_argument("--comparisons", nargs="*", help="comparison.json per dataset (compare)")
-    p.add_argument("--csv", required=True)
-    p.add_argument("--markdown", required=True)
-    p.add_argument("--html", required=True)
-
     p = command("carve-selection", cmd_carve_selection,
                 "hold train scenes out as the selection split (seeded, by scene)")
     p.add_argument("--train", required=True)
@@ -448,38 +367,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fit", required=True, help="the train split without the selection scenes")
     p.add_argument("--selection", required=True)
 
-    p = command("compare", cmd_compare, "paired bootstrap comparison of a dataset's runs")
-    p.add_argument("--runs", nargs="+", required=True, help="run.json per run")
-    p.add_argument("--scene-predictions", nargs="+", required=True,
-                   help="scene_predictions.json per run, in the same order")
-    p.add_argument("--coco", required=True, help="the val COCO file (for the categories)")
-    p.add_argument("--annotations", required=True, help="the index's annotations.csv")
-    p.add_argument("--max-detections", type=int, required=True, help="per scene and class")
-    p.add_argument("--metric", choices=["AP", "AP50"], default="AP")
-    p.add_argument("--resamples", type=int, required=True)
-    p.add_argument("--seed", type=int, required=True)
-    p.add_argument("--json", required=True)
-    p.add_argument("--html", required=True)
-
-    p = command("cost", cmd_cost, "tabulate jobs, wall time, CPU- and GPU-hours per rule")
-    p.add_argument("--job", nargs=2, action="append", metavar=("RULE", "BENCHMARK_TSV"))
-    p.add_argument("--device-job", nargs=3, action="append",
-                   metavar=("RULE", "BENCHMARK_TSV", "RECORD_JSON"),
-                   help="a job that may have used a GPU, and the JSON that records its device")
-    p.add_argument("--csv", required=True)
-    p.add_argument("--html", required=True)
-
     p = command("summary", cmd_summary, "print the leaderboard and total cost")
     p.add_argument("--leaderboard", required=True, help="the Markdown leaderboard")
     p.add_argument("--cost", required=True, help="the cost CSV")
     p.add_argument("--out", required=True)
-
-    p = command("plot-class-ap", cmd_plot_class_ap, "heat map of per-class AP across models")
-    p.add_argument("--models", nargs="+", required=True)
-    p.add_argument("--metrics", nargs="+", required=True, help="chip-level, one per model")
-    p.add_argument("--scene-metrics", nargs="+", required=True, help="one per model")
-    p.add_argument("--out", required=True)
-    p.add_argument("--title", required=True)
 
     p = command("plot-pr", cmd_plot_pr, "plot a run's precision-recall curves per class")
     p.add_argument("--metrics", required=True)
@@ -506,6 +397,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _run(command: str, func: Callable[[], object]) -> int:
+    """Run one stage with its progress logged to stderr; a NadirError (bad input or config)
+    ends it with its message and exit status 1 instead of a traceback."""
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        func()
+    except NadirError as exc:
+        log.error("%s", exc)
+        print(f"nadir {command}: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     # Idle OpenMP threads sleep instead of spinning (libgomp's default), unless the user says
     # otherwise. On cores that other work shares (a busy machine, a pod under a CPU limit),
@@ -513,12 +418,19 @@ def main(argv: list[str] | None = None) -> int:
     # reads it when torch is first imported, which no stage does before this line.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        args.func(args)
-    except NadirError as exc:
-        log.error("%s", exc)
-        print(f"nadir {args.command}: error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return _run(args.command, lambda: args.func(args))
+
+
+def run_rule_script(snakemake, func: Callable[[], object]) -> None:
+    """Run a rule's `script:` (workflow/scripts/) as `nadir <command> ... 2> {log}` runs a
+    shell rule: everything written to stderr (logging, warnings, tracebacks, C libraries) goes
+    to the rule's log, copied onto stdout in pods (nadir.log_tee), and a NadirError fails the
+    job with its message. `snakemake` is the object Snakemake gives the script."""
+    sys.stderr.flush()
+    log_fd = os.open(snakemake.log[0], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.dup2(log_fd, sys.stderr.fileno())
+    os.close(log_fd)
+    tee_stderr_if_asked()
+    status = _run(snakemake.rule, func)
+    if status:
+        sys.exit(status)

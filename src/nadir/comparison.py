@@ -18,13 +18,20 @@ from __future__ import annotations
 
 import html
 import json
+import logging
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from itertools import combinations
+from pathlib import Path
 
 import numpy as np
 
+from nadir.costs import TABLE_CSS
 from nadir.errors import NadirError
+from nadir.named_inputs import files_by_run
+
+log = logging.getLogger(__name__)
 
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
 RECALL_THRESHOLDS = np.linspace(0.0, 1.00, 101)
@@ -286,6 +293,32 @@ def compare_dataset(runs: list[tuple[str, dict, dict]], gt: dict, max_detections
     return {"dataset": runs[0][1]["dataset"],
             "settings": {label: sorted(runs[i][0] for i in members)
                          for label, members in groups}, **result}
+
+
+def compare_files(named: Mapping[str, str | Path], coco: Path, annotations: Path, *,
+                  max_detections: int, metric: str, resamples: int, seed: int, json_out: Path,
+                  html_out: Path) -> dict:
+    """compare_dataset of the runs whose `run` and `scene_predictions` files `named` holds
+    (such as `snakemake.input`, named by nadir.named_inputs.run_inputs), against the val scenes
+    of `coco` and `annotations`; writes the result as JSON and as a page."""
+    from nadir.scene_evaluation import scene_ground_truth
+
+    by_run = files_by_run(named.items(), ["run", "scene_predictions"])
+    runs = [(run, json.loads(files["run"].read_text()),
+             json.loads(files["scene_predictions"].read_text()))
+            for (_, run), files in by_run.items()]
+    if not runs:
+        raise NadirError("compare: no run named among the inputs")
+    categories = json.loads(Path(coco).read_text())["categories"]
+    gt = scene_ground_truth(runs[0][2]["images"], Path(annotations), categories)
+    log.info("comparing %d run(s) on %d val scenes: %d bootstrap draws of the scenes",
+             len(runs), len(gt["images"]), resamples)
+    result = compare_dataset(runs, gt, max_detections, metric, resamples, seed)
+    Path(json_out).write_text(json.dumps(result, indent=1) + "\n")
+    Path(html_out).write_text(comparison_html(result, TABLE_CSS))
+    for name, verdict in sorted(result["verdicts"].items()):
+        log.info("%s: %s %.4f, %s", name, metric, result["observed"][name], verdict)
+    return result
 
 
 def comparison_html(result: dict, table_css: str) -> str:

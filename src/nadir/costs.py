@@ -16,10 +16,16 @@ from __future__ import annotations
 
 import csv
 import html
+import json
+import logging
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from nadir.errors import InputError
+from nadir.named_inputs import files_by_owner, input_name
+
+log = logging.getLogger(__name__)
 
 COST_FIELDS = ["rule", "jobs", "wall_seconds", "cpu_hours", "gpu_hours", "peak_memory_mb",
                "unmeasured_jobs"]
@@ -82,6 +88,35 @@ def recorded_gpus(record: dict, source: str | Path) -> int:
     return int(training.get("processes") or 1)
 
 
+# The kinds of a job's inputs (nadir.named_inputs): its benchmark TSV and, for a job that may
+# use a GPU, the JSON that records its device. Their owner is `RULE/JOB`.
+BENCHMARK_KIND, DEVICE_KIND = "benchmark", "device"
+
+
+def cost_inputs(jobs: Iterable[tuple[str, str, str, str | None]]) -> dict[str, str]:
+    """The cost rule's named inputs from (rule, job, benchmark TSV, device record or None) per
+    job; `job` tells a rule's jobs apart (its wildcards, such as `sample/000`)."""
+    named = {}
+    for rule, job, benchmark, record in jobs:
+        owner = f"{rule}/{job}"
+        named[input_name(BENCHMARK_KIND, owner)] = benchmark
+        if record is not None:
+            named[input_name(DEVICE_KIND, owner)] = record
+    return named
+
+
+def job_costs(named: Mapping[str, str | Path]) -> list[JobCost]:
+    """Every job's cost from the inputs `cost_inputs` named, in their order, but the jobs that
+    may use a GPU (with a device record) last: the table lists those rules together."""
+    jobs = []
+    by_job = files_by_owner(named.items(), [BENCHMARK_KIND], [DEVICE_KIND]).items()
+    for owner, files in sorted(by_job, key=lambda job: DEVICE_KIND in job[1]):
+        record = files.get(DEVICE_KIND)
+        gpus = 0 if record is None else recorded_gpus(json.loads(record.read_text()), record)
+        jobs.append(read_benchmark(files[BENCHMARK_KIND], owner.partition("/")[0], gpus))
+    return jobs
+
+
 def _max(values: list[float | None]) -> float | None:
     measured = [v for v in values if v is not None]
     return max(measured) if measured else None
@@ -127,3 +162,13 @@ def write_cost_table(rows: list[dict], csv_path: Path, html_path: Path) -> None:
         "process trees, GPU-hours of the jobs that ran on a GPU, and the largest sampled "
         "resident memory. 'unmeasured_jobs' ended before Snakemake's first resource sample "
         f"(0.5 s).</p><table><tr>{header}</tr>{body}</table></body></html>\n")
+
+
+def cost_of_files(named: Mapping[str, str | Path], csv_path: Path, html_path: Path) -> list[dict]:
+    """The cost table of the jobs whose files `named` holds (such as `snakemake.input`)."""
+    rows = cost_table(job_costs(named))
+    write_cost_table(rows, csv_path, html_path)
+    total = rows[-1]
+    log.info("cost of %d job(s): %.1f s wall, %s CPU-hours, %.4f GPU-hours", total["jobs"],
+             total["wall_seconds"], total["cpu_hours"], total["gpu_hours"])
+    return rows

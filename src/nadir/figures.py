@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ import numpy as np
 from nadir.datasets.normalise import EXCLUDED
 from nadir.errors import InputError
 from nadir.evaluation import NO_GROUND_TRUTH
+from nadir.named_inputs import files_by_run
 from nadir.rotated_boxes import rbox_to_polygon
 from nadir.shards import member_offsets, read_member
 
@@ -75,6 +77,17 @@ def plot_class_heatmap(models: list[str], chip_metrics: list[dict], scene_metric
     fig.suptitle(title, fontsize=10)
     fig.savefig(out_png, dpi=90)
     plt.close(fig)
+
+
+def plot_class_heatmap_of_files(named: Mapping[str, str | Path], out_png: Path,
+                                title: str) -> None:
+    """plot_class_heatmap of the runs whose `metrics` and `scene_metrics` files `named` holds
+    (nadir.named_inputs.run_inputs), one row per run in the order they are named."""
+    runs = files_by_run(named.items(), ["metrics", "scene_metrics"])
+    plot_class_heatmap([run for _, run in runs],
+                       [json.loads(files["metrics"].read_text()) for files in runs.values()],
+                       [json.loads(files["scene_metrics"].read_text()) for files in runs.values()],
+                       out_png, title)
 
 
 def plot_pr_curves(chip: dict, scene: dict, out_png: Path, title: str) -> None:

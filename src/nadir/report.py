@@ -8,11 +8,16 @@ from __future__ import annotations
 import csv
 import html
 import json
-from dataclasses import dataclass
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from nadir.comparison import group_settings, summarise_repeats
 from nadir.costs import TABLE_CSS, JobCost, read_benchmark, recorded_gpus
+from nadir.named_inputs import files_by_owner, files_by_run
+
+log = logging.getLogger(__name__)
 
 LEADERBOARD_METRICS = ["AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large"]
 SCENE_METRICS = ["AP", "AP50", "AP75", "ARmax"]
@@ -52,7 +57,8 @@ class RunResult:
 
 @dataclass(frozen=True)
 class RunFiles:
-    """The files a run's leaderboard row is read from."""
+    """The files a run's leaderboard row is read from; each field is the kind of the input
+    that names it (nadir.named_inputs), e.g. `train_benchmark:DATASET/RUN`."""
 
     run: Path  # run.json
     metrics: Path  # chip-level metrics.json
@@ -62,17 +68,20 @@ class RunFiles:
     scene_benchmark: Path
 
 
-def read_run_result(files: RunFiles) -> RunResult:
-    """A run's record, chip and scene scores and job costs (GPUs from the devices recorded)."""
+RUN_FILE_KINDS = [field.name for field in fields(RunFiles)]
+COMPARISON_KIND = "comparison"  # comparison.json, named `comparison:DATASET`
+
+
+def read_run_result(files: RunFiles, name: str) -> RunResult:
+    """A run's record, chip and scene scores and job costs (GPUs from the devices recorded);
+    `name` is the run's name (its folder)."""
     run = json.loads(files.run.read_text())
     chip = json.loads(files.metrics.read_text())
     jobs = [read_benchmark(files.train_benchmark, "train", recorded_gpus(run, files.run)),
             read_benchmark(files.evaluate_benchmark, "evaluate",
                            recorded_gpus(chip, files.metrics)),
             read_benchmark(files.scene_benchmark, "evaluate_scenes")]
-    # The run's name is its folder: results/<dataset>/models/<run>/run.json
-    return RunResult(run, chip, json.loads(files.scene_metrics.read_text()), jobs,
-                     name=files.run.parent.name)
+    return RunResult(run, chip, json.loads(files.scene_metrics.read_text()), jobs, name=name)
 
 
 def summary_text(leaderboard_markdown: Path, cost_csv: Path) -> str:
@@ -312,4 +321,18 @@ def write_leaderboard(results: list[RunResult], csv_path: Path, markdown_path: P
         "its costs summed. vs_best: the paired bootstrap's verdict against the dataset's best "
         "setting, and the best's lead in scene AP with its 95 % interval.</p>"
         + "".join(tables) + "</body></html>\n")
+    return rows
+
+
+def leaderboard_of_files(named: Mapping[str, str | Path], csv_path: Path, markdown_path: Path,
+                         html_path: Path) -> list[dict]:
+    """The leaderboard of the runs whose files `named` holds (such as `snakemake.input`): the
+    files of RUN_FILE_KINDS per run, named by nadir.named_inputs.run_inputs, and each
+    dataset's `comparison:DATASET`. Rows keep the order in which the runs are named."""
+    results = [read_run_result(RunFiles(**files), run)
+               for (_, run), files in files_by_run(named.items(), RUN_FILE_KINDS).items()]
+    comparisons = {dataset: json.loads(files[COMPARISON_KIND].read_text())
+                   for dataset, files in files_by_owner(named.items(), [COMPARISON_KIND]).items()}
+    rows = write_leaderboard(results, csv_path, markdown_path, html_path, comparisons)
+    log.info("ranked %d run(s) on %d dataset(s)", len(rows), len({r["dataset"] for r in rows}))
     return rows

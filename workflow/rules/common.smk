@@ -17,6 +17,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from nadir.config import ConfigError, dataset_chipping, runs, validate
 from nadir.datasets.sample import SampleSpec
+from nadir.named_inputs import files_by_owner, input_name, run_inputs
 from nadir.training.catalogue import CATALOGUE
 
 try:
@@ -49,6 +50,12 @@ wildcard_constraints:
 def run_of(wildcards):
     """The Run (model, settings) behind a per-run job's wildcards."""
     return RUN_TABLE[(wildcards.dataset, wildcards.model)]
+
+
+def dataset_run_inputs(paths):
+    """Input function: the files of every run of the job's dataset, named by kind and run
+    (nadir.named_inputs.run_inputs; `paths`: kind -> pattern with {dataset} and {model})."""
+    return lambda w: run_inputs([(w.dataset, name) for name in RUN_NAMES], paths)
 
 
 def shards(dataset):

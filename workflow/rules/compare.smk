@@ -6,9 +6,10 @@
 
 rule compare:
     input:
-        runs=expand("results/{{dataset}}/models/{model}/run.json", model=RUN_NAMES),
-        scene_predictions=expand("results/{{dataset}}/models/{model}/scene_predictions.json",
-                                 model=RUN_NAMES),
+        unpack(dataset_run_inputs({
+            "run": "results/{dataset}/models/{model}/run.json",
+            "scene_predictions": "results/{dataset}/models/{model}/scene_predictions.json",
+        })),
         val="results/{dataset}/coco/val.json",
         annotations="results/{dataset}/index/annotations.csv",
     output:
@@ -31,9 +32,5 @@ rule compare:
         "results/benchmarks/{dataset}/compare.tsv"
     message:
         "Comparing the runs on {wildcards.dataset} (paired bootstrap over its val scenes)"
-    shell:
-        "{NADIR} compare --runs {input.runs} --scene-predictions {input.scene_predictions} "
-        "--coco {input.val} --annotations {input.annotations} "
-        "--max-detections {params.max_detections} --metric {params.metric} "
-        "--resamples {params.resamples} --seed {params.seed} "
-        "--json {output.json} --html {output.html} 2> {log}"
+    script:
+        "../scripts/compare.py"

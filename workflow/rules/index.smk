@@ -1,12 +1,14 @@
 def index_inputs(wildcards):
-    """sample: every generated image and label. Fetched formats: the fetch manifest and the
-    label files it lists (image headers are in the manifest, so images are not needed)."""
+    """sample: every generated image and label, named by scene (`image:T0000`). Fetched
+    formats: the fetch manifest and the label files it lists (image headers are in the
+    manifest, so images are not needed)."""
     dataset = wildcards.dataset
     if not is_fetched(dataset):
-        return {
-            "images": [raw_image(dataset, sp, sc) for sp, sc in scenes(dataset)],
-            "labels": [raw_label(dataset, sp, sc) for sp, sc in scenes(dataset)],
-        }
+        named = {}
+        for split, scene in scenes(dataset):
+            named[input_name("image", scene)] = raw_image(dataset, split, scene)
+            named[input_name("label", scene)] = raw_label(dataset, split, scene)
+        return named
     manifest = fetch_manifest(dataset)
     labels = [s["label"] for s in manifest["scenes"] if s.get("label")] + manifest["label_files"]
     return {
@@ -19,9 +21,11 @@ def index_sources(wildcards, input):
     """The index command's format and sources, with the staged (local) paths."""
     dataset = wildcards.dataset
     if not is_fetched(dataset):
-        splits = [split for split, _ in scenes(dataset)]
+        split_of = {scene: split for split, scene in scenes(dataset)}
+        by_scene = files_by_owner(input.items(), ["image", "label"])
         return "--format sample " + " ".join(
-            f"--scene {sp} {im} {lb}" for sp, im, lb in zip(splits, input.images, input.labels)
+            f"--scene {split_of[scene]} {files['image']} {files['label']}"
+            for scene, files in by_scene.items()
         )
     if "manifest" not in input.keys():
         # Evaluated once before the fetch checkpoint has run; the DAG is rebuilt after it.

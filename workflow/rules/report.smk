@@ -1,44 +1,46 @@
 # The summarise stage: leaderboard, cost table, evaluation figures and the terminal summary.
 # Report entries: category = what the figure shows, subcategory = dataset, labels = model.
+# The summary rules read several files per run or job: each is named `KIND:OWNER` (see
+# nadir.named_inputs) and their scripts (workflow/scripts/) read them by name.
 
+from nadir.costs import cost_inputs
 
-def cost_job_args(wildcards, input):
-    """--job / --device-job arguments, staged paths in the order of `cost_jobs()`."""
-    args = []
-    benchmarks = iter(input.benchmarks)
-    records = iter(input.records)
-    for rule_name, _, record in cost_jobs():
-        if record is None:
-            args.append(f"--job {rule_name} {next(benchmarks)}")
-        else:
-            args.append(f"--device-job {rule_name} {next(benchmarks)} {next(records)}")
-    return " ".join(args)
+# The leaderboard's files per run, by kind (nadir.report.RunFiles).
+LEADERBOARD_RUN_FILES = {
+    "run": "results/{dataset}/models/{model}/run.json",
+    "metrics": "results/{dataset}/models/{model}/metrics.json",
+    "scene_metrics": "results/{dataset}/models/{model}/scene_metrics.json",
+    "train_benchmark": "results/benchmarks/{dataset}/train-{model}.tsv",
+    "evaluate_benchmark": "results/benchmarks/{dataset}/evaluate-{model}.tsv",
+    "scene_benchmark": "results/benchmarks/{dataset}/evaluate_scenes-{model}.tsv",
+}
 
 
 def cost_jobs():
-    """(rule, benchmark file, device record or None) of every job the cost table covers:
+    """(rule, job, benchmark file, device record or None) of every job the cost table covers:
     all jobs but `cost` and `summary`, which run after it. A new rule adds its benchmark here."""
     jobs = []
     for d in DATASETS:
         if config["datasets"][d]["format"] == "sample":
-            jobs.append(("generate_sample", f"results/benchmarks/{d}/generate_sample.tsv", None))
-        jobs += [("index", f"results/benchmarks/{d}/index.tsv", None)]
-        jobs += [("chip", f"results/benchmarks/{d}/chip-{s}.tsv", None) for s in shards(d)]
-        jobs += [("chip_manifest", f"results/benchmarks/{d}/chip_manifest.tsv", None),
-                 ("coco", f"results/benchmarks/{d}/coco.tsv", None),
-                 ("plot_class_ap", f"results/benchmarks/{d}/plot_class_ap.tsv", None),
-                 ("compare", f"results/benchmarks/{d}/compare.tsv", None)]
+            jobs.append(("generate_sample", d, f"results/benchmarks/{d}/generate_sample.tsv",
+                         None))
+        jobs += [("index", d, f"results/benchmarks/{d}/index.tsv", None)]
+        jobs += [("chip", f"{d}/{s}", f"results/benchmarks/{d}/chip-{s}.tsv", None)
+                 for s in shards(d)]
+        jobs += [(r, d, f"results/benchmarks/{d}/{r}.tsv", None)
+                 for r in ("chip_manifest", "coco", "plot_class_ap", "compare")]
         if any(r.hp["eval_every"] for (rd, _), r in RUN_TABLE.items() if rd == d):
-            jobs.append(("carve_selection", f"results/benchmarks/{d}/carve_selection.tsv", None))
+            jobs.append(("carve_selection", d, f"results/benchmarks/{d}/carve_selection.tsv",
+                         None))
         for m in RUN_NAMES:
             run = f"results/{d}/models/{m}"
             jobs += [
-                ("train", f"results/benchmarks/{d}/train-{m}.tsv", f"{run}/run.json"),
-                ("evaluate", f"results/benchmarks/{d}/evaluate-{m}.tsv", f"{run}/metrics.json"),
-                ("evaluate_scenes", f"results/benchmarks/{d}/evaluate_scenes-{m}.tsv", None),
-            ] + [(r, f"results/benchmarks/{d}/{r}-{m}.tsv", None)
-                 for r in ("loss_curve", "plot_pr", "plot_detections")]
-    return jobs + [("leaderboard", "results/benchmarks/leaderboard.tsv", None)]
+                ("train", f"{d}/{m}", f"results/benchmarks/{d}/train-{m}.tsv", f"{run}/run.json"),
+                ("evaluate", f"{d}/{m}", f"results/benchmarks/{d}/evaluate-{m}.tsv",
+                 f"{run}/metrics.json"),
+            ] + [(r, f"{d}/{m}", f"results/benchmarks/{d}/{r}-{m}.tsv", None)
+                 for r in ("evaluate_scenes", "loss_curve", "plot_pr", "plot_detections")]
+    return jobs + [("leaderboard", "all", "results/benchmarks/leaderboard.tsv", None)]
 
 
 COST_JOB_COUNT = len(cost_jobs())
@@ -124,8 +126,10 @@ rule plot_detections:
 
 rule plot_class_ap:
     input:
-        chip=expand("results/{{dataset}}/models/{model}/metrics.json", model=RUN_NAMES),
-        scene=expand("results/{{dataset}}/models/{model}/scene_metrics.json", model=RUN_NAMES),
+        unpack(dataset_run_inputs({
+            "metrics": "results/{dataset}/models/{model}/metrics.json",
+            "scene_metrics": "results/{dataset}/models/{model}/scene_metrics.json",
+        })),
     output:
         report(
             "results/{dataset}/class_ap.png",
@@ -135,31 +139,21 @@ rule plot_class_ap:
             labels={"dataset": "{dataset}", "figure": "heat map"},
         ),
     params:
-        models=" ".join(RUN_NAMES),
+        title=lambda w: f"Per-class AP on {w.dataset}",
     log:
         "logs/{dataset}/plot_class_ap.log",
     benchmark:
         "results/benchmarks/{dataset}/plot_class_ap.tsv"
     message:
         "Plotting per-class AP of every run on {wildcards.dataset}"
-    shell:
-        "{NADIR} plot-class-ap --models {params.models} --metrics {input.chip} "
-        "--scene-metrics {input.scene} --out {output} "
-        "--title 'Per-class AP on {wildcards.dataset}' 2> {log}"
+    script:
+        "../scripts/plot_class_ap.py"
 
 
 rule leaderboard:
     input:
-        runs=expand("results/{run}/run.json", run=RUNS),
-        metrics=expand("results/{run}/metrics.json", run=RUNS),
-        scene_metrics=expand("results/{run}/scene_metrics.json", run=RUNS),
-        train=expand("results/benchmarks/{dataset}/train-{model}.tsv", dataset=DATASETS,
-                     model=RUN_NAMES),
-        evaluate=expand("results/benchmarks/{dataset}/evaluate-{model}.tsv",
-                        dataset=DATASETS, model=RUN_NAMES),
-        evaluate_scenes=expand("results/benchmarks/{dataset}/evaluate_scenes-{model}.tsv",
-                               dataset=DATASETS, model=RUN_NAMES),
-        comparisons=expand("results/{dataset}/comparison.json", dataset=DATASETS),
+        **run_inputs(RUN_TABLE, LEADERBOARD_RUN_FILES),
+        **{input_name("comparison", d): f"results/{d}/comparison.json" for d in DATASETS},
     output:
         csv="results/leaderboard.csv",
         markdown="results/leaderboard.md",
@@ -175,18 +169,13 @@ rule leaderboard:
         "results/benchmarks/leaderboard.tsv"
     message:
         "Ranking {RUNS_COUNT} run(s) on the leaderboard"
-    shell:
-        "{NADIR} leaderboard --runs {input.runs} --metrics {input.metrics} "
-        "--scene-metrics {input.scene_metrics} --train-benchmarks {input.train} "
-        "--evaluate-benchmarks {input.evaluate} --scene-benchmarks {input.evaluate_scenes} "
-        "--comparisons {input.comparisons} "
-        "--csv {output.csv} --markdown {output.markdown} --html {output.html} 2> {log}"
+    script:
+        "../scripts/leaderboard.py"
 
 
 rule cost:
     input:
-        benchmarks=[tsv for _, tsv, _ in cost_jobs()],
-        records=[record for _, _, record in cost_jobs() if record is not None],
+        **cost_inputs(cost_jobs()),
     output:
         csv="results/cost.csv",
         html=report(
@@ -195,16 +184,14 @@ rule cost:
             category="Cost",
             labels={"table": "cost per rule"},
         ),
-    params:
-        jobs=cost_job_args,
     log:
         "logs/cost.log",
     benchmark:
         "results/benchmarks/cost.tsv"
     message:
         "Tabulating the cost of {COST_JOB_COUNT} job(s) per rule"
-    shell:
-        "{NADIR} cost {params.jobs} --csv {output.csv} --html {output.html} 2> {log}"
+    script:
+        "../scripts/cost.py"
 
 
 # Runs on the machine that runs Snakemake (never in a pod), after every figure, so the

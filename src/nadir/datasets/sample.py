@@ -9,6 +9,7 @@ so many cross chip borders.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from dataclasses import dataclass
@@ -18,6 +19,9 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from nadir.datasets.dota import LabelFile, LabelObject, format_label_file
+from nadir.errors import NadirError
+
+log = logging.getLogger(__name__)
 
 CLASSES = ["plane", "storage-tank", "small-vehicle"]
 GSD_M = 0.5
@@ -153,3 +157,23 @@ def write_scene(spec: SampleSpec, split: str, scene: str, image_path: Path, labe
                  for cat, poly in objects],
     )
     label_path.write_text(format_label_file(label), encoding="utf-8")
+
+
+def write_scenes(spec: SampleSpec, images: list[Path], labels: list[Path]) -> None:
+    """Every scene of the spec, to the image and the label path named after it (`T0000.tif`,
+    `T0000.txt`, as the rule declares them): paths are matched by name, not by position."""
+    scenes = spec.scenes()
+    names = {scene for _, scene in scenes}
+    paths = {}
+    for kind, given in (("image", images), ("label", labels)):
+        paths[kind] = {Path(p).stem: Path(p) for p in given}
+        if len(given) != len(scenes) or set(paths[kind]) != names:
+            raise NadirError(
+                f"sample: give one {kind} path per scene, named after it; {len(scenes)} scenes, "
+                f"{len(given)} {kind} paths; scenes without one: "
+                f"{sorted(names - set(paths[kind])) or 'none'}; paths of no scene: "
+                f"{sorted(set(paths[kind]) - names) or 'none'}")
+    for n, (split, scene) in enumerate(scenes, start=1):
+        write_scene(spec, split, scene, paths["image"][scene], paths["label"][scene])
+        if n % 10 == 0 or n == len(scenes):
+            log.info("generated %d/%d scenes", n, len(scenes))
