@@ -46,7 +46,9 @@ def _ssdlite(num_classes: int, size: int, backbone_weights: str | None) -> nn.Mo
     # SSD's default boxes are relative to the input, so the model runs at the chip size as is.
     model.transform.fixed_size = (size, size)
     model.transform.min_size, model.transform.max_size = (size,), size
-    return model
+    # Channels-last tensors suit its depthwise convolutions: a training step of 4 chips of
+    # 256 px on 2 CPU threads took 0.58 s instead of 0.70 s (forward 0.15 s instead of 0.25 s).
+    return model.to(memory_format=torch.channels_last)
 
 
 def _ssd300(num_classes: int, size: int, backbone_weights: str | None) -> nn.Module:
