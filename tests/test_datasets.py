@@ -113,6 +113,42 @@ def test_xview_streaming_reader_matches_json_load_across_chunk_boundaries(tmp_pa
         list(xview.iter_features(path))
 
 
+def xview_text(features: list, separators: dict[int, str] | None = None) -> str:
+    """A FeatureCollection with the given features, one a line; `separators` replaces the ",\n"
+    before feature i (e.g. with stray commas, or with a malformed feature of its own)."""
+    lines = [json.dumps(f) for f in features]
+    body = "".join((separators or {}).get(i, ",\n" if i else "") + line
+                   for i, line in enumerate(lines))
+    return '{"type": "FeatureCollection", "features": [\n' + body + "\n]}\n"
+
+
+@pytest.mark.parametrize("chunk", [97, 4096, xview.CHUNK_CHARS])
+def test_xview_reader_reads_what_json_reads_where_the_fast_decoder_refuses(tmp_path, monkeypatch,
+                                                                           chunk):
+    """Most features are decoded many at a time; what the fast decoder refuses (Infinity, text
+    that looks like the end of a feature, stray commas, a feature that is not an object) is
+    read feature by feature: the reader yields exactly what the standard library reads."""
+    features = [xview_feature(f"{i}.tif", 18, f"{i},{i},{i + 9},{i + 9}") for i in range(300)]
+    features[40]["properties"]["note"] = 'looks like the end of a feature: "}, {"'
+    features[41]["geometry"]["coordinates"] = [[[float("inf"), 0]]]
+    features[120], features[121] = "not an object", {"type": "Feature"}
+    path = tmp_path / "x.geojson"
+    path.write_text(xview_text(features, separators={200: ", ,\n,"}))
+    monkeypatch.setattr(xview, "CHUNK_CHARS", chunk)
+    assert list(xview.iter_features(path)) == features
+    assert list(xview.iter_features(path, properties_only=True)) == [
+        f.get("properties") if isinstance(f, dict) else None for f in features]
+    good = [f for f in features if isinstance(f, dict) and "properties" in f]
+    good[250]["properties"]["type_id"] = 999
+    path.write_text(xview_text(good, {150: ',\n{"type": "Feature", "properties": 01},\n'}))
+    with pytest.raises(InputError, match="feature 151 is not valid JSON"):
+        list(xview.iter_features(path, properties_only=True))
+    path.write_text(xview_text(good))
+    with pytest.raises(InputError, match="feature 251: unknown type_id 999"):
+        list(xview.read_objects(path, {f"{i}.tif": (100, 100) for i in range(300)}, BadInput(),
+                                xview.XviewCounts()))
+
+
 def test_xview_drops_and_counts_unnamed_ids_empty_boxes_and_absent_images(tmp_path):
     features = [xview_feature("1.tif", 18, "10,10,30,20"), xview_feature("1.tif", 75, "1,1,5,5"),
                 xview_feature("1.tif", 82, "1,1,5,5"), xview_feature("1.tif", 82, "1,1,5,5"),
