@@ -4,6 +4,7 @@ the tests write in each format."""
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 
@@ -12,13 +13,13 @@ import pytest
 from dataset_builders import make_dota, make_xview, write_geotiff, xview_feature
 
 from nadir.datasets import dota, rareplanes, xview
-from nadir.datasets.normalise import index_fetched, seeded_split
+from nadir.datasets.normalise import AnnotationWriter, index_fetched, seeded_split
 from nadir.datasets.records import BadInput, ClassFilter
 from nadir.datasets.stats import dataset_statistics
 from nadir.errors import InputError
 from nadir.fetch import FetchSettings, fetch_dataset
 from nadir.figures import plot_statistics
-from nadir.index import IndexTables
+from nadir.index import ANNOTATION_FIELDS, IndexTables
 
 V15 = dota.CLASSES_BY_VERSION["v1.5"]
 
@@ -87,6 +88,28 @@ def test_class_filter_merges_keeps_and_drops_small_objects_with_counts():
         ClassFilter(V15, merge={"car": "vehicle"})
     with pytest.raises(InputError, match=r"\['boat'\]"):
         ClassFilter(V15, keep=["boat"])
+
+
+def test_annotation_rows_are_what_csv_writes_even_for_names_that_need_quoting(tmp_path):
+    """annotations.csv is written without csv.writer per row: the text must still be its text,
+    quoted names and %g coordinates included."""
+    classes = ["plane", 'ship, "big"', "two\nlines"]
+    objects = [("scene,1", "plane", 0, [1.5, 2, 3, 2, 3, 4, 1.5, 4]),
+               ('s"2', 'ship, "big"', 1, [0.1234567, 1e-7, 123456789.0, -0.0, 5e20, 7, 8, 9]),
+               ("s3", "two\nlines", 0, [2999.5, 0, 3000, 0, 3000, 1, 2999.5, 1]),
+               ("s3", "plane", 1, [1, 1, 2, 1, 2, 2, 1, 2])]
+    writer = AnnotationWriter(tmp_path / "annotations.csv", ClassFilter(classes), BadInput())
+    for scene, category, difficult, polygon in objects:
+        writer.add(scene, category, difficult, polygon, "test")
+    writer.close()
+    writer.publish()
+    expected = io.StringIO()
+    rows = csv.writer(expected)
+    rows.writerow(ANNOTATION_FIELDS)
+    rows.writerows([scene, number, category, difficult, " ".join(map("{:g}".format, polygon))]
+                   for number, (scene, category, difficult, polygon)
+                   in zip([0, 0, 0, 1], objects, strict=True))
+    assert (tmp_path / "annotations.csv").read_bytes().decode() == expected.getvalue()
 
 
 # --- splits -----------------------------------------------------------------------------------
