@@ -4,6 +4,7 @@ the tests write in each format."""
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 
@@ -12,13 +13,13 @@ import pytest
 from dataset_builders import make_dota, make_xview, write_geotiff, xview_feature
 
 from nadir.datasets import dota, rareplanes, xview
-from nadir.datasets.normalise import index_fetched, seeded_split
+from nadir.datasets.normalise import AnnotationWriter, index_fetched, seeded_split
 from nadir.datasets.records import BadInput, ClassFilter
 from nadir.datasets.stats import dataset_statistics
 from nadir.errors import InputError
 from nadir.fetch import FetchSettings, fetch_dataset
 from nadir.figures import plot_statistics
-from nadir.index import IndexTables
+from nadir.index import ANNOTATION_FIELDS, IndexTables
 
 V15 = dota.CLASSES_BY_VERSION["v1.5"]
 
@@ -89,6 +90,28 @@ def test_class_filter_merges_keeps_and_drops_small_objects_with_counts():
         ClassFilter(V15, keep=["boat"])
 
 
+def test_annotation_rows_are_what_csv_writes_even_for_names_that_need_quoting(tmp_path):
+    """annotations.csv is written without csv.writer per row: the text must still be its text,
+    quoted names and %g coordinates included."""
+    classes = ["plane", 'ship, "big"', "two\nlines"]
+    objects = [("scene,1", "plane", 0, [1.5, 2, 3, 2, 3, 4, 1.5, 4]),
+               ('s"2', 'ship, "big"', 1, [0.1234567, 1e-7, 123456789.0, -0.0, 5e20, 7, 8, 9]),
+               ("s3", "two\nlines", 0, [2999.5, 0, 3000, 0, 3000, 1, 2999.5, 1]),
+               ("s3", "plane", 1, [1, 1, 2, 1, 2, 2, 1, 2])]
+    writer = AnnotationWriter(tmp_path / "annotations.csv", ClassFilter(classes), BadInput())
+    for scene, category, difficult, polygon in objects:
+        writer.add(scene, category, difficult, polygon, "test")
+    writer.close()
+    writer.publish()
+    expected = io.StringIO()
+    rows = csv.writer(expected)
+    rows.writerow(ANNOTATION_FIELDS)
+    rows.writerows([scene, number, category, difficult, " ".join(map("{:g}".format, polygon))]
+                   for number, (scene, category, difficult, polygon)
+                   in zip([0, 0, 0, 1], objects, strict=True))
+    assert (tmp_path / "annotations.csv").read_bytes().decode() == expected.getvalue()
+
+
 # --- splits -----------------------------------------------------------------------------------
 
 def test_seeded_split_is_by_scene_reproducible_and_follows_the_fraction():
@@ -111,6 +134,42 @@ def test_xview_streaming_reader_matches_json_load_across_chunk_boundaries(tmp_pa
     path.write_text('{"type": "FeatureCollection", "features": [{"a": 1}, {"b": ')
     with pytest.raises(InputError, match="feature 2 is not valid JSON"):
         list(xview.iter_features(path))
+
+
+def xview_text(features: list, separators: dict[int, str] | None = None) -> str:
+    """A FeatureCollection with the given features, one a line; `separators` replaces the ",\n"
+    before feature i (e.g. with stray commas, or with a malformed feature of its own)."""
+    lines = [json.dumps(f) for f in features]
+    body = "".join((separators or {}).get(i, ",\n" if i else "") + line
+                   for i, line in enumerate(lines))
+    return '{"type": "FeatureCollection", "features": [\n' + body + "\n]}\n"
+
+
+@pytest.mark.parametrize("chunk", [97, 4096, xview.CHUNK_CHARS])
+def test_xview_reader_reads_what_json_reads_where_the_fast_decoder_refuses(tmp_path, monkeypatch,
+                                                                           chunk):
+    """Most features are decoded many at a time; what the fast decoder refuses (Infinity, text
+    that looks like the end of a feature, stray commas, a feature that is not an object) is
+    read feature by feature: the reader yields exactly what the standard library reads."""
+    features = [xview_feature(f"{i}.tif", 18, f"{i},{i},{i + 9},{i + 9}") for i in range(300)]
+    features[40]["properties"]["note"] = 'looks like the end of a feature: "}, {"'
+    features[41]["geometry"]["coordinates"] = [[[float("inf"), 0]]]
+    features[120], features[121] = "not an object", {"type": "Feature"}
+    path = tmp_path / "x.geojson"
+    path.write_text(xview_text(features, separators={200: ", ,\n,"}))
+    monkeypatch.setattr(xview, "CHUNK_CHARS", chunk)
+    assert list(xview.iter_features(path)) == features
+    assert list(xview.iter_features(path, properties_only=True)) == [
+        f.get("properties") if isinstance(f, dict) else None for f in features]
+    good = [f for f in features if isinstance(f, dict) and "properties" in f]
+    good[250]["properties"]["type_id"] = 999
+    path.write_text(xview_text(good, {150: ',\n{"type": "Feature", "properties": 01},\n'}))
+    with pytest.raises(InputError, match="feature 151 is not valid JSON"):
+        list(xview.iter_features(path, properties_only=True))
+    path.write_text(xview_text(good))
+    with pytest.raises(InputError, match="feature 251: unknown type_id 999"):
+        list(xview.read_objects(path, {f"{i}.tif": (100, 100) for i in range(300)}, BadInput(),
+                                xview.XviewCounts()))
 
 
 def test_xview_drops_and_counts_unnamed_ids_empty_boxes_and_absent_images(tmp_path):

@@ -160,7 +160,9 @@ def annotation_row(a: Annotation) -> list:
 
 
 def format_polygon(polygon: list[float]) -> str:
-    return " ".join(map("{:g}".format, polygon))
+    """x y pairs in `%g` notation (6 significant digits), one template for the whole polygon:
+    about twice as fast as formatting each value on its own."""
+    return " ".join(["%g"] * len(polygon)) % tuple(polygon)
 
 
 def write_categories(path: Path, classes: list[str]) -> None:

@@ -2,8 +2,10 @@
 
 Per feature, `properties.bounds_imcoords` is "xmin,ymin,xmax,ymax" in pixels (sometimes empty),
 `properties.type_id` an integer class id and `properties.image_id` the image's file name. The
-file is read in one streaming pass: features are decoded one at a time from a fixed-size text
-buffer, so memory stays bounded however large the file is.
+file is read in one streaming pass from a fixed-size text buffer, so memory stays bounded however
+large the file is. The features in the buffer are decoded by msgspec's C decoder in one call,
+building only their properties (the geometry is checked, never built); any stretch it refuses is
+decoded again feature by feature by the standard library, whose verdict and messages count.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import msgspec
 
 from nadir.datasets.records import BadInput, box_outside
 from nadir.errors import InputError
@@ -41,6 +45,19 @@ UNNAMED_IDS = (75, 82)  # present in the labels, but with no class name: dropped
 CHUNK_CHARS = 1 << 20
 MAX_FEATURE_CHARS = 64 << 20  # a single feature larger than this is treated as malformed
 _FEATURES_KEY = re.compile(r'"features"\s*:\s*\[')
+# Up to the last "}" followed by ", {": where a feature most likely ends and the next begins (a
+# "}" inside a string or a nested object can look the same: decoding the stretch tells).
+_UP_TO_LAST_FEATURE_END = re.compile(r"(?s:.*)\}(?=[ \t\r\n]*,[ \t\r\n]*\{)")
+
+
+class _FeatureProperties(msgspec.Struct):
+    """A feature as the index reads it: its other members are checked to be JSON, not built."""
+
+    properties: object = None
+
+
+_STRETCH_DECODERS = {False: msgspec.json.Decoder(list),
+                     True: msgspec.json.Decoder(list[_FeatureProperties])}
 
 
 @dataclass
@@ -59,18 +76,20 @@ class XviewCounts:
     images: set = field(default_factory=set)  # fetched images named by at least one feature
 
 
-def iter_features(path: Path) -> Iterator[dict]:
+def iter_features(path: Path, properties_only: bool = False) -> Iterator:
     """Yield the features of a FeatureCollection one by one, holding about one chunk in memory.
 
-    The file is UTF-8, with or without a byte-order mark; other encodings are an error."""
+    With `properties_only`, yield each feature's `properties` instead (None when it has none or
+    is not an object): building the geometry would take most of the time. The file is UTF-8,
+    with or without a byte-order mark; other encodings are an error."""
     try:
-        yield from _features(path)
+        yield from _features(path, properties_only)
     except UnicodeDecodeError as exc:
         raise InputError(path, f"not UTF-8 text ({exc.reason}); save the file as "
                                "UTF-8") from None
 
 
-def _features(path: Path) -> Iterator[dict]:
+def _features(path: Path, properties_only: bool) -> Iterator:
     decoder = json.JSONDecoder()
     with open(path, encoding="utf-8-sig") as fh:
         buffer = fh.read(CHUNK_CHARS)
@@ -83,11 +102,20 @@ def _features(path: Path) -> Iterator[dict]:
             buffer = buffer[-64:] + more
             match = _FEATURES_KEY.search(buffer)
         pos, eof, number = match.end(), False, 0
+        one_by_one_until = 0  # the buffer up to here is decoded feature by feature
         while True:
             while pos < len(buffer) and buffer[pos] in " \t\r\n,":
                 pos += 1
             if pos < len(buffer) and buffer[pos] == "]":
                 return
+            if pos >= one_by_one_until:
+                stretch, end = _decode_stretch(buffer, pos, properties_only)
+                if stretch is not None:
+                    number += len(stretch)
+                    yield from stretch
+                    buffer, pos, one_by_one_until = buffer[end:], 0, 0  # a feature's start
+                    continue
+                one_by_one_until = end
             try:
                 if pos >= len(buffer):
                     raise json.JSONDecodeError("buffer exhausted", buffer, pos)
@@ -98,11 +126,30 @@ def _features(path: Path) -> Iterator[dict]:
                                            f"({exc.msg})") from None
                 more = fh.read(CHUNK_CHARS)
                 eof = not more
-                buffer, pos = buffer[pos:] + more, 0
+                buffer, one_by_one_until, pos = buffer[pos:] + more, one_by_one_until - pos, 0
                 continue
             number += 1
+            if properties_only:
+                feature = feature.get("properties") if isinstance(feature, dict) else None
             yield feature
             pos = end
+
+
+def _decode_stretch(buffer: str, pos: int, properties_only: bool) -> tuple[list | None, int]:
+    """The features from `pos` up to the last likely feature end in the buffer, decoded in one
+    call, and where they end. (None, end) when that stretch is anything but features separated
+    by commas that msgspec takes (a likely end that is none, NaN, stray commas, deep nesting):
+    the standard library then decodes it feature by feature. (None, len(buffer)) when the
+    buffer holds no likely feature end."""
+    match = _UP_TO_LAST_FEATURE_END.match(buffer, pos)
+    if match is None:
+        return None, len(buffer)
+    end = match.end()
+    try:
+        stretch = _STRETCH_DECODERS[properties_only].decode("[" + buffer[pos:end] + "]")
+    except (msgspec.DecodeError, RecursionError):
+        return None, end
+    return [f.properties for f in stretch] if properties_only else stretch, end
 
 
 def _box(bounds, number: int) -> tuple[str, str] | list[float]:
@@ -111,7 +158,7 @@ def _box(bounds, number: int) -> tuple[str, str] | list[float]:
         return "empty_box", f"feature {number}: empty bounds_imcoords"
     parts = str(bounds).split(",")
     try:
-        values = [float(v) for v in parts]
+        values = list(map(float, parts))
     except ValueError:
         return "malformed_record", f"feature {number}: bounds_imcoords {bounds!r} is not numeric"
     if len(values) != 4:
@@ -130,15 +177,15 @@ def read_objects(path: Path, image_sizes: dict[str, tuple[int, int]], bad: BadIn
     absent images, unnamed ids (75, 82) and empty or zero-area boxes are counted and dropped;
     malformed features, unknown class ids and boxes outside their image follow `bad`.
     """
-    for number, feature in enumerate(iter_features(path), start=1):
+    for number, props in enumerate(iter_features(path, properties_only=True), start=1):
         counts.features += 1
-        props = feature.get("properties") if isinstance(feature, dict) else None
         if not isinstance(props, dict) or "image_id" not in props or "type_id" not in props:
             bad.report("malformed_record", str(path),
                        f"feature {number}: properties image_id and type_id are required")
             continue
         image = str(props["image_id"])
-        if image not in image_sizes:
+        size = image_sizes.get(image)
+        if size is None:
             bad.report("label_without_image", str(path),
                        f"feature {number}: image {image!r} is not among the fetched images")
             continue
@@ -164,7 +211,7 @@ def read_objects(path: Path, image_sizes: dict[str, tuple[int, int]], bad: BadIn
                 counts.dropped[reason] += 1
             continue
         xmin, ymin, xmax, ymax = box
-        width, height = image_sizes[image]
+        width, height = size
         if box_outside(xmin, ymin, xmax, ymax, width, height):
             bad.report("outside_image", str(path),
                        f"feature {number}: box {box} lies outside the {width}x{height} image "
