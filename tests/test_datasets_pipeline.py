@@ -1,10 +1,13 @@
 """The whole pipeline on a DOTA-format and an xView-format dataset made by the tests: fetched
 from placed files (a zip and a folder) and over HTTP, then indexed, chipped, trained (a few
-iterations) and evaluated; locally and with every file in S3 (SeaweedFS)."""
+iterations) and evaluated, with every file in S3 (SeaweedFS). One run: the S3 run asserts
+everything a local run would (the local storage path of every rule is the session's
+local_sample_run in tests/conftest.py), and its files are read back from the bucket."""
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import zipfile
 
@@ -74,33 +77,23 @@ def _check_results(read, built: dict) -> None:
     assert dota_scores["protocols"]["dota_task1"]["status"] == "not computed"  # no polygons
 
 
-def _check_submissions(root) -> None:
-    """The benchmarks' submission files: xView's one per val image, DOTA's one per class."""
+def _check_submissions(read_bytes) -> None:
+    """The benchmarks' submission files: xView's one per val image, DOTA's one per class.
+    `read_bytes(relative path) -> bytes` of the finished run's files."""
     val_scenes = [r["scene"] for r in csv.DictReader(
-        (root / "results/xv/index/scenes.csv").read_text().splitlines()) if r["split"] == "val"]
-    with zipfile.ZipFile(root / f"results/xv/models/{MODEL}/submission.zip") as archive:
+        read_bytes("results/xv/index/scenes.csv").decode().splitlines()) if r["split"] == "val"]
+    with zipfile.ZipFile(io.BytesIO(
+            read_bytes(f"results/xv/models/{MODEL}/submission.zip"))) as archive:
         assert sorted(archive.namelist()) == sorted(f"xview/{s}.tif.txt" for s in val_scenes)
         for name in archive.namelist():
             for line in archive.read(name).decode().splitlines():
                 xmin, ymin, xmax, ymax, type_id, score = line.split()
                 assert int(type_id) in xview.CLASS_NAMES and 0 < float(score) <= 1
                 assert float(xmin) < float(xmax) and float(ymin) < float(ymax)
-    with zipfile.ZipFile(root / f"results/dota15/models/{MODEL}/submission.zip") as archive:
+    with zipfile.ZipFile(io.BytesIO(
+            read_bytes(f"results/dota15/models/{MODEL}/submission.zip"))) as archive:
         assert sorted(archive.namelist()) == sorted(
             f"dota_task2/Task2_{c}.txt" for c in dota.CLASSES_BY_VERSION["v1.5"])
-
-
-def test_pipeline_on_dota_and_xview_locally(tmp_path, config_file):
-    path, built = config_file
-    args = ("--configfile", str(path), "--replace-workflow-config")
-    run_snakemake(tmp_path, *args)
-    _check_results(lambda rel: (tmp_path / rel).read_text(), built)
-    _check_submissions(tmp_path)
-    assert (tmp_path / "results/dota15/index/stats.png").read_bytes()[:4] == b"\x89PNG"
-    assert planned_jobs(run_snakemake(tmp_path, *args, "--dry-run")) == {}
-    run_snakemake(tmp_path, *args, "--report", str(tmp_path / "report.html"))
-    html = (tmp_path / "report.html").read_text(errors="replace")
-    assert "Datasets" in html and "stats.png" in html
 
 
 def test_pipeline_on_dota_and_xview_in_s3(tmp_path, config_file, s3):
@@ -112,11 +105,20 @@ def test_pipeline_on_dota_and_xview_in_s3(tmp_path, config_file, s3):
     run_snakemake(tmp_path / "a", *args, env=s3.env())
     client = s3.client()
 
+    def read_bytes(rel: str) -> bytes:
+        return client.get_object(Bucket="nadir-datasets", Key=f"run/{rel}")["Body"].read()
+
     def read(rel: str) -> str:
-        return client.get_object(Bucket="nadir-datasets", Key=f"run/{rel}")["Body"].read().decode()
+        return read_bytes(rel).decode()
 
     _check_results(read, built)
+    _check_submissions(read_bytes)
+    assert read_bytes("results/dota15/index/stats.png")[:4] == b"\x89PNG"
     assert json.loads(read("raw/xv/manifest.json"))["format"] == "xview"
+    report = tmp_path / "a" / "report.html"
+    run_snakemake(tmp_path / "a", *args, "--report", str(report), env=s3.env())
+    html = report.read_text(errors="replace")
+    assert "Datasets" in html and "stats.png" in html
     # A fresh controller (another laptop or CI) finds the manifest in storage: nothing to redo.
     rerun = run_snakemake(tmp_path / "b", *args, "--dry-run", env=s3.env())
     assert planned_jobs(rerun) == {}

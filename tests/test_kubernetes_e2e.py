@@ -58,7 +58,11 @@ def snakemake_on(checkout: Path, double: KubernetesDouble, s3, prefix: str, *arg
               "--kubernetes-pods-namespace", double.namespace] if profile else []),
            "--configfile", "config/test.yaml", "--replace-workflow-config",
            "--default-storage-prefix", f"s3://{BUCKET}/{prefix}",
-           "--storage-s3-endpoint-url", s3.endpoint, *args]
+           "--storage-s3-endpoint-url", s3.endpoint,
+           # Snakemake's default of 10 s between status checks leaves each finished pod
+           # unnoticed for 5 s on average, along a chain of about 15 jobs; the double answers
+           # at once, so the test checks every second (as test_kubernetes_failures does).
+           "--seconds-between-status-checks", "1", *args]
     return subprocess.run(cmd, cwd=checkout, env=env, capture_output=True, text=True,
                           timeout=1800)
 
