@@ -78,15 +78,18 @@ def detector_for(args):
 
 def run_nadir(args) -> dict:
     from nadir.chipping import ChipParams
-    from nadir.inference import InferenceSettings, SceneSource, detect_scene
+    from nadir.inference import InferenceSettings, SceneSource, detect_scene, reads_ahead
+    from nadir.training.loop import device_name
 
     params = ChipParams(size=args.window, overlap=args.overlap)
     detect = detector_for(args)
     import torchvision.ops  # noqa: F401 - the merge's NMS, imported before the timer
     settled = vm("VmRSS")
     started = time.perf_counter()
-    result = detect_scene(SceneSource("scene", args.scene), params, detect,
-                          InferenceSettings(batch_size=args.batch_size), threads=args.threads)
+    source = SceneSource("scene", args.scene)
+    result = detect_scene(source, params, detect, InferenceSettings(batch_size=args.batch_size),
+                          threads=args.threads,
+                          read_ahead=args.detector == "none" or reads_ahead(source, device_name()))
     return {"windows": result.counts.read, "seconds": time.perf_counter() - started,
             "detections": len(result.detections), "settled_rss": settled}
 
