@@ -3,9 +3,11 @@ radiometry, formats, determinism, and the chip stage of the workflow."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import tarfile
+import time
 from pathlib import Path
 
 import cv2
@@ -18,6 +20,7 @@ from PIL import Image
 from rasterio.io import MemoryFile
 from rasterio.transform import from_origin
 
+from nadir import chipping
 from nadir.chipping import (
     ChipParams,
     Radiometry,
@@ -347,21 +350,88 @@ class ReadSpy:
         return self._src.read(*args, window=window, **kwargs)
 
 
-def test_png_scenes_are_read_top_to_bottom_each_row_once(tmp_path):
-    image = write_raster(tmp_path / "dota.png", position_pixels(300, 230), "png")
+@pytest.mark.parametrize("threaded", [False, True], ids=["on-the-caller", "decoding-thread"])
+def test_png_scenes_are_read_top_to_bottom_each_row_once(tmp_path, threaded):
+    pixels = position_pixels(300, 600)  # GDAL decodes a PNG this size row by row
+    image = write_raster(tmp_path / "dota.png", pixels, "png")
     with rasterio.open(image) as src:
         spy = ReadSpy(src)
-        reader = WindowReader(spy, [1, 2, 3], 128)
-        assert not reader.random_access
-        for y in window_offsets(230, 128, 16):
-            for x in window_offsets(300, 128, 16):
-                pixels = reader.read(x, y, np.empty((3, 128, 128), np.uint8))
-                assert reader.valid(x, y, 128, 128) is None
-                expected = position_pixels(300, 230)[:, y:y + 128, x:x + 128]
-                np.testing.assert_array_equal(pixels, expected)
+        reader = WindowReader(spy, [1, 2, 3], 128, ahead=112 if threaded else 0)
+        assert not reader.random_access and reader.block_rows == 1
+        with reader if threaded else contextlib.nullcontext():
+            for y in window_offsets(600, 128, 16):
+                for x in window_offsets(300, 128, 16):
+                    window = reader.read(x, y, np.empty((3, 128, 128), np.uint8))
+                    assert reader.valid(x, y, 128, 128) is None
+                    np.testing.assert_array_equal(window, pixels[:, y:y + 128, x:x + 128])
     starts, ends = zip(*spy.rows, strict=True)
-    assert starts[0] == 0 and ends[-1] == 230
+    assert starts[0] == 0 and ends[-1] == 600
     assert all(e == s for e, s in zip(ends, starts[1:], strict=False))  # contiguous, no re-read
+    assert max(e - s for s, e in spy.rows) <= 64  # in small reads, straight into the ring
+
+
+def wait_until(condition, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.005)
+
+
+def test_reader_decodes_one_window_row_ahead_and_never_over_a_lent_window(tmp_path):
+    pixels = position_pixels(300, 600)  # the second band holds the row number (mod 241)
+    image = write_raster(tmp_path / "scene.png", pixels, "png")
+    size, stride = 64, 48
+    xs, ys = window_offsets(300, size, 16), window_offsets(600, size, 16)
+    with rasterio.open(image) as src, WindowReader(src, [1, 2, 3], size, ahead=stride) as reader:
+        assert reader.capacity == size + stride
+        lent = {y: [reader.lend(x, y, size, size) for x in xs] for y in ys[:2]}
+        # Rows 0-111 hold window rows 0 and 1; row 112 would replace row 0, still lent.
+        wait_until(lambda: reader.rows_read == 112)
+        time.sleep(0.1)
+        assert reader.rows_read == 112
+
+        def assert_intact(y: int) -> None:
+            for x, pieces in zip(xs, lent[y], strict=True):
+                assert len(pieces) == 1  # window rows 0 and 1 do not wrap around the ring
+                np.testing.assert_array_equal(pieces[0], pixels[:, y:y + size, x:x + size])
+
+        assert_intact(0)
+        for _ in xs:
+            reader.give_back(0)
+        wait_until(lambda: reader.rows_read == 48 + 112)  # up to what window row 1 lends
+        time.sleep(0.1)
+        assert reader.rows_read == 48 + 112
+        assert_intact(48)
+        wrapped = reader.lend(0, ys[2], size, size)  # rows 96-159: slots 96-111 and 0-47
+        assert [piece.shape[1] for piece in wrapped] == [16, 48]
+        np.testing.assert_array_equal(np.concatenate(wrapped, axis=1),
+                                      pixels[:, 96:160, :size])
+
+
+def test_slow_encoders_get_their_windows_intact(tmp_path, monkeypatch):
+    pixels = position_pixels(300, 600)  # the second band holds the row number (mod 241)
+    image = write_raster(tmp_path / "scene.png", pixels, "png")
+    original = chipping.encode
+
+    def slow_encode(chip, params):  # the reader would overwrite rows meanwhile, if it could
+        time.sleep(0.01 + 0.01 * (chip[0, 0, 0] % 3))
+        return original(chip, params)
+
+    monkeypatch.setattr(chipping, "encode", slow_encode)
+    result, tar = chip(tmp_path, image, size=64, overlap=16, threads=3)
+    members = tar_members(tar)
+    assert len(result["chips"]) == 6 * 13
+    for record in result["chips"]:
+        x, y = record["x"], record["y"]
+        np.testing.assert_array_equal(decoded(members[record["file"]]),
+                                      pixels[:, y:y + 64, x:x + 64])
+
+
+def test_a_truncated_png_is_an_error_naming_the_image(tmp_path):
+    image = write_raster(tmp_path / "scene.png", noisy_pixels(300, 600), "png")
+    image.write_bytes(image.read_bytes()[:image.stat().st_size // 2])
+    with pytest.raises(InputError, match=r"scene\.png: cannot read its pixels .*truncated"):
+        chip(tmp_path, image, size=64, overlap=16, threads=2)
 
 
 def test_gdal_decodes_on_the_jobs_threads_only_compressed_tiled_files(tmp_path):
@@ -431,7 +501,7 @@ def test_chips_can_also_be_stored_as_georeferenced_geotiffs(tmp_path):
 @pytest.mark.parametrize("layout, pixels, settings", [
     ("tiled", position_pixels(400, 300), {"geotiff": True}),
     ("striped", position_pixels(400, 300), {}),
-    ("png", position_pixels(400, 300), {}),
+    ("png", position_pixels(400, 500), {}),  # decoded row by row: several ring wraps
     ("tiled", multispectral_pixels(400, 300), {"bands": (5, 3, 2)}),
     ("striped", multispectral_pixels(400, 300)[:1], {"nodata_max": 0.9}),
 ], ids=["tiled-geotiff", "striped", "png", "tiled-16bit", "striped-grey-nodata"])

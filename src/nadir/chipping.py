@@ -6,9 +6,11 @@ Rules (docs/chipping.md explains them for users; tests/test_chipping.py tests ea
   chip at offset 0 along that axis, padded to full size with `pad_value`.
 - Reading never holds a whole scene. Tiled rasters (blocks narrower than the scene) are read
   one chip window at a time: memory does not depend on the scene's size. Rasters stored in
-  full-width rows (PNG, striped GeoTIFF) are read strictly top to bottom into a ring of
-  `size` + one block of rows, less one, so every row is decoded once and memory grows with the
-  scene's width only.
+  full-width rows (PNG, striped GeoTIFF) are read strictly top to bottom, on a thread of their
+  own, into a ring of one window row and the next one's new rows (`size` + stride + one block
+  of rows, less one), so every row is decoded once, the next window row is decoded while the
+  chips of this one are encoded, and memory grows with the scene's width only. A ring row is
+  overwritten only once no chip still being encoded reads it.
 - An object is clipped to the part of the chip window that lies inside the scene; it is kept
   when at least `min_visible` of its whole area is inside, and marked truncated when any of it
   is outside. Its box is the bounds of the clipped polygon(s). Fragments below the threshold are
@@ -20,9 +22,9 @@ Rules (docs/chipping.md explains them for users; tests/test_chipping.py tests ea
 - Non-8-bit input is stretched to 8 bits per band between per-scene percentiles computed on a
   decimated read (valid pixels only); `bands` selects and orders the bands (1-based); a chip has
   one band (grey) or three (RGB).
-- Chips are cut in row-major order and encoded on other threads than the one that reads, with
-  a bounded queue; the shard is written in chip order, so the output does not depend on the
-  number of threads. GDAL decodes tiled input on the job's threads too.
+- Chips are cut in row-major order and encoded on other threads than the one that cuts them,
+  with a bounded queue; the shard is written in chip order, so the output does not depend on
+  the number of threads. GDAL decodes tiled input on the job's threads too.
 """
 
 from __future__ import annotations
@@ -33,12 +35,14 @@ import logging
 import random
 import struct
 import tarfile
+import threading
 import time
 import warnings
 import zlib
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import asdict, dataclass, field, fields
 from functools import partial
 from pathlib import Path
@@ -50,6 +54,7 @@ from isal import isal_zlib
 from rasterio.enums import MaskFlags
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
+from rasterio.windows import transform as window_transform
 from shapely.geometry import box
 
 from nadir import __version__
@@ -63,6 +68,7 @@ EPS = 1e-9
 STRETCH_SAMPLE_PX = 1024  # the longest side of the decimated read used for percentiles
 GDAL_CACHE_MIN_BYTES = 8 << 20  # GDAL's block cache is capped per scene (see gdal_cache_bytes)
 GDAL_CACHE_SEQUENTIAL_BYTES = 1 << 20  # for scenes read row by row, which decode each row once
+READ_ROWS = 64  # rows per GDAL read of a row-sequential scene (in whole blocks, at least one)
 PROGRESS_INTERVAL_S = 10.0  # at most one progress line per scene this often (plus the last)
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # Settings under `chipping:` that concern the workflow, not how one chip is cut.
@@ -314,36 +320,76 @@ def gdal_settings(src, size: int, threads: int) -> dict:
     return {"GDAL_CACHEMAX": gdal_cache_bytes(src, size), "GDAL_NUM_THREADS": decoders}
 
 
+def encoding_threads(src, threads: int) -> int:
+    """How many of a job's `threads` encode chips of this scene: all of them for files read
+    row-sequentially, whose rows a thread of the reader decodes (it waits inside GDAL, which
+    releases Python's lock, most of the time); one less for tiled files, whose windows the
+    chipping thread reads itself (GDAL decodes their blocks on threads of its own)."""
+    return max(1, threads - 1) if reads_by_window(src) else max(1, threads)
+
+
 class WindowReader:
     """Reads chip windows of one scene, in row-major order, within a fixed memory bound.
 
-    Tiled rasters are read window by window. Rasters stored in full-width blocks (PNG, striped
-    GeoTIFF) are read top to bottom, each row once, into a ring buffer of `size` + one block
-    of rows, less one: GDAL decodes PNG sequentially, so going back up would restart the
-    decoder. Pixels are band-sequential (bands, rows, cols): GDAL fills that layout about
-    three times faster than pixel-interleaved, and Pillow interleaves bands faster still.
+    Tiled rasters are read window by window, on the calling thread. Rasters stored in
+    full-width blocks (PNG, striped GeoTIFF) are read top to bottom, each row once, in whole
+    blocks of about READ_ROWS rows, into a ring buffer of `size` + `ahead` + one block of
+    rows, less one (at most the scene's height): GDAL decodes PNG sequentially, so going
+    back up would restart the decoder. A ring row is overwritten only when no window needs it
+    any more: neither the caller's current window row (the caller never goes back up) nor a
+    window lent out (`lend`) and not yet given back.
+
+    Used as a context manager, the reader decodes rows on a thread of its own, up to `ahead`
+    rows past the current window row (chipping passes the stride: the next window row's new
+    rows are decoded while the chips of this one are encoded); otherwise it decodes on the
+    caller's thread when a window needs rows. Pixels are band-sequential (bands, rows, cols):
+    GDAL fills that layout about three times faster than pixel-interleaved.
     """
 
-    def __init__(self, src, bands: list[int], size: int):
+    def __init__(self, src, bands: list[int], size: int, ahead: int = 0):
         self.src, self.bands = src, bands
+        self.dtype = src.dtypes[0]
         self.block_rows = src.block_shapes[0][0]
         self.random_access = reads_by_window(src)
         self.masked = not all(flags == [MaskFlags.all_valid] for flags in src.mask_flag_enums)
+        self.decoder: threading.Thread | None = None
         if not self.random_access:
-            # Rows are read in whole blocks up to the block that holds a window's last row,
-            # at most block_rows - 1 rows past it, while the window's first row must remain.
-            self.capacity = size + self.block_rows - 1
-            self.ring = np.empty((len(bands), self.capacity, src.width), dtype=src.dtypes[0])
+            # A window's rows, the `ahead` rows after them and the rest of the block that
+            # holds the last of those (rows are read in whole blocks), or the whole scene.
+            self.capacity = min(src.height, size + ahead + self.block_rows - 1)
+            self.read_rows = self.block_rows * max(1, READ_ROWS // self.block_rows)
+            self.ring = np.empty((len(bands), self.capacity, src.width), dtype=self.dtype)
             self.ring_valid = (np.empty((1, self.capacity, src.width), dtype=bool)
                                if self.masked else None)
-            self.rows_read = 0
+            self.rows_read = 0  # rows above this one are in the ring (or were)
+            self.position = 0  # the first row of the caller's current window row
+            self.lent: Counter[int] = Counter()  # first rows of windows lent out
+            self.changed = threading.Condition()  # guards the three above, closed, error
+            self.closed = False
+            self.error: Exception | None = None
+
+    def __enter__(self) -> WindowReader:
+        if not self.random_access:
+            self.decoder = threading.Thread(target=self._decode_ahead, daemon=True,
+                                            name=f"decode {self.src.name}")
+            self.decoder.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        """Stop the decoding thread (before the caller closes the file)."""
+        if self.decoder is not None:
+            with self.changed:
+                self.closed = True
+                self.changed.notify_all()
+            self.decoder.join()
 
     @property
     def description(self) -> str:
         if self.random_access:
             return "read window by window"
         ring_bytes = self.ring.nbytes + (self.ring_valid.nbytes if self.masked else 0)
-        return f"read row-sequentially through a {ring_bytes / 2**20:.1f} MiB ring buffer"
+        return (f"read row-sequentially through a {ring_bytes / 2**20:.1f} MiB ring buffer of "
+                f"{self.capacity} rows")
 
     def read(self, x0: int, y0: int, out: np.ndarray) -> np.ndarray:
         """Fill `out`, (bands, rows, cols) in the file's type, with the window's pixels (GDAL
@@ -352,59 +398,155 @@ class WindowReader:
         if self.random_access:
             self.src.read(self.bands, window=Window(x0, y0, cols, rows), out=out)
         else:
-            self._copy_ring(self.ring, x0, y0, out)
+            top = 0
+            for piece in self._ring_pieces(self.ring, x0, y0, cols, rows):
+                out[:, top:top + piece.shape[1]] = piece
+                top += piece.shape[1]
         return out
 
+    def lend(self, x0: int, y0: int, cols: int, rows: int) -> list[np.ndarray]:
+        """The window's pixels, (bands, rows, cols) in the file's type, for another thread,
+        in pieces of consecutive rows: views of the ring (two where the window wraps around
+        its end), which stays intact until `give_back(y0)`; for tiled files, one piece read
+        now. Lending needs the reader's decoding thread (`with`): a lent row would otherwise
+        stop the caller that decodes."""
+        if self.random_access:
+            return [self.read(x0, y0, np.empty((len(self.bands), rows, cols), self.dtype))]
+        if self.decoder is None:
+            raise RuntimeError("lend needs the reader's decoding thread: use it with `with`")
+        pieces = self._ring_pieces(self.ring, x0, y0, cols, rows)
+        with self.changed:
+            self.lent[y0] += 1
+        return pieces
+
+    def give_back(self, y0: int) -> None:
+        """A window lent by `lend` is no longer used: its rows may be overwritten."""
+        if self.random_access:
+            return
+        with self.changed:
+            self.lent[y0] -= 1
+            if not self.lent[y0]:
+                del self.lent[y0]
+            self.changed.notify_all()
+
     def valid(self, x0: int, y0: int, cols: int, rows: int) -> np.ndarray | None:
-        """The window's valid-pixel mask; None when the scene has neither nodata nor a mask."""
+        """The window's valid-pixel mask; None when the scene has neither nodata nor a mask.
+        For row-sequential files a view of the ring (a copy where the window wraps around
+        its end), intact as long as `lend`'s pixels."""
         if not self.masked:
             return None
         if self.random_access:
             return self.src.dataset_mask(window=Window(x0, y0, cols, rows)) > 0
-        return self._copy_ring(self.ring_valid, x0, y0, np.empty((1, rows, cols), bool))[0]
+        pieces = self._ring_pieces(self.ring_valid, x0, y0, cols, rows)
+        return (pieces[0] if len(pieces) == 1 else np.concatenate(pieces, axis=1))[0]
 
-    def _copy_ring(self, ring: np.ndarray, x0: int, y0: int, out: np.ndarray) -> np.ndarray:
-        """Copy the window's rows out of a ring (in at most two slices: the ring may wrap);
-        a copy, because the reader overwrites the ring while encoders still use the chip."""
-        rows, cols = out.shape[1:]
-        self._read_rows_until(y0 + rows)
-        if y0 < self.rows_read - self.capacity:
-            raise RuntimeError(f"row {y0} has left the ring buffer; windows must go down")
+    def _ring_pieces(self, ring: np.ndarray, x0: int, y0: int, cols: int,
+                     rows: int) -> list[np.ndarray]:
+        """The window's rows of a ring, once they are in it: one view, or two where the
+        window wraps around the ring's end."""
+        self._wait_for_rows(y0, y0 + rows)
         start = y0 % self.capacity
         first = min(rows, self.capacity - start)
-        out[:, :first] = ring[:, start:start + first, x0:x0 + cols]
-        out[:, first:] = ring[:, :rows - first, x0:x0 + cols]
-        return out
+        pieces = [ring[:, start:start + first, x0:x0 + cols]]
+        if first < rows:
+            pieces.append(ring[:, :rows - first, x0:x0 + cols])
+        return pieces
 
-    def _read_rows_until(self, end: int) -> None:
-        """Read whole blocks of rows into the ring until row `end` is in it."""
+    def _wait_for_rows(self, y0: int, end: int) -> None:
+        """Rows [y0, end) are in the ring; the caller needs no row above y0 any more."""
+        with self.changed:
+            if y0 < self.position:
+                raise RuntimeError(f"row {y0} is above the current window row "
+                                   f"{self.position}; windows must go down")
+            self.position = y0
+            self.changed.notify_all()
+        if self.decoder is None:
+            self._decode(end)
+        with self.changed:
+            self.changed.wait_for(lambda: self.rows_read >= end or self.error is not None)
+            if self.error is not None:
+                raise self.error
+
+    def _decode_ahead(self) -> None:
+        """The decoding thread: every row of the scene, its error handed to the caller."""
+        try:
+            self._decode(self.src.height)
+        except Exception as exc:  # noqa: BLE001 - raised again on the caller's thread
+            with self.changed:
+                self.error = exc
+                self.changed.notify_all()
+
+    def _decode(self, end: int) -> None:
+        """Read rows into the ring, top to bottom, until row `end` is in it (or the reader
+        is closed)."""
         src = self.src
-        target = min(src.height, -(-end // self.block_rows) * self.block_rows)
-        while self.rows_read < target:
-            start = self.rows_read % self.capacity
-            count = min(target - self.rows_read, self.capacity - start)
-            window = Window(0, self.rows_read, src.width, count)
-            src.read(self.bands, window=window, out=self.ring[:, start:start + count])
+        while self.rows_read < end:
+            start = self.rows_read
+            stop = self._next_read_end(start)
+            if stop is None:
+                return
+            offset = start % self.capacity
+            count = min(stop - start, self.capacity - offset)  # up to the ring's end
+            window = Window(0, start, src.width, count)
+            src.read(self.bands, window=window, out=self.ring[:, offset:offset + count])
             if self.masked:
-                self.ring_valid[0, start:start + count] = src.dataset_mask(window=window) > 0
-            self.rows_read += count
+                self.ring_valid[0, offset:offset + count] = src.dataset_mask(window=window) > 0
+            with self.changed:
+                self.rows_read = start + count
+                self.changed.notify_all()
+
+    def _next_read_end(self, start: int) -> int | None:
+        """Where the next read from row `start` ends, once it may start: whole blocks (or the
+        scene's last rows), at most `read_rows`, and no row that replaces one a window still
+        needs (row r replaces row r - capacity). None when the reader is closed."""
+        def end() -> int:
+            needed = min([self.position, *self.lent])
+            stop = min(start + self.read_rows, needed + self.capacity)
+            return self.src.height if stop >= self.src.height else stop - stop % self.block_rows
+
+        with self.changed:
+            self.changed.wait_for(lambda: self.closed or end() > start)
+            return None if self.closed else end()
 
 
-def render_chip(chip: np.ndarray, raw: np.ndarray | None, valid: np.ndarray | None,
-                radiometry: Radiometry, params: ChipParams, transform,
-                crs) -> tuple[bytes, bytes | None]:
-    """Stretch, mask and encode one (bands, size, size) uint8 chip (runs on an encoder thread);
-    returns (image, GeoTIFF).
-
-    `raw` holds the window's pixels to stretch into the chip's top-left corner; it is None
-    for 8-bit input, which was read straight into the chip.
-    """
-    if raw is not None:
-        radiometry.to_8bit(raw, out=chip[:, :raw.shape[1], :raw.shape[2]])
+def chip_pixels(pieces: list[np.ndarray], valid: np.ndarray | None, radiometry: Radiometry,
+                params: ChipParams) -> np.ndarray:
+    """The (bands, size, size) uint8 chip of a window whose (bands, rows, cols) pixels come in
+    pieces of consecutive rows (see `WindowReader.lend`): stretched to 8 bits, nodata pixels
+    set to `pad_value`, padded at the scene's edge. The one piece itself when there is
+    nothing to do; pieces are never changed (they may be views of the reader's ring, whose
+    rows other chips share)."""
+    bands, _, cols = pieces[0].shape
+    rows, size = sum(piece.shape[1] for piece in pieces), params.size
+    if (len(pieces) == 1 and radiometry.scale is None and valid is None
+            and (rows, cols) == (size, size)):
+        return pieces[0]
+    chip = (np.empty((bands, size, size), np.uint8) if (rows, cols) == (size, size)
+            else np.full((bands, size, size), params.pad_value, np.uint8))
+    top = 0
+    for piece in pieces:
+        inside = chip[:, top:top + piece.shape[1], :cols]
+        if radiometry.scale is None:
+            inside[...] = piece
+        else:
+            radiometry.to_8bit(piece, out=inside)
+        top += piece.shape[1]
     if valid is not None:
-        chip[:, :valid.shape[0], :valid.shape[1]][:, ~valid] = params.pad_value
-    geotiff = encode_geotiff(chip, transform, crs) if params.geotiff else None
-    return encode(chip, params), geotiff
+        chip[:, :rows, :cols][:, ~valid] = params.pad_value
+    return chip
+
+
+def render_chip(pieces: list[np.ndarray], valid: np.ndarray | None, radiometry: Radiometry,
+                params: ChipParams, transform, crs,
+                give_back: Callable[[], None]) -> tuple[bytes, bytes | None]:
+    """Make and encode one window's chip (runs on an encoder thread); returns (image,
+    GeoTIFF). `give_back` tells the reader that the window's pixels are no longer used."""
+    try:
+        chip = chip_pixels(pieces, valid, radiometry, params)
+        geotiff = encode_geotiff(chip, transform, crs) if params.geotiff else None
+        return encode(chip, params), geotiff
+    finally:
+        give_back()
 
 
 def encode(chip: np.ndarray, params: ChipParams) -> bytes:
@@ -471,12 +613,15 @@ def encode_geotiff(chip: np.ndarray, transform, crs) -> bytes:
 
 def chip_scene(src, scene: dict, counts: SceneCounts, annotations: list[Annotation],
                params: ChipParams) -> Iterator[tuple[ChipRecord, Callable]]:
-    """Cut one open raster into chips; yields (record, job that returns the encoded bytes)."""
+    """Cut one open raster into chips; yields (record, job that returns the encoded bytes).
+
+    A row-sequential file is decoded on a thread of the reader's own meanwhile: close this
+    generator (it stops that thread) before closing the file."""
     radiometry = Radiometry(src, params)
-    reader = WindowReader(src, radiometry.bands, params.size)
-    objects = SceneObjects(annotations, src.width, src.height)
     size, name = params.size, scene["scene"]
-    crs, bands = src.crs, len(radiometry.bands)
+    reader = WindowReader(src, radiometry.bands, size, ahead=size - params.overlap)
+    objects = SceneObjects(annotations, src.width, src.height)
+    crs, scene_transform = src.crs, src.transform  # read before the reader's thread uses src
     seen_objects: set[int] = set()
     xs = window_offsets(src.width, size, params.overlap)
     ys = window_offsets(src.height, size, params.overlap)
@@ -484,54 +629,48 @@ def chip_scene(src, scene: dict, counts: SceneCounts, annotations: list[Annotati
              name, src.width, src.height, src.count, src.dtypes[0], reader.description,
              len(xs), len(ys), len(annotations))
     started = last_report = time.monotonic()
-    for row, y0 in enumerate(ys, start=1):
-        rows = min(size, src.height - y0)
-        for x0 in xs:
-            cols = min(size, src.width - x0)
-            valid = reader.valid(x0, y0, cols, rows)
-            if valid is not None and 1.0 - valid.mean() > params.nodata_max:
-                counts.nodata_skipped += 1
-                continue
-            if valid is not None and valid.all():
-                valid = None
-            kept, dropped, kept_ids = objects.clip(x0, y0, size, params.min_visible)
-            counts.fragments_dropped += dropped
-            if not kept:
-                if not keep_empty(params.seed, name, x0, y0, params.empty_keep):
-                    counts.empty_skipped += 1
+    with reader:
+        for row, y0 in enumerate(ys, start=1):
+            rows = min(size, src.height - y0)
+            for x0 in xs:
+                cols = min(size, src.width - x0)
+                valid = reader.valid(x0, y0, cols, rows)
+                if valid is not None and 1.0 - valid.mean() > params.nodata_max:
+                    counts.nodata_skipped += 1
                     continue
-                counts.empty_kept += 1
-            seen_objects |= kept_ids
-            counts.objects_kept += len(kept)
-            counts.objects_truncated += sum(o["truncated"] for o in kept)
-            transform = src.window_transform(Window(x0, y0, size, size))
-            stem = f"{name}_{x0}_{y0}"
-            record = ChipRecord(
-                file=f"{stem}.{params.extension}", scene=name, split=scene["split"], x=x0, y=y0,
-                width=size, height=size, objects=kept,
-                transform=[transform.c, transform.a, transform.b, transform.f, transform.d,
-                           transform.e],
-                geotiff=f"{stem}.tif" if params.geotiff else None,
-            )
-            counts.chips_written += 1
-            # Only kept chips are read. A chip at the scene's edge is padded; 8-bit pixels go
-            # straight into the chip, others are stretched into it on the encoder thread.
-            chip = (np.empty((bands, size, size), np.uint8) if (rows, cols) == (size, size)
-                    else np.full((bands, size, size), params.pad_value, np.uint8))
-            if radiometry.scale is None:
-                raw = None
-                reader.read(x0, y0, chip[:, :rows, :cols])
-            else:
-                raw = reader.read(x0, y0, np.empty((bands, rows, cols), src.dtypes[0]))
-            yield record, partial(render_chip, chip, raw, valid, radiometry, params, transform,
-                                  crs)
-        now = time.monotonic()
-        if row == len(ys) or now - last_report >= PROGRESS_INTERVAL_S:
-            last_report = now
-            done = row * len(xs)
-            log.info("scene %s: window row %d/%d, %d/%d windows, %d chips kept, %.1f windows/s",
-                     name, row, len(ys), done, len(xs) * len(ys), counts.chips_written,
-                     done / max(now - started, 1e-9))
+                if valid is not None and valid.all():
+                    valid = None
+                kept, dropped, kept_ids = objects.clip(x0, y0, size, params.min_visible)
+                counts.fragments_dropped += dropped
+                if not kept:
+                    if not keep_empty(params.seed, name, x0, y0, params.empty_keep):
+                        counts.empty_skipped += 1
+                        continue
+                    counts.empty_kept += 1
+                seen_objects |= kept_ids
+                counts.objects_kept += len(kept)
+                counts.objects_truncated += sum(o["truncated"] for o in kept)
+                transform = window_transform(Window(x0, y0, size, size), scene_transform)
+                stem = f"{name}_{x0}_{y0}"
+                record = ChipRecord(
+                    file=f"{stem}.{params.extension}", scene=name, split=scene["split"], x=x0,
+                    y=y0, width=size, height=size, objects=kept,
+                    transform=[transform.c, transform.a, transform.b, transform.f, transform.d,
+                               transform.e],
+                    geotiff=f"{stem}.tif" if params.geotiff else None,
+                )
+                counts.chips_written += 1
+                # Only kept chips are read; the encoder thread makes the chip of the pixels.
+                pieces = reader.lend(x0, y0, cols, rows)
+                yield record, partial(render_chip, pieces, valid, radiometry, params, transform,
+                                      crs, partial(reader.give_back, y0))
+            now = time.monotonic()
+            if row == len(ys) or now - last_report >= PROGRESS_INTERVAL_S:
+                last_report = now
+                done = row * len(xs)
+                log.info("scene %s: window row %d/%d, %d/%d windows, %d chips kept, "
+                         "%.1f windows/s", name, row, len(ys), done, len(xs) * len(ys),
+                         counts.chips_written, done / max(now - started, 1e-9))
     counts.objects_in_no_chip = len({a.object for a in annotations} - seen_objects)
 
 
@@ -585,15 +724,15 @@ def chip_shard(scenes: list[dict], annotations: dict[str, list[Annotation]],
     `json_path` as they are made (the file is what `json.dumps(..., sort_keys=True)` of the
     whole shard would give), so memory does not grow with the number of chips.
 
-    Of the job's `threads`, this thread reads and clips and the others encode (at least one);
-    GDAL decodes the blocks of compressed tiled input on `threads` threads of its own. JPEG
-    encoding (see `encode`) and GDAL's reading release Python's lock, so all of them run at
-    once. At most one chip more than there are encoders waits, which bounds memory. The
-    shard is written in chip order whatever `threads` is.
+    This thread cuts windows and clips objects; `encoding_threads` of the job's `threads`
+    encode chips. Tiled input is read on this thread (GDAL decodes the blocks of compressed
+    tiled input on `threads` threads of its own); row-sequential input on a thread of the
+    reader's, one window row ahead. Both encoders (see `encode`) and GDAL's reading release
+    Python's lock, so all of them run at once. At most one chip more than there are encoders
+    waits, which bounds memory. The shard is written in chip order whatever `threads` is.
     """
     import rasterio
 
-    encoders = max(1, threads - 1)
     per_scene: dict[str, dict] = {}
     pending: deque[tuple[ChipRecord, Future]] = deque()
     tar_path.parent.mkdir(parents=True, exist_ok=True)
@@ -613,8 +752,7 @@ def chip_shard(scenes: list[dict], annotations: dict[str, list[Annotation]],
         separator = ", "
 
     with listing, tarfile.open(tar_path, "w", format=tarfile.USTAR_FORMAT) as tar, \
-            ThreadPoolExecutor(encoders) as pool, warnings.catch_warnings(), \
-            rasterio.Env(GDAL_PAM_ENABLED="NO"):
+            warnings.catch_warnings(), rasterio.Env(GDAL_PAM_ENABLED="NO"):
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         for n, scene in enumerate(scenes, start=1):
             name = scene["scene"]
@@ -624,12 +762,16 @@ def chip_shard(scenes: list[dict], annotations: dict[str, list[Annotation]],
             try:
                 with rasterio.open(images[name]) as probe:  # GDAL's settings for this file
                     settings = gdal_settings(probe, params.size, threads)
+                    encoders = encoding_threads(probe, threads)
             except rasterio.errors.RasterioIOError as exc:
                 raise InputError(images[name], f"not a readable raster image ({exc})") from None
-            with rasterio.Env(**settings), rasterio.open(images[name]) as src:
-                for record, job in _read_errors_named(
-                        chip_scene(src, scene, counts, annotations.get(name, []), params),
-                        images[name]):
+            # Closed in this order: the chips (which stops the reader's thread), the encoders
+            # (which may still use lent pixels), the file.
+            with rasterio.Env(**settings), rasterio.open(images[name]) as src, \
+                    ThreadPoolExecutor(encoders) as pool, \
+                    closing(chip_scene(src, scene, counts, annotations.get(name, []),
+                                       params)) as chips:
+                for record, job in _read_errors_named(chips, images[name]):
                     pending.append((record, pool.submit(job)))
                     if len(pending) > encoders:
                         write_oldest(tar)
