@@ -47,7 +47,6 @@ from dataclasses import asdict, dataclass, field, fields
 from functools import partial
 from pathlib import Path
 
-import cv2
 import numpy as np
 import shapely
 from isal import isal_zlib
@@ -556,9 +555,12 @@ def encode(chip: np.ndarray, params: ChipParams) -> bytes:
     at once. JPEG: OpenCV's libjpeg-turbo, with Pillow's settings (4:2:0 chroma subsampling
     at `jpeg_quality`): the same bytes as Pillow, about three times faster. OpenCV stores
     colour as BGR; cv2.merge interleaves the bands in that order, in C. PNG: see `encode_png`.
+    OpenCV is imported only for JPEG: a PNG chipping job does without its 15 MiB.
     """
     if params.image_format == "png":
         return encode_png(chip)
+    import cv2
+
     image = chip[0] if len(chip) == 1 else cv2.merge([chip[2], chip[1], chip[0]])
     ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, params.jpeg_quality])
     if not ok:
