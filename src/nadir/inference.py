@@ -38,6 +38,7 @@ from nadir.chipping import (
     ChipParams,
     Radiometry,
     WindowReader,
+    chip_pixels,
     gdal_settings,
     reads_by_window,
     window_offsets,
@@ -302,18 +303,11 @@ def scene_windows(src, params: ChipParams, counts: WindowCounts,
             if valid is not None and 1.0 - valid.mean() > params.nodata_max:
                 counts.nodata_skipped += 1
                 continue
-            chip = (np.empty((bands, size, size), np.uint8) if (rows, cols) == (size, size)
-                    else np.full((bands, size, size), params.pad_value, np.uint8))
-            inside = chip[:, :rows, :cols]
-            if radiometry.scale is None:
-                reader.read(x0, y0, inside)
-            else:
-                radiometry.to_8bit(reader.read(x0, y0, np.empty((bands, rows, cols),
-                                                                src.dtypes[0])), out=inside)
-            if valid is not None and not valid.all():
-                inside[:, ~valid] = params.pad_value
+            if valid is not None and valid.all():
+                valid = None
+            pixels = reader.read(x0, y0, np.empty((bands, rows, cols), src.dtypes[0]))
             counts.read += 1
-            yield x0, y0, chip
+            yield x0, y0, chip_pixels([pixels], valid, radiometry, params)
 
 
 def batched(windows: Iterator, size: int) -> Iterator[list]:
