@@ -18,6 +18,8 @@ from conftest import ROOT, planned_jobs, run_snakemake
 
 from nadir.datasets.sample import CLASSES
 
+pytestmark = pytest.mark.slow  # each test uses a pipeline run (about 50 s)
+
 MODEL = "ssdlite320_mobilenet_v3_large"
 RUN = f"sample/{MODEL}"
 VAL_SCENES = ["V0000", "V0001"]
