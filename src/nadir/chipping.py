@@ -512,6 +512,16 @@ class WindowReader:
             return None if self.closed else end()
 
 
+def window_validity(reader: WindowReader, x0: int, y0: int, cols: int, rows: int,
+                    nodata_max: float) -> tuple[bool, np.ndarray | None]:
+    """(usable, mask) of one window: unusable when its nodata share exceeds `nodata_max`; the
+    valid-pixel mask, or None when every pixel is valid (nothing to set to `pad_value`)."""
+    valid = reader.valid(x0, y0, cols, rows)
+    if valid is None or valid.all():
+        return True, None
+    return 1.0 - valid.mean() <= nodata_max, valid
+
+
 def chip_pixels(pieces: list[np.ndarray], valid: np.ndarray | None, radiometry: Radiometry,
                 params: ChipParams) -> np.ndarray:
     """The (bands, size, size) uint8 chip of a window whose (bands, rows, cols) pixels come in
@@ -641,12 +651,10 @@ def chip_scene(src, scene: dict, counts: SceneCounts, annotations: list[Annotati
             rows = min(size, src.height - y0)
             for x0 in xs:
                 cols = min(size, src.width - x0)
-                valid = reader.valid(x0, y0, cols, rows)
-                if valid is not None and 1.0 - valid.mean() > params.nodata_max:
+                usable, valid = window_validity(reader, x0, y0, cols, rows, params.nodata_max)
+                if not usable:
                     counts.nodata_skipped += 1
                     continue
-                if valid is not None and valid.all():
-                    valid = None
                 kept, dropped, kept_ids = objects.clip(x0, y0, size, params.min_visible)
                 counts.fragments_dropped += dropped
                 if not kept:

@@ -42,6 +42,7 @@ from nadir.chipping import (
     gdal_settings,
     reads_by_window,
     window_offsets,
+    window_validity,
 )
 from nadir.errors import InputError, NadirError
 from nadir.hashing import sha256_of
@@ -299,12 +300,10 @@ def scene_windows(src, params: ChipParams, counts: WindowCounts,
         rows = min(size, src.height - y0)
         for x0 in xs:
             cols = min(size, src.width - x0)
-            valid = reader.valid(x0, y0, cols, rows)
-            if valid is not None and 1.0 - valid.mean() > params.nodata_max:
+            usable, valid = window_validity(reader, x0, y0, cols, rows, params.nodata_max)
+            if not usable:
                 counts.nodata_skipped += 1
                 continue
-            if valid is not None and valid.all():
-                valid = None
             pixels = reader.read(x0, y0, np.empty((bands, rows, cols), src.dtypes[0]))
             counts.read += 1
             yield x0, y0, chip_pixels([pixels], valid, radiometry, params)
