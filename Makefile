@@ -3,19 +3,26 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 CORES ?= 2
+# pytest-xdist workers for `make test` and `make test-fast`: each test module runs on one worker
+# (its fixtures are made once), the slowest modules first (tests/conftest.py).
+TEST_WORKERS ?= 2
+PYTEST := $(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder
+# --no-compile: byte-compiling every module of torch and its CUDA build took about a minute of
+# the install; Python compiles the modules a run imports when it first imports them.
+PIP := $(PY) -m pip install --quiet --no-compile
 
 .PHONY: install install-test sample test test-fast lint clean
 
 $(VENV)/.installed: envs/requirements.txt pyproject.toml
 	python3 -m venv $(VENV)
-	$(PY) -m pip install --quiet -r envs/requirements.txt
-	$(PY) -m pip install --quiet --no-deps -e .
+	$(PIP) -r envs/requirements.txt
+	$(PIP) --no-deps -e .
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed envs/test.txt envs/detectors.txt envs/yolox.txt
-	$(PY) -m pip install --quiet -r envs/test.txt
-	$(PY) -m pip install --quiet -r envs/detectors.txt
-	$(PY) -m pip install --quiet --no-build-isolation --no-deps -r envs/yolox.txt
+	$(PIP) -r envs/test.txt
+	$(PIP) -r envs/detectors.txt
+	$(PIP) --no-build-isolation --no-deps -r envs/yolox.txt
 	touch $@
 
 install: $(VENV)/.installed
@@ -28,13 +35,13 @@ sample: install
 
 test: install-test
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/pytest
+	$(PYTEST)
 
 # The unit tests: everything not marked slow (pipeline runs, multi-process and kill-and-resume
 # training), for the edit-test loop.
 test-fast: install-test
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/pytest -m "not slow"
+	$(PYTEST) -m "not slow"
 
 clean:
 	rm -rf results logs raw .snakemake report.html

@@ -17,6 +17,10 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "tests"))
+# As `nadir` sets it for every command (cli.main): tests that train in the pytest process would
+# otherwise spin idle OpenMP threads, which under pytest-xdist's two workers on two cores made
+# each worker several times slower. OpenMP reads it when torch is first imported, after this.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import s3server  # noqa: E402
 
@@ -36,6 +40,38 @@ def s3(tmp_path_factory):
     server = s3server.start(tmp_path_factory.mktemp("seaweedfs"))
     yield server
     server.stop()
+
+
+# The session fixtures that run a whole pipeline. Under pytest-xdist a session fixture is made
+# once per worker that uses it, so the tests of each live in one module (test_pipeline.py,
+# test_s3_pipeline.py) and `--dist loadscope` sends a module to one worker.
+SHARED_RUNS = ("local_sample_run", "s3_sample_run")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """In a pytest-xdist worker (`make test`: `-n 2 --dist loadscope --no-loadscope-reorder`):
+    modules with slow tests first, most first, so that a long module never starts last while
+    the other worker idles; a shared run read from a second module is an error. A plain run
+    keeps its order."""
+    if not hasattr(config, "workerinput"):
+        return
+    modules: dict[str, list] = {}
+    for item in items:
+        modules.setdefault(item.nodeid.split("::")[0], []).append(item)
+    for run in SHARED_RUNS:
+        readers = sorted(m for m, members in modules.items()
+                         if any(run in item.fixturenames for item in members))
+        if len(readers) > 1:
+            raise pytest.UsageError(f"the session fixture {run} is used by {readers}: under "
+                                    "pytest-xdist it would run once per worker; keep its "
+                                    "tests in one module")
+
+    def weight(members: list) -> tuple[int, int]:
+        return (sum(1 for m in members if m.get_closest_marker("slow")), len(members))
+
+    items[:] = [item for name in sorted(modules, key=lambda m: weight(modules[m]), reverse=True)
+                for item in modules[name]]
 
 
 def run_snakemake(workdir: Path, *args: str, env: dict | None = None,

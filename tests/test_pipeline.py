@@ -1,4 +1,7 @@
-"""The whole sample pipeline on local files: outputs, the report, and what reruns after an edit."""
+"""The whole sample pipeline on local files: outputs, the report, and what reruns after an edit.
+
+Every test that reads the session's local sample run (conftest.local_sample_run) lives here, so
+that under pytest-xdist the run is made once, on the worker that runs this module."""
 
 import csv
 import json
@@ -7,6 +10,7 @@ import zipfile
 
 import pytest
 from conftest import (
+    ROOT,
     RUN_JOBS,
     SAMPLE_MODEL,
     SUMMARY_JOBS,
@@ -14,6 +18,13 @@ from conftest import (
     planned_jobs,
     run_snakemake,
     write_config,
+)
+from report_checks import (
+    EXPECTED_CATEGORIES,
+    PNG_MAGIC,
+    RUN,
+    check_printed_leaderboard,
+    check_report,
 )
 
 pytestmark = pytest.mark.slow
@@ -133,3 +144,57 @@ def test_malformed_config_stops_before_any_job(finished_run, tmp_path):
     assert proc.returncode != 0
     assert "config key training: unknown key(s) ['lrr']" in proc.stderr
     assert "Job stats" not in proc.stdout + proc.stderr
+
+
+def test_sample_pipeline_report_has_every_figure_and_opens_offline(local_sample_run):
+    workdir = local_sample_run.workdir
+    check_printed_leaderboard(local_sample_run.run.stdout)
+    check_report((workdir / "report.html").read_text())
+    for subs in EXPECTED_CATEGORIES.values():
+        for path in (p for files in subs.values() for p in files if p.endswith(".png")):
+            assert (workdir / path).read_bytes().startswith(PNG_MAGIC)
+
+    # Every job left a benchmark; the cost table counts all but its own and the summary's.
+    with open(workdir / "results/cost.csv", newline="") as fh:
+        cost = {row["rule"]: row for row in csv.DictReader(fh)}
+    benchmarks = {p.relative_to(workdir / "results/benchmarks").as_posix()
+                  for p in (workdir / "results/benchmarks").rglob("*.tsv")}
+    assert {"cost.tsv", "summary.tsv", "sample/evaluate_scenes-ssdlite320_mobilenet_v3_large.tsv",
+            "sample/generate_sample.tsv"} <= benchmarks
+    assert int(cost["total"]["jobs"]) == len(benchmarks) - 2 == 15
+    assert cost["train"]["jobs"] == "1" and cost["chip"]["jobs"] == "2"
+    with open(workdir / "results/leaderboard.csv", newline="") as fh:
+        (row,) = list(csv.DictReader(fh))
+    assert row["rank"] == "1" and float(row["wall_seconds"]) > 0 and row["device"] == "cpu"
+    scene = json.loads((workdir / RUN / "scene_metrics.json").read_text())
+    assert scene["level"] == "scene" and scene["images"] == 2  # config/test.yaml: 2 val scenes
+
+    # A scene-level setting (the merge's IoU, the benchmark protocols) reruns the scene scoring
+    # and what reads it, never the model.
+    edited = workdir / "edited.yaml"
+    for evaluation in ("  scene_nms_iou: 0.5\n", "  protocols:\n    sample: [coco]\n"):
+        edited.write_text((ROOT / "config/test.yaml").read_text() + "evaluation:\n" + evaluation)
+        dry = run_snakemake(workdir, "--configfile", str(edited), "--replace-workflow-config",
+                            "-n")
+        assert planned_jobs(dry) == {
+            "evaluate_scenes": 1, "plot_pr": 1, "plot_class_ap": 1, "compare": 1,
+            "leaderboard": 1, "cost": 1, "summary": 1, "all": 1}, evaluation
+
+
+def test_sample_run_records_its_config_and_checkpoint_settings_never_retrain(
+        local_sample_run, tmp_path):
+    """The session's sample run wrote a checkpoint every 2 iterations."""
+    work = local_sample_run.workdir
+    run_dir = work / "results" / "sample" / "models" / "ssdlite320_mobilenet_v3_large"
+    resolved = json.loads((run_dir / "resolved_config.json").read_text())
+    assert resolved["hyperparameters"]["iterations"] == 4
+    assert resolved["checkpoints"]["every"] == 2
+    assert resolved["model"]["backend"] == "torchvision"
+    assert len(resolved["inputs"]["train_coco"]) == 16
+    assert resolved["code"]["source_sha256"] and resolved["versions"]["torch"]
+    log = work / "logs" / "sample" / "train-ssdlite320_mobilenet_v3_large.log"
+    assert "checkpoint at iteration 2 written to checkpoints/sample/" in log.read_text()
+    assert not list((work / "checkpoints").rglob("ckpt-*.pt"))
+    moved = write_config(tmp_path / "moved.yaml", lambda c: c.update(
+        checkpoints={"every": 3, "location": str(tmp_path / "ck")}))
+    assert planned_jobs(run_snakemake(work, *moved, "-n")) == {}

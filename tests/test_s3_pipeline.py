@@ -1,7 +1,13 @@
-"""The sample pipeline with S3 as the default storage, on a real SeaweedFS server."""
+"""The sample pipeline with S3 as the default storage, on a real SeaweedFS server.
+
+Every test that reads the session's S3 sample run (conftest.s3_sample_run) lives here, so that
+under pytest-xdist the run is made once, on the worker that runs this module."""
+
+import csv
 
 import pytest
 from conftest import S3_BUCKET, SAMPLE_MODEL, planned_jobs, run_snakemake, s3_args
+from report_checks import check_printed_leaderboard, check_report
 
 pytestmark = pytest.mark.slow
 MODEL = SAMPLE_MODEL
@@ -69,3 +75,24 @@ def test_wrong_credentials_are_refused(s3, tmp_path):
     proc = run_snakemake(tmp_path, *s3_args(s3, "refused"), "--dry-run", env=env, check=False)
     assert proc.returncode != 0
     assert "not-the-secret-key-at-all" not in proc.stdout + proc.stderr
+
+
+def test_sample_pipeline_and_report_on_s3_storage(s3_sample_run, s3):
+    """Every new rule sees only its staged inputs; the cost table reads benchmarks from the
+    bucket; the local summary rule prints in the terminal; the keys leak nowhere."""
+    run, report = s3_sample_run.run, s3_sample_run.report
+    check_printed_leaderboard(run.stdout)
+    page = (s3_sample_run.workdir / "report.html").read_text()
+    check_report(page, staged=f".snakemake/storage/s3/{S3_BUCKET}/run1/")
+    bucket = s3.client()
+    cost = bucket.get_object(Bucket=S3_BUCKET, Key="run1/results/cost.csv")
+    rows = {r["rule"]: r for r in csv.DictReader(cost["Body"].read().decode().splitlines())}
+    assert rows["total"]["jobs"] == "15"
+    keys = [o["Key"] for o in bucket.list_objects_v2(Bucket=S3_BUCKET, Prefix="run1/")
+            ["Contents"]]
+    assert "run1/results/benchmarks/sample/evaluate_scenes-ssdlite320_mobilenet_v3_large.tsv" \
+        in keys
+    logs = "".join(bucket.get_object(Bucket=S3_BUCKET, Key=k)["Body"].read().decode()
+                   for k in keys if k.startswith("run1/logs/"))
+    for text in (run.stdout, run.stderr, report.stdout, report.stderr, page, logs):
+        assert s3.secret_key not in text

@@ -3,10 +3,8 @@ reruns."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import pytest
 import yaml
 from conftest import ROOT, planned_jobs, run_snakemake
 
@@ -59,23 +57,3 @@ def test_s3_storage_puts_checkpoints_under_the_storage_prefix(tmp_path, s3):
             "ssdlite320_mobilenet_v3_large") in out
     assert f"--s3-endpoint {s3.endpoint}" in out
     assert s3.secret_key not in out and s3.access_key not in out
-
-
-@pytest.mark.slow
-def test_sample_run_records_its_config_and_checkpoint_settings_never_retrain(
-        local_sample_run, tmp_path):
-    """The session's sample run wrote a checkpoint every 2 iterations."""
-    work = local_sample_run.workdir
-    run_dir = work / "results" / "sample" / "models" / "ssdlite320_mobilenet_v3_large"
-    resolved = json.loads((run_dir / "resolved_config.json").read_text())
-    assert resolved["hyperparameters"]["iterations"] == 4
-    assert resolved["checkpoints"]["every"] == 2
-    assert resolved["model"]["backend"] == "torchvision"
-    assert len(resolved["inputs"]["train_coco"]) == 16
-    assert resolved["code"]["source_sha256"] and resolved["versions"]["torch"]
-    log = work / "logs" / "sample" / "train-ssdlite320_mobilenet_v3_large.log"
-    assert "checkpoint at iteration 2 written to checkpoints/sample/" in log.read_text()
-    assert not list((work / "checkpoints").rglob("ckpt-*.pt"))
-    moved = config_file(tmp_path, checkpoints={"every": 3, "location": str(tmp_path / "ck")})
-    assert planned_jobs(run_snakemake(work, "--configfile", str(moved),
-                                      "--replace-workflow-config", "-n")) == {}

@@ -1,0 +1,73 @@
+"""What `snakemake --report` of the sample pipeline must hold, local or on S3: every figure,
+entry and category, and nothing loaded from the network."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+RUN = "results/sample/models/ssdlite320_mobilenet_v3_large"
+# category -> subcategory -> files, as the report must list them.
+EXPECTED_CATEGORIES = {
+    "Leaderboard": {"Other": ["results/leaderboard.html"]},
+    "Cost": {"Other": ["results/cost.html"]},
+    "Per-class AP": {"sample": ["results/sample/class_ap.png"]},
+    "Precision-recall curves": {"sample": [f"{RUN}/pr.png"]},
+    "Sample detections": {"sample": [f"{RUN}/detections.png"]},
+    "Training curves": {"sample": [f"{RUN}/loss.png"]},
+    "Comparisons": {"sample": ["results/sample/comparison.html"]},
+}
+
+
+def embedded_json(page: str, name: str):
+    """The JSON the report embeds as `var <name> = ...;` in <script id="<name>">."""
+    script = re.search(rf'<script id="{name}">\s*var {name} = (.*?);\s*</script>', page, re.S)
+    assert script, f"the report has no {name} block"
+    return json.loads(script.group(1))
+
+
+def data(entry: dict) -> bytes:
+    """The bytes of a report entry, from its data URI."""
+    return base64.b64decode(entry["data_uri"].split("base64,", 1)[1])
+
+
+def check_report(page: str, staged: str = "") -> None:
+    """Every expected entry in its category with a caption, a PNG per figure type, the rule
+    graph, and nothing loaded from the network. With remote storage the report names each
+    file by its local copy, `staged` + path."""
+    categories = {name: {sub: sorted(f.removeprefix(staged) for f in files)
+                         for sub, files in subs.items()}
+                  for name, subs in embedded_json(page, "categories").items()}
+    for name, subs in EXPECTED_CATEGORIES.items():
+        assert categories.get(name) == subs, name
+    results = {path.removeprefix(staged): entry
+               for path, entry in embedded_json(page, "results").items()}
+    for subs in EXPECTED_CATEGORIES.values():
+        for files in subs.values():
+            for path in files:
+                entry = results[path]
+                assert entry["caption"].strip(), f"{path} has no caption"
+                if path.endswith(".png"):
+                    assert entry["data_uri"].startswith("data:image/png")
+                    assert data(entry).startswith(PNG_MAGIC)
+    assert results[f"{RUN}/pr.png"]["labels"] == {"dataset": "sample",
+                                                  "model": "ssdlite320_mobilenet_v3_large"}
+    rule_graph = page[page.index('<script id="rulegraph">'):]
+    assert "evaluate_scenes" in rule_graph[:20000] and "plot_class_ap" in rule_graph[:20000]
+
+    # Offline: scripts and styles are inline, nothing is fetched, and the tables nadir wrote
+    # link to nothing either.
+    assert not re.search(r"<script[^>]+src=", page)
+    assert not re.search(r"<link[^>]+href=[\"']?https?:", page)
+    assert not re.search(r"@import|url\([\"']?https?:", page)
+    for table in ("results/leaderboard.html", "results/cost.html",
+                  "results/sample/comparison.html"):
+        assert b"http" not in data(results[table])
+
+
+def check_printed_leaderboard(stdout: str) -> None:
+    """The summary job prints the leaderboard in the terminal after every other job."""
+    assert "== nadir leaderboard ==" in stdout
+    assert "| 1 | ssdlite320_mobilenet_v3_large |" in stdout
