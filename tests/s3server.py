@@ -24,18 +24,33 @@ PORT_FLAGS = [
 ]
 
 
-# SeaweedFS dials some of its services at their port + 10000, so every port stays below this.
-HIGHEST_PORT = 65535 - 10000
+# SeaweedFS dials some of its services at their port + 10000.
+PORT_OFFSET = 10000
+# Attempts to start a server, each on newly picked ports, before giving up.
+START_ATTEMPTS = 3
+
+
+def port_range() -> tuple[int, int]:
+    """[low, high) of the ports a server may use: a port and its + PORT_OFFSET both below the
+    kernel's ephemeral range, which outgoing connections (this suite's many clients, the other
+    pytest-xdist worker's) take at any moment: a server given such a port found it taken when
+    it bound, seen once in a 2-worker run (Linux: 32768-60999)."""
+    try:
+        ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral = 32768
+    return 10000, ephemeral - PORT_OFFSET
 
 
 def free_ports(n: int) -> list[int]:
-    """`n` distinct ports free on 127.0.0.1 now, from 20000 to HIGHEST_PORT."""
+    """`n` distinct ports free on 127.0.0.1 now, from `port_range`."""
     rng = random.Random()
+    low, high = port_range()
     sockets, ports = [], []
     while len(ports) < n:
         s = socket.socket()
         try:
-            s.bind(("127.0.0.1", rng.randrange(20000, HIGHEST_PORT + 1)))
+            s.bind(("127.0.0.1", rng.randrange(low, high)))
         except OSError:
             s.close()
             continue
@@ -166,14 +181,27 @@ def start(workdir: Path, timeout: float = 30.0,
     config_path = workdir / "s3.json"
     config_path.write_text(json.dumps(config))
     config_path.chmod(0o600)
-    ports = dict(zip(PORT_FLAGS, free_ports(len(PORT_FLAGS)), strict=True))
-    log_path = workdir / "weed.log"
-    cmd = [weed_binary(), "mini", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-           f"-dir={workdir / 'data'}", f"-s3.config={config_path}", "-admin.ui=false",
-           "-master.telemetry=false", *[f"-{flag}={port}" for flag, port in ports.items()]]
     (workdir / "data").mkdir(exist_ok=True)
-    log_path.write_bytes(b"")
-    server = S3Server(f"http://127.0.0.1:{ports['s3.port']}", access_key, secret_key,
-                      _launch(cmd, log_path), log_path, cmd)
-    _wait_until_ready(server, timeout)
-    return server
+    log_path = workdir / "weed.log"
+    for attempt in range(START_ATTEMPTS):
+        # Between picking free ports and binding them another process may take one (the
+        # other worker's server starting at the same moment): weed then exits at once, and
+        # the server starts again on other ports.
+        ports = dict(zip(PORT_FLAGS, free_ports(len(PORT_FLAGS)), strict=True))
+        cmd = [weed_binary(), "mini", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+               f"-dir={workdir / 'data'}", f"-s3.config={config_path}", "-admin.ui=false",
+               "-master.telemetry=false", *[f"-{flag}={port}" for flag, port in ports.items()]]
+        log_path.write_bytes(b"")
+        server = S3Server(f"http://127.0.0.1:{ports['s3.port']}", access_key, secret_key,
+                          _launch(cmd, log_path), log_path, cmd)
+        try:
+            _wait_until_ready(server, timeout)
+        except RuntimeError:
+            log = log_path.read_text(errors="replace")
+            # weed checks its ports first ("... is not available"), then binds them
+            taken = "address already in use" in log or "is not available" in log
+            if not taken or attempt == START_ATTEMPTS - 1:
+                raise
+            server.stop()
+            continue
+        return server
