@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import zipfile
 
+import numpy as np
 import pytest
+from conftest import ROOT
 
 from nadir.errors import InputError
 from nadir.index import Annotation, IndexTables, write_tables
+from nadir.rotated_boxes import box_nms
 from nadir.scene_evaluation import evaluate_scenes, merge_overlaps
 
 CLASSES = ["plane", "ship", "container-crane"]
@@ -166,3 +172,35 @@ def test_oriented_detections_get_dota_task1_numbers(scene_files):
     with zipfile.ZipFile(zip_path) as archive:
         lines = archive.read("dota_task1/Task1_plane.txt").decode().splitlines()
     assert lines[0] == "V1 0.9 120.0 50.0 160.0 50.0 160.0 80.0 120.0 80.0"
+
+
+@pytest.mark.parametrize(("count", "iou"), [(300, 0.3), (300, 0.7), (1500, 0.5)])
+def test_box_nms_keeps_what_torchvision_batched_nms_keeps(count, iou):
+    """The scene merge's NMS (no torch) against torchvision's, on detections as chips give them:
+    2-decimal boxes, jittered copies of the same objects, scores with ties, several groups.
+    1,500 boxes take torchvision's per-group path, 300 its coordinate-offset one."""
+    import torch
+    from torchvision.ops import batched_nms
+
+    rng = np.random.default_rng(count)
+    objects = rng.uniform(0, 900, (count // 5, 2))
+    corners = np.repeat(objects, 5, axis=0) + rng.normal(0, 4, (count, 2))
+    sizes = rng.uniform(8, 60, (count, 2))
+    boxes = np.round(np.hstack([corners, corners + sizes]), 2)
+    boxes[::17] = boxes[1::17][: len(boxes[::17])]  # some exact duplicates
+    scores = np.round(rng.uniform(0.05, 1.0, count), 2)  # many equal scores
+    groups = rng.integers(0, 4, count)
+    expected = sorted(batched_nms(torch.tensor(boxes), torch.tensor(scores),
+                                  torch.tensor(groups), iou).tolist())
+    assert box_nms(boxes, scores, groups, iou) == expected
+
+
+def test_the_scene_merge_does_not_import_torch():
+    code = ("import sys; from nadir.scene_evaluation import merge_overlaps; "
+            "kept = merge_overlaps([{'image_id': 1, 'category_id': 1, 'score': s, "
+            "'bbox': [0, 0, 10, 10]} for s in (0.9, 0.8)], 0.5); "
+            "assert [d['score'] for d in kept] == [0.9], kept; "
+            "assert 'torch' not in sys.modules, 'torch was imported'")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    assert proc.returncode == 0, proc.stderr

@@ -28,7 +28,7 @@ from nadir.errors import InputError
 from nadir.evaluation import check_detections, coco_evaluation
 from nadir.index import read_annotations, read_scenes
 from nadir.protocols import protocol_detections, protocol_objects, score_protocols
-from nadir.rotated_boxes import rotated_nms, shift_polygon
+from nadir.rotated_boxes import box_nms, rotated_nms, shift_polygon
 
 log = logging.getLogger(__name__)
 
@@ -108,17 +108,11 @@ def merge_overlaps(detections: list[dict], nms_iou: float) -> list[dict]:
             raise ValueError(f"{oriented} of {len(detections)} detections carry a polygon: "
                              "one model's detections are all oriented or none")
         return _merge_polygons(detections, nms_iou)
-    import torch
-    from torchvision.ops import batched_nms
-
-    boxes = torch.tensor([[d["bbox"][0], d["bbox"][1], d["bbox"][0] + d["bbox"][2],
-                           d["bbox"][1] + d["bbox"][3]] for d in detections],
-                         dtype=torch.float64)
-    scores = torch.tensor([d["score"] for d in detections], dtype=torch.float64)
-    group_ids = torch.tensor(_nms_groups(detections))
-    keep = batched_nms(boxes, scores, group_ids, nms_iou).tolist()
+    keep = box_nms([[d["bbox"][0], d["bbox"][1], d["bbox"][0] + d["bbox"][2],
+                     d["bbox"][1] + d["bbox"][3]] for d in detections],
+                   [d["score"] for d in detections], _nms_groups(detections), nms_iou)
     return [{**detections[i], "bbox": [round(v, 2) for v in detections[i]["bbox"]]}
-            for i in sorted(keep)]
+            for i in keep]
 
 
 def _nms_groups(detections: list[dict]) -> list[int]:
