@@ -39,7 +39,7 @@ def s3(tmp_path_factory):
     """One SeaweedFS server for the whole test session (ready in about a second)."""
     server = s3server.start(tmp_path_factory.mktemp("seaweedfs"))
     yield server
-    server.stop()
+    server.stop(grace=1.0)
 
 
 # The session fixtures that run a whole pipeline. Under pytest-xdist a session fixture is made
