@@ -7,14 +7,21 @@ CORES ?= 2
 # (its fixtures are made once), the slowest modules first (tests/conftest.py).
 TEST_WORKERS ?= 2
 PYTEST := $(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder
-# --no-compile: byte-compiling every module of torch and its CUDA build took about a minute of
-# the install; Python compiles the modules a run imports when it first imports them.
-PIP := $(PY) -m pip install --quiet --no-compile
+# Packages are installed by uv (itself from PyPI, into the venv): it unpacks wheels in parallel
+# and does not byte-compile them (Python compiles what a run imports, on first import). Here
+# everything `make test` needs took 65 s with uv against 190 s with pip. uv does not read pip's
+# configuration, so the indexes pip is set to use (a mirror, a folder of wheels) are passed on,
+# merged as pip merges them (unsafe-best-match: the best version from any index).
+UV_VERSION := 0.13.9
+UV := $(VENV)/bin/uv
+PIP := $(UV) pip install --quiet --python $(PY) --native-tls --index-strategy unsafe-best-match \
+	$(shell python3 envs/pip_indexes.py)
 
 .PHONY: install install-test sample test test-fast lint clean
 
 $(VENV)/.installed: envs/requirements.txt pyproject.toml
 	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet uv==$(UV_VERSION)
 	$(PIP) -r envs/requirements.txt
 	$(PIP) --no-deps -e .
 	touch $@

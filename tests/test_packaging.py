@@ -107,3 +107,21 @@ def test_the_executor_plugin_is_packaged_for_discovery():
     packages = find_packages(str(ROOT / "src"))
     assert "snakemake_executor_plugin_kubernetes_pods" in packages
     assert "nadir" in packages
+
+
+def test_uv_gets_the_indexes_pip_is_configured_with():
+    """`make` installs with uv, which reads no pip configuration: pip's mirrors and wheel
+    folders are handed over, each once, in pip's order; other settings are not."""
+    sys.path.insert(0, str(ROOT / "envs"))
+    from pip_indexes import uv_options
+
+    listed = ("global.cert='/etc/ssl/certs/ca.crt'\n"
+              ":env:.find-links='/opt/wheels'\n"
+              "global.extra-index-url='file:///a/simple https://mirror/simple'\n"
+              "global.find-links='/opt/wheels'\n"
+              "user.index-url='https://proxy/pypi/simple'\n")
+    assert uv_options(listed) == [
+        "--find-links", "/opt/wheels",
+        "--extra-index-url", "file:///a/simple", "--extra-index-url", "https://mirror/simple",
+        "--index-url", "https://proxy/pypi/simple"]
+    assert uv_options("") == []
