@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +49,7 @@ def make_checkout(dest: Path) -> Path:
 
 
 def snakemake_on(checkout: Path, double: KubernetesDouble, s3, prefix: str, *args: str,
+                 configfile: str = "config/test.yaml",
                  profile: bool = True) -> subprocess.CompletedProcess:
     """Snakemake as a user runs it against a cluster: kubeconfig and S3 keys in the environment;
     PYTHONPATH stands for `make install` (pip install -e .), which makes the plugin visible."""
@@ -56,7 +58,7 @@ def snakemake_on(checkout: Path, double: KubernetesDouble, s3, prefix: str, *arg
     cmd = [sys.executable, "-m", "snakemake",
            *(["--workflow-profile", "profiles/kubernetes",
               "--kubernetes-pods-namespace", double.namespace] if profile else []),
-           "--configfile", "config/test.yaml", "--replace-workflow-config",
+           "--configfile", configfile, "--replace-workflow-config",
            "--default-storage-prefix", f"s3://{BUCKET}/{prefix}",
            "--storage-s3-endpoint-url", s3.endpoint,
            # Snakemake's default of 10 s between status checks leaves each finished pod
@@ -75,20 +77,28 @@ def container(job: dict) -> dict:
     return job["spec"]["template"]["spec"]["containers"][0]
 
 
-def kill_once(double: KubernetesDouble, rule: str, when_log_has: str, killed: list[Pod]) -> None:
-    """Kill the first pod of `rule` once its log shows `when_log_has` (in a thread)."""
+def kill_when(double: KubernetesDouble, rule: str, ready: Callable[[Pod], bool], reason: str,
+              killed: dict[str, Pod]) -> None:
+    """Kill the first running pod of `rule` once `ready(pod)` holds (in a thread)."""
     def running_pod():
-        for pod in double.all_pods():
-            if (pod.labels.get("snakemake-rule") == rule and pod.phase == "Running"
-                    and pod.log_path.exists() and when_log_has in pod.log_path.read_text()):
-                return pod
-        return None
+        return next((pod for pod in double.all_pods()
+                     if pod.labels.get("snakemake-rule") == rule and pod.phase == "Running"
+                     and ready(pod)), None)
     try:
-        pod = double.wait_for(running_pod, 900, f"a running {rule} pod")
+        pod = double.wait_for(running_pod, 900, f"a running {rule} pod, ready to be killed")
     except TimeoutError:
         return
-    double.kill(pod.name)
-    killed.append(pod)
+    double.kill(pod.name, reason)
+    killed[rule] = pod
+
+
+def log_has(text: str) -> Callable[[Pod], bool]:
+    return lambda pod: pod.log_path.exists() and text in pod.log_path.read_text()
+
+
+def checkpoint_keys(s3, prefix: str) -> list[str]:
+    listed = s3.client().list_objects_v2(Bucket=BUCKET, Prefix=f"{prefix}/checkpoints/")
+    return [item["Key"] for item in listed.get("Contents", []) if "/ckpt-" in item["Key"]]
 
 
 def watch_training_progress(double: KubernetesDouble, seen: list[str]) -> None:
@@ -119,23 +129,42 @@ class PipelineRun:
     checkout: Path
     double: KubernetesDouble
     proc: subprocess.CompletedProcess
-    killed: list[Pod]
+    killed: dict[str, Pod]  # rule -> the pod the test killed
+    progress: list[str]  # iteration lines read from a running training pod through the API
     prefix: str
+
+
+PIPELINE_CONFIG = "config/k8s.yaml"
+# config/test.yaml, with training long enough to be killed after its first checkpoint
+# (iteration 4 of 12) and still be running.
+TRAINING = {"iterations": 12, "log_interval": 2}
+CHECKPOINT_EVERY = 4
 
 
 @pytest.fixture(scope="module")
 def pipeline(s3, tmp_path_factory):
+    """The sample pipeline as pods. Two pods are killed on the way, as a cluster does: a chip
+    pod while it stages its inputs (retried with more memory) and the training pod once its
+    first checkpoint is in S3 (preempted; the retry resumes from the checkpoint)."""
     base = tmp_path_factory.mktemp("k8s-pipeline")
     checkout = make_checkout(base / "checkout")
+    config = yaml.safe_load((checkout / "config/test.yaml").read_text())
+    config["training"].update(TRAINING)
+    config["checkpoints"] = {"every": CHECKPOINT_EVERY}
+    (checkout / PIPELINE_CONFIG).write_text(yaml.safe_dump(config))
     double = KubernetesDouble(base / "cluster", Path(sys.executable).parent,
                               namespace="nadir-ci").start()
-    killed: list[Pod] = []
-    killer = threading.Thread(target=kill_once,
-                              args=(double, "chip", "Retrieving from storage", killed),
-                              daemon=True)
-    killer.start()
-    proc = snakemake_on(checkout, double, s3, "pipeline", "--jobs", "2", *SMALL_THREADS)
-    yield PipelineRun(checkout, double, proc, killed, "pipeline")
+    killed: dict[str, Pod] = {}
+    progress: list[str] = []
+    for rule, ready, reason in [
+            ("chip", log_has("Retrieving from storage"), "Evicted"),
+            ("train", lambda pod: bool(checkpoint_keys(s3, "pipeline")), "Preempted")]:
+        threading.Thread(target=kill_when, args=(double, rule, ready, reason, killed),
+                         daemon=True).start()
+    threading.Thread(target=watch_training_progress, args=(double, progress), daemon=True).start()
+    proc = snakemake_on(checkout, double, s3, "pipeline", "--jobs", "2", *SMALL_THREADS,
+                        configfile=PIPELINE_CONFIG)
+    yield PipelineRun(checkout, double, proc, killed, progress, "pipeline")
     double.stop()
 
 
@@ -143,10 +172,10 @@ def test_sample_pipeline_runs_end_to_end_as_pods(pipeline, s3):
     assert pipeline.proc.returncode == 0, pipeline.proc.stderr[-6000:]
     jobs = pipeline.double.accepted("Job")
     rules = sorted(rule_of(job) for job in jobs)
-    # one pod per job (the killed chip pod's retry is a second chip Job); `summary` runs on
-    # the controller (a localrule that prints the leaderboard)
+    # one pod per job (each killed pod's retry is a second Job of its rule); `summary` runs
+    # on the controller (a localrule that prints the leaderboard)
     assert rules == sorted(["generate_sample_sample", "index", "dataset_stats", "chip", "chip",
-                            "chip", "chip_manifest", "coco", "train", "evaluate",
+                            "chip", "chip_manifest", "coco", "train", "train", "evaluate",
                             "evaluate_scenes", "loss_curve", "plot_pr", "plot_detections",
                             "plot_class_ap", "compare", "leaderboard", "cost"])
     assert [r.error for r in pipeline.double.received if not r.accepted] == []
@@ -157,7 +186,7 @@ def test_sample_pipeline_runs_end_to_end_as_pods(pipeline, s3):
     assert not (pipeline.checkout / "results").exists()
     # each pod ran in its own directory and received the sources from S3
     for pod in pipeline.double.all_pods():
-        if pod not in pipeline.killed:
+        if pod not in pipeline.killed.values():
             assert pod.exit_code == 0, pod.log_path.read_text()[-3000:]
     # the image ships the S3 plugin: no pod installs anything
     assert not any("pip install" in container(job)["args"][1] for job in jobs)
@@ -190,8 +219,7 @@ def test_gpu_rules_request_gpus_shm_affinity_and_tolerations(pipeline):
 
 
 def test_killed_pod_is_retried_with_more_memory_and_its_log_is_kept(pipeline):
-    assert len(pipeline.killed) == 1
-    killed = pipeline.killed[0]
+    killed = pipeline.killed["chip"]
     assert killed.exit_code == 137
     jobs = {job["metadata"]["name"]: job for job in pipeline.double.accepted("Job")}
     first = jobs[killed.job_name]
@@ -238,14 +266,15 @@ def test_no_secret_value_in_any_spec_log_or_stored_file(pipeline, s3):
 
 
 def test_rerun_is_a_no_op_and_a_training_edit_redoes_only_its_jobs(pipeline, s3):
-    again = snakemake_on(pipeline.checkout, pipeline.double, s3, pipeline.prefix, "-n")
+    again = snakemake_on(pipeline.checkout, pipeline.double, s3, pipeline.prefix, "-n",
+                         configfile=PIPELINE_CONFIG)
     assert again.returncode == 0, again.stderr[-4000:]
     assert planned_jobs(again) == {}
-    config = yaml.safe_load((pipeline.checkout / "config/test.yaml").read_text())
+    config = yaml.safe_load((pipeline.checkout / PIPELINE_CONFIG).read_text())
     config["training"]["iterations"] += 2
     (pipeline.checkout / "config/edited.yaml").write_text(yaml.safe_dump(config))
     edited = snakemake_on(pipeline.checkout, pipeline.double, s3, pipeline.prefix, "-n",
-                          "--configfile", "config/edited.yaml")
+                          configfile="config/edited.yaml")
     assert edited.returncode == 0, edited.stderr[-4000:]
     assert planned_jobs(edited) == dict.fromkeys(RUN_JOBS + SUMMARY_JOBS, 1)
 
@@ -270,61 +299,31 @@ def test_upstream_kubernetes_executor_still_works_with_the_s3_flags(s3, tmp_path
         double.stop()
 
 
-def test_training_pod_killed_mid_run_resumes_from_its_s3_checkpoint(pipeline, s3):
+def test_training_pod_killed_after_its_first_checkpoint_resumes_from_it(pipeline, s3):
     """Eviction or preemption of a training pod: the retry continues from the last checkpoint."""
-    config = yaml.safe_load((pipeline.checkout / "config/test.yaml").read_text())
-    config["training"].update(iterations=40, log_interval=4)
-    config["checkpoints"] = {"every": 4}
-    (pipeline.checkout / "config/resume.yaml").write_text(yaml.safe_dump(config))
-    client, double = s3.client(), pipeline.double
-    checkpoints = f"{pipeline.prefix}/checkpoints/"
-
-    def checkpoint_keys():
-        listed = client.list_objects_v2(Bucket=BUCKET, Prefix=checkpoints)
-        return [item["Key"] for item in listed.get("Contents", []) if "/ckpt-" in item["Key"]]
-
-    killed: list[Pod] = []
-
-    def running_training_pod():
-        return next((p for p in double.all_pods() if p.phase == "Running"
-                     and p.labels.get("snakemake-rule") == "train"), None)
-
-    def kill_training_after_its_first_checkpoint():
-        try:
-            pod = double.wait_for(running_training_pod, 900, "a running train pod")
-            double.wait_for(checkpoint_keys, 900, "a checkpoint in S3")
-        except TimeoutError:
-            return
-        double.kill(pod.name, reason="Preempted")
-        killed.append(pod)
-
-    killer = threading.Thread(target=kill_training_after_its_first_checkpoint, daemon=True)
-    killer.start()
-    progress: list[str] = []
-    threading.Thread(target=watch_training_progress, args=(double, progress), daemon=True).start()
-    run_json = "results/sample/models/ssdlite320_mobilenet_v3_large/run.json"
-    proc = snakemake_on(pipeline.checkout, double, s3, pipeline.prefix, "--configfile",
-                        "config/resume.yaml", "--jobs", "1", run_json, *SMALL_THREADS)
-    assert proc.returncode == 0, proc.stderr[-6000:]
-    assert len(killed) == 1 and killed[0].exit_code == 137
+    killed = pipeline.killed["train"]
+    assert killed.exit_code == 137
+    iterations = TRAINING["iterations"]
     # `kubectl logs` of a running training pod shows its progress (nadir copies its log there)
-    assert progress and "/40 (" in progress[0], progress
+    assert pipeline.progress and f"/{iterations} (" in pipeline.progress[0], pipeline.progress
 
     def stored(key: str) -> str:
-        return client.get_object(Bucket=BUCKET, Key=f"{pipeline.prefix}/{key}")["Body"] \
+        return s3.client().get_object(Bucket=BUCKET, Key=f"{pipeline.prefix}/{key}")["Body"] \
             .read().decode()
 
     # the retry's own log (the killed attempt's never reached the bucket)
     retry_log = stored("logs/sample/train-ssdlite320_mobilenet_v3_large.log")
     resumed_at = int(retry_log.split("resuming from the checkpoint at iteration ")[1]
                      .split("/")[0])
-    assert 4 <= resumed_at < 40 and resumed_at % 4 == 0
-    run = json.loads(stored(run_json))
-    assert run["training"]["iterations"] == 40
+    assert CHECKPOINT_EVERY <= resumed_at < iterations and resumed_at % CHECKPOINT_EVERY == 0
+    run = json.loads(stored("results/sample/models/ssdlite320_mobilenet_v3_large/run.json"))
+    assert run["training"]["iterations"] == iterations
     assert run["training"]["resumed_from"] == resumed_at
-    # the loss log continues across the kill: one entry per 4 iterations, none repeated
+    # the loss log continues across the kill: one entry per interval, none repeated
     train_log = json.loads(stored("results/sample/models/ssdlite320_mobilenet_v3_large/"
                                   "train_log.json"))
-    assert [entry["iteration"] for entry in train_log] == list(range(4, 41, 4))
+    interval = TRAINING["log_interval"]
+    assert [entry["iteration"] for entry in train_log] == list(
+        range(interval, iterations + 1, interval))
     # a finished run removes its checkpoints
-    assert checkpoint_keys() == []
+    assert checkpoint_keys(s3, pipeline.prefix) == []
