@@ -16,9 +16,7 @@ jobs are watched and stopped, where upstream hangs or fails silently:
 - API answers 429 and 5xx and dropped connections are retried with back-off; a job whose status
   cannot be read stays active instead of being dropped (upstream drops it unreported);
 - stopping the controller (Ctrl-C, an error) deletes every Job of the run, found by its
-  `snakemake-run` label, and the run's Secret, even when one of those calls fails; Ctrl-C
-  always reaches the scheduler (upstream's status thread could take it and leave the
-  controller waiting, see `Executor.__init__`);
+  `snakemake-run` label, and the run's Secret, even when one of those calls fails;
 - pods do not `pip install` the S3 storage plugin at start: the nadir image ships it pinned;
 - pods may reach S3 at another endpoint than the controller (inside and outside a cluster);
 - a failed pod's log is read from its (only) container, not with `previous=True`, which a real
@@ -31,7 +29,6 @@ Settings: those of the upstream plugin under the `--kubernetes-pods-` prefix, pl
 """
 
 import dataclasses
-import signal
 import time
 from dataclasses import dataclass, field
 from typing import Any, AsyncGenerator, Callable, List, Optional  # noqa: UP035
@@ -124,23 +121,6 @@ class _CurrentLogCoreApi(kubernetes.client.CoreV1Api):
 
 
 class Executor(upstream.Executor):
-    def __init__(self, workflow: Any, logger: Any) -> None:
-        """Start upstream's status thread with SIGINT and SIGTERM blocked in it.
-
-        Snakemake's scheduler waits for job events in the main thread, and only the main
-        thread runs Python's signal handlers. The kernel hands a process's signal to any
-        thread that does not block it: when the status thread (or the pool threads it starts,
-        which inherit its mask) took a Ctrl-C, nothing woke the scheduler, and the controller
-        ignored Ctrl-C until a job ended (seen in the suite: twice in a row). Threads inherit
-        the mask of the thread that starts them, so the main thread blocks both signals while
-        upstream's __init__ starts the status thread, then unblocks them; a signal sent
-        meanwhile waits and is delivered then."""
-        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-        try:
-            super().__init__(workflow, logger)
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
-
     def __post_init__(self) -> None:
         settings = self.workflow.executor_settings
         path = settings.pod_settings
