@@ -88,35 +88,6 @@ def uninterrupted(data, tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_killed_run_resumes_to_the_same_weights(data, uninterrupted, tmp_path):
-    reference, hp = uninterrupted
-    checkpoints, out = tmp_path / "checkpoints", tmp_path / "out"
-    command = train_command(data, out, hp, "--checkpoints", str(checkpoints),
-                            "--checkpoint-every", "3")
-    [first, *_] = kill_after_first_checkpoint(command, run_env(), tmp_path / "killed.log",
-                                              local_checkpoints(checkpoints))
-    killed_at = int(first.stem.split("-")[1])
-    assert killed_at == 3
-    assert not (out / "model.pt").exists()
-
-    rerun = subprocess.run(command, env=run_env(), capture_output=True, text=True, timeout=900)
-    assert rerun.returncode == 0, rerun.stderr[-3000:]
-    resumed_at = int(rerun.stderr.split("resuming from the checkpoint at iteration ")[1]
-                     .split("/")[0])
-    assert 3 <= resumed_at < 24
-
-    run = json.loads((out / "run.json").read_text())
-    assert run["training"]["iterations"] == 24
-    assert run["training"]["resumed_from"] == resumed_at
-    # Same weights, and the loss log carries the intervals from before the kill.
-    assert_same_run(reference, out)
-    log = json.loads((out / "train_log.json").read_text())
-    assert [e["iteration"] for e in log] == [4, 8, 12, 16, 20, 24]
-    # A finished run removes its checkpoints: its weights are in the outputs.
-    assert not list(checkpoints.glob("*/ckpt-*.pt"))
-
-
-@pytest.mark.slow
 def test_other_settings_never_resume_a_stale_checkpoint(data, tmp_path):
     checkpoints = tmp_path / "checkpoints"
     hp = tiny_chips.hyperparameters(iterations=4)
@@ -176,7 +147,8 @@ def test_run_without_the_pretrained_weights_it_asks_for_fails_before_training(da
 
 
 @pytest.mark.slow
-def test_s3_checkpoints_resume_a_killed_run(data, uninterrupted, s3, tmp_path):
+def test_killed_run_resumes_from_its_s3_checkpoint_to_the_same_weights(data, uninterrupted, s3,
+                                                                        tmp_path):
     reference, hp = uninterrupted
     bucket = "nadir-ckpt-test"
     client = s3.client()
@@ -196,13 +168,22 @@ def test_s3_checkpoints_resume_a_killed_run(data, uninterrupted, s3, tmp_path):
 
     keys = kill_after_first_checkpoint(command, env, tmp_path / "killed.log", uploaded)
     assert keys[0].startswith(f"runs/tiny/{MODEL}/") and keys[0].endswith(".pt")
+    assert not (out / "model.pt").exists()
 
     rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert "resuming from the checkpoint at iteration" in rerun.stderr
+    resumed_at = int(rerun.stderr.split("resuming from the checkpoint at iteration ")[1]
+                     .split("/")[0])
+    assert 3 <= resumed_at < 24
     assert f"s3://{bucket}/runs/tiny/{MODEL}/" in rerun.stderr
     assert s3.secret_key not in rerun.stderr
-    assert_same_weights(final_state(out), final_state(reference))
+    run = json.loads((out / "run.json").read_text())
+    assert run["training"]["iterations"] == 24
+    assert run["training"]["resumed_from"] == resumed_at
+    # Same weights, and the loss log carries the intervals from before the kill.
+    assert_same_run(reference, out)
+    log = json.loads((out / "train_log.json").read_text())
+    assert [e["iteration"] for e in log] == [4, 8, 12, 16, 20, 24]
     listing = client.list_objects_v2(Bucket=bucket, Prefix="runs/tiny/")
     left = [o["Key"].split("/", 4)[-1] for o in listing.get("Contents", [])]
     # A finished run leaves no checkpoint behind, only its TensorBoard events (the resumed
