@@ -311,9 +311,9 @@ def signal_report(pid: int) -> str:
 def test_ctrl_c_deletes_the_runs_jobs_and_secret(workflow, s3, tmp_path):
     double = new_double(tmp_path, "double")
     cmd, env = snakemake_command(double, s3, "interrupt", "out/oom.txt", "out/evicted.txt")
-    # As from a terminal: SIGINT handled. A process started with SIGINT ignored keeps ignoring
-    # it (Unix semantics, which Python follows): in runs of the whole suite the controller was
-    # so started (SigIgn in /proc, no thread blocking it) and sat through every Ctrl-C.
+    # As from a terminal: SIGINT handled. A shell without job control starts a background
+    # command (`make test &`) with SIGINT ignored, every process it starts inherits that, and
+    # Python keeps it: such suite runs left the controller deaf to Ctrl-C (SigIgn in /proc).
     as_from_a_terminal = [sys.executable, "-c", "import os, signal, sys; "
                           "signal.signal(signal.SIGINT, signal.SIG_DFL); "
                           "os.execv(sys.argv[1], sys.argv[1:])"]
