@@ -18,6 +18,7 @@ EXPECTED_CATEGORIES = {
     "Sample detections": {"sample": [f"{RUN}/detections.png"]},
     "Training curves": {"sample": [f"{RUN}/loss.png"]},
     "Comparisons": {"sample": ["results/sample/comparison.html"]},
+    "Datasets": {"Other": ["results/sample/index/stats.png"]},
 }
 
 
