@@ -48,12 +48,23 @@ def s3(tmp_path_factory):
 SHARED_RUNS = ("local_sample_run", "s3_sample_run")
 
 
+# Seconds each long module took in a CI run (two workers on this 2-core machine, 2026-12-01),
+# longest first: only the order in which workers take modules, so that both end together.
+MODULE_SECONDS = {
+    "tests/test_kubernetes_e2e.py": 264, "tests/test_training_models.py": 164,
+    "tests/test_pipeline.py": 144, "tests/test_datasets_pipeline.py": 130,
+    "tests/test_training_resume.py": 113, "tests/test_s3_pipeline.py": 97,
+    "tests/test_kubernetes_failures.py": 97, "tests/test_models_detr_yolox.py": 67,
+    "tests/test_kubernetes_profiles.py": 38,
+}
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     """In a pytest-xdist worker (`make test`: `-n 2 --dist loadscope --no-loadscope-reorder`):
-    modules with slow tests first, most first, so that a long module never starts last while
-    the other worker idles; a shared run read from a second module is an error. A plain run
-    keeps its order."""
+    the longest modules first (MODULE_SECONDS, then by their number of slow tests), so that a
+    long module never starts last while the other worker idles; a shared run read from a
+    second module is an error. A plain run keeps its order."""
     if not hasattr(config, "workerinput"):
         return
     modules: dict[str, list] = {}
@@ -67,8 +78,9 @@ def pytest_collection_modifyitems(config, items):
                                     "pytest-xdist it would run once per worker; keep its "
                                     "tests in one module")
 
-    def weight(members: list) -> tuple[int, int]:
-        return (sum(1 for m in members if m.get_closest_marker("slow")), len(members))
+    def weight(members: list) -> tuple[float, int, int]:
+        slow = sum(1 for m in members if m.get_closest_marker("slow"))
+        return (MODULE_SECONDS.get(members[0].nodeid.split("::")[0], 0), slow, len(members))
 
     items[:] = [item for name in sorted(modules, key=lambda m: weight(modules[m]), reverse=True)
                 for item in modules[name]]
@@ -88,9 +100,31 @@ def run_snakemake(workdir: Path, *args: str, env: dict | None = None,
     return proc
 
 
-def write_config(path: Path, edit: Callable[[dict], None] | None = None) -> list[str]:
-    """config/test.yaml, changed by `edit`, written to `path`; the arguments that use it."""
+VAL_SCENES = ["V0000", "V0001"]  # config/test.yaml's sample: 2 val scenes
+
+
+def local_run_config() -> dict:
+    """The local sample run's configuration: config/test.yaml, with inference (`snakemake
+    predict`) on its val scenes, scored as the scene-level evaluation scores them. PNG chips
+    (lossless) and every window chipped, so that evaluation saw exactly the windows, and the
+    pixels, that inference reads from the scene: tests/test_pipeline.py compares the two."""
     config = json.loads(json.dumps(TEST_CONFIG))
+    config["chipping"] |= {"image_format": "png", "empty_keep": 1.0}
+    evaluation = {"score_threshold": 0.01, "max_detections": 100, "batch_size": 8,
+                  "scene_nms_iou": 0.3}
+    config["evaluation"] = evaluation
+    config["inference"] = {
+        "runs": [f"sample/{SAMPLE_MODEL}"],
+        "scenes": [f"raw/sample/val/images/{s}.tif" for s in VAL_SCENES],
+        "score_threshold": evaluation["score_threshold"], "nms_iou": evaluation["scene_nms_iou"],
+        "max_detections": evaluation["max_detections"], "batch_size": 3}
+    return config
+
+
+def write_config(path: Path, edit: Callable[[dict], None] | None = None) -> list[str]:
+    """The local run's configuration (local_run_config), changed by `edit`, written to
+    `path`; the arguments that use it."""
+    config = local_run_config()
     if edit:
         edit(config)
     path.write_text(yaml.safe_dump(config))
@@ -105,7 +139,7 @@ def report_command(workdir: Path, args: list[str]) -> list[str]:
 
 @dataclass
 class SampleRun:
-    """A finished run of the sample pipeline (config/test.yaml) and its report."""
+    """A finished run of the sample pipeline and its report."""
 
     workdir: Path
     args: list[str]  # the configuration (and storage) arguments it ran with
@@ -115,13 +149,14 @@ class SampleRun:
 
 @pytest.fixture(scope="session")
 def local_sample_run(tmp_path_factory) -> SampleRun:
-    """The sample pipeline on local files, run once for every end-to-end test that reads it or
-    dry-runs on it; a test that changes files works on a copy. Checkpoints every 2 iterations,
-    so the run also writes one and clears it."""
+    """The sample pipeline on local files (local_run_config), and inference on its val
+    scenes, run once for every end-to-end test that reads it or dry-runs on it; a test that
+    changes files works on a copy. Checkpoints every 2 iterations, so the run also writes one
+    and clears it."""
     workdir = tmp_path_factory.mktemp("local-sample")
     args = write_config(workdir / "config.yaml",
                         lambda c: c.setdefault("checkpoints", {}).update(every=2))
-    run = run_snakemake(workdir, *args)
+    run = run_snakemake(workdir, *args, "all", "predict")
     report = subprocess.run(report_command(workdir, args), check=True, capture_output=True,
                             text=True, timeout=600)
     return SampleRun(workdir, args, run, report)

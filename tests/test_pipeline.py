@@ -1,4 +1,7 @@
-"""The whole sample pipeline on local files: outputs, the report, and what reruns after an edit.
+"""The whole sample pipeline on local files: outputs, the report, what reruns after an edit,
+and `snakemake predict` on the val scenes: the features of each scene are exactly the
+scene-level evaluation's merged detections, the files read back with GDAL/OGR (CRS included),
+and adding a scene to `inference:` plans only that scene's job.
 
 Every test that reads the session's local sample run (conftest.local_sample_run) lives here, so
 that under pytest-xdist the run is made once, on the worker that runs this module."""
@@ -8,13 +11,20 @@ import json
 import shutil
 import zipfile
 
+import numpy as np
+import pyogrio
+import pyogrio.raw
 import pytest
+import rasterio
+import rasterio.crs
+import rasterio.warp
+import shapely
 from conftest import (
-    ROOT,
     RUN_JOBS,
     SAMPLE_MODEL,
     SUMMARY_JOBS,
     TEST_CONFIG,
+    VAL_SCENES,
     planned_jobs,
     run_snakemake,
     write_config,
@@ -27,8 +37,11 @@ from report_checks import (
     check_report,
 )
 
+from nadir.datasets.sample import CLASSES
+
 pytestmark = pytest.mark.slow
 MODEL = SAMPLE_MODEL
+INFERENCE_RUN = f"sample/{MODEL}"
 
 
 @pytest.fixture
@@ -79,7 +92,8 @@ def test_learning_rate_edit_reruns_only_that_model(finished_run, tmp_path):
     args = write_config(tmp_path / "lr.yaml",
                         lambda c: c["models"].update({MODEL: {"lr": 0.0005}}))
     jobs = planned_jobs(run_snakemake(workdir, *args, "--dry-run"))
-    assert jobs == dict.fromkeys(RUN_JOBS + SUMMARY_JOBS, 1)
+    # and the inference on the val scenes, which uses that model
+    assert jobs == {**dict.fromkeys(RUN_JOBS + SUMMARY_JOBS, 1), "predict_scene": 2}
 
 
 def test_second_model_adds_only_its_jobs(finished_run, tmp_path):
@@ -157,8 +171,10 @@ def test_sample_pipeline_report_has_every_figure_and_opens_offline(local_sample_
     # Every job left a benchmark; the cost table counts all but its own and the summary's.
     with open(workdir / "results/cost.csv", newline="") as fh:
         cost = {row["rule"]: row for row in csv.DictReader(fh)}
+    # (inference jobs run for `predict`, not for the leaderboard: not in the cost table)
     benchmarks = {p.relative_to(workdir / "results/benchmarks").as_posix()
-                  for p in (workdir / "results/benchmarks").rglob("*.tsv")}
+                  for p in (workdir / "results/benchmarks").rglob("*.tsv")} - {
+        f"inference/sample/{MODEL}/{scene}.tsv" for scene in VAL_SCENES}
     assert {"cost.tsv", "summary.tsv", "sample/evaluate_scenes-ssdlite320_mobilenet_v3_large.tsv",
             "sample/generate_sample.tsv"} <= benchmarks
     assert int(cost["total"]["jobs"]) == len(benchmarks) - 2 == 15
@@ -171,11 +187,10 @@ def test_sample_pipeline_report_has_every_figure_and_opens_offline(local_sample_
 
     # A scene-level setting (the merge's IoU, the benchmark protocols) reruns the scene scoring
     # and what reads it, never the model.
-    edited = workdir / "edited.yaml"
-    for evaluation in ("  scene_nms_iou: 0.5\n", "  protocols:\n    sample: [coco]\n"):
-        edited.write_text((ROOT / "config/test.yaml").read_text() + "evaluation:\n" + evaluation)
-        dry = run_snakemake(workdir, "--configfile", str(edited), "--replace-workflow-config",
-                            "-n")
+    for evaluation in ({"scene_nms_iou": 0.5}, {"protocols": {"sample": ["coco"]}}):
+        edited = write_config(workdir / "edited.yaml",
+                              lambda c, e=evaluation: c["evaluation"].update(e))
+        dry = run_snakemake(workdir, *edited, "-n")
         assert planned_jobs(dry) == {
             "evaluate_scenes": 1, "plot_pr": 1, "plot_class_ap": 1, "compare": 1,
             "leaderboard": 1, "cost": 1, "summary": 1, "all": 1}, evaluation
@@ -198,3 +213,81 @@ def test_sample_run_records_its_config_and_checkpoint_settings_never_retrain(
     moved = write_config(tmp_path / "moved.yaml", lambda c: c.update(
         checkpoints={"every": 3, "location": str(tmp_path / "ck")}))
     assert planned_jobs(run_snakemake(work, *moved, "-n")) == {}
+
+
+def gpkg_boxes_in_pixels(path, scene_tif) -> list[tuple]:
+    """(category id, score, x0, y0, x1, y1) of every feature, mapped back to scene pixels."""
+    with rasterio.open(scene_tif) as src:
+        a, b, c, d, e, f = list(~src.transform)[:6]
+    _, _, geometry, fields = pyogrio.raw.read(path)
+    columns = dict(zip(pyogrio.read_info(path)["fields"], fields, strict=True))
+    boxes = []
+    for wkb, cid, score in zip(geometry, columns["category_id"], columns["score"], strict=True):
+        ring = shapely.get_coordinates(shapely.from_wkb(wkb))
+        pixels = np.array([(a * x + b * y + c, d * x + e * y + f) for x, y in ring])
+        boxes.append((int(cid), float(score), *pixels.min(0), *pixels.max(0)))
+    return sorted(boxes)
+
+
+def test_inference_features_equal_scene_evaluation_merge(finished_run):
+    workdir, _ = finished_run
+    scene_predictions = json.loads(
+        (workdir / f"results/sample/models/{MODEL}/scene_predictions.json").read_text())
+    id_of = {im["scene"]: im["id"] for im in scene_predictions["images"]}
+    total = 0
+    for scene in VAL_SCENES:
+        expected = sorted((d["category_id"], d["score"], d["bbox"][0], d["bbox"][1],
+                           d["bbox"][0] + d["bbox"][2], d["bbox"][1] + d["bbox"][3])
+                          for d in scene_predictions["detections"] if d["image_id"] == id_of[scene])
+        out = workdir / f"results/inference/{INFERENCE_RUN}/{scene}"
+        got = gpkg_boxes_in_pixels(out / "detections.gpkg",
+                                   workdir / f"raw/sample/val/images/{scene}.tif")
+        assert len(got) == len(expected) > 0
+        assert [g[:2] for g in got] == [e[:2] for e in expected]
+        np.testing.assert_allclose(np.array([g[2:] for g in got]),
+                                   np.array([e[2:] for e in expected]), rtol=0, atol=1e-6)
+        summary = json.loads((out / "summary.json").read_text())
+        assert sum(summary["per_class"].values()) == summary["detections"] == len(expected)
+        windows = summary["windows"]
+        assert windows["read"] + windows["nodata_skipped"] == windows["windows"] == 9
+        assert summary["georeferenced"]
+        total += len(expected)
+    assert total == len(scene_predictions["detections"])
+
+
+def test_inference_files_read_back_with_ogr_and_crs(finished_run):
+    workdir, _ = finished_run
+    scene = VAL_SCENES[0]
+    out = workdir / f"results/inference/{INFERENCE_RUN}/{scene}"
+    with rasterio.open(workdir / f"raw/sample/val/images/{scene}.tif") as src:
+        crs, bounds = src.crs, src.bounds
+        lon_lat = rasterio.warp.transform_bounds(src.crs, "EPSG:4326", *src.bounds)
+    gpkg = pyogrio.read_info(out / "detections.gpkg")
+    assert gpkg["driver"] == "GPKG" and gpkg["geometry_type"] == "Polygon"
+    assert rasterio.crs.CRS.from_user_input(gpkg["crs"]) == crs
+    x0, y0, x1, y1 = gpkg["total_bounds"]
+    assert bounds.left <= x0 < x1 <= bounds.right and bounds.bottom <= y0 < y1 <= bounds.top
+    geojson = pyogrio.read_info(out / "detections.geojson")
+    assert geojson["crs"] == "EPSG:4326" and geojson["features"] == gpkg["features"]
+    lon0, lat0, lon1, lat1 = geojson["total_bounds"]
+    assert lon_lat[0] - 1e-9 <= lon0 < lon1 <= lon_lat[2] + 1e-9
+    assert lon_lat[1] - 1e-9 <= lat0 < lat1 <= lon_lat[3] + 1e-9
+    _, _, _, fields = pyogrio.raw.read(out / "detections.gpkg")
+    columns = dict(zip(gpkg["fields"], fields, strict=True))
+    run = json.loads((workdir / f"results/sample/models/{MODEL}/run.json").read_text())
+    assert set(columns["model"]) == {MODEL} and set(columns["dataset"]) == {"sample"}
+    assert len(set(columns["run_digest"])) == 1 and len(columns["run_digest"][0]) == 16
+    assert set(columns["class"]) <= set(CLASSES)
+    assert run["chipping"]["image_format"] == "png" and run["chipping"]["bands"] is None
+    assert (out / "quicklook.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_adding_an_inference_scene_plans_only_its_job(finished_run, tmp_path):
+    workdir, args = finished_run
+    assert planned_jobs(run_snakemake(workdir, *args, "predict", "--dry-run")) == {}
+    shutil.copy(workdir / "raw/sample/val/images/V0000.tif", workdir / "new-scene.tif")
+    added = write_config(tmp_path / "added.yaml", lambda c: c["inference"]["scenes"].append(
+        {"name": "harbour", "source": "new-scene.tif"}))
+    proc = run_snakemake(workdir, *added, "predict", "--dry-run")
+    assert planned_jobs(proc) == {"predict_scene": 1, "predict": 1}
+    assert f"results/inference/{INFERENCE_RUN}/harbour/detections.gpkg" in proc.stdout
