@@ -10,9 +10,9 @@ PYTEST := $(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadscope --no-loadscope-
 # Packages are installed by uv (itself from PyPI, into the venv): it unpacks wheels in parallel
 # and does not byte-compile them (Python compiles what a run imports, on first import). Here
 # everything `make test` needs took 75-86 s with uv against 188 s with pip, from empty caches
-# (2026-12-01). uv does not read pip's
-# configuration, so the indexes pip is set to use (a mirror, a folder of wheels) are passed on,
-# merged as pip merges them (unsafe-best-match: the best version from any index).
+# (2026-12-01). uv does not read pip's configuration, so the indexes pip is set to use (a
+# mirror, a folder of wheels) are passed on, merged as pip merges them (unsafe-best-match: the
+# best version from any index).
 UV_VERSION := 0.13.9
 UV := $(VENV)/bin/uv
 PIP := $(UV) pip install --quiet --python $(PY) --native-tls --index-strategy unsafe-best-match \
