@@ -101,6 +101,7 @@ def run_snakemake(workdir: Path, *args: str, env: dict | None = None,
 
 
 VAL_SCENES = ["V0000", "V0001"]  # config/test.yaml's sample: 2 val scenes
+INFERENCE_RUN = f"sample/{SAMPLE_MODEL}"  # the run the local run infers with
 
 
 def local_run_config() -> dict:
@@ -114,7 +115,7 @@ def local_run_config() -> dict:
                   "scene_nms_iou": 0.3}
     config["evaluation"] = evaluation
     config["inference"] = {
-        "runs": [f"sample/{SAMPLE_MODEL}"],
+        "runs": [INFERENCE_RUN],
         "scenes": [f"raw/sample/val/images/{s}.tif" for s in VAL_SCENES],
         "score_threshold": evaluation["score_threshold"], "nms_iou": evaluation["scene_nms_iou"],
         "max_detections": evaluation["max_detections"], "batch_size": 3}

@@ -20,6 +20,7 @@ import rasterio.crs
 import rasterio.warp
 import shapely
 from conftest import (
+    INFERENCE_RUN,
     RUN_JOBS,
     SAMPLE_MODEL,
     SUMMARY_JOBS,
@@ -41,7 +42,6 @@ from nadir.datasets.sample import CLASSES
 
 pytestmark = pytest.mark.slow
 MODEL = SAMPLE_MODEL
-INFERENCE_RUN = f"sample/{MODEL}"
 
 
 @pytest.fixture
@@ -171,7 +171,7 @@ def test_sample_pipeline_report_has_every_figure_and_opens_offline(local_sample_
     # Every job left a benchmark; the cost table counts all but its own and the summary's.
     with open(workdir / "results/cost.csv", newline="") as fh:
         cost = {row["rule"]: row for row in csv.DictReader(fh)}
-    # (inference jobs run for `predict`, not for the leaderboard: not in the cost table)
+    # (the cost table leaves out the inference jobs: workflow/rules/report.smk, cost_jobs)
     benchmarks = {p.relative_to(workdir / "results/benchmarks").as_posix()
                   for p in (workdir / "results/benchmarks").rglob("*.tsv")} - {
         f"inference/sample/{MODEL}/{scene}.tsv" for scene in VAL_SCENES}
