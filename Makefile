@@ -7,18 +7,24 @@ CORES ?= 2
 # (its fixtures are made once), the slowest modules first (tests/conftest.py).
 TEST_WORKERS ?= 2
 PYTEST := $(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder
-# Packages are installed by uv (itself from PyPI, into the venv): it unpacks wheels in parallel
-# and does not byte-compile them (Python compiles what a run imports, on first import). Here
-# everything `make test` needs took 75-86 s with uv against 188 s with pip, from empty caches
-# (2026-12-01). uv does not read pip's configuration, so the indexes pip is set to use (a
+# Packages are installed by uv (itself from PyPI, into the venv): it unpacks wheels in parallel.
+# Here everything `make test` needs took 75-86 s with uv against 188 s with pip, from empty
+# caches (2026-12-01). uv does not read pip's configuration, so the indexes pip is set to use (a
 # mirror, a folder of wheels) are passed on, merged as pip merges them (unsafe-best-match: the
 # best version from any index).
+# uv does not byte-compile what it installs: Python compiles what a run imports and caches it
+# (.pyc) on first import. An environment with PYTHONDONTWRITEBYTECODE set forbids that cache, and
+# then every process compiles all it imports, every time: importing torchvision's detection
+# models took 16-18 s instead of 7, starting Snakemake 9.4 s instead of 2.6 (here, 2026-12-01;
+# `uv pip install --compile-bytecode` instead added 42 s to the install). So the recipes run
+# without it; only this project's .venv and src/ get .pyc files.
 UV_VERSION := 0.13.9
 UV := $(VENV)/bin/uv
 PIP := $(UV) pip install --quiet --python $(PY) --native-tls --index-strategy unsafe-best-match \
 	$(shell python3 envs/pip_indexes.py)
 
 .PHONY: install install-test sample test test-fast lint clean
+unexport PYTHONDONTWRITEBYTECODE
 
 $(VENV)/.installed: envs/requirements.txt pyproject.toml
 	python3 -m venv $(VENV)
