@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -39,6 +40,10 @@ def test_a_resumed_run_replaces_the_steps_after_its_checkpoint(tmp_path):
     first.add(10, {"lr": 1.0})
     first.add(20, {"lr": 2.0})  # written after the checkpoint at 10, then the job was killed
     first.close()
+    # The resumed run is a later process: TensorBoard reads event files in name order, and a
+    # name starts with the second it was made in. Within one second, in one process, names
+    # differ only by a counter, and "...9" sorts after "...10" (seen in CI).
+    time.sleep(1.1)
     resumed = LiveCurves(store, tmp_path / "out", first_step=10)
     resumed.add(20, {"lr": 3.0})
     resumed.close()
