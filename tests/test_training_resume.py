@@ -264,15 +264,18 @@ def test_two_process_ddp_on_cpu_checkpoints_and_resumes(data, tmp_path):
 
 
 @pytest.mark.slow
-def test_resume_continues_the_random_stream_of_a_sampling_model(tmp_path):
+def test_resume_continues_the_random_stream_of_a_sampling_model(tmp_path, monkeypatch):
     """Faster R-CNN draws its RPN and ROI samples from torch's global generator: a resumed run
     must continue that stream where the checkpoint left it. (At 64 px there are fewer anchors
-    than samples, every candidate is taken and the stream would not matter: hence 192 px.)"""
+    than samples, every candidate is taken and the stream would not matter: hence 192 px. With
+    64 proposals it still samples 32 of them per image.)"""
     from nadir.training.torchvision_backend import TorchvisionBackend
 
+    model = "fasterrcnn_mobilenet_v3_large_fpn"
+    tiny_chips.use_few_regions(monkeypatch, model)
     hp = tiny_chips.hyperparameters(iterations=4, log_interval=2, amp=False)
     reference, resumed, resumed_from = train_interrupted_and_uninterrupted(
-        TorchvisionBackend(), "fasterrcnn_mobilenet_v3_large_fpn", hp, tmp_path,
+        TorchvisionBackend(), model, hp, tmp_path,
         checkpoint_every=2, size=192)
     assert resumed_from == 2
     assert_same_run(reference, resumed)

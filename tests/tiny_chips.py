@@ -72,3 +72,28 @@ def train_job(data: dict, model: str, hp: dict, out_dir: Path, dataset: str = "t
                     manifest=data["manifest"], shards=[data["shard"]],
                     outputs=TrainOutputs.in_folder(out_dir),
                     **settings)
+
+
+# A tiny chip holds a handful of objects, yet an R-CNN scores 2,000 proposals and trains its box
+# head on 512 sampled regions per image. Tests may keep fewer: the same layers, loss terms and
+# random sampling, a fraction of the box head's work.
+FEW_PROPOSALS, FEW_SAMPLED_REGIONS = 64, 32
+
+
+def use_few_regions(monkeypatch, model: str) -> None:
+    """Build catalogue `model` (an R-CNN) with FEW_PROPOSALS and FEW_SAMPLED_REGIONS, for the
+    test that `monkeypatch` belongs to."""
+    from nadir.training.catalogue import CATALOGUE
+    from nadir.training.torchvision_models import BUILDERS
+
+    architecture = CATALOGUE[model].architecture
+    build = BUILDERS[architecture]
+
+    def build_small(*args):
+        built = build(*args)
+        budget = {"training": FEW_PROPOSALS, "testing": FEW_PROPOSALS}
+        built.rpn._pre_nms_top_n, built.rpn._post_nms_top_n = dict(budget), dict(budget)
+        built.roi_heads.fg_bg_sampler.batch_size_per_image = FEW_SAMPLED_REGIONS
+        return built
+
+    monkeypatch.setitem(BUILDERS, architecture, build_small)
