@@ -23,6 +23,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import s3server  # noqa: E402
+from dataset_builders import FileServer, make_dota, make_xview, sha256  # noqa: E402
 
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 # The jobs of one (dataset, model) run, and the summary jobs that gather every run: what an
@@ -45,15 +46,15 @@ def s3(tmp_path_factory):
 # The session fixtures that run a whole pipeline. Under pytest-xdist a session fixture is made
 # once per worker that uses it, so the tests of each live in one module (test_pipeline.py,
 # test_s3_pipeline.py) and `--dist loadscope` sends a module to one worker.
-SHARED_RUNS = ("local_sample_run", "s3_sample_run")
+SHARED_RUNS = ("local_sample_run", "s3_run")
 
 
 # Seconds each long module took in a CI run (two workers on this 2-core machine, 2026-12-01),
 # longest first: only the order in which workers take modules, so that both end together.
 MODULE_SECONDS = {
-    "tests/test_kubernetes_e2e.py": 245, "tests/test_training_models.py": 156,
-    "tests/test_datasets_pipeline.py": 132, "tests/test_training_resume.py": 128,
-    "tests/test_pipeline.py": 105, "tests/test_s3_pipeline.py": 90,
+    "tests/test_kubernetes_e2e.py": 245, "tests/test_s3_pipeline.py": 190,
+    "tests/test_training_models.py": 156, "tests/test_training_resume.py": 128,
+    "tests/test_pipeline.py": 105,
     "tests/test_kubernetes_failures.py": 89, "tests/test_models_detr_yolox.py": 54,
     "tests/test_kubernetes_profiles.py": 37,
 }
@@ -163,22 +164,50 @@ def local_sample_run(tmp_path_factory) -> SampleRun:
     return SampleRun(workdir, args, run, report)
 
 
-def s3_args(s3, prefix: str) -> list[str]:
-    return ["--configfile", str(ROOT / "config" / "test.yaml"), "--replace-workflow-config",
+def s3_args(s3, prefix: str, configfile: Path = ROOT / "config" / "test.yaml") -> list[str]:
+    """The arguments of a run of `configfile` with S3 as its storage, under `prefix`."""
+    return ["--configfile", str(configfile), "--replace-workflow-config",
             "--default-storage-provider", "s3",
             "--default-storage-prefix", f"s3://{S3_BUCKET}/{prefix}",
             "--storage-s3-endpoint-url", s3.endpoint]
 
 
+@dataclass
+class DatasetsRun(SampleRun):
+    """The S3 run of a DOTA-format and an xView-format dataset (dataset_builders)."""
+
+    xview: dict  # what make_xview built: its files and object counts
+
+
 @pytest.fixture(scope="session")
-def s3_sample_run(s3, tmp_path_factory) -> SampleRun:
-    """The sample pipeline with S3 as the default storage (prefix `run1` of S3_BUCKET), and its
-    report, run once for every end-to-end S3 test."""
-    workdir = tmp_path_factory.mktemp("s3-sample")
-    args = s3_args(s3, "run1")
+def s3_run(s3, tmp_path_factory) -> DatasetsRun:
+    """The pipeline with S3 as the default storage (prefix `run1` of S3_BUCKET) on two datasets
+    in the benchmarks' own formats, made by the tests: a DOTA v1.5 one fetched from placed files
+    (a zip and a folder) and an xView one fetched over HTTP; and its report. Run once for every
+    end-to-end S3 test (tests/test_s3_pipeline.py). The sample dataset's own S3 run is the
+    Kubernetes test's (tests/test_kubernetes_e2e.py)."""
+    root = tmp_path_factory.mktemp("s3-datasets")
+    dota_sources = make_dota(root / "dota", train=3, val=2, size=320)
+    built = make_xview(root / "xview", images=4, size=320)
+    server = FileServer(root / "xview")
+    config = json.loads(json.dumps(TEST_CONFIG))
+    config["datasets"] = {
+        "dota15": {"format": "dota", "version": "v1.5", "source": [
+            {"url": str(dota_sources["train"]), "split": "train",
+             "sha256": sha256(dota_sources["train"])},
+            {"url": str(dota_sources["val"]), "split": "val"}]},
+        "xv": {"format": "xview", "split": {"val_fraction": 0.25, "seed": 1}, "source": [
+            {"url": f"{server.url}/{built['images'].name}", "sha256": sha256(built["images"])},
+            {"url": f"{server.url}/{built['labels'].name}"}]},
+    }
+    config_path = root / "config.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    workdir = tmp_path_factory.mktemp("s3-run")
+    args = s3_args(s3, "run1", config_path)
     run = run_snakemake(workdir, *args, env=s3.env())
     report = run_snakemake(workdir, *args, "--report", "report.html", env=s3.env())
-    return SampleRun(workdir, args, run, report)
+    yield DatasetsRun(workdir, args, run, report, built)
+    server.stop()
 
 
 def planned_jobs(proc: subprocess.CompletedProcess) -> dict[str, int]:

@@ -1,5 +1,5 @@
-"""What `snakemake --report` of the sample pipeline must hold, local or on S3: every figure,
-entry and category, and nothing loaded from the network."""
+"""What `snakemake --report` of a run of the sample model must hold, local or on S3: every
+figure, entry and category, and nothing loaded from the network."""
 
 from __future__ import annotations
 
@@ -8,18 +8,25 @@ import json
 import re
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-RUN = "results/sample/models/ssdlite320_mobilenet_v3_large"
-# category -> subcategory -> files, as the report must list them.
-EXPECTED_CATEGORIES = {
-    "Leaderboard": {"Other": ["results/leaderboard.html"]},
-    "Cost": {"Other": ["results/cost.html"]},
-    "Per-class AP": {"sample": ["results/sample/class_ap.png"]},
-    "Precision-recall curves": {"sample": [f"{RUN}/pr.png"]},
-    "Sample detections": {"sample": [f"{RUN}/detections.png"]},
-    "Training curves": {"sample": [f"{RUN}/loss.png"]},
-    "Comparisons": {"sample": ["results/sample/comparison.html"]},
-    "Datasets": {"Other": ["results/sample/index/stats.png"]},
-}
+MODEL = "ssdlite320_mobilenet_v3_large"
+
+
+def expected_categories(datasets: list[str]) -> dict[str, dict[str, list[str]]]:
+    """category -> subcategory -> files, as the report of MODEL's runs on `datasets` must list
+    them."""
+    def per_dataset(path: str) -> dict[str, list[str]]:
+        return {d: [path.format(dataset=d, run=f"results/{d}/models/{MODEL}")] for d in datasets}
+
+    return {
+        "Leaderboard": {"Other": ["results/leaderboard.html"]},
+        "Cost": {"Other": ["results/cost.html"]},
+        "Per-class AP": per_dataset("results/{dataset}/class_ap.png"),
+        "Precision-recall curves": per_dataset("{run}/pr.png"),
+        "Sample detections": per_dataset("{run}/detections.png"),
+        "Training curves": per_dataset("{run}/loss.png"),
+        "Comparisons": per_dataset("results/{dataset}/comparison.html"),
+        "Datasets": {"Other": sorted(f"results/{d}/index/stats.png" for d in datasets)},
+    }
 
 
 def embedded_json(page: str, name: str):
@@ -34,18 +41,19 @@ def data(entry: dict) -> bytes:
     return base64.b64decode(entry["data_uri"].split("base64,", 1)[1])
 
 
-def check_report(page: str, staged: str = "") -> None:
-    """Every expected entry in its category with a caption, a PNG per figure type, the rule
-    graph, and nothing loaded from the network. With remote storage the report names each
-    file by its local copy, `staged` + path."""
+def check_report(page: str, datasets: list[str], staged: str = "") -> None:
+    """Every expected entry of `datasets` in its category with a caption, a PNG per figure
+    type, the rule graph, and nothing loaded from the network. With remote storage the report
+    names each file by its local copy, `staged` + path."""
+    expected = expected_categories(datasets)
     categories = {name: {sub: sorted(f.removeprefix(staged) for f in files)
                          for sub, files in subs.items()}
                   for name, subs in embedded_json(page, "categories").items()}
-    for name, subs in EXPECTED_CATEGORIES.items():
+    for name, subs in expected.items():
         assert categories.get(name) == subs, name
     results = {path.removeprefix(staged): entry
                for path, entry in embedded_json(page, "results").items()}
-    for subs in EXPECTED_CATEGORIES.values():
+    for subs in expected.values():
         for files in subs.values():
             for path in files:
                 entry = results[path]
@@ -53,8 +61,9 @@ def check_report(page: str, staged: str = "") -> None:
                 if path.endswith(".png"):
                     assert entry["data_uri"].startswith("data:image/png")
                     assert data(entry).startswith(PNG_MAGIC)
-    assert results[f"{RUN}/pr.png"]["labels"] == {"dataset": "sample",
-                                                  "model": "ssdlite320_mobilenet_v3_large"}
+    for dataset in datasets:
+        assert results[f"results/{dataset}/models/{MODEL}/pr.png"]["labels"] == {
+            "dataset": dataset, "model": MODEL}
     rule_graph = page[page.index('<script id="rulegraph">'):]
     assert "evaluate_scenes" in rule_graph[:20000] and "plot_class_ap" in rule_graph[:20000]
 
@@ -63,8 +72,8 @@ def check_report(page: str, staged: str = "") -> None:
     assert not re.search(r"<script[^>]+src=", page)
     assert not re.search(r"<link[^>]+href=[\"']?https?:", page)
     assert not re.search(r"@import|url\([\"']?https?:", page)
-    for table in ("results/leaderboard.html", "results/cost.html",
-                  "results/sample/comparison.html"):
+    for table in ["results/leaderboard.html", "results/cost.html",
+                  *(f"results/{d}/comparison.html" for d in datasets)]:
         assert b"http" not in data(results[table])
 
 

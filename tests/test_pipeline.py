@@ -30,13 +30,7 @@ from conftest import (
     run_snakemake,
     write_config,
 )
-from report_checks import (
-    EXPECTED_CATEGORIES,
-    PNG_MAGIC,
-    RUN,
-    check_printed_leaderboard,
-    check_report,
-)
+from report_checks import PNG_MAGIC, check_printed_leaderboard, check_report, expected_categories
 
 from nadir.datasets.sample import CLASSES
 
@@ -163,8 +157,8 @@ def test_malformed_config_stops_before_any_job(finished_run, tmp_path):
 def test_sample_pipeline_report_has_every_figure_and_opens_offline(local_sample_run):
     workdir = local_sample_run.workdir
     check_printed_leaderboard(local_sample_run.run.stdout)
-    check_report((workdir / "report.html").read_text())
-    for subs in EXPECTED_CATEGORIES.values():
+    check_report((workdir / "report.html").read_text(), ["sample"])
+    for subs in expected_categories(["sample"]).values():
         for path in (p for files in subs.values() for p in files if p.endswith(".png")):
             assert (workdir / path).read_bytes().startswith(PNG_MAGIC)
 
@@ -182,7 +176,7 @@ def test_sample_pipeline_report_has_every_figure_and_opens_offline(local_sample_
     with open(workdir / "results/leaderboard.csv", newline="") as fh:
         (row,) = list(csv.DictReader(fh))
     assert row["rank"] == "1" and float(row["wall_seconds"]) > 0 and row["device"] == "cpu"
-    scene = json.loads((workdir / RUN / "scene_metrics.json").read_text())
+    scene = json.loads((workdir / f"results/sample/models/{MODEL}/scene_metrics.json").read_text())
     assert scene["level"] == "scene" and scene["images"] == 2  # config/test.yaml: 2 val scenes
 
     # A scene-level setting (the merge's IoU, the benchmark protocols) reruns the scene scoring

@@ -1,17 +1,27 @@
-"""The sample pipeline with S3 as the default storage, on a real SeaweedFS server.
+"""The whole pipeline with S3 as the default storage, on a real SeaweedFS server, on a DOTA-format
+and an xView-format dataset made by the tests: fetched from placed files and over HTTP, indexed,
+chipped, trained (a few iterations), evaluated by COCO and by each benchmark's own protocol, and
+reported; every file is read back from the bucket.
 
-Every test that reads the session's S3 sample run (conftest.s3_sample_run) lives here, so that
-under pytest-xdist the run is made once, on the worker that runs this module."""
+Every test that reads the session's S3 run (conftest.s3_run) lives here, so that under
+pytest-xdist the run is made once, on the worker that runs this module. The local storage path
+of every rule is the session's local_sample_run (tests/test_pipeline.py)."""
 
 import csv
+import io
+import json
+import zipfile
 
 import pytest
 from conftest import S3_BUCKET, SAMPLE_MODEL, planned_jobs, run_snakemake, s3_args
 from report_checks import check_printed_leaderboard, check_report
 
+from nadir.datasets import dota, xview
+
 pytestmark = pytest.mark.slow
-MODEL = SAMPLE_MODEL
+MODEL = SAMPLE_MODEL  # config/test.yaml's one model
 BUCKET = S3_BUCKET
+DATASETS = ["dota15", "xv"]
 
 
 def keys(s3, prefix):
@@ -19,51 +29,110 @@ def keys(s3, prefix):
     return {obj["Key"][len(prefix) + 1:] for page in pages for obj in page.get("Contents", [])}
 
 
-@pytest.fixture
-def s3_run(s3_sample_run):
-    """The session's S3 sample run (prefix run1)."""
-    return s3_sample_run.workdir, s3_sample_run.args, s3_sample_run.run
+def read_bytes(s3, path: str) -> bytes:
+    """A file of the run, from the bucket."""
+    return s3.client().get_object(Bucket=BUCKET, Key=f"run1/{path}")["Body"].read()
+
+
+def read(s3, path: str) -> str:
+    return read_bytes(s3, path).decode()
 
 
 def test_every_output_lands_in_the_bucket(s3, s3_run):
     stored = keys(s3, "run1")
     for path in ["results/leaderboard.csv", "results/leaderboard.html",
-                 f"results/sample/models/{MODEL}/model.pt",
-                 f"results/sample/models/{MODEL}/metrics.json",
-                 "results/sample/chips/shard-000.tar", "results/sample/chips/manifest.json",
-                 "results/sample/coco/val.json", "raw/sample/train/images/T0000.tif",
-                 "raw/sample/val/labelTxt/V0000.txt", "logs/sample/index.log"]:
+                 f"results/xv/models/{MODEL}/model.pt", f"results/xv/models/{MODEL}/metrics.json",
+                 "results/dota15/chips/shard-000.tar", "results/dota15/chips/manifest.json",
+                 "results/dota15/coco/val.json", "raw/xv/manifest.json",
+                 "logs/xv/fetch.log", "logs/dota15/index.log"]:
         assert path in stored, f"{path} missing from the bucket; it holds {sorted(stored)}"
+    assert not (s3_run.workdir / "results").exists()  # nothing beside the controller
 
 
-def test_rerun_is_a_no_op(s3, s3_run):
-    workdir, args, _ = s3_run
-    assert planned_jobs(run_snakemake(workdir, *args, "--dry-run", env=s3.env())) == {}
+def test_each_format_goes_through_every_stage(s3, s3_run):
+    built = s3_run.xview
+    with_header = list(csv.DictReader(read(s3, "results/leaderboard.csv").splitlines()))
+    assert sorted(r["dataset"] for r in with_header) == DATASETS
+    dota_train = json.loads(read(s3, "results/dota15/coco/train.json"))
+    assert [c["name"] for c in dota_train["categories"]] == dota.CLASSES_BY_VERSION["v1.5"]
+    assert dota_train["annotations"], "DOTA chips carry objects"
+    assert read_bytes(s3, "results/dota15/index/stats.png")[:4] == b"\x89PNG"
+    assert json.loads(read(s3, "raw/xv/manifest.json"))["format"] == "xview"
+    summary = json.loads(read(s3, "results/xv/index/summary.json"))
+    assert summary["objects"] == built["objects"]
+    assert summary["dropped"]["unnamed_type_id_75"] == 1
+    assert summary["bad_input"]["skipped"]["label_without_image"] == 1
+    assert summary["scenes"] == {"train": 3, "val": 1}
+    assert len(json.loads(read(s3, "results/xv/coco/val.json"))["categories"]) == \
+        len(xview.CLASSES)
+    stats = json.loads(read(s3, "results/xv/index/stats.json"))
+    assert sum(stats["objects"].values()) == built["objects"]
+    manifest = json.loads(read(s3, "results/xv/chips/manifest.json"))
+    assert sorted(manifest["scenes"]) == ["1000", "1001", "1002", "1003"]
+    assert {s["shard"] for s in manifest["scenes"].values()} == {0, 1}
+
+
+def test_each_dataset_is_scored_by_its_benchmarks_protocol(s3, s3_run):
+    """evaluation.protocols defaults: DOTA's Task 2 for DOTA, the xView scorer for xView."""
+    board = {r["dataset"]: r for r in csv.DictReader(
+        read(s3, "results/leaderboard.csv").splitlines())}
+    assert float(board["xv"]["xview_map"]) >= 0 and board["xv"]["dota_task2_map"] == ""
+    assert float(board["dota15"]["dota_task2_map"]) >= 0 and board["dota15"]["xview_map"] == ""
+    xview_scores = json.loads(read(s3, f"results/xv/models/{MODEL}/scene_metrics.json"))
+    assert set(xview_scores["protocols"]) == {"xview"}
+    assert xview_scores["protocols"]["xview"]["status"] == "ok"
+    assert {"map_small", "map_rare", "precision", "recall", "f1"} <= set(
+        xview_scores["protocols"]["xview"])
+    dota_scores = json.loads(read(s3, f"results/dota15/models/{MODEL}/scene_metrics.json"))
+    assert [r["name"] for r in dota_scores["protocols"]["dota_task2"]["per_class"]] == \
+        dota.CLASSES_BY_VERSION["v1.5"]
+    assert dota_scores["protocols"]["dota_task1"]["status"] == "not computed"  # no polygons
+
+
+def test_submission_files_follow_each_benchmark(s3, s3_run):
+    """xView's: one file per val image; DOTA's: one per class."""
+    val_scenes = [r["scene"] for r in csv.DictReader(
+        read(s3, "results/xv/index/scenes.csv").splitlines()) if r["split"] == "val"]
+    with zipfile.ZipFile(io.BytesIO(
+            read_bytes(s3, f"results/xv/models/{MODEL}/submission.zip"))) as archive:
+        assert sorted(archive.namelist()) == sorted(f"xview/{s}.tif.txt" for s in val_scenes)
+        for name in archive.namelist():
+            for line in archive.read(name).decode().splitlines():
+                xmin, ymin, xmax, ymax, type_id, score = line.split()
+                assert int(type_id) in xview.CLASS_NAMES and 0 < float(score) <= 1
+                assert float(xmin) < float(xmax) and float(ymin) < float(ymax)
+    with zipfile.ZipFile(io.BytesIO(
+            read_bytes(s3, f"results/dota15/models/{MODEL}/submission.zip"))) as archive:
+        assert sorted(archive.namelist()) == sorted(
+            f"dota_task2/Task2_{c}.txt" for c in dota.CLASSES_BY_VERSION["v1.5"])
+
+
+def test_a_fresh_controller_finds_everything_in_storage(s3, s3_run, tmp_path):
+    """Another laptop, or CI, with an empty working directory: nothing to redo."""
+    assert planned_jobs(run_snakemake(tmp_path, *s3_run.args, "--dry-run", env=s3.env())) == {}
 
 
 def test_deleted_remote_output_reruns_only_its_dependants_from_an_empty_directory(
         s3, s3_run, tmp_path):
-    _, args, _ = s3_run
-    metrics = f"results/sample/models/{MODEL}/metrics.json"
+    metrics = f"results/xv/models/{MODEL}/metrics.json"
     s3.client().delete_object(Bucket=BUCKET, Key=f"run1/{metrics}")
     # A fresh, empty working directory: the jobs see nothing but the bucket.
-    proc = run_snakemake(tmp_path, *args, env=s3.env())
-    # evaluate rewrites predictions.json too, so everything reading the predictions reruns.
+    proc = run_snakemake(tmp_path, *s3_run.args, env=s3.env())
+    # evaluate rewrites predictions.json too, so everything reading the predictions reruns;
+    # nothing of the other dataset does.
     assert planned_jobs(proc) == dict.fromkeys(
         ["evaluate", "evaluate_scenes", "plot_pr", "plot_detections", "plot_class_ap",
          "compare", "leaderboard", "cost", "summary", "all"], 1)
-    assert f"results/sample/models/{MODEL}/metrics.json" in keys(s3, "run1")
+    assert metrics in keys(s3, "run1")
 
 
 def test_credentials_never_reach_logs_or_outputs(s3, s3_run):
-    workdir, _, proc = s3_run
-    texts = [proc.stdout, proc.stderr]
-    texts += [p.read_text(errors="replace") for p in (workdir / ".snakemake" / "log").glob("*")]
-    client = s3.client()
+    texts = [s3_run.run.stdout, s3_run.run.stderr, s3_run.report.stdout, s3_run.report.stderr]
+    texts += [p.read_text(errors="replace")
+              for p in (s3_run.workdir / ".snakemake" / "log").glob("*")]
     for key in keys(s3, "run1"):
         if key.endswith((".log", ".json", ".csv", ".html")):
-            texts.append(client.get_object(Bucket=BUCKET, Key=f"run1/{key}")["Body"].read()
-                         .decode(errors="replace"))
+            texts.append(read_bytes(s3, key).decode(errors="replace"))
     assert len(texts) > 10
     for text in texts:
         assert s3.secret_key not in text
@@ -77,22 +146,16 @@ def test_wrong_credentials_are_refused(s3, tmp_path):
     assert "not-the-secret-key-at-all" not in proc.stdout + proc.stderr
 
 
-def test_sample_pipeline_and_report_on_s3_storage(s3_sample_run, s3):
-    """Every new rule sees only its staged inputs; the cost table reads benchmarks from the
-    bucket; the local summary rule prints in the terminal; the keys leak nowhere."""
-    run, report = s3_sample_run.run, s3_sample_run.report
-    check_printed_leaderboard(run.stdout)
-    page = (s3_sample_run.workdir / "report.html").read_text()
-    check_report(page, staged=f".snakemake/storage/s3/{S3_BUCKET}/run1/")
-    bucket = s3.client()
-    cost = bucket.get_object(Bucket=S3_BUCKET, Key="run1/results/cost.csv")
-    rows = {r["rule"]: r for r in csv.DictReader(cost["Body"].read().decode().splitlines())}
-    assert rows["total"]["jobs"] == "15"
-    keys = [o["Key"] for o in bucket.list_objects_v2(Bucket=S3_BUCKET, Prefix="run1/")
-            ["Contents"]]
-    assert "run1/results/benchmarks/sample/evaluate_scenes-ssdlite320_mobilenet_v3_large.tsv" \
-        in keys
-    logs = "".join(bucket.get_object(Bucket=S3_BUCKET, Key=k)["Body"].read().decode()
-                   for k in keys if k.startswith("run1/logs/"))
-    for text in (run.stdout, run.stderr, report.stdout, report.stderr, page, logs):
-        assert s3.secret_key not in text
+def test_report_and_cost_table_from_s3_storage(s3_run, s3):
+    """Every rule sees only its staged inputs; the cost table reads benchmarks from the bucket;
+    the local summary rule prints in the terminal."""
+    check_printed_leaderboard(s3_run.run.stdout)
+    page = (s3_run.workdir / "report.html").read_text()
+    check_report(page, DATASETS, staged=f".snakemake/storage/s3/{S3_BUCKET}/run1/")
+    assert s3.secret_key not in page
+    rows = {r["rule"]: r for r in csv.DictReader(read(s3, "results/cost.csv").splitlines())}
+    # per dataset: index, 2 chip shards, chip_manifest, coco, plot_class_ap, compare, and the
+    # run's train, evaluate, evaluate_scenes, loss_curve, plot_pr, plot_detections; then the
+    # leaderboard (fetch is not in the table: workflow/rules/report.smk, cost_jobs)
+    assert rows["total"]["jobs"] == str(2 * 13 + 1)
+    assert f"results/benchmarks/xv/evaluate_scenes-{MODEL}.tsv" in keys(s3, "run1")
