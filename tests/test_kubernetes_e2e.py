@@ -11,6 +11,7 @@ import base64
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -172,12 +173,20 @@ def test_sample_pipeline_runs_end_to_end_as_pods(pipeline, s3):
     assert pipeline.proc.returncode == 0, pipeline.proc.stderr[-6000:]
     jobs = pipeline.double.accepted("Job")
     rules = sorted(rule_of(job) for job in jobs)
-    # one pod per job (each killed pod's retry is a second Job of its rule); `summary` runs
-    # on the controller (a localrule that prints the leaderboard)
+    # one pod per job (each killed pod's retry is a second Job of its rule), but one for the
+    # profile's group of summarising jobs (Snakemake names it by group and rules); `summary`
+    # runs on the controller (a localrule that prints the leaderboard)
+    grouped = sorted(g.split("=")[0] for g in PROFILE["groups"] if g.endswith("=summarise"))
+    assert grouped == ["compare", "cost", "leaderboard", "plot_class_ap"]
+    group_label = "_".join(["summarise", *grouped])
     assert rules == sorted(["generate_sample_sample", "index", "dataset_stats", "chip", "chip",
                             "chip", "chip_manifest", "coco", "train", "train", "evaluate",
                             "evaluate_scenes", "loss_curve", "plot_pr", "plot_detections",
-                            "plot_class_ap", "compare", "leaderboard", "cost"])
+                            group_label])
+    [group_job] = [job for job in jobs if rule_of(job) == group_label]
+    words = shlex.split(container(group_job)["args"][1].split("--target-jobs ")[1])
+    targets = words[:next(i for i, w in enumerate(words) if w.startswith("--"))]
+    assert sorted(t.split(":")[0] for t in targets) == grouped, targets
     assert [r.error for r in pipeline.double.received if not r.accepted] == []
     # every file is in the bucket, nothing was written beside the controller
     leaderboard = s3.client().get_object(

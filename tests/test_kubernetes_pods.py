@@ -157,6 +157,25 @@ def test_a_gpu_class_by_model_or_rule_sets_resource_name_priority_and_selector(t
         settings.for_job(True, "huge")
 
 
+def test_a_group_job_runs_on_the_class_of_the_model_its_jobs_share():
+    """A profile's `groups:` makes group jobs, which have no wildcards of their own."""
+    from types import SimpleNamespace
+
+    from snakemake_executor_plugin_kubernetes_pods import _model_of
+
+    def job(model: str | None):
+        return SimpleNamespace(is_group=lambda: False,
+                               wildcards_dict={"model": model} if model else {})
+
+    def group(*members):
+        return SimpleNamespace(is_group=lambda: True, jobs=members)
+
+    assert _model_of(job("convnext")) == "convnext"
+    assert _model_of(group(job("convnext"), job("convnext"))) == "convnext"
+    assert _model_of(group(job("convnext"), job("ssd"))) is None
+    assert _model_of(group(job(None), job(None))) is None
+
+
 def test_gpu_limit_is_added_and_pods_get_their_environment():
     job = upstream_like_job(gpu=True)
     job["spec"]["template"]["spec"]["containers"][0]["resources"].pop("limits")

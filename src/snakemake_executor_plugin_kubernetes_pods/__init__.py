@@ -59,6 +59,14 @@ API_ATTEMPTS = 6  # back-off 1, 2, 4, 8, 16 s: about half a minute of outage is 
 MAX_BACKOFF_S = 30.0
 
 
+def _model_of(job: JobExecutorInterface) -> str | None:
+    """A job's `model` wildcard; for a group job (profile `groups:`), the one its jobs share."""
+    if job.is_group():
+        models = {(member.wildcards_dict or {}).get("model") for member in job.jobs}
+        return models.pop() if len(models) == 1 else None
+    return (job.wildcards_dict or {}).get("model")
+
+
 @dataclass
 class ExecutorSettings(upstream.ExecutorSettings):
     # Optional[...], not `| None`: Snakemake derives the CLI argument's type from it.
@@ -208,8 +216,7 @@ class Executor(upstream.Executor):
         manifest = self._batchapi.api_client.sanitize_for_serialization(body)
         resources = dict(job.resources)
         runtime_min = resources.get("runtime")
-        gpu_class = self.pod_settings.gpu_class(resources.get("gpu_class"),
-                                                (job.wildcards_dict or {}).get("model"))
+        gpu_class = self.pod_settings.gpu_class(resources.get("gpu_class"), _model_of(job))
         try:
             settings = self.pod_settings.for_job(requests_gpu=bool(resources.get("gpu")),
                                                  gpu_class=gpu_class)
