@@ -52,11 +52,10 @@ SHARED_RUNS = ("local_sample_run", "s3_run")
 # Seconds each long module took in a CI run (two workers on this 2-core machine, 2026-12-01),
 # longest first: only the order in which workers take modules, so that both end together.
 MODULE_SECONDS = {
-    "tests/test_kubernetes_e2e.py": 245, "tests/test_s3_pipeline.py": 190,
-    "tests/test_training_models.py": 156, "tests/test_training_resume.py": 128,
-    "tests/test_pipeline.py": 105,
-    "tests/test_kubernetes_failures.py": 89, "tests/test_models_detr_yolox.py": 54,
-    "tests/test_kubernetes_profiles.py": 37,
+    "tests/test_kubernetes_e2e.py": 264, "tests/test_s3_pipeline.py": 240,
+    "tests/test_training_models.py": 143, "tests/test_pipeline.py": 141,
+    "tests/test_training_resume.py": 99, "tests/test_kubernetes_failures.py": 87,
+    "tests/test_models_detr_yolox.py": 83, "tests/test_kubernetes_profiles.py": 45,
 }
 
 
