@@ -7,8 +7,9 @@ import base64
 import json
 import re
 
+from conftest import SAMPLE_MODEL as MODEL
+
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-MODEL = "ssdlite320_mobilenet_v3_large"
 
 
 def expected_categories(datasets: list[str]) -> dict[str, dict[str, list[str]]]:
@@ -80,4 +81,4 @@ def check_report(page: str, datasets: list[str], staged: str = "") -> None:
 def check_printed_leaderboard(stdout: str) -> None:
     """The summary job prints the leaderboard in the terminal after every other job."""
     assert "== nadir leaderboard ==" in stdout
-    assert "| 1 | ssdlite320_mobilenet_v3_large |" in stdout
+    assert f"| 1 | {MODEL} |" in stdout
