@@ -36,12 +36,6 @@ SLOW = {"deformable_detr_r50", "yolov3"}
 # chips hold a handful of objects, and the matcher and the losses of 300 queries over 6 decoder
 # layers were most of a Deformable DETR step (6 s on 2 threads at load 6; 2.2 s with 50).
 FEW_QUERIES = {"deformable_detr_r50": 50}
-# (iterations, log interval): 8 steps, a loss per 4; the DETRs 4, a loss per 2 (DETR's loss fell
-# from 46.4 to 42.8, 45.2 to 42.3 and 46.2 to 43.1 with seeds 0, 1 and 2, Deformable DETR's from
-# 63.1 to 43.6, 61.0 to 43.3 and 58.7 to 43.2: 4-6 s of training each instead of 8-11). YOLOv3's
-# loss rose in 4 steps with seeds 0 and 1.
-STEPS = {"detr_r50": (4, 2), "deformable_detr_r50": (4, 2)}
-DEFAULT_STEPS = (8, 4)
 
 
 def with_few_queries(build_config, queries: int):
@@ -74,7 +68,7 @@ def test_model_trains_with_falling_loss_and_evaluates(model, data, tmp_path, mon
                             with_few_queries(detr_models.build_config, FEW_QUERIES[model]))
     # The same two chips every step (no flips): a model that learns fits them at once.
     backend = get_backend(entry(model).backend)
-    iterations, interval = STEPS.get(model, DEFAULT_STEPS)
+    iterations, interval = tiny_chips.falling_loss_steps(model)
     hp = short_hp(model, iterations=iterations, log_interval=interval)
     result = backend.train(tiny_chips.train_job(data, model, hp, tmp_path, threads=2))
     assert result["iterations"] == iterations and result["resumed_from"] == 0

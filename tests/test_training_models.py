@@ -31,12 +31,6 @@ MAY_PREDICT_NOTHING = {"fasterrcnn_resnet50_fpn_v2"}
 # seeds 0 and 1. Not for the MobileNet and Swin R-CNNs: their loss then fell by less than 0.1 %
 # or rose in 8 steps (and MobileNet's box head is cheap as it is).
 FEW_REGIONS = {"fasterrcnn_resnet50_fpn_v2", "fasterrcnn_convnext_tiny_fpn"}
-# (iterations, log interval): 8 steps, a loss per 4. VGG-16 SSD resizes every chip to 300 px,
-# 6.5 s a step here, so it takes 4 steps, a loss per 2: its loss then fell from 38.2 to 18.7,
-# 23.2 to 13.8 and 36.5 to 14.3 with seeds 0, 1 and 2 (26 s of training instead of 52). So does
-# the Swin-T R-CNN: 1.66 to 1.16, 1.73 to 1.17 and 1.62 to 1.29 (11 s instead of 26).
-STEPS = {"ssd300_vgg16": (4, 2), "fasterrcnn_swin_t_fpn": (4, 2)}
-DEFAULT_STEPS = (8, 4)
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +44,7 @@ def test_model_trains_with_falling_loss_and_evaluates(model, data, tmp_path, mon
     if model in FEW_REGIONS:
         tiny_chips.use_few_regions(monkeypatch, model)
     # The same two chips every step (no flips): a model that learns fits them at once.
-    iterations, interval = STEPS.get(model, DEFAULT_STEPS)
+    iterations, interval = tiny_chips.falling_loss_steps(model)
     hp = model_hyperparameters(
         {"training": tiny_chips.hyperparameters(iterations=iterations, log_interval=interval,
                                                 augment=False, warmup_iterations=1),
