@@ -143,7 +143,9 @@ class S3Server:
                  if arg.lstrip("-").split("=", 1)[0] in PORT_FLAGS]
         _wait_for_free_ports(ports, timeout)
         self.process = _launch(self.command, self.log_path)
+        deadline = time.monotonic() + timeout
         _wait_until_ready(self, timeout)
+        _wait_until_stored_objects_read(self, deadline)
 
 
 def _launch(cmd: list[str], log_path: Path) -> subprocess.Popen:
@@ -167,6 +169,28 @@ def _wait_until_ready(server: S3Server, timeout: float) -> None:
     server.stop()
     tail = server.log_path.read_text()[-2000:]
     raise RuntimeError(f"SeaweedFS did not answer within {timeout}s: {tail}")
+
+
+def _wait_until_stored_objects_read(server: S3Server, deadline: float) -> None:
+    """Wait until the first object of every bucket can be read again. A restarted weed lists
+    buckets before its volume server has told the master which volumes it holds; a GET in that
+    gap fails with InternalError: seen in CI, and here under load for 4 s after a restart."""
+    client = server.client()
+    firsts = []
+    for bucket in client.list_buckets()["Buckets"]:
+        listed = client.list_objects_v2(Bucket=bucket["Name"], MaxKeys=1).get("Contents", [])
+        firsts += [(bucket["Name"], listed[0]["Key"])] if listed else []
+    for bucket, key in firsts:
+        while True:
+            try:
+                client.get_object(Bucket=bucket, Key=key, Range="bytes=0-0")["Body"].read()
+                break
+            except Exception:  # noqa: BLE001 - volumes not registered yet
+                if time.monotonic() > deadline:
+                    tail = server.log_path.read_text()[-2000:]
+                    raise RuntimeError(f"restarted SeaweedFS cannot read s3://{bucket}/{key}: "
+                                       f"{tail}") from None
+                time.sleep(0.2)
 
 
 def start(workdir: Path, timeout: float = 30.0,
