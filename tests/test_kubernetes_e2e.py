@@ -187,6 +187,10 @@ def test_sample_pipeline_runs_end_to_end_as_pods(pipeline, s3):
     words = shlex.split(container(group_job)["args"][1].split("--target-jobs ")[1])
     targets = words[:next(i for i, w in enumerate(words) if w.startswith("--"))]
     assert sorted(t.split(":")[0] for t in targets) == grouped, targets
+    # sized by Snakemake's group rule: the dataset's per-class figure and comparison side by
+    # side (1 CPU, 2000 MB each by the profile's defaults), the rest after them
+    requests = container(group_job)["resources"]["requests"]
+    assert (requests["cpu"], requests["memory"]) == ("2000m", "4000M"), requests
     assert [r.error for r in pipeline.double.received if not r.accepted] == []
     # every file is in the bucket, nothing was written beside the controller
     leaderboard = s3.client().get_object(
