@@ -14,8 +14,10 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 PORT_FLAGS = [
     "master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port",
@@ -143,9 +145,7 @@ class S3Server:
                  if arg.lstrip("-").split("=", 1)[0] in PORT_FLAGS]
         _wait_for_free_ports(ports, timeout)
         self.process = _launch(self.command, self.log_path)
-        deadline = time.monotonic() + timeout
-        _wait_until_ready(self, timeout)
-        _wait_until_stored_objects_read(self, deadline)
+        _wait_until_ready(self, timeout, ready=_reads_stored_objects)
 
 
 def _launch(cmd: list[str], log_path: Path) -> subprocess.Popen:
@@ -155,42 +155,37 @@ def _launch(cmd: list[str], log_path: Path) -> subprocess.Popen:
                                 env={**os.environ, "S3_BUCKET": ""})
 
 
-def _wait_until_ready(server: S3Server, timeout: float) -> None:
+def _answers(client) -> None:
+    client.list_buckets()
+
+
+def _reads_stored_objects(client) -> None:
+    """Reads the first object of every bucket. A restarted weed lists buckets before its volume
+    server has told the master which volumes it holds; a GET in that gap fails with
+    InternalError: seen in CI, and here under load for 4 s after a restart."""
+    for bucket in client.list_buckets()["Buckets"]:
+        listed = client.list_objects_v2(Bucket=bucket["Name"], MaxKeys=1).get("Contents", [])
+        if listed:
+            client.get_object(Bucket=bucket["Name"], Key=listed[0]["Key"],
+                              Range="bytes=0-0")["Body"].read()
+
+
+def _wait_until_ready(server: S3Server, timeout: float,
+                      ready: Callable[[Any], None] = _answers) -> None:
+    """Poll until `ready(client)` succeeds; a weed that exits or stays unready is an error."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
             tail = server.log_path.read_text()[-2000:]
             raise RuntimeError(f"weed exited with {server.process.returncode}: {tail}")
         try:
-            server.client().list_buckets()
+            ready(server.client())
             return
         except Exception:  # noqa: BLE001 - not ready yet
             time.sleep(0.3)
     server.stop()
     tail = server.log_path.read_text()[-2000:]
     raise RuntimeError(f"SeaweedFS did not answer within {timeout}s: {tail}")
-
-
-def _wait_until_stored_objects_read(server: S3Server, deadline: float) -> None:
-    """Wait until the first object of every bucket can be read again. A restarted weed lists
-    buckets before its volume server has told the master which volumes it holds; a GET in that
-    gap fails with InternalError: seen in CI, and here under load for 4 s after a restart."""
-    client = server.client()
-    firsts = []
-    for bucket in client.list_buckets()["Buckets"]:
-        listed = client.list_objects_v2(Bucket=bucket["Name"], MaxKeys=1).get("Contents", [])
-        firsts += [(bucket["Name"], listed[0]["Key"])] if listed else []
-    for bucket, key in firsts:
-        while True:
-            try:
-                client.get_object(Bucket=bucket, Key=key, Range="bytes=0-0")["Body"].read()
-                break
-            except Exception:  # noqa: BLE001 - volumes not registered yet
-                if time.monotonic() > deadline:
-                    tail = server.log_path.read_text()[-2000:]
-                    raise RuntimeError(f"restarted SeaweedFS cannot read s3://{bucket}/{key}: "
-                                       f"{tail}") from None
-                time.sleep(0.2)
 
 
 def start(workdir: Path, timeout: float = 30.0,
