@@ -16,7 +16,6 @@ import yaml
 from conftest import ROOT, planned_jobs, run_snakemake
 from interrupted import assert_same_run
 
-from nadir.config import model_hyperparameters
 from nadir.errors import NadirError
 from nadir.evaluation import evaluate
 from nadir.training.catalogue import CATALOGUE, entry
@@ -52,12 +51,6 @@ def data(tmp_path_factory):
     return tiny_chips.build(tmp_path_factory.mktemp("tiny"), chips=2, size=64)
 
 
-def short_hp(model: str, **changes) -> dict:
-    training = tiny_chips.hyperparameters(iterations=8, log_interval=4, augment=False,
-                                          warmup_iterations=1) | changes
-    return model_hyperparameters({"training": training, "models": {model: None}}, model)
-
-
 @pytest.mark.parametrize("model", [pytest.param(m, marks=pytest.mark.slow) if m in SLOW else m
                                    for m in NEW_FAMILIES])
 def test_model_trains_with_falling_loss_and_evaluates(model, data, tmp_path, monkeypatch):
@@ -69,7 +62,7 @@ def test_model_trains_with_falling_loss_and_evaluates(model, data, tmp_path, mon
     # The same two chips every step (no flips): a model that learns fits them at once.
     backend = get_backend(entry(model).backend)
     iterations, interval = tiny_chips.falling_loss_steps(model)
-    hp = short_hp(model, iterations=iterations, log_interval=interval)
+    hp = tiny_chips.model_training(model, iterations=iterations, log_interval=interval)
     result = backend.train(tiny_chips.train_job(data, model, hp, tmp_path, threads=2))
     assert result["iterations"] == iterations and result["resumed_from"] == 0
     log = json.loads((tmp_path / "train_log.json").read_text())
@@ -96,8 +89,8 @@ def test_model_trains_with_falling_loss_and_evaluates(model, data, tmp_path, mon
 def test_category_ids_with_gaps_come_back_from_detr(tmp_path):
     data = tiny_chips.build(tmp_path / "data", chips=2, category_ids=(11, 94))
     backend = get_backend("transformers")
-    backend.train(tiny_chips.train_job(data, "detr_r50", short_hp("detr_r50", iterations=1),
-                                       tmp_path / "out", threads=2))
+    hp = tiny_chips.model_training("detr_r50", iterations=1)
+    backend.train(tiny_chips.train_job(data, "detr_r50", hp, tmp_path / "out", threads=2))
     predictions = backend.predict(tmp_path / "out" / "model.pt", data["coco"], [data["shard"]],
                                   {"score_threshold": 0.0, "max_detections": 100,
                                    "batch_size": 2})
@@ -121,7 +114,7 @@ def test_detr_reports_labels_one_to_k_and_never_the_no_object_class():
 
 
 def test_yolox_resumes_to_the_weights_of_an_uninterrupted_run(data, tmp_path):
-    hp = short_hp("yolox_s", iterations=4, log_interval=2)
+    hp = tiny_chips.model_training("yolox_s", iterations=4, log_interval=2)
     store = LocalCheckpoints(tmp_path / "checkpoints", keep=1)
     backend = get_backend("yolox")
     # The first run leaves its checkpoint at iteration 2 (only `nadir train` clears them).

@@ -45,10 +45,7 @@ def test_model_trains_with_falling_loss_and_evaluates(model, data, tmp_path, mon
         tiny_chips.use_few_regions(monkeypatch, model)
     # The same two chips every step (no flips): a model that learns fits them at once.
     iterations, interval = tiny_chips.falling_loss_steps(model)
-    hp = model_hyperparameters(
-        {"training": tiny_chips.hyperparameters(iterations=iterations, log_interval=interval,
-                                                augment=False, warmup_iterations=1),
-         "models": {model: None}}, model)
+    hp = tiny_chips.model_training(model, iterations=iterations, log_interval=interval)
     job = tiny_chips.train_job(data, model, hp, tmp_path, threads=2)
     backend = get_backend("torchvision")
     result = backend.train(job)

@@ -63,6 +63,16 @@ def hyperparameters(**overrides) -> dict:
             "seed": 0, "pretrained": "none", "amp": True} | overrides
 
 
+def model_training(model: str, **changes) -> dict:
+    """`model`'s hyperparameters (its catalogue overrides applied) for a short run on the same
+    chips every step: 8 steps, a loss per 4, no flips, one warm-up step, unless `changes` say."""
+    from nadir.config import model_hyperparameters
+
+    training = hyperparameters(iterations=8, log_interval=4, augment=False,
+                               warmup_iterations=1) | changes
+    return model_hyperparameters({"training": training, "models": {model: None}}, model)
+
+
 def train_job(data: dict, model: str, hp: dict, out_dir: Path, dataset: str = "tiny",
               **settings):
     """A TrainJob over what `build` wrote; `settings` are the TrainJob's other fields."""
