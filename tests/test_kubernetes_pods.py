@@ -1,4 +1,5 @@
-"""Pod settings (nadir.kubernetes) and the Kubernetes API double, without running Snakemake."""
+"""Pod settings (the executor package's pod_settings) and the Kubernetes API double, without
+running Snakemake."""
 
 from __future__ import annotations
 
@@ -18,14 +19,20 @@ from conftest import ROOT
 from k8s_double import KubernetesDouble
 
 from nadir.errors import InputError
-from nadir.kubernetes import (
+from snakemake_executor_plugin_kubernetes_pods.pod_settings import (
     POD_ENVIRONMENT,
     S3_ENDPOINT_VARIABLE,
     apply_pod_settings,
     label_value,
     load_pod_settings,
 )
-from nadir.kubernetes_status import Failed, Stuck, assess, log_tail, quota_never_fits
+from snakemake_executor_plugin_kubernetes_pods.pod_status import (
+    Failed,
+    Stuck,
+    assess,
+    log_tail,
+    quota_never_fits,
+)
 
 PROFILE = ROOT / "profiles" / "kubernetes"
 
@@ -347,7 +354,7 @@ def test_active_deadline_ends_a_job(api):
     assert status.failed == 1 and status.conditions[0].reason == "DeadlineExceeded"
 
 
-# --- why a job is not running (nadir.kubernetes_status) --------------------------------------
+# --- why a job is not running (pod_status) --------------------------------------
 def pod_json(name="p-1", phase="Pending", state=None, conditions=None, reason=None):
     status = {"phase": phase, "conditions": conditions or []}
     if state is not None:

@@ -16,7 +16,10 @@ import yaml
 from conftest import ROOT
 from k8s_double import KubernetesDouble, NautilusPolicy, Node
 
-from nadir.kubernetes import S3_ENDPOINT_VARIABLE, load_pod_settings
+from snakemake_executor_plugin_kubernetes_pods.pod_settings import (
+    S3_ENDPOINT_VARIABLE,
+    load_pod_settings,
+)
 
 pytestmark = pytest.mark.slow  # Snakemake runs through the API double
 

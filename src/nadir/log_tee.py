@@ -4,8 +4,9 @@ Rules send a command's stderr (its progress log, warnings and any traceback) to 
 file with `2> {log}`; that file reaches the bucket only when the job succeeds. Inside a pod the
 command's stdout is the container's output, so with this copy `kubectl logs -f` shows training
 iterations while they run, and the log the controller reads from a failed pod ends with the
-traceback. Pods switch it on with NADIR_TEE_STDERR=1 (nadir.kubernetes.POD_ENVIRONMENT); on a
-laptop stderr goes to the log file only, as before.
+traceback. Pods switch it on with NADIR_TEE_STDERR=1 (`POD_ENVIRONMENT` in
+snakemake_executor_plugin_kubernetes_pods/pod_settings.py); on a laptop stderr goes to the log
+file only, as before.
 
 Only Python-level writes are copied (logging, warnings, tracebacks, print to stderr): output a C
 library writes straight to file descriptor 2 stays in the log file.

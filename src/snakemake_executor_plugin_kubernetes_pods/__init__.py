@@ -2,12 +2,12 @@
 
 Every Job is built by snakemake-executor-plugin-kubernetes (0.5.1) exactly as with
 `--executor kubernetes`; this plugin amends the finished manifest just before it is sent
-(`nadir.kubernetes.apply_pod_settings`: /dev/shm, GPU resource name and class, node selector,
+(`pod_settings.apply_pod_settings`: /dev/shm, GPU resource name and class, node selector,
 affinity, tolerations, priority class, image pull secrets, labels, a deadline) and replaces how
 jobs are watched and stopped, where upstream hangs or fails silently:
 
 - a job whose pod cannot start fails with the pod, the reason and the event text
-  (`nadir.kubernetes_status`): image pull errors, a missing Secret, OOMKilled, Evicted, the
+  (`pod_status`): image pull errors, a missing Secret, OOMKilled, Evicted, the
   deadline, a quota that can never admit the pod at once; Unschedulable or a quota refusal that
   may clear once it has lasted `--kubernetes-pods-stuck-timeout` seconds. Upstream counts all
   of them as running until the deadline;
@@ -43,7 +43,7 @@ from snakemake_interface_executor_plugins.executors.remote import RemoteExecutor
 from snakemake_interface_executor_plugins.jobs import JobExecutorInterface
 
 from nadir.errors import NadirError
-from nadir.kubernetes import (
+from snakemake_executor_plugin_kubernetes_pods.pod_settings import (
     CONTAINER_NAME,
     RUN_LABEL,
     ClusterPodSettings,
@@ -51,7 +51,7 @@ from nadir.kubernetes import (
     label_value,
     load_pod_settings,
 )
-from nadir.kubernetes_status import Failed, Stuck, assess, log_tail
+from snakemake_executor_plugin_kubernetes_pods.pod_status import Failed, Stuck, assess, log_tail
 
 # API answers worth another try: too many requests, and the server or a proxy failing.
 RETRIED_STATUSES = {429, 500, 502, 503, 504}

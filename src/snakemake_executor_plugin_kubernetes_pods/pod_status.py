@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from nadir.kubernetes import CONTAINER_NAME
+from snakemake_executor_plugin_kubernetes_pods.pod_settings import CONTAINER_NAME
 
 # Container waiting reasons that do not go away by waiting (the kubelet keeps retrying a pull,
 # but a missing image or a refused pull secret does not appear by itself).
