@@ -169,10 +169,15 @@ def format_polygon(polygon: list[float]) -> str:
     return " ".join(["%g"] * len(polygon)) % tuple(polygon)
 
 
-def write_categories(path: Path, classes: list[str]) -> None:
-    """COCO-style categories: ids from 1 in the given class order."""
-    categories = [{"id": i + 1, "name": name} for i, name in enumerate(classes)]
-    path.write_text(json.dumps(categories, indent=1) + "\n")
+def categories(classes: list[str], ids: list[int] | None = None) -> list[dict]:
+    """COCO-style categories in the given class order: the given ids (a dataset's own, e.g.
+    RarePlanes' role_id), else ids from 1."""
+    ids = ids or list(range(1, len(classes) + 1))
+    return [{"id": i, "name": name} for i, name in zip(ids, classes, strict=True)]
+
+
+def write_categories(path: Path, classes: list[str], ids: list[int] | None = None) -> None:
+    path.write_text(json.dumps(categories(classes, ids), indent=1) + "\n")
 
 
 def read_scenes(path: Path) -> list[dict]:
