@@ -23,7 +23,14 @@ sys.path.insert(0, str(ROOT / "tests"))
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import s3server  # noqa: E402
-from dataset_builders import FileServer, make_dota, make_xview, sha256  # noqa: E402
+from dataset_builders import (  # noqa: E402
+    FileServer,
+    make_dota,
+    make_rareplanes,
+    make_xview,
+    sha256,
+    upload_tree,
+)
 
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 # The jobs of one (dataset, model) run, and the summary jobs that gather every run: what an
@@ -33,14 +40,32 @@ SUMMARY_JOBS = ["plot_class_ap", "compare", "leaderboard", "cost", "summary", "a
 TEST_CONFIG = yaml.safe_load((ROOT / "config" / "test.yaml").read_text())
 SAMPLE_MODEL = "ssdlite320_mobilenet_v3_large"
 S3_BUCKET = "nadir-e2e"
+RAREPLANES_BUCKET = "rareplanes-public"  # the public bucket's name, on the tests' server
 
 
 @pytest.fixture(scope="session")
 def s3(tmp_path_factory):
-    """One SeaweedFS server for the whole test session (ready in about a second)."""
-    server = s3server.start(tmp_path_factory.mktemp("seaweedfs"))
+    """One SeaweedFS server for the whole test session (ready in about a second). Like the
+    real one, its bucket `rareplanes-public` anyone may read and list (RarePlanes' replica,
+    tests/test_distributions.py); every other bucket needs the credentials."""
+    server = s3server.start(tmp_path_factory.mktemp("seaweedfs"),
+                            anonymous_actions=[f"{action}:{RAREPLANES_BUCKET}"
+                                               for action in ("Read", "List")])
     yield server
     server.stop(grace=1.0)
+
+
+@pytest.fixture(scope="session")
+def rareplanes_bucket(s3, tmp_path_factory) -> dict:
+    """RarePlanes' public bucket in miniature (dataset_builders.make_rareplanes) on the
+    session's S3 server: its local copy (`root`) and what each tile holds (`tiles`)."""
+    root = tmp_path_factory.mktemp("rareplanes") / RAREPLANES_BUCKET
+    tiles = make_rareplanes(root)
+    client = s3.client()
+    if RAREPLANES_BUCKET not in [b["Name"] for b in client.list_buckets().get("Buckets", [])]:
+        client.create_bucket(Bucket=RAREPLANES_BUCKET)
+    upload_tree(client, RAREPLANES_BUCKET, root)
+    return {"root": root, "tiles": tiles}
 
 
 # The session fixtures that run a whole pipeline. Under pytest-xdist a session fixture is made

@@ -577,9 +577,9 @@ VERSION_TAG = re.compile(r"(?:^|[^a-z0-9])v(\d+\.\d+)(?:$|[^0-9])", re.IGNORECAS
 def label_variant(folders: list[str], version: str | None) -> str | None:
     """Why a DOTA label file in these folders is set aside (None: it is read): a horizontal-box
     copy, or the labels of another version than the configured one."""
+    if any(HORIZONTAL_COPY.search(folder) for folder in folders):
+        return "horizontal-box copies (DOTA's reclabel/_hbb labels), not the oriented labels"
     for folder in folders:
-        if HORIZONTAL_COPY.search(folder):
-            return "horizontal-box copies (DOTA's reclabel/_hbb labels), not the oriented labels"
         tag = VERSION_TAG.search(folder)
         if tag and version and f"v{tag.group(1)}" != version:
             return f"labels of DOTA v{tag.group(1)}, not of the configured version {version}"
@@ -692,8 +692,9 @@ def scan(root: Path, entries: list[tuple[SourceEntry, Path]], dataset_format: st
     """Pair images and labels by file name (per split), attach each image's sidecars and read
     every image's header (its sidecar's georeferencing included)."""
     found = Scan(root, dataset_format, tiled, version)
-    for entry, folder in entries:
-        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+    for entry, folder in entries:  # shallower first: a copy sits deeper than its original
+        for path in sorted((p for p in folder.rglob("*") if p.is_file()),
+                           key=lambda p: (len(p.parts), p)):
             found.add(entry, folder, path)
     ordered = [found.scenes[name] for name in sorted(found.scenes)]
     for n, scene in enumerate(ordered, start=1):

@@ -136,10 +136,11 @@ def class_ids(parsed: dict[str, list[PlaneObject]], attribute: str) -> dict[str,
             known_id = ids.setdefault(obj.category, obj.class_id)
             known_name = names.setdefault(obj.class_id, obj.category)
             if (known_id, known_name) != (obj.class_id, obj.category):
+                earlier = (f"earlier features give {obj.category!r} the id {known_id}"
+                           if known_id != obj.class_id else
+                           f"earlier features give that id to {known_name!r}")
                 raise InputError(label, f"feature {obj.feature}: {attribute} {obj.category!r} "
-                                        f"with {attribute}_id {obj.class_id}; earlier features "
-                                        f"give {obj.category!r} the id {known_id} and the id "
-                                        f"{obj.class_id} to {known_name!r}")
+                                        f"with {attribute}_id {obj.class_id}; {earlier}")
     if ids and without:
         raise InputError(without[0], f"feature {without[1]}: no {attribute}_id, where other "
                                      f"features number their {attribute}")
