@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import tarfile
 import threading
@@ -15,10 +16,35 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from nadir.datasets.sample import generate_scene
 
 XVIEW_IDS = {"plane": 11, "storage-tank": 86, "small-vehicle": 18}
+DATASETS_DOC = Path(__file__).resolve().parents[1] / "docs" / "datasets.md"
+
+
+def docs_datasets() -> dict[str, dict]:
+    """Every dataset the YAML snippets of docs/datasets.md configure, by name: what the tests
+    run, so that the docs and the tests cannot drift."""
+    found = {}
+    for block in re.findall(r"```yaml\n(.*?)```", DATASETS_DOC.read_text(), re.S):
+        snippet = yaml.safe_load(block)
+        if isinstance(snippet, dict) and "datasets" in snippet:
+            found.update(snippet["datasets"])
+    return found
+
+
+def as_placed(snippet: dict, data: Path, endpoint: str | None = None) -> dict:
+    """A docs snippet's dataset with `/data/` moved to the test's `data` folder and its s3://
+    entries pointed at the tests' server (`endpoint`): nothing else changes."""
+    spec = json.loads(json.dumps(snippet))
+    for entry in spec["source"]:
+        if entry["url"].startswith("/data/"):
+            entry["url"] = str(data / entry["url"][len("/data/"):])
+        elif entry["url"].startswith("s3://"):
+            entry["endpoint_url"] = endpoint
+    return spec
 
 
 def sha256(path: Path) -> str:

@@ -8,7 +8,6 @@ Each run costs about a second."""
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import tarfile
 from dataclasses import dataclass
@@ -17,7 +16,15 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import RAREPLANES_BUCKET, ROOT
-from dataset_builders import DOTA_SCENES, ROLES, dota_label, make_dota_drive, make_xview
+from dataset_builders import (
+    DOTA_SCENES,
+    ROLES,
+    as_placed,
+    docs_datasets,
+    dota_label,
+    make_dota_drive,
+    make_xview,
+)
 
 from nadir.chipping import ChipParams, chip_shard, scenes_to_chip, write_chip_manifest
 from nadir.coco import write_coco
@@ -30,32 +37,7 @@ from nadir.fetch import FetchSettings, fetch_dataset
 from nadir.index import IndexTables, read_annotations
 
 MODEL = "ssdlite320_mobilenet_v3_large"
-
-
-def docs_datasets() -> dict[str, dict]:
-    """Every dataset the YAML snippets of docs/datasets.md configure, by name."""
-    found = {}
-    for block in re.findall(r"```yaml\n(.*?)```", (ROOT / "docs" / "datasets.md").read_text(),
-                            re.S):
-        snippet = yaml.safe_load(block)
-        if isinstance(snippet, dict) and "datasets" in snippet:
-            found.update(snippet["datasets"])
-    return found
-
-
 DOCS = docs_datasets()
-
-
-def as_placed(name: str, data: Path, endpoint: str | None = None) -> dict:
-    """A docs snippet's dataset with `/data/` moved to the test's `data` folder, and its s3://
-    entries pointed at the tests' server: nothing else changes."""
-    spec = json.loads(json.dumps(DOCS[name]))
-    for entry in spec["source"]:
-        if entry["url"].startswith("/data/"):
-            entry["url"] = str(data / entry["url"][len("/data/"):])
-        elif entry["url"].startswith("s3://"):
-            entry["endpoint_url"] = endpoint
-    return spec
 
 
 @dataclass
@@ -148,7 +130,7 @@ def dota_data(tmp_path_factory) -> Path:
 
 
 def test_dota_v1_5_from_its_drive_folders_as_the_docs_configure_it(dota_data, tmp_path):
-    run = to_coco("dota_v1_5", as_placed("dota_v1_5", dota_data), tmp_path)
+    run = to_coco("dota_v1_5", as_placed(DOCS["dota_v1_5"], dota_data), tmp_path)
     assert [c["name"] for c in run.coco["train"]["categories"]] == \
         dota.CLASSES_BY_VERSION["v1.5"]
     for split in ("train", "val"):
@@ -170,7 +152,7 @@ def test_dota_v1_5_from_its_drive_folders_as_the_docs_configure_it(dota_data, tm
 
 
 def test_dota_v1_0_from_its_archives_listed_one_by_one(dota_data, tmp_path):
-    run = to_coco("dota_v1_0", as_placed("dota_v1_0", dota_data), tmp_path)
+    run = to_coco("dota_v1_0", as_placed(DOCS["dota_v1_0"], dota_data), tmp_path)
     assert [c["name"] for c in run.coco["val"]["categories"]] == \
         dota.CLASSES_BY_VERSION["v1.0"]
     for split in ("train", "val"):
@@ -250,7 +232,7 @@ def test_a_split_whose_images_have_no_labels_names_what_its_entries_brought(dota
 
 def test_xview_from_its_archives_as_the_docs_configure_it(tmp_path):
     built = make_xview(tmp_path / "data" / "xview", images=3, size=160)
-    run = to_coco("xview", as_placed("xview", tmp_path / "data"), tmp_path / "work",
+    run = to_coco("xview", as_placed(DOCS["xview"], tmp_path / "data"), tmp_path / "work",
                   chipping={"size": 256})
     assert run.summary["objects"] == built["objects"]
     assert sum(len(run.coco[s]["annotations"]) for s in ("train", "val")) == built["objects"]
@@ -287,7 +269,7 @@ def test_rareplanes_tiles_with_their_sidecars_reach_coco_with_their_crs_and_role
     monkeypatch.delenv("GDAL_PAM_ENABLED", raising=False)
     tiles = rareplanes_bucket["tiles"]
     before = aux_files(rareplanes_folders) | aux_files(rareplanes_bucket["root"])
-    run = to_coco(name, as_placed(name, rareplanes_folders, s3.endpoint), tmp_path,
+    run = to_coco(name, as_placed(DOCS[name], rareplanes_folders, s3.endpoint), tmp_path,
                   chipping={"geotiff": True})
     assert run.coco["train"]["categories"] == [{"id": i, "name": ROLES[i]} for i in (1, 3, 6, 7)]
     for split, coco_split in (("train", "train"), ("test", "val")):
@@ -328,7 +310,7 @@ def test_rareplanes_tiles_with_their_sidecars_reach_coco_with_their_crs_and_role
 def test_a_subset_of_the_bucket_keeps_rareplanes_own_class_ids(rareplanes_bucket, s3, tmp_path):
     """The first 2 train tiles (roles 1 and 6) and the first test tile (role 7): the ids stay
     1, 6 and 7, where numbering the roles found would give 1, 2, 3."""
-    spec = as_placed("rareplanes", tmp_path, s3.endpoint)
+    spec = as_placed(DOCS["rareplanes"], tmp_path, s3.endpoint)
     spec["source"][0]["max_scenes"], spec["source"][1]["max_scenes"] = 2, 1
     config = {"datasets": {"rp": spec}, "models": {MODEL: {}}}
     validate(config, [MODEL])
@@ -374,3 +356,40 @@ def test_every_docs_snippet_is_a_valid_config():
     assert {"dota_v1_5", "dota_v1_0", "xview", "rareplanes", "rareplanes_tarballs",
             "rareplanes_folders"} <= set(DOCS)
     assert RAREPLANES_BUCKET in DOCS["rareplanes"]["source"][0]["url"]
+
+
+# --- sidecars ----------------------------------------------------------------------------------
+
+def test_world_file_and_pam_sidecar_complete_each_other_as_gdal_reads_them(tmp_path):
+    """A PNG with a world file (read by GDAL's driver, PAM on or off) and an `.aux.xml`
+    holding only the SRS: the header gives the transform, the sidecar the CRS; a sidecar's
+    GeoTransform, where it has one, comes first (GDAL's default order of sources)."""
+    import numpy as np
+    import rasterio
+    from rasterio.shutil import copy as gdal_copy
+    from rasterio.transform import from_origin
+
+    from nadir.fetch import classify
+    from nadir.index import image_header
+
+    source = tmp_path / "s.tif"
+    with rasterio.open(source, "w", driver="GTiff", width=8, height=8, count=3, dtype="uint8",
+                       crs="EPSG:32633", transform=from_origin(500_000, 5_000_000, 2, 2)) as dst:
+        dst.write(np.zeros((3, 8, 8), np.uint8))
+    with rasterio.Env(GDAL_PAM_ENABLED="NO"):
+        gdal_copy(str(source), str(tmp_path / "t.png"), driver="PNG", WORLDFILE="YES")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.tif", "t.png", "t.wld"]
+    assert image_header(tmp_path / "t.png")["crs"] is None  # half a georeferencing
+    (tmp_path / "t.png.aux.xml").write_text("<PAMDataset><SRS>EPSG:32633</SRS></PAMDataset>")
+    header = image_header(tmp_path / "t.png")
+    assert header["crs"] == "EPSG:32633"
+    assert header["transform"] == [2.0, 0.0, 500_000.0, 0.0, -2.0, 5_000_000.0]
+    (tmp_path / "t.png.aux.xml").write_text(
+        "<PAMDataset><SRS>EPSG:32633</SRS><GeoTransform>1000, 1, 0, 2000, 0, -1"
+        "</GeoTransform></PAMDataset>")
+    assert image_header(tmp_path / "t.png")["transform"] == [1.0, 0.0, 1000.0, 0.0, -1.0,
+                                                             2000.0]
+    assert [classify(f"PS-RGB_tiled/{name}", "rareplanes") for name in (
+        "t.png", "t.png.aux.xml", "t.pgw", "t.wld", "t.tif.aux.xml", "t.xml")] == [
+        "image", "sidecar", "sidecar", "sidecar", "sidecar", None]
+    assert classify("geojson_aircraft_tiled/t.png.aux.xml", "rareplanes") is None

@@ -94,13 +94,14 @@ def read_sidecar(sidecar: Path) -> str:
 
 def merge(header_crs: str | None, header_transform, pam: tuple | None
           ) -> tuple[str | None, list[float] | None]:
-    """An image's CRS and transform: what its own header says (GeoTIFF tags, or a world file,
-    which GDAL reads without PAM), completed by its PAM sidecar's."""
+    """An image's CRS and transform as GDAL with PAM on would give them: its PAM sidecar's
+    where the sidecar has them (GDAL's default GDAL_GEOREF_SOURCES puts PAM first), else its
+    own header's (GeoTIFF tags, or a world file, which GDAL reads with PAM off too)."""
     transform = [float(v) for v in list(header_transform)[:6]] if header_transform else None
     if transform is not None and tuple(transform) == IDENTITY and header_crs is None:
         transform = None  # GDAL's stand-in for "no geotransform"
     pam_crs, pam_transform = pam or (None, None)
-    return header_crs or pam_crs, transform or pam_transform
+    return pam_crs or header_crs, pam_transform or transform
 
 
 def crs_text(crs, origin: str | Path) -> str | None:
