@@ -186,6 +186,36 @@ def test_a_whole_split_folder_reads_the_configured_version_and_sets_the_rest_asi
             "horizontal-box copies (DOTA's reclabel/_hbb labels), not the oriented labels"}
 
 
+@pytest.mark.parametrize("version", ["v1.0", "v1.5"])
+def test_dota_unzipped_in_place_as_training_toolkits_lay_it_out(dota_data, tmp_path, version):
+    """Every Drive archive unzipped where it lies (`images/P0000.png`,
+    `labelTxt-v1.0/labelTxt/`, `trainset_reclabelTxt/`, `labelTxt-v1.5/DOTA-v1.5_train/`, as
+    mmrotate's guide shows it), one folder per split given as it is."""
+    import zipfile
+
+    unzipped = tmp_path / "DOTA"
+    for archive in sorted((dota_data / "DOTA").rglob("*.zip")):
+        if "1" in archive.relative_to(dota_data / "DOTA").parts:
+            continue  # the Drive's copy of part1.zip
+        within = archive.parent.relative_to(dota_data / "DOTA")
+        target = unzipped / within
+        if archive.parent.name.startswith("labelTxt") and not any(
+                n.count("/") for n in zipfile.ZipFile(archive).namelist()):
+            target = target / archive.stem  # files at the top: unzipped into a folder
+        with zipfile.ZipFile(archive) as zf:
+            zf.extractall(target)
+    spec = {"format": "dota", "version": version, "chipping": {"size": 1024, "overlap": 200},
+            "source": [{"url": str(unzipped / "train"), "split": "train"},
+                       {"url": str(unzipped / "val"), "split": "val"}]}
+    run = to_coco("d", spec, tmp_path / "work")
+    for split in ("train", "val"):
+        assert_boxes(run.boxes(split), dota_boxes(split, version))
+    other = "v1.5" if version == "v1.0" else "v1.0"
+    reasons = sorted(m.split(": ", 1)[1] for m in run.cases()["label_variant_set_aside"])
+    assert reasons.count(f"labels of DOTA {other}, not of the configured version "
+                         f"{version}") == 2
+
+
 def test_silent_outcomes_are_warnings_that_say_what_to_check(dota_data, tmp_path):
     """v1.0 labels under a v1.5 config, a part zip left out, chips too small for a class."""
     drive = dota_data / "DOTA"
