@@ -40,7 +40,12 @@ from urllib.parse import urlparse
 from urllib.request import Request, urlopen
 
 from nadir.errors import InputError, NadirError
-from nadir.georeferencing import IMAGE_SUFFIXES, is_sidecar_of, sidecar_image_stem
+from nadir.georeferencing import (
+    IMAGE_SUFFIXES,
+    PAM_SUFFIX,
+    is_sidecar_of,
+    sidecar_image_stem,
+)
 from nadir.hashing import sha256_of
 from nadir.index import image_header
 
@@ -295,13 +300,11 @@ def _s3_select(objects: dict[str, str], prefix: str, wanted: Callable[[str], str
         images = images[:max_scenes]
         stems = {Path(k).stem for k in images}
         labels = [k for k in labels if Path(k).stem in stems]
-    by_folder: dict[str, list[str]] = {}
-    for key in images:
-        folder, _, name = key.rpartition("/")
-        by_folder.setdefault(folder, []).append(name)
-    sidecars = [k for k, kind in kinds.items() if kind == "sidecar" and any(
-        is_sidecar_of(k.rpartition("/")[2], name) for name in by_folder.get(k.rpartition("/")[0],
-                                                                         []))]
+    chosen = set(images)
+    stems = {(k.rpartition("/")[0], Path(k).stem) for k in images}
+    sidecars = [k for k, kind in kinds.items() if kind == "sidecar" and (
+        k[:-len(PAM_SUFFIX)] in chosen if k.lower().endswith(PAM_SUFFIX)
+        else (k.rpartition("/")[0], Path(k).stem) in stems)]
     return sorted(images + labels + sidecars)
 
 
@@ -632,14 +635,14 @@ def _same_file(a: Path, b: Path) -> bool:
 
 class Scan:
     """What a walk over the fetched entries found: scenes by name, labels by (split, name),
-    sidecars by folder, and what was set aside."""
+    sidecars by folder and image stem, and what was set aside."""
 
     def __init__(self, root: Path, dataset_format: str, tiled: bool, version: str | None):
         self.root, self.format, self.tiled, self.version = root, dataset_format, tiled, version
         self.scenes: dict[str, dict] = {}
         self.labels: dict[tuple, str] = {}
         self.label_files: list[str] = []
-        self.sidecars: dict[Path, list[Path]] = {}
+        self.sidecars: dict[tuple[Path, str], list[Path]] = {}  # by folder and image stem
         self.variants: dict[str, dict] = {}  # folder -> {"files": n, "reason": ...}
         self.copies: list[dict] = []  # identical copies of an image or label, set aside
 
@@ -657,7 +660,8 @@ class Scan:
                                        f"{first['image']}; scene names (image file names "
                                        "without suffix) must be unique")
         elif kind == "sidecar":
-            self.sidecars.setdefault(path.parent, []).append(path)
+            key = (path.parent, sidecar_image_stem(path.name))
+            self.sidecars.setdefault(key, []).append(path)
         elif kind == "variant":
             group = Path(relative).parent.as_posix()
             reason = label_variant(Path(within).parent.parts, self.version)
@@ -683,7 +687,7 @@ class Scan:
 
     def sidecars_of(self, image: Path) -> list[str]:
         return sorted(p.relative_to(self.root).as_posix()
-                      for p in self.sidecars.get(image.parent, [])
+                      for p in self.sidecars.get((image.parent, image.stem), [])
                       if is_sidecar_of(p.name, image.name))
 
 
