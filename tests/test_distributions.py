@@ -7,6 +7,7 @@ Each run costs about a second."""
 
 from __future__ import annotations
 
+import html
 import json
 import shutil
 import tarfile
@@ -35,6 +36,7 @@ from nadir.datasets.stats import chipping_warnings, dataset_statistics
 from nadir.errors import InputError
 from nadir.fetch import FetchSettings, fetch_dataset
 from nadir.index import IndexTables, read_annotations
+from nadir.report import dataset_summary_html
 
 MODEL = "ssdlite320_mobilenet_v3_large"
 DOCS = docs_datasets()
@@ -48,6 +50,7 @@ class Run:
     chips: dict  # the chip manifest
     warnings: list[dict]  # the index's and the chipping's, as stats.json holds them
     shard: Path
+    page: str  # the dataset's summary page in the report
 
     def cases(self) -> dict[str, list[str]]:
         found: dict[str, list[str]] = {}
@@ -92,9 +95,11 @@ def to_coco(name: str, spec: dict, work: Path, chipping: dict | None = None) -> 
     coco_stats = write_coco([shard.with_suffix(".json")], tables.categories, outputs,
                             work / "coco" / "stats.json")
     stats = dataset_statistics(tables.scenes, tables.annotations, tables.categories)
-    warnings = summary["warnings"] + chipping_warnings(stats, coco_stats, chips["params"])
+    stats["warnings"] = summary["warnings"] + chipping_warnings(stats, coco_stats,
+                                                                chips["params"])
     return Run(manifest, summary, {s: json.loads(p.read_text()) for s, p in outputs.items()},
-               chips, warnings, shard)
+               chips, stats["warnings"], shard,
+               dataset_summary_html(name, summary, stats, coco_stats))
 
 
 # --- DOTA -----------------------------------------------------------------------------------
@@ -149,6 +154,10 @@ def test_dota_v1_5_from_its_drive_folders_as_the_docs_configure_it(dota_data, tm
     assert cases["empty_class"][0].startswith("11 of the 16 classes of DOTA v1.5 have no object")
     assert run.summary["warnings"] == [w for w in run.warnings
                                        if w["case"] != "class_lost_in_chipping"]
+    page = html.unescape(run.page)
+    assert f"Warnings ({len(run.warnings)})" in page
+    assert all(w["message"] in page for w in run.warnings)
+    assert "<td>container-crane</td><td>1</td><td>1</td><td>1</td><td>1</td>" in run.page
 
 
 def test_dota_v1_0_from_its_archives_listed_one_by_one(dota_data, tmp_path):

@@ -352,7 +352,7 @@ def dataset_summary_html(title: str, summary: dict, stats: dict, coco_stats: dic
             f"<td>{stats['objects_per_class'][s].get(c, 0)}</td>"
             f"<td>{coco_stats.get(s, {}).get('objects_per_class', {}).get(c, 0)}</td>"
             for s in splits) + "</tr>" for c in classes)
-    scenes = ", ".join(f"{k}: {v}" for k, v in sorted(summary.get("scenes", {}).items()))
+    scenes = ", ".join(f"{k}: {v}" for k, v in sorted(stats["images"].items()))
     split = summary.get("split", "as generated")
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
             f"</title><style>{TABLE_CSS}</style></head><body><h2>{html.escape(title)}</h2>"
