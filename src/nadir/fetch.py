@@ -506,7 +506,10 @@ def place(path: Path, dest: Path) -> None:
     after it; a folder is taken as its contents, its archives extracted as if each were listed
     and its other files linked (or copied); a file is linked."""
     if path.is_dir():
-        for item in sorted(path.rglob("*")):
+        # os.walk follows linked folders: a data folder may link to another disk
+        files = sorted(Path(top) / name for top, _, names in os.walk(path, followlinks=True)
+                       for name in names)
+        for item in files:
             relative = item.relative_to(path)
             if _skipped(relative):
                 continue
