@@ -23,7 +23,16 @@ sys.path.insert(0, str(ROOT / "tests"))
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import s3server  # noqa: E402
-from dataset_builders import FileServer, make_dota, make_xview, sha256  # noqa: E402
+from dataset_builders import (  # noqa: E402
+    FileServer,
+    as_placed,
+    docs_datasets,
+    make_dota_drive,
+    make_rareplanes,
+    make_xview,
+    sha256,
+    upload_tree,
+)
 
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 # The jobs of one (dataset, model) run, and the summary jobs that gather every run: what an
@@ -33,14 +42,32 @@ SUMMARY_JOBS = ["plot_class_ap", "compare", "leaderboard", "cost", "summary", "a
 TEST_CONFIG = yaml.safe_load((ROOT / "config" / "test.yaml").read_text())
 SAMPLE_MODEL = "ssdlite320_mobilenet_v3_large"
 S3_BUCKET = "nadir-e2e"
+RAREPLANES_BUCKET = "rareplanes-public"  # the public bucket's name, on the tests' server
 
 
 @pytest.fixture(scope="session")
 def s3(tmp_path_factory):
-    """One SeaweedFS server for the whole test session (ready in about a second)."""
-    server = s3server.start(tmp_path_factory.mktemp("seaweedfs"))
+    """One SeaweedFS server for the whole test session (ready in about a second). Like the
+    real one, its bucket `rareplanes-public` anyone may read and list (RarePlanes' replica,
+    tests/test_distributions.py); every other bucket needs the credentials."""
+    server = s3server.start(tmp_path_factory.mktemp("seaweedfs"),
+                            anonymous_actions=[f"{action}:{RAREPLANES_BUCKET}"
+                                               for action in ("Read", "List")])
     yield server
     server.stop(grace=1.0)
+
+
+@pytest.fixture(scope="session")
+def rareplanes_bucket(s3, tmp_path_factory) -> dict:
+    """RarePlanes' public bucket in miniature (dataset_builders.make_rareplanes) on the
+    session's S3 server: its local copy (`root`) and what each tile holds (`tiles`)."""
+    root = tmp_path_factory.mktemp("rareplanes") / RAREPLANES_BUCKET
+    tiles = make_rareplanes(root)
+    client = s3.client()
+    if RAREPLANES_BUCKET not in [b["Name"] for b in client.list_buckets().get("Buckets", [])]:
+        client.create_bucket(Bucket=RAREPLANES_BUCKET)
+    upload_tree(client, RAREPLANES_BUCKET, root)
+    return {"root": root, "tiles": tiles}
 
 
 # The session fixtures that run a whole pipeline. Under pytest-xdist a session fixture is made
@@ -176,36 +203,43 @@ class DatasetsRun(SampleRun):
     """The S3 run of a DOTA-format and an xView-format dataset (dataset_builders)."""
 
     xview: dict  # what make_xview built: its files and object counts
+    tile: str  # the RarePlanes tile (in the replica bucket) the run's inference read
 
 
 @pytest.fixture(scope="session")
-def s3_run(s3, tmp_path_factory) -> DatasetsRun:
+def s3_run(s3, rareplanes_bucket, tmp_path_factory) -> DatasetsRun:
     """The pipeline with S3 as the default storage (prefix `run1` of S3_BUCKET) on two datasets
-    in the benchmarks' own formats, made by the tests: a DOTA v1.5 one fetched from placed files
-    (a zip and a folder) and an xView one fetched over HTTP; and its report. Run once for every
-    end-to-end S3 test (tests/test_s3_pipeline.py). The sample dataset's own S3 run is the
-    Kubernetes test's (tests/test_kubernetes_e2e.py)."""
+    as they are distributed, made by the tests: DOTA v1.5 from its Drive folders as
+    docs/datasets.md configures it (the test config's chipping), xView's archives over HTTP;
+    inference with the DOTA run on a RarePlanes PNG tile in the replica public bucket (its
+    CRS is in its `.aux.xml` beside it there); and the report. Run once for every end-to-end
+    S3 test (tests/test_s3_pipeline.py). The sample dataset's own S3 run is the Kubernetes
+    test's (tests/test_kubernetes_e2e.py)."""
     root = tmp_path_factory.mktemp("s3-datasets")
-    dota_sources = make_dota(root / "dota", train=3, val=2, size=320)
+    make_dota_drive(root / "data" / "DOTA")
     built = make_xview(root / "xview", images=4, size=320)
     server = FileServer(root / "xview")
     config = json.loads(json.dumps(TEST_CONFIG))
+    dota15 = as_placed(docs_datasets()["dota_v1_5"], root / "data")
+    del dota15["chipping"]  # the test config's small chips
+    tile = sorted(t for t, info in rareplanes_bucket["tiles"].items()
+                  if info["split"] == "test")[0]
     config["datasets"] = {
-        "dota15": {"format": "dota", "version": "v1.5", "source": [
-            {"url": str(dota_sources["train"]), "split": "train",
-             "sha256": sha256(dota_sources["train"])},
-            {"url": str(dota_sources["val"]), "split": "val"}]},
+        "dota15": dota15,
         "xv": {"format": "xview", "split": {"val_fraction": 0.25, "seed": 1}, "source": [
             {"url": f"{server.url}/{built['images'].name}", "sha256": sha256(built["images"])},
-            {"url": f"{server.url}/{built['labels'].name}"}]},
+            {"url": f"{server.url}/{built['label_archive'].name}"}]},
     }
+    config["inference"] = {
+        "runs": [f"dota15/{SAMPLE_MODEL}"],
+        "scenes": [f"s3://{RAREPLANES_BUCKET}/real/test/PS-RGB_tiled/{tile}.png"]}
     config_path = root / "config.yaml"
     config_path.write_text(yaml.safe_dump(config))
     workdir = tmp_path_factory.mktemp("s3-run")
     args = s3_args(s3, "run1", config_path)
     run = run_snakemake(workdir, *args, env=s3.env())
     report = run_snakemake(workdir, *args, "--report", "report.html", env=s3.env())
-    yield DatasetsRun(workdir, args, run, report, built)
+    yield DatasetsRun(workdir, args, run, report, built, tile)
     server.stop()
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+import shutil
 import tarfile
 import threading
 import time
@@ -14,10 +16,35 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from nadir.datasets.sample import generate_scene
 
 XVIEW_IDS = {"plane": 11, "storage-tank": 86, "small-vehicle": 18}
+DATASETS_DOC = Path(__file__).resolve().parents[1] / "docs" / "datasets.md"
+
+
+def docs_datasets() -> dict[str, dict]:
+    """Every dataset the YAML snippets of docs/datasets.md configure, by name: what the tests
+    run, so that the docs and the tests cannot drift."""
+    found = {}
+    for block in re.findall(r"```yaml\n(.*?)```", DATASETS_DOC.read_text(), re.S):
+        snippet = yaml.safe_load(block)
+        if isinstance(snippet, dict) and "datasets" in snippet:
+            found.update(snippet["datasets"])
+    return found
+
+
+def as_placed(snippet: dict, data: Path, endpoint: str | None = None) -> dict:
+    """A docs snippet's dataset with `/data/` moved to the test's `data` folder and its s3://
+    entries pointed at the tests' server (`endpoint`): nothing else changes."""
+    spec = json.loads(json.dumps(snippet))
+    for entry in spec["source"]:
+        if entry["url"].startswith("/data/"):
+            entry["url"] = str(data / entry["url"][len("/data/"):])
+        elif entry["url"].startswith("s3://"):
+            entry["endpoint_url"] = endpoint
+    return spec
 
 
 def sha256(path: Path) -> str:
@@ -87,9 +114,13 @@ def xview_feature(image: str, type_id, bounds: str) -> dict:
 
 
 def make_xview(root: Path, images: int = 4, size: int = 320) -> dict:
-    """xView layout: train_images.tgz of GeoTIFFs and one xView_train.geojson, including
-    unnamed ids 75/82, an empty and a degenerate box and features of an absent image."""
-    image_dir = root / "train_images"
+    """xView as its download page serves it (docs/datasets.md, xView): `train_images.tgz`
+    (`train_images/<id>.tif`, GeoTIFFs), `train_labels.tgz` (`xView_train.geojson` at its top)
+    and `val_images.tgz` (`val_images/<id>.tif`, no labels). The labels hold unnamed ids 75/82,
+    a box in each of the three empty forms (missing, "" and []), a degenerate box and features
+    of an image the archive lacks. The unpacked geojson is in `root/unpacked/`."""
+    unpacked = root / "unpacked"
+    image_dir = unpacked / "train_images"
     features = []
     for i in range(images):
         name = f"{1000 + i}.tif"
@@ -100,16 +131,221 @@ def make_xview(root: Path, images: int = 4, size: int = 320) -> dict:
             bounds = ",".join(str(int(round(v))) for v in (*xy.min(axis=0), *xy.max(axis=0)))
             features.append(xview_feature(name, XVIEW_IDS[category], bounds))
     first = "1000.tif"
+    no_box = xview_feature(first, 73, "")
+    del no_box["properties"]["bounds_imcoords"]
     features += [xview_feature(first, 75, "1,1,20,20"), xview_feature(first, 82, "1,1,20,20"),
-                 xview_feature(first, 73, ""), xview_feature(first, 73, "30,30,30,40"),
+                 xview_feature(first, 73, ""), xview_feature(first, 73, []), no_box,
+                 xview_feature(first, 73, "30,30,30,40"),
                  xview_feature("9999.tif", 18, "1,1,20,20")]
-    labels = root / "xView_train.geojson"
+    labels = unpacked / "xView_train.geojson"
     labels.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
-    archive = root / "train_images.tgz"
-    with tarfile.open(archive, "w:gz") as tf:
+    write_geotiff(unpacked / "val_images" / "2000.tif", scene(300, size, 0)[0])
+    root.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(root / "train_images.tgz", "w:gz") as tf:
         tf.add(image_dir, arcname="train_images")
-    return {"images": archive, "labels": labels, "features": len(features),
-            "objects": len(features) - 5}
+    with tarfile.open(root / "train_labels.tgz", "w:gz") as tf:
+        tf.add(labels, arcname="xView_train.geojson")
+    with tarfile.open(root / "val_images.tgz", "w:gz") as tf:
+        tf.add(unpacked / "val_images", arcname="val_images")
+    return {"images": root / "train_images.tgz", "label_archive": root / "train_labels.tgz",
+            "labels": labels, "val_images": root / "val_images.tgz",
+            "features": len(features), "objects": len(features) - 7}
+
+
+# --- DOTA as its Google Drive folders hold it (docs/datasets.md, DOTA, cites the layout) -----
+
+DOTA_GSD_HEADER = "imagesource:GoogleEarth\ngsd:{gsd}\n"
+# scene: (split, the part archive of its images)
+DOTA_SCENES = {"P0000": ("train", "part1"), "P0001": ("train", "part1"),
+               "P0002": ("train", "part2"), "P0005": ("train", "part3"),
+               "P0003": ("val", "part1"), "P0004": ("val", "part1")}
+
+
+def quad(cx: float, cy: float, w: float, h: float, degrees: float) -> list[float]:
+    """The four corners of a rotated rectangle, clockwise, rounded as DOTA writes them."""
+    t = np.radians(degrees)
+    corners = [(-w / 2, -h / 2), (w / 2, -h / 2), (w / 2, h / 2), (-w / 2, h / 2)]
+    return [round(v, 1) for x, y in corners
+            for v in (cx + x * np.cos(t) - y * np.sin(t), cy + x * np.sin(t) + y * np.cos(t))]
+
+
+def dota_objects(scene_name: str) -> list[tuple[str, list[float], int]]:
+    """(class, polygon, difficult) of a replica scene: small objects everywhere, a
+    container-crane (v1.5 only) in P0001 and P0003, and a ground-track-field longer than 256
+    px in P0000 and P0004 (kept whole by 1,024 px chips, by no 128 px chip)."""
+    k = int(scene_name[1:])
+    objects = [("plane", quad(60 + 5 * k, 60, 40, 30, 30), 0),
+               ("small-vehicle", quad(250, 40 + 3 * k, 12, 6, 0), k % 2),
+               ("ship", quad(40, 270, 30, 10, 60), 0)]
+    if scene_name in ("P0001", "P0003"):
+        objects.append(("container-crane", quad(200, 200, 40, 12, 15), 0))
+    if scene_name in ("P0000", "P0004"):
+        objects.append(("ground-track-field", quad(160, 160, 270, 140, 0), 0))
+    return objects
+
+
+def _hbb(polygon: list[float]) -> list[float]:
+    xs, ys = polygon[0::2], polygon[1::2]
+    return [min(xs), min(ys), max(xs), min(ys), max(xs), max(ys), min(xs), max(ys)]
+
+
+def dota_label(scene_name: str, version: str, horizontal: bool = False) -> str:
+    """A label file as DOTA writes it: `imagesource`/`gsd` header (gsd null on odd scenes),
+    then `x1 y1 ... x4 y4 class difficult`; v1.0's lacks container-crane."""
+    k = int(scene_name[1:])
+    lines = [DOTA_GSD_HEADER.format(gsd="null" if k % 2 else "0.146343590398").strip()]
+    for category, polygon, difficult in dota_objects(scene_name):
+        if category == "container-crane" and version == "v1.0":
+            continue
+        coords = _hbb(polygon) if horizontal else polygon
+        lines.append(" ".join(f"{v:.1f}" for v in coords) + f" {category} {difficult}")
+    return "\n".join(lines) + "\n"
+
+
+def write_zip(path: Path, members: dict[str, bytes]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return path
+
+
+def png_bytes(pixels: np.ndarray) -> bytes:
+    from io import BytesIO
+
+    from PIL import Image
+
+    out = BytesIO()
+    Image.fromarray(pixels).save(out, format="PNG")
+    return out.getvalue()
+
+
+def make_dota_drive(root: Path, size: int = 320) -> dict:
+    """DOTA's Drive folders in miniature under `root` (the folder the user downloaded, e.g.
+    /data/DOTA): `train/images/part1.zip`..`part3.zip` (members `images/P0000.png`) and the copy
+    `train/images/1/part1.zip`; `train/labelTxt-v1.0/labelTxt.zip` (label files at its top) and
+    `Train_Task2_gt.zip` (`trainset_reclabelTxt/`); `train/labelTxt-v1.5/DOTA-v1.5_train.zip`
+    and `DOTA-v1.5_train_hbb.zip`; `val/` likewise with one part and `Val_Task2_gt.zip`
+    (`valset_reclabelTxt/`). Returns the objects per scene and split."""
+    parts: dict[tuple[str, str], dict[str, bytes]] = {}
+    for i, (name, (split, part)) in enumerate(sorted(DOTA_SCENES.items())):
+        pixels = np.full((size, size, 3), 80 + 10 * i, np.uint8)
+        pixels[::7, :, 1] = 120  # stripes, so chips are not flat
+        parts.setdefault((split, part), {})[f"images/{name}.png"] = png_bytes(pixels)
+    for (split, part), members in parts.items():
+        write_zip(root / split / "images" / f"{part}.zip", members)
+    (root / "train" / "images" / "1").mkdir(parents=True, exist_ok=True)
+    shutil.copy(root / "train" / "images" / "part1.zip",
+                root / "train" / "images" / "1" / "part1.zip")
+    for split, task2 in (("train", "Train_Task2_gt"), ("val", "Val_Task2_gt")):
+        names = sorted(n for n, (s, _) in DOTA_SCENES.items() if s == split)
+        write_zip(root / split / "labelTxt-v1.0" / "labelTxt.zip",
+                  {f"{n}.txt": dota_label(n, "v1.0").encode() for n in names})
+        write_zip(root / split / "labelTxt-v1.0" / f"{task2}.zip",
+                  {f"{split}set_reclabelTxt/{n}.txt": dota_label(n, "v1.0", True).encode()
+                   for n in names})
+        for suffix, horizontal in (("", False), ("_hbb", True)):
+            write_zip(root / split / "labelTxt-v1.5" / f"DOTA-v1.5_{split}{suffix}.zip",
+                      {f"{n}.txt": dota_label(n, "v1.5", horizontal).encode() for n in names})
+    return {"root": root,
+            "objects": {n: dota_objects(n) for n in DOTA_SCENES},
+            "split": {n: split for n, (split, _) in DOTA_SCENES.items()}}
+
+
+# --- RarePlanes' public bucket (docs/datasets.md, RarePlanes, cites the layout) ---------------
+
+ROLES = {1: "Small Civil Transport/Utility", 3: "Large Civil Transport/Utility",
+         6: "Military Fighter/Interceptor/Attack", 7: "Military Trainer"}
+# tile: (split, ((role_id, diamond centre x, y, length, span), ...)), 64 px tiles
+RAREPLANES_TILES = {
+    "31_10400100443CFD00_tile_817": ("train", ((1, 20, 20, 14, 12), (6, 45, 40, 16, 10))),
+    "31_10400100443CFD00_tile_818": ("train", ((3, 32, 30, 30, 28),)),
+    "105_104001003108D900_tile_47": ("train", ((1, 15, 48, 10, 10),)),
+    "106_104001003D8DB300_tile_99": ("test", ((7, 30, 30, 12, 16),)),
+    "128_104001004215BF00_tile_1888": ("test", ((1, 12, 12, 10, 8), (3, 40, 44, 24, 22))),
+}
+TILE_SIZE = 64
+TILE_GSD_DEGREES = 2.7e-6  # about 0.3 m
+
+
+def diamond(cx: float, cy: float, length: float, span: float) -> list[tuple[float, float]]:
+    """RarePlanes' outline of an aircraft in pixels: nose, left wing tip, tail, right wing."""
+    return [(cx, cy - length / 2), (cx - span / 2, cy), (cx, cy + length / 2),
+            (cx + span / 2, cy)]
+
+
+def write_pam_png(path: Path, pixels: np.ndarray, transform, crs: str) -> None:
+    """A PNG as gdal_translate writes one from a GeoTIFF: the pixels, and the georeferencing
+    in GDAL's PAM sidecar `<path>.aux.xml` beside it (GDAL itself writes both)."""
+    import rasterio
+    from rasterio.io import MemoryFile
+    from rasterio.shutil import copy as gdal_copy
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    profile = {"driver": "GTiff", "width": pixels.shape[1], "height": pixels.shape[0],
+               "count": 3, "dtype": "uint8", "crs": crs, "transform": transform}
+    with MemoryFile() as memory, rasterio.Env(GDAL_PAM_ENABLED="YES"):
+        with memory.open(**profile) as source:
+            source.write(pixels.transpose(2, 0, 1))
+        with memory.open() as source:
+            gdal_copy(source, str(path), driver="PNG")
+
+
+def make_rareplanes(bucket: Path) -> dict:
+    """The real part of s3://rareplanes-public in miniature under `bucket`: per split
+    `real/<split>/PS-RGB_tiled/<image>_tile_<n>.png` with its `.png.aux.xml`,
+    `real/<split>/geojson_aircraft_tiled/<image>_tile_<n>.geojson` (WGS 84 diamonds with role,
+    role_id and the other attributes), the untiled `PS-RGB/` and `geojson_aircraft/`, and the
+    tarballs `real/tarballs/<split>/RarePlanes_<split>_PS-RGB_tiled.tar.gz` (`PS-RGB_tiled/`)
+    and `..._geojson_aircraft_tiled.tar.gz` (`geojson_aircraft_tiled/`). Returns per tile its
+    split, transform and objects (role, role_id, pixel polygon)."""
+    from rasterio.transform import from_origin
+
+    tiles = {}
+    for i, (tile, (split, planes)) in enumerate(sorted(RAREPLANES_TILES.items())):
+        transform = from_origin(-80.15 + 0.001 * i, 26.07, TILE_GSD_DEGREES, TILE_GSD_DEGREES)
+        pixels = np.full((TILE_SIZE, TILE_SIZE, 3), 90 + 20 * i, np.uint8)
+        pixels[::5, :, 0] = 200
+        write_pam_png(bucket / "real" / split / "PS-RGB_tiled" / f"{tile}.png", pixels,
+                      transform, "EPSG:4326")
+        features, objects = [], []
+        for role_id, cx, cy, length, span in planes:
+            ring = diamond(cx, cy, length, span)
+            lonlat = [list(transform @ p) for p in ring]
+            features.append({"type": "Feature", "properties": {
+                "image_id": tile.rsplit("_tile_", 1)[0], "role": ROLES[role_id],
+                "role_id": role_id, "num_engines": 2, "propulsion": "jet", "canards": "no",
+                "num_tail_fins": 1, "wing_position": "mid/low mounted",
+                "wing_type": "swept", "faa_wingspan_class": 3, "area": 240.5,
+                "partialDec": 1.0},
+                "geometry": {"type": "Polygon", "coordinates": [lonlat + lonlat[:1]]}})
+            objects.append((ROLES[role_id], role_id, [v for p in ring for v in p]))
+        label = bucket / "real" / split / "geojson_aircraft_tiled" / f"{tile}.geojson"
+        label.parent.mkdir(parents=True, exist_ok=True)
+        label.write_text(json.dumps({"type": "FeatureCollection", "name": tile, "crs": {
+            "type": "name", "properties": {"name": "urn:ogc:def:crs:OGC:1.3:CRS84"}},
+            "features": features}))
+        scene_id = tile.rsplit("_tile_", 1)[0]
+        write_geotiff(bucket / "real" / split / "PS-RGB" / f"{scene_id}.tif", pixels,
+                      crs="EPSG:4326", origin=(transform.c, transform.f), gsd=TILE_GSD_DEGREES)
+        (bucket / "real" / split / "geojson_aircraft").mkdir(parents=True, exist_ok=True)
+        (bucket / "real" / split / "geojson_aircraft" / f"{scene_id}.geojson").write_text(
+            label.read_text())
+        tiles[tile] = {"split": split, "transform": transform, "objects": objects}
+    for split in ("train", "test"):
+        for folder in ("PS-RGB_tiled", "geojson_aircraft_tiled"):
+            archive = (bucket / "real" / "tarballs" / split /
+                       f"RarePlanes_{split}_{folder}.tar.gz")
+            archive.parent.mkdir(parents=True, exist_ok=True)
+            with tarfile.open(archive, "w:gz") as tf:
+                tf.add(bucket / "real" / split / folder, arcname=folder)
+    return tiles
+
+
+def upload_tree(client, bucket: str, root: Path) -> None:
+    """Every file under `root` as an object of `bucket`, keyed by its relative path."""
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        client.upload_file(str(path), bucket, path.relative_to(root).as_posix())
 
 
 class FileServer:

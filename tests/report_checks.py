@@ -26,7 +26,8 @@ def expected_categories(datasets: list[str]) -> dict[str, dict[str, list[str]]]:
         "Sample detections": per_dataset("{run}/detections.png"),
         "Training curves": per_dataset("{run}/loss.png"),
         "Comparisons": per_dataset("results/{dataset}/comparison.html"),
-        "Datasets": {"Other": sorted(f"results/{d}/index/stats.png" for d in datasets)},
+        "Datasets": {"Other": sorted(f"results/{d}/index/{f}" for d in datasets
+                                     for f in ("stats.png", "summary.html"))},
     }
 
 

@@ -173,9 +173,14 @@ def test_xview_reader_reads_what_json_reads_where_the_fast_decoder_refuses(tmp_p
 
 
 def test_xview_drops_and_counts_unnamed_ids_empty_boxes_and_absent_images(tmp_path):
+    """A box is empty in three forms, all dropped alike: "", [] (what DIUx's loader tests
+    for) and no bounds_imcoords at all."""
+    missing = xview_feature("1.tif", 73, "")
+    del missing["properties"]["bounds_imcoords"]
     features = [xview_feature("1.tif", 18, "10,10,30,20"), xview_feature("1.tif", 75, "1,1,5,5"),
                 xview_feature("1.tif", 82, "1,1,5,5"), xview_feature("1.tif", 82, "1,1,5,5"),
-                xview_feature("1.tif", 73, ""), xview_feature("1.tif", 73, "5,5,5,9"),
+                xview_feature("1.tif", 73, ""), xview_feature("1.tif", 73, []), missing,
+                xview_feature("1.tif", 73, "5,5,5,9"),
                 xview_feature("2.tif", 73, "1,1,5,5"), xview_feature("1.tif", 86, "500,5,600,9")]
     path = tmp_path / "x.geojson"
     path.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
@@ -183,7 +188,7 @@ def test_xview_drops_and_counts_unnamed_ids_empty_boxes_and_absent_images(tmp_pa
     objects = list(xview.read_objects(path, {"1.tif": (100, 100)}, bad, counts))
     assert [(o.category, o.polygon[:4]) for o in objects] == [("Small Car", [10, 10, 30, 10])]
     assert dict(counts.dropped) == {"unnamed_type_id_75": 1, "unnamed_type_id_82": 2,
-                                    "empty_box": 1, "degenerate_box": 1}
+                                    "empty_box": 3, "degenerate_box": 1}
     assert bad.skipped == {"label_without_image": 1, "outside_image": 1}
     assert len(xview.CLASS_NAMES) == 60
 
@@ -298,7 +303,7 @@ def test_xview_index_counts_every_drop_seeds_the_split_and_shows_imbalance(tmp_p
                             IndexTables.in_folder(tmp_path / "out"))
     assert summary["features"] == built["features"]
     assert summary["objects"] == built["objects"]
-    assert summary["dropped"] == {"degenerate_box": 1, "empty_box": 1, "unnamed_type_id_75": 1,
+    assert summary["dropped"] == {"degenerate_box": 1, "empty_box": 3, "unnamed_type_id_75": 1,
                                   "unnamed_type_id_82": 1}
     assert summary["bad_input"]["skipped"]["label_without_image"] == 1
     assert summary["scenes"] == {"train": 3, "val": 1}

@@ -273,6 +273,98 @@ def _(tmp_path):
         rareplanes.read_objects(tmp_path / "t.geojson", "role", None, None, BadInput())
 
 
+def tile_with_sidecar(folder: Path, sidecar: bytes | None) -> Path:
+    """A RarePlanes-like PNG tile whose `.aux.xml` holds `sidecar` (GDAL's own when None)."""
+    from dataset_builders import write_pam_png
+    from rasterio.transform import from_origin
+
+    png = folder / "PS-RGB_tiled" / "t1.png"
+    write_pam_png(png, np.full((16, 16, 3), 90, np.uint8),
+                  from_origin(-80.0, 26.0, 3e-6, 3e-6), "EPSG:4326")
+    if sidecar is not None:
+        Path(f"{png}.aux.xml").write_bytes(sidecar)
+    return png
+
+
+@case("sidecar-not-xml")
+def _(tmp_path):
+    png = tile_with_sidecar(tmp_path, b"<PAMDataset><SRS>EPSG:4326</SRS><GeoTr")
+    with pytest.raises(InputError, match=r"t1\.png\.aux\.xml: not a readable GDAL \.aux\.xml"):
+        image_header(png)
+
+
+@case("sidecar-entity-declaration")
+def _(tmp_path):
+    sidecar = (b'<?xml version="1.0"?><!DOCTYPE d [<!ENTITY a "aaaaaaaaaa">]>'
+               b"<PAMDataset><SRS>&a;</SRS></PAMDataset>")
+    png = tile_with_sidecar(tmp_path, sidecar)
+    with pytest.raises(InputError, match=r"t1\.png\.aux\.xml: .* DOCTYPE or ENTITY .* refused"):
+        image_header(png)
+    huge = tile_with_sidecar(tmp_path / "huge", b"<PAMDataset>" + b" " * (1 << 20))
+    with pytest.raises(InputError, match=r"larger than 1048576 bytes"):
+        image_header(huge)
+
+
+@case("sidecar-bad-geotransform")
+def _(tmp_path):
+    png = tile_with_sidecar(tmp_path, b"<PAMDataset><SRS>EPSG:4326</SRS><GeoTransform>1, 0, 0,"
+                                      b" 2, 0, 0</GeoTransform></PAMDataset>")
+    with pytest.raises(InputError, match=r"GeoTransform .* does not map pixels"):
+        image_header(png)
+
+
+@case("rareplanes-role-id-conflict")
+def _(tmp_path):
+    transform = [3e-6, 0, -80.0, 0, -3e-6, 26.0]
+    ring = [[-80.0 + 3e-5, 26.0 - 3e-5], [-80.0 + 6e-5, 26.0 - 3e-5],
+            [-80.0 + 6e-5, 26.0 - 6e-5], [-80.0 + 3e-5, 26.0 - 3e-5]]
+    features = [{"type": "Feature", "properties": {"role": "Military Trainer", "role_id": i},
+                 "geometry": {"type": "Polygon", "coordinates": [ring]}} for i in (7, 5)]
+    label = tmp_path / "t1.geojson"
+    label.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    objects = rareplanes.read_objects(label, "role", "EPSG:4326", transform, BadInput())
+    with pytest.raises(InputError, match=r"t1\.geojson: feature 2: role 'Military Trainer' "
+                                         r"with role_id 5; earlier features give 'Military "
+                                         r"Trainer' the id 7"):
+        rareplanes.class_ids({str(label): objects}, "role")
+
+
+@case("image-same-name-twice")
+def _(tmp_path):
+    """An identical copy (the DOTA Drive's train/images/1/part1.zip) is set aside; two
+    different images of one scene name stop the fetch naming both."""
+    for folder, value in (("a", 10), ("a/1", 10), ("b", 99)):
+        write_png(tmp_path / "src" / folder / "images" / "P1.png",
+                  np.full((8, 8, 3), value, np.uint8))
+    (tmp_path / "src" / "a" / "labelTxt").mkdir()
+    (tmp_path / "src" / "a" / "labelTxt" / "P1.txt").write_text("")
+    spec = {"format": "dota", "version": "v1.0",
+            "source": [{"url": str(tmp_path / "src" / "a"), "split": "train"}]}
+    manifest = fetch_dataset("d", spec, tmp_path / "files", fast(tmp_path))
+    assert [s["image"] for s in manifest["scenes"]] == ["00-train/images/P1.png"]
+    assert manifest["set_aside"]["copies"] == [{"file": "00-train/1/images/P1.png",
+                                                "same_as": "00-train/images/P1.png"}]
+    spec["source"].append({"url": str(tmp_path / "src" / "b"), "split": "train"})
+    with pytest.raises(InputError, match=r"01-train/images/P1\.png: scene name 'P1' is also "
+                                         r"used by 00-train/images/P1\.png"):
+        fetch_dataset("d", spec, tmp_path / "files2", fast(tmp_path))
+
+
+@case("xview-empty-box-forms")
+def _(tmp_path):
+    from dataset_builders import xview_feature
+
+    missing = xview_feature("1.tif", 73, "")
+    del missing["properties"]["bounds_imcoords"]
+    features = [xview_feature("1.tif", 73, ""), xview_feature("1.tif", 73, []), missing,
+                xview_feature("1.tif", 73, "  ")]
+    path = tmp_path / "x.geojson"
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    counts = xview.XviewCounts()
+    assert list(xview.read_objects(path, {"1.tif": (64, 64)}, BadInput(), counts)) == []
+    assert counts.dropped == {"empty_box": 4}
+
+
 # --- archives -------------------------------------------------------------------------------
 
 def expect_archive_error(tmp_path: Path, archive: Path, pattern: str) -> None:

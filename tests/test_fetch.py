@@ -74,8 +74,8 @@ def test_http_source_of_a_tar_gz_is_downloaded_checked_and_extracted(tmp_path):
         spec = {"format": "xview", "source": [
             {"url": f"{server.url}/xview.tar.gz", "sha256": sha256(root / "xview.tar.gz")}]}
         manifest = fetch_dataset("xv", spec, tmp_path / "files", settings(tmp_path))
-        assert [s["image"] for s in manifest["scenes"]] == ["00-all/x/images/7.tif"]
-        assert manifest["label_files"] == ["00-all/x/labels.geojson"]
+        assert [s["image"] for s in manifest["scenes"]] == ["00-all/xview/x/images/7.tif"]
+        assert manifest["label_files"] == ["00-all/xview/x/labels.geojson"]
         assert manifest["sources"][0]["sha256"] == spec["source"][0]["sha256"]
         assert manifest["scenes"][0]["width"] == 32
     finally:

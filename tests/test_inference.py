@@ -191,6 +191,34 @@ def test_s3_prefix_is_listed_and_read_with_credentials_from_the_environment(
     assert s3.secret_key not in outputs["summary"].read_text()
 
 
+def test_png_tile_georeferenced_by_its_sidecar_locally_and_over_http(tiny_run, tmp_path,
+                                                                     monkeypatch):
+    """A PNG tile whose georeferencing is in its GDAL PAM sidecar (as RarePlanes' tiles):
+    the outputs carry the sidecar's CRS and transform, read locally and over HTTP (a range
+    request beside the tile's), with GDAL's PAM on in this process, and no .aux.xml is
+    written anywhere."""
+    from dataset_builders import write_pam_png
+
+    monkeypatch.delenv("GDAL_PAM_ENABLED", raising=False)
+    served = tmp_path / "served"
+    write_pam_png(served / "tile.png", squares_scene().transpose(1, 2, 0),
+                  from_origin(400_000.0, 5_000_000.0, 0.5, 0.5), "EPSG:32631")
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*.aux.xml")}
+    local, outputs = predict(tiny_run, served / "tile.png", tmp_path / "local")
+    assert local["crs"] == "EPSG:32631" and local["georeferenced"]
+    assert local["transform"] == [0.5, 0.0, 400_000.0, 0.0, -0.5, 5_000_000.0]
+    assert pyogrio.read_info(outputs["geopackage"])["crs"] == "EPSG:32631"
+    server = FileServer(served)
+    try:
+        remote, _ = predict(tiny_run, f"{server.url}/tile.png", tmp_path / "remote")
+    finally:
+        server.stop()
+    assert (remote["crs"], remote["transform"]) == (local["crs"], local["transform"])
+    assert remote["pixel_detections"] == local["pixel_detections"]
+    assert all(range_header for _, range_header in server.requests)
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*.aux.xml")} == before
+
+
 # --- outputs ---------------------------------------------------------------------------------
 
 def test_scene_without_georeferencing_gets_pixel_coordinates_and_a_warning(tiny_run, tmp_path,

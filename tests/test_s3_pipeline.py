@@ -1,20 +1,22 @@
-"""The whole pipeline with S3 as the default storage, on a real SeaweedFS server, on a DOTA-format
-and an xView-format dataset made by the tests: fetched from placed files and over HTTP, indexed,
-chipped, trained (a few iterations), evaluated by COCO and by each benchmark's own protocol, and
-reported; every file is read back from the bucket.
+"""The whole pipeline with S3 as the default storage, on a real SeaweedFS server, on DOTA and xView
+as they are distributed, in miniature (DOTA's Drive folders placed, xView's archives over HTTP):
+fetched, indexed, chipped, trained (a few iterations), evaluated by COCO and by each benchmark's
+own protocol, applied to a RarePlanes tile in the replica public bucket, and reported; every
+file is read back from the bucket.
 
 Every test that reads the session's S3 run (conftest.s3_run) lives here, so that under
 pytest-xdist the run is made once, on the worker that runs this module. The local storage path
 of every rule is the session's local_sample_run (tests/test_pipeline.py)."""
 
 import csv
+import html
 import io
 import json
 import zipfile
 
 import pytest
 from conftest import S3_BUCKET, SAMPLE_MODEL, planned_jobs, run_snakemake, s3_args
-from report_checks import check_printed_leaderboard, check_report
+from report_checks import check_printed_leaderboard, check_report, data, embedded_json
 
 from nadir.datasets import dota, xview
 
@@ -44,7 +46,9 @@ def test_every_output_lands_in_the_bucket(s3, s3_run):
                  f"results/xv/models/{MODEL}/model.pt", f"results/xv/models/{MODEL}/metrics.json",
                  "results/dota15/chips/shard-000.tar", "results/dota15/chips/manifest.json",
                  "results/dota15/coco/val.json", "raw/xv/manifest.json",
-                 "logs/xv/fetch.log", "logs/dota15/index.log"]:
+                 "logs/xv/fetch.log", "logs/dota15/index.log",
+                 "results/dota15/index/summary.html",
+                 f"results/inference/dota15/{MODEL}/{s3_run.tile}/summary.json"]:
         assert path in stored, f"{path} missing from the bucket; it holds {sorted(stored)}"
     assert not (s3_run.workdir / "results").exists()  # nothing beside the controller
 
@@ -70,6 +74,45 @@ def test_each_format_goes_through_every_stage(s3, s3_run):
     manifest = json.loads(read(s3, "results/xv/chips/manifest.json"))
     assert sorted(manifest["scenes"]) == ["1000", "1001", "1002", "1003"]
     assert {s["shard"] for s in manifest["scenes"].values()} == {0, 1}
+
+
+def test_silent_outcomes_are_warnings_in_the_summaries_and_the_report(s3, s3_run):
+    """DOTA's Drive folders hold horizontal-box copies and a copy of part1.zip; the replica
+    has 5 of v1.5's 16 classes; the test config's 192 px chips cannot hold its 270 px
+    ground-track-field: each is a warning in summary.json / stats.json and on the dataset's
+    page of report.html."""
+    summary = json.loads(read(s3, "results/dota15/index/summary.json"))
+    assert sorted(w["case"] for w in summary["warnings"]) == [
+        "copy_set_aside", "empty_class", "label_variant_set_aside", "label_variant_set_aside"]
+    stats = json.loads(read(s3, "results/dota15/index/stats.json"))
+    assert stats["warnings"][:len(summary["warnings"])] == summary["warnings"]
+    lost = [w["message"] for w in stats["warnings"] if w["case"] == "class_lost_in_chipping"]
+    assert lost and all("the 192 px chips are too small for ground-track-field" in m
+                        for m in lost)
+    page = (s3_run.workdir / "report.html").read_text()
+    entries = embedded_json(page, "results")
+    [summary_page] = [e for path, e in entries.items()
+                      if path.endswith("results/dota15/index/summary.html")]
+    text = html.unescape(data(summary_page).decode())
+    for warning in stats["warnings"]:
+        assert warning["message"] in text
+    assert "DOTA-v1.5_train_hbb" in text and "too small for ground-track-field" in text
+
+
+def test_inference_on_a_rareplanes_tile_in_the_bucket_carries_its_sidecars_crs(
+        s3, s3_run, rareplanes_bucket):
+    """The tile is a PNG whose georeferencing is only in `<tile>.png.aux.xml` beside it in the
+    public bucket: the predictions are placed by it."""
+    out = f"results/inference/dota15/{MODEL}/{s3_run.tile}"
+    summary = json.loads(read(s3, f"{out}/summary.json"))
+    t = rareplanes_bucket["tiles"][s3_run.tile]["transform"]
+    assert summary["crs"] == "EPSG:4326" and summary["georeferenced"]
+    assert summary["transform"] == pytest.approx([t.a, t.b, t.c, t.d, t.e, t.f])
+    features = json.loads(read(s3, f"{out}/detections.geojson"))["features"]
+    for feature in features:
+        for lon, lat in feature["geometry"]["coordinates"][0]:
+            assert t.c - 1e-9 <= lon <= t.c + 64 * t.a + 1e-9
+            assert t.f + 64 * t.e - 1e-9 <= lat <= t.f + 1e-9
 
 
 def test_each_dataset_is_scored_by_its_benchmarks_protocol(s3, s3_run):

@@ -49,6 +49,7 @@ from pathlib import Path
 
 import numpy as np
 import shapely
+from affine import Affine
 from isal import isal_zlib
 from rasterio.enums import MaskFlags
 from rasterio.errors import NotGeoreferencedWarning
@@ -59,6 +60,7 @@ from shapely.geometry import box
 from nadir import __version__
 from nadir.datasets.normalise import EXCLUDED
 from nadir.errors import InputError, NadirError
+from nadir.georeferencing import local_georeferencing
 from nadir.index import Annotation, read_scenes
 
 log = logging.getLogger(__name__)
@@ -628,8 +630,11 @@ def encode_geotiff(chip: np.ndarray, transform, crs) -> bytes:
 
 
 def chip_scene(src, scene: dict, counts: SceneCounts, annotations: list[Annotation],
-               params: ChipParams) -> Iterator[tuple[ChipRecord, Callable]]:
+               params: ChipParams, georeferencing: tuple[str | None, Affine]
+               ) -> Iterator[tuple[ChipRecord, Callable]]:
     """Cut one open raster into chips; yields (record, job that returns the encoded bytes).
+    `georeferencing` is the scene's (CRS, transform), its sidecar's for a PNG tile
+    (`scene_georeferencing`).
 
     A row-sequential file is decoded on a thread of the reader's own meanwhile: close this
     generator (it stops that thread) before closing the file."""
@@ -638,7 +643,7 @@ def chip_scene(src, scene: dict, counts: SceneCounts, annotations: list[Annotati
     reader = WindowReader(src, radiometry.bands, size,
                           ahead=int((size - params.overlap) * DECODE_AHEAD_SHARE))
     objects = SceneObjects(annotations, src.width, src.height)
-    crs, scene_transform = src.crs, src.transform  # read before the reader's thread uses src
+    crs, scene_transform = georeferencing
     seen_objects: set[int] = set()
     xs = window_offsets(src.width, size, params.overlap)
     ys = window_offsets(src.height, size, params.overlap)
@@ -695,10 +700,11 @@ def _tar_member(name: str, size: int) -> tarfile.TarInfo:
     return info
 
 
-def _crs_text(crs) -> str | None:
-    if crs is None:
-        return None
-    return crs.to_string()
+def scene_georeferencing(src, image: Path) -> tuple[str | None, Affine]:
+    """An open scene's CRS and transform: its header's, completed by the PAM sidecar beside
+    it (nadir.georeferencing; GDAL's PAM stays off); the identity transform without one."""
+    crs, transform = local_georeferencing(image, src.crs, src.transform)
+    return crs, Affine(*transform) if transform else Affine.identity()
 
 
 def _read_errors_named(chips: Iterator, image: Path) -> Iterator:
@@ -778,6 +784,7 @@ def chip_shard(scenes: list[dict], annotations: dict[str, list[Annotation]],
                 with rasterio.open(images[name]) as probe:  # GDAL's settings for this file
                     settings = gdal_settings(probe, params.size, threads)
                     encoders = encoding_threads(probe, threads)
+                    georeferencing = scene_georeferencing(probe, Path(images[name]))
             except rasterio.errors.RasterioIOError as exc:
                 raise InputError(images[name], f"not a readable raster image ({exc})") from None
             # Closed in this order: the chips (which stops the reader's thread), the encoders
@@ -785,14 +792,14 @@ def chip_shard(scenes: list[dict], annotations: dict[str, list[Annotation]],
             with rasterio.Env(**settings), rasterio.open(images[name]) as src, \
                     ThreadPoolExecutor(encoders) as pool, \
                     closing(chip_scene(src, scene, counts, annotations.get(name, []),
-                                       params)) as chips:
+                                       params, georeferencing)) as chips:
                 for record, job in _read_errors_named(chips, images[name]):
                     pending.append((record, pool.submit(job)))
                     if len(pending) > encoders:
                         write_oldest(tar)
                 while pending:
                     write_oldest(tar)
-                per_scene[name] = {**asdict(counts), "crs": _crs_text(src.crs),
+                per_scene[name] = {**asdict(counts), "crs": georeferencing[0],
                                    "width": src.width, "height": src.height}
             log.info("chipped scene %s (%d/%d): %d chips, %d objects kept (%d truncated), "
                      "%d fragments dropped, %d nodata chips skipped", name, n, len(scenes),

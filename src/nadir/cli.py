@@ -66,14 +66,24 @@ def cmd_fetch(args) -> None:
 
 
 def cmd_dataset_stats(args) -> None:
-    from nadir.datasets.stats import dataset_statistics
+    from nadir.datasets.stats import chipping_warnings, dataset_statistics
     from nadir.figures import plot_statistics
+    from nadir.report import dataset_summary_html
 
     stats = dataset_statistics(Path(args.scenes), Path(args.annotations), Path(args.categories))
+    summary = json.loads(Path(args.summary).read_text())
+    coco_stats = json.loads(Path(args.coco_stats).read_text())
+    chipping = json.loads(Path(args.chips_manifest).read_text())["params"]
+    stats["warnings"] = summary.get("warnings", []) + chipping_warnings(stats, coco_stats,
+                                                                        chipping)
+    for warning in stats["warnings"]:
+        log.warning("%s", warning["message"])
     Path(args.json).write_text(json.dumps(stats, indent=1) + "\n")
     plot_statistics(stats, Path(args.png), args.title)
-    log.info("statistics: images %s, objects %s, class imbalance %s", stats["images"],
-             stats["objects"], stats["class_imbalance"])
+    Path(args.html).write_text(dataset_summary_html(args.title, summary, stats, coco_stats))
+    log.info("statistics: images %s, objects %s, class imbalance %s, %d warning(s)",
+             stats["images"], stats["objects"], stats["class_imbalance"],
+             len(stats["warnings"]))
 
 
 def cmd_chip(args) -> None:
@@ -267,8 +277,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scenes", required=True)
     p.add_argument("--annotations", required=True)
     p.add_argument("--categories", required=True)
+    p.add_argument("--summary", required=True, help="the index's summary.json")
+    p.add_argument("--coco-stats", required=True, help="the COCO stage's stats.json")
+    p.add_argument("--chips-manifest", required=True, help="the chip manifest (parameters)")
     p.add_argument("--json", required=True)
     p.add_argument("--png", required=True)
+    p.add_argument("--html", required=True, help="the summary and warnings for the report")
     p.add_argument("--title", required=True)
 
     p = command("chip", cmd_chip, "chip scenes into one shard")

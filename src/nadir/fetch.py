@@ -8,10 +8,15 @@ an http(s):// URL, or an s3://bucket/prefix/ (anonymous by default, for public b
   final name only once complete and verified, so a partial download never looks complete.
   Pretrained weights use the same downloader.
 - s3:// objects come through the cache too, keyed by ETag; botocore does the retrying.
-- Archives (.zip, .tar, .tar.gz, .tgz, and archives inside them) are extracted; folders are
-  linked or copied.
+- Archives (.zip, .tar, .tar.gz, .tgz, and archives inside them) are extracted into a folder
+  named after them; a folder is taken as its contents: its files are linked or copied and its
+  archives extracted as if each were listed (DOTA's Drive folders of part zips).
+- Images come with their georeferencing sidecars (`<image>.aux.xml`, world files), which
+  nadir.georeferencing reads.
 - Every entry lands in its own sub-folder `<n>-<split>/` of the output folder; the manifest then
-  lists each scene (image, label, split, size, georeferencing) with paths relative to it.
+  lists each scene (image, label, sidecars, split, size, georeferencing) with paths relative to
+  it, and what was set aside: label variants (DOTA's horizontal-box copies, labels of another
+  version) and identical copies of an image.
 """
 
 from __future__ import annotations
@@ -35,12 +40,17 @@ from urllib.parse import urlparse
 from urllib.request import Request, urlopen
 
 from nadir.errors import InputError, NadirError
+from nadir.georeferencing import (
+    IMAGE_SUFFIXES,
+    PAM_SUFFIX,
+    is_sidecar_of,
+    sidecar_image_stem,
+)
 from nadir.hashing import sha256_of
 from nadir.index import image_header
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = {".png", ".tif", ".tiff", ".jpg", ".jpeg"}
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
 BLOCK = 1 << 20
 PROGRESS_EVERY = 256 << 20
@@ -53,6 +63,14 @@ WHERE_TO_GET = {
              "(docs/datasets.md, xView)",
     "rareplanes": "RarePlanes is public: s3://rareplanes-public/real/ (docs/datasets.md, "
                   "RarePlanes)",
+}
+
+
+# What the fetch looked for, said when it found no image.
+LOOKED_FOR = {
+    "dota": " (.png, .tif or .jpg files, in the entries or in archives inside them)",
+    "xview": " (.tif files, in the entries or in archives inside them)",
+    "rareplanes": " (images in folders named PS-RGB_tiled, or PS-RGB with tiled: false)",
 }
 
 
@@ -274,7 +292,7 @@ def _s3_client(entry: SourceEntry, settings: FetchSettings):
 def _s3_select(objects: dict[str, str], prefix: str, wanted: Callable[[str], str | None],
                max_scenes: int | None) -> list[str]:
     """The keys the format wants; with `max_scenes`, the first N images (in key order) and the
-    labels that share their names."""
+    labels that share their names. Sidecars come with their images."""
     kinds = {k: wanted(k[len(prefix):]) for k in objects}
     images = sorted(k for k, kind in kinds.items() if kind == "image")
     labels = [k for k, kind in kinds.items() if kind == "label"]
@@ -282,7 +300,12 @@ def _s3_select(objects: dict[str, str], prefix: str, wanted: Callable[[str], str
         images = images[:max_scenes]
         stems = {Path(k).stem for k in images}
         labels = [k for k in labels if Path(k).stem in stems]
-    return sorted(images + labels)
+    chosen = set(images)
+    stems = {(k.rpartition("/")[0], Path(k).stem) for k in images}
+    sidecars = [k for k, kind in kinds.items() if kind == "sidecar" and (
+        k[:-len(PAM_SUFFIX)] in chosen if k.lower().endswith(PAM_SUFFIX)
+        else (k.rpartition("/")[0], Path(k).stem) in stems)]
+    return sorted(images + labels + sidecars)
 
 
 class S3Cache:
@@ -466,21 +489,71 @@ def _link_or_copy(src: str, dst: str) -> None:
         shutil.copy2(src, dst)
 
 
+def archive_folder(archive: Path) -> Path:
+    """The folder an archive is extracted into: beside it, named after it (`part1.zip` ->
+    `part1/`), as archives inside archives are, so that its name stays in every path."""
+    suffix = next(x for x in ARCHIVE_SUFFIXES if archive.name.lower().endswith(x))
+    return archive.with_name(archive.name[:-len(suffix)])
+
+
+def _skipped(relative: Path) -> bool:
+    """Hidden files and macOS resource forks (`__MACOSX/._part1.zip` is no zip)."""
+    return any(p.startswith(".") or p == "__MACOSX" for p in relative.parts)
+
+
 def place(path: Path, dest: Path) -> None:
-    """Put a placed or downloaded path into `dest`: extract archives, link or copy the rest."""
+    """Put a placed or downloaded path into `dest`: an archive is extracted into a folder named
+    after it; a folder is taken as its contents, its archives extracted as if each were listed
+    and its other files linked (or copied); a file is linked."""
     if path.is_dir():
-        shutil.copytree(path, dest, copy_function=_link_or_copy, dirs_exist_ok=True)
+        # os.walk follows linked folders: a data folder may link to another disk
+        files = sorted(Path(top) / name for top, _, names in os.walk(path, followlinks=True)
+                       for name in names)
+        for item in files:
+            relative = item.relative_to(path)
+            if _skipped(relative):
+                continue
+            if is_archive(item):
+                extract(item, archive_folder(dest / relative))
+            elif item.is_file():
+                (dest / relative).parent.mkdir(parents=True, exist_ok=True)
+                _link_or_copy(str(item), str(dest / relative))
     elif is_archive(path):
-        extract(path, dest)
+        extract(path, archive_folder(dest / path.name))
     else:
         dest.mkdir(parents=True, exist_ok=True)
         _link_or_copy(str(path), str(dest / path.name))
+
+
+def fetch_s3_archive(entry: SourceEntry, dest: Path, settings: FetchSettings) -> None:
+    """An s3:// URL naming one archive object (RarePlanes' tarballs): brought through the cache
+    as `fetch_s3` brings objects, then extracted like a placed archive."""
+    if entry.max_scenes is not None:
+        raise InputError(entry.url, "max_scenes takes the first images of an s3:// prefix; this "
+                                    "entry names one archive: remove max_scenes")
+    prefix, _, name = entry.url.rpartition("/")
+    staging = dest.with_name(dest.name + ".download")
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        fetch_s3(SourceEntry(prefix + "/", endpoint_url=entry.endpoint_url,
+                             anonymous=entry.anonymous), staging,
+                 lambda relative: "image" if relative == name else None, settings)
+    except InputError:
+        raise InputError(entry.url, f"no object {name!r} under {prefix}/; check the URL") \
+            from None
+    try:
+        place(staging / name, dest)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def obtain(entry: SourceEntry, dest: Path, dataset_format: str,
            wanted: Callable[[str], str | None], settings: FetchSettings) -> dict:
     """Bring one source entry into `dest`; returns what was fetched, for the manifest."""
     record = {"url": entry.url, "split": entry.split}
+    if entry.scheme == "s3" and entry.url.lower().endswith(ARCHIVE_SUFFIXES):
+        fetch_s3_archive(entry, dest, settings)
+        return record
     if entry.scheme == "s3":
         record["objects"] = len(fetch_s3(entry, dest, wanted, settings))
         return record
@@ -500,8 +573,29 @@ def obtain(entry: SourceEntry, dest: Path, dataset_format: str,
     return record
 
 
-def classify(relative: str, dataset_format: str, tiled: bool = True) -> str | None:
-    """Whether a file (path relative to its source entry) is an image, a label, or neither."""
+# DOTA's label archives come in variants beside the oriented labels nadir reads: horizontal-box
+# copies (v1.0's `*reclabelTxt*`, v1.5's `*_hbb*`) and the labels of each version, in folders
+# and archives named by it (`labelTxt-v1.0/`, `DOTA-v1.5_train.zip`).
+HORIZONTAL_COPY = re.compile(r"reclabel|(?:^|[^a-z0-9])hbb(?:$|[^a-z0-9])", re.IGNORECASE)
+VERSION_TAG = re.compile(r"(?:^|[^a-z0-9])v(\d+\.\d+)(?:$|[^0-9])", re.IGNORECASE)
+
+
+def label_variant(folders: list[str], version: str | None) -> str | None:
+    """Why a DOTA label file in these folders is set aside (None: it is read): a horizontal-box
+    copy, or the labels of another version than the configured one."""
+    if any(HORIZONTAL_COPY.search(folder) for folder in folders):
+        return "horizontal-box copies (DOTA's reclabel/_hbb labels), not the oriented labels"
+    for folder in folders:
+        tag = VERSION_TAG.search(folder)
+        if tag and version and f"v{tag.group(1)}" != version:
+            return f"labels of DOTA v{tag.group(1)}, not of the configured version {version}"
+    return None
+
+
+def classify(relative: str, dataset_format: str, tiled: bool = True,
+             version: str | None = None) -> str | None:
+    """Whether a file (path relative to its source entry) is an image, a label, an image's
+    georeferencing sidecar, a label variant set aside (`label_variant`), or none of these."""
     parts = [p for p in relative.replace("\\", "/").split("/") if p]
     if not parts or any(p.startswith(".") or p == "__MACOSX" for p in parts):
         return None
@@ -510,15 +604,19 @@ def classify(relative: str, dataset_format: str, tiled: bool = True) -> str | No
         return None
     suffix = Path(name).suffix
     folders = parts[:-1]
+    sidecar = sidecar_image_stem(name) is not None
     if dataset_format == "dota":
         if suffix in IMAGE_SUFFIXES:
             return "image"
-        # DOTA's label archives also hold horizontal-box copies (`*reclabelTxt*`): not ours.
-        if suffix == ".txt" and not any("reclabel" in f.lower() for f in folders):
-            return "label"
+        if sidecar:
+            return "sidecar"
+        if suffix == ".txt":
+            return "variant" if label_variant(folders, version) else "label"
     elif dataset_format == "xview":
         if suffix in (".tif", ".tiff"):
             return "image"
+        if sidecar:
+            return "sidecar"
         if suffix in (".geojson", ".json"):
             return "label"
     elif dataset_format == "rareplanes":
@@ -526,49 +624,111 @@ def classify(relative: str, dataset_format: str, tiled: bool = True) -> str | No
                                 else ("PS-RGB", "geojson_aircraft"))
         if image_dir in folders and suffix in IMAGE_SUFFIXES:
             return "image"
+        if image_dir in folders and sidecar:
+            return "sidecar"
         if label_dir in folders and suffix == ".geojson":
             return "label"
     return None
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether two files hold the same bytes (DOTA's Drive holds a copy of train part1.zip)."""
+    return a.stat().st_size == b.stat().st_size and sha256_of(a) == sha256_of(b)
+
+
+class Scan:
+    """What a walk over the fetched entries found: scenes by name, labels by (split, name),
+    sidecars by folder and image stem, and what was set aside."""
+
+    def __init__(self, root: Path, dataset_format: str, tiled: bool, version: str | None):
+        self.root, self.format, self.tiled, self.version = root, dataset_format, tiled, version
+        self.scenes: dict[str, dict] = {}
+        self.labels: dict[tuple, str] = {}
+        self.label_files: list[str] = []
+        self.sidecars: dict[tuple[Path, str], list[Path]] = {}  # by folder and image stem
+        self.variants: dict[str, dict] = {}  # folder -> {"files": n, "reason": ...}
+        self.copies: list[dict] = []  # identical copies of an image or label, set aside
+
+    def add(self, entry: SourceEntry, folder: Path, path: Path) -> None:
+        within = path.relative_to(folder).as_posix()
+        kind = classify(within, self.format, self.tiled, self.version)
+        relative = path.relative_to(self.root).as_posix()
+        if kind == "image":
+            first = self.scenes.get(path.stem)
+            if first is None:
+                self.scenes[path.stem] = {"scene": path.stem, "split": entry.split,
+                                          "image": relative}
+            elif not self._copy_of(first["image"], first["split"], path, entry.split):
+                raise InputError(path, f"scene name {path.stem!r} is also used by "
+                                       f"{first['image']}; scene names (image file names "
+                                       "without suffix) must be unique")
+        elif kind == "sidecar":
+            key = (path.parent, sidecar_image_stem(path.name))
+            self.sidecars.setdefault(key, []).append(path)
+        elif kind == "variant":
+            group = Path(relative).parent.as_posix()
+            reason = label_variant(Path(within).parent.parts, self.version)
+            self.variants.setdefault(group, {"folder": group, "files": 0, "reason": reason})
+            self.variants[group]["files"] += 1
+        elif kind == "label" and self.format == "xview":
+            self.label_files.append(relative)
+        elif kind == "label":
+            key = (entry.split, path.stem)
+            if key not in self.labels:
+                self.labels[key] = relative
+            elif not self._copy_of(self.labels[key], entry.split, path, entry.split):
+                raise InputError(path, f"a second label file for {path.stem!r} (the first "
+                                       f"is {self.labels[key]})")
+
+    def _copy_of(self, first: str, first_split: str | None, path: Path,
+                 split: str | None) -> bool:
+        """Set `path` aside when it is an identical copy of `first` from the same split."""
+        if first_split != split or not _same_file(self.root / first, path):
+            return False
+        self.copies.append({"file": path.relative_to(self.root).as_posix(), "same_as": first})
+        return True
+
+    def sidecars_of(self, image: Path) -> list[str]:
+        return sorted(p.relative_to(self.root).as_posix()
+                      for p in self.sidecars.get((image.parent, image.stem), [])
+                      if is_sidecar_of(p.name, image.name))
+
+
 def scan(root: Path, entries: list[tuple[SourceEntry, Path]], dataset_format: str,
-         tiled: bool) -> dict:
-    """Pair images and labels by file name (per split) and read every image's header."""
-    scenes: dict[str, dict] = {}
-    labels: dict[tuple, str] = {}
-    label_files: list[str] = []
-    for entry, folder in entries:
-        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-            kind = classify(path.relative_to(folder).as_posix(), dataset_format, tiled)
-            relative = path.relative_to(root).as_posix()
-            if kind == "image":
-                if path.stem in scenes:
-                    raise InputError(path, f"scene name {path.stem!r} is also used by "
-                                           f"{scenes[path.stem]['image']}; scene names (image "
-                                           "file names without suffix) must be unique")
-                scenes[path.stem] = {"scene": path.stem, "split": entry.split, "image": relative}
-            elif kind == "label" and dataset_format == "xview":
-                label_files.append(relative)
-            elif kind == "label":
-                key = (entry.split, path.stem)
-                if key in labels:
-                    raise InputError(path, f"a second label file for {path.stem!r} (the first "
-                                           f"is {labels[key]})")
-                labels[key] = relative
-    ordered = [scenes[name] for name in sorted(scenes)]
+         tiled: bool, version: str | None = None) -> dict:
+    """Pair images and labels by file name (per split), attach each image's sidecars and read
+    every image's header (its sidecar's georeferencing included)."""
+    found = Scan(root, dataset_format, tiled, version)
+    for entry, folder in entries:  # shallower first: a copy sits deeper than its original
+        for path in sorted((p for p in folder.rglob("*") if p.is_file()),
+                           key=lambda p: (len(p.parts), p)):
+            found.add(entry, folder, path)
+    ordered = [found.scenes[name] for name in sorted(found.scenes)]
     for n, scene in enumerate(ordered, start=1):
         if dataset_format != "xview":
-            scene["label"] = labels.pop((scene["split"], scene["scene"]), None)
+            scene["label"] = found.labels.pop((scene["split"], scene["scene"]), None)
+        scene["sidecars"] = found.sidecars_of(root / scene["image"])
         scene.update(image_header(root / scene["image"]))
         if n % 100 == 0 or n == len(ordered):
             log.info("read image headers: %d/%d", n, len(ordered))
-    return {"scenes": ordered, "label_files": sorted(label_files),
-            "labels_without_image": sorted(labels.values())}
+    for variant in found.variants.values():
+        log.warning("set aside %d label file(s) under %s: %s", variant["files"],
+                    variant["folder"], variant["reason"])
+    if found.copies:
+        log.warning("set aside %d identical copies of files already fetched (e.g. %s, a copy "
+                    "of %s)", len(found.copies), found.copies[0]["file"],
+                    found.copies[0]["same_as"])
+    return {"scenes": ordered, "label_files": sorted(found.label_files),
+            "labels_without_image": sorted(found.labels.values()),
+            "set_aside": {"label_variants": sorted(found.variants.values(),
+                                                   key=lambda v: v["folder"]),
+                          "copies": found.copies}}
 
 
 def fetch_dataset(name: str, spec: dict, files_dir: Path, settings: FetchSettings) -> dict:
     """Fetch every source entry of a dataset into `files_dir` and return its scene manifest."""
     dataset_format, tiled = spec["format"], spec.get("tiled", True)
+    version = spec.get("version") if dataset_format == "dota" else None
     files_dir.mkdir(parents=True, exist_ok=True)
     entries, fetched = [], []
     for i, raw in enumerate(spec["source"]):
@@ -576,14 +736,15 @@ def fetch_dataset(name: str, spec: dict, files_dir: Path, settings: FetchSetting
         folder = files_dir / f"{i:02d}-{entry.split or 'all'}"
         log.info("source %d/%d: %s", i + 1, len(spec["source"]), entry.url)
         fetched.append(obtain(entry, folder, dataset_format,
-                              lambda rel: classify(rel, dataset_format, tiled), settings))
+                              lambda rel: classify(rel, dataset_format, tiled, version),
+                              settings))
         entries.append((entry, folder))
     manifest = {"dataset": name, "format": dataset_format, "version": spec.get("version"),
-                "sources": fetched, **scan(files_dir, entries, dataset_format, tiled)}
+                "sources": fetched, **scan(files_dir, entries, dataset_format, tiled, version)}
     if not manifest["scenes"]:
         raise InputError(files_dir, f"no {dataset_format} images found in the sources "
-                                    f"{[e.url for e, _ in entries]}. "
-                                    f"{WHERE_TO_GET[dataset_format]}")
+                                    f"{[e.url for e, _ in entries]}{LOOKED_FOR[dataset_format]}"
+                                    f". {WHERE_TO_GET[dataset_format]}")
     log.info("%s: %d scenes, %d label files without an image", name, len(manifest["scenes"]),
              len(manifest["labels_without_image"]))
     return manifest

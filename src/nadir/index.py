@@ -18,6 +18,7 @@ from pathlib import Path
 from nadir.datasets.dota import parse_label_file
 from nadir.datasets.records import polygon_outside
 from nadir.errors import InputError
+from nadir.georeferencing import local_georeferencing
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,9 @@ def _check_trailer(path: Path) -> None:
 
 def image_header(path: Path) -> dict:
     """Size, bands, type and georeferencing of an image, read from its header only (and, for
-    PNG and JPEG, its last bytes, which show whether it is complete)."""
+    PNG and JPEG, its last bytes, which show whether it is complete). Georeferencing a PNG or
+    JPEG keeps in a sidecar beside it is read from there (nadir.georeferencing); GDAL's PAM
+    stays off, so nothing is written beside the image."""
     import warnings
 
     import rasterio
@@ -92,17 +95,18 @@ def image_header(path: Path) -> dict:
     _check_trailer(path)
 
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), rasterio.Env(GDAL_PAM_ENABLED="NO"):
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             with rasterio.open(path) as src:
-                georeferenced = src.crs is not None
-                t = src.transform
-                return {"width": src.width, "height": src.height, "bands": src.count,
-                        "dtype": src.dtypes[0],
-                        "crs": src.crs.to_string() if georeferenced else None,
-                        "transform": [t.a, t.b, t.c, t.d, t.e, t.f] if georeferenced else None}
+                header = {"width": src.width, "height": src.height, "bands": src.count,
+                          "dtype": src.dtypes[0]}
+                crs, transform = src.crs, src.transform
     except rasterio.errors.RasterioIOError as exc:
         raise InputError(path, f"not a readable raster image ({exc})") from None
+    crs, transform = local_georeferencing(path, crs, transform)
+    if crs is None or transform is None:  # half a georeferencing places nothing
+        crs = transform = None
+    return {**header, "crs": crs, "transform": transform}
 
 
 def _check_inside(polygon: list[float], width: int, height: int, label: Path, line: int):
@@ -165,10 +169,15 @@ def format_polygon(polygon: list[float]) -> str:
     return " ".join(["%g"] * len(polygon)) % tuple(polygon)
 
 
-def write_categories(path: Path, classes: list[str]) -> None:
-    """COCO-style categories: ids from 1 in the given class order."""
-    categories = [{"id": i + 1, "name": name} for i, name in enumerate(classes)]
-    path.write_text(json.dumps(categories, indent=1) + "\n")
+def categories(classes: list[str], ids: list[int] | None = None) -> list[dict]:
+    """COCO-style categories in the given class order: the given ids (a dataset's own, e.g.
+    RarePlanes' role_id), else ids from 1."""
+    ids = ids or list(range(1, len(classes) + 1))
+    return [{"id": i, "name": name} for i, name in zip(ids, classes, strict=True)]
+
+
+def write_categories(path: Path, classes: list[str], ids: list[int] | None = None) -> None:
+    path.write_text(json.dumps(categories(classes, ids), indent=1) + "\n")
 
 
 def read_scenes(path: Path) -> list[dict]:

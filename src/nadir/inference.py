@@ -30,7 +30,9 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from urllib.error import HTTPError, URLError
 from urllib.parse import urlparse
+from urllib.request import Request, urlopen
 
 import numpy as np
 
@@ -45,6 +47,13 @@ from nadir.chipping import (
     window_validity,
 )
 from nadir.errors import InputError, NadirError
+from nadir.georeferencing import (
+    MAX_SIDECAR_BYTES,
+    PAM_SUFFIX,
+    georeferencing,
+    read_sidecar,
+    sidecar_text,
+)
 from nadir.hashing import sha256_of
 from nadir.scene_evaluation import merge_overlaps, to_scene_coordinates
 
@@ -458,6 +467,8 @@ def detect_scene(source: SceneSource, params: ChipParams, detector: WindowDetect
                              counts.windows, counts.nodata_skipped, len(window_detections),
                              counts.read / max(now - started, 1e-9))
             width, height, crs, transform = src.width, src.height, src.crs, src.transform
+    crs, transform = georeferencing(source.location, crs, transform,
+                                    sidecar_text_at(source.location, s3_endpoint))
     scene = {"id": 1, "scene": source.name, "width": width, "height": height}
     shifted, emptied = to_scene_coordinates(window_detections, {"images": chips}, [scene])
     merged = merge_overlaps(shifted, settings.nms_iou)
@@ -467,8 +478,63 @@ def detect_scene(source: SceneSource, params: ChipParams, detector: WindowDetect
              "%.1f windows/s", source.name, counts.read, counts.nodata_skipped,
              len(window_detections), len(shifted), emptied, len(merged), settings.nms_iou,
              seconds, counts.read / max(seconds, 1e-9))
-    return SceneResult(source.name, width, height, crs.to_string() if crs else None,
-                       list(transform)[:6], merged, counts, quicklook.image, seconds)
+    if crs is None or transform is None:  # half a georeferencing places nothing
+        crs, transform = None, [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+    return SceneResult(source.name, width, height, crs, transform, merged, counts,
+                       quicklook.image, seconds)
+
+
+def sidecar_text_at(location: str, s3_endpoint: str | None) -> str | None:
+    """The text of a scene's GDAL PAM sidecar (`<location>.aux.xml`), wherever the scene is:
+    a file beside it, an object beside it in the bucket (credentials as for the scene), or a
+    URL beside it; None when there is none. GDAL's PAM stays off (nadir.georeferencing)."""
+    sidecar = location + PAM_SUFFIX
+    parsed = urlparse(location)
+    if parsed.scheme in ("http", "https"):
+        try:
+            request = Request(sidecar, headers={"Range": f"bytes=0-{MAX_SIDECAR_BYTES}"})
+            with urlopen(request, timeout=30) as response:
+                return sidecar_text(response.read(MAX_SIDECAR_BYTES + 1), sidecar)
+        except HTTPError as exc:
+            if exc.code in (403, 404):
+                return None
+            raise NadirError(f"{sidecar}: HTTP {exc.code} {exc.reason}") from None
+        except (URLError, OSError) as exc:
+            raise NadirError(f"{sidecar}: {exc}") from None
+    if parsed.scheme == "s3":
+        return _s3_sidecar_text(parsed.netloc, parsed.path.lstrip("/") + PAM_SUFFIX,
+                                s3_endpoint, sidecar)
+    path = Path(sidecar)
+    return read_sidecar(path) if path.is_file() else None
+
+
+def _s3_sidecar_text(bucket: str, key: str, endpoint: str | None, origin: str) -> str | None:
+    """An object's text, read as GDAL reads the scene: with the SNAKEMAKE_STORAGE_S3_* keys,
+    else the AWS_* environment, else unsigned (public buckets)."""
+    import boto3
+    from botocore import UNSIGNED
+    from botocore.config import Config
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    access = os.environ.get("SNAKEMAKE_STORAGE_S3_ACCESS_KEY")
+    secret = os.environ.get("SNAKEMAKE_STORAGE_S3_SECRET_KEY")
+    options: dict = {"aws_access_key_id": access, "aws_secret_access_key": secret} \
+        if access and secret else {}
+    if not options and not os.environ.get("AWS_ACCESS_KEY_ID"):
+        options["config"] = Config(signature_version=UNSIGNED)
+    client = boto3.session.Session().client(
+        "s3", endpoint_url=endpoint, region_name=os.environ.get("AWS_REGION", "us-east-1"),
+        **options)
+    try:
+        body = client.get_object(Bucket=bucket, Key=key, Range=f"bytes=0-{MAX_SIDECAR_BYTES}")
+        return sidecar_text(body["Body"].read(), origin)
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "403",
+                                                          "AccessDenied"):
+            return None
+        raise NadirError(f"{origin}: {exc}") from None
+    except BotoCoreError as exc:
+        raise NadirError(f"{origin}: {exc}") from None
 
 
 # --- outputs ---------------------------------------------------------------------------------

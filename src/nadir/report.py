@@ -336,3 +336,27 @@ def leaderboard_of_files(named: Mapping[str, str | Path], csv_path: Path, markdo
     rows = write_leaderboard(results, csv_path, markdown_path, html_path, comparisons)
     log.info("ranked %d run(s) on %d dataset(s)", len(rows), len({r["dataset"] for r in rows}))
     return rows
+
+
+def dataset_summary_html(title: str, summary: dict, stats: dict, coco_stats: dict) -> str:
+    """One dataset's page in the report: every warning (what the index and the chipping did
+    silently), then scenes and objects per class in the index and in the chips, per split."""
+    splits = [s for s in ("train", "val") if s in stats["objects_per_class"]]
+    warnings = stats.get("warnings", [])
+    items = "".join(f"<li><b>{html.escape(w['case'])}</b>: {html.escape(w['message'])}</li>"
+                    for w in warnings) or "<li>none</li>"
+    classes = list(next(iter(stats["objects_per_class"].values()), {}))
+    header = "".join(f"<th>{s} scenes (index)</th><th>{s} chips (COCO)</th>" for s in splits)
+    rows = "".join(
+        f"<tr><td>{html.escape(c)}</td>" + "".join(
+            f"<td>{stats['objects_per_class'][s].get(c, 0)}</td>"
+            f"<td>{coco_stats.get(s, {}).get('objects_per_class', {}).get(c, 0)}</td>"
+            for s in splits) + "</tr>" for c in classes)
+    scenes = ", ".join(f"{k}: {v}" for k, v in sorted(stats["images"].items()))
+    split = summary.get("split", "as generated")
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
+            f"</title><style>{TABLE_CSS}</style></head><body><h2>{html.escape(title)}</h2>"
+            f"<h3>Warnings ({len(warnings)})</h3><ul>{items}</ul>"
+            f"<p>Scenes: {html.escape(scenes) or 'n/a'}; split {html.escape(split)}.</p>"
+            "<h3>Objects per class</h3>"
+            f"<table><tr><th>class</th>{header}</tr>{rows}</table></body></html>\n")

@@ -3,6 +3,7 @@ rule chip:
         scenes="results/{dataset}/index/scenes.csv",
         annotations="results/{dataset}/index/annotations.csv",
         images=lambda w: shard_images(w.dataset, w.shard),
+        sidecars=lambda w: shard_sidecars(w.dataset, w.shard),
     output:
         tar="results/{dataset}/chips/shard-{shard}.tar",
         chips="results/{dataset}/chips/shard-{shard}.json",

@@ -122,20 +122,34 @@ def fetch_manifest(dataset):
     return _MANIFESTS[key]
 
 
+def fetched_scenes(dataset):
+    """The fetch manifest's scenes to chip, in a fixed order: sorted scene names, images with
+    labels (xView's labels are one file, so all its images)."""
+    manifest = fetch_manifest(dataset)
+    return [s for s in manifest["scenes"]
+            if manifest["format"] == "xview" or s["label"] is not None]
+
+
 def dataset_images(dataset):
-    """Raw images of the scenes to chip, in a fixed order (fetched: sorted scene names, images
-    with labels; xView's labels are one file, so all its images)."""
+    """Raw images of the scenes to chip, in a fixed order."""
     if not is_fetched(dataset):
         return [raw_image(dataset, sp, sc) for sp, sc in scenes(dataset)]
-    manifest = fetch_manifest(dataset)
-    return [fetched_file(dataset, s["image"]) for s in manifest["scenes"]
-            if manifest["format"] == "xview" or s["label"] is not None]
+    return [fetched_file(dataset, s["image"]) for s in fetched_scenes(dataset)]
 
 
 def shard_images(dataset, shard):
     """Scenes are dealt to shards round-robin in scene order: reproducible from the config and
     the fetch manifest (the chip manifest records each scene's shard)."""
     return dataset_images(dataset)[int(shard) :: len(shards(dataset))]
+
+
+def shard_sidecars(dataset, shard):
+    """The georeferencing sidecars of a shard's images (a PNG tile's `.aux.xml`), staged
+    beside them: the chip job reads them (nadir.georeferencing)."""
+    if not is_fetched(dataset):
+        return []
+    chosen = fetched_scenes(dataset)[int(shard) :: len(shards(dataset))]
+    return [fetched_file(dataset, p) for s in chosen for p in s.get("sidecars", [])]
 
 
 def as_json(value):

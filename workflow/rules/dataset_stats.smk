@@ -1,15 +1,29 @@
+# One dataset's statistics, and its summary page in the report: every warning of the index
+# (classes without an object, labels without images, label variants set aside) and of the
+# chipping (classes whose objects no chip keeps), beside objects per class in scenes and chips.
+
+
 rule dataset_stats:
     input:
         scenes="results/{dataset}/index/scenes.csv",
         annotations="results/{dataset}/index/annotations.csv",
         categories="results/{dataset}/index/categories.json",
+        summary="results/{dataset}/index/summary.json",
+        coco_stats="results/{dataset}/coco/stats.json",
+        chips_manifest="results/{dataset}/chips/manifest.json",
     output:
         json="results/{dataset}/index/stats.json",
         png=report(
             "results/{dataset}/index/stats.png",
             caption="../report/dataset_stats.rst",
             category="Datasets",
-            labels={"dataset": "{dataset}"},
+            labels={"dataset": "{dataset}", "content": "statistics"},
+        ),
+        html=report(
+            "results/{dataset}/index/summary.html",
+            caption="../report/dataset_summary.rst",
+            category="Datasets",
+            labels={"dataset": "{dataset}", "content": "summary and warnings"},
         ),
     log:
         "logs/{dataset}/dataset_stats.log",
@@ -17,5 +31,7 @@ rule dataset_stats:
         "Computing statistics of dataset {wildcards.dataset}"
     shell:
         "{NADIR} dataset-stats --scenes {input.scenes} --annotations {input.annotations} "
-        "--categories {input.categories} --json {output.json} --png {output.png} "
+        "--categories {input.categories} --summary {input.summary} "
+        "--coco-stats {input.coco_stats} --chips-manifest {input.chips_manifest} "
+        "--json {output.json} --png {output.png} --html {output.html} "
         "--title 'dataset {wildcards.dataset}' 2> {log}"

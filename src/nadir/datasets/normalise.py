@@ -26,6 +26,7 @@ from nadir.errors import InputError
 from nadir.index import (
     ANNOTATION_FIELDS,
     IndexTables,
+    categories,
     format_polygon,
     write_categories,
     write_scene_table,
@@ -66,12 +67,40 @@ def assign_splits(scenes: list[dict], dataset_format: str, split: dict) -> tuple
     return {s["scene"]: s["split"] for s in scenes}, "official (per source entry)"
 
 
-def check_splits(splits: dict[str, str], method: str, dataset: str) -> None:
-    """Stop at index time, not after training, when train or val would hold no scene."""
+def _of_split(relative: str, split: str) -> bool:
+    """Whether a fetched file came from an entry of this split (its folder `<n>-<split>/`)."""
+    return relative.split("/", 1)[0].endswith(f"-{split}")
+
+
+def unpaired(manifest: dict, split: str) -> str:
+    """What the entries of one split brought that did not pair up into labelled scenes."""
+    images = [s for s in manifest["scenes"] if s["split"] == split]
+    unlabelled = sum(1 for s in images if s.get("label") is None)
+    orphans = [p for p in manifest["labels_without_image"] if _of_split(p, split)]
+    set_aside = [v for v in manifest.get("set_aside", {}).get("label_variants", [])
+                 if _of_split(v["folder"], split)]
+    said = [f"{len(images)} image(s), {unlabelled} of them without a label file of the same "
+            f"name, and {len(orphans)} label file(s) without an image"]
+    if not images:
+        said.append("an image archive (e.g. a DOTA part zip) or folder is missing")
+    said += [f"{v['files']} label file(s) under {v['folder']} were set aside as {v['reason']}"
+             for v in set_aside]
+    return "; ".join(said)
+
+
+def check_splits(splits: dict[str, str], method: str, dataset: str,
+                 manifest: dict | None = None) -> None:
+    """Stop at index time, not after training, when train or val would hold no scene; say
+    what the entries of that split brought when the config already names the split."""
     for wanted in ("train", "val"):
         if wanted in splits.values():
             continue
-        if method == "official":
+        entries = [s["url"] for s in (manifest or {}).get("sources", [])
+                   if s["split"] == wanted]
+        if method == "official" and entries:
+            fix = (f"its source entries {entries} have `split: {wanted}`, but brought "
+                   f"{unpaired(manifest, wanted)}")
+        elif method == "official":
             fix = (f"give a source entry `split: {wanted}` (datasets.{dataset}.source), or set "
                    f"datasets.{dataset}.split.method: seeded")
         else:
@@ -174,25 +203,84 @@ def _index_xview(scenes, files_dir, label_files, bad, writer_for, featured: set)
 
 def _index_rareplanes(scenes, files_dir, spec, bad, writer_for) -> dict:
     parsed = {}
+    attribute = spec["class_attribute"]
     for n, scene in enumerate(scenes, start=1):
-        parsed[scene["scene"]] = rareplanes.read_objects(
-            files_dir / scene["label"], spec["class_attribute"], scene["crs"],
-            scene["transform"], bad)
+        parsed[scene["label"]] = rareplanes.read_objects(
+            files_dir / scene["label"], attribute, scene["crs"], scene["transform"], bad)
         if n % 200 == 0 or n == len(scenes):
             log.info("parsed RarePlanes labels: %d/%d", n, len(scenes))
+    ids = rareplanes.class_ids(parsed, attribute)
     classes = sorted({o.category for objs in parsed.values() for o in objs},
-                     key=rareplanes.class_sort_key)
-    log.info("RarePlanes classes from attribute %r: %s", spec["class_attribute"], classes)
-    writer = writer_for(classes)
+                     key=(lambda c: ids[c]) if ids else rareplanes.class_sort_key)
+    log.info("RarePlanes classes from attribute %r: %s", attribute,
+             {c: ids[c] for c in classes} if ids else classes)
+    writer = writer_for(classes, ids)
     for scene in scenes:
-        for obj in parsed[scene["scene"]]:
+        for obj in parsed[scene["label"]]:
             if polygon_outside(obj.polygon, scene["width"], scene["height"]):
                 bad.report("outside_image", scene["label"], f"feature {obj.feature} lies "
                            f"outside the {scene['width']}x{scene['height']} image")
                 continue
             writer.add(scene["scene"], obj.category, 0, obj.polygon,
                        f"{scene['label']}, feature {obj.feature}")
-    return {"class_attribute": spec["class_attribute"], "classes_in_data": classes}
+    return {"class_attribute": attribute, "classes_in_data": classes,
+            "class_ids": f"{attribute}_id" if ids else "sorted values"}
+
+
+def _name_range(paths: list[str]) -> str:
+    names = sorted(Path(p).stem for p in paths)
+    return names[0] if len(names) == 1 else f"{names[0]} … {names[-1]}"
+
+
+def index_warnings(manifest: dict, summary: dict, bad: BadInput) -> list[dict]:
+    """What the index did silently, in words (each {"case", "message"}): classes of a fixed
+    class list without a single object, label files without images (a part archive missing),
+    images without labels, label variants and copies set aside by the fetch."""
+    fmt, warnings = manifest["format"], []
+
+    def warn(case: str, message: str) -> None:
+        warnings.append({"case": case, "message": message})
+
+    empty = [c for c, n in summary["objects_per_class"].items() if n == 0]
+    if empty and fmt == "dota":
+        version = manifest.get("version")
+        newer = [c for c in empty if c not in dota.CLASSES_V1_0]
+        hint = (f" {', '.join(newer)} first appear(s) in DOTA {version}: are the labels v1.0's "
+                f"(labelTxt-v1.0) rather than {version}'s?" if newer and
+                version != "v1.0" else " Are all label files of this version fetched?")
+        warn("empty_class", f"{len(empty)} of the {len(summary['objects_per_class'])} classes "
+                            f"of DOTA {version} have no object at all: {', '.join(empty)}."
+                            + hint)
+    elif empty:
+        warn("empty_class", f"{len(empty)} of the {len(summary['objects_per_class'])} classes "
+                            f"have no object at all: {', '.join(empty)} (a subset of the "
+                            "images, or labels of another release?)")
+    by_split: dict[str, list[str]] = {}
+    for path in manifest["labels_without_image"]:  # entry folders are `<n>-<split>/`
+        by_split.setdefault(path.split("/", 1)[0].partition("-")[2], []).append(path)
+    for split, orphans in sorted(by_split.items()):
+        warn("label_without_image", f"{len(orphans)} label file(s) of split {split} have no "
+                                    f"image ({_name_range(orphans)}): an image archive of that "
+                                    "split (e.g. a DOTA part zip) may be missing from the "
+                                    "source")
+    if fmt == "xview" and bad.skipped["label_without_image"]:
+        warn("label_without_image", f"{bad.skipped['label_without_image']} feature(s) name an "
+                                    "image that was not fetched (xView's labels name one image "
+                                    "its archive lacks; more: an image archive is missing)")
+    unlabelled = bad.skipped["image_without_label"]
+    if unlabelled:
+        warn("image_without_label", f"{unlabelled} image(s) have no labels and are not used "
+                                    "(scenes.csv, split excluded): a label archive or folder "
+                                    "may be missing from the source")
+    for variant in manifest.get("set_aside", {}).get("label_variants", []):
+        warn("label_variant_set_aside", f"{variant['files']} label file(s) under "
+                                        f"{variant['folder']} were not read: {variant['reason']}")
+    copies = manifest.get("set_aside", {}).get("copies", [])
+    if copies:
+        warn("copy_set_aside", f"{len(copies)} file(s) were identical copies of files already "
+                               f"fetched and were not read twice (e.g. {copies[0]['file']}, a "
+                               f"copy of {copies[0]['same_as']})")
+    return warnings
 
 
 def index_fetched(manifest_path: Path, files_dir: Path, spec: dict, tables: IndexTables) -> dict:
@@ -211,11 +299,13 @@ def index_fetched(manifest_path: Path, files_dir: Path, spec: dict, tables: Inde
                 bad.report("image_without_label", s["image"], "no label file of the same name")
         labelled = [s for s in scenes if s["label"] is not None]
     writer: AnnotationWriter | None = None  # opened by the indexer once it knows the classes
+    source_ids: dict[str, int] | None = None  # the data's own class ids, where it has them
     featured: set[str] = set()
 
-    def writer_for(classes: list[str]) -> AnnotationWriter:
-        nonlocal writer
+    def writer_for(classes: list[str], ids: dict[str, int] | None = None) -> AnnotationWriter:
+        nonlocal writer, source_ids
         writer = AnnotationWriter(tables.annotations, _class_filter(classes, spec), bad)
+        source_ids = ids
         return writer
 
     try:
@@ -234,7 +324,7 @@ def index_fetched(manifest_path: Path, files_dir: Path, spec: dict, tables: Inde
             labelled = [s for s in labelled if s["scene"] in featured]
         splits, split_how = assign_splits(labelled, fmt, spec["split"])
         check_splits(splits, "official" if split_how.startswith("official") else "seeded",
-                     manifest["dataset"])
+                     manifest["dataset"], manifest)
         writer.publish()
     except BaseException:
         if writer is not None:  # no annotations.csv that looks complete
@@ -246,16 +336,20 @@ def index_fetched(manifest_path: Path, files_dir: Path, spec: dict, tables: Inde
         s["objects"] = writer.per_scene.get(s["scene"], 0)
     write_scene_table(tables.scenes, scenes)
     classes = writer.filter.output_classes()
-    write_categories(tables.categories, classes)
+    ids = writer.filter.output_ids(source_ids)
+    write_categories(tables.categories, classes, ids)
     summary = {
         "dataset": manifest["dataset"], "format": fmt, "version": manifest.get("version"),
         "split": split_how,
         "scenes": dict(Counter(s["split"] for s in scenes)),
         "objects": sum(writer.per_class.values()),
         "objects_per_class": {c: writer.per_class.get(c, 0) for c in classes},
-        "categories": [{"id": i + 1, "name": c} for i, c in enumerate(classes)],
+        "categories": categories(classes, ids),
         "bad_input": bad.summary(), "class_filter": writer.filter.summary(), **details,
     }
+    summary["warnings"] = index_warnings(manifest, summary, bad)
+    for warning in summary["warnings"]:
+        log.warning("%s", warning["message"])
     tables.summary.write_text(json.dumps(summary, indent=1) + "\n")
     log.info("index of %s: scenes %s, %d objects", manifest["dataset"], summary["scenes"],
              summary["objects"])

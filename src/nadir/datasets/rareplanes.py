@@ -3,8 +3,10 @@
 Polygons are in geographic coordinates (the GeoJSON's CRS, EPSG:4326 unless it names another);
 they are moved into the image's CRS and then through the inverse of its geotransform into
 pixels. The class is the value of a configurable property (`role` by default); class names are
-whatever values the data holds, sorted, so the class list is derived from the data and written
-to categories.json rather than assumed.
+whatever values the data holds, so the class list is derived from the data and written to
+categories.json rather than assumed. Where the data also numbers the values (`role_id` beside
+`role`), those numbers are the class ids, so they are RarePlanes' own and the same whichever
+subset was fetched; otherwise ids follow the sorted values.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ class PlaneObject:
     feature: int
     category: str
     polygon: list[float]  # pixel x y pairs of the exterior ring, not closed
+    class_id: int | None = None  # the data's own number for the class (`role_id`), if any
 
 
 def _crs_of(collection: dict) -> str:
@@ -77,7 +80,9 @@ def read_objects(path: Path, attribute: str, image_crs: str | None,
 
     if transform is None or image_crs is None:
         raise InputError(path, "its image has no georeferencing (CRS and geotransform), so the "
-                               "geographic polygons cannot be placed in pixels")
+                               "geographic polygons cannot be placed in pixels; a PNG tile keeps "
+                               "it in a sidecar `<tile>.png.aux.xml` beside it, which the "
+                               "source must hold too")
     try:
         collection = json.loads(read_label_text(path))
     except json.JSONDecodeError as exc:
@@ -100,7 +105,43 @@ def read_objects(path: Path, attribute: str, image_crs: str | None,
                        f"feature {number}: has no value for the class attribute {attribute!r}; "
                        f"its properties are {sorted(props)}")
             continue
+        class_id = props.get(f"{attribute}_id")
+        if class_id is not None:
+            try:
+                class_id = int(class_id)
+            except (TypeError, ValueError):
+                class_id = 0
+            if class_id < 1:
+                bad.report("malformed_record", str(path), f"feature {number}: {attribute}_id "
+                           f"{props[f'{attribute}_id']!r} is not a positive integer")
+                continue
         xs, ys = warp(source_crs, image_crs, [p[0] for p in ring], [p[1] for p in ring])
         pixels = [v for x, y in zip(xs, ys, strict=True) for v in inverse @ (x, y)]
-        objects.append(PlaneObject(number, class_value(props[attribute]), pixels))
+        objects.append(PlaneObject(number, class_value(props[attribute]), pixels, class_id))
     return objects
+
+
+def class_ids(parsed: dict[str, list[PlaneObject]], attribute: str) -> dict[str, int] | None:
+    """{class name: the data's own id} when every object carries `<attribute>_id` (one id per
+    name, one name per id); None when none does (ids then follow the sorted names). `parsed`
+    maps each label file to its objects, for the errors."""
+    ids: dict[str, int] = {}
+    names: dict[int, str] = {}
+    without = None
+    for label, objects in parsed.items():
+        for obj in objects:
+            if obj.class_id is None:
+                without = without or (label, obj.feature)
+                continue
+            known_id = ids.setdefault(obj.category, obj.class_id)
+            known_name = names.setdefault(obj.class_id, obj.category)
+            if (known_id, known_name) != (obj.class_id, obj.category):
+                earlier = (f"earlier features give {obj.category!r} the id {known_id}"
+                           if known_id != obj.class_id else
+                           f"earlier features give that id to {known_name!r}")
+                raise InputError(label, f"feature {obj.feature}: {attribute} {obj.category!r} "
+                                        f"with {attribute}_id {obj.class_id}; {earlier}")
+    if ids and without:
+        raise InputError(without[0], f"feature {without[1]}: no {attribute}_id, where other "
+                                     f"features number their {attribute}")
+    return ids or None

@@ -126,6 +126,16 @@ class ClassFilter:
             return names
         return [n for n in names if n in self.keep]
 
+    def output_ids(self, source_ids: dict[str, int] | None) -> list[int] | None:
+        """The ids of `output_classes` where the dataset numbers its classes itself: a merged
+        name takes the id of its first member (None: ids from 1)."""
+        if not source_ids:
+            return None
+        first: dict[str, int] = {}
+        for name in self.classes:
+            first.setdefault(self.merge.get(name, name), source_ids[name])
+        return [first[name] for name in self.output_classes()]
+
     def apply(self, category: str, polygon: list[float]) -> str | None:
         """The output class of an object, or None (counted) when it is filtered out."""
         name = self.merge.get(category, category)

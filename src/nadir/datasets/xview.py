@@ -153,13 +153,16 @@ def _decode_stretch(buffer: str, pos: int, properties_only: bool) -> tuple[list 
 
 
 def _box(bounds, number: int) -> tuple[str, str] | list[float]:
-    """[xmin, ymin, xmax, ymax] from `bounds_imcoords`, or (reason, message) when unusable."""
-    if bounds is None or (isinstance(bounds, str) and not bounds.strip()):
+    """[xmin, ymin, xmax, ymax] from `bounds_imcoords`, or (reason, message) when unusable.
+
+    A feature without a box says so in any of three ways, all dropped as `empty_box`: no
+    `bounds_imcoords`, an empty string, or an empty list (what DIUx's own loader tests for)."""
+    if bounds is None or bounds == [] or (isinstance(bounds, str) and not bounds.strip()):
         return "empty_box", f"feature {number}: empty bounds_imcoords"
-    parts = str(bounds).split(",")
+    parts = bounds if isinstance(bounds, list) else str(bounds).split(",")
     try:
-        values = list(map(float, parts))
-    except ValueError:
+        values = [float(v) for v in parts]
+    except (TypeError, ValueError):
         return "malformed_record", f"feature {number}: bounds_imcoords {bounds!r} is not numeric"
     if len(values) != 4:
         return "malformed_record", (f"feature {number}: bounds_imcoords {bounds!r} has "
