@@ -37,6 +37,7 @@ from urllib.request import Request, urlopen
 from nadir.errors import InputError, NadirError
 from nadir.hashing import sha256_of
 from nadir.index import image_header
+from nadir.names import check_name, check_relative_path
 
 log = logging.getLogger(__name__)
 
@@ -532,8 +533,9 @@ def classify(relative: str, dataset_format: str, tiled: bool = True) -> str | No
 
 
 def scan(root: Path, entries: list[tuple[SourceEntry, Path]], dataset_format: str,
-         tiled: bool) -> dict:
-    """Pair images and labels by file name (per split) and read every image's header."""
+         tiled: bool, max_raster_values: int | None = None) -> dict:
+    """Pair images and labels by file name (per split) and read every image's header (see
+    `image_header`)."""
     scenes: dict[str, dict] = {}
     labels: dict[tuple, str] = {}
     label_files: list[str] = []
@@ -541,6 +543,8 @@ def scan(root: Path, entries: list[tuple[SourceEntry, Path]], dataset_format: st
         for path in sorted(p for p in folder.rglob("*") if p.is_file()):
             kind = classify(path.relative_to(folder).as_posix(), dataset_format, tiled)
             relative = path.relative_to(root).as_posix()
+            if kind is not None:  # its path reaches the manifest, the rules and commands
+                check_relative_path(relative, path, "file name")
             if kind == "image":
                 if path.stem in scenes:
                     raise InputError(path, f"scene name {path.stem!r} is also used by "
@@ -559,15 +563,17 @@ def scan(root: Path, entries: list[tuple[SourceEntry, Path]], dataset_format: st
     for n, scene in enumerate(ordered, start=1):
         if dataset_format != "xview":
             scene["label"] = labels.pop((scene["split"], scene["scene"]), None)
-        scene.update(image_header(root / scene["image"]))
+        scene.update(image_header(root / scene["image"], max_raster_values))
         if n % 100 == 0 or n == len(ordered):
             log.info("read image headers: %d/%d", n, len(ordered))
     return {"scenes": ordered, "label_files": sorted(label_files),
             "labels_without_image": sorted(labels.values())}
 
 
-def fetch_dataset(name: str, spec: dict, files_dir: Path, settings: FetchSettings) -> dict:
-    """Fetch every source entry of a dataset into `files_dir` and return its scene manifest."""
+def fetch_dataset(name: str, spec: dict, files_dir: Path, settings: FetchSettings,
+                  max_raster_values: int | None = None) -> dict:
+    """Fetch every source entry of a dataset into `files_dir` and return its scene manifest
+    (images larger than `max_raster_values` are refused: `nadir.rasters`)."""
     dataset_format, tiled = spec["format"], spec.get("tiled", True)
     files_dir.mkdir(parents=True, exist_ok=True)
     entries, fetched = [], []
@@ -579,7 +585,8 @@ def fetch_dataset(name: str, spec: dict, files_dir: Path, settings: FetchSetting
                               lambda rel: classify(rel, dataset_format, tiled), settings))
         entries.append((entry, folder))
     manifest = {"dataset": name, "format": dataset_format, "version": spec.get("version"),
-                "sources": fetched, **scan(files_dir, entries, dataset_format, tiled)}
+                "sources": fetched, **scan(files_dir, entries, dataset_format, tiled,
+                                           max_raster_values)}
     if not manifest["scenes"]:
         raise InputError(files_dir, f"no {dataset_format} images found in the sources "
                                     f"{[e.url for e, _ in entries]}. "
@@ -592,3 +599,24 @@ def fetch_dataset(name: str, spec: dict, files_dir: Path, settings: FetchSetting
 def write_scene_manifest(manifest: dict, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(manifest, indent=1) + "\n")
+
+
+def read_scene_manifest(path: Path) -> dict:
+    """A scene manifest read back (from storage another job or person may have written): every
+    scene name and every path in it must follow the name rule (`nadir.names`), since they
+    become the chip and index jobs' inputs and command arguments."""
+    try:
+        manifest = json.loads(Path(path).read_text())
+        scenes = manifest["scenes"]
+        for scene in scenes:
+            check_name(scene["scene"], path, "scene name")
+            check_relative_path(scene["image"], path, f"image of scene {scene['scene']!r}")
+            if scene.get("label") is not None:
+                check_relative_path(scene["label"], path, f"label of scene {scene['scene']!r}")
+        for key in ("label_files", "labels_without_image"):
+            for relative in manifest.get(key, []):
+                check_relative_path(relative, path, f"file in {key}")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise InputError(path, f"not a readable scene manifest ({exc!r}); rerun the fetch "
+                               "job") from None
+    return manifest

@@ -13,9 +13,11 @@ rule dataset_stats:
         ),
     log:
         "logs/{dataset}/dataset_stats.log",
+    params:
+        title=lambda w: f"dataset {w.dataset}",
     message:
         "Computing statistics of dataset {wildcards.dataset}"
     shell:
-        "{NADIR} dataset-stats --scenes {input.scenes} --annotations {input.annotations} "
-        "--categories {input.categories} --json {output.json} --png {output.png} "
-        "--title 'dataset {wildcards.dataset}' 2> {log}"
+        "{NADIR:q} dataset-stats --scenes {input.scenes:q} --annotations {input.annotations:q} "
+        "--categories {input.categories:q} --json {output.json:q} --png {output.png:q} "
+        "--title {params.title:q} 2> {log:q}"

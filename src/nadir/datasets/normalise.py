@@ -23,6 +23,7 @@ from pathlib import Path
 from nadir.datasets import dota, rareplanes, xview
 from nadir.datasets.records import BadInput, ClassFilter, polygon_outside
 from nadir.errors import InputError
+from nadir.fetch import read_scene_manifest
 from nadir.index import (
     ANNOTATION_FIELDS,
     IndexTables,
@@ -30,6 +31,7 @@ from nadir.index import (
     write_categories,
     write_scene_table,
 )
+from nadir.rasters import check_declared_size
 
 log = logging.getLogger(__name__)
 
@@ -195,9 +197,14 @@ def _index_rareplanes(scenes, files_dir, spec, bad, writer_for) -> dict:
     return {"class_attribute": spec["class_attribute"], "classes_in_data": classes}
 
 
-def index_fetched(manifest_path: Path, files_dir: Path, spec: dict, tables: IndexTables) -> dict:
-    """Parse a fetched dataset into the normalised tables; returns the summary it writes."""
-    manifest = json.loads(Path(manifest_path).read_text())
+def index_fetched(manifest_path: Path, files_dir: Path, spec: dict, tables: IndexTables,
+                  max_raster_values: int | None = None) -> dict:
+    """Parse a fetched dataset into the normalised tables; returns the summary it writes.
+    Image sizes come from the manifest, each within `max_raster_values` (`nadir.rasters`)."""
+    manifest = read_scene_manifest(manifest_path)
+    for scene in manifest["scenes"]:
+        check_declared_size(files_dir / scene["image"], scene["width"], scene["height"],
+                            scene["bands"], max_raster_values)
     fmt = manifest["format"]
     tables.make_folders()
     bad = BadInput(spec["on_bad_input"])

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from nadir.errors import NadirError
+from nadir.names import check_name
 from nadir.shards import member_offsets, read_member
 from nadir.training.backend import TrainJob
 from nadir.training.catalogue import entry
@@ -125,17 +126,20 @@ def contiguous_category_ids(categories: list[dict]) -> list[int]:
 def unpack_chips(coco_json: Path, shards: list[Path], image_root: Path) -> Path:
     """Write a split's chips as files under image_root/<shard>/; return a COCO file naming them.
 
-    Chip names are only unique within a shard, hence one folder per shard.
+    Chip names are only unique within a shard, hence one folder per shard. They become file
+    names, so each must follow the name rule (`nadir.names`).
     """
     coco = json.loads(Path(coco_json).read_text())
+    for image in coco["images"]:
+        check_name(image["file_name"], coco_json, "chip file name")
     offsets = member_offsets(shards, {(im["shard"], im["file_name"]) for im in coco["images"]},
                              Path(coco_json))
     for (index, name), (offset, size) in sorted(offsets.items()):
         folder = image_root / str(index)
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / Path(name).name).write_bytes(read_member(shards[index], offset, size))
+        (folder / name).write_bytes(read_member(shards[index], offset, size))
     for image in coco["images"]:
-        image["file_name"] = f"{image['shard']}/{Path(image['file_name']).name}"
+        image["file_name"] = f"{image['shard']}/{image['file_name']}"
     rewritten = image_root / "coco.json"
     rewritten.write_text(json.dumps(coco))
     log.info("unpacked %d chips to %s for detectron2", len(offsets), image_root)
