@@ -1,0 +1,476 @@
+"""Untrusted input never runs code and never makes nadir read what it should not: hostile names
+(archives, manifests, chip lists), every rule's shell command, rasters that point elsewhere or
+declare absurd sizes, undecodable rasters, and weights files that carry pickled code.
+
+Each test builds its hostile input here; docs/security.md lists which test shows which rule.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from conftest import ROOT, TEST_CONFIG, run_snakemake
+from dataset_builders import FileServer, make_dota, write_geotiff
+
+from nadir.chipping import ChipParams, chip_shard, images_by_scene
+from nadir.errors import InputError
+from nadir.fetch import FetchSettings, fetch_dataset, read_scene_manifest
+from nadir.index import IndexTables, SceneSource, image_header, index_sample
+from nadir.names import check_name, check_relative_path, safe_name
+from nadir.shards import read_chip_list
+
+HOSTILE_NAMES = ["P0000$(touch X)", "a;touch X", "a`touch X`", "a b", "a'b", 'a"b', "a|b",
+                 "a&b", "a>b", "a\nb", "..", ".hidden", "-rf", "_x", "a/b", "a\\b", "c:x",
+                 "a!b", "", "é"]
+
+
+# --- the name rule --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["P0000", "P0000.png", "2355.tif", "labelTxt-v1.5",
+                                  "100_1040010029990A00_tile_319.png", "xView_train.geojson"])
+def test_dataset_file_names_follow_the_name_rule(name):
+    assert check_name(name, "where") == name
+
+
+@pytest.mark.parametrize("name", HOSTILE_NAMES)
+def test_names_with_shell_path_or_option_meaning_are_refused_naming_the_source(name):
+    with pytest.raises(InputError, match=r"^manifest\.json: scene name .* is refused"):
+        check_name(name, "manifest.json", "scene name")
+
+
+@pytest.mark.parametrize("path", ["/etc/passwd", "../x.png", "a/../../x.png", "a//b.png",
+                                  "a/b$(id).png", "a/.ssh/x"])
+def test_paths_read_from_data_are_relative_and_stay_inside(path):
+    with pytest.raises(InputError, match="is refused"):
+        check_relative_path(path, "m.json")
+    assert check_relative_path("00-train/images/P0000.png", "m.json")
+
+
+def test_names_nadir_makes_itself_are_made_safe():
+    assert safe_name("S2A 2026/11/30", "scene") == "S2A_2026_11_30"
+    assert safe_name("$(touch X)", "scene") == "touch_X_"
+    assert safe_name("../..", "scene") == "scene"
+
+
+def hostile_dota(root: Path) -> dict[str, Path]:
+    """make_dota's layout, with one train image and its label named to run a command."""
+    sources = make_dota(root, train=2, val=1, size=96)
+    archive = sources["train"]
+    hostile = root / "hostile.zip"
+    with zipfile.ZipFile(archive) as zin, zipfile.ZipFile(hostile, "w") as zout:
+        for member in zin.namelist():
+            zout.writestr(member.replace("P0001", "P0001$(touch PWNED)"), zin.read(member))
+    return {"train": hostile, "val": sources["val"]}
+
+
+DOTA_INDEX_SPEC = {"split": {"method": "official", "val_fraction": 0.2, "seed": 0},
+                   "classes": {"merge": {}, "keep": None, "min_size": 0}, "on_bad_input": {}}
+
+
+def test_fetch_refuses_an_image_name_that_would_run_a_command(tmp_path, monkeypatch):
+    """The attack of issue 25: `P0001$(touch PWNED).png` in a DOTA zip. fetch stops naming
+    the file; nothing runs (no PWNED file), no manifest is written."""
+    monkeypatch.chdir(tmp_path)
+    sources = hostile_dota(tmp_path / "data")
+    spec = {"format": "dota", "version": "v1.5", "source": [
+        {"url": str(sources["train"]), "split": "train"},
+        {"url": str(sources["val"]), "split": "val"}]}
+    with pytest.raises(InputError, match=r"images/P0001\$\(touch PWNED\)\.png: file name "
+                                         r"'00-train/images/P0001\$\(touch PWNED\)\.png' is "
+                                         r"refused"):
+        fetch_dataset("d", spec, tmp_path / "files", FetchSettings(tmp_path / "cache", 0, 5))
+    assert not list(tmp_path.rglob("PWNED"))
+
+
+def tampered(manifest: dict, **scene_changes) -> dict:
+    tampered = json.loads(json.dumps(manifest))
+    tampered["scenes"][0].update(scene_changes)
+    return tampered
+
+
+@pytest.fixture(scope="module")
+def fetched_dota(tmp_path_factory) -> tuple[Path, dict]:
+    root = tmp_path_factory.mktemp("fetched")
+    sources = make_dota(root / "data", train=2, val=1, size=96)
+    spec = {"format": "dota", "version": "v1.5", "source": [
+        {"url": str(sources["train"]), "split": "train"},
+        {"url": str(sources["val"]), "split": "val"}]}
+    manifest = fetch_dataset("d", spec, root / "files", FetchSettings(root / "cache", 0, 5))
+    return root, manifest
+
+
+@pytest.mark.parametrize("change", [
+    {"scene": "P0000$(touch PWNED)"}, {"image": "/etc/passwd.png"},
+    {"image": "00-train/../../outside.png"}, {"label": "00-train/labelTxt/`id`.txt"}])
+def test_a_tampered_scene_manifest_is_refused_when_read_back(fetched_dota, tmp_path, change):
+    """A manifest from shared storage: the index and the workflow read it through
+    read_scene_manifest, which names the manifest and the entry."""
+    root, manifest = fetched_dota
+    path = tmp_path / "manifest.json"
+    path.write_text(json.dumps(tampered(manifest, **change)))
+    with pytest.raises(InputError, match=r"manifest\.json: .* is refused"):
+        read_scene_manifest(path)
+    from nadir.datasets.normalise import index_fetched
+
+    with pytest.raises(InputError, match="is refused"):
+        index_fetched(path, root / "files", {"format": "dota", "version": "v1.5",
+                                             **DOTA_INDEX_SPEC},
+                      IndexTables.in_folder(tmp_path / "index"))
+    assert not (tmp_path / "index" / "annotations.csv").exists()
+
+
+def test_chip_job_images_and_chip_lists_read_back_follow_the_name_rule(tmp_path):
+    with pytest.raises(InputError, match=r"scene name 'a;b' is refused"):
+        images_by_scene([Path("x/a;b.png")])
+    with pytest.raises(InputError, match="also the name of"):
+        images_by_scene([Path("x/a.png"), Path("y/a.tif")])
+    chip = {"scene": "a", "file": "../../evil.jpg", "split": "train"}
+    listing = tmp_path / "shard-000.json"
+    listing.write_text(json.dumps({"chips": [chip]}))
+    with pytest.raises(InputError, match=r"shard-000\.json: chip file name '\.\./\.\./evil\.jpg' "
+                                         "is refused"):
+        read_chip_list(listing)
+
+
+def test_detectron2_unpacking_refuses_a_chip_name_that_leaves_its_folder(tmp_path):
+    from nadir.training.detectron2_backend import unpack_chips
+
+    coco = tmp_path / "coco.json"
+    coco.write_text(json.dumps({"images": [{"id": 1, "file_name": "../../../x.png",
+                                            "shard": 0}]}))
+    with pytest.raises(InputError, match=r"coco\.json: chip file name .* is refused"):
+        unpack_chips(coco, [tmp_path / "shard-000.tar"], tmp_path / "chips")
+    assert not list(tmp_path.rglob("x.png"))
+
+
+def test_sample_index_names_its_scenes_by_the_rule(tmp_path):
+    image = tmp_path / "a b.tif"
+    write_geotiff(image, np.zeros((8, 8, 3), np.uint8))
+    with pytest.raises(InputError, match=r"scene name 'a b' is refused"):
+        index_sample([SceneSource("a b", "train", image, tmp_path / "a b.txt")], ["plane"],
+                     IndexTables.in_folder(tmp_path / "index"))
+
+
+# --- shell commands ---------------------------------------------------------------------------
+
+def shell_templates() -> dict[str, str]:
+    """Every rule's `shell:` command template, by rule name, read from workflow/rules."""
+    templates = {}
+    for path in sorted((ROOT / "workflow" / "rules").glob("*.smk")):
+        lines = path.read_text().splitlines()
+        rule = None
+        for n, line in enumerate(lines):
+            header = re.match(r"\s*(?:rule|checkpoint)\b\s*(\w+)?\s*:", line)
+            if header:
+                rule = header.group(1) or f"{path.stem}-rule-{n}"
+            if line.strip() != "shell:":
+                continue
+            parts = []
+            for following in lines[n + 1:]:
+                if not following.strip().startswith('"'):
+                    break
+                parts.append(following.strip())
+            templates[rule] = ast.literal_eval("(" + " ".join(parts) + ")")
+    return templates
+
+
+TEMPLATES = shell_templates()
+HOSTILE = "a b$(touch PWNED1);touch PWNED2 `touch PWNED3` 'x\"|touch PWNED4&\n"
+
+
+def test_every_rule_with_a_shell_command_is_checked():
+    assert len(TEMPLATES) >= 18 and {"chip", "index", "fetch", "train", "predict_scene",
+                                     "coco", "chip_manifest"} <= set(TEMPLATES)
+
+
+@pytest.mark.parametrize("rule", sorted(TEMPLATES))
+def test_every_field_of_every_shell_command_is_quoted(rule):
+    """Each field `{...}` ends in `:q`: paths and option lists reach the command as arguments
+    whatever characters they hold."""
+    fields = re.findall(r"\{([^{}]*)\}", TEMPLATES[rule])
+    assert fields and [f for f in fields if not f.endswith(":q")] == []
+
+
+class Hostile(list):
+    """Any attribute of it (`input.images`, `params.s3`, `wildcards.scene`) is a list holding
+    HOSTILE, like Snakemake's named lists."""
+
+    def __getattr__(self, name):
+        return Hostile([HOSTILE])
+
+
+@pytest.mark.parametrize("rule", sorted(TEMPLATES))
+def test_hostile_values_in_every_field_run_nothing_and_arrive_whole(rule, tmp_path):
+    """Snakemake's own formatter fills the rule's template with HOSTILE in every field, and
+    bash runs it with a command that prints its arguments: nothing else runs (no PWNED file),
+    and every field arrives as one argument holding HOSTILE unchanged."""
+    from snakemake.utils import format as snakemake_format
+
+    printer = [sys.executable, "-c", "import json, sys; print(json.dumps(sys.argv[1:]))"]
+    values = {name: Hostile([HOSTILE]) for name in ("input", "output", "params", "wildcards",
+                                                    "log", "RASTER_LIMIT", "CHECKPOINT_ROOT",
+                                                    "CHECKPOINT_OPTIONS")}
+    command = snakemake_format(TEMPLATES[rule], NADIR=printer, threads=2, **values)
+    proc = subprocess.run(["bash", "-c", command], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert not list(tmp_path.glob("PWNED*"))
+    arguments = json.loads(proc.stdout)
+    fields = [f for f in re.findall(r"\{([^{}]*)\}", TEMPLATES[rule].split(" 2> ")[0])
+              if f not in ("NADIR:q", "threads:q")]
+    # Fields joined by '/' (the checkpoint folder) make one argument of several HOSTILEs.
+    assert sum(a.count(HOSTILE) for a in arguments) == len(fields)
+    assert all(a.replace(HOSTILE, "").strip("/") == "" for a in arguments if HOSTILE in a)
+
+
+def dota_config(tmp_path: Path, sources: dict[str, Path]) -> Path:
+    config = json.loads(json.dumps(TEST_CONFIG))
+    config["datasets"] = {"d": {"format": "dota", "version": "v1.5", "source": [
+        {"url": str(sources["train"]), "split": "train"},
+        {"url": str(sources["val"]), "split": "val"}]}}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_the_zip_attack_through_snakemake_stops_at_fetch_and_runs_nothing(tmp_path):
+    """The reproduction, end to end: Snakemake runs the fetch job on the hostile zip, which
+    fails naming the file; a manifest planted in the working directory as if a fetch had
+    written it (a tampered one, from shared storage) stops the workflow while it plans the
+    chip jobs. Nothing ran in either (no PWNED anywhere)."""
+    sources = hostile_dota(tmp_path / "data")
+    config = dota_config(tmp_path, sources)
+    work = tmp_path / "work"
+    proc = run_snakemake(work, "--configfile", str(config), "--replace-workflow-config",
+                         "raw/d/manifest.json", check=False)
+    assert proc.returncode != 0
+    log = (work / "logs" / "d" / "fetch.log").read_text()
+    assert re.search(r"P0001\$\(touch PWNED\)\.png: file name .* is refused", log), log
+    assert not (work / "raw" / "d" / "manifest.json").exists()
+
+    files = work / "raw" / "d" / "files"
+    files.mkdir(parents=True, exist_ok=True)
+    planted = {"dataset": "d", "format": "dota", "version": "v1.5", "sources": [],
+               "label_files": [], "labels_without_image": [], "scenes": [
+                   {"scene": "P0001$(touch PWNED)", "split": "train", "width": 96,
+                    "height": 96, "bands": 3, "dtype": "uint8", "crs": None, "transform": None,
+                    "image": "00-train/images/P0001$(touch PWNED).png",
+                    "label": "00-train/labelTxt-v1.5/P0001$(touch PWNED).txt"}]}
+    (work / "raw" / "d" / "manifest.json").write_text(json.dumps(planted))
+    proc = run_snakemake(work, "--configfile", str(config), "--replace-workflow-config", "-n",
+                         check=False)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert re.search(r"raw/d/manifest\.json: scene name 'P0001\$\(touch PWNED\)' is refused",
+                     output), output[-3000:]
+    assert not list(tmp_path.rglob("PWNED"))
+
+
+# --- rasters ----------------------------------------------------------------------------------
+
+@pytest.fixture
+def listener(tmp_path):
+    """An HTTP server on 127.0.0.1 that serves nothing and records every request: where the
+    hostile files below point GDAL (a cloud metadata address, in a pod)."""
+    (tmp_path / "listener").mkdir()
+    server = FileServer(tmp_path / "listener")
+    yield server
+    server.stop()
+
+
+def pointing_vrt(source: str, width: int = 64, height: int = 64, bands: int = 1,
+                 dtype: str = "Byte") -> str:
+    """A VRT whose bands read raw bytes of `source` (a local path or a /vsicurl/ URL)."""
+    size = {"Byte": 1, "UInt16": 2}[dtype]
+    band = ('<VRTRasterBand dataType="{dtype}" band="{n}" subClass="VRTRawRasterBand">'
+            '<SourceFilename relativetoVRT="0">{source}</SourceFilename><ImageOffset>0'
+            '</ImageOffset><PixelOffset>{size}</PixelOffset><LineOffset>{line}</LineOffset>'
+            '</VRTRasterBand>')
+    return (f'<VRTDataset rasterXSize="{width}" rasterYSize="{height}">'
+            + "".join(band.format(dtype=dtype, n=n, source=source, size=size,
+                                  line=size * width) for n in range(1, bands + 1))
+            + "</VRTDataset>")
+
+
+def detect(location: str | Path, **limits):
+    from nadir.inference import InferenceSettings, SceneSource, detect_scene
+
+    return detect_scene(SceneSource("scene", str(location)), ChipParams(size=64, overlap=0),
+                        lambda chips: [[] for _ in chips], InferenceSettings(), **limits)
+
+
+def chip(tmp_path: Path, image: Path, **limits) -> dict:
+    params = ChipParams(size=64, overlap=0, empty_keep=1.0, image_format="png")
+    return chip_shard([{"scene": "s", "split": "train"}], {}, {"s": image}, params,
+                      tmp_path / "s.tar", tmp_path / "s.json", **limits)
+
+
+def test_a_tif_holding_a_vrt_is_refused_before_anything_is_read(tmp_path, listener):
+    """A `.tif` that is VRT XML reading a local file, or a URL: the index, chipping and
+    inference (local, and over HTTP) refuse it naming the file, and the URL is never asked."""
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(b"\x07" * 64 * 64)
+    served = tmp_path / "served"
+    served.mkdir()
+    for name, target in (("local.tif", str(secret)),
+                         ("remote.tif", f"/vsicurl/{listener.url}/latest/meta-data")):
+        evil = tmp_path / name
+        evil.write_text(pointing_vrt(target))
+        (served / name).write_text(pointing_vrt(target))
+        refused = rf"{name}: not a readable raster image: opened as GTiff only, by its " \
+                  r"suffix; it holds XML, e\.g\. a GDAL VRT"
+        with pytest.raises(InputError, match=refused):
+            image_header(evil)
+        with pytest.raises(InputError, match=refused):
+            chip(tmp_path, evil)
+        with pytest.raises(InputError, match=refused):
+            detect(evil)
+    scenes = FileServer(served)
+    try:
+        with pytest.raises(InputError, match=r"remote\.tif: not a readable raster image: "
+                                             r"opened as GTiff only"):
+            detect(f"{scenes.url}/remote.tif")
+    finally:
+        scenes.stop()
+    assert listener.requests == []
+    assert b"\x07" * 64 not in (tmp_path / "s.tar").read_bytes()  # no chip of the secret
+
+
+@pytest.mark.parametrize("location, message", [
+    ("scene.vrt", r"must be one of \.tif, \.tiff, \.png, \.jpg, \.jpeg .* not \.vrt"),
+    ("scene.jp2", r"not \.jp2"),
+    ("scene", "not without a suffix"),
+    ("/vsicurl/http://169.254.169.254/x.tif", "GDAL's virtual file systems .* are not opened"),
+    ("zip://a.zip!x.tif", "GDAL's virtual file systems and other schemes are not opened"),
+    ("https://example.org/x.tif", "a dataset image must be a local file, not a URL"),
+])
+def test_dataset_images_open_only_by_an_allowed_suffix_from_a_local_path(location, message):
+    with pytest.raises(InputError, match=message):
+        image_header(Path(location) if "://" not in location else location)
+
+
+def test_a_sidecar_holding_a_vrt_is_never_opened(tmp_path, listener):
+    """GDAL opens a GeoTIFF's `.ovr` and `.msk` with whatever driver their content asks for,
+    even when the GeoTIFF itself is opened as GTiff only. Plain rasterio (in a fresh process,
+    the control) asks the URL in the `.ovr` when it reads decimated pixels; nadir's opener,
+    even after rasterio registered GDAL's drivers first, drops the VRT driver, and chipping a
+    16-bit scene (whose stretch reads decimated pixels) never asks it."""
+    scene = tmp_path / "scene.tif"
+    with __import__("rasterio").open(scene, "w", driver="GTiff", width=2100, height=64,
+                                     count=3, dtype="uint16") as dst:
+        dst.write(np.full((3, 64, 2100), 1000, np.uint16))
+    (tmp_path / "scene.tif.ovr").write_text(pointing_vrt(
+        f"/vsicurl/{listener.url}/ovr", 1050, 32, bands=3, dtype="UInt16"))
+    (tmp_path / "scene.tif.msk").write_text(pointing_vrt(
+        f"/vsicurl/{listener.url}/msk", 2100, 64))
+    script = f"""
+import rasterio, sys
+with rasterio.open({str(scene)!r}, driver="GTiff") as src:
+    src.read(1, out_shape=(21, 700))
+sys.path.insert(0, {str(ROOT / "src")!r})
+from nadir.rasters import DATASET_IMAGE, KEPT_DRIVERS, open_raster
+with open_raster({str(scene)!r}, DATASET_IMAGE) as src:
+    src.read(1, out_shape=(21, 700)), src.dataset_mask()
+from rasterio import _env
+print(sorted(_env.GDALEnv().drivers()) == sorted(KEPT_DRIVERS))
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.stdout.strip() == "True", proc.stderr
+    asked = [path for path, _ in listener.requests]
+    assert asked and set(asked) == {"/ovr"}, asked  # the control only
+    listener.requests.clear()
+    chip(tmp_path, scene)
+    assert listener.requests == []
+
+
+def sparse_geotiff(path: Path, side: int = 10**7) -> Path:
+    """A GeoTIFF declaring side x side px x 3 bands that stores no pixel: a few hundred bytes."""
+    import rasterio
+
+    with rasterio.open(path, "w", driver="GTiff", width=side, height=side, count=3,
+                       dtype="uint8", blockysize=10**6, sparse_ok=True, bigtiff="YES"):
+        pass
+    return path
+
+
+HUGE = (r"huge\.tif: declares 10000000 x 10000000 px x 3 band\(s\) = "
+        r"300,000,000,000,000 values, above the limit of 1,000,000,000,000 \(config key "
+        r"rasters\.max_values\)")
+
+
+def test_a_raster_declaring_an_absurd_size_stops_every_job_naming_the_limit_and_key(tmp_path):
+    huge = sparse_geotiff(tmp_path / "huge.tif")
+    assert huge.stat().st_size < 10_000
+    with pytest.raises(InputError, match=HUGE):
+        index_sample([SceneSource("huge", "train", huge, tmp_path / "huge.txt")], ["plane"],
+                     IndexTables.in_folder(tmp_path / "index"))
+    assert not (tmp_path / "index" / "scenes.csv").exists()
+    with pytest.raises(InputError, match=HUGE):
+        chip(tmp_path, huge)
+    with pytest.raises(InputError, match=HUGE):
+        detect(huge)
+    small = tmp_path / "small.tif"
+    write_geotiff(small, np.zeros((10, 10, 3), np.uint8))
+    with pytest.raises(InputError, match=r"300 values, above the limit of 299 \(config key "
+                                         r"rasters\.max_values\)"):
+        image_header(small, max_raster_values=299)
+    assert image_header(small, max_raster_values=300)["width"] == 10
+
+
+def test_the_index_of_a_fetched_dataset_bounds_the_sizes_its_manifest_declares(fetched_dota,
+                                                                               tmp_path):
+    from nadir.datasets.normalise import index_fetched
+
+    root, manifest = fetched_dota
+    path = tmp_path / "manifest.json"
+    path.write_text(json.dumps(tampered(manifest, width=10**7, height=10**7)))
+    with pytest.raises(InputError, match=r"P0000\.png: declares 10000000 x 10000000 px x 3 "
+                                         r"band\(s\) .* \(config key rasters\.max_values\)"):
+        index_fetched(path, root / "files", {"format": "dota", "version": "v1.5",
+                                             **DOTA_INDEX_SPEC},
+                      IndexTables.in_folder(tmp_path / "index"))
+
+
+def corrupt_tile(path: Path) -> Path:
+    """A 256 px tiled, deflated GeoTIFF whose tile in block column 2, row 1 (x 128-192, y
+    64-128) is garbage."""
+    import rasterio
+
+    pixels = np.random.default_rng(0).integers(0, 255, (256, 256, 3), dtype=np.uint8)
+    with rasterio.open(path, "w", driver="GTiff", width=256, height=256, count=3,
+                       dtype="uint8", tiled=True, blockxsize=64, blockysize=64,
+                       compress="deflate") as dst:
+        dst.write(pixels.transpose(2, 0, 1))
+    with rasterio.open(path) as src:
+        offset = int(src.get_tag_item("BLOCK_OFFSET_2_1", "TIFF", bidx=1))
+        size = int(src.get_tag_item("BLOCK_SIZE_2_1", "TIFF", bidx=1))
+    with open(path, "r+b") as fh:
+        fh.seek(offset)
+        fh.write(bytes(range(256)) * (size // 256) + b"\xff" * (size % 256))
+    return path
+
+
+CORRUPT = (r"c\.tif: cannot read its pixels in window x 128-192, y 64-128 \(pixel offsets\) "
+           r"of scene {scene}; GDAL: .+\. The file is truncated or corrupt")
+
+
+def test_a_corrupt_tile_stops_chipping_naming_the_scene_the_window_and_gdal(tmp_path):
+    image = corrupt_tile(tmp_path / "c.tif")
+    with pytest.raises(InputError, match=CORRUPT.format(scene="s")):
+        chip(tmp_path, image)
+
+
+def test_a_corrupt_tile_stops_inference_naming_the_scene_the_window_and_gdal(tmp_path):
+    image = corrupt_tile(tmp_path / "c.tif")
+    with pytest.raises(InputError, match=CORRUPT.format(scene="scene")):
+        detect(image)
