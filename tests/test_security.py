@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import ast
 import json
+import os
+import pickle
 import re
 import subprocess
 import sys
@@ -474,3 +476,169 @@ def test_a_corrupt_tile_stops_inference_naming_the_scene_the_window_and_gdal(tmp
     image = corrupt_tile(tmp_path / "c.tif")
     with pytest.raises(InputError, match=CORRUPT.format(scene="scene")):
         detect(image)
+
+
+# --- weights ----------------------------------------------------------------------------------
+
+class Payload:
+    """What a hostile weights file carries: unpickling it runs `touch <marker>`."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_the_payload_runs_when_unpickled_plainly(tmp_path):
+    """The control: a plain unpickler runs the payload (in a process of its own)."""
+    marker = tmp_path / "ran"
+    data = pickle.dumps({"model": {"w": Payload(marker)}})
+    subprocess.run([sys.executable, "-c", "import pickle, sys; "
+                    "pickle.loads(sys.stdin.buffer.read())"], input=data, check=True,
+                   timeout=60)
+    assert marker.exists()
+
+
+def torch_payload(path: Path, marker: Path) -> Path:
+    import torch
+
+    torch.save({"conv1.weight": torch.zeros(1), "payload": Payload(marker)}, path)
+    return path
+
+
+@pytest.mark.parametrize("model, pretrained", [
+    ("fcos_resnet18_fpn", "imagenet"),  # a trunk torchvision builds for nadir's FPN
+    ("ssdlite320_mobilenet_v3_large", "imagenet"),  # torchvision's own detection builder
+    ("fasterrcnn_resnet50_fpn_v2", "coco"),
+    ("yolox_s", "coco"),
+])
+def test_a_weights_file_with_a_pickle_payload_is_refused_and_runs_nothing(tmp_path, model,
+                                                                          pretrained):
+    from nadir.training.detectors import build_detector
+
+    marker = tmp_path / "ran"
+    weights = torch_payload(tmp_path / "weights.pth", marker)
+    with pytest.raises(InputError, match=r"weights\.pth: refused: it holds pickled objects "
+                                         r"other than tensors and plain data"):
+        build_detector(model, 2, 64, pretrained, weights)
+    assert not marker.exists()
+
+
+def test_model_files_and_checkpoints_with_a_payload_are_refused(tmp_path):
+    """model.pt and checkpoints (maybe from shared storage) are read the same way."""
+    from nadir.inference import load_detector
+    from nadir.training.registry import backend_of_weights
+
+    marker = tmp_path / "ran"
+    weights = torch_payload(tmp_path / "model.pt", marker)
+    for read in (backend_of_weights, lambda w: load_detector(w, 64, 0.3, 10)):
+        with pytest.raises(InputError, match=r"model\.pt: refused: it holds pickled objects"):
+            read(weights)
+    assert not marker.exists()
+
+
+def test_an_imagenet_backbone_is_built_from_a_file_of_tensors_without_torchvision_loading_it(
+        tmp_path, monkeypatch):
+    """torchvision builds the pretrained-backbone architecture (SSDlite's full MobileNetV3
+    tail: the strict load below fails on the reduced tail it builds without weights) and gets
+    nadir's tensors; its hub cache is never looked at."""
+    import torch
+    from torchvision.models import mobilenet_v3_large, resnet18
+
+    from nadir.training.torchvision_models import build_model
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    for model, trunk, file_name in (
+            ("ssdlite320_mobilenet_v3_large", mobilenet_v3_large,
+             "mobilenet_v3_large-8738ca79.pth"),
+            ("fcos_resnet18_fpn", resnet18, "resnet18-f37072fd.pth")):
+        state = {k: torch.full_like(v, 0.125) if v.is_floating_point() else v
+                 for k, v in trunk(weights=None).state_dict().items()}
+        torch.save(state, tmp_path / file_name)
+        built = build_model(model, 2, 64, "imagenet", tmp_path / file_name)
+        loaded = [v for v in built.state_dict().values()
+                  if v.is_floating_point() and v.numel() > 1 and bool((v == 0.125).all())]
+        assert len(loaded) > 20, model  # random init makes no tensor of 0.125s
+    assert not (tmp_path / "torch-home").exists()
+
+
+def test_an_imagenet_file_of_the_wrong_backbone_is_refused_naming_it(tmp_path):
+    import torch
+    from torchvision.models import resnet18
+
+    from nadir.training.torchvision_models import build_model
+
+    torch.save(resnet18(weights=None).state_dict(), tmp_path / "mobilenet.pth")
+    with pytest.raises(InputError, match=r"mobilenet\.pth: does not fit "
+                                         r"ssdlite320_mobilenet_v3_large's backbone"):
+        build_model("ssdlite320_mobilenet_v3_large", 2, 64, "imagenet",
+                    tmp_path / "mobilenet.pth")
+
+
+def test_detectron2_pkl_files_are_read_as_arrays_only(tmp_path):
+    """The restricted unpickler detectron2's weights go through (its contract, tested without
+    detectron2): model zoo files as they are, Caffe2 files as blobs; a payload, or any class
+    but numpy's arrays, is refused naming the file, and nothing runs."""
+    from nadir.training.detectron2_backend import detectron2_checkpoint
+
+    zoo = {"model": {"backbone.conv1.weight": np.ones((2, 3), np.float32),
+                     "scale": np.float32(2.0)}, "__author__": "Detectron2 Model Zoo"}
+    for protocol in (2, pickle.HIGHEST_PROTOCOL):
+        (tmp_path / "zoo.pkl").write_bytes(pickle.dumps(zoo, protocol=protocol))
+        read = detectron2_checkpoint(tmp_path / "zoo.pkl")
+        assert read["__author__"] == "Detectron2 Model Zoo"
+        np.testing.assert_array_equal(read["model"]["backbone.conv1.weight"], np.ones((2, 3)))
+        assert read["model"]["scale"] == 2.0
+    caffe2 = {"blobs": {"conv1_w": np.zeros(3), "conv1_w_momentum": np.zeros(3)}}
+    (tmp_path / "R-50.pkl").write_bytes(pickle.dumps(caffe2, protocol=2))
+    assert detectron2_checkpoint(tmp_path / "R-50.pkl") == {
+        "model": {"conv1_w": pytest.approx(np.zeros(3))}, "__author__": "Caffe2",
+        "matching_heuristics": True}
+    marker = tmp_path / "ran"
+    for name, data in (
+            ("payload.pkl", {"model": {"w": Payload(marker)}, "__author__": "x"}),
+            ("path.pkl", {"model": {"w": Path("/etc/passwd")}, "__author__": "x"}),
+            ("objects.pkl", {"model": {"w": np.array([None, 1], dtype=object)}})):
+        (tmp_path / name).write_bytes(pickle.dumps(data, protocol=2))
+        with pytest.raises(InputError, match=rf"{re.escape(name)}: refused"):
+            detectron2_checkpoint(tmp_path / name)
+    torch_payload(tmp_path / "mae.pth", marker)
+    with pytest.raises(InputError, match=r"mae\.pth: refused: it holds pickled objects"):
+        detectron2_checkpoint(tmp_path / "mae.pth")
+    assert not marker.exists()
+
+
+def test_a_weights_file_changed_since_its_download_is_refused(tmp_path):
+    """fetch_weights records the digest beside the file; a training job refuses the file once
+    it differs (replaced in shared storage), or when the record is missing."""
+    import tiny_chips
+
+    from nadir.training.runner import run
+    from nadir.training.weights import fetch_weights, verify_recorded
+
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "w.pth").write_bytes(b"the weights as published")
+    server = FileServer(served)
+    try:
+        weights = tmp_path / "weights" / "resnet18-f37072fd.pth"
+        record = fetch_weights(f"{server.url}/w.pth", None, weights)
+    finally:
+        server.stop()
+    assert verify_recorded(weights, None) == record["sha256"]
+    weights.write_bytes(b"the weights as replaced")
+    with pytest.raises(InputError, match=rf"resnet18-f37072fd\.pth: SHA-256 \w+ is not the "
+                                         rf"{record['sha256']} recorded when it was fetched"):
+        verify_recorded(weights, None)
+    data = tiny_chips.build(tmp_path / "chips", chips=2)
+    job = tiny_chips.train_job(data, "fcos_resnet18_fpn",
+                               tiny_chips.hyperparameters(pretrained="imagenet"),
+                               tmp_path / "out", weights_file=weights)
+    with pytest.raises(InputError, match="recorded when it was fetched"):
+        run(job)
+    assert not (tmp_path / "out" / "model.pt").exists()
+    Path(f"{weights}.json").unlink()
+    with pytest.raises(InputError, match=r"resnet18-f37072fd\.pth\.json: no readable download "
+                                         r"record .*nadir fetch-weights"):
+        verify_recorded(weights, None)

@@ -348,10 +348,11 @@ def load_detector(weights: Path, window: int, score_threshold: float, max_detect
     from nadir.training.data import category_labels
     from nadir.training.selection import coco_detections
     from nadir.training.torchvision_backend import prediction_model
+    from nadir.training.weights import read_weights
 
     torch.set_num_threads(max(1, threads))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    saved = torch.load(weights, map_location="cpu", weights_only=True)
+    saved = read_weights(weights)
     if entry(saved["model"]).backend == "detectron2":
         raise NadirError(f"{weights}: inference does not support detectron2 runs yet")
     model = prediction_model(saved, window, score_threshold, max_detections, device)

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from nadir.errors import NadirError
+from nadir.errors import InputError, NadirError
 from nadir.names import check_name
 from nadir.shards import member_offsets, read_member
 from nadir.training.backend import TrainJob
@@ -116,6 +116,48 @@ def registration_arguments(dataset: str, split: str, coco_json: Path, image_root
     """Arguments of detectron2's `register_coco_instances` for one split of our COCO files."""
     return {"name": dataset_name(dataset, split), "metadata": {}, "json_file": str(coco_json),
             "image_root": str(image_root)}
+
+
+def detectron2_checkpoint(path: Path) -> dict:
+    """What detectron2's checkpointer reads from a weights file or checkpoint, read without
+    unpickling anything but arrays and tensors (`nadir.training.weights`).
+
+    detectron2 itself `pickle.load`s `.pkl` files, which runs whatever they name. The result
+    is what its DetectionCheckpointer._load_file returns for the same file: model zoo `.pkl`
+    files as they are, Caffe2/Detectron1 `.pkl` files as their blobs (without `_momentum`) for
+    its renaming heuristics, and `.pth` files with their tensors under `model`.
+    """
+    from nadir.training.weights import read_pickled_arrays, read_weights
+
+    path = Path(path)
+    if path.suffix == ".pkl":
+        data = read_pickled_arrays(path)
+        if not isinstance(data, dict):
+            raise InputError(path, f"expected a dict of arrays, got {type(data).__name__}")
+        if "model" in data and "__author__" in data:
+            return data
+        blobs = data.get("blobs", data)
+        return {"model": {k: v for k, v in blobs.items() if not k.endswith("_momentum")},
+                "__author__": "Caffe2", "matching_heuristics": True}
+    loaded = read_weights(path)
+    if not isinstance(loaded, dict):
+        raise InputError(path, f"expected a dict of tensors, got {type(loaded).__name__}")
+    if "model" not in loaded:
+        loaded = {"model": loaded}
+    loaded["matching_heuristics"] = True
+    return loaded
+
+
+def tensors_only_checkpointer(model, *args, **kwargs):
+    """detectron2's DetectionCheckpointer, reading files through `detectron2_checkpoint`
+    (its `_load_file`, the method fvcore's Checkpointer has subclasses override)."""
+    from detectron2.checkpoint import DetectionCheckpointer
+
+    class TensorsOnlyCheckpointer(DetectionCheckpointer):
+        def _load_file(self, filename: str) -> dict:
+            return detectron2_checkpoint(Path(filename))
+
+    return TensorsOnlyCheckpointer(model, *args, **kwargs)
 
 
 def contiguous_category_ids(categories: list[dict]) -> list[int]:
@@ -301,7 +343,6 @@ class Detectron2Backend:
     def train(self, job: TrainJob) -> dict:
         require_detectron2()
         import torch
-        from detectron2.checkpoint import DetectionCheckpointer
         from detectron2.data import DatasetCatalog, MetadataCatalog, get_detection_dataset_dicts
         from detectron2.data.datasets import register_coco_instances
         from detectron2.engine import AMPTrainer, SimpleTrainer, hooks
@@ -333,8 +374,8 @@ class Detectron2Backend:
         model.train()
         start_normaliser_at_first_batch(model)
         if job.weights_file is not None:
-            # detectron2's checkpointer reads its own .pkl/.pth files and renames by heuristics.
-            DetectionCheckpointer(model).load(str(job.weights_file))
+            # detectron2's checkpointer renames by heuristics; nadir reads the file.
+            tensors_only_checkpointer(model).load(str(job.weights_file))
         optimizer = torch.optim.AdamW(
             get_default_optimizer_params(model, base_lr=hp["lr"],
                                          weight_decay=hp["weight_decay"]),
@@ -357,9 +398,9 @@ class Detectron2Backend:
         amp = bool(hp["amp"]) and device.type == "cuda"
         trainer = (AMPTrainer if amp else SimpleTrainer)(model, loader, optimizer)
         (work / "checkpoints").mkdir()
-        checkpointer = DetectionCheckpointer(model, str(work / "checkpoints"),
-                                             optimizer=optimizer, scheduler=scheduler,
-                                             trainer=trainer)
+        saver = tensors_only_checkpointer(model, str(work / "checkpoints"),
+                                          optimizer=optimizer, scheduler=scheduler,
+                                          trainer=trainer)
         history: list = []
         clock = {"before": 0.0, "began": time.perf_counter()}  # seconds of earlier attempts
 
@@ -370,13 +411,13 @@ class Detectron2Backend:
             hooks.IterationTimer(),
             hooks.LRScheduler(optimizer=optimizer, scheduler=scheduler),
             _loss_log_hook(history, hp["log_interval"], hp["iterations"], hp["batch_size"]),
-        ] + ([_checkpoint_hook(checkpointer, job.checkpoints, job.checkpoint_every,
+        ] + ([_checkpoint_hook(saver, job.checkpoints, job.checkpoint_every,
                                hp["iterations"], history, device, seconds)]
            if job.checkpoints else []))
         if resumed is not None:
             local = work / "checkpoints" / f"resume_{start:09d}.pth"
             local.write_bytes(resumed["data"])
-            saved = checkpointer.load(str(local))  # model, optimiser, scheduler, iteration
+            saved = saver.load(str(local))  # model, optimiser, scheduler, iteration
             if trainer.iter + 1 != start:
                 raise NadirError(f"checkpoint {start} in {job.checkpoints.describe()} holds "
                                  f"iteration {trainer.iter + 1}; remove it to start over")
@@ -407,10 +448,11 @@ class Detectron2Backend:
         import torch
 
         from nadir.training.data import ShardChips
+        from nadir.training.weights import read_weights
 
         torch.set_num_threads(max(1, threads))
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        saved = torch.load(weights, map_location="cpu", weights_only=True)
+        saved = read_weights(weights)
         model, input_format = build_detectron2_model(
             saved["model"], saved["num_classes"], saved["image_size"], saved["pretrained"],
             device, score_threshold=hp["score_threshold"], max_detections=hp["max_detections"])
