@@ -253,7 +253,8 @@ class SceneObjects:
 
 def keep_empty(seed: int, scene: str, x0: int, y0: int, rate: float) -> bool:
     """A reproducible coin flip per window (string seeds hash identically across runs)."""
-    return random.Random(f"{seed}:{scene}:{x0}:{y0}").random() < rate
+    coin = random.Random(f"{seed}:{scene}:{x0}:{y0}")  # noqa: S311 - reproducible, no secret
+    return coin.random() < rate
 
 
 def undecodable(src, scene: str | None, window: Window, exc: Exception) -> InputError:

@@ -43,7 +43,7 @@ def seeded_split(scenes: Iterable[str], val_fraction: float, seed: int) -> dict[
     """A random split by scene: the same scenes, fraction and seed always give the same split."""
     ordered = sorted(scenes)
     shuffled = list(ordered)
-    random.Random(seed).shuffle(shuffled)
+    random.Random(seed).shuffle(shuffled)  # noqa: S311 - a reproducible split, not a secret
     n_val = min(len(ordered) - 1, max(1, round(len(ordered) * val_fraction))) if len(
         ordered) > 1 else 0
     val = set(shuffled[:n_val])
