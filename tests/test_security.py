@@ -1,29 +1,30 @@
-"""Untrusted input never runs code and never makes nadir read what it should not: hostile names
-(archives, manifests, chip lists), every rule's shell command, rasters that point elsewhere or
-declare absurd sizes, undecodable rasters, and weights files that carry pickled code.
-
-Each test builds its hostile input here; docs/security.md lists which test shows which rule.
+"""Untrusted input never runs code and never makes nadir read what it should not: the name rule
+and where it holds (manifests and chip lists read back), every rule's shell command, the issue's
+zip attack run through Snakemake, the raster opener's roles and bounds, and how weights files
+are read. The cases a user meets as bad input (a hostile archive name, VRT rasters, absurd
+sizes, corrupt tiles, pickle payloads, changed weights) are in the fault matrix
+(tests/test_faults.py); tests/hostile.py builds the hostile inputs of both. docs/security.md
+lists which test shows which rule.
 """
 
 from __future__ import annotations
 
 import ast
 import json
-import os
 import pickle
 import re
 import subprocess
 import sys
-import zipfile
 from pathlib import Path
 
+import hostile
 import numpy as np
 import pytest
 import yaml
 from conftest import ROOT, TEST_CONFIG, run_snakemake
-from dataset_builders import FileServer, make_dota, write_geotiff
+from dataset_builders import make_dota, write_geotiff
 
-from nadir.chipping import ChipParams, chip_shard, images_by_scene
+from nadir.chipping import images_by_scene
 from nadir.errors import InputError
 from nadir.fetch import FetchSettings, fetch_dataset, read_scene_manifest
 from nadir.index import IndexTables, SceneSource, image_header, index_sample
@@ -63,34 +64,8 @@ def test_names_nadir_makes_itself_are_made_safe():
     assert safe_name("../..", "scene") == "scene"
 
 
-def hostile_dota(root: Path) -> dict[str, Path]:
-    """make_dota's layout, with one train image and its label named to run a command."""
-    sources = make_dota(root, train=2, val=1, size=96)
-    archive = sources["train"]
-    hostile = root / "hostile.zip"
-    with zipfile.ZipFile(archive) as zin, zipfile.ZipFile(hostile, "w") as zout:
-        for member in zin.namelist():
-            zout.writestr(member.replace("P0001", "P0001$(touch PWNED)"), zin.read(member))
-    return {"train": hostile, "val": sources["val"]}
-
-
 DOTA_INDEX_SPEC = {"split": {"method": "official", "val_fraction": 0.2, "seed": 0},
                    "classes": {"merge": {}, "keep": None, "min_size": 0}, "on_bad_input": {}}
-
-
-def test_fetch_refuses_an_image_name_that_would_run_a_command(tmp_path, monkeypatch):
-    """The attack of issue 25: `P0001$(touch PWNED).png` in a DOTA zip. fetch stops naming
-    the file; nothing runs (no PWNED file), no manifest is written."""
-    monkeypatch.chdir(tmp_path)
-    sources = hostile_dota(tmp_path / "data")
-    spec = {"format": "dota", "version": "v1.5", "source": [
-        {"url": str(sources["train"]), "split": "train"},
-        {"url": str(sources["val"]), "split": "val"}]}
-    with pytest.raises(InputError, match=r"images/P0001\$\(touch PWNED\)\.png: file name "
-                                         r"'00-train/images/P0001\$\(touch PWNED\)\.png' is "
-                                         r"refused"):
-        fetch_dataset("d", spec, tmp_path / "files", FetchSettings(tmp_path / "cache", 0, 5))
-    assert not list(tmp_path.rglob("PWNED"))
 
 
 def tampered(manifest: dict, **scene_changes) -> dict:
@@ -249,7 +224,7 @@ def test_the_zip_attack_through_snakemake_stops_at_fetch_and_runs_nothing(tmp_pa
     fails naming the file; a manifest planted in the working directory as if a fetch had
     written it (a tampered one, from shared storage) stops the workflow while it plans the
     chip jobs. Nothing ran in either (no PWNED anywhere)."""
-    sources = hostile_dota(tmp_path / "data")
+    sources = hostile.hostile_dota(tmp_path / "data")
     config = dota_config(tmp_path, sources)
     work = tmp_path / "work"
     proc = run_snakemake(work, "--configfile", str(config), "--replace-workflow-config",
@@ -279,74 +254,6 @@ def test_the_zip_attack_through_snakemake_stops_at_fetch_and_runs_nothing(tmp_pa
 
 # --- rasters ----------------------------------------------------------------------------------
 
-@pytest.fixture
-def listener(tmp_path):
-    """An HTTP server on 127.0.0.1 that serves nothing and records every request: where the
-    hostile files below point GDAL (a cloud metadata address, in a pod)."""
-    (tmp_path / "listener").mkdir()
-    server = FileServer(tmp_path / "listener")
-    yield server
-    server.stop()
-
-
-def pointing_vrt(source: str, width: int = 64, height: int = 64, bands: int = 1,
-                 dtype: str = "Byte") -> str:
-    """A VRT whose bands read raw bytes of `source` (a local path or a /vsicurl/ URL)."""
-    size = {"Byte": 1, "UInt16": 2}[dtype]
-    band = ('<VRTRasterBand dataType="{dtype}" band="{n}" subClass="VRTRawRasterBand">'
-            '<SourceFilename relativetoVRT="0">{source}</SourceFilename><ImageOffset>0'
-            '</ImageOffset><PixelOffset>{size}</PixelOffset><LineOffset>{line}</LineOffset>'
-            '</VRTRasterBand>')
-    return (f'<VRTDataset rasterXSize="{width}" rasterYSize="{height}">'
-            + "".join(band.format(dtype=dtype, n=n, source=source, size=size,
-                                  line=size * width) for n in range(1, bands + 1))
-            + "</VRTDataset>")
-
-
-def detect(location: str | Path, **limits):
-    from nadir.inference import InferenceSettings, SceneSource, detect_scene
-
-    return detect_scene(SceneSource("scene", str(location)), ChipParams(size=64, overlap=0),
-                        lambda chips: [[] for _ in chips], InferenceSettings(), **limits)
-
-
-def chip(tmp_path: Path, image: Path, **limits) -> dict:
-    params = ChipParams(size=64, overlap=0, empty_keep=1.0, image_format="png")
-    return chip_shard([{"scene": "s", "split": "train"}], {}, {"s": image}, params,
-                      tmp_path / "s.tar", tmp_path / "s.json", **limits)
-
-
-def test_a_tif_holding_a_vrt_is_refused_before_anything_is_read(tmp_path, listener):
-    """A `.tif` that is VRT XML reading a local file, or a URL: the index, chipping and
-    inference (local, and over HTTP) refuse it naming the file, and the URL is never asked."""
-    secret = tmp_path / "secret.bin"
-    secret.write_bytes(b"\x07" * 64 * 64)
-    served = tmp_path / "served"
-    served.mkdir()
-    for name, target in (("local.tif", str(secret)),
-                         ("remote.tif", f"/vsicurl/{listener.url}/latest/meta-data")):
-        evil = tmp_path / name
-        evil.write_text(pointing_vrt(target))
-        (served / name).write_text(pointing_vrt(target))
-        refused = rf"{name}: not a readable raster image: opened as GTiff only, by its " \
-                  r"suffix; it holds XML, e\.g\. a GDAL VRT"
-        with pytest.raises(InputError, match=refused):
-            image_header(evil)
-        with pytest.raises(InputError, match=refused):
-            chip(tmp_path, evil)
-        with pytest.raises(InputError, match=refused):
-            detect(evil)
-    scenes = FileServer(served)
-    try:
-        with pytest.raises(InputError, match=r"remote\.tif: not a readable raster image: "
-                                             r"opened as GTiff only"):
-            detect(f"{scenes.url}/remote.tif")
-    finally:
-        scenes.stop()
-    assert listener.requests == []
-    assert b"\x07" * 64 not in (tmp_path / "s.tar").read_bytes()  # no chip of the secret
-
-
 @pytest.mark.parametrize("location, message", [
     ("scene.vrt", r"must be one of \.tif, \.tiff, \.png, \.jpg, \.jpeg .* not \.vrt"),
     ("scene.jp2", r"not \.jp2"),
@@ -358,75 +265,6 @@ def test_a_tif_holding_a_vrt_is_refused_before_anything_is_read(tmp_path, listen
 def test_dataset_images_open_only_by_an_allowed_suffix_from_a_local_path(location, message):
     with pytest.raises(InputError, match=message):
         image_header(Path(location) if "://" not in location else location)
-
-
-def test_a_sidecar_holding_a_vrt_is_never_opened(tmp_path, listener):
-    """GDAL opens a GeoTIFF's `.ovr` and `.msk` with whatever driver their content asks for,
-    even when the GeoTIFF itself is opened as GTiff only. Plain rasterio (in a fresh process,
-    the control) asks the URL in the `.ovr` when it reads decimated pixels; nadir's opener,
-    even after rasterio registered GDAL's drivers first, drops the VRT driver, and chipping a
-    16-bit scene (whose stretch reads decimated pixels) never asks it."""
-    scene = tmp_path / "scene.tif"
-    with __import__("rasterio").open(scene, "w", driver="GTiff", width=2100, height=64,
-                                     count=3, dtype="uint16") as dst:
-        dst.write(np.full((3, 64, 2100), 1000, np.uint16))
-    (tmp_path / "scene.tif.ovr").write_text(pointing_vrt(
-        f"/vsicurl/{listener.url}/ovr", 1050, 32, bands=3, dtype="UInt16"))
-    (tmp_path / "scene.tif.msk").write_text(pointing_vrt(
-        f"/vsicurl/{listener.url}/msk", 2100, 64))
-    script = f"""
-import rasterio, sys
-with rasterio.open({str(scene)!r}, driver="GTiff") as src:
-    src.read(1, out_shape=(21, 700))
-sys.path.insert(0, {str(ROOT / "src")!r})
-from nadir.rasters import DATASET_IMAGE, KEPT_DRIVERS, open_raster
-with open_raster({str(scene)!r}, DATASET_IMAGE) as src:
-    src.read(1, out_shape=(21, 700)), src.dataset_mask()
-from rasterio import _env
-print(sorted(_env.GDALEnv().drivers()) == sorted(KEPT_DRIVERS))
-"""
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=120)
-    assert proc.stdout.strip() == "True", proc.stderr
-    asked = [path for path, _ in listener.requests]
-    assert asked and set(asked) == {"/ovr"}, asked  # the control only
-    listener.requests.clear()
-    chip(tmp_path, scene)
-    assert listener.requests == []
-
-
-def sparse_geotiff(path: Path, side: int = 10**7) -> Path:
-    """A GeoTIFF declaring side x side px x 3 bands that stores no pixel: a few hundred bytes."""
-    import rasterio
-
-    with rasterio.open(path, "w", driver="GTiff", width=side, height=side, count=3,
-                       dtype="uint8", blockysize=10**6, sparse_ok=True, bigtiff="YES"):
-        pass
-    return path
-
-
-HUGE = (r"huge\.tif: declares 10000000 x 10000000 px x 3 band\(s\) = "
-        r"300,000,000,000,000 values, above the limit of 1,000,000,000,000 \(config key "
-        r"rasters\.max_values\)")
-
-
-def test_a_raster_declaring_an_absurd_size_stops_every_job_naming_the_limit_and_key(tmp_path):
-    huge = sparse_geotiff(tmp_path / "huge.tif")
-    assert huge.stat().st_size < 10_000
-    with pytest.raises(InputError, match=HUGE):
-        index_sample([SceneSource("huge", "train", huge, tmp_path / "huge.txt")], ["plane"],
-                     IndexTables.in_folder(tmp_path / "index"))
-    assert not (tmp_path / "index" / "scenes.csv").exists()
-    with pytest.raises(InputError, match=HUGE):
-        chip(tmp_path, huge)
-    with pytest.raises(InputError, match=HUGE):
-        detect(huge)
-    small = tmp_path / "small.tif"
-    write_geotiff(small, np.zeros((10, 10, 3), np.uint8))
-    with pytest.raises(InputError, match=r"300 values, above the limit of 299 \(config key "
-                                         r"rasters\.max_values\)"):
-        image_header(small, max_raster_values=299)
-    assert image_header(small, max_raster_values=300)["width"] == 10
 
 
 def test_the_index_of_a_fetched_dataset_bounds_the_sizes_its_manifest_declares(fetched_dota,
@@ -443,86 +281,16 @@ def test_the_index_of_a_fetched_dataset_bounds_the_sizes_its_manifest_declares(f
                       IndexTables.in_folder(tmp_path / "index"))
 
 
-def corrupt_tile(path: Path) -> Path:
-    """A 256 px tiled, deflated GeoTIFF whose tile in block column 2, row 1 (x 128-192, y
-    64-128) is garbage."""
-    import rasterio
-
-    pixels = np.random.default_rng(0).integers(0, 255, (256, 256, 3), dtype=np.uint8)
-    with rasterio.open(path, "w", driver="GTiff", width=256, height=256, count=3,
-                       dtype="uint8", tiled=True, blockxsize=64, blockysize=64,
-                       compress="deflate") as dst:
-        dst.write(pixels.transpose(2, 0, 1))
-    with rasterio.open(path) as src:
-        offset = int(src.get_tag_item("BLOCK_OFFSET_2_1", "TIFF", bidx=1))
-        size = int(src.get_tag_item("BLOCK_SIZE_2_1", "TIFF", bidx=1))
-    with open(path, "r+b") as fh:
-        fh.seek(offset)
-        fh.write(bytes(range(256)) * (size // 256) + b"\xff" * (size % 256))
-    return path
-
-
-CORRUPT = (r"c\.tif: cannot read its pixels in window x 128-192, y 64-128 \(pixel offsets\) "
-           r"of scene {scene}; GDAL: .+\. The file is truncated or corrupt")
-
-
-def test_a_corrupt_tile_stops_chipping_naming_the_scene_the_window_and_gdal(tmp_path):
-    image = corrupt_tile(tmp_path / "c.tif")
-    with pytest.raises(InputError, match=CORRUPT.format(scene="s")):
-        chip(tmp_path, image)
-
-
-def test_a_corrupt_tile_stops_inference_naming_the_scene_the_window_and_gdal(tmp_path):
-    image = corrupt_tile(tmp_path / "c.tif")
-    with pytest.raises(InputError, match=CORRUPT.format(scene="scene")):
-        detect(image)
-
-
 # --- weights ----------------------------------------------------------------------------------
-
-class Payload:
-    """What a hostile weights file carries: unpickling it runs `touch <marker>`."""
-
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return os.system, (f"touch {self.marker}",)
-
 
 def test_the_payload_runs_when_unpickled_plainly(tmp_path):
     """The control: a plain unpickler runs the payload (in a process of its own)."""
     marker = tmp_path / "ran"
-    data = pickle.dumps({"model": {"w": Payload(marker)}})
+    data = pickle.dumps({"model": {"w": hostile.Payload(marker)}})
     subprocess.run([sys.executable, "-c", "import pickle, sys; "
                     "pickle.loads(sys.stdin.buffer.read())"], input=data, check=True,
                    timeout=60)
     assert marker.exists()
-
-
-def torch_payload(path: Path, marker: Path) -> Path:
-    import torch
-
-    torch.save({"conv1.weight": torch.zeros(1), "payload": Payload(marker)}, path)
-    return path
-
-
-@pytest.mark.parametrize("model, pretrained", [
-    ("fcos_resnet18_fpn", "imagenet"),  # a trunk torchvision builds for nadir's FPN
-    ("ssdlite320_mobilenet_v3_large", "imagenet"),  # torchvision's own detection builder
-    ("fasterrcnn_resnet50_fpn_v2", "coco"),
-    ("yolox_s", "coco"),
-])
-def test_a_weights_file_with_a_pickle_payload_is_refused_and_runs_nothing(tmp_path, model,
-                                                                          pretrained):
-    from nadir.training.detectors import build_detector
-
-    marker = tmp_path / "ran"
-    weights = torch_payload(tmp_path / "weights.pth", marker)
-    with pytest.raises(InputError, match=r"weights\.pth: refused: it holds pickled objects "
-                                         r"other than tensors and plain data"):
-        build_detector(model, 2, 64, pretrained, weights)
-    assert not marker.exists()
 
 
 def test_model_files_and_checkpoints_with_a_payload_are_refused(tmp_path):
@@ -531,7 +299,7 @@ def test_model_files_and_checkpoints_with_a_payload_are_refused(tmp_path):
     from nadir.training.registry import backend_of_weights
 
     marker = tmp_path / "ran"
-    weights = torch_payload(tmp_path / "model.pt", marker)
+    weights = hostile.torch_payload(tmp_path / "model.pt", marker)
     for read in (backend_of_weights, lambda w: load_detector(w, 64, 0.3, 10)):
         with pytest.raises(InputError, match=r"model\.pt: refused: it holds pickled objects"):
             read(weights)
@@ -597,48 +365,13 @@ def test_detectron2_pkl_files_are_read_as_arrays_only(tmp_path):
         "matching_heuristics": True}
     marker = tmp_path / "ran"
     for name, data in (
-            ("payload.pkl", {"model": {"w": Payload(marker)}, "__author__": "x"}),
+            ("payload.pkl", {"model": {"w": hostile.Payload(marker)}, "__author__": "x"}),
             ("path.pkl", {"model": {"w": Path("/etc/passwd")}, "__author__": "x"}),
             ("objects.pkl", {"model": {"w": np.array([None, 1], dtype=object)}})):
         (tmp_path / name).write_bytes(pickle.dumps(data, protocol=2))
         with pytest.raises(InputError, match=rf"{re.escape(name)}: refused"):
             detectron2_checkpoint(tmp_path / name)
-    torch_payload(tmp_path / "mae.pth", marker)
+    hostile.torch_payload(tmp_path / "mae.pth", marker)
     with pytest.raises(InputError, match=r"mae\.pth: refused: it holds pickled objects"):
         detectron2_checkpoint(tmp_path / "mae.pth")
     assert not marker.exists()
-
-
-def test_a_weights_file_changed_since_its_download_is_refused(tmp_path):
-    """fetch_weights records the digest beside the file; a training job refuses the file once
-    it differs (replaced in shared storage), or when the record is missing."""
-    import tiny_chips
-
-    from nadir.training.runner import run
-    from nadir.training.weights import fetch_weights, verify_recorded
-
-    served = tmp_path / "served"
-    served.mkdir()
-    (served / "w.pth").write_bytes(b"the weights as published")
-    server = FileServer(served)
-    try:
-        weights = tmp_path / "weights" / "resnet18-f37072fd.pth"
-        record = fetch_weights(f"{server.url}/w.pth", None, weights)
-    finally:
-        server.stop()
-    assert verify_recorded(weights, None) == record["sha256"]
-    weights.write_bytes(b"the weights as replaced")
-    with pytest.raises(InputError, match=rf"resnet18-f37072fd\.pth: SHA-256 \w+ is not the "
-                                         rf"{record['sha256']} recorded when it was fetched"):
-        verify_recorded(weights, None)
-    data = tiny_chips.build(tmp_path / "chips", chips=2)
-    job = tiny_chips.train_job(data, "fcos_resnet18_fpn",
-                               tiny_chips.hyperparameters(pretrained="imagenet"),
-                               tmp_path / "out", weights_file=weights)
-    with pytest.raises(InputError, match="recorded when it was fetched"):
-        run(job)
-    assert not (tmp_path / "out" / "model.pt").exists()
-    Path(f"{weights}.json").unlink()
-    with pytest.raises(InputError, match=r"resnet18-f37072fd\.pth\.json: no readable download "
-                                         r"record .*nadir fetch-weights"):
-        verify_recorded(weights, None)
