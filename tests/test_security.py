@@ -10,6 +10,7 @@ lists which test shows which rule.
 from __future__ import annotations
 
 import ast
+import io
 import json
 import pickle
 import re
@@ -265,6 +266,42 @@ def test_the_zip_attack_through_snakemake_stops_at_fetch_and_runs_nothing(tmp_pa
 def test_dataset_images_open_only_by_an_allowed_suffix_from_a_local_path(location, message):
     with pytest.raises(InputError, match=message):
         image_header(Path(location) if "://" not in location else location)
+
+
+def test_chips_are_decoded_only_as_jpeg_or_png(tmp_path):
+    """A chip in a shard (which may come from shared storage) is decoded as JPEG or PNG only:
+    Pillow would open dozens of formats, EPS through Ghostscript. Training, the figures and the
+    detectron2 adapter all decode through decode_chip."""
+    import tarfile
+
+    from PIL import Image
+
+    from nadir.shards import decode_chip
+    from nadir.training.data import ShardChips
+
+    members = {}
+    for name, kind in (("chip-000.png", "PNG"), ("chip-001.png", "BMP")):
+        data = io.BytesIO()
+        Image.new("RGB", (8, 8), (200, 10, 10)).save(data, format=kind)
+        members[name] = data.getvalue()
+    shard = tmp_path / "shard-000.tar"
+    with tarfile.open(shard, "w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    coco = tmp_path / "coco.json"
+    coco.write_text(json.dumps({"images": [
+        {"id": n + 1, "file_name": name, "width": 8, "height": 8, "shard": 0}
+        for n, name in enumerate(members)], "annotations": [],
+        "categories": [{"id": 1, "name": "plane"}]}))
+    chips = ShardChips(coco, [shard])
+    assert chips.read_image(0)[0, 0].tolist() == [200, 10, 10]
+    with pytest.raises(InputError, match=r"shard-000\.tar: chip chip-001\.png: not a JPEG or "
+                                         r"PNG chip"):
+        chips.read_image(1)
+    with pytest.raises(InputError, match="not a JPEG or PNG chip"):
+        decode_chip(b"%!PS-Adobe-3.0 EPSF-3.0\n", "x.png")
 
 
 def test_the_index_of_a_fetched_dataset_bounds_the_sizes_its_manifest_declares(fetched_dota,

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from nadir.errors import InputError, NadirError
 from nadir.names import check_name
-from nadir.shards import member_offsets, read_member
+from nadir.shards import decode_chip, member_offsets, read_member
 from nadir.training.backend import TrainJob
 from nadir.training.catalogue import entry
 from nadir.training.provenance import base_resolved_config
@@ -206,14 +206,13 @@ class RegisteredChips:
         import numpy as np
         import torch
         from detectron2.structures import Boxes, BoxMode, Instances
-        from PIL import Image
 
         from nadir.training.data import random_flip_rotate
 
         index, code = key
         record = self.records[index]
-        with Image.open(record["file_name"]) as image:
-            pixels = torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1)
+        pixels = torch.from_numpy(np.array(decode_chip(Path(record["file_name"]),
+                                                       record["file_name"]))).permute(2, 0, 1)
         objects = [o for o in record["annotations"] if not o.get("iscrowd", 0)]
         boxes = torch.tensor([BoxMode.convert(o["bbox"], o["bbox_mode"], BoxMode.XYXY_ABS)
                               for o in objects], dtype=torch.float32).reshape(-1, 4)
