@@ -20,6 +20,7 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
+import hostile
 import numpy as np
 import pytest
 import s3server
@@ -34,7 +35,7 @@ from nadir.datasets.normalise import index_fetched
 from nadir.datasets.records import BadInput
 from nadir.errors import InputError, NadirError
 from nadir.fetch import FetchSettings, SourceEntry, download, extract, fetch_dataset, fetch_s3
-from nadir.index import IndexTables, image_header
+from nadir.index import IndexTables, SceneSource, image_header, index_sample
 from nadir.training.catalogue import CATALOGUE
 from nadir.training.checkpoints import S3Checkpoints
 
@@ -363,6 +364,199 @@ def _(tmp_path):
     counts = xview.XviewCounts()
     assert list(xview.read_objects(path, {"1.tif": (64, 64)}, BadInput(), counts)) == []
     assert counts.dropped == {"empty_box": 4}
+
+
+# --- untrusted input (docs/security.md): names, rasters, weights ----------------------------
+
+@case("name-runs-a-command")
+def _(tmp_path, monkeypatch):
+    """The attack of issue 25: `P0001$(touch PWNED).png` in a DOTA zip. fetch stops naming
+    the file; nothing runs (no PWNED file anywhere), no manifest is written (its run through
+    Snakemake: tests/test_security.py)."""
+    monkeypatch.chdir(tmp_path)
+    sources = hostile.hostile_dota(tmp_path / "data")
+    spec = {"format": "dota", "version": "v1.5", "source": [
+        {"url": str(sources["train"]), "split": "train"},
+        {"url": str(sources["val"]), "split": "val"}]}
+    with pytest.raises(InputError, match=r"images/P0001\$\(touch PWNED\)\.png: file name "
+                                         r"'00-train/hostile/images/P0001\$\(touch PWNED\)\.png' is "
+                                         r"refused"):
+        fetch_dataset("d", spec, tmp_path / "files", fast(tmp_path))
+    assert not list(tmp_path.rglob("PWNED"))
+
+
+@case("image-vrt-as-tif")
+def _(tmp_path):
+    """A `.tif` that is VRT XML reading a local file, or a URL: the index, chipping and
+    inference (local, and over HTTP) refuse it naming the file, and the URL is never asked."""
+    listener = hostile.listener(tmp_path / "listener")
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(b"\x07" * 64 * 64)
+    served = tmp_path / "served"
+    served.mkdir()
+    try:
+        for name, target in (("local.tif", str(secret)),
+                             ("remote.tif", f"/vsicurl/{listener.url}/latest/meta-data")):
+            (served / name).write_text(hostile.pointing_vrt(target))
+            evil = served / name
+            refused = rf"{name}: not a readable raster image: opened as GTiff only, by its " \
+                      r"suffix; it holds XML, e\.g\. a GDAL VRT"
+            for stage in (image_header, lambda image: hostile.chip_scene(tmp_path, image),
+                          hostile.read_scene):
+                with pytest.raises(InputError, match=refused):
+                    stage(evil)
+        scenes = FileServer(served)
+        try:
+            with pytest.raises(InputError, match=r"remote\.tif: not a readable raster image: "
+                                                 r"opened as GTiff only"):
+                hostile.read_scene(f"{scenes.url}/remote.tif")
+        finally:
+            scenes.stop()
+        assert listener.requests == []
+    finally:
+        listener.stop()
+    assert b"\x07" * 64 not in (tmp_path / "s.tar").read_bytes()  # no chip of the secret
+
+
+@case("image-vrt-sidecar")
+def _(tmp_path):
+    """GDAL opens a GeoTIFF's `.ovr` and `.msk` with whatever driver their content asks for,
+    even when the GeoTIFF itself is opened as GTiff only. Plain rasterio (in a fresh process,
+    the control) asks the URL in the `.ovr` when it reads decimated pixels; nadir's opener,
+    even after rasterio registered GDAL's drivers first, drops the VRT driver, and chipping a
+    16-bit scene (whose stretch reads decimated pixels) never asks it."""
+    import subprocess
+    import sys
+
+    import rasterio
+
+    listener = hostile.listener(tmp_path / "listener")
+    scene = tmp_path / "scene.tif"
+    with rasterio.open(scene, "w", driver="GTiff", width=2100, height=64, count=3,
+                       dtype="uint16") as dst:
+        dst.write(np.full((3, 64, 2100), 1000, np.uint16))
+    (tmp_path / "scene.tif.ovr").write_text(hostile.pointing_vrt(
+        f"/vsicurl/{listener.url}/ovr", 1050, 32, bands=3, dtype="UInt16"))
+    (tmp_path / "scene.tif.msk").write_text(hostile.pointing_vrt(
+        f"/vsicurl/{listener.url}/msk", 2100, 64))
+    script = f"""
+import rasterio, sys
+with rasterio.open({str(scene)!r}, driver="GTiff") as src:
+    src.read(1, out_shape=(21, 700))
+sys.path.insert(0, {str(ROOT / "src")!r})
+from nadir.rasters import DATASET_IMAGE, KEPT_DRIVERS, open_raster
+with open_raster({str(scene)!r}, DATASET_IMAGE) as src:
+    src.read(1, out_shape=(21, 700)), src.dataset_mask()
+from rasterio import _env
+print(sorted(_env.GDALEnv().drivers()) == sorted(KEPT_DRIVERS))
+"""
+    try:
+        proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                              timeout=120)
+        assert proc.stdout.strip() == "True", proc.stderr
+        asked = [path for path, _ in listener.requests]
+        assert asked and set(asked) == {"/ovr"}, asked  # the control only
+        listener.requests.clear()
+        hostile.chip_scene(tmp_path, scene)
+        assert listener.requests == []
+    finally:
+        listener.stop()
+
+
+@case("image-declared-huge")
+def _(tmp_path):
+    """A sparse GeoTIFF of a few hundred bytes declaring 10^7 x 10^7 px: the index, chipping
+    and inference stop at its header, naming the limit and its key."""
+    huge = hostile.sparse_geotiff(tmp_path / "huge.tif")
+    assert huge.stat().st_size < 10_000
+    too_big = (r"huge\.tif: declares 10000000 x 10000000 px x 3 band\(s\) = "
+               r"300,000,000,000,000 values, above the limit of 1,000,000,000,000 \(config key "
+               r"rasters\.max_values\)")
+    with pytest.raises(InputError, match=too_big):
+        index_sample([SceneSource("huge", "train", huge, tmp_path / "huge.txt")], ["plane"],
+                     IndexTables.in_folder(tmp_path / "index"))
+    assert not (tmp_path / "index" / "scenes.csv").exists()
+    for stage in (lambda image: hostile.chip_scene(tmp_path, image), hostile.read_scene):
+        with pytest.raises(InputError, match=too_big):
+            stage(huge)
+    write_geotiff(tmp_path / "small.tif", np.zeros((10, 10, 3), np.uint8))
+    with pytest.raises(InputError, match=r"300 values, above the limit of 299 \(config key "
+                                         r"rasters\.max_values\)"):
+        image_header(tmp_path / "small.tif", max_raster_values=299)
+    assert image_header(tmp_path / "small.tif", max_raster_values=300)["width"] == 10
+
+
+CORRUPT_TILE = (r"c\.tif: cannot read its pixels in window x 128-192, y 64-128 \(pixel "
+                r"offsets\) of scene {scene}; GDAL: .+\. The file is truncated or corrupt")
+
+
+@case("image-corrupt-tile")
+def _(tmp_path):
+    image = hostile.corrupt_tile(tmp_path / "c.tif")
+    with pytest.raises(InputError, match=CORRUPT_TILE.format(scene="s")):
+        hostile.chip_scene(tmp_path, image)
+
+
+@case("inference-corrupt-tile")
+def _(tmp_path):
+    image = hostile.corrupt_tile(tmp_path / "c.tif")
+    with pytest.raises(InputError, match=CORRUPT_TILE.format(scene="scene")):
+        hostile.read_scene(image)
+
+
+@case("weights-pickle-payload")
+def _(tmp_path):
+    """A weights file whose pickle runs `touch` when unpickled (tests/test_security.py shows
+    that a plain unpickler does run it): refused for torchvision's ImageNet backbones (its own
+    detection builders and the trunks nadir builds on), COCO weights and YOLOX, naming the
+    file; nothing runs."""
+    from nadir.training.detectors import build_detector
+
+    marker = tmp_path / "ran"
+    weights = hostile.torch_payload(tmp_path / "weights.pth", marker)
+    for model, pretrained in (("fcos_resnet18_fpn", "imagenet"),
+                              ("ssdlite320_mobilenet_v3_large", "imagenet"),
+                              ("fasterrcnn_resnet50_fpn_v2", "coco"), ("yolox_s", "coco")):
+        with pytest.raises(InputError, match=r"weights\.pth: refused: it holds pickled "
+                                             r"objects other than tensors and plain data"):
+            build_detector(model, 2, 64, pretrained, weights)
+    assert not marker.exists()
+
+
+@case("weights-changed-since-download")
+def _(tmp_path):
+    """fetch_weights records the digest beside the file; a training job refuses the file once
+    it differs (replaced in shared storage), or when the record is missing."""
+    import tiny_chips
+
+    from nadir.training.runner import run
+    from nadir.training.weights import fetch_weights, verify_recorded
+
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "w.pth").write_bytes(b"the weights as published")
+    server = FileServer(served)
+    try:
+        weights = tmp_path / "weights" / "resnet18-f37072fd.pth"
+        record = fetch_weights(f"{server.url}/w.pth", None, weights)
+    finally:
+        server.stop()
+    assert verify_recorded(weights, None) == record["sha256"]
+    weights.write_bytes(b"the weights as replaced")
+    with pytest.raises(InputError, match=rf"resnet18-f37072fd\.pth: SHA-256 \w+ is not the "
+                                         rf"{record['sha256']} recorded when it was fetched"):
+        verify_recorded(weights, None)
+    data = tiny_chips.build(tmp_path / "chips", chips=2)
+    job = tiny_chips.train_job(data, "fcos_resnet18_fpn",
+                               tiny_chips.hyperparameters(pretrained="imagenet"),
+                               tmp_path / "out", weights_file=weights)
+    with pytest.raises(InputError, match="recorded when it was fetched"):
+        run(job)
+    assert not (tmp_path / "out" / "model.pt").exists()
+    Path(f"{weights}.json").unlink()
+    with pytest.raises(InputError, match=r"resnet18-f37072fd\.pth\.json: no readable download "
+                                         r"record .*nadir fetch-weights"):
+        verify_recorded(weights, None)
 
 
 # --- archives -------------------------------------------------------------------------------

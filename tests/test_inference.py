@@ -18,7 +18,7 @@ from dataset_builders import FileServer
 from PIL import Image
 from rasterio.transform import from_origin
 
-from nadir import inference
+from nadir import inference, rasters
 from nadir.chipping import ChipParams, Radiometry, chip_shard, params_dict
 from nadir.errors import InputError, NadirError
 from nadir.inference import InferenceSettings, SceneSource, WindowCounts
@@ -269,9 +269,9 @@ def test_scene_sources_paths_urls_stac_and_prefixes(tmp_path):
         ("mine", "s3://bucket/other.tif", "s3"),
         ("S2A_2026_11_30", "https://example.org/a/visual.tif", "https"),
         ("local-item", str(tmp_path / "tiles" / "b.tif"), "file")]
-    assert inference.gdal_path("https://example.org/x/y.tif") == \
+    assert rasters.gdal_path("https://example.org/x/y.tif") == \
         "/vsicurl/https://example.org/x/y.tif"
-    assert inference.gdal_path("s3://bucket/k/z.tif") == "/vsis3/bucket/k/z.tif"
+    assert rasters.gdal_path("s3://bucket/k/z.tif") == "/vsis3/bucket/k/z.tif"
     with pytest.raises(NadirError, match="two inference scenes are named 'z'"):
         inference.check_scene_names([SceneSource("z", "a/z.tif"), SceneSource("z", "b/z.tif")])
     with pytest.raises(InputError, match=r"has none of the assets \['visual'\]"):

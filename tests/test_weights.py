@@ -19,7 +19,7 @@ from dataset_builders import FileServer
 from nadir.errors import NadirError
 from nadir.fetch import ChecksumError, FetchSettings
 from nadir.training.catalogue import weight_files
-from nadir.training.weights import fetch_weights, verify_file
+from nadir.training.weights import fetch_weights, verify_recorded
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,7 +54,7 @@ def test_fetch_verifies_a_full_digest_and_records_it(server, tmp_path):
     assert out.read_bytes() == payload
     assert record == json.loads((tmp_path / "weights" / "w.pth.json").read_text())
     assert record["sha256"] == digest and record["verified"] and record["bytes"] == 300_000
-    verify_file(out, digest[:8])  # torchvision's published prefix is accepted too
+    verify_recorded(out, digest[:8])  # torchvision's published prefix is accepted too
 
 
 def test_wrong_checksum_leaves_no_file(server, tmp_path):

@@ -52,7 +52,7 @@ import shapely
 from affine import Affine
 from isal import isal_zlib
 from rasterio.enums import MaskFlags
-from rasterio.errors import NotGeoreferencedWarning
+from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 from shapely.geometry import box
@@ -62,6 +62,9 @@ from nadir.datasets.normalise import EXCLUDED
 from nadir.errors import InputError, NadirError
 from nadir.georeferencing import local_georeferencing
 from nadir.index import Annotation, read_scenes
+from nadir.names import check_name
+from nadir.rasters import DATASET_IMAGE, open_raster
+from nadir.shards import read_chip_list
 
 log = logging.getLogger(__name__)
 
@@ -252,13 +255,34 @@ class SceneObjects:
 
 def keep_empty(seed: int, scene: str, x0: int, y0: int, rate: float) -> bool:
     """A reproducible coin flip per window (string seeds hash identically across runs)."""
-    return random.Random(f"{seed}:{scene}:{x0}:{y0}").random() < rate
+    coin = random.Random(f"{seed}:{scene}:{x0}:{y0}")  # noqa: S311 - reproducible, no secret
+    return coin.random() < rate
+
+
+def undecodable(src, scene: str | None, window: Window, exc: Exception) -> InputError:
+    """GDAL's failure to decode a window (a truncated or corrupt file) as an InputError naming
+    the file, the scene, the window in pixel offsets and GDAL's message."""
+    x0, y0 = int(window.col_off), int(window.row_off)
+    x1, y1 = x0 + int(window.width), y0 + int(window.height)
+    return InputError(src.name, f"cannot read its pixels in window x {x0}-{x1}, y {y0}-{y1} "
+                                f"(pixel offsets) of scene {scene or Path(src.name).stem}; "
+                                f"GDAL: {exc}. The file is truncated or corrupt: copy or "
+                                "download it again")
+
+
+def named_read(src, scene: str | None, window: Window, read: Callable[[], np.ndarray]):
+    """`read()`, GDAL's errors named by `undecodable`."""
+    try:
+        return read()
+    except RasterioError as exc:
+        raise undecodable(src, scene, window, exc) from None
 
 
 class Radiometry:
     """Selects bands and maps a scene's pixel values to 8 bits."""
 
-    def __init__(self, src, params: ChipParams):
+    def __init__(self, src, params: ChipParams, scene: str | None = None):
+        self.scene = scene
         bands = params.bands or ((1, 2, 3) if src.count >= 3 else (1,))
         for b in bands:
             if not 1 <= b <= src.count:
@@ -272,7 +296,8 @@ class Radiometry:
         """Per-band (low, high) from a decimated read (overviews when the file has them)."""
         factor = max(1, int(np.ceil(max(src.width, src.height) / STRETCH_SAMPLE_PX)))
         shape = (len(self.bands), max(1, src.height // factor), max(1, src.width // factor))
-        sample = src.read(self.bands, out_shape=shape, masked=True)
+        sample = named_read(src, self.scene, Window(0, 0, src.width, src.height),
+                            lambda: src.read(self.bands, out_shape=shape, masked=True))
         lows, highs = [], []
         for band in sample:
             values = band.compressed().astype(np.float64)
@@ -351,8 +376,9 @@ class WindowReader:
     GDAL fills that layout about three times faster than pixel-interleaved.
     """
 
-    def __init__(self, src, bands: list[int], size: int, ahead: int = 0):
-        self.src, self.bands = src, bands
+    def __init__(self, src, bands: list[int], size: int, ahead: int = 0,
+                 scene: str | None = None):
+        self.src, self.bands, self.scene = src, bands, scene
         self.dtype = src.dtypes[0]
         self.block_rows = src.block_shapes[0][0]
         self.random_access = reads_by_window(src)
@@ -401,7 +427,9 @@ class WindowReader:
         writes straight into it for tiled files); returns `out`."""
         rows, cols = out.shape[1:]
         if self.random_access:
-            self.src.read(self.bands, window=Window(x0, y0, cols, rows), out=out)
+            window = Window(x0, y0, cols, rows)
+            named_read(self.src, self.scene, window,
+                       lambda: self.src.read(self.bands, window=window, out=out))
         else:
             top = 0
             for piece in self._ring_pieces(self.ring, x0, y0, cols, rows):
@@ -441,7 +469,9 @@ class WindowReader:
         if not self.masked:
             return None
         if self.random_access:
-            return self.src.dataset_mask(window=Window(x0, y0, cols, rows)) > 0
+            window = Window(x0, y0, cols, rows)
+            return named_read(self.src, self.scene, window,
+                              lambda: self.src.dataset_mask(window=window)) > 0
         pieces = self._ring_pieces(self.ring_valid, x0, y0, cols, rows)
         return (pieces[0] if len(pieces) == 1 else np.concatenate(pieces, axis=1))[0]
 
@@ -493,9 +523,12 @@ class WindowReader:
             offset = start % self.capacity
             count = min(stop - start, self.capacity - offset)  # up to the ring's end
             window = Window(0, start, src.width, count)
-            src.read(self.bands, window=window, out=self.ring[:, offset:offset + count])
+            ring = self.ring[:, offset:offset + count]
+            named_read(src, self.scene, window,
+                       lambda w=window, out=ring: src.read(self.bands, window=w, out=out))
             if self.masked:
-                self.ring_valid[0, offset:offset + count] = src.dataset_mask(window=window) > 0
+                self.ring_valid[0, offset:offset + count] = named_read(
+                    src, self.scene, window, lambda w=window: src.dataset_mask(window=w)) > 0
             with self.changed:
                 self.rows_read = start + count
                 self.changed.notify_all()
@@ -638,10 +671,10 @@ def chip_scene(src, scene: dict, counts: SceneCounts, annotations: list[Annotati
 
     A row-sequential file is decoded on a thread of the reader's own meanwhile: close this
     generator (it stops that thread) before closing the file."""
-    radiometry = Radiometry(src, params)
     size, name = params.size, scene["scene"]
+    radiometry = Radiometry(src, params, name)
     reader = WindowReader(src, radiometry.bands, size,
-                          ahead=int((size - params.overlap) * DECODE_AHEAD_SHARE))
+                          ahead=int((size - params.overlap) * DECODE_AHEAD_SHARE), scene=name)
     objects = SceneObjects(annotations, src.width, src.height)
     crs, scene_transform = georeferencing
     seen_objects: set[int] = set()
@@ -707,16 +740,16 @@ def scene_georeferencing(src, image: Path) -> tuple[str | None, Affine]:
     return crs, Affine(*transform) if transform else Affine.identity()
 
 
-def _read_errors_named(chips: Iterator, image: Path) -> Iterator:
-    """The chips of a scene; a failed read (a truncated or corrupt file) becomes an InputError
-    naming the image instead of GDAL's bare "Read failed"."""
-    import rasterio
-
-    try:
-        yield from chips
-    except rasterio.errors.RasterioError as exc:
-        raise InputError(image, f"cannot read its pixels ({exc}); the file is truncated or "
-                                "corrupt: copy or download it again") from None
+def images_by_scene(paths: list[Path]) -> dict[str, Path]:
+    """The chip job's images by scene name (the file name without its suffix), each name
+    checked by the name rule: it becomes the chips' file names in the shard."""
+    images: dict[str, Path] = {}
+    for path in map(Path, paths):
+        name = check_name(path.stem, path, "scene name")
+        if name in images:
+            raise InputError(path, f"scene name {name!r} is also the name of {images[name]}")
+        images[name] = path
+    return images
 
 
 def scenes_to_chip(scene_table: Path, images: dict[str, Path]) -> list[dict]:
@@ -738,7 +771,7 @@ def scenes_to_chip(scene_table: Path, images: dict[str, Path]) -> list[dict]:
 
 def chip_shard(scenes: list[dict], annotations: dict[str, list[Annotation]],
                images: dict[str, Path], params: ChipParams, tar_path: Path, json_path: Path,
-               threads: int = 1) -> dict:
+               threads: int = 1, max_raster_values: int | None = None) -> dict:
     """Chip the given scenes into one tar shard and its JSON chip list.
 
     Returns the shard's parameters, version and per-scene counts. Chip records are written to
@@ -751,6 +784,10 @@ def chip_shard(scenes: list[dict], annotations: dict[str, list[Annotation]],
     reader's, one window row ahead. Both encoders (see `encode`) and GDAL's reading release
     Python's lock, so all of them run at once. At most one chip more than there are encoders
     waits, which bounds memory. The shard is written in chip order whatever `threads` is.
+
+    Images are opened as dataset images (`nadir.rasters`: the driver their suffix names, a
+    declared size within `max_raster_values`); a window GDAL cannot decode stops the shard with
+    an error naming the image, the scene and the window.
     """
     import rasterio
 
@@ -780,20 +817,18 @@ def chip_shard(scenes: list[dict], annotations: dict[str, list[Annotation]],
             if name not in images:
                 raise InputError(name, "no image was given for this scene")
             counts = SceneCounts()
-            try:
-                with rasterio.open(images[name]) as probe:  # GDAL's settings for this file
-                    settings = gdal_settings(probe, params.size, threads)
-                    encoders = encoding_threads(probe, threads)
-                    georeferencing = scene_georeferencing(probe, Path(images[name]))
-            except rasterio.errors.RasterioIOError as exc:
-                raise InputError(images[name], f"not a readable raster image ({exc})") from None
+            with open_raster(images[name], DATASET_IMAGE, max_raster_values) as probe:
+                settings = gdal_settings(probe, params.size, threads)  # GDAL's, for this file
+                encoders = encoding_threads(probe, threads)
+                georeferencing = scene_georeferencing(probe, Path(images[name]))
             # Closed in this order: the chips (which stops the reader's thread), the encoders
             # (which may still use lent pixels), the file.
-            with rasterio.Env(**settings), rasterio.open(images[name]) as src, \
+            with rasterio.Env(**settings), \
+                    open_raster(images[name], DATASET_IMAGE, max_raster_values) as src, \
                     ThreadPoolExecutor(encoders) as pool, \
                     closing(chip_scene(src, scene, counts, annotations.get(name, []),
                                        params, georeferencing)) as chips:
-                for record, job in _read_errors_named(chips, images[name]):
+                for record, job in chips:
                     pending.append((record, pool.submit(job)))
                     if len(pending) > encoders:
                         write_oldest(tar)
@@ -820,7 +855,7 @@ def params_dict(params: ChipParams) -> dict:
 
 def write_chip_manifest(shard_jsons: list[Path], out: Path) -> dict:
     """Everything needed to reproduce and audit the chips: parameters, versions, counts."""
-    shards = [json.loads(p.read_text()) for p in shard_jsons]
+    shards = [read_chip_list(p) for p in shard_jsons]
     params = {json.dumps(s["params"], sort_keys=True) for s in shards}
     if len(params) != 1:
         raise InputError(out, "shards were cut with different parameters; rerun chipping")

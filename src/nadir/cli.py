@@ -42,7 +42,7 @@ def cmd_index(args) -> None:
     classes = sample.CLASSES
     sources = [SceneSource(Path(image).stem, split, Path(image), Path(label))
                for split, image, label in args.scene]
-    counts = index_sample(sources, classes, tables)
+    counts = index_sample(sources, classes, tables, args.max_raster_values)
     log.info("index: %d scenes, %d objects", counts["scenes"], counts["objects"])
 
 
@@ -52,7 +52,8 @@ def cmd_index_fetched(args, tables) -> None:
 
     if not (args.manifest and args.files_dir and args.spec):
         raise NadirError(f"index --format {args.format} needs --manifest, --files-dir and --spec")
-    index_fetched(Path(args.manifest), Path(args.files_dir), json.loads(args.spec), tables)
+    index_fetched(Path(args.manifest), Path(args.files_dir), json.loads(args.spec), tables,
+                  args.max_raster_values)
 
 
 def cmd_fetch(args) -> None:
@@ -61,7 +62,7 @@ def cmd_fetch(args) -> None:
     settings = json.loads(args.settings)
     manifest = fetch_dataset(args.dataset, json.loads(args.spec), Path(args.files_dir),
                              FetchSettings(Path(settings["cache_dir"]), settings["retries"],
-                                           settings["timeout_s"]))
+                                           settings["timeout_s"]), args.max_raster_values)
     write_scene_manifest(manifest, Path(args.manifest))
 
 
@@ -87,14 +88,15 @@ def cmd_dataset_stats(args) -> None:
 
 
 def cmd_chip(args) -> None:
-    from nadir.chipping import ChipParams, chip_shard, scenes_to_chip
+    from nadir.chipping import ChipParams, chip_shard, images_by_scene, scenes_to_chip
     from nadir.index import read_annotations
 
     params = ChipParams.from_config(json.loads(args.params))
-    images = {Path(p).stem: Path(p) for p in args.images}
+    images = images_by_scene(args.images)
     scenes = scenes_to_chip(Path(args.scenes), images)
     result = chip_shard(scenes, read_annotations(Path(args.annotations)), images, params,
-                        Path(args.tar), Path(args.json), threads=args.threads)
+                        Path(args.tar), Path(args.json), threads=args.threads,
+                        max_raster_values=args.max_raster_values)
     chips = sum(counts["chips_written"] for counts in result["scenes"].values())
     log.info("shard %s: %d chips from %d scenes", args.tar, chips, len(scenes))
 
@@ -181,7 +183,8 @@ def cmd_predict(args) -> None:
                "summary": Path(args.summary), "quicklook": Path(args.quicklook)}
     predict_scene(SceneSource(args.scene_name, args.source), Path(args.weights), Path(args.run),
                   InferenceSettings.from_config(json.loads(args.settings)), outputs,
-                  threads=args.threads, s3_endpoint=args.s3_endpoint)
+                  threads=args.threads, s3_endpoint=args.s3_endpoint,
+                  max_raster_values=args.max_raster_values)
 
 
 def cmd_list_scenes(args) -> None:
@@ -408,6 +411,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--title", required=True)
     command("config-reference", cmd_config_reference,
             "print config/README.md, generated from the config schema")
+    for name in ("fetch", "index", "chip", "predict"):  # the commands that open rasters
+        sub.choices[name].add_argument(
+            "--max-raster-values", type=int,
+            help="largest declared raster size, width x height x bands (config key "
+                 "rasters.max_values; default: the schema's)")
     return parser
 
 

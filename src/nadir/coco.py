@@ -10,6 +10,7 @@ from nadir.datasets.normalise import seeded_split
 from nadir.datasets.records import polygon_area
 from nadir.errors import InputError, NadirError
 from nadir.rotated_boxes import rbox_from_polygon
+from nadir.shards import read_chip_list
 
 
 def build_coco(shard_jsons: list[Path], categories: list[dict], splits: list[str]) -> dict:
@@ -24,7 +25,7 @@ def build_coco(shard_jsons: list[Path], categories: list[dict], splits: list[str
     out = {s: {"images": [], "annotations": [], "categories": categories} for s in splits}
     image_id = ann_id = 0
     for shard_index, path in enumerate(shard_jsons):
-        for chip in json.loads(Path(path).read_text())["chips"]:
+        for chip in read_chip_list(path)["chips"]:
             if chip["split"] not in out:
                 continue
             image_id += 1

@@ -11,14 +11,12 @@ import itertools
 import json
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
 import yaml
 from jsonschema import Draft202012Validator, validators
 
 from nadir.errors import NadirError
-
-SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+from nadir.schema import SCHEMA_PATH
 
 
 class ConfigError(NadirError):

@@ -9,7 +9,7 @@ import json
 
 import yaml
 
-from nadir.config import SCHEMA_PATH
+from nadir.schema import SCHEMA_PATH
 
 INTRO = """\
 # Configuration reference

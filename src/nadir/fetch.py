@@ -48,6 +48,7 @@ from nadir.georeferencing import (
 )
 from nadir.hashing import sha256_of
 from nadir.index import image_header
+from nadir.names import check_name, check_relative_path
 
 log = logging.getLogger(__name__)
 
@@ -223,7 +224,9 @@ def _attempt(url: str, part: PartialDownload, dest: Path, timeout_s: float) -> N
     if part.resumable():
         headers = {"Range": f"bytes={part.size}-", "If-Range": part.validator}
     try:
-        response = urlopen(Request(url, headers=headers), timeout=timeout_s)
+        # Only http(s) URLs reach here (source entries of that scheme, the catalogue's weights
+        # URLs or a mirror the user names): S310's file:// and custom schemes cannot.
+        response = urlopen(Request(url, headers=headers), timeout=timeout_s)  # noqa: S310
     except HTTPError as exc:
         if exc.code != 416 or not headers:
             raise
@@ -437,7 +440,7 @@ def _extract_one(archive: Path, dest: Path) -> None:
                     if not (dest / member).resolve().is_relative_to(root):
                         raise InputError(archive, f"member {member!r} would be written outside "
                                                   "the extraction folder")
-                zf.extractall(dest)
+                zf.extractall(dest)  # noqa: S202 - every member was checked just above
         else:
             with tarfile.open(archive) as tf:
                 tf.extractall(dest, filter="data")
@@ -653,6 +656,8 @@ class Scan:
         within = path.relative_to(folder).as_posix()
         kind = classify(within, self.format, self.tiled, self.version)
         relative = path.relative_to(self.root).as_posix()
+        if kind in ("image", "label", "sidecar"):  # its path reaches the manifest and commands
+            check_relative_path(relative, path, "file name")
         if kind == "image":
             first = self.scenes.get(path.stem)
             if first is None:
@@ -695,9 +700,9 @@ class Scan:
 
 
 def scan(root: Path, entries: list[tuple[SourceEntry, Path]], dataset_format: str,
-         tiled: bool, version: str | None = None) -> dict:
+         tiled: bool, version: str | None = None, max_raster_values: int | None = None) -> dict:
     """Pair images and labels by file name (per split), attach each image's sidecars and read
-    every image's header (its sidecar's georeferencing included)."""
+    every image's header (its sidecar's georeferencing included; see `image_header`)."""
     found = Scan(root, dataset_format, tiled, version)
     for entry, folder in entries:  # shallower first: a copy sits deeper than its original
         for path in sorted((p for p in folder.rglob("*") if p.is_file()),
@@ -708,7 +713,7 @@ def scan(root: Path, entries: list[tuple[SourceEntry, Path]], dataset_format: st
         if dataset_format != "xview":
             scene["label"] = found.labels.pop((scene["split"], scene["scene"]), None)
         scene["sidecars"] = found.sidecars_of(root / scene["image"])
-        scene.update(image_header(root / scene["image"]))
+        scene.update(image_header(root / scene["image"], max_raster_values))
         if n % 100 == 0 or n == len(ordered):
             log.info("read image headers: %d/%d", n, len(ordered))
     for variant in found.variants.values():
@@ -725,8 +730,10 @@ def scan(root: Path, entries: list[tuple[SourceEntry, Path]], dataset_format: st
                           "copies": found.copies}}
 
 
-def fetch_dataset(name: str, spec: dict, files_dir: Path, settings: FetchSettings) -> dict:
-    """Fetch every source entry of a dataset into `files_dir` and return its scene manifest."""
+def fetch_dataset(name: str, spec: dict, files_dir: Path, settings: FetchSettings,
+                  max_raster_values: int | None = None) -> dict:
+    """Fetch every source entry of a dataset into `files_dir` and return its scene manifest
+    (images larger than `max_raster_values` are refused: `nadir.rasters`)."""
     dataset_format, tiled = spec["format"], spec.get("tiled", True)
     version = spec.get("version") if dataset_format == "dota" else None
     files_dir.mkdir(parents=True, exist_ok=True)
@@ -740,7 +747,8 @@ def fetch_dataset(name: str, spec: dict, files_dir: Path, settings: FetchSetting
                               settings))
         entries.append((entry, folder))
     manifest = {"dataset": name, "format": dataset_format, "version": spec.get("version"),
-                "sources": fetched, **scan(files_dir, entries, dataset_format, tiled, version)}
+                "sources": fetched, **scan(files_dir, entries, dataset_format, tiled, version,
+                                           max_raster_values)}
     if not manifest["scenes"]:
         raise InputError(files_dir, f"no {dataset_format} images found in the sources "
                                     f"{[e.url for e, _ in entries]}{LOOKED_FOR[dataset_format]}"
@@ -753,3 +761,26 @@ def fetch_dataset(name: str, spec: dict, files_dir: Path, settings: FetchSetting
 def write_scene_manifest(manifest: dict, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(manifest, indent=1) + "\n")
+
+
+def read_scene_manifest(path: Path) -> dict:
+    """A scene manifest read back (from storage another job or person may have written): every
+    scene name and every path in it must follow the name rule (`nadir.names`), since they
+    become the chip and index jobs' inputs and command arguments."""
+    try:
+        manifest = json.loads(Path(path).read_text())
+        scenes = manifest["scenes"]
+        for scene in scenes:
+            check_name(scene["scene"], path, "scene name")
+            check_relative_path(scene["image"], path, f"image of scene {scene['scene']!r}")
+            if scene.get("label") is not None:
+                check_relative_path(scene["label"], path, f"label of scene {scene['scene']!r}")
+            for sidecar in scene.get("sidecars", []):
+                check_relative_path(sidecar, path, f"sidecar of scene {scene['scene']!r}")
+        for key in ("label_files", "labels_without_image"):
+            for relative in manifest.get(key, []):
+                check_relative_path(relative, path, f"file in {key}")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise InputError(path, f"not a readable scene manifest ({exc!r}); rerun the fetch "
+                               "job") from None
+    return manifest

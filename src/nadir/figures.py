@@ -7,7 +7,6 @@ so each runs as its own Snakemake job (or pod) with only its declared inputs.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 from collections.abc import Mapping
@@ -20,7 +19,7 @@ from nadir.errors import InputError
 from nadir.evaluation import NO_GROUND_TRUTH
 from nadir.named_inputs import files_by_run
 from nadir.rotated_boxes import rbox_to_polygon
-from nadir.shards import member_offsets, read_member
+from nadir.shards import decode_chip, member_offsets, read_member
 
 log = logging.getLogger(__name__)
 
@@ -134,14 +133,12 @@ def pick_sample_chips(coco: dict, count: int) -> list[dict]:
 
 def read_chips(shards: list[Path], images: list[dict], listed_in: Path) -> list[np.ndarray]:
     """The chips' pixels, read from their shards (never unpacked); `listed_in`: the COCO file."""
-    from PIL import Image
-
     offsets = member_offsets(shards, {(im["shard"], im["file_name"]) for im in images},
                              listed_in)
     pixels = []
     for im in images:
         data = read_member(shards[im["shard"]], *offsets[(im["shard"], im["file_name"])])
-        pixels.append(np.asarray(Image.open(io.BytesIO(data)).convert("RGB")))
+        pixels.append(decode_chip(data, f"{shards[im['shard']]}: chip {im['file_name']}"))
     return pixels
 
 

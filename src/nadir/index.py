@@ -19,6 +19,7 @@ from nadir.datasets.dota import parse_label_file
 from nadir.datasets.records import polygon_outside
 from nadir.errors import InputError
 from nadir.georeferencing import local_georeferencing
+from nadir.names import check_name
 
 log = logging.getLogger(__name__)
 
@@ -82,27 +83,27 @@ def _check_trailer(path: Path) -> None:
                                "download it again")
 
 
-def image_header(path: Path) -> dict:
+def image_header(path: Path, max_raster_values: int | None = None) -> dict:
     """Size, bands, type and georeferencing of an image, read from its header only (and, for
-    PNG and JPEG, its last bytes, which show whether it is complete). Georeferencing a PNG or
-    JPEG keeps in a sidecar beside it is read from there (nadir.georeferencing); GDAL's PAM
-    stays off, so nothing is written beside the image."""
+    PNG and JPEG, its last bytes, which show whether it is complete). The image is opened as
+    every dataset image is (`nadir.rasters`): by its suffix's driver, its declared size within
+    `max_raster_values` (None: the schema's `rasters.max_values`). Georeferencing a PNG or JPEG
+    keeps in a sidecar beside it is read from there (nadir.georeferencing); GDAL's PAM stays
+    off, so nothing is written beside the image."""
     import warnings
 
     import rasterio
     from rasterio.errors import NotGeoreferencedWarning
 
-    _check_trailer(path)
+    from nadir.rasters import DATASET_IMAGE, open_raster
 
-    try:
-        with warnings.catch_warnings(), rasterio.Env(GDAL_PAM_ENABLED="NO"):
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            with rasterio.open(path) as src:
-                header = {"width": src.width, "height": src.height, "bands": src.count,
-                          "dtype": src.dtypes[0]}
-                crs, transform = src.crs, src.transform
-    except rasterio.errors.RasterioIOError as exc:
-        raise InputError(path, f"not a readable raster image ({exc})") from None
+    with warnings.catch_warnings(), rasterio.Env(GDAL_PAM_ENABLED="NO"):
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with open_raster(path, DATASET_IMAGE, max_raster_values) as src:
+            header = {"width": src.width, "height": src.height, "bands": src.count,
+                      "dtype": src.dtypes[0]}
+            crs, transform = src.crs, src.transform
+    _check_trailer(path)
     crs, transform = local_georeferencing(path, crs, transform)
     if crs is None or transform is None:  # half a georeferencing places nothing
         crs = transform = None
@@ -116,16 +117,18 @@ def _check_inside(polygon: list[float], width: int, height: int, label: Path, li
         )
 
 
-def index_sample(sources: list[SceneSource], classes: list[str], tables: IndexTables) -> dict:
+def index_sample(sources: list[SceneSource], classes: list[str], tables: IndexTables,
+                 max_raster_values: int | None = None) -> dict:
     """The sample's index: parse every scene's DOTA-style labels and image header; write the
     tables; return counts. (Fetched datasets: `nadir.datasets.normalise.index_fetched`.)"""
     tables.make_folders()
     scenes, annotations = [], []
     for n, src in enumerate(sources, start=1):
+        check_name(src.scene, src.image, "scene name")
         if not src.image.exists():
             raise InputError(src.image,
                              "image not found; every label file needs an image of the same name")
-        header = image_header(src.image)
+        header = image_header(src.image, max_raster_values)
         labels = parse_label_file(src.label, classes)
         for i, obj in enumerate(labels.objects):
             _check_inside(obj.polygon, header["width"], header["height"], src.label, obj.line)

@@ -23,7 +23,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -55,13 +54,14 @@ from nadir.georeferencing import (
     sidecar_text,
 )
 from nadir.hashing import sha256_of
+from nadir.names import RULE, is_safe_name, safe_name
+from nadir.rasters import INFERENCE_SCENE, open_raster
 from nadir.scene_evaluation import merge_overlaps, to_scene_coordinates
 
 log = logging.getLogger(__name__)
 
 PROGRESS_INTERVAL_S = 10.0
-SCENE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-RASTER_SUFFIXES = (".tif", ".tiff", ".jp2", ".png", ".img", ".vrt")
+RASTER_SUFFIXES = INFERENCE_SCENE.suffixes  # what GDAL opens a scene as: nadir.rasters
 # STAC asset keys tried in this order when the config names none (common names of a visual
 # or single-file asset in public catalogues).
 DEFAULT_STAC_ASSETS = ("visual", "image", "data", "analytic")
@@ -91,7 +91,7 @@ def scene_name(location: str) -> str:
         if stem.lower().endswith(suffix):
             stem = stem[:-len(suffix)]
             break
-    return re.sub(r"[^A-Za-z0-9._-]", "_", stem).lstrip("._-") or "scene"
+    return safe_name(stem, "scene")
 
 
 def is_listing(location: str) -> bool:
@@ -126,8 +126,8 @@ def stac_scenes(path: Path, asset_keys: list[str] | None = None) -> list[SceneSo
             raise InputError(path, f"item {n} ({item.get('id')!r}): asset {key!r} has no href")
         if not urlparse(href).scheme and not href.startswith("/"):
             href = str((Path(path).parent / href).resolve())
-        name = re.sub(r"[^A-Za-z0-9._-]", "_", str(item.get("id") or scene_name(href)))
-        scenes.append(SceneSource(name.lstrip("._-") or scene_name(href), href))
+        name = safe_name(str(item.get("id") or scene_name(href)), scene_name(href))
+        scenes.append(SceneSource(name, href))
     log.info("STAC file %s: %d scene(s) from assets %s", path, len(scenes), keys)
     return scenes
 
@@ -150,9 +150,9 @@ def check_scene_names(scenes: list[SceneSource]) -> None:
     """Names become output folders: they must be path-safe and unique."""
     seen: dict[str, str] = {}
     for scene in scenes:
-        if not SCENE_NAME.fullmatch(scene.name):
+        if not is_safe_name(scene.name):
             raise NadirError(f"inference scene name {scene.name!r} ({scene.location}) must be "
-                             "letters, digits, '.', '_' or '-'")
+                             f"{RULE}")
         if scene.name in seen and seen[scene.name] != scene.location:
             raise NadirError(f"two inference scenes are named {scene.name!r}: "
                              f"{seen[scene.name]} and {scene.location}; give one a `name`")
@@ -182,16 +182,6 @@ def list_s3_prefix(prefix: str, endpoint: str | None) -> list[SceneSource]:
                          "prefix")
     log.info("%s: %d scene(s)", prefix, len(scenes))
     return scenes
-
-
-def gdal_path(location: str) -> str:
-    """Where GDAL reads a scene: range requests for remote files, never a download."""
-    parsed = urlparse(location)
-    if parsed.scheme in ("http", "https"):
-        return "/vsicurl/" + location
-    if parsed.scheme == "s3":
-        return f"/vsis3/{parsed.netloc}{parsed.path}"
-    return location
 
 
 def window_row_cache_bytes(src, size: int) -> int:
@@ -298,7 +288,7 @@ def scene_windows(src, params: ChipParams, counts: WindowCounts,
     """(x, y, chip) for every window of an open scene in row-major order, each chip exactly as
     chipping made it (bands, stretch, nodata set to `pad_value`, edges padded); windows whose
     nodata share exceeds `nodata_max` are skipped and counted."""
-    reader = WindowReader(src, radiometry.bands, params.size)
+    reader = WindowReader(src, radiometry.bands, params.size, scene=radiometry.scene)
     size, bands = params.size, len(radiometry.bands)
     xs = window_offsets(src.width, size, params.overlap)
     ys = window_offsets(src.height, size, params.overlap)
@@ -367,10 +357,11 @@ def load_detector(weights: Path, window: int, score_threshold: float, max_detect
     from nadir.training.data import category_labels
     from nadir.training.selection import coco_detections
     from nadir.training.torchvision_backend import prediction_model
+    from nadir.training.weights import read_weights
 
     torch.set_num_threads(max(1, threads))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    saved = torch.load(weights, map_location="cpu", weights_only=True)
+    saved = read_weights(weights)
     if entry(saved["model"]).backend == "detectron2":
         raise NadirError(f"{weights}: inference does not support detectron2 runs yet")
     model = prediction_model(saved, window, score_threshold, max_detections, device)
@@ -425,31 +416,33 @@ class QuickLook:
 
 def detect_scene(source: SceneSource, params: ChipParams, detector: WindowDetector,
                  settings: InferenceSettings, threads: int = 1,
-                 s3_endpoint: str | None = None, read_ahead: bool = True) -> SceneResult:
+                 s3_endpoint: str | None = None, read_ahead: bool = True,
+                 max_raster_values: int | None = None) -> SceneResult:
     """Read every window of a scene, detect in batches, merge into scene detections; with
-    `read_ahead` (see `reads_ahead`) the next batch is read while the detector runs."""
+    `read_ahead` (see `reads_ahead`) the next batch is read while the detector runs.
+
+    The scene is opened as every inference scene is (`nadir.rasters`: the driver its suffix
+    names, a declared size within `max_raster_values`); a window GDAL cannot decode stops it
+    with an error naming the scene, the window and GDAL's message."""
     import rasterio
-    from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+    from rasterio.errors import NotGeoreferencedWarning
 
     started = last_report = time.monotonic()
-    path = gdal_path(source.location)
     counts = WindowCounts()
     chips: list[dict] = []  # per window: id, x, y (what to_scene_coordinates needs)
     window_detections: list[dict] = []
     with remote_access(source.location, s3_endpoint) as options, warnings.catch_warnings(), \
             rasterio.Env(GDAL_PAM_ENABLED="NO", **options):
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        try:
-            with rasterio.open(path) as probe:
-                gdal = gdal_settings(probe, params.size, threads)
-                if reads_by_window(probe):
-                    gdal["GDAL_CACHEMAX"] = max(gdal["GDAL_CACHEMAX"],
-                                                window_row_cache_bytes(probe, params.size))
-        except RasterioIOError as exc:
-            raise InputError(source.location, f"not a readable raster ({exc})") from None
-        with rasterio.Env(**gdal), rasterio.open(path) as src:
+        with open_raster(source.location, INFERENCE_SCENE, max_raster_values) as probe:
+            gdal = gdal_settings(probe, params.size, threads)
+            if reads_by_window(probe):
+                gdal["GDAL_CACHEMAX"] = max(gdal["GDAL_CACHEMAX"],
+                                            window_row_cache_bytes(probe, params.size))
+        with rasterio.Env(**gdal), \
+                open_raster(source.location, INFERENCE_SCENE, max_raster_values) as src:
             log.info("scene %s from %s", source.name, source.location)
-            radiometry = Radiometry(src, params)
+            radiometry = Radiometry(src, params, source.name)
             quicklook = QuickLook(src.width, src.height, settings.quicklook_size)
             windows = scene_windows(src, params, counts, radiometry)
             batches = batched(windows, settings.batch_size)
@@ -492,8 +485,10 @@ def sidecar_text_at(location: str, s3_endpoint: str | None) -> str | None:
     parsed = urlparse(location)
     if parsed.scheme in ("http", "https"):
         try:
-            request = Request(sidecar, headers={"Range": f"bytes=0-{MAX_SIDECAR_BYTES}"})
-            with urlopen(request, timeout=30) as response:
+            # The scheme is http(s), checked above: urllib opens no file:// or other scheme here.
+            request = Request(sidecar,  # noqa: S310
+                              headers={"Range": f"bytes=0-{MAX_SIDECAR_BYTES}"})
+            with urlopen(request, timeout=30) as response:  # noqa: S310
                 return sidecar_text(response.read(MAX_SIDECAR_BYTES + 1), sidecar)
         except HTTPError as exc:
             if exc.code in (403, 404):
@@ -623,7 +618,7 @@ def write_quicklook(result: SceneResult, names: dict[int, str], path: Path,
 
 def predict_scene(source: SceneSource, weights: Path, run_json: Path,
                   settings: InferenceSettings, outputs: dict[str, Path], threads: int = 1,
-                  s3_endpoint: str | None = None) -> dict:
+                  s3_endpoint: str | None = None, max_raster_values: int | None = None) -> dict:
     """Apply one run to one scene and write its GeoJSON, GeoPackage, summary and quick-look;
     returns the summary."""
     from nadir.training.loop import device_name
@@ -633,7 +628,7 @@ def predict_scene(source: SceneSource, weights: Path, run_json: Path,
     detector, categories = load_detector(weights, params.size, settings.score_threshold,
                                          settings.max_detections, threads)
     result = detect_scene(source, params, detector, settings, threads, s3_endpoint,
-                          reads_ahead(source, device_name()))
+                          reads_ahead(source, device_name()), max_raster_values)
     if not result.georeferenced:
         log.warning("scene %s (%s) has no georeferencing: its GeoJSON and GeoPackage hold pixel "
                     "coordinates (column, row; y down)", source.name, source.location)

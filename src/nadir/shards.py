@@ -2,17 +2,24 @@
 
 Training, prediction, the figures and the detectron2 adapter all find their chips through
 `member_offsets` and read them with `read_member`, so a missing chip is reported the same way
-everywhere.
+everywhere. Chip lists (`shard-NNN.json`) are read back through `read_chip_list`, which holds
+their names to the name rule (`nadir.names`).
 """
 
 from __future__ import annotations
 
+import io
+import json
 import tarfile
 from pathlib import Path
 
 from nadir.errors import InputError
+from nadir.names import check_name
 
-Member = tuple[int, str]  # (shard index, member name), as COCO images list their chips
+Member = tuple[int, str]
+# What chipping writes, and so all a chip is decoded as: Pillow, left to guess, opens dozens of
+# formats, EPS among them through an external program (Ghostscript).
+CHIP_FORMATS = ("JPEG", "PNG")  # (shard index, member name), as COCO images list their chips
 
 
 def member_offsets(shards: list[Path], wanted: set[Member],
@@ -45,3 +52,34 @@ def read_member(shard: Path, offset: int, size: int) -> bytes:
     with open(shard, "rb") as fh:
         fh.seek(offset)
         return fh.read(size)
+
+
+def decode_chip(source: bytes | Path, where: str | Path):
+    """A chip's pixels as an RGB (height, width, 3) uint8 array, decoded only as JPEG or PNG;
+    anything else (a tampered shard) is an InputError naming `where`."""
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source,
+                        formats=CHIP_FORMATS) as image:
+            return np.asarray(image.convert("RGB"))
+    except (UnidentifiedImageError, OSError) as exc:
+        raise InputError(where, f"not a JPEG or PNG chip ({exc}); rerun the chip stage") \
+            from None
+
+
+def read_chip_list(path: Path) -> dict:
+    """A shard's chip list read back (a later job, maybe from shared storage): every scene and
+    chip file name must follow the name rule, since chip names become files and tar members."""
+    try:
+        shard = json.loads(Path(path).read_text())
+        for chip in shard["chips"]:
+            check_name(chip["scene"], path, "scene name")
+            check_name(chip["file"], path, "chip file name")
+            if chip.get("geotiff") is not None:
+                check_name(chip["geotiff"], path, "chip GeoTIFF name")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise InputError(path, f"not a readable chip list ({exc!r}); rerun the chip job") \
+            from None
+    return shard

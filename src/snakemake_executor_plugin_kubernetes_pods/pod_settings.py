@@ -240,7 +240,7 @@ def apply_pod_settings(job: dict[str, Any], settings: PodSettings, *, rule: str,
         pod.setdefault("volumes", []).append(
             {"name": SHM_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": f"{int(shm_mb)}M"}})
         container.setdefault("volumeMounts", []).append(
-            {"name": SHM_VOLUME, "mountPath": "/dev/shm"})
+            {"name": SHM_VOLUME, "mountPath": "/dev/shm"})  # noqa: S108 - a mount point
     if deadline_s:
         job["spec"]["activeDeadlineSeconds"] = int(deadline_s)
     return job

@@ -18,9 +18,9 @@ rule chip:
     message:
         "Chipping shard {wildcards.shard} of {wildcards.dataset}"
     shell:
-        "{NADIR} chip --params {params.chipping:q} --scenes {input.scenes} "
-        "--annotations {input.annotations} --images {input.images} --tar {output.tar} "
-        "--json {output.chips} --threads {threads} 2> {log}"
+        "{NADIR:q} chip --params {params.chipping:q} --scenes {input.scenes:q} "
+        "--annotations {input.annotations:q} --images {input.images:q} --tar {output.tar:q} "
+        "--json {output.chips:q} --threads {threads:q} {RASTER_LIMIT:q} 2> {log:q}"
 
 
 rule chip_manifest:
@@ -35,4 +35,4 @@ rule chip_manifest:
     message:
         "Writing the chip manifest of {wildcards.dataset}"
     shell:
-        "{NADIR} chip-manifest --shards {input.chips} --out {output.manifest} 2> {log}"
+        "{NADIR:q} chip-manifest --shards {input.chips:q} --out {output.manifest:q} 2> {log:q}"

@@ -13,8 +13,8 @@ rule coco:
     message:
         "Writing COCO annotations of {wildcards.dataset}"
     shell:
-        "{NADIR} coco --shards {input.chips} --categories {input.categories} "
-        "--train {output.train} --val {output.val} --stats {output.stats} 2> {log}"
+        "{NADIR:q} coco --shards {input.chips:q} --categories {input.categories:q} "
+        "--train {output.train:q} --val {output.val:q} --stats {output.stats:q} 2> {log:q}"
 
 
 # Only runs with `training.eval_every` ask for it: they train on fit.json and score
@@ -35,5 +35,6 @@ rule carve_selection:
     message:
         "Holding train scenes of {wildcards.dataset} out as the selection split"
     shell:
-        "{NADIR} carve-selection --train {input} --fraction {params.fraction} "
-        "--seed {params.seed} --fit {output.fit} --selection {output.selection} 2> {log}"
+        "{NADIR:q} carve-selection --train {input:q} --fraction {params.fraction:q} "
+        "--seed {params.seed:q} --fit {output.fit:q} --selection {output.selection:q} "
+        "2> {log:q}"

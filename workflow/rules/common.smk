@@ -17,6 +17,8 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from nadir.config import ConfigError, dataset_chipping, runs, validate
 from nadir.datasets.sample import SampleSpec
+from nadir.errors import NadirError
+from nadir.fetch import read_scene_manifest
 from nadir.named_inputs import files_by_owner, input_name, run_inputs
 from nadir.training.catalogue import CATALOGUE
 
@@ -25,7 +27,13 @@ try:
 except ConfigError as error:
     raise WorkflowError(str(error)) from None
 
-NADIR = f'"{sys.executable}" -m nadir'
+# Shell commands quote every field (`{x:q}`): names in paths come from data (nadir.names holds
+# them to a rule, and quoting keeps them one argument whatever they hold). Option lists are
+# Python lists, quoted item by item.
+NADIR = [sys.executable, "-m", "nadir"]
+# The largest declared raster size any job opens (nadir.rasters); a global, not a param, so
+# changing it reruns nothing: it refuses files, it never changes an output.
+RASTER_LIMIT = ["--max-raster-values", str(config["rasters"]["max_values"])]
 DATASETS = sorted(config["datasets"])
 # Every training run: (dataset, run name) -> nadir.config.Run. A run is a model, a sweep cell of
 # it, or a further repeat; its name is the `{model}` wildcard of every per-run rule and its
@@ -118,7 +126,10 @@ def fetch_manifest(dataset):
     path = fetch_manifest_path(dataset)
     key = (str(path), os.stat(path).st_mtime_ns)
     if key not in _MANIFESTS:
-        _MANIFESTS[key] = json.loads(Path(path).read_text())
+        try:  # its names become job inputs and command arguments: held to the name rule
+            _MANIFESTS[key] = read_scene_manifest(Path(path))
+        except NadirError as error:
+            raise WorkflowError(str(error)) from None
     return _MANIFESTS[key]
 
 

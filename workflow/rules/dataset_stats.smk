@@ -27,11 +27,13 @@ rule dataset_stats:
         ),
     log:
         "logs/{dataset}/dataset_stats.log",
+    params:
+        title=lambda w: f"dataset {w.dataset}",
     message:
         "Computing statistics of dataset {wildcards.dataset}"
     shell:
-        "{NADIR} dataset-stats --scenes {input.scenes} --annotations {input.annotations} "
-        "--categories {input.categories} --summary {input.summary} "
-        "--coco-stats {input.coco_stats} --chips-manifest {input.chips_manifest} "
-        "--json {output.json} --png {output.png} --html {output.html} "
-        "--title 'dataset {wildcards.dataset}' 2> {log}"
+        "{NADIR:q} dataset-stats --scenes {input.scenes:q} --annotations {input.annotations:q} "
+        "--categories {input.categories:q} --summary {input.summary:q} "
+        "--coco-stats {input.coco_stats:q} --chips-manifest {input.chips_manifest:q} "
+        "--json {output.json:q} --png {output.png:q} --html {output.html:q} "
+        "--title {params.title:q} 2> {log:q}"

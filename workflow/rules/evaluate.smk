@@ -20,9 +20,9 @@ rule evaluate:
     message:
         "Evaluating {wildcards.model} on the val chips of {wildcards.dataset}"
     shell:
-        "{NADIR} evaluate --hp {params.hp:q} --weights {input.weights} --coco {input.val} "
-        "--shards {input.shards} --predictions {output.predictions} "
-        "--metrics {output.metrics} --threads {threads} 2> {log}"
+        "{NADIR:q} evaluate --hp {params.hp:q} --weights {input.weights:q} --coco {input.val:q} "
+        "--shards {input.shards:q} --predictions {output.predictions:q} "
+        "--metrics {output.metrics:q} --threads {threads:q} 2> {log:q}"
 
 
 rule evaluate_scenes:
@@ -38,8 +38,8 @@ rule evaluate_scenes:
     params:
         nms_iou=config["evaluation"]["scene_nms_iou"],
         max_detections=config["evaluation"]["scene_max_detections"],
-        protocols=lambda w: " ".join(
-            config["evaluation"]["protocols"][config["datasets"][w.dataset]["format"]]),
+        protocols=lambda w: config["evaluation"]["protocols"][
+            config["datasets"][w.dataset]["format"]],
     log:
         "logs/{dataset}/evaluate_scenes-{model}.log",
     benchmark:
@@ -48,8 +48,8 @@ rule evaluate_scenes:
         "Merging {wildcards.model}'s chip detections into whole {wildcards.dataset} val scenes "
         "and scoring them ({params.protocols})"
     shell:
-        "{NADIR} evaluate-scenes --predictions {input.predictions} --coco {input.val} "
-        "--scenes {input.scenes} --annotations {input.annotations} "
-        "--nms-iou {params.nms_iou} --max-detections {params.max_detections} "
-        "--protocols {params.protocols} --submission {output.submission} "
-        "--scene-predictions {output.predictions} --metrics {output.metrics} 2> {log}"
+        "{NADIR:q} evaluate-scenes --predictions {input.predictions:q} --coco {input.val:q} "
+        "--scenes {input.scenes:q} --annotations {input.annotations:q} "
+        "--nms-iou {params.nms_iou:q} --max-detections {params.max_detections:q} "
+        "--protocols {params.protocols:q} --submission {output.submission:q} "
+        "--scene-predictions {output.predictions:q} --metrics {output.metrics:q} 2> {log:q}"

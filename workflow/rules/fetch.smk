@@ -15,6 +15,6 @@ checkpoint fetch:
     message:
         "Fetching the sources of dataset {wildcards.dataset}"
     shell:
-        "{NADIR} fetch --dataset {wildcards.dataset} --spec {params.spec:q} "
-        "--settings {params.settings:q} --files-dir {output.files} "
-        "--manifest {output.manifest} 2> {log}"
+        "{NADIR:q} fetch --dataset {wildcards.dataset:q} --spec {params.spec:q} "
+        "--settings {params.settings:q} --files-dir {output.files:q} "
+        "--manifest {output.manifest:q} {RASTER_LIMIT:q} 2> {log:q}"

@@ -18,23 +18,22 @@ def index_inputs(wildcards):
 
 
 def index_sources(wildcards, input):
-    """The index command's format and sources, with the staged (local) paths."""
+    """The index command's format and sources (arguments, quoted one by one in the command),
+    with the staged (local) paths."""
     dataset = wildcards.dataset
     if not is_fetched(dataset):
         split_of = {scene: split for split, scene in scenes(dataset)}
         by_scene = files_by_owner(input.items(), ["image", "label"])
-        return "--format sample " + " ".join(
-            f"--scene {split_of[scene]} {files['image']} {files['label']}"
-            for scene, files in by_scene.items()
-        )
+        arguments = ["--format", "sample"]
+        for scene, files in by_scene.items():
+            arguments += ["--scene", split_of[scene], files["image"], files["label"]]
+        return arguments
     if "manifest" not in input.keys():
         # Evaluated once before the fetch checkpoint has run; the DAG is rebuilt after it.
-        return "--format pending-fetch"
+        return ["--format", "pending-fetch"]
     files_dir = Path(input.manifest).parent / "files"
-    return (
-        f"--format {config['datasets'][dataset]['format']} --manifest {input.manifest} "
-        f"--files-dir {files_dir}"
-    )
+    return ["--format", config["datasets"][dataset]["format"], "--manifest", input.manifest,
+            "--files-dir", str(files_dir)]
 
 
 def index_spec(wildcards):
@@ -62,6 +61,7 @@ rule index:
     message:
         "Indexing scenes and annotations of {wildcards.dataset}"
     shell:
-        "{NADIR} index {params.sources} --spec {params.spec:q} --scenes {output.scenes} "
-        "--annotations {output.annotations} --categories {output.categories} "
-        "--summary {output.summary} 2> {log}"
+        "{NADIR:q} index {params.sources:q} --spec {params.spec:q} "
+        "--scenes {output.scenes:q} --annotations {output.annotations:q} "
+        "--categories {output.categories:q} --summary {output.summary:q} {RASTER_LIMIT:q} "
+        "2> {log:q}"

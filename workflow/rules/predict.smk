@@ -3,7 +3,6 @@
 # URLs, s3:// objects, STAC files parsed here) or, for s3:// prefixes, from a listing job's file:
 # storage is never listed while the DAG is built.
 
-from nadir.errors import NadirError
 from nadir.inference import (
     SceneSource,
     check_scene_names,
@@ -11,6 +10,7 @@ from nadir.inference import (
     is_listing,
     source_id,
 )
+from nadir.names import NAME
 
 INFERENCE = config["inference"]
 INFERENCE_SETTING_KEYS = [
@@ -99,8 +99,8 @@ checkpoint list_scenes:
     message:
         "Listing the scenes under {params.prefix}"
     shell:
-        "{NADIR} list-scenes --prefix {params.prefix:q} {params.s3} "
-        "--out {output.listing} 2> {log}"
+        "{NADIR:q} list-scenes --prefix {params.prefix:q} {params.s3:q} "
+        "--out {output.listing:q} 2> {log:q}"
 
 
 rule predict_scene:
@@ -114,7 +114,7 @@ rule predict_scene:
         summary="results/inference/{dataset}/{model}/{scene}/summary.json",
         quicklook="results/inference/{dataset}/{model}/{scene}/quicklook.png",
     wildcard_constraints:
-        scene=r"[A-Za-z0-9][A-Za-z0-9._-]*",
+        scene=NAME.pattern,
     params:
         source=lambda w: inference_scenes()[w.scene].location,
         settings=as_json({k: INFERENCE[k] for k in INFERENCE_SETTING_KEYS}),
@@ -128,11 +128,12 @@ rule predict_scene:
         "Detecting objects in scene {wildcards.scene} with {wildcards.model} "
         "(trained on {wildcards.dataset})"
     shell:
-        "{NADIR} predict --weights {input.weights} --run {input.run} "
-        "--source {params.source:q} --scene-name {wildcards.scene} "
-        "--settings {params.settings:q} {params.s3} --threads {threads} "
-        "--geojson {output.geojson} --geopackage {output.geopackage} "
-        "--summary {output.summary} --quicklook {output.quicklook} 2> {log}"
+        "{NADIR:q} predict --weights {input.weights:q} --run {input.run:q} "
+        "--source {params.source:q} --scene-name {wildcards.scene:q} "
+        "--settings {params.settings:q} {params.s3:q} --threads {threads:q} "
+        "--geojson {output.geojson:q} --geopackage {output.geopackage:q} "
+        "--summary {output.summary:q} --quicklook {output.quicklook:q} {RASTER_LIMIT:q} "
+        "2> {log:q}"
 
 
 rule predict:

@@ -44,6 +44,11 @@ def cost_jobs():
 
 
 COST_JOB_COUNT = len(cost_jobs())
+
+
+def run_title(wildcards):
+    """A per-run figure's title."""
+    return f"{wildcards.model} on {wildcards.dataset}"
 EVALUATION_FIGURES = (
     expand("results/{dataset}/class_ap.png", dataset=DATASETS)
     + expand("results/{run}/{figure}.png", run=RUNS, figure=["loss", "pr", "detections"])
@@ -61,6 +66,8 @@ rule loss_curve:
             subcategory="{dataset}",
             labels={"dataset": "{dataset}", "model": "{model}"},
         ),
+    params:
+        title=run_title,
     log:
         "logs/{dataset}/loss_curve-{model}.log",
     benchmark:
@@ -68,8 +75,8 @@ rule loss_curve:
     message:
         "Plotting the loss curve of {wildcards.model} on {wildcards.dataset}"
     shell:
-        "{NADIR} plot-loss --train-log {input} --out {output} "
-        "--title '{wildcards.model} on {wildcards.dataset}' 2> {log}"
+        "{NADIR:q} plot-loss --train-log {input:q} --out {output:q} --title {params.title:q} "
+        "2> {log:q}"
 
 
 rule plot_pr:
@@ -84,6 +91,8 @@ rule plot_pr:
             subcategory="{dataset}",
             labels={"dataset": "{dataset}", "model": "{model}"},
         ),
+    params:
+        title=run_title,
     log:
         "logs/{dataset}/plot_pr-{model}.log",
     benchmark:
@@ -91,8 +100,8 @@ rule plot_pr:
     message:
         "Plotting the precision-recall curves of {wildcards.model} on {wildcards.dataset}"
     shell:
-        "{NADIR} plot-pr --metrics {input.chip} --scene-metrics {input.scene} --out {output} "
-        "--title '{wildcards.model} on {wildcards.dataset}' 2> {log}"
+        "{NADIR:q} plot-pr --metrics {input.chip:q} --scene-metrics {input.scene:q} "
+        "--out {output:q} --title {params.title:q} 2> {log:q}"
 
 
 rule plot_detections:
@@ -111,6 +120,7 @@ rule plot_detections:
     params:
         chips=config["report"]["sample_chips"],
         min_score=config["report"]["min_score"],
+        title=run_title,
     log:
         "logs/{dataset}/plot_detections-{model}.log",
     benchmark:
@@ -119,9 +129,9 @@ rule plot_detections:
         "Drawing {params.chips} val chips of {wildcards.dataset} with {wildcards.model}'s "
         "detections"
     shell:
-        "{NADIR} plot-detections --coco {input.val} --predictions {input.predictions} "
-        "--shards {input.shards} --chips {params.chips} --min-score {params.min_score} "
-        "--out {output} --title '{wildcards.model} on {wildcards.dataset}' 2> {log}"
+        "{NADIR:q} plot-detections --coco {input.val:q} --predictions {input.predictions:q} "
+        "--shards {input.shards:q} --chips {params.chips:q} --min-score {params.min_score:q} "
+        "--out {output:q} --title {params.title:q} 2> {log:q}"
 
 
 rule plot_class_ap:
@@ -211,5 +221,5 @@ rule summary:
     message:
         "Printing the leaderboard"
     shell:
-        "{NADIR} summary --leaderboard {input.leaderboard} --cost {input.cost} "
-        "--out {output} 2> {log}"
+        "{NADIR:q} summary --leaderboard {input.leaderboard:q} --cost {input.cost:q} "
+        "--out {output:q} 2> {log:q}"

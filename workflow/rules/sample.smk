@@ -19,5 +19,5 @@ for _dataset in DATASETS:
         message:
             f"Generating the synthetic sample dataset '{_dataset}'"
         shell:
-            "{NADIR} sample --spec {params.spec:q} --images {output.images} "
-            "--labels {output.labels} 2> {log}"
+            "{NADIR:q} sample --spec {params.spec:q} --images {output.images:q} "
+            "--labels {output.labels:q} 2> {log:q}"

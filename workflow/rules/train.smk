@@ -24,6 +24,12 @@ def pretrained_input(wildcards):
     return [] if source is None else [f"weights/{source.file_name}"]
 
 
+def pretrained_record(wildcards):
+    """The record fetch_weights wrote beside the file: training checks the file against the
+    digest it holds (nadir.training.weights.verify_recorded)."""
+    return [f"{path}.json" for path in pretrained_input(wildcards)]
+
+
 for _run in RUN_TABLE.values():
     _pretrained(_run)  # fail at parse time, not in a job
 
@@ -40,16 +46,17 @@ def _checkpoint_root():
 
 
 def _s3_endpoint_argument():
+    """The S3 endpoint option of commands that read S3 themselves (arguments, or none)."""
     s3 = (workflow.storage_provider_settings or {}).get("s3")
     endpoint = getattr(s3.get_settings(), "endpoint_url", None) if s3 else None
-    return f"--s3-endpoint {endpoint}" if endpoint else ""
+    return ["--s3-endpoint", endpoint] if endpoint else []
 
 
 CHECKPOINT_ROOT = _checkpoint_root()
-CHECKPOINT_OPTIONS = (
-    f"--checkpoint-every {config['checkpoints']['every']} "
-    f"--checkpoint-keep {config['checkpoints']['keep']} {_s3_endpoint_argument()}"
-)
+CHECKPOINT_OPTIONS = [
+    "--checkpoint-every", str(config["checkpoints"]["every"]),
+    "--checkpoint-keep", str(config["checkpoints"]["keep"]), *_s3_endpoint_argument(),
+]
 
 
 rule fetch_weights:
@@ -63,7 +70,8 @@ rule fetch_weights:
     message:
         "Fetching pretrained weights {wildcards.weights_file}"
     shell:
-        "{NADIR} fetch-weights --file {wildcards.weights_file} --out {output.weights} 2> {log}"
+        "{NADIR:q} fetch-weights --file {wildcards.weights_file:q} --out {output.weights:q} "
+        "2> {log:q}"
 
 
 def selects(wildcards):
@@ -78,6 +86,7 @@ rule train:
         manifest="results/{dataset}/chips/manifest.json",
         shards=shard_files("tar"),
         pretrained=pretrained_input,
+        pretrained_record=pretrained_record,
     output:
         weights="results/{dataset}/models/{model}/model.pt",
         train_log="results/{dataset}/models/{model}/train_log.json",
@@ -88,9 +97,9 @@ rule train:
         hp=lambda w: as_json(run_of(w).hp),
         model=lambda w: run_of(w).model,
         pretrained=lambda w, input: (
-            f"--pretrained-weights {input.pretrained}" if input.pretrained else ""
+            ["--pretrained-weights", *input.pretrained] if input.pretrained else []
         ),
-        selection=lambda w, input: f"--selection {input.selection}" if input.selection else "",
+        selection=lambda w, input: ["--selection", *input.selection] if input.selection else [],
     threads: 8  # capped at --cores on a laptop; profiles set their own
     log:
         "logs/{dataset}/train-{model}.log",
@@ -99,11 +108,11 @@ rule train:
     message:
         "Training {wildcards.model} on {wildcards.dataset}"
     shell:
-        "{NADIR} train --dataset {wildcards.dataset} --model {params.model} "
-        "--hp {params.hp:q} --train {input.train} --manifest {input.manifest} "
-        "--shards {input.shards} {params.pretrained} {params.selection} "
-        "--weights-out {output.weights} --train-log {output.train_log} --run {output.run} "
-        "--resolved-config {output.resolved} "
-        "--checkpoints {CHECKPOINT_ROOT}/{wildcards.dataset}/{wildcards.model} "
-        "{CHECKPOINT_OPTIONS} "
-        "--threads {threads} 2> {log}"
+        "{NADIR:q} train --dataset {wildcards.dataset:q} --model {params.model:q} "
+        "--hp {params.hp:q} --train {input.train:q} --manifest {input.manifest:q} "
+        "--shards {input.shards:q} {params.pretrained:q} {params.selection:q} "
+        "--weights-out {output.weights:q} --train-log {output.train_log:q} "
+        "--run {output.run:q} --resolved-config {output.resolved:q} "
+        "--checkpoints {CHECKPOINT_ROOT:q}/{wildcards.dataset:q}/{wildcards.model:q} "
+        "{CHECKPOINT_OPTIONS:q} "
+        "--threads {threads:q} 2> {log:q}"

@@ -23,6 +23,7 @@ from pathlib import Path
 from nadir.datasets import dota, rareplanes, xview
 from nadir.datasets.records import BadInput, ClassFilter, polygon_outside
 from nadir.errors import InputError
+from nadir.fetch import read_scene_manifest
 from nadir.index import (
     ANNOTATION_FIELDS,
     IndexTables,
@@ -31,6 +32,7 @@ from nadir.index import (
     write_categories,
     write_scene_table,
 )
+from nadir.rasters import check_declared_size
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +44,7 @@ def seeded_split(scenes: Iterable[str], val_fraction: float, seed: int) -> dict[
     """A random split by scene: the same scenes, fraction and seed always give the same split."""
     ordered = sorted(scenes)
     shuffled = list(ordered)
-    random.Random(seed).shuffle(shuffled)
+    random.Random(seed).shuffle(shuffled)  # noqa: S311 - a reproducible split, not a secret
     n_val = min(len(ordered) - 1, max(1, round(len(ordered) * val_fraction))) if len(
         ordered) > 1 else 0
     val = set(shuffled[:n_val])
@@ -283,9 +285,14 @@ def index_warnings(manifest: dict, summary: dict, bad: BadInput) -> list[dict]:
     return warnings
 
 
-def index_fetched(manifest_path: Path, files_dir: Path, spec: dict, tables: IndexTables) -> dict:
-    """Parse a fetched dataset into the normalised tables; returns the summary it writes."""
-    manifest = json.loads(Path(manifest_path).read_text())
+def index_fetched(manifest_path: Path, files_dir: Path, spec: dict, tables: IndexTables,
+                  max_raster_values: int | None = None) -> dict:
+    """Parse a fetched dataset into the normalised tables; returns the summary it writes.
+    Image sizes come from the manifest, each within `max_raster_values` (`nadir.rasters`)."""
+    manifest = read_scene_manifest(manifest_path)
+    for scene in manifest["scenes"]:
+        check_declared_size(files_dir / scene["image"], scene["width"], scene["height"],
+                            scene["bands"], max_raster_values)
     fmt = manifest["format"]
     tables.make_folders()
     bad = BadInput(spec["on_bad_input"])

@@ -5,10 +5,14 @@ detectron2 model zoo config), the hyperparameters it needs that differ from `tra
 pretrained weights come from (with checksum) and under which licence. This module imports no
 torch: the Snakefile reads it at parse time to validate model names and to plan weight downloads.
 
-Checksums: torchvision publishes the first hex digits of each file's SHA-256 in its file name
-(`resnet50-0676ba61.pth`) and verifies that prefix itself; we record and check the same prefix.
-detectron2's model zoo publishes no checksum, so its entries carry `sha256=None`: the fetch rule
-records the SHA-256 of what it downloaded beside the file and says that it could not verify it.
+Checksums: a full SHA-256 is pinned wherever upstream publishes one, and none of these upstreams
+does. torchvision publishes the first 8 hex digits of each file's SHA-256 in its file name
+(`resnet50-0676ba61.pth`): that prefix is pinned and checked, but 32 bits stop a corrupt
+download, not a crafted file. detectron2's model zoo, the MAE release and YOLOX's GitHub
+releases publish no SHA-256, so their entries carry `sha256=None`. Either way the fetch rule
+records the full SHA-256 of what it downloaded beside the file, every training job checks the
+file against that record, and no weights file is unpickled beyond tensors and plain data
+(`nadir.training.weights`), so a hostile file cannot run code whatever its digest.
 """
 
 from __future__ import annotations

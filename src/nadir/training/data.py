@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from nadir.rotated_boxes import rbox_to_polygon
-from nadir.shards import member_offsets, read_member
+from nadir.shards import decode_chip, member_offsets, read_member
 
 
 class ShardChips(torch.utils.data.Dataset):
@@ -49,8 +47,9 @@ class ShardChips(torch.utils.data.Dataset):
 
     def read_image(self, index: int) -> np.ndarray:
         im = self.images[index]
-        data = read_member(self.shards[im["shard"]], *self.offsets[(im["shard"], im["file_name"])])
-        return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+        shard = self.shards[im["shard"]]
+        data = read_member(shard, *self.offsets[(im["shard"], im["file_name"])])
+        return decode_chip(data, f"{shard}: chip {im['file_name']}")
 
     def __getitem__(self, key: int | tuple[int, int]):
         """`key` is an index, or (index, symmetry code 0..7) as `SeededBatches` yields them."""

@@ -17,6 +17,7 @@ from torch import nn
 from nadir.errors import NadirError
 from nadir.training import torchvision_models
 from nadir.training.catalogue import entry, weight_source
+from nadir.training.weights import read_weights
 
 
 def _wrapped_builder(backend: str) -> Callable[[str, int, int], nn.Module]:
@@ -36,15 +37,16 @@ def build_detector(name: str, num_classes: int, size: int, pretrained: str = "no
     if backend == "torchvision":
         return torchvision_models.build_model(name, num_classes, size, pretrained, weights_file)
     torch.set_flush_denormal(True)  # denormals made CPU backward steps up to 300x slower
-    model = _wrapped_builder(backend)(entry(name).architecture, num_classes, size)
     source = weight_source(name, pretrained)
-    if source is None:
-        return model
-    if weights_file is None:
-        raise NadirError(f"model {name!r} with pretrained: {pretrained} needs its weights file "
-                         f"({source.file_name}); the fetch_weights rule provides it")
-    state = torch.load(weights_file, map_location="cpu", weights_only=True)
-    # YOLOX's release files hold the weights under "model" beside the optimiser's state.
-    state = state.get("model", state) if isinstance(state, dict) else state
-    torchvision_models.load_matching(model.detector, state, str(weights_file))
+    state = None
+    if source is not None:
+        if weights_file is None:
+            raise NadirError(f"model {name!r} with pretrained: {pretrained} needs its weights "
+                             f"file ({source.file_name}); the fetch_weights rule provides it")
+        state = read_weights(weights_file)  # tensors only: nothing in the file runs
+        # YOLOX's release files hold the weights under "model" beside the optimiser's state.
+        state = state.get("model", state) if isinstance(state, dict) else state
+    model = _wrapped_builder(backend)(entry(name).architecture, num_classes, size)
+    if state is not None:
+        torchvision_models.load_matching(model.detector, state, str(weights_file))
     return model

@@ -24,8 +24,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from nadir.errors import NadirError
-from nadir.shards import member_offsets, read_member
+from nadir.errors import InputError, NadirError
+from nadir.names import check_name
+from nadir.shards import decode_chip, member_offsets, read_member
 from nadir.training.backend import TrainJob
 from nadir.training.catalogue import entry
 from nadir.training.provenance import base_resolved_config
@@ -117,6 +118,48 @@ def registration_arguments(dataset: str, split: str, coco_json: Path, image_root
             "image_root": str(image_root)}
 
 
+def detectron2_checkpoint(path: Path) -> dict:
+    """What detectron2's checkpointer reads from a weights file or checkpoint, read without
+    unpickling anything but arrays and tensors (`nadir.training.weights`).
+
+    detectron2 itself `pickle.load`s `.pkl` files, which runs whatever they name. The result
+    is what its DetectionCheckpointer._load_file returns for the same file: model zoo `.pkl`
+    files as they are, Caffe2/Detectron1 `.pkl` files as their blobs (without `_momentum`) for
+    its renaming heuristics, and `.pth` files with their tensors under `model`.
+    """
+    from nadir.training.weights import read_pickled_arrays, read_weights
+
+    path = Path(path)
+    if path.suffix == ".pkl":
+        data = read_pickled_arrays(path)
+        if not isinstance(data, dict):
+            raise InputError(path, f"expected a dict of arrays, got {type(data).__name__}")
+        if "model" in data and "__author__" in data:
+            return data
+        blobs = data.get("blobs", data)
+        return {"model": {k: v for k, v in blobs.items() if not k.endswith("_momentum")},
+                "__author__": "Caffe2", "matching_heuristics": True}
+    loaded = read_weights(path)
+    if not isinstance(loaded, dict):
+        raise InputError(path, f"expected a dict of tensors, got {type(loaded).__name__}")
+    if "model" not in loaded:
+        loaded = {"model": loaded}
+    loaded["matching_heuristics"] = True
+    return loaded
+
+
+def tensors_only_checkpointer(model, *args, **kwargs):
+    """detectron2's DetectionCheckpointer, reading files through `detectron2_checkpoint`
+    (its `_load_file`, the method fvcore's Checkpointer has subclasses override)."""
+    from detectron2.checkpoint import DetectionCheckpointer
+
+    class TensorsOnlyCheckpointer(DetectionCheckpointer):
+        def _load_file(self, filename: str) -> dict:
+            return detectron2_checkpoint(Path(filename))
+
+    return TensorsOnlyCheckpointer(model, *args, **kwargs)
+
+
 def contiguous_category_ids(categories: list[dict]) -> list[int]:
     """COCO category id of each detectron2 class index (its loader sorts the ids)."""
     return sorted(c["id"] for c in categories)
@@ -125,17 +168,20 @@ def contiguous_category_ids(categories: list[dict]) -> list[int]:
 def unpack_chips(coco_json: Path, shards: list[Path], image_root: Path) -> Path:
     """Write a split's chips as files under image_root/<shard>/; return a COCO file naming them.
 
-    Chip names are only unique within a shard, hence one folder per shard.
+    Chip names are only unique within a shard, hence one folder per shard. They become file
+    names, so each must follow the name rule (`nadir.names`).
     """
     coco = json.loads(Path(coco_json).read_text())
+    for image in coco["images"]:
+        check_name(image["file_name"], coco_json, "chip file name")
     offsets = member_offsets(shards, {(im["shard"], im["file_name"]) for im in coco["images"]},
                              Path(coco_json))
     for (index, name), (offset, size) in sorted(offsets.items()):
         folder = image_root / str(index)
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / Path(name).name).write_bytes(read_member(shards[index], offset, size))
+        (folder / name).write_bytes(read_member(shards[index], offset, size))
     for image in coco["images"]:
-        image["file_name"] = f"{image['shard']}/{Path(image['file_name']).name}"
+        image["file_name"] = f"{image['shard']}/{image['file_name']}"
     rewritten = image_root / "coco.json"
     rewritten.write_text(json.dumps(coco))
     log.info("unpacked %d chips to %s for detectron2", len(offsets), image_root)
@@ -160,14 +206,13 @@ class RegisteredChips:
         import numpy as np
         import torch
         from detectron2.structures import Boxes, BoxMode, Instances
-        from PIL import Image
 
         from nadir.training.data import random_flip_rotate
 
         index, code = key
         record = self.records[index]
-        with Image.open(record["file_name"]) as image:
-            pixels = torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1)
+        pixels = torch.from_numpy(np.array(decode_chip(Path(record["file_name"]),
+                                                       record["file_name"]))).permute(2, 0, 1)
         objects = [o for o in record["annotations"] if not o.get("iscrowd", 0)]
         boxes = torch.tensor([BoxMode.convert(o["bbox"], o["bbox_mode"], BoxMode.XYXY_ABS)
                               for o in objects], dtype=torch.float32).reshape(-1, 4)
@@ -297,7 +342,6 @@ class Detectron2Backend:
     def train(self, job: TrainJob) -> dict:
         require_detectron2()
         import torch
-        from detectron2.checkpoint import DetectionCheckpointer
         from detectron2.data import DatasetCatalog, MetadataCatalog, get_detection_dataset_dicts
         from detectron2.data.datasets import register_coco_instances
         from detectron2.engine import AMPTrainer, SimpleTrainer, hooks
@@ -329,8 +373,8 @@ class Detectron2Backend:
         model.train()
         start_normaliser_at_first_batch(model)
         if job.weights_file is not None:
-            # detectron2's checkpointer reads its own .pkl/.pth files and renames by heuristics.
-            DetectionCheckpointer(model).load(str(job.weights_file))
+            # detectron2's checkpointer renames by heuristics; nadir reads the file.
+            tensors_only_checkpointer(model).load(str(job.weights_file))
         optimizer = torch.optim.AdamW(
             get_default_optimizer_params(model, base_lr=hp["lr"],
                                          weight_decay=hp["weight_decay"]),
@@ -353,9 +397,9 @@ class Detectron2Backend:
         amp = bool(hp["amp"]) and device.type == "cuda"
         trainer = (AMPTrainer if amp else SimpleTrainer)(model, loader, optimizer)
         (work / "checkpoints").mkdir()
-        checkpointer = DetectionCheckpointer(model, str(work / "checkpoints"),
-                                             optimizer=optimizer, scheduler=scheduler,
-                                             trainer=trainer)
+        saver = tensors_only_checkpointer(model, str(work / "checkpoints"),
+                                          optimizer=optimizer, scheduler=scheduler,
+                                          trainer=trainer)
         history: list = []
         clock = {"before": 0.0, "began": time.perf_counter()}  # seconds of earlier attempts
 
@@ -366,13 +410,13 @@ class Detectron2Backend:
             hooks.IterationTimer(),
             hooks.LRScheduler(optimizer=optimizer, scheduler=scheduler),
             _loss_log_hook(history, hp["log_interval"], hp["iterations"], hp["batch_size"]),
-        ] + ([_checkpoint_hook(checkpointer, job.checkpoints, job.checkpoint_every,
+        ] + ([_checkpoint_hook(saver, job.checkpoints, job.checkpoint_every,
                                hp["iterations"], history, device, seconds)]
            if job.checkpoints else []))
         if resumed is not None:
             local = work / "checkpoints" / f"resume_{start:09d}.pth"
             local.write_bytes(resumed["data"])
-            saved = checkpointer.load(str(local))  # model, optimiser, scheduler, iteration
+            saved = saver.load(str(local))  # model, optimiser, scheduler, iteration
             if trainer.iter + 1 != start:
                 raise NadirError(f"checkpoint {start} in {job.checkpoints.describe()} holds "
                                  f"iteration {trainer.iter + 1}; remove it to start over")
@@ -403,10 +447,11 @@ class Detectron2Backend:
         import torch
 
         from nadir.training.data import ShardChips
+        from nadir.training.weights import read_weights
 
         torch.set_num_threads(max(1, threads))
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        saved = torch.load(weights, map_location="cpu", weights_only=True)
+        saved = read_weights(weights)
         model, input_format = build_detectron2_model(
             saved["model"], saved["num_classes"], saved["image_size"], saved["pretrained"],
             device, score_threshold=hp["score_threshold"], max_detections=hp["max_detections"])

@@ -30,7 +30,7 @@ def get_backend(name: str) -> Backend:
 
 def backend_of_weights(weights: Path) -> Backend:
     """The backend that trained a `model.pt` (every backend saves its catalogue name in it)."""
-    import torch
+    from nadir.training.weights import read_weights
 
-    saved = torch.load(weights, map_location="cpu", weights_only=True, mmap=True)
+    saved = read_weights(weights, mmap=True)
     return get_backend(entry(saved["model"]).backend)

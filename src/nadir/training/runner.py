@@ -16,7 +16,7 @@ from nadir.training.catalogue import entry, weight_source
 from nadir.training.checkpoints import open_store
 from nadir.training.provenance import fingerprint, input_digests
 from nadir.training.registry import get_backend
-from nadir.training.weights import verify_file
+from nadir.training.weights import verify_recorded
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,8 @@ def run(job: TrainJob, checkpoint_root: str | None = None, s3_endpoint: str | No
     if source is not None and job.weights_file is None:
         raise NadirError(f"{job.model} with pretrained: {job.hp['pretrained']} needs its "
                          f"weights file ({source.file_name}); the fetch_weights rule provides it")
-    weights_sha256 = verify_file(job.weights_file, source.sha256) if source is not None else None
+    # The file as fetched: its digest recorded at download, and the catalogue's where published.
+    weights_sha256 = verify_recorded(job.weights_file, source.sha256) if source else None
     job.input_digests = input_digests(job, weights_sha256)
     if checkpoint_root:
         job.checkpoints = open_store(f"{checkpoint_root.rstrip('/')}/{fingerprint(job)}",

@@ -37,6 +37,7 @@ from nadir.training.loop import (
 )
 from nadir.training.provenance import base_resolved_config, fingerprint
 from nadir.training.selection import SelectionScorer, detections
+from nadir.training.weights import read_weights
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +69,9 @@ class TorchvisionBackend:
         if newest is None:
             return None
         iteration, data = newest
-        # Only our own checkpoints are read; weights_only keeps it to tensors and plain data.
-        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        # Tensors and plain data only (checkpoints may come from shared storage).
+        state = read_weights(io.BytesIO(data), f"checkpoint {iteration} in "
+                                               f"{job.checkpoints.describe()}")
         if state.get("fingerprint") != fingerprint(job) or state["iteration"] != iteration:
             raise NadirError(f"checkpoint {iteration} in {job.checkpoints.describe()} belongs "
                              "to another run (its fingerprint differs); remove it to start over")
@@ -427,7 +429,7 @@ def predict(weights: Path, coco_json: Path, shards: list[Path], hp: dict,
     """COCO-format detections (xywh boxes, category ids, scores) for every image of a split."""
     torch.set_num_threads(max(1, threads))
     device = torch.device(device_name())
-    saved = torch.load(weights, map_location="cpu", weights_only=True)
+    saved = read_weights(weights)
     model = prediction_model(saved, saved["image_size"], hp["score_threshold"],
                              hp["max_detections"], device)
     dataset = ShardChips(coco_json, shards)

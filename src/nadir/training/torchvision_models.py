@@ -1,17 +1,19 @@
 """torchvision detection architectures by catalogue key, built for a class count and chip size.
 
-Every builder starts from random init. ImageNet backbone weights are loaded by torchvision itself
-from a file we already fetched and verified (placed in a private torch hub cache, so torchvision
-never downloads); COCO weights are loaded into every layer whose shape matches, which leaves only
-the class-specific layers random.
+Every builder starts from random init. Weights files are read by nadir only, with torch's
+restricted unpickler (`nadir.training.weights.read_weights`): torchvision would unpickle them
+with `weights_only=False`. For ImageNet backbones, torchvision's builder is still given the
+weights enum, because it builds a different architecture for a pretrained backbone (SSDlite's
+full tail, frozen BatchNorm and trainable layers of the R50 detectors); when it asks the enum
+for its tensors, it gets those nadir read (`_torchvision_gets`), so it never downloads or
+unpickles anything. COCO weights are loaded into every layer whose shape matches, which leaves
+only the class-specific layers random.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import tempfile
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,8 +21,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from nadir.errors import NadirError
+from nadir.errors import InputError, NadirError
 from nadir.training.catalogue import WeightSource, entry, weight_source
+from nadir.training.weights import read_weights
 
 log = logging.getLogger(__name__)
 
@@ -136,18 +139,24 @@ BUILDERS: dict[str, Callable[[int, int, str | None], nn.Module]] = {
 
 
 @contextlib.contextmanager
-def _hub_cache_holding(weights_file: Path, source: WeightSource) -> Iterator[None]:
-    """A throwaway torch hub cache in which torchvision finds `source` already downloaded."""
-    previous = torch.hub.get_dir()
-    with tempfile.TemporaryDirectory(prefix="nadir-hub-") as hub:
-        cached = Path(hub) / "checkpoints" / source.file_name
-        cached.parent.mkdir()
-        os.symlink(Path(weights_file).resolve(), cached)
-        torch.hub.set_dir(hub)
-        try:
-            yield
-        finally:
-            torch.hub.set_dir(previous)
+def _torchvision_gets(state: dict, source: WeightSource, weights_file: Path) -> Iterator[None]:
+    """While a model is built, torchvision's request for `source`'s tensors (the public
+    `WeightsEnum.get_state_dict`, which would download and unpickle the file) returns `state`,
+    read by nadir; a request for any other weights is an error, never a download."""
+    from torchvision.models import WeightsEnum
+
+    def fetched_state(weights: WeightsEnum, *args, **kwargs) -> dict:
+        if weights.url != source.url:
+            raise NadirError(f"torchvision asked for {weights.url}, but the run's weights file "
+                             f"is {weights_file} ({source.url})")
+        return state
+
+    original = WeightsEnum.get_state_dict
+    WeightsEnum.get_state_dict = fetched_state
+    try:
+        yield
+    finally:
+        WeightsEnum.get_state_dict = original
 
 
 def load_matching(model: nn.Module, state: dict, origin: str) -> dict:
@@ -180,10 +189,14 @@ def build_model(name: str, num_classes: int, size: int, pretrained: str = "none"
     if weights_file is None:
         raise NadirError(f"model {name!r} with pretrained: {pretrained} needs its weights file "
                          f"({source.file_name}); the fetch_weights rule provides it")
+    state = read_weights(weights_file)
     if pretrained == "imagenet":
-        with _hub_cache_holding(weights_file, source):
-            return build(num_classes, size, source.torchvision_enum)
+        with _torchvision_gets(state, source, weights_file):
+            try:
+                return build(num_classes, size, source.torchvision_enum)
+            except RuntimeError as error:  # load_state_dict's missing or unexpected keys
+                raise InputError(weights_file, f"does not fit {name}'s backbone: "
+                                               f"{str(error).splitlines()[0]}") from None
     model = build(num_classes, size, None)
-    load_matching(model, torch.load(weights_file, map_location="cpu", weights_only=True),
-                  str(weights_file))
+    load_matching(model, state, str(weights_file))
     return model
