@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 import s3server
 from conftest import ROOT
-from dataset_builders import FileServer, write_geotiff, write_png
+from dataset_builders import FileServer, part_files, write_geotiff, write_png
 from s3proxy import FaultProxy
 
 from nadir.chipping import ChipParams, chip_shard
@@ -331,13 +331,13 @@ def _(tmp_path):
 @case("archive-zip-entry-escaping")
 def _(tmp_path):
     archive = valid_zip(tmp_path / "evil.zip", {"ok.txt": b"1", "../evil.txt": b"2"})
-    expect_archive_error(tmp_path, archive, r"member '\.\./evil\.txt' would be written outside")
+    expect_archive_error(tmp_path, archive, r"evil\.zip: member '\.\./evil\.txt' leads outside")
 
 
 @case("archive-tar-entry-escaping")
 def _(tmp_path):
     archive = tar_with(tmp_path / "evil.tar", lambda tf: add_file(tf, "../evil.txt", b"2"))
-    expect_archive_error(tmp_path, archive, r"evil\.tar: refused: .*outside")
+    expect_archive_error(tmp_path, archive, r"evil\.tar: member '\.\./evil\.txt' leads outside")
 
 
 @case("archive-tar-link-escaping")
@@ -346,7 +346,8 @@ def _(tmp_path):
         link = tarfile.TarInfo("evil.txt")
         link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
         tf.addfile(link)
-    expect_archive_error(tmp_path, tar_with(tmp_path / "link.tar", add), r"link\.tar: refused")
+    expect_archive_error(tmp_path, tar_with(tmp_path / "link.tar", add),
+                         r"link\.tar: member 'evil\.txt' refused: .*absolute path")
 
 
 @case("archive-nested")
@@ -467,7 +468,7 @@ def _(tmp_path):
     try:
         dest = expect_download_error(tmp_path, server, r"connection closed after 100000 of "
                                                        r"256000 bytes")
-        assert dest.with_name("data.bin.part").stat().st_size == 100_000  # kept to resume
+        assert [p.stat().st_size for p in part_files(dest)] == [100_000]  # kept to resume
         rerun_gives_the_payload(tmp_path, server)
         assert server.requests[-1] == ("/data.bin", "bytes=100000-")
     finally:

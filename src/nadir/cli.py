@@ -58,10 +58,8 @@ def cmd_index_fetched(args, tables) -> None:
 def cmd_fetch(args) -> None:
     from nadir.fetch import FetchSettings, fetch_dataset, write_scene_manifest
 
-    settings = json.loads(args.settings)
     manifest = fetch_dataset(args.dataset, json.loads(args.spec), Path(args.files_dir),
-                             FetchSettings(Path(settings["cache_dir"]), settings["retries"],
-                                           settings["timeout_s"]))
+                             FetchSettings.from_config(json.loads(args.settings)))
     write_scene_manifest(manifest, Path(args.manifest))
 
 
