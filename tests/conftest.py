@@ -176,13 +176,22 @@ class DatasetsRun(SampleRun):
     """The S3 run of a DOTA-format and an xView-format dataset (dataset_builders)."""
 
     xview: dict  # what make_xview built: its files and object counts
+    served: list  # the requests the HTTP server answered: (path with query, Range header)
+
+
+# The query of a pre-signed URL, as S3 and CDNs issue them: a secret for as long as it is
+# valid. The S3 run fetches and infers from URLs carrying it; it must appear in no record.
+PRESIGNED_SECRETS = ["AKIAEXAMPLE7Q", "5ec4e7a1f00dbadc0ffee5ec4e7a1f00d", "tok-8c1d2e3f4a5b"]
+PRESIGNED_QUERY = ("X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential={}&X-Amz-Signature={}&"
+                   "token={}".format(*PRESIGNED_SECRETS))
 
 
 @pytest.fixture(scope="session")
 def s3_run(s3, tmp_path_factory) -> DatasetsRun:
     """The pipeline with S3 as the default storage (prefix `run1` of S3_BUCKET) on two datasets
     in the benchmarks' own formats, made by the tests: a DOTA v1.5 one fetched from placed files
-    (a zip and a folder) and an xView one fetched over HTTP; and its report. Run once for every
+    (a zip and a folder) and an xView one fetched over HTTP from a pre-signed URL; inference
+    with the xView run on a scene at a pre-signed URL; and its report. Run once for every
     end-to-end S3 test (tests/test_s3_pipeline.py). The sample dataset's own S3 run is the
     Kubernetes test's (tests/test_kubernetes_e2e.py)."""
     root = tmp_path_factory.mktemp("s3-datasets")
@@ -196,16 +205,19 @@ def s3_run(s3, tmp_path_factory) -> DatasetsRun:
              "sha256": sha256(dota_sources["train"])},
             {"url": str(dota_sources["val"]), "split": "val"}]},
         "xv": {"format": "xview", "split": {"val_fraction": 0.25, "seed": 1}, "source": [
-            {"url": f"{server.url}/{built['images'].name}", "sha256": sha256(built["images"])},
+            {"url": f"{server.url}/{built['images'].name}?{PRESIGNED_QUERY}",
+             "sha256": sha256(built["images"])},
             {"url": f"{server.url}/{built['labels'].name}"}]},
     }
+    config["inference"] = {"runs": [f"xv/{SAMPLE_MODEL}"], "scenes": [
+        {"name": "remote", "source": f"{server.url}/train_images/1000.tif?{PRESIGNED_QUERY}"}]}
     config_path = root / "config.yaml"
     config_path.write_text(yaml.safe_dump(config))
     workdir = tmp_path_factory.mktemp("s3-run")
     args = s3_args(s3, "run1", config_path)
     run = run_snakemake(workdir, *args, env=s3.env())
     report = run_snakemake(workdir, *args, "--report", "report.html", env=s3.env())
-    yield DatasetsRun(workdir, args, run, report, built)
+    yield DatasetsRun(workdir, args, run, report, built, server.requests)
     server.stop()
 
 

@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import ssl
 import struct
+import subprocess
+import sys
 import tarfile
 import threading
 import time
@@ -280,3 +284,88 @@ def tar_gz_bomb(path: Path, size: int = 400 << 20, name: str = "bomb.bin") -> Pa
     path.write_bytes(b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x02\xff" + head + zeros
                      + struct.pack("<2L", crc, total & 0xFFFFFFFF))
     return path
+
+
+def self_signed(folder: Path) -> Path:
+    """A self-signed certificate for 127.0.0.1, key and certificate in one file (trusted by a
+    client through SSL_CERT_FILE)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    pem, cert = folder / "localhost.pem", folder / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1", "-subj",
+                    "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout",
+                    str(pem), "-out", str(cert)], check=True, capture_output=True)
+    pem.write_text(pem.read_text() + cert.read_text())
+    return pem
+
+
+class Redirecting:
+    """An https server on 127.0.0.1 that answers /final with `body` and anything else with a
+    302 to `location` (changeable)."""
+
+    def __init__(self, certificate: Path, location: str, body: bytes = b""):
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):  # noqa: N802 - http.server's naming
+                final = self.path == "/final"
+                self.send_response(200 if final else 302)
+                if not final:
+                    self.send_header("Location", self.server.location)
+                self.send_header("Content-Length", str(len(body) if final else 0))
+                self.end_headers()
+                if final:
+                    self.wfile.write(body)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.location = location
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(certificate)
+        self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
+        self.url = f"https://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+FETCH_IN_A_PROCESS = """
+import sys
+from pathlib import Path
+from nadir.fetch import FetchSettings, download
+from nadir.training.weights import fetch_weights
+url, dest, how = sys.argv[1:]
+settings = FetchSettings(Path(dest).parent, 0, 20.0)
+if how == "dataset":
+    print(download(url, Path(dest), None, settings))
+else:
+    print(fetch_weights(url, None, Path(dest), settings)["sha256"])
+"""
+
+
+def fetch_in_two_processes(tmp_path: Path, how: str) -> tuple[list[str], int, list[str]]:
+    """Two processes fetch one 2 MiB URL (`how`: as a dataset source or as pretrained weights)
+    at the same moment from a server slow to answer. Returns the digests they print, how many
+    requests the server got, and the files left in the cache folder."""
+    root = tmp_path / "www"
+    root.mkdir()
+    payload = os.urandom(2 << 20)
+    (root / "f.bin").write_bytes(payload)
+    server = FileServer(root, script=["stall", "stall"], stall_s=2.0)
+    dest = tmp_path / "cache" / "f.bin"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    try:
+        processes = [subprocess.Popen([sys.executable, "-c", FETCH_IN_A_PROCESS,
+                                       f"{server.url}/f.bin", str(dest), how], env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                     for _ in range(2)]
+        results = [p.communicate(timeout=120) + (p.returncode,) for p in processes]
+    finally:
+        server.stop()
+    assert [code for _, _, code in results] == [0, 0], results
+    assert dest.read_bytes() == payload
+    digests = [out.strip() for out, _, _ in results]
+    assert digests[0] == hashlib.sha256(payload).hexdigest()
+    return digests, len(server.requests), sorted(p.name for p in dest.parent.iterdir())

@@ -9,25 +9,18 @@ import hashlib
 import io
 import os
 import shutil
-import ssl
 import stat
-import subprocess
-import sys
 import tarfile
-import textwrap
-import threading
 import zipfile
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 import s3server
-from conftest import ROOT
-from dataset_builders import FileServer, part_files, tar_gz_bomb, zip_bomb
+from dataset_builders import FileServer, fetch_in_two_processes, part_files, zip_bomb
 from s3proxy import FaultProxy
 
 from nadir.errors import InputError, NadirError
-from nadir.fetch import ChecksumError, FetchSettings, SourceEntry, download, extract, fetch_s3
+from nadir.fetch import FetchSettings, SourceEntry, download, extract, fetch_s3
 from nadir.urls import redirect_refusal
 
 SENTINEL = b"the user's own file"
@@ -195,44 +188,6 @@ def test_an_inner_archive_may_not_leave_its_own_folder(tmp_path, outside):
 
 # --- expansion caps ----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("bomb, name", [(zip_bomb, "bomb.zip"), (tar_gz_bomb, "bomb.tar.gz")])
-def test_a_compression_bomb_stops_at_the_ratio_before_its_member_is_written(tmp_path, bomb,
-                                                                           name, monkeypatch):
-    """0.4 MB that expands to 400 MiB (1,000 times) against the default caps: refused
-    naming the key to raise, and not one byte of the expansion is written (the size of the
-    extraction folder is measured as it is removed)."""
-    archive = bomb(tmp_path / name)
-    assert archive.stat().st_size < 500_000
-    removed = []
-    real_rmtree = shutil.rmtree
-
-    def measured_rmtree(path, *args, **kwargs):
-        if Path(path).exists():
-            removed.append(sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file()))
-        real_rmtree(path, *args, **kwargs)
-
-    monkeypatch.setattr(shutil, "rmtree", measured_rmtree)
-    with pytest.raises(InputError, match=r"member 'bomb\.bin' would expand bomb\..* past "
-                                         r"fetch\.max_expansion_ratio \(200 times\)"):
-        extract(archive, tmp_path / "out", FetchSettings(tmp_path / "cache"))
-    assert removed == [0]
-    assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
-
-
-def test_many_members_stop_at_the_member_and_byte_caps_and_write_no_further(tmp_path):
-    archive = zip_with(tmp_path / "many.zip", [(f"f{i:03d}.bin", bytes(1000)) for i in range(50)])
-    with pytest.raises(InputError, match=r"member 'f010\.bin' is one more than "
-                                         r"fetch\.max_archive_members \(10\)"):
-        extract(archive, tmp_path / "a", settings(tmp_path, max_archive_members=10))
-    with pytest.raises(InputError, match=r"member 'f005\.bin' would take the extracted bytes "
-                                         r"past fetch\.max_extracted_bytes \(5500\)"):
-        extract(archive, tmp_path / "b", settings(tmp_path, max_extracted_bytes=5_500))
-    assert not list(tmp_path.glob("[ab]*"))
-    extract(archive, tmp_path / "c", settings(tmp_path, max_archive_members=50,
-                                              max_extracted_bytes=50_000))
-    assert len(list((tmp_path / "c").iterdir())) == 50  # exactly at the caps: accepted
-
-
 def test_nested_archives_share_one_budget(tmp_path):
     """An archive of archives (42.zip's trick) counts every level against one budget: four
     inner archives of 8 MiB each pass a 20 MiB cap one by one, not together."""
@@ -301,43 +256,6 @@ def served(tmp_path: Path, **options) -> FileServer:
     return FileServer(root, **options)
 
 
-@pytest.mark.parametrize("announce, pattern", [
-    (lambda n: None, r"the server sends a body without Content-Length"),
-    (lambda n: 10 ** 13, r"the server announces 10000000000000 bytes"),
-], ids=["no-content-length", "announces-too-much"])
-def test_a_body_past_max_download_bytes_is_stopped_and_nothing_kept(tmp_path, announce, pattern):
-    server = served(tmp_path, announce=announce)
-    dest = tmp_path / "cache" / "data.bin"
-    try:
-        with pytest.raises(NadirError, match=pattern + r", .*more than fetch\.max_download_bytes "
-                                                       r"\(100000\); .*raise that key"):
-            download(f"{server.url}/data.bin", dest, None,
-                     settings(tmp_path, max_download_bytes=100_000))
-        assert not dest.exists() and not part_files(dest)
-        if announce(1) is None:  # a body without a length, within the cap, is accepted
-            download(f"{server.url}/data.bin", dest, None,
-                     settings(tmp_path, max_download_bytes=len(PAYLOAD)))
-            assert dest.read_bytes() == PAYLOAD
-    finally:
-        server.stop()
-
-
-def test_a_body_longer_than_announced_is_cut_at_the_announced_length_and_checked(tmp_path):
-    """A server that announces half of what it sends: nothing past the announced length is
-    read or written, and with a configured digest the short file is refused."""
-    server = served(tmp_path, announce=lambda n: n // 2)
-    dest = tmp_path / "cache" / "data.bin"
-    try:
-        with pytest.raises(ChecksumError, match="SHA-256 mismatch"):
-            download(f"{server.url}/data.bin", dest, hashlib.sha256(PAYLOAD).hexdigest(),
-                     settings(tmp_path))
-        assert not dest.exists() and not part_files(dest)
-        download(f"{server.url}/data.bin", dest, None, settings(tmp_path))
-        assert dest.read_bytes() == PAYLOAD[:len(PAYLOAD) // 2]
-    finally:
-        server.stop()
-
-
 @pytest.mark.parametrize("old, new, refused", [
     ("https://8.8.8.8/a.zip", "http://8.8.8.8/a.zip", "leaves https for http"),
     ("https://8.8.8.8/a.zip", "https://1.1.1.1/b.zip", None),        # another public host
@@ -354,118 +272,14 @@ def test_redirect_decisions(old, new, refused):
     assert reason is None if refused is None else refused in reason
 
 
-@pytest.fixture(scope="module")
-def certificate(tmp_path_factory) -> Path:
-    """A self-signed certificate for 127.0.0.1 (key and certificate in one file)."""
-    folder = tmp_path_factory.mktemp("tls")
-    pem = folder / "localhost.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
-                    "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1",
-                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-                    "-keyout", str(pem), "-out", str(folder / "cert.pem")],
-                   check=True, capture_output=True)
-    pem.write_text(pem.read_text() + (folder / "cert.pem").read_text())
-    return pem
-
-
-class Redirecting:
-    """An https server on 127.0.0.1 answering /final with PAYLOAD and anything else with a
-    302 to `location`."""
-
-    def __init__(self, certificate: Path, location: str):
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_GET(self):  # noqa: N802 - http.server's naming
-                final = self.path == "/final"
-                self.send_response(200 if final else 302)
-                if not final:
-                    self.send_header("Location", self.server.location)
-                self.send_header("Content-Length", str(len(PAYLOAD) if final else 0))
-                self.end_headers()
-                if final:
-                    self.wfile.write(PAYLOAD)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.location = location
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(certificate)
-        self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
-        self.url = f"https://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
-def test_an_https_download_is_not_redirected_to_http(tmp_path, certificate, monkeypatch):
-    """A local TLS server (trusted through SSL_CERT_FILE) redirects to plain http: refused
-    before any request goes out in clear. The same server redirecting to https is followed,
-    so the refusal is the redirect's, not the certificate's."""
-    monkeypatch.setenv("SSL_CERT_FILE", str(certificate))
-    plain = served(tmp_path)
-    secure = Redirecting(certificate, f"{plain.url}/data.bin?token=s3cr3t")
-    dest = tmp_path / "cache" / "data.bin"
-    try:
-        with pytest.raises(NadirError, match=r"redirects to http://127\.0\.0\.1:\d+/data\.bin"
-                                             r"\?redacted-\w+, refused because it leaves https "
-                                             r"for http") as error:
-            download(f"{secure.url}/data.bin", dest, None, settings(tmp_path, retries=2))
-        assert "s3cr3t" not in str(error.value)
-        assert plain.requests == [] and not dest.exists()
-        secure.httpd.location = f"{secure.url}/final"
-        download(f"{secure.url}/data.bin", dest, None, settings(tmp_path))
-        assert dest.read_bytes() == PAYLOAD
-    finally:
-        secure.stop()
-        plain.stop()
-
-
 # --- two processes, one cache entry ----------------------------------------------------------
 
-FETCH_IN_A_PROCESS = textwrap.dedent("""
-    import sys
-    from pathlib import Path
-    from nadir.fetch import FetchSettings, download
-    from nadir.training.weights import fetch_weights
-    url, dest, how = sys.argv[1:]
-    settings = FetchSettings(Path(dest).parent, 0, 20.0)
-    if how == "dataset":
-        print(download(url, Path(dest), None, settings))
-    else:
-        print(fetch_weights(url, None, Path(dest), settings)["sha256"])
-""")
-
-
-@pytest.mark.parametrize("how", ["dataset", "weights"])
-def test_two_processes_fetching_one_url_get_one_correct_file(tmp_path, how):
-    """Two jobs download the same 2 MiB file at the same moment, the server slow to answer:
-    without a lock both appended to one part file and a 4 MiB file was accepted. Now one
-    downloads, the other waits and finds the file: one request, one correct file, no part or
-    lock left behind."""
-    root = tmp_path / "www"
-    root.mkdir()
-    payload = os.urandom(2 << 20)
-    (root / "f.bin").write_bytes(payload)
-    server = FileServer(root, script=["stall", "stall"], stall_s=2.0)
-    dest = tmp_path / "cache" / "f.bin"
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    try:
-        processes = [subprocess.Popen([sys.executable, "-c", FETCH_IN_A_PROCESS,
-                                       f"{server.url}/f.bin", str(dest), how], env=env,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                     for _ in range(2)]
-        results = [p.communicate(timeout=120) + (p.returncode,) for p in processes]
-    finally:
-        server.stop()
-    digest = hashlib.sha256(payload).hexdigest()
-    assert [(out.strip(), code) for out, _, code in results] == [(digest, 0)] * 2, results
-    assert dest.read_bytes() == payload
-    assert len(server.requests) == 1
-    left = sorted(p.name for p in dest.parent.iterdir())
-    assert left == (["f.bin"] if how == "dataset" else ["f.bin", "f.bin.json"])
+def test_two_jobs_fetching_one_weights_file_get_it_once(tmp_path):
+    """As two datasets' fetches of one URL (docs/faults.md, http-same-url-two-processes):
+    two training jobs asking for the same pretrained weights download them once, and both
+    find the file and its record."""
+    digests, requests, left = fetch_in_two_processes(tmp_path, "weights")
+    assert len(set(digests)) == 1 and requests == 1 and left == ["f.bin", "f.bin.json"]
 
 
 def test_a_part_left_by_a_killed_process_is_resumed_by_the_next(tmp_path):

@@ -42,6 +42,12 @@ def redact(url: str) -> str:
     return urlunsplit((parts.scheme, host, parts.path, f"{MARKER}{digest}", ""))
 
 
+def scrub(text: str, url: str) -> str:
+    """`text` (a library's error message, which may quote the URL it failed on) with `url`
+    in its redacted form."""
+    return text.replace(url, redact(url)) if redact(url) != url else text
+
+
 def is_redacted(url: str) -> bool:
     return "://" in url and urlsplit(url).query.startswith(MARKER)
 
