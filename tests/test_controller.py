@@ -50,7 +50,7 @@ def test_a_second_controller_stops_and_the_first_releases(store):
 
 
 def test_a_crashed_controller_is_taken_over_only_when_known_gone_or_asked(store, caplog):
-    store.write(foreign())  # another machine: nothing here can tell whether it still runs
+    store.create(foreign())  # another machine: nothing here can tell whether it still runs
     with pytest.raises(ControllerLockError, match=r"pid 4242 of alice on gpu-login-2, in "
                                                   r"/home/alice/nadir, since 2026-12-07"):
         claim(store, take_over=False)
@@ -63,18 +63,18 @@ def test_a_crashed_controller_is_taken_over_only_when_known_gone_or_asked(store,
     release(store, mine)
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True).stdout.strip()
-    store.write(foreign(host=socket.gethostname(), pid=int(dead)))  # this machine, exited
+    store.create(foreign(host=socket.gethostname(), pid=int(dead)))  # this machine, exited
     with caplog.at_level(logging.WARNING, logger="nadir.controller"):
         release(store, claim(store, take_over=False))
     assert "which no longer runs; taking it over" in caplog.text
-    store.write(b"{not json")
+    store.create(b"{not json")
     with pytest.raises(ControllerLockError, match="an unreadable owner record"):
         claim(store, take_over=False)
 
 
 def test_take_over_comes_from_the_environment(tmp_path, monkeypatch):
     store = LocalOwner(tmp_path)
-    store.write(foreign())
+    store.create(foreign())
     monkeypatch.setenv("NADIR_TAKE_OVER", "1")
     release(store, claim(store))
     assert not (tmp_path / OWNER_FILE).exists()
@@ -85,3 +85,20 @@ def test_where_the_record_lives(tmp_path):
     assert owner_store("s3://bucket/runs/a/", "http://x").describe() == \
         f"s3://bucket/runs/a/{OWNER_FILE}"
     assert owner_store("s3://bucket", None).describe() == f"s3://bucket/{OWNER_FILE}"
+
+
+def test_of_two_controllers_starting_at_once_one_goes_on(store, monkeypatch):
+    """The other controller's record appears between this one's look and its write: the
+    conditional write (S3 `If-None-Match: *`, a local exclusive create) refuses."""
+    store.create(foreign())
+    real_read = store.read
+    looks = []
+
+    def read_too_early():
+        looks.append(1)
+        return None if len(looks) == 1 else real_read()
+
+    monkeypatch.setattr(store, "read", read_too_early)
+    with pytest.raises(ControllerLockError, match="claimed .* at the same moment"):
+        claim(store, take_over=False)
+    assert real_read() == foreign()

@@ -852,7 +852,7 @@ def _(tmp_path, monkeypatch):
     """Another machine's controller owns the folder (or S3 prefix): stopped, naming it, until
     the user says it is gone (NADIR_TAKE_OVER=1)."""
     store = owner_store(None, folder=tmp_path)
-    store.write(json.dumps(OTHER_CONTROLLER).encode())
+    store.create(json.dumps(OTHER_CONTROLLER).encode())
     monkeypatch.delenv("NADIR_TAKE_OVER", raising=False)
     with pytest.raises(ControllerLockError, match=r"another controller is running on these "
                                                   r"results \(pid 4242 of alice on gpu-login-2.*"
@@ -869,7 +869,7 @@ def _(tmp_path, caplog):
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True).stdout
     store = owner_store(None, folder=tmp_path)
-    store.write(json.dumps({**OTHER_CONTROLLER, "host": socket.gethostname(),
+    store.create(json.dumps({**OTHER_CONTROLLER, "host": socket.gethostname(),
                             "pid": int(gone)}).encode())
     with caplog.at_level(logging.WARNING, logger="nadir.controller"):
         release(store, claim(store, take_over=False))

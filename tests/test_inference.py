@@ -267,6 +267,8 @@ def test_scene_sources_paths_urls_stac_and_prefixes(tmp_path):
     "ftp://example.org/a.tif",
     "gs://bucket/a.tif",
     "vsis3:/bucket/a.tif",
+    "s3://named-bucket/../other-bucket/a.tif",       # GDAL would read another bucket
+    "s3://named-bucket//a.tif",
 ])
 def test_a_stac_href_outside_the_allowed_kinds_is_refused_naming_item_and_href(tmp_path, href):
     folder = tmp_path / "catalogue"

@@ -170,7 +170,8 @@ def test_links_and_odd_names_that_stay_inside_are_extracted(tmp_path, outside):
 
 def test_a_name_too_long_for_the_file_system_is_an_error_naming_it(tmp_path):
     archive = zip_with(tmp_path / "long.zip", [("x" * 300 + ".png", b"png")])
-    with pytest.raises(InputError, match=r"long\.zip: member 'x{300}\.png' cannot be written"):
+    with pytest.raises(InputError, match=r"long\.zip: member 'x{300}\.png' has a name longer "
+                                         r"than the 255 bytes"):
         extract(archive, tmp_path / "out", settings(tmp_path))
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
 
@@ -244,6 +245,22 @@ def test_an_s3_key_that_would_land_outside_is_refused_before_anything_is_written
     assert [m for m, p in proxy.seen[seen:] if "list-type" not in p] == []  # nothing fetched
 
 
+def test_an_s3_key_too_long_for_the_file_system_is_refused_before_any_download(tmp_path,
+                                                                               hostile_s3):
+    server, proxy = hostile_s3
+    server.client().put_object(Bucket="pub", Key="long/x.tif", Body=b"x")
+    shown = "long/" + "x" * 300 + ".tif"
+    proxy.listed_as = {"long/x.tif": shown}
+    try:
+        with pytest.raises(InputError, match=rf"s3://pub: key '{shown}' has a name longer "
+                                             r"than the 255 bytes"):
+            fetch_s3(SourceEntry("s3://pub/long/", endpoint_url=proxy.endpoint), tmp_path / "d",
+                     lambda rel: "image", settings(tmp_path))
+    finally:
+        proxy.listed_as = {}
+    assert not (tmp_path / "d").exists()
+
+
 # --- downloads -------------------------------------------------------------------------------
 
 PAYLOAD = bytes(range(256)) * 1_200  # 307,200 bytes
@@ -273,6 +290,14 @@ def test_redirect_decisions(old, new, refused):
 
 
 # --- two processes, one cache entry ----------------------------------------------------------
+
+@pytest.mark.parametrize("url", ["file:///etc/passwd", "ftp://127.0.0.1/a.zip",
+                                 "data:text/plain,hello"])
+def test_only_http_urls_are_downloaded(tmp_path, url):
+    with pytest.raises(NadirError, match="only http\\(s\\) URLs are downloaded"):
+        download(url, tmp_path / "cache" / "x", None, settings(tmp_path))
+    assert not (tmp_path / "cache" / "x").exists()
+
 
 def test_two_jobs_fetching_one_weights_file_get_it_once(tmp_path):
     """As two datasets' fetches of one URL (docs/faults.md, http-same-url-two-processes):

@@ -3,8 +3,9 @@ working directory) stops before it runs a job.
 
 Two controllers on one prefix overwrite each other's outputs and clear each other's
 checkpoints. The workflow's onstart handler (workflow/rules/controller.smk) claims the location
-by writing an owner record, `.nadir-controller.json` under the default storage prefix (or in the
-working directory), and reading it back; onsuccess and onerror remove it. Jobs never claim it:
+by creating an owner record, `.nadir-controller.json` under the default storage prefix (or in
+the working directory), only where none exists, and reading it back; onsuccess and onerror
+remove it. Jobs never claim it:
 Snakemake starts them with `--no-hooks` (in pods and local subprocesses alike), and a dry run, a
 report or a run with nothing to do never reach onstart.
 
@@ -49,10 +50,15 @@ class LocalOwner:
         except FileNotFoundError:
             return None
 
-    def write(self, data: bytes) -> None:
-        partial = self.path.with_name(f"{OWNER_FILE}.partial-{os.getpid()}")
-        partial.write_bytes(data)
-        os.replace(partial, self.path)
+    def create(self, data: bytes) -> bool:
+        """Write the record unless one exists (atomically); whether it was written."""
+        try:
+            handle = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
+        return True
 
     def delete(self) -> None:
         self.path.unlink(missing_ok=True)
@@ -99,16 +105,24 @@ class S3Owner:
                 return None
             raise NadirError(f"cannot read {self.describe()}: {error}") from None
 
-    def write(self, data: bytes) -> None:
+    def create(self, data: bytes) -> bool:
+        """Write the record unless one exists (a conditional PUT, `If-None-Match: *`, as AWS
+        documents it and SeaweedFS honours it; a server that ignores it is caught, outside a
+        race, by `claim`'s read-back); whether it was written."""
         from botocore.exceptions import ClientError
 
+        put = {"Bucket": self.bucket, "Key": self.key, "Body": data, "IfNoneMatch": "*"}
         try:
-            self.client.put_object(Bucket=self.bucket, Key=self.key, Body=data)
+            self.client.put_object(**put)
         except ClientError as error:
-            if error.response.get("Error", {}).get("Code") != "NoSuchBucket":
+            code = error.response.get("Error", {}).get("Code")
+            if code in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+                return False
+            if code != "NoSuchBucket":
                 raise NadirError(f"cannot write {self.describe()}: {error}") from None
             self.client.create_bucket(Bucket=self.bucket)
-            self.client.put_object(Bucket=self.bucket, Key=self.key, Body=data)
+            self.client.put_object(**put)
+        return True
 
     def delete(self) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=self.key)
@@ -172,9 +186,11 @@ def claim(store: LocalOwner | S3Owner, take_over: bool | None = None) -> dict:
         if take_over:
             log.warning("taking over %s from %s (%s is set)", store.describe(), _describe(owner),
                         TAKE_OVER)
+            store.delete()
         elif _gone(owner):
             log.warning("%s was left by %s, which no longer runs; taking it over",
                         store.describe(), _describe(owner))
+            store.delete()
         else:
             raise ControllerLockError(
                 f"another controller is running on these results ({_describe(owner)}; "
@@ -184,8 +200,9 @@ def claim(store: LocalOwner | S3Owner, take_over: bool | None = None) -> dict:
                 "(docs/faults.md)")
     mine = _this_controller()
     data = json.dumps(mine, indent=1).encode()
-    store.write(data)
-    if store.read() != data:
+    # Created only where none exists, then read back (for a server that ignores the
+    # condition): of two controllers starting at once, one goes on.
+    if not store.create(data) or store.read() != data:
         raise ControllerLockError(f"another controller claimed {store.describe()} at the same "
                                   "moment; this one stops")
     log.info("this controller owns %s", store.describe())

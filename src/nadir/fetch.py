@@ -327,9 +327,10 @@ def _attempt(url: str, part: PartialDownload, dest: Path, settings: FetchSetting
     shown = redact(url)
     if part.resumable():
         headers = {"Range": f"bytes={part.size}-", "If-Range": part.validator}
+    # Only http(s) URLs reach here (`download` checks), and redirects pass _CheckedRedirects.
+    request = Request(url, headers=headers)  # noqa: S310
     try:
-        response = build_opener(_CheckedRedirects).open(Request(url, headers=headers),
-                                                        timeout=settings.timeout_s)
+        response = build_opener(_CheckedRedirects).open(request, timeout=settings.timeout_s)
     except HTTPError as exc:
         if exc.code != 416 or not headers:
             raise
@@ -367,6 +368,8 @@ def download(url: str, dest: Path, sha256: str | None, settings: FetchSettings) 
 
     Returns the file's SHA-256 (computed once, while verifying it)."""
     shown = redact(url)
+    if urlparse(url).scheme not in ("http", "https"):
+        raise NadirError(f"download of {shown}: only http(s) URLs are downloaded")
     with cache_entry_lock(dest):
         if dest.exists():
             log.info("already downloaded: %s", dest)
@@ -505,19 +508,23 @@ def fetch_s3(entry: SourceEntry, dest: Path, wanted: Callable[[str], str | None]
     with cache.locked():
         for n, key in enumerate(selected, start=1):
             cached, target = targets[key]
-            if cache.holds(key, objects[key]):
-                reused += 1
-            else:
-                cached.parent.mkdir(parents=True, exist_ok=True)
-                part = cached.with_name(f"{cached.name}.part-{os.getpid()}")
-                _s3_call(f"download of s3://{bucket}/{key}",
-                         lambda key=key, part=part: client.download_file(
-                             bucket, key, str(part), Config=transfer))
-                os.replace(part, cached)
-                cache.add(key, objects[key])
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.unlink(missing_ok=True)
-            _link_or_copy(str(cached), str(target))
+            try:
+                if cache.holds(key, objects[key]):
+                    reused += 1
+                else:
+                    cached.parent.mkdir(parents=True, exist_ok=True)
+                    part = cached.with_name(f"{cached.name}.part-{os.getpid()}")
+                    _s3_call(f"download of s3://{bucket}/{key}",
+                             lambda key=key, part=part: client.download_file(
+                                 bucket, key, str(part), Config=transfer))
+                    os.replace(part, cached)
+                    cache.add(key, objects[key])
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.unlink(missing_ok=True)
+                _link_or_copy(str(cached), str(target))
+            except OSError as exc:  # a name the file system cannot hold (too long, ...)
+                raise InputError(f"s3://{bucket}", f"key {key!r} cannot be written to "
+                                                   f"{target} ({exc.strerror or exc})") from None
             if n % 100 == 0 or n == len(selected):
                 log.info("s3: %d/%d objects from %s (%d from the cache)", n, len(selected),
                          entry.url, reused)

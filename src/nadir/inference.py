@@ -95,15 +95,27 @@ def is_listing(location: str) -> bool:
         location.lower().endswith(".json")
 
 
+def plain_s3_key(location: str, what: str, origin: str | Path) -> str:
+    """An s3:// location whose key has no empty, `.` or `..` segment: GDAL or a server may
+    normalise those into another key, or another bucket, read with the keys of this one."""
+    key = urlsplit(location).path.removeprefix("/")
+    if any(part in ("", ".", "..") for part in key.split("/")):
+        raise InputError(origin, f"{what}: an S3 key with an empty, '.' or '..' segment is "
+                         "refused")
+    return location
+
+
 def stac_location(catalogue: Path, item: str, href: str) -> str:
     """Where a STAC asset is read. A catalogue is untrusted input: http(s):// and s3:// hrefs
     are taken as they are, a relative path must stay under the catalogue's folder; absolute
     local paths, `../` out of the folder, file:// and every other scheme are refused (they
     would let a catalogue choose any file, or any GDAL driver prefix, on the machine)."""
     scheme = urlsplit(href).scheme.lower()
-    if scheme in ("http", "https", "s3"):
-        return href
     what = f"item {item!r}: asset href {redact(href)!r}"
+    if scheme == "s3":
+        return plain_s3_key(href, what, catalogue)
+    if scheme in ("http", "https"):
+        return href
     if scheme or href.startswith(("/", "\\")):
         raise InputError(catalogue, f"{what} is refused: an href must be an http(s):// or "
                          "s3:// URL or a path relative to the catalogue's folder")
@@ -206,7 +218,9 @@ def list_s3_prefix(prefix: str, endpoint: str | None) -> list[SceneSource]:
                                                                  Prefix=key_prefix):
         for obj in page.get("Contents", []):
             if obj["Key"].lower().endswith(RASTER_SUFFIXES):
-                scenes.append(SceneSource(scene_name(obj["Key"]), f"s3://{bucket}/{obj['Key']}"))
+                location = plain_s3_key(f"s3://{bucket}/{obj['Key']}", f"key {obj['Key']!r}",
+                                        prefix)
+                scenes.append(SceneSource(scene_name(obj["Key"]), location))
     if not scenes:
         raise InputError(prefix, f"no raster object ({', '.join(RASTER_SUFFIXES)}) under this "
                          "prefix")
