@@ -289,8 +289,6 @@ def test_redirect_decisions(old, new, refused):
     assert reason is None if refused is None else refused in reason
 
 
-# --- two processes, one cache entry ----------------------------------------------------------
-
 @pytest.mark.parametrize("url", ["file:///etc/passwd", "ftp://127.0.0.1/a.zip",
                                  "data:text/plain,hello"])
 def test_only_http_urls_are_downloaded(tmp_path, url):
@@ -298,6 +296,8 @@ def test_only_http_urls_are_downloaded(tmp_path, url):
         download(url, tmp_path / "cache" / "x", None, settings(tmp_path))
     assert not (tmp_path / "cache" / "x").exists()
 
+
+# --- two processes, one cache entry ----------------------------------------------------------
 
 def test_two_jobs_fetching_one_weights_file_get_it_once(tmp_path):
     """As two datasets' fetches of one URL (docs/faults.md, http-same-url-two-processes):
