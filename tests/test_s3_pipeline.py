@@ -148,15 +148,22 @@ def test_credentials_never_reach_logs_or_outputs(s3, s3_run):
         assert s3.access_key not in text
 
 
-def test_a_pre_signed_url_appears_in_no_log_record_report_or_command_line(s3, s3_run):
+def test_a_pre_signed_url_appears_in_no_log_record_report_or_command_line(s3, s3_run,
+                                                                           tmp_path):
     """The xView archive and the inference scene come from URLs whose query is a secret
     (conftest.PRESIGNED_QUERY). The server got the whole URLs, yet no part of the secret is in
-    the run's or the report's output, Snakemake's logs and job records (which hold each job's
-    command line and params), any file of the working directory, or any object in the
-    bucket; the fetch manifest and the inference summary record the redacted form."""
+    the run's or the report's output, the shell commands Snakemake prints for the fetch and
+    predict jobs, its logs and job records (which hold each job's command line and params),
+    any file of the working directory, or any object in the bucket; the fetch manifest and
+    the inference summary record the redacted form."""
     for file in ("train_images.tgz", "1000.tif"):
         assert any(file in path and PRESIGNED_QUERY in path for path, _ in s3_run.served)
-    texts = {"run": s3_run.run.stdout + s3_run.run.stderr,
+    printed = run_snakemake(tmp_path, *s3_run.args, "--dry-run", "--printshellcmds",
+                            "--forcerun", "fetch", "predict_scene", env=s3.env())
+    commands = printed.stdout + printed.stderr
+    assert "/train_images.tgz?redacted-" in commands and "-m nadir fetch " in commands
+    assert "/train_images/1000.tif?redacted-" in commands and "-m nadir predict " in commands
+    texts = {"run": s3_run.run.stdout + s3_run.run.stderr, "printed commands": commands,
              "report": s3_run.report.stdout + s3_run.report.stderr}
     for path in s3_run.workdir.rglob("*"):
         if path.is_file():
