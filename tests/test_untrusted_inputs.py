@@ -168,6 +168,19 @@ def test_links_and_odd_names_that_stay_inside_are_extracted(tmp_path, outside):
     assert (outside / "sentinel.txt").read_bytes() == SENTINEL
 
 
+def test_a_link_to_a_folder_above_it_is_extracted_as_a_link_into_an_existing_folder(tmp_path):
+    """`a/loop` -> `..` stays inside; extracted into a folder that already exists, it is
+    copied as a link, not followed (which would copy the tree into itself, level after
+    level, until the path is too long)."""
+    tar = tar_with(tmp_path / "loop.tar", [tar_member("a/x.png", data=b"png"),
+                                           tar_member("a/loop", tarfile.SYMTYPE, link="..")])
+    (tmp_path / "out").mkdir()
+    extract(tar, tmp_path / "out", settings(tmp_path))
+    assert os.readlink(tmp_path / "out" / "a" / "loop") == ".."
+    assert (tmp_path / "out" / "a" / "loop" / "a" / "x.png").read_bytes() == b"png"
+    assert sum(1 for _ in (tmp_path / "out").rglob("*")) == 3
+
+
 def test_a_name_too_long_for_the_file_system_is_an_error_naming_it(tmp_path):
     archive = zip_with(tmp_path / "long.zip", [("x" * 300 + ".png", b"png")])
     with pytest.raises(InputError, match=r"long\.zip: member 'x{300}\.png' has a name longer "

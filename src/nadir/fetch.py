@@ -682,7 +682,9 @@ def extract(archive: Path, dest: Path, settings: FetchSettings | None = None) ->
         shutil.rmtree(partial, ignore_errors=True)
         raise
     if dest.exists():
-        shutil.copytree(partial, dest, dirs_exist_ok=True)
+        # Links stay links: followed, one pointing to a folder above it would be copied into
+        # itself over and over.
+        shutil.copytree(partial, dest, symlinks=True, dirs_exist_ok=True)
         shutil.rmtree(partial)
     else:
         os.replace(partial, dest)
