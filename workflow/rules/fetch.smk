@@ -3,6 +3,12 @@
 # jobs read (their job lists cannot come from the config, and storage cannot be listed).
 
 
+# The `fetch` settings (cache, retries, timeouts, caps) change how sources are fetched, not what
+# they hold: they reach the command through a global, not params, so tuning them never refetches
+# (as the checkpoint settings in train.smk).
+FETCH_SETTINGS = as_json(config["fetch"])
+
+
 def fetch_spec(dataset):
     """The dataset settings the fetch job reads, its URLs redacted for the command line (the
     redacted form changes whenever the URL does, so an edited URL still refetches)."""
@@ -17,12 +23,11 @@ checkpoint fetch:
         files=directory("raw/{dataset}/files"),
     params:
         spec=lambda w: as_json(fetch_spec(w.dataset)),
-        settings=as_json(config["fetch"]),
     log:
         "logs/{dataset}/fetch.log",
     message:
         "Fetching the sources of dataset {wildcards.dataset}"
     shell:
         "{NADIR} fetch --dataset {wildcards.dataset} --spec {params.spec:q} "
-        "--settings {params.settings:q} --files-dir {output.files} "
+        "--settings {FETCH_SETTINGS:q} --files-dir {output.files} "
         "--manifest {output.manifest} 2> {log}"
