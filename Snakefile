@@ -13,6 +13,7 @@ report: "workflow/report/workflow.rst"
 
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/controller.smk"
 include: "workflow/rules/sample.smk"
 include: "workflow/rules/fetch.smk"
 include: "workflow/rules/index.smk"

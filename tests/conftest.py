@@ -204,17 +204,26 @@ class DatasetsRun(SampleRun):
 
     xview: dict  # what make_xview built: its files and object counts
     tile: str  # the RarePlanes tile (in the replica bucket) the run's inference read
+    served: list  # the requests the HTTP server answered: (path with query, Range header)
+
+
+# The query of a pre-signed URL, as S3 and CDNs issue them: a secret for as long as it is
+# valid. The S3 run fetches and infers from URLs carrying it; it must appear in no record.
+PRESIGNED_SECRETS = ["AKIAEXAMPLE7Q", "5ec4e7a1f00dbadc0ffee5ec4e7a1f00d", "tok-8c1d2e3f4a5b"]
+PRESIGNED_QUERY = ("X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential={}&X-Amz-Signature={}&"
+                   "token={}".format(*PRESIGNED_SECRETS))
 
 
 @pytest.fixture(scope="session")
 def s3_run(s3, rareplanes_bucket, tmp_path_factory) -> DatasetsRun:
     """The pipeline with S3 as the default storage (prefix `run1` of S3_BUCKET) on two datasets
     as they are distributed, made by the tests: DOTA v1.5 from its Drive folders as
-    docs/datasets.md configures it (the test config's chipping), xView's archives over HTTP;
-    inference with the DOTA run on a RarePlanes PNG tile in the replica public bucket (its
-    CRS is in its `.aux.xml` beside it there); and the report. Run once for every end-to-end
-    S3 test (tests/test_s3_pipeline.py). The sample dataset's own S3 run is the Kubernetes
-    test's (tests/test_kubernetes_e2e.py)."""
+    docs/datasets.md configures it (the test config's chipping), xView's archives over HTTP,
+    the images' archive from a pre-signed URL; inference with the DOTA run on a RarePlanes PNG
+    tile in the replica public bucket (its CRS is in its `.aux.xml` beside it there) and on an
+    xView scene at a pre-signed URL; and the report. Run once for every end-to-end S3 test
+    (tests/test_s3_pipeline.py). The sample dataset's own S3 run is the Kubernetes test's
+    (tests/test_kubernetes_e2e.py)."""
     root = tmp_path_factory.mktemp("s3-datasets")
     make_dota_drive(root / "data" / "DOTA")
     built = make_xview(root / "xview", images=4, size=320)
@@ -227,19 +236,22 @@ def s3_run(s3, rareplanes_bucket, tmp_path_factory) -> DatasetsRun:
     config["datasets"] = {
         "dota15": dota15,
         "xv": {"format": "xview", "split": {"val_fraction": 0.25, "seed": 1}, "source": [
-            {"url": f"{server.url}/{built['images'].name}", "sha256": sha256(built["images"])},
+            {"url": f"{server.url}/{built['images'].name}?{PRESIGNED_QUERY}",
+             "sha256": sha256(built["images"])},
             {"url": f"{server.url}/{built['label_archive'].name}"}]},
     }
     config["inference"] = {
         "runs": [f"dota15/{SAMPLE_MODEL}"],
-        "scenes": [f"s3://{RAREPLANES_BUCKET}/real/test/PS-RGB_tiled/{tile}.png"]}
+        "scenes": [f"s3://{RAREPLANES_BUCKET}/real/test/PS-RGB_tiled/{tile}.png",
+                   {"name": "remote",
+                    "source": f"{server.url}/unpacked/train_images/1000.tif?{PRESIGNED_QUERY}"}]}
     config_path = root / "config.yaml"
     config_path.write_text(yaml.safe_dump(config))
     workdir = tmp_path_factory.mktemp("s3-run")
     args = s3_args(s3, "run1", config_path)
     run = run_snakemake(workdir, *args, env=s3.env())
     report = run_snakemake(workdir, *args, "--report", "report.html", env=s3.env())
-    yield DatasetsRun(workdir, args, run, report, built, tile)
+    yield DatasetsRun(workdir, args, run, report, built, tile, server.requests)
     server.stop()
 
 

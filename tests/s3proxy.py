@@ -5,7 +5,12 @@ what to do to the next matching requests, one entry each, in order: (method, pat
 answers with an S3 InternalError instead of forwarding, (method, path, "cut") forwards but cuts
 the response body after `cut_after` bytes (a connection dropped mid-body); `path` is the start
 of the request path, e.g. "/bucket/key". `before(method, path)`, when set, is called first
-(a test stops the server behind the proxy from it). `seen` records (method, path).
+(a test stops the server behind the proxy from it). `seen` records (method, path), `signed`
+the paths of requests that carried an Authorization header or a signed query.
+
+`listed_as` maps stored keys to the keys listings show instead, as a hostile (or differently
+normalising) S3 server would list them: AWS keeps `data//abs/x` and `a/../b` in keys, which
+SeaweedFS normalises or refuses when they are written.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import http.client
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import urlparse
+from urllib.parse import quote, urlparse
 
 INTERNAL_ERROR = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>InternalError</Code>'
                   b"<Message>injected by the test proxy</Message></Error>")
@@ -25,6 +30,8 @@ class FaultProxy:
         target = urlparse(upstream)
         self.faults: list[tuple[str, str, str]] = []
         self.seen: list[tuple[str, str]] = []
+        self.signed: list[str] = []
+        self.listed_as: dict[str, str] = {}
         self.cut_after = cut_after
         self.before: Callable[[str, str], None] | None = None
         proxy = self
@@ -37,6 +44,8 @@ class FaultProxy:
 
             def _forward(self):
                 proxy.seen.append((self.command, self.path))
+                if "Authorization" in self.headers or "X-Amz-Signature" in self.path:
+                    proxy.signed.append(self.path)
                 if proxy.before is not None:
                     proxy.before(self.command, self.path)
                 length = int(self.headers.get("Content-Length") or 0)
@@ -58,7 +67,8 @@ class FaultProxy:
                 try:
                     conn.request(self.command, self.path, body=body, headers=headers)
                     response = conn.getresponse()
-                    data = response.read()
+                    data = proxy.relisted(response.read()) if "list-type=" in self.path \
+                        else response.read()
                 except OSError:  # the server is down: so is the connection to the client
                     self.close_connection = True
                     return
@@ -82,6 +92,13 @@ class FaultProxy:
         self.httpd.daemon_threads = True
         self.endpoint = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def relisted(self, listing: bytes) -> bytes:
+        for stored, shown in self.listed_as.items():
+            for old, new in ((quote(stored), quote(shown)), (stored, shown)):
+                listing = listing.replace(f"<Key>{old}</Key>".encode(),
+                                          f"<Key>{new}</Key>".encode())
+        return listing
 
     def count(self, method: str) -> int:
         return sum(1 for m, _ in self.seen if m == method)

@@ -11,10 +11,15 @@ injects faults (`s3proxy.FaultProxy`).
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+import logging
 import re
+import shutil
 import socket
+import subprocess
+import sys
 import tarfile
 import zipfile
 from collections.abc import Callable
@@ -25,19 +30,32 @@ import numpy as np
 import pytest
 import s3server
 from conftest import ROOT
-from dataset_builders import FileServer, write_geotiff, write_png
+from dataset_builders import (
+    FileServer,
+    Redirecting,
+    fetch_in_two_processes,
+    part_files,
+    self_signed,
+    tar_gz_bomb,
+    write_geotiff,
+    write_png,
+    zip_bomb,
+)
 from s3proxy import FaultProxy
 
 from nadir.chipping import ChipParams, chip_shard
 from nadir.config import ConfigError, validate
+from nadir.controller import ControllerLockError, claim, owner_store, release
 from nadir.datasets import rareplanes, xview
 from nadir.datasets.normalise import index_fetched
 from nadir.datasets.records import BadInput
 from nadir.errors import InputError, NadirError
 from nadir.fetch import FetchSettings, SourceEntry, download, extract, fetch_dataset, fetch_s3
 from nadir.index import IndexTables, SceneSource, image_header, index_sample
+from nadir.inference import stac_scenes
 from nadir.training.catalogue import CATALOGUE
 from nadir.training.checkpoints import S3Checkpoints
+from nadir.urls import publish, redact, redirect_refusal, resolve
 
 MATRIX: dict[str, Callable] = {}
 
@@ -50,8 +68,8 @@ def case(name: str):
     return register
 
 
-def fast(tmp_path: Path, retries: int = 0, timeout_s: float = 5.0) -> FetchSettings:
-    return FetchSettings(tmp_path / "cache", retries, timeout_s)
+def fast(tmp_path: Path, retries: int = 0, timeout_s: float = 5.0, **limits) -> FetchSettings:
+    return FetchSettings(tmp_path / "cache", retries, timeout_s, **limits)
 
 
 # --- labels: a two-scene DOTA dataset whose train label file holds the case's bytes ---------
@@ -379,8 +397,8 @@ def _(tmp_path, monkeypatch):
         {"url": str(sources["train"]), "split": "train"},
         {"url": str(sources["val"]), "split": "val"}]}
     with pytest.raises(InputError, match=r"images/P0001\$\(touch PWNED\)\.png: file name "
-                                         r"'00-train/hostile/images/P0001\$\(touch PWNED\)\.png' is "
-                                         r"refused"):
+                                         r"'00-train/hostile/images/P0001\$\(touch PWNED\)\.png'"
+                                         r" is refused"):
         fetch_dataset("d", spec, tmp_path / "files", fast(tmp_path))
     assert not list(tmp_path.rglob("PWNED"))
 
@@ -617,13 +635,13 @@ def _(tmp_path):
 @case("archive-zip-entry-escaping")
 def _(tmp_path):
     archive = valid_zip(tmp_path / "evil.zip", {"ok.txt": b"1", "../evil.txt": b"2"})
-    expect_archive_error(tmp_path, archive, r"member '\.\./evil\.txt' would be written outside")
+    expect_archive_error(tmp_path, archive, r"evil\.zip: member '\.\./evil\.txt' leads outside")
 
 
 @case("archive-tar-entry-escaping")
 def _(tmp_path):
     archive = tar_with(tmp_path / "evil.tar", lambda tf: add_file(tf, "../evil.txt", b"2"))
-    expect_archive_error(tmp_path, archive, r"evil\.tar: refused: .*outside")
+    expect_archive_error(tmp_path, archive, r"evil\.tar: member '\.\./evil\.txt' leads outside")
 
 
 @case("archive-tar-link-escaping")
@@ -632,7 +650,8 @@ def _(tmp_path):
         link = tarfile.TarInfo("evil.txt")
         link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
         tf.addfile(link)
-    expect_archive_error(tmp_path, tar_with(tmp_path / "link.tar", add), r"link\.tar: refused")
+    expect_archive_error(tmp_path, tar_with(tmp_path / "link.tar", add),
+                         r"link\.tar: member 'evil\.txt' refused: .*absolute path")
 
 
 @case("archive-nested")
@@ -651,6 +670,73 @@ def _(tmp_path):
     for depth in range(3):
         archive = valid_zip(tmp_path / f"n{depth}.zip", {archive.name: archive.read_bytes()})
     expect_archive_error(tmp_path, archive, r"nested more than 3 deep")
+
+
+@case("archive-member-absolute")
+def _(tmp_path):
+    archive = valid_zip(tmp_path / "abs.zip", {str(tmp_path / "evil.txt"): b"2"})
+    expect_archive_error(tmp_path, archive, r"abs\.zip: member '/.*/evil\.txt' leads outside")
+
+
+@case("archive-tar-hardlink-escaping")
+def _(tmp_path):
+    (tmp_path / "victim.txt").write_text("the user's")
+
+    def add(tf):
+        link = tarfile.TarInfo("innocent.txt")
+        link.type, link.linkname = tarfile.LNKTYPE, "../victim.txt"
+        tf.addfile(link)
+    expect_archive_error(tmp_path, tar_with(tmp_path / "hard.tar", add),
+                         r"hard\.tar: member 'innocent\.txt' refused")
+    assert (tmp_path / "victim.txt").read_text() == "the user's"
+
+
+def expect_bomb_stopped(tmp_path: Path, bomb: Callable[[Path], Path], name: str,
+                        monkeypatch) -> None:
+    """0.4 MB expanding to 400 MiB against the default caps: stopped before the member is
+    written (the extraction folder's size is measured as it is removed)."""
+    archive = bomb(tmp_path / name)
+    removed = []
+    real_rmtree = shutil.rmtree
+
+    def measured_rmtree(path, *args, **kwargs):
+        if Path(path).exists():
+            removed.append(sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file()))
+        real_rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(shutil, "rmtree", measured_rmtree)
+    expect_archive_error(tmp_path, archive, rf"{re.escape(name)}: member 'bomb\.bin' would "
+                                            r"expand .* past fetch\.max_expansion_ratio \(200 "
+                                            r"times\): a compression bomb")
+    assert archive.stat().st_size < 500_000 and removed == [0]
+
+
+@case("archive-zip-bomb")
+def _(tmp_path, monkeypatch):
+    expect_bomb_stopped(tmp_path, zip_bomb, "bomb.zip", monkeypatch)
+
+
+@case("archive-tar-gz-bomb")
+def _(tmp_path, monkeypatch):
+    expect_bomb_stopped(tmp_path, tar_gz_bomb, "bomb.tar.gz", monkeypatch)
+
+
+@case("archive-too-many-members")
+def _(tmp_path):
+    archive = valid_zip(tmp_path / "many.zip", {f"f{i:02d}.txt": b"x" for i in range(20)})
+    with pytest.raises(InputError, match=r"many\.zip: member 'f10\.txt' is one more than "
+                                         r"fetch\.max_archive_members \(10\); .*raise that key"):
+        extract(archive, tmp_path / "out", FetchSettings(max_archive_members=10))
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
+
+
+@case("archive-too-many-bytes")
+def _(tmp_path):
+    archive = valid_zip(tmp_path / "big.zip", {f"f{i}.bin": bytes(1000) for i in range(5)})
+    with pytest.raises(InputError, match=r"big\.zip: member 'f3\.bin' would take the extracted "
+                                         r"bytes past fetch\.max_extracted_bytes \(3500\)"):
+        extract(archive, tmp_path / "out", FetchSettings(max_extracted_bytes=3_500))
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
 
 
 # --- configs --------------------------------------------------------------------------------
@@ -753,7 +839,7 @@ def _(tmp_path):
     try:
         dest = expect_download_error(tmp_path, server, r"connection closed after 100000 of "
                                                        r"256000 bytes")
-        assert dest.with_name("data.bin.part").stat().st_size == 100_000  # kept to resume
+        assert [p.stat().st_size for p in part_files(dest)] == [100_000]  # kept to resume
         rerun_gives_the_payload(tmp_path, server)
         assert server.requests[-1] == ("/data.bin", "bytes=100000-")
     finally:
@@ -792,6 +878,90 @@ def _(tmp_path):
         assert dest.read_bytes() == PAYLOAD[::-1]
     finally:
         server.stop()
+
+
+@case("http-body-without-length-past-cap")
+def _(tmp_path):
+    server = serve(tmp_path, announce=lambda n: None)
+    try:
+        expect_download_error(tmp_path, server, r"sends a body without Content-Length, more "
+                              r"than fetch\.max_download_bytes \(100000\)",
+                              max_download_bytes=100_000)
+        assert not part_files(tmp_path / "cache" / "data.bin")
+        rerun_gives_the_payload(tmp_path, server)  # within the default cap
+    finally:
+        server.stop()
+
+
+@case("http-announced-length-past-cap")
+def _(tmp_path):
+    server = serve(tmp_path, announce=lambda n: 10 ** 13)
+    try:
+        expect_download_error(tmp_path, server, r"announces 10000000000000 bytes, more than "
+                              r"fetch\.max_download_bytes \(1000000000000\)")
+        assert not part_files(tmp_path / "cache" / "data.bin")
+    finally:
+        server.stop()
+
+
+@case("http-body-longer-than-announced")
+def _(tmp_path):
+    """Only the announced bytes are read; the configured digest then refuses them."""
+    server = serve(tmp_path, announce=lambda n: n // 2)
+    dest = tmp_path / "cache" / "data.bin"
+    try:
+        with pytest.raises(InputError, match="SHA-256 mismatch"):
+            download(f"{server.url}/data.bin", dest, hashlib.sha256(PAYLOAD).hexdigest(),
+                     fast(tmp_path))
+        assert not dest.exists() and not part_files(dest)
+    finally:
+        server.stop()
+
+
+@case("http-redirect-https-to-http")
+def _(tmp_path, monkeypatch):
+    """A local TLS server (its certificate trusted through SSL_CERT_FILE) redirects to plain
+    http: refused before a request goes out in clear. Redirected to https instead, the
+    download goes through (the refusal is the redirect's, not the certificate's)."""
+    certificate = self_signed(tmp_path / "tls")
+    monkeypatch.setenv("SSL_CERT_FILE", str(certificate))
+    plain = serve(tmp_path)
+    secure = Redirecting(certificate, f"{plain.url}/data.bin", PAYLOAD)
+    try:
+        with pytest.raises(NadirError, match=r"redirects to http://127\.0\.0\.1:\d+/data\.bin, "
+                                             r"refused because it leaves https for http"):
+            download(f"{secure.url}/data.bin", tmp_path / "d.bin", None, fast(tmp_path))
+        assert plain.requests == [] and not (tmp_path / "d.bin").exists()
+        secure.httpd.location = f"{secure.url}/final"
+        download(f"{secure.url}/data.bin", tmp_path / "d.bin", None, fast(tmp_path))
+        assert (tmp_path / "d.bin").read_bytes() == PAYLOAD
+    finally:
+        secure.stop()
+        plain.stop()
+
+
+@case("http-redirect-to-private-address")
+def _(tmp_path):
+    server = serve(tmp_path)
+    server.redirects["/data.bin"] = "http://169.254.169.254/latest/meta-data/"
+    try:
+        assert "non-public address 169.254.169.254" in redirect_refusal(
+            "http://8.8.8.8/data.bin", server.redirects["/data.bin"])
+        # a private host (this test server) may redirect within private addresses
+        server.redirects["/data.bin"] = f"{server.url}/moved.bin"
+        (tmp_path / "www" / "moved.bin").write_bytes(PAYLOAD)
+        download(f"{server.url}/data.bin", tmp_path / "d.bin", None, fast(tmp_path))
+        assert (tmp_path / "d.bin").read_bytes() == PAYLOAD
+    finally:
+        server.stop()
+
+
+@case("http-same-url-two-processes")
+def _(tmp_path):
+    """Two processes download one 2 MiB URL at the same moment (before the lock: one 4 MiB
+    file accepted). One downloads, the other waits and finds the file."""
+    digests, requests, left = fetch_in_two_processes(tmp_path, "dataset")
+    assert len(set(digests)) == 1 and requests == 1 and left == ["f.bin"]
 
 
 # --- S3: the real SeaweedFS server, alone or behind a fault-injecting proxy --------------------
@@ -923,6 +1093,110 @@ def _(tmp_path, restartable_s3, monkeypatch):
         assert not (tmp_path / "e" / "a.tif").exists()
     finally:
         proxy.stop()
+
+
+def expect_key_refused(tmp_path: Path, server, prefix: str, shown: str) -> None:
+    """A listing (through a proxy) shows a stored key as `shown`: the fetch is refused naming
+    the key and the bucket, and no object is downloaded."""
+    server.client().put_object(Bucket="scenes", Key=f"{prefix}x.tif", Body=b"attacker's bytes")
+    proxy = FaultProxy(server.endpoint)
+    proxy.listed_as = {f"{prefix}x.tif": shown}
+    (tmp_path / "victim.txt").write_text("the user's")
+    try:
+        with pytest.raises(InputError, match=rf"s3://scenes: key {re.escape(repr(shown))} leads "
+                                             r"outside"):
+            fetch_s3(private_entry(f"scenes/{prefix}", proxy.endpoint), tmp_path / "d",
+                     lambda rel: "image", fast(tmp_path))
+    finally:
+        proxy.stop()
+    assert [p for m, p in proxy.seen if "list-type" not in p] == []
+    assert (tmp_path / "victim.txt").read_text() == "the user's"
+    assert not (tmp_path / "d").exists()
+
+
+@case("s3-key-escaping")
+def _(tmp_path, restartable_s3, monkeypatch):
+    with_credentials(restartable_s3, monkeypatch)
+    expect_key_refused(tmp_path, restartable_s3, "keys/", f"keys/{tmp_path / 'victim.txt'}")
+
+
+@case("s3-key-escaping-empty-prefix")
+def _(tmp_path, restartable_s3, monkeypatch):
+    """With an empty prefix the key itself is the path, in the cache as in the folder."""
+    with_credentials(restartable_s3, monkeypatch)
+    expect_key_refused(tmp_path, restartable_s3, "", str(tmp_path / "victim.txt"))
+
+
+# --- controllers: one per results location (nadir.controller) --------------------------------
+
+OTHER_CONTROLLER = {"id": "0" * 32, "host": "gpu-login-2", "pid": 4242, "user": "alice",
+                    "workdir": "/home/alice/nadir", "started": "2026-12-07T09:00:00+00:00"}
+
+
+@case("controller-second-on-prefix")
+def _(tmp_path, monkeypatch):
+    """Another machine's controller owns the folder (or S3 prefix): stopped, naming it, until
+    the user says it is gone (NADIR_TAKE_OVER=1)."""
+    store = owner_store(None, folder=tmp_path)
+    store.create(json.dumps(OTHER_CONTROLLER).encode())
+    monkeypatch.delenv("NADIR_TAKE_OVER", raising=False)
+    with pytest.raises(ControllerLockError, match=r"another controller is running on these "
+                                                  r"results \(pid 4242 of alice on gpu-login-2.*"
+                                                  r"NADIR_TAKE_OVER=1"):
+        claim(store)
+    monkeypatch.setenv("NADIR_TAKE_OVER", "1")
+    release(store, claim(store))
+    assert store.read() is None
+
+
+@case("controller-crashed-here")
+def _(tmp_path, caplog):
+    """A record left by a controller of this machine that no longer runs is taken over."""
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout
+    store = owner_store(None, folder=tmp_path)
+    store.create(json.dumps({**OTHER_CONTROLLER, "host": socket.gethostname(),
+                            "pid": int(gone)}).encode())
+    with caplog.at_level(logging.WARNING, logger="nadir.controller"):
+        release(store, claim(store, take_over=False))
+    assert "which no longer runs; taking it over" in caplog.text
+
+
+# --- catalogues and URLs ---------------------------------------------------------------------
+
+@case("stac-href-outside-folder")
+def _(tmp_path):
+    (tmp_path / "cat").mkdir()
+    stac = tmp_path / "cat" / "items.json"
+    stac.write_text(json.dumps({"type": "Feature", "id": "S2B_x", "assets": {"visual": {
+        "href": "../../etc/passwd"}}}))
+    with pytest.raises(InputError, match=r"items\.json: item 'S2B_x': asset href "
+                                         r"'\.\./\.\./etc/passwd' leads outside"):
+        stac_scenes(stac)
+
+
+@case("stac-foreign-bucket")
+def _(tmp_path):
+    stac = tmp_path / "items.json"
+    stac.write_text(json.dumps({"type": "FeatureCollection", "features": [
+        {"type": "Feature", "id": b, "assets": {"visual": {"href": f"s3://{b}/x.tif"}}}
+        for b in ("ours", "theirs")]}))
+    ours, theirs = stac_scenes(stac, signed_buckets=frozenset({"ours"}))
+    assert (ours.anonymous, theirs.anonymous) == (False, True)
+
+
+@case("url-with-secret")
+def _(tmp_path, monkeypatch):
+    url = "https://user:pa55@data.example.org/a/xview.tgz?X-Amz-Signature=5ec&token=t0k#frag"
+    recorded = redact(url)
+    assert recorded.startswith("https://data.example.org/a/xview.tgz?redacted-")
+    assert not any(part in recorded for part in ("user", "pa55", "5ec", "t0k", "frag"))
+    assert redact(url.replace("t0k", "other")) != recorded  # two URLs stay apart
+    monkeypatch.delenv("NADIR_URLS", raising=False)
+    with pytest.raises(NadirError, match=r"recorded without its secret parts"):
+        resolve(recorded)
+    publish([url])
+    assert resolve(recorded) == url and resolve("s3://bucket/k") == "s3://bucket/k"
 
 
 # --- the matrix and its table ---------------------------------------------------------------

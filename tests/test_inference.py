@@ -279,3 +279,129 @@ def test_scene_sources_paths_urls_stac_and_prefixes(tmp_path):
     stac.write_text(json.dumps({"type": "Catalog"}))
     with pytest.raises(InputError, match="expected a STAC item collection"):
         inference.stac_scenes(stac)
+
+
+# --- untrusted catalogues and secret URLs (docs/security.md) ---------------------------------
+
+@pytest.mark.parametrize("href", [
+    "/etc/passwd",                                   # a local absolute path
+    "../outside.tif",                                # out of the catalogue's folder
+    "tiles/../../outside.tif",
+    "..\\outside.tif",
+    "file:///etc/passwd",
+    "/vsicurl/http://169.254.169.254/latest/meta-data/",  # a GDAL prefix
+    "//fileserver/share/a.tif",
+    "C:\\scenes\\a.tif",
+    "ftp://example.org/a.tif",
+    "gs://bucket/a.tif",
+    "vsis3:/bucket/a.tif",
+    "s3://named-bucket/../other-bucket/a.tif",       # GDAL would read another bucket
+    "s3://named-bucket//a.tif",
+])
+def test_a_stac_href_outside_the_allowed_kinds_is_refused_naming_item_and_href(tmp_path, href):
+    folder = tmp_path / "catalogue"
+    folder.mkdir()
+    stac = folder / "items.json"
+    stac.write_text(json.dumps({"type": "FeatureCollection", "features": [
+        {"type": "Feature", "id": "good", "assets": {"visual": {"href": "tiles/a.tif"}}},
+        {"type": "Feature", "id": "bad", "assets": {"visual": {"href": href}}}]}))
+    with pytest.raises(InputError) as error:
+        inference.stac_scenes(stac)
+    message = str(error.value)
+    assert message.startswith(str(stac)) and f"item 'bad': asset href {href!r}" in message
+
+
+def test_stac_hrefs_that_are_allowed(tmp_path):
+    stac = tmp_path / "items.json"
+    stac.write_text(json.dumps({"type": "Feature", "id": "x", "assets": {"visual": {
+        "href": "./tiles/../tiles/é 1.tif"}}}))
+    [scene] = inference.stac_scenes(stac)
+    assert scene.location == str(tmp_path / "tiles" / "é 1.tif")
+    for href in ("https://example.org/a.tif?sig=1", "http://example.org/a.tif", "s3://b/a.tif"):
+        stac.write_text(json.dumps({"type": "Feature", "id": "x", "assets": {"visual": {
+            "href": href}}}))
+        assert inference.stac_scenes(stac)[0].location == href
+
+
+def test_user_keys_go_only_to_buckets_the_config_names(tiny_run, tmp_path, s3, monkeypatch):
+    """A STAC catalogue points at two private buckets; the config names one. Its scene is read
+    with the user's keys; the other is read anonymously (refused by the server), and no
+    request to it carries a signature, even with AWS_* keys in the environment."""
+    from s3proxy import FaultProxy
+
+    scene = write_scene(tmp_path / "scene.tif", squares_scene(), driver="COG", blocksize=64)
+    client = s3.client()
+    for bucket in ("named-imagery", "foreign-imagery"):
+        client.create_bucket(Bucket=bucket)
+        client.upload_file(str(scene), bucket, "s/scene.tif")
+    stac = tmp_path / "items.json"
+    stac.write_text(json.dumps({"type": "FeatureCollection", "features": [
+        {"type": "Feature", "id": bucket, "assets": {"visual": {
+            "href": f"s3://{bucket}-imagery/s/scene.tif"}}} for bucket in ("named", "foreign")]}))
+    config = {"inference": {"scenes": ["s3://named-imagery/other/", str(stac)]}, "datasets": {
+        "d": {"format": "xview", "source": [{"url": "s3://public-data/x/"}]}}}  # anonymous
+    assert inference.buckets_named(config) == {"named-imagery"}
+    named, foreign = inference.direct_scenes(config["inference"]["scenes"], None,
+                                             inference.buckets_named(config))
+    assert (named.anonymous, foreign.anonymous) == (False, True)
+    for name, value in s3.env().items():
+        monkeypatch.setenv(name, value)
+    proxy = FaultProxy(s3.endpoint)
+    weights, run_json = tiny_run
+    try:
+        outputs = {k: tmp_path / "named" / f"d.{k}" for k in OUTPUTS}
+        # Few detections: the subject is who reads the scene (GeoJSON writing reprojects
+        # feature by feature, about 20 ms each here).
+        summary = inference.predict_scene(named, weights, run_json,
+                                          InferenceSettings(score_threshold=0.99), outputs,
+                                          s3_endpoint=proxy.endpoint)
+        assert summary["windows"]["read"] > 0
+        outputs = {k: tmp_path / "foreign" / f"d.{k}" for k in OUTPUTS}
+        with pytest.raises(InputError, match=r"s3://foreign-imagery/s/scene\.tif: not readable "
+                                             r"without credentials .*not one the config names"):
+            inference.predict_scene(foreign, weights, run_json, InferenceSettings(), outputs,
+                                    s3_endpoint=proxy.endpoint)
+    finally:
+        proxy.stop()
+    assert any(path.startswith("/named-imagery/") for path in proxy.signed)
+    assert any(path.startswith("/foreign-imagery/") for _, path in proxy.seen)
+    assert not [path for path in proxy.signed if path.startswith("/foreign-imagery/")]
+
+
+def test_a_pre_signed_scene_url_is_used_whole_and_recorded_redacted(tiny_run, tmp_path,
+                                                                     monkeypatch, caplog, capsys):
+    """What the predict job does: its command line holds the redacted URL, the whole one comes
+    from NADIR_URLS (set by the workflow from the config). The server gets the whole URL; the
+    log, the summary and every output hold no part of its secret; without NADIR_URLS the
+    job stops with an error saying why."""
+    from nadir.cli import main
+    from nadir.urls import publish, redact
+
+    served = tmp_path / "served"
+    served.mkdir()
+    write_scene(served / "scene.tif", squares_scene(), driver="COG", blocksize=64)
+    secret = "X-Amz-Signature=0ddba11c0ffee&token=tok-5ecre7"
+    server = FileServer(served)
+    url = f"{server.url}/scene.tif?{secret}"
+    weights, run_json = tiny_run
+    out = tmp_path / "out"
+    arguments = ["predict", "--weights", str(weights), "--run", str(run_json), "--source",
+                 redact(url), "--scene-name", "scene", "--settings", "{}",
+                 *[a for k in OUTPUTS for a in (f"--{k}", str(out / f"d.{k}"))]]
+    monkeypatch.delenv("NADIR_URLS", raising=False)
+    try:
+        assert main(arguments) == 1
+        assert "recorded without its secret parts" in capsys.readouterr().err
+        publish([url])
+        with caplog.at_level(logging.INFO):
+            assert main(arguments) == 0
+    finally:
+        server.stop()
+    assert any(secret in path for path, _ in server.requests)
+    summary = json.loads((out / "d.summary").read_text())
+    assert summary["source"] == redact(url) == f"{server.url}/scene.tif?redacted-" + \
+        summary["source"].rsplit("-", 1)[1]
+    texts = [caplog.text, capsys.readouterr().err] + [p.read_bytes().decode(errors="replace")
+                                                        for p in out.iterdir()]
+    for part in ("0ddba11c0ffee", "tok-5ecre7"):
+        assert not [t for t in texts if part in t]

@@ -32,6 +32,7 @@ from conftest import (
 )
 from report_checks import PNG_MAGIC, check_printed_leaderboard, check_report, expected_categories
 
+from nadir.controller import OWNER_FILE
 from nadir.datasets.sample import CLASSES
 
 pytestmark = pytest.mark.slow
@@ -72,6 +73,15 @@ def test_run_produces_leaderboard_and_per_run_files(finished_run):
     assert manifest["params"]["size"] == TEST_CONFIG["chipping"]["size"]
     assert manifest["shards"] == TEST_CONFIG["chipping"]["shards"]
     assert manifest["totals"]["objects_truncated"] > 0
+
+
+def test_the_controller_gave_its_folder_back(finished_run):
+    """A local run claims its working directory while it runs (nadir.controller) and removes
+    its record when it ends; a second controller is stopped while one is there
+    (tests/test_controller.py, and on S3 tests/test_s3_pipeline.py)."""
+    workdir, _ = finished_run
+    assert (workdir / "results" / "leaderboard.csv").exists()
+    assert not (workdir / OWNER_FILE).exists()
 
 
 def test_second_run_does_nothing(finished_run, tmp_path):

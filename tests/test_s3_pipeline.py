@@ -15,9 +15,18 @@ import json
 import zipfile
 
 import pytest
-from conftest import S3_BUCKET, SAMPLE_MODEL, planned_jobs, run_snakemake, s3_args
+from conftest import (
+    PRESIGNED_QUERY,
+    PRESIGNED_SECRETS,
+    S3_BUCKET,
+    SAMPLE_MODEL,
+    planned_jobs,
+    run_snakemake,
+    s3_args,
+)
 from report_checks import check_printed_leaderboard, check_report, data, embedded_json
 
+from nadir.controller import OWNER_FILE
 from nadir.datasets import dota, xview
 
 pytestmark = pytest.mark.slow
@@ -180,6 +189,65 @@ def test_credentials_never_reach_logs_or_outputs(s3, s3_run):
     for text in texts:
         assert s3.secret_key not in text
         assert s3.access_key not in text
+
+
+def test_a_pre_signed_url_appears_in_no_log_record_report_or_command_line(s3, s3_run,
+                                                                           tmp_path):
+    """The xView archive and the inference scene come from URLs whose query is a secret
+    (conftest.PRESIGNED_QUERY). The server got the whole URLs, yet no part of the secret is in
+    the run's or the report's output, the shell commands Snakemake prints for the fetch and
+    predict jobs, its logs and job records (which hold each job's command line and params),
+    any file of the working directory, or any object in the bucket; the fetch manifest and
+    the inference summary record the redacted form."""
+    for file in ("train_images.tgz", "1000.tif"):
+        assert any(file in path and PRESIGNED_QUERY in path for path, _ in s3_run.served)
+    printed = run_snakemake(tmp_path, *s3_run.args, "--dry-run", "--printshellcmds",
+                            "--forcerun", "fetch", "predict_scene", env=s3.env())
+    commands = printed.stdout + printed.stderr
+    assert "/train_images.tgz?redacted-" in commands and "-m nadir fetch " in commands
+    assert "/train_images/1000.tif?redacted-" in commands and "-m nadir predict " in commands
+    texts = {"run": s3_run.run.stdout + s3_run.run.stderr, "printed commands": commands,
+             "report": s3_run.report.stdout + s3_run.report.stderr}
+    for path in s3_run.workdir.rglob("*"):
+        if path.is_file():
+            texts[str(path)] = path.read_bytes().decode(errors="replace")
+    for key in keys(s3, "run1"):
+        texts[key] = read_bytes(s3, key).decode(errors="replace")
+    assert any("/metadata/" in where for where in texts) and "report.html" in str(list(texts))
+    for secret in PRESIGNED_SECRETS:
+        assert not [where for where, text in texts.items() if secret in text], secret
+    manifest = json.loads(read(s3, "raw/xv/manifest.json"))
+    assert "/train_images.tgz?redacted-" in manifest["sources"][0]["url"]
+    summary = json.loads(read(s3, f"results/inference/dota15/{MODEL}/remote/summary.json"))
+    assert "/train_images/1000.tif?redacted-" in summary["source"]
+    assert summary["windows"]["read"] > 0
+
+
+def test_a_second_controller_on_the_prefix_stops_before_any_job(s3, s3_run, tmp_path):
+    """The run gave the prefix back when it ended. While another controller's record is
+    there, a dry run still plans (it writes nothing), and a run with work to do stops at its
+    start with a message naming the other controller, leaving the bucket as it was."""
+    assert OWNER_FILE not in keys(s3, "run1")
+    other = {"id": "f" * 32, "host": "laptop-of-bob", "pid": 777, "user": "bob",
+             "workdir": "/home/bob/nadir", "started": "2026-12-07T10:00:00+00:00"}
+    client = s3.client()
+    client.put_object(Bucket=BUCKET, Key=f"run1/{OWNER_FILE}", Body=json.dumps(other).encode())
+    summary = client.head_object(Bucket=BUCKET, Key="run1/results/summary.txt")
+    try:
+        assert planned_jobs(run_snakemake(tmp_path / "dry", *s3_run.args, "--dry-run",
+                                          "--forcerun", "summary", env=s3.env())) != {}
+        proc = run_snakemake(tmp_path / "second", *s3_run.args, "--forcerun", "summary",
+                             env=s3.env(), check=False)
+        assert proc.returncode != 0
+        assert "another controller is running on these results (pid 777 of bob on " \
+               "laptop-of-bob" in proc.stderr
+        assert "NADIR_TAKE_OVER=1" in proc.stderr
+        after = client.head_object(Bucket=BUCKET, Key="run1/results/summary.txt")
+        assert after["ETag"] == summary["ETag"] and after["LastModified"] == \
+            summary["LastModified"]
+        assert json.loads(read(s3, OWNER_FILE)) == other
+    finally:
+        client.delete_object(Bucket=BUCKET, Key=f"run1/{OWNER_FILE}")
 
 
 def test_wrong_credentials_are_refused(s3, tmp_path):

@@ -194,9 +194,11 @@ def test_hostile_values_in_every_field_run_nothing_and_arrive_whole(rule, tmp_pa
     from snakemake.utils import format as snakemake_format
 
     printer = [sys.executable, "-c", "import json, sys; print(json.dumps(sys.argv[1:]))"]
-    values = {name: Hostile([HOSTILE]) for name in ("input", "output", "params", "wildcards",
-                                                    "log", "RASTER_LIMIT", "CHECKPOINT_ROOT",
-                                                    "CHECKPOINT_OPTIONS")}
+    # Every name the template uses but NADIR and threads: the rule's own (input, params, ...)
+    # and the workflow's globals (RASTER_LIMIT, FETCH_SETTINGS, ...).
+    names = {re.split(r"[.:\[]", field)[0]
+             for field in re.findall(r"\{([^{}]*)\}", TEMPLATES[rule])} - {"NADIR", "threads"}
+    values = {name: Hostile([HOSTILE]) for name in names}
     command = snakemake_format(TEMPLATES[rule], NADIR=printer, threads=2, **values)
     proc = subprocess.run(["bash", "-c", command], cwd=tmp_path, capture_output=True,
                           text=True, timeout=60)

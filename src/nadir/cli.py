@@ -59,10 +59,9 @@ def cmd_index_fetched(args, tables) -> None:
 def cmd_fetch(args) -> None:
     from nadir.fetch import FetchSettings, fetch_dataset, write_scene_manifest
 
-    settings = json.loads(args.settings)
     manifest = fetch_dataset(args.dataset, json.loads(args.spec), Path(args.files_dir),
-                             FetchSettings(Path(settings["cache_dir"]), settings["retries"],
-                                           settings["timeout_s"]), args.max_raster_values)
+                             FetchSettings.from_config(json.loads(args.settings)),
+                             args.max_raster_values)
     write_scene_manifest(manifest, Path(args.manifest))
 
 
@@ -178,10 +177,12 @@ def cmd_evaluate_scenes(args) -> None:
 
 def cmd_predict(args) -> None:
     from nadir.inference import InferenceSettings, SceneSource, predict_scene
+    from nadir.urls import resolve
 
     outputs = {"geojson": Path(args.geojson), "geopackage": Path(args.geopackage),
                "summary": Path(args.summary), "quicklook": Path(args.quicklook)}
-    predict_scene(SceneSource(args.scene_name, args.source), Path(args.weights), Path(args.run),
+    scene = SceneSource(args.scene_name, resolve(args.source), args.anonymous)
+    predict_scene(scene, Path(args.weights), Path(args.run),
                   InferenceSettings.from_config(json.loads(args.settings)), outputs,
                   threads=args.threads, s3_endpoint=args.s3_endpoint,
                   max_raster_values=args.max_raster_values)
@@ -362,7 +363,10 @@ def build_parser() -> argparse.ArgumentParser:
                 "summary, quick-look)")
     p.add_argument("--weights", required=True, help="the run's model.pt")
     p.add_argument("--run", required=True, help="the run's run.json (its chipping settings)")
-    p.add_argument("--source", required=True, help="the scene: a path, http(s):// or s3:// URL")
+    p.add_argument("--source", required=True, help="the scene: a path, http(s):// or s3:// URL "
+                   "(a redacted URL is looked up in NADIR_URLS, see nadir.urls)")
+    p.add_argument("--anonymous", action="store_true", help="read s3:// without the S3 keys "
+                   "(a bucket the config does not name)")
     p.add_argument("--scene-name", required=True)
     p.add_argument("--settings", required=True, help="JSON of the `inference` settings")
     p.add_argument("--s3-endpoint", help="S3 endpoint URL for s3:// scenes (keys come from "

@@ -4,9 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from nadir.redaction import redact_urls_in
+
 
 class NadirError(Exception):
-    """An error caused by the user's input or configuration, reported without a traceback."""
+    """An error caused by the user's input or configuration, reported without a traceback.
+
+    Its message never holds a URL's secret parts (user info, query, fragment): every URL in it
+    is redacted (nadir.redaction), whoever wrote the message."""
+
+    def __init__(self, *args):
+        super().__init__(*(redact_urls_in(a) if isinstance(a, str) else a for a in args))
 
 
 class InputError(NadirError):

@@ -6,13 +6,19 @@ an http(s):// URL, or an s3://bucket/prefix/ (anonymous by default, for public b
   holds, so two versions are never spliced), retried with exponential back-off, complete only at
   the length the server announced, checked against `sha256` when given, and renamed to their
   final name only once complete and verified, so a partial download never looks complete.
-  Pretrained weights use the same downloader.
+  One process at a time works on a cache entry (a lock file beside it); each writes its own
+  part file. Redirects never go from https to http, nor from a public host to a private
+  address; a body may not exceed `max_download_bytes`. Pretrained weights use the same
+  downloader.
 - s3:// objects come through the cache too, keyed by ETag; botocore does the retrying.
 - Archives (.zip, .tar, .tar.gz, .tgz, and archives inside them) are extracted into a folder
-  named after them; a folder is taken as its contents: its files are linked or copied and its
-  archives extracted as if each were listed (DOTA's Drive folders of part zips).
+  named after them, within caps on members, bytes and expansion ratio; a folder is taken as its
+  contents: its files are linked or copied and its archives extracted as if each were listed
+  (DOTA's Drive folders of part zips).
 - Images come with their georeferencing sidecars (`<image>.aux.xml`, world files), which
   nadir.georeferencing reads.
+- Untrusted names (archive members, S3 keys) land only inside their folder
+  (`nadir.containment`); URLs are recorded only in `nadir.urls.redact`'s form.
 - Every entry lands in its own sub-folder `<n>-<split>/` of the output folder; the manifest then
   lists each scene (image, label, sidecars, split, size, georeferencing) with paths relative to
   it, and what was set aside: label variants (DOTA's horizontal-box copies, labels of another
@@ -21,24 +27,30 @@ an http(s):// URL, or an s3://bucket/prefix/ (anonymous by default, for public b
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import functools
+import glob
 import hashlib
 import json
 import logging
 import os
 import re
+import secrets
 import shutil
 import tarfile
 import time
 import zipfile
 import zlib
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from http.client import HTTPException
 from pathlib import Path
 from urllib.error import HTTPError, URLError
 from urllib.parse import urlparse
-from urllib.request import Request, urlopen
+from urllib.request import HTTPRedirectHandler, Request, build_opener
 
+from nadir.containment import contained
 from nadir.errors import InputError, NadirError
 from nadir.georeferencing import (
     IMAGE_SUFFIXES,
@@ -49,6 +61,7 @@ from nadir.georeferencing import (
 from nadir.hashing import sha256_of
 from nadir.index import image_header
 from nadir.names import check_name, check_relative_path
+from nadir.urls import redact, redirect_refusal, resolve
 
 log = logging.getLogger(__name__)
 
@@ -90,11 +103,34 @@ class SourceEntry:
         return scheme if scheme in ("http", "https", "s3") else "file"
 
 
+@functools.cache
+def fetch_defaults() -> dict:
+    """The `fetch` section's defaults, read from the config schema (their one home)."""
+    from nadir.schema import section_defaults
+
+    return section_defaults("fetch")
+
+
+def _default(name: str, kind: Callable = lambda value: value):
+    return field(default_factory=lambda: kind(fetch_defaults()[name]))
+
+
 @dataclass(frozen=True)
 class FetchSettings:
-    cache_dir: Path = Path("downloads")
-    retries: int = 5
-    timeout_s: float = 60.0
+    """The config's `fetch` section (defaults from the schema)."""
+
+    cache_dir: Path = _default("cache_dir", Path)
+    retries: int = _default("retries")
+    timeout_s: float = _default("timeout_s")
+    max_download_bytes: int = _default("max_download_bytes")
+    max_extracted_bytes: int = _default("max_extracted_bytes")
+    max_expansion_ratio: float = _default("max_expansion_ratio")
+    max_archive_members: int = _default("max_archive_members")
+
+    @classmethod
+    def from_config(cls, fetch: dict) -> FetchSettings:
+        return cls(**{**fetch, "cache_dir": Path(fetch.get("cache_dir") or
+                                                 fetch_defaults()["cache_dir"])})
 
 
 class ChecksumError(InputError):
@@ -136,24 +172,75 @@ def _retrying(what: str, attempts: int, action: Callable[[], None]) -> None:
     raise NadirError(f"{what}: still failing after {attempts + 1} attempt(s): {error}")
 
 
+@contextlib.contextmanager
+def cache_entry_lock(entry: Path) -> Iterator[None]:
+    """Hold `<entry>.lock` while this process fetches `entry`: a second process (another job,
+    another dataset's fetch, a second controller) waits, then finds the finished entry
+    instead of writing the same file at the same time. The lock file is removed on release;
+    a waiter that was granted a removed file's lock tries again with the new one."""
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    lock = entry.with_name(entry.name + ".lock")
+    while True:
+        handle = open(lock, "a+b")  # held until the context ends
+        try:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log.info("%s: another process is fetching it; waiting for it to finish", entry)
+                fcntl.flock(handle, fcntl.LOCK_EX)
+            if os.fstat(handle.fileno()).st_ino == os.stat(lock).st_ino:
+                break
+        except FileNotFoundError:
+            pass  # removed by the holder we waited for: lock the next file
+        except OSError as exc:
+            handle.close()
+            raise NadirError(f"{lock}: cannot be locked ({exc.strerror}); put fetch.cache_dir "
+                             "on a file system with file locks (a local disk)") from None
+        handle.close()
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+        handle.close()
+
+
 @dataclass
 class PartialDownload:
-    """A `.part` file and what identifies the version it holds (`.part.json`): the ETag or
-    Last-Modified and the full length the server announced. A part is resumed only with
-    `If-Range` on that validator, so two versions of a file are never spliced together."""
+    """This process's part file (`<name>.part-<pid>-<random>`) and what identifies the version
+    it holds (`<part>.json`): the ETag or Last-Modified and the full length the server
+    announced. A part is resumed only with `If-Range` on that validator, so two versions of a
+    file are never spliced together."""
 
     path: Path
     validator: str | None = None
     total: int | None = None
 
     @classmethod
-    def open(cls, dest: Path) -> PartialDownload:
-        part = cls(dest.with_name(dest.name + ".part"))
-        try:
-            state = json.loads(part.sidecar.read_text())
-            part.validator, part.total = state["validator"], state["total"]
-        except (OSError, ValueError, KeyError):
-            part.discard()  # a part of unknown version cannot be resumed safely
+    def claim(cls, dest: Path) -> PartialDownload:
+        """A part of this process's own for `dest`, continuing the newest part an earlier
+        process left (so a download resumes across runs; older ones are removed). Called with
+        `dest`'s lock held: no other process writes any of them."""
+        part = cls(dest.with_name(f"{dest.name}.part-{os.getpid()}-{secrets.token_hex(4)}"))
+        left = []
+        for path in dest.parent.glob(glob.escape(dest.name) + ".part*"):
+            with contextlib.suppress(OSError):
+                if not path.name.endswith(".json"):
+                    left.append((path.stat().st_mtime_ns, path))
+        left.sort()
+        for _, old in left[:-1]:
+            cls(old).discard()
+        if left:
+            previous = cls(left[-1][1])
+            try:
+                state = json.loads(previous.sidecar.read_text())
+                validator, total = state["validator"], state["total"]
+                os.replace(previous.path, part.path)
+            except (OSError, ValueError, KeyError, TypeError):
+                previous.discard()  # a part of unknown version cannot be resumed safely
+            else:
+                part.validator, part.total = validator, total
+                part.save_state()
+            previous.sidecar.unlink(missing_ok=True)
         return part
 
     @property
@@ -167,11 +254,14 @@ class PartialDownload:
     def resumable(self) -> bool:
         return self.validator is not None and self.total is not None and 0 < self.size
 
+    def save_state(self) -> None:
+        self.sidecar.write_text(json.dumps({"validator": self.validator, "total": self.total}))
+
     def start(self, validator: str | None, total: int | None) -> None:
         """Begin again from byte 0 for the version the server now announces."""
         self.path.write_bytes(b"")
         self.validator, self.total = validator, total
-        self.sidecar.write_text(json.dumps({"validator": validator, "total": total}))
+        self.save_state()
 
     def discard(self) -> None:
         self.path.unlink(missing_ok=True)
@@ -197,36 +287,67 @@ def _content_range(headers) -> tuple[int | None, int | None]:
     return (int(first) if first else None), (int(total) if total != "*" else None)
 
 
-def _receive(response, part: PartialDownload, dest: Path) -> None:
-    """Append the response body to the part, failing with `Incomplete` when it ends early."""
+def _content_length(headers) -> int | None:
+    """The announced body length; None when absent or not a number (then the body is read up
+    to `max_download_bytes`)."""
+    value = (headers.get("Content-Length") or "").strip()
+    return int(value) if value.isdigit() else None
+
+
+def _too_large(url: str, settings: FetchSettings, announced: int | None) -> NadirError:
+    what = (f"announces {announced} bytes" if announced is not None
+            else "sends a body without Content-Length")
+    return NadirError(f"download of {redact(url)}: the server {what}, more than "
+                      f"fetch.max_download_bytes ({settings.max_download_bytes}); if the file "
+                      "is genuine, raise that key")
+
+
+def _receive(response, part: PartialDownload, dest: Path, url: str,
+             settings: FetchSettings) -> None:
+    """Append the response body to the part, failing with `Incomplete` when it ends early;
+    never writes a byte past the announced length, or past `max_download_bytes` when none was
+    announced."""
     received = part.size
+    limit = part.total if part.total is not None else settings.max_download_bytes
     next_report = received + PROGRESS_EVERY
     with open(part.path, "ab") as out:
         for block in iter(lambda: response.read(BLOCK), b""):
-            out.write(block)
             received += len(block)
+            if received > limit:
+                part.discard()
+                if part.total is None:
+                    raise _too_large(url, settings, announced=None)
+                raise Incomplete(f"the server sent more than the {limit} bytes it announced")
+            out.write(block)
             if received >= next_report:
                 log.info("%s: %d MiB of %s", dest.name, received >> 20,
                          f"{part.total >> 20} MiB" if part.total else "unknown size")
                 next_report += PROGRESS_EVERY
-    if part.total is None:
-        return
-    if received < part.total:
+    if part.total is not None and received < part.total:
         raise Incomplete(f"connection closed after {received} of {part.total} bytes")
-    if received > part.total:
-        part.discard()
-        raise Incomplete(f"the server sent {received} bytes after announcing {part.total}")
 
 
-def _attempt(url: str, part: PartialDownload, dest: Path, timeout_s: float) -> None:
+class _CheckedRedirects(HTTPRedirectHandler):
+    """Follows a redirect only where `nadir.urls.redirect_refusal` allows it."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        refusal = redirect_refusal(req.full_url, newurl)
+        if refusal:
+            raise NadirError(f"download of {redact(req.full_url)}: the server redirects to "
+                             f"{redact(newurl)}, refused because {refusal}")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def _attempt(url: str, part: PartialDownload, dest: Path, settings: FetchSettings) -> None:
     """One request: resume the part if the server still has the same version, else restart."""
     headers = {}
+    shown = redact(url)
     if part.resumable():
         headers = {"Range": f"bytes={part.size}-", "If-Range": part.validator}
+    # Only http(s) URLs reach here (`download` checks), and redirects pass _CheckedRedirects.
+    request = Request(url, headers=headers)  # noqa: S310
     try:
-        # Only http(s) URLs reach here (source entries of that scheme, the catalogue's weights
-        # URLs or a mirror the user names): S310's file:// and custom schemes cannot.
-        response = urlopen(Request(url, headers=headers), timeout=timeout_s)  # noqa: S310
+        response = build_opener(_CheckedRedirects).open(request, timeout=settings.timeout_s)
     except HTTPError as exc:
         if exc.code != 416 or not headers:
             raise
@@ -234,7 +355,7 @@ def _attempt(url: str, part: PartialDownload, dest: Path, timeout_s: float) -> N
         if total is not None and total == part.size == part.total:
             return  # the part already holds every byte of this version
         log.warning("%s: the server refused to resume at byte %d (HTTP 416); starting over",
-                    url, part.size)
+                    shown, part.size)
         part.discard()
         raise Incomplete("range not satisfiable; the partial download was discarded") from None
     with response:
@@ -242,38 +363,50 @@ def _attempt(url: str, part: PartialDownload, dest: Path, timeout_s: float) -> N
         first, total = _content_range(response.headers)
         if headers and response.status == 206 and first == part.size \
                 and total == part.total and validator == part.validator:
-            log.info("resuming %s at byte %d of %d", url, part.size, part.total)
+            log.info("resuming %s at byte %d of %d", shown, part.size, part.total)
         else:
             if headers:
-                log.info("%s changed or cannot be resumed; downloading it from the start", url)
-            length = response.headers.get("Content-Length")
+                log.info("%s changed or cannot be resumed; downloading it from the start", shown)
+            length = _content_length(response.headers)
             if response.status == 206:
                 part.discard()
                 raise Incomplete("a partial response to a request for the whole file")
-            part.start(validator, int(length) if length is not None else None)
-        _receive(response, part, dest)
+            if length is not None and length > settings.max_download_bytes:
+                part.discard()
+                raise _too_large(url, settings, announced=length)
+            part.start(validator, length)
+        _receive(response, part, dest, url, settings)
 
 
 def download(url: str, dest: Path, sha256: str | None, settings: FetchSettings) -> str:
-    """Download `url` to `dest` via `dest.part`, resuming a previous partial download of the
-    same version; `dest` appears only complete (every announced byte) and verified.
+    """Download `url` to `dest` via this process's part file, resuming a previous partial
+    download of the same version; `dest` appears only complete (its size the announced length)
+    and verified. One process at a time: others wait, then find `dest` done.
 
     Returns the file's SHA-256 (computed once, while verifying it)."""
-    if dest.exists():
-        log.info("already downloaded: %s", dest)
-        return verify(dest, sha256, url)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    part = PartialDownload.open(dest)
-    log.info("downloading %s", url)
-    _retrying(f"download of {url}", settings.retries,
-              lambda: _attempt(url, part, dest, settings.timeout_s))
-    try:
-        digest = verify(part.path, sha256, url)
-    except ChecksumError:
-        part.discard()  # a corrupt part would poison every resume
-        raise
-    os.replace(part.path, dest)
-    part.sidecar.unlink(missing_ok=True)
+    shown = redact(url)
+    if urlparse(url).scheme not in ("http", "https"):
+        raise NadirError(f"download of {shown}: only http(s) URLs are downloaded")
+    with cache_entry_lock(dest):
+        if dest.exists():
+            log.info("already downloaded: %s", dest)
+            return verify(dest, sha256, shown)
+        part = PartialDownload.claim(dest)
+        log.info("downloading %s", shown)
+        _retrying(f"download of {shown}", settings.retries,
+                  lambda: _attempt(url, part, dest, settings))
+        if part.total is not None and part.size != part.total:
+            size, total = part.size, part.total
+            part.discard()
+            raise NadirError(f"download of {shown}: the file holds {size} bytes, the server "
+                             f"announced {total}; discarded, fetch it again")
+        try:
+            digest = verify(part.path, sha256, shown)
+        except ChecksumError:
+            part.discard()  # a corrupt part would poison every resume
+            raise
+        os.replace(part.path, dest)
+        part.sidecar.unlink(missing_ok=True)
     log.info("downloaded and verified %s (%d bytes)", dest, dest.stat().st_size)
     return digest
 
@@ -314,22 +447,34 @@ def _s3_select(objects: dict[str, str], prefix: str, wanted: Callable[[str], str
 class S3Cache:
     """Objects of one endpoint and bucket kept under the fetch cache, each with the ETag it had
     (`etags.json`), so a later fetch copies unchanged objects from disk and downloads only new
-    or changed ones. An object enters the index only once its file is complete."""
+    or changed ones. An object enters the index only once its file is complete. Use it with
+    the bucket's lock held (`locked`): one process at a time per bucket cache."""
 
     SAVE_EVERY = 100
 
     def __init__(self, cache_dir: Path, endpoint: str | None, bucket: str):
         key = hashlib.sha256(f"{endpoint or 'aws'}|{bucket}".encode()).hexdigest()[:16]
+        self.bucket = bucket
         self.root = cache_dir / "s3" / key
         self.index_path = self.root / "etags.json"
-        try:
-            self.etags: dict[str, str] = json.loads(self.index_path.read_text())
-        except (OSError, ValueError):
-            self.etags = {}
+        self.etags: dict[str, str] = {}
         self.unsaved = 0
 
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[S3Cache]:
+        with cache_entry_lock(self.root):
+            try:
+                self.etags = json.loads(self.index_path.read_text())
+            except (OSError, ValueError):
+                self.etags = {}
+            try:
+                yield self
+            finally:
+                self.save()
+
     def path(self, key: str) -> Path:
-        return self.root / "objects" / key
+        """Where an object's copy lives: its key under `objects/`, which it may not leave."""
+        return contained(self.root / "objects", key, f"key {key!r}", f"s3://{self.bucket}")
 
     def holds(self, key: str, etag: str) -> bool:
         return self.etags.get(key) == etag and self.path(key).is_file()
@@ -351,7 +496,9 @@ class S3Cache:
 def fetch_s3(entry: SourceEntry, dest: Path, wanted: Callable[[str], str | None],
              settings: FetchSettings) -> list[str]:
     """Copy the wanted objects under an s3:// prefix into `dest`, keeping their relative keys;
-    objects come through the cache (`settings.cache_dir`), downloaded only when new or changed."""
+    objects come through the cache (`settings.cache_dir`), downloaded only when new or changed.
+    Every key must land inside `dest` and inside the cache (checked before anything is
+    written): a listing is untrusted input."""
     from boto3.s3.transfer import TransferConfig
 
     parsed = urlparse(entry.url)
@@ -376,29 +523,33 @@ def fetch_s3(entry: SourceEntry, dest: Path, wanted: Callable[[str], str | None]
                                     "this prefix; check the prefix and the dataset's `tiled` "
                                     "setting")
     cache = S3Cache(settings.cache_dir, entry.endpoint_url, bucket)
+    targets = {key: (cache.path(key), contained(dest, key[len(prefix):], f"key {key!r}",
+                                                f"s3://{bucket}"))
+               for key in selected}
     reused = 0
-    try:
+    with cache.locked():
         for n, key in enumerate(selected, start=1):
-            cached = cache.path(key)
-            if cache.holds(key, objects[key]):
-                reused += 1
-            else:
-                cached.parent.mkdir(parents=True, exist_ok=True)
-                part = cached.with_name(cached.name + ".part")
-                _s3_call(f"download of s3://{bucket}/{key}",
-                         lambda key=key, part=part: client.download_file(
-                             bucket, key, str(part), Config=transfer))
-                os.replace(part, cached)
-                cache.add(key, objects[key])
-            target = dest / key[len(prefix):]
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.unlink(missing_ok=True)
-            _link_or_copy(str(cached), str(target))
+            cached, target = targets[key]
+            try:
+                if cache.holds(key, objects[key]):
+                    reused += 1
+                else:
+                    cached.parent.mkdir(parents=True, exist_ok=True)
+                    part = cached.with_name(f"{cached.name}.part-{os.getpid()}")
+                    _s3_call(f"download of s3://{bucket}/{key}",
+                             lambda key=key, part=part: client.download_file(
+                                 bucket, key, str(part), Config=transfer))
+                    os.replace(part, cached)
+                    cache.add(key, objects[key])
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.unlink(missing_ok=True)
+                _link_or_copy(str(cached), str(target))
+            except OSError as exc:  # a name the file system cannot hold (too long, ...)
+                raise InputError(f"s3://{bucket}", f"key {key!r} cannot be written to "
+                                                   f"{target} ({exc.strerror or exc})") from None
             if n % 100 == 0 or n == len(selected):
                 log.info("s3: %d/%d objects from %s (%d from the cache)", n, len(selected),
                          entry.url, reused)
-    finally:
-        cache.save()
     return selected
 
 
@@ -429,40 +580,114 @@ def is_archive(path: Path) -> bool:
 NESTING_LIMIT = 3  # archives inside archives are extracted down to this depth
 
 
-def _extract_one(archive: Path, dest: Path) -> None:
+class Expansion:
+    """What one extraction (an archive and the archives inside it) may write: at most
+    `fetch.max_archive_members` members, `fetch.max_extracted_bytes` bytes, and
+    `fetch.max_expansion_ratio` bytes per byte of the outer archive. Each member is counted
+    before it is written, so a compression bomb stops at the limit, not after filling the
+    disk."""
+
+    def __init__(self, archive: Path, settings: FetchSettings):
+        self.archive, self.settings = archive, settings
+        self.archive_bytes = max(archive.stat().st_size, 1)
+        self.members = self.written = 0
+
+    def admit(self, archive: Path, name: str, size: int) -> None:
+        """Count member `name` of `archive` (`size` bytes) before it is written."""
+        settings = self.settings
+        self.members += 1
+        self.written += size
+        if self.members > settings.max_archive_members:
+            raise InputError(archive, f"member {name!r} is one more than "
+                                      f"fetch.max_archive_members ({settings.max_archive_members})"
+                                      "; if the archive is genuine, raise that key")
+        if self.written > settings.max_extracted_bytes:
+            raise InputError(archive, f"member {name!r} would take the extracted bytes past "
+                                      f"fetch.max_extracted_bytes ({settings.max_extracted_bytes})"
+                                      "; if the archive is genuine, raise that key")
+        if self.written > settings.max_expansion_ratio * self.archive_bytes:
+            raise InputError(archive, f"member {name!r} would expand {self.archive.name} "
+                                      f"({self.archive_bytes} bytes) past "
+                                      f"fetch.max_expansion_ratio ({settings.max_expansion_ratio}"
+                                      " times): a compression bomb, or, if the archive is "
+                                      "genuine, raise that key")
+
+
+def _extract_zip(archive: Path, dest: Path, expansion: Expansion) -> None:
+    """Members one by one, each checked (place, count, declared size) before it is written.
+    zipfile never returns more than a member's declared size (a member that holds more fails
+    its CRC check), so counting declared sizes bounds what is written."""
+    with zipfile.ZipFile(archive) as zf:
+        for info in zf.infolist():
+            what = f"member {info.filename!r}"
+            target = contained(dest, info.filename, what, archive, folder_itself=info.is_dir())
+            expansion.admit(archive, info.filename, info.file_size)
+            if info.is_dir():
+                target.mkdir(parents=True, exist_ok=True)
+                continue
+            with zf.open(info) as source:
+                _write_member(source, target, what, archive)
+
+
+def _write_member(source, target: Path, what: str, archive: Path) -> None:
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open(target, "wb") as out:
+            shutil.copyfileobj(source, out, BLOCK)
+    except OSError as exc:
+        if isinstance(exc, (zipfile.BadZipFile, EOFError)):
+            raise
+        raise InputError(archive, f"{what} cannot be written to {target} ({exc.strerror or exc})"
+                                  ) from None
+
+
+def _extract_tar(archive: Path, dest: Path, expansion: Expansion) -> None:
+    """Members one by one as the stream is read, each checked (place, count, size) before it
+    is written; tar's `data` filter also refuses links that point out, devices and absolute
+    or `..` link targets."""
+    with tarfile.open(archive) as tf:
+        for member in tf:
+            what = f"member {member.name!r}"
+            contained(dest, member.name, what, archive, folder_itself=member.isdir())
+            expansion.admit(archive, member.name, member.size if member.isfile() else 0)
+            try:
+                tf.extract(member, dest, filter="data")
+            except tarfile.FilterError as exc:
+                raise InputError(archive, f"{what} refused: {exc}") from None
+            except OSError as exc:
+                raise InputError(archive, f"{what} cannot be written under {dest} "
+                                          f"({exc.strerror or exc})") from None
+
+
+def _extract_one(archive: Path, dest: Path, expansion: Expansion) -> None:
     """Extract a zip or tar archive, refusing members that would land outside `dest`."""
     log.info("extracting %s", archive)
     try:
         if archive.name.lower().endswith(".zip"):
-            with zipfile.ZipFile(archive) as zf:
-                root = dest.resolve()
-                for member in zf.namelist():
-                    if not (dest / member).resolve().is_relative_to(root):
-                        raise InputError(archive, f"member {member!r} would be written outside "
-                                                  "the extraction folder")
-                zf.extractall(dest)  # noqa: S202 - every member was checked just above
+            _extract_zip(archive, dest, expansion)
         else:
-            with tarfile.open(archive) as tf:
-                tf.extractall(dest, filter="data")
-    except tarfile.FilterError as exc:
-        raise InputError(archive, f"refused: {exc}") from None
+            _extract_tar(archive, dest, expansion)
     except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, OSError) as exc:
         raise InputError(archive, f"not a readable archive ({exc}); it is corrupt or "
                                   "truncated: download or copy it again") from None
 
 
-def extract(archive: Path, dest: Path) -> None:
-    """Extract an archive, and archives found inside it, into `dest`.
+def extract(archive: Path, dest: Path, settings: FetchSettings | None = None) -> None:
+    """Extract an archive, and archives found inside it, into `dest`, within the caps of
+    `settings` (`Expansion`).
 
     Everything goes to `<dest>.partial` first and takes its place only once all of it is
     extracted, so a corrupt or truncated archive never leaves a folder that looks complete.
-    An inner archive is extracted into a folder named after it, and then removed.
+    An inner archive is extracted into a folder named after it, and then removed. Every
+    member must land inside the folder (`nadir.containment`): nothing outside it is created,
+    changed or removed.
     """
+    expansion = Expansion(archive, settings or FetchSettings())
     partial = dest.with_name(dest.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     try:
-        _extract_one(archive, partial)
+        _extract_one(archive, partial, expansion)
         for depth in range(1, NESTING_LIMIT + 1):
             inner = sorted(p for p in partial.rglob("*") if is_archive(p))
             if not inner:
@@ -473,13 +698,15 @@ def extract(archive: Path, dest: Path) -> None:
                                           "by hand")
             for path in inner:
                 suffix = next(x for x in ARCHIVE_SUFFIXES if path.name.lower().endswith(x))
-                _extract_one(path, path.with_name(path.name[:-len(suffix)]))
+                _extract_one(path, path.with_name(path.name[:-len(suffix)]), expansion)
                 path.unlink()
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
     if dest.exists():
-        shutil.copytree(partial, dest, dirs_exist_ok=True)
+        # Links stay links: followed, one pointing to a folder above it would be copied into
+        # itself over and over.
+        shutil.copytree(partial, dest, symlinks=True, dirs_exist_ok=True)
         shutil.rmtree(partial)
     else:
         os.replace(partial, dest)
@@ -504,25 +731,38 @@ def _skipped(relative: Path) -> bool:
     return any(p.startswith(".") or p == "__MACOSX" for p in relative.parts)
 
 
-def place(path: Path, dest: Path) -> None:
+def _folder_files(root: Path) -> list[Path]:
+    """Every file under a folder, following linked folders (a data folder may link to another
+    disk) but entering each real folder once: a link back up the tree (`a/loop -> ..`) would
+    otherwise be walked until the path grows too long."""
+    seen: set[str] = set()
+    files = []
+    for top, folders, names in os.walk(root, followlinks=True):
+        real = os.path.realpath(top)
+        if real in seen:
+            folders[:] = []
+            continue
+        seen.add(real)
+        files.extend(Path(top) / name for name in names)
+    return sorted(files)
+
+
+def place(path: Path, dest: Path, settings: FetchSettings) -> None:
     """Put a placed or downloaded path into `dest`: an archive is extracted into a folder named
     after it; a folder is taken as its contents, its archives extracted as if each were listed
     and its other files linked (or copied); a file is linked."""
     if path.is_dir():
-        # os.walk follows linked folders: a data folder may link to another disk
-        files = sorted(Path(top) / name for top, _, names in os.walk(path, followlinks=True)
-                       for name in names)
-        for item in files:
+        for item in _folder_files(path):
             relative = item.relative_to(path)
             if _skipped(relative):
                 continue
             if is_archive(item):
-                extract(item, archive_folder(dest / relative))
+                extract(item, archive_folder(dest / relative), settings)
             elif item.is_file():
                 (dest / relative).parent.mkdir(parents=True, exist_ok=True)
                 _link_or_copy(str(item), str(dest / relative))
     elif is_archive(path):
-        extract(path, archive_folder(dest / path.name))
+        extract(path, archive_folder(dest / path.name), settings)
     else:
         dest.mkdir(parents=True, exist_ok=True)
         _link_or_copy(str(path), str(dest / path.name))
@@ -545,7 +785,7 @@ def fetch_s3_archive(entry: SourceEntry, dest: Path, settings: FetchSettings) ->
         raise InputError(entry.url, f"no object {name!r} under {prefix}/; check the URL") \
             from None
     try:
-        place(staging / name, dest)
+        place(staging / name, dest, settings)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -553,7 +793,7 @@ def fetch_s3_archive(entry: SourceEntry, dest: Path, settings: FetchSettings) ->
 def obtain(entry: SourceEntry, dest: Path, dataset_format: str,
            wanted: Callable[[str], str | None], settings: FetchSettings) -> dict:
     """Bring one source entry into `dest`; returns what was fetched, for the manifest."""
-    record = {"url": entry.url, "split": entry.split}
+    record = {"url": redact(entry.url), "split": entry.split}
     if entry.scheme == "s3" and entry.url.lower().endswith(ARCHIVE_SUFFIXES):
         fetch_s3_archive(entry, dest, settings)
         return record
@@ -563,7 +803,8 @@ def obtain(entry: SourceEntry, dest: Path, dataset_format: str,
     if entry.scheme in ("http", "https"):
         name = Path(urlparse(entry.url).path).name or "download"
         key = hashlib.sha256(entry.url.encode()).hexdigest()[:16]
-        path = settings.cache_dir / key / name
+        path = contained(settings.cache_dir / key, name, f"file name {name!r}",
+                         record["url"])
         record["sha256"] = download(entry.url, path, entry.sha256, settings)
     else:
         path = Path(entry.url).expanduser()
@@ -572,7 +813,7 @@ def obtain(entry: SourceEntry, dest: Path, dataset_format: str,
                                    f"at this path. {WHERE_TO_GET[dataset_format]}")
         if path.is_file():
             record["sha256"] = verify(path, entry.sha256, str(path))
-    place(path, dest)
+    place(path, dest, settings)
     return record
 
 
@@ -739,9 +980,10 @@ def fetch_dataset(name: str, spec: dict, files_dir: Path, settings: FetchSetting
     files_dir.mkdir(parents=True, exist_ok=True)
     entries, fetched = [], []
     for i, raw in enumerate(spec["source"]):
-        entry = SourceEntry(**raw)
+        # The workflow hands URLs over in their recorded form (nadir.urls): resolved here.
+        entry = SourceEntry(**{**raw, "url": resolve(raw["url"])})
         folder = files_dir / f"{i:02d}-{entry.split or 'all'}"
-        log.info("source %d/%d: %s", i + 1, len(spec["source"]), entry.url)
+        log.info("source %d/%d: %s", i + 1, len(spec["source"]), redact(entry.url))
         fetched.append(obtain(entry, folder, dataset_format,
                               lambda rel: classify(rel, dataset_format, tiled, version),
                               settings))
@@ -751,8 +993,8 @@ def fetch_dataset(name: str, spec: dict, files_dir: Path, settings: FetchSetting
                                            max_raster_values)}
     if not manifest["scenes"]:
         raise InputError(files_dir, f"no {dataset_format} images found in the sources "
-                                    f"{[e.url for e, _ in entries]}{LOOKED_FOR[dataset_format]}"
-                                    f". {WHERE_TO_GET[dataset_format]}")
+                                    f"{[redact(e.url) for e, _ in entries]}"
+                                    f"{LOOKED_FOR[dataset_format]}. {WHERE_TO_GET[dataset_format]}")
     log.info("%s: %d scenes, %d label files without an image", name, len(manifest["scenes"]),
              len(manifest["labels_without_image"]))
     return manifest

@@ -30,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from urllib.error import HTTPError, URLError
-from urllib.parse import urlparse
+from urllib.parse import urlparse, urlsplit
 from urllib.request import Request, urlopen
 
 import numpy as np
@@ -45,6 +45,7 @@ from nadir.chipping import (
     window_offsets,
     window_validity,
 )
+from nadir.containment import contained
 from nadir.errors import InputError, NadirError
 from nadir.georeferencing import (
     MAX_SIDECAR_BYTES,
@@ -57,6 +58,7 @@ from nadir.hashing import sha256_of
 from nadir.names import RULE, is_safe_name, safe_name
 from nadir.rasters import INFERENCE_SCENE, open_raster
 from nadir.scene_evaluation import merge_overlaps, to_scene_coordinates
+from nadir.urls import redact
 
 log = logging.getLogger(__name__)
 
@@ -73,10 +75,12 @@ PALETTE = [(255, 64, 64), (64, 160, 255), (255, 200, 0), (0, 220, 120), (220, 0,
 
 @dataclass(frozen=True)
 class SceneSource:
-    """One scene to process: its name (used in output paths) and where GDAL reads it."""
+    """One scene to process: its name (used in output paths), where GDAL reads it, and, for
+    s3://, whether it is read without the user's keys (a bucket the config does not name)."""
 
     name: str
     location: str
+    anonymous: bool = False
 
     @property
     def scheme(self) -> str:
@@ -100,39 +104,84 @@ def is_listing(location: str) -> bool:
         location.lower().endswith(".json")
 
 
-def stac_scenes(path: Path, asset_keys: list[str] | None = None) -> list[SceneSource]:
+def plain_s3_key(location: str, what: str, origin: str | Path) -> str:
+    """An s3:// location whose key has no empty, `.` or `..` segment: GDAL or a server may
+    normalise those into another key, or another bucket, read with the keys of this one."""
+    key = urlsplit(location).path.removeprefix("/")
+    if any(part in ("", ".", "..") for part in key.split("/")):
+        raise InputError(origin, f"{what}: an S3 key with an empty, '.' or '..' segment is "
+                         "refused")
+    return location
+
+
+def stac_location(catalogue: Path, item: str, href: str) -> str:
+    """Where a STAC asset is read. A catalogue is untrusted input: http(s):// and s3:// hrefs
+    are taken as they are, a relative path must stay under the catalogue's folder; absolute
+    local paths, `../` out of the folder, file:// and every other scheme are refused (they
+    would let a catalogue choose any file, or any GDAL driver prefix, on the machine)."""
+    scheme = urlsplit(href).scheme.lower()
+    what = f"item {item!r}: asset href {redact(href)!r}"
+    if scheme == "s3":
+        return plain_s3_key(href, what, catalogue)
+    if scheme in ("http", "https"):
+        return href
+    if scheme or href.startswith(("/", "\\")):
+        raise InputError(catalogue, f"{what} is refused: an href must be an http(s):// or "
+                         "s3:// URL or a path relative to the catalogue's folder")
+    return str(contained(Path(catalogue).parent, href, what, catalogue))
+
+
+def stac_scenes(path: Path, asset_keys: list[str] | None = None,
+                signed_buckets: frozenset[str] = frozenset()) -> list[SceneSource]:
     """The scenes of a STAC item collection (a FeatureCollection of items, e.g. a saved STAC API
     search) or of a single item: per item, the first of `asset_keys` it has, named by item id.
-    Relative asset hrefs are resolved against the file's folder."""
+    Hrefs follow `stac_location`; s3:// assets outside `signed_buckets` (the buckets the config
+    names) are read anonymously: the user's keys go only where the user sent them."""
     keys = list(asset_keys or DEFAULT_STAC_ASSETS)
     try:
         document = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise InputError(path, f"not a readable STAC JSON file ({exc})") from None
-    items = document.get("features") if document.get("type") == "FeatureCollection" \
-        else [document] if document.get("type") == "Feature" else None
-    if items is None:
+    kind = document.get("type") if isinstance(document, dict) else None
+    items = document.get("features") if kind == "FeatureCollection" \
+        else [document] if kind == "Feature" else None
+    if not isinstance(items, list):
         raise InputError(path, "expected a STAC item collection (type FeatureCollection) or a "
-                         f"STAC item (type Feature), got type {document.get('type')!r}")
+                         f"STAC item (type Feature), got type {kind!r}")
     scenes = []
     for n, item in enumerate(items):
-        assets = item.get("assets") or {}
+        label = f"{n} ({item.get('id')!r})" if isinstance(item, dict) else str(n)
+        assets = item.get("assets") if isinstance(item, dict) else None
+        if not isinstance(assets, dict):
+            raise InputError(path, f"item {label} has no `assets` object")
         key = next((k for k in keys if k in assets), None)
         if key is None:
-            raise InputError(path, f"item {n} ({item.get('id')!r}) has none of the assets "
+            raise InputError(path, f"item {label} has none of the assets "
                              f"{keys}; it has {sorted(assets)} (set inference.stac_assets)")
-        href = assets[key].get("href")
-        if not href:
-            raise InputError(path, f"item {n} ({item.get('id')!r}): asset {key!r} has no href")
-        if not urlparse(href).scheme and not href.startswith("/"):
-            href = str((Path(path).parent / href).resolve())
-        name = safe_name(str(item.get("id") or scene_name(href)), scene_name(href))
-        scenes.append(SceneSource(name, href))
+        href = assets[key].get("href") if isinstance(assets[key], dict) else None
+        if not href or not isinstance(href, str):
+            raise InputError(path, f"item {label}: asset {key!r} has no href")
+        location = stac_location(Path(path), str(item.get("id", n)), href)
+        anonymous = location.startswith("s3://") and \
+            urlsplit(location).netloc not in signed_buckets
+        name = safe_name(str(item.get("id") or scene_name(location)), scene_name(location))
+        scenes.append(SceneSource(name, location, anonymous))
     log.info("STAC file %s: %d scene(s) from assets %s", path, len(scenes), keys)
     return scenes
 
 
-def direct_scenes(entries: list, asset_keys: list[str] | None = None) -> list[SceneSource]:
+def buckets_named(config: dict) -> frozenset[str]:
+    """Buckets the config names for reading with the user's S3 keys: those of s3:// inference
+    scenes, and of dataset sources read with credentials (`anonymous: false`)."""
+    named = [s if isinstance(s, str) else s["source"]
+             for s in config.get("inference", {}).get("scenes", [])]
+    named += [e["url"] for d in config.get("datasets", {}).values()
+              for e in d.get("source") or [] if e.get("anonymous") is False]
+    return frozenset(urlsplit(u).netloc for u in named if u.startswith("s3://"))
+
+
+def direct_scenes(entries: list, asset_keys: list[str] | None = None,
+                  signed_buckets: frozenset[str] = frozenset()) -> list[SceneSource]:
     """The config's scene entries that need no listing job: paths, URLs, s3:// objects (a
     string, or {name, source}) and STAC files, in order. s3:// prefixes are left out."""
     scenes = []
@@ -140,7 +189,7 @@ def direct_scenes(entries: list, asset_keys: list[str] | None = None) -> list[Sc
         location, name = (entry, None) if isinstance(entry, str) else \
             (entry["source"], entry.get("name"))
         if location.lower().endswith(".json"):
-            scenes.extend(stac_scenes(Path(location), asset_keys))
+            scenes.extend(stac_scenes(Path(location), asset_keys, signed_buckets))
         elif not is_listing(location):
             scenes.append(SceneSource(name or scene_name(location), location))
     return scenes
@@ -151,11 +200,12 @@ def check_scene_names(scenes: list[SceneSource]) -> None:
     seen: dict[str, str] = {}
     for scene in scenes:
         if not is_safe_name(scene.name):
-            raise NadirError(f"inference scene name {scene.name!r} ({scene.location}) must be "
-                             f"{RULE}")
+            raise NadirError(f"inference scene name {scene.name!r} ({redact(scene.location)}) "
+                             f"must be {RULE}")
         if scene.name in seen and seen[scene.name] != scene.location:
             raise NadirError(f"two inference scenes are named {scene.name!r}: "
-                             f"{seen[scene.name]} and {scene.location}; give one a `name`")
+                             f"{redact(seen[scene.name])} and {redact(scene.location)}; give "
+                             "one a `name`")
         seen[scene.name] = scene.location
 
 
@@ -176,7 +226,9 @@ def list_s3_prefix(prefix: str, endpoint: str | None) -> list[SceneSource]:
                                                                  Prefix=key_prefix):
         for obj in page.get("Contents", []):
             if obj["Key"].lower().endswith(RASTER_SUFFIXES):
-                scenes.append(SceneSource(scene_name(obj["Key"]), f"s3://{bucket}/{obj['Key']}"))
+                location = plain_s3_key(f"s3://{bucket}/{obj['Key']}", f"key {obj['Key']!r}",
+                                        prefix)
+                scenes.append(SceneSource(scene_name(obj["Key"]), location))
     if not scenes:
         raise InputError(prefix, f"no raster object ({', '.join(RASTER_SUFFIXES)}) under this "
                          "prefix")
@@ -197,12 +249,14 @@ def window_row_cache_bytes(src, size: int) -> int:
 
 
 @contextlib.contextmanager
-def remote_access(location: str, s3_endpoint: str | None) -> Iterator[dict]:
+def remote_access(location: str, s3_endpoint: str | None,
+                  anonymous: bool = False) -> Iterator[dict]:
     """GDAL settings (returned) and, for s3://, credentials for reading one scene.
 
     Keys come from SNAKEMAKE_STORAGE_S3_ACCESS_KEY / _SECRET_KEY and are handed to GDAL as
     this process's AWS_* environment for the duration of the read (never as arguments, so they
-    appear in no command line and no log); without keys, s3:// is read anonymously.
+    appear in no command line and no log); without keys, or with `anonymous` (a bucket the
+    config does not name), s3:// is read without signing, whatever AWS_* variables hold.
     """
     options: dict = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR", "GDAL_HTTP_MAX_RETRY": "3",
                      "GDAL_HTTP_RETRY_DELAY": "1"}
@@ -210,7 +264,9 @@ def remote_access(location: str, s3_endpoint: str | None) -> Iterator[dict]:
     if location.startswith("s3://"):
         access = os.environ.get("SNAKEMAKE_STORAGE_S3_ACCESS_KEY")
         secret = os.environ.get("SNAKEMAKE_STORAGE_S3_SECRET_KEY")
-        if access and secret:
+        if anonymous:
+            options["AWS_NO_SIGN_REQUEST"] = "YES"
+        elif access and secret:
             for name, value in (("AWS_ACCESS_KEY_ID", access), ("AWS_SECRET_ACCESS_KEY", secret)):
                 saved[name] = os.environ.get(name)
                 os.environ[name] = value
@@ -431,17 +487,29 @@ def detect_scene(source: SceneSource, params: ChipParams, detector: WindowDetect
     counts = WindowCounts()
     chips: list[dict] = []  # per window: id, x, y (what to_scene_coordinates needs)
     window_detections: list[dict] = []
-    with remote_access(source.location, s3_endpoint) as options, warnings.catch_warnings(), \
+    shown = redact(source.location)
+    with remote_access(source.location, s3_endpoint, source.anonymous) as options, \
+            warnings.catch_warnings(), \
             rasterio.Env(GDAL_PAM_ENABLED="NO", **options):
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        with open_raster(source.location, INFERENCE_SCENE, max_raster_values) as probe:
-            gdal = gdal_settings(probe, params.size, threads)
-            if reads_by_window(probe):
-                gdal["GDAL_CACHEMAX"] = max(gdal["GDAL_CACHEMAX"],
-                                            window_row_cache_bytes(probe, params.size))
+        try:
+            with open_raster(source.location, INFERENCE_SCENE, max_raster_values) as probe:
+                gdal = gdal_settings(probe, params.size, threads)
+                if reads_by_window(probe):
+                    gdal["GDAL_CACHEMAX"] = max(gdal["GDAL_CACHEMAX"],
+                                                window_row_cache_bytes(probe, params.size))
+        except InputError as error:
+            if not source.anonymous:
+                raise
+            raise InputError(shown, f"not readable without credentials ({error}): its bucket "
+                                    "is not one the config names, so the user's S3 keys are "
+                                    "not sent to it; name the bucket in inference.scenes (or a "
+                                    "dataset source with anonymous: false) to read it with "
+                                    "them") from None
         with rasterio.Env(**gdal), \
                 open_raster(source.location, INFERENCE_SCENE, max_raster_values) as src:
-            log.info("scene %s from %s", source.name, source.location)
+            log.info("scene %s from %s%s", source.name, shown,
+                     " (anonymously)" if source.anonymous else "")
             radiometry = Radiometry(src, params, source.name)
             quicklook = QuickLook(src.width, src.height, settings.quicklook_size)
             windows = scene_windows(src, params, counts, radiometry)
@@ -480,9 +548,11 @@ def detect_scene(source: SceneSource, params: ChipParams, detector: WindowDetect
 def sidecar_text_at(location: str, s3_endpoint: str | None) -> str | None:
     """The text of a scene's GDAL PAM sidecar (`<location>.aux.xml`), wherever the scene is:
     a file beside it, an object beside it in the bucket (credentials as for the scene), or a
-    URL beside it; None when there is none. GDAL's PAM stays off (nadir.georeferencing)."""
-    sidecar = location + PAM_SUFFIX
+    URL beside it (the scene URL's query kept: a token may open both; a signature made for the
+    scene alone gets a 403, read as "no sidecar"); None when there is none. GDAL's PAM stays off
+    (nadir.georeferencing)."""
     parsed = urlparse(location)
+    sidecar = parsed._replace(path=parsed.path + PAM_SUFFIX).geturl()
     if parsed.scheme in ("http", "https"):
         try:
             # The scheme is http(s), checked above: urllib opens no file:// or other scheme here.
@@ -631,7 +701,7 @@ def predict_scene(source: SceneSource, weights: Path, run_json: Path,
                           reads_ahead(source, device_name()), max_raster_values)
     if not result.georeferenced:
         log.warning("scene %s (%s) has no georeferencing: its GeoJSON and GeoPackage hold pixel "
-                    "coordinates (column, row; y down)", source.name, source.location)
+                    "coordinates (column, row; y down)", source.name, redact(source.location))
     digest = sha256_of(Path(weights))[:16]
     names = {c["id"]: c["name"] for c in categories}
     rings = [pixel_outline(d) for d in result.detections]
@@ -646,7 +716,7 @@ def predict_scene(source: SceneSource, weights: Path, run_json: Path,
     for det in result.detections:
         per_class[names[det["category_id"]]] += 1
     summary = {
-        "scene": source.name, "source": source.location, "width": result.width,
+        "scene": source.name, "source": redact(source.location), "width": result.width,
         "height": result.height, "crs": result.crs, "georeferenced": result.georeferenced,
         "transform": result.transform, "dataset": run["dataset"], "model": run["model"],
         "run_digest": digest, "detections": len(result.detections), "per_class": per_class,

@@ -26,3 +26,9 @@ def schema_default(*keys: str):
     for key in keys:
         node = node["properties"][key]
     return copy.deepcopy(node["default"])
+
+
+def section_defaults(section: str) -> dict:
+    """The defaults of every key of a top-level section, e.g. section_defaults("fetch")."""
+    keys = _schema()["properties"][section]["properties"]
+    return {name: copy.deepcopy(key["default"]) for name, key in keys.items() if "default" in key}

@@ -21,11 +21,26 @@ from nadir.errors import NadirError
 from nadir.fetch import read_scene_manifest
 from nadir.named_inputs import files_by_owner, input_name, run_inputs
 from nadir.training.catalogue import CATALOGUE
+from nadir.urls import publish, redact
 
 try:
     validate(config, list(CATALOGUE))
 except ConfigError as error:
     raise WorkflowError(str(error)) from None
+
+
+def config_urls():
+    """Every URL the config names: dataset sources and inference scenes."""
+    for dataset in config["datasets"].values():
+        yield from (entry["url"] for entry in dataset.get("source") or [])
+    yield from (s if isinstance(s, str) else s["source"] for s in config["inference"]["scenes"])
+
+
+# Job command lines carry URLs in their redacted form (no user info, query or fragment: where
+# tokens and pre-signatures live); the jobs, which inherit this environment (or parse the
+# workflow again in their pod), look the whole URL up (nadir.urls).
+publish(config_urls())
+
 
 # Shell commands quote every field (`{x:q}`): names in paths come from data (nadir.names holds
 # them to a rule, and quoting keeps them one argument whatever they hold). Option lists are

@@ -5,6 +5,7 @@
 
 from nadir.inference import (
     SceneSource,
+    buckets_named,
     check_scene_names,
     direct_scenes,
     is_listing,
@@ -37,10 +38,14 @@ INFERENCE_PREFIXES = {
     source_id(s): s for s in _SCENE_SOURCES if is_listing(s) and s.startswith("s3://")
 }
 try:
-    INFERENCE_DIRECT = direct_scenes(INFERENCE["scenes"], INFERENCE["stac_assets"])
+    # STAC hrefs to buckets the config does not name are read without the user's keys.
+    INFERENCE_DIRECT = direct_scenes(
+        INFERENCE["scenes"], INFERENCE["stac_assets"], buckets_named(config)
+    )
     check_scene_names(INFERENCE_DIRECT)
 except NadirError as error:
     raise WorkflowError(f"config key inference.scenes: {error}") from None
+publish(scene.location for scene in INFERENCE_DIRECT)  # STAC hrefs may be pre-signed URLs
 
 
 def listed_scenes(source):
@@ -81,6 +86,13 @@ def predict_targets(wildcards):
     ]
 
 
+def scene_access(wildcards):
+    """The predict job's S3 options: the storage's endpoint, and --anonymous for a scene whose
+    bucket the config does not name (from a STAC catalogue)."""
+    anonymous = inference_scenes()[wildcards.scene].anonymous
+    return _s3_endpoint_argument() + (" --anonymous" if anonymous else "")
+
+
 def scene_input(wildcards):
     """A local scene file is an input (a change reruns its jobs); remote scenes are read where
     they are, so they are no input Snakemake would download."""
@@ -116,9 +128,9 @@ rule predict_scene:
     wildcard_constraints:
         scene=NAME.pattern,
     params:
-        source=lambda w: inference_scenes()[w.scene].location,
+        source=lambda w: redact(inference_scenes()[w.scene].location),
         settings=as_json({k: INFERENCE[k] for k in INFERENCE_SETTING_KEYS}),
-        s3=_s3_endpoint_argument(),
+        s3=scene_access,
     threads: 4  # capped at --cores on a laptop; profiles set their own
     log:
         "logs/inference/{dataset}/{model}/{scene}.log",

@@ -4,9 +4,10 @@ tensors (model.pt, checkpoints), without unpickling anything but tensors and pla
 The fetch_weights rule runs `fetch_weights` once per file; every training job that starts from
 those weights then takes the file from storage, so a sweep downloads each file once, and jobs on
 a cluster without internet access need none. The download is `nadir.fetch.download`'s: resumed
-only on the same version, retried, and complete (every announced byte) before it is renamed into
-place. A training job checks the file against the digest recorded beside it (`verify_recorded`),
-so a file replaced in shared storage after it was fetched is refused.
+only on the same version, retried, complete (every announced byte) before it is renamed into
+place, and made by one process at a time (two jobs asking for one file get it once). A training
+job checks the file against the digest recorded beside it (`verify_recorded`), so a file
+replaced in shared storage after it was fetched is refused.
 
 Weights files are pickles, and unpickling runs whatever a pickle names. `read_weights` reads them
 with torch's restricted unpickler (`weights_only=True`: tensors and plain data), and
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import pickle
 from pathlib import Path
 from typing import BinaryIO
@@ -25,6 +27,7 @@ from typing import BinaryIO
 from nadir.errors import InputError, NadirError
 from nadir.fetch import ChecksumError, FetchSettings, download
 from nadir.hashing import sha256_of
+from nadir.urls import redact
 
 log = logging.getLogger(__name__)
 
@@ -59,12 +62,16 @@ def fetch_weights(url: str, sha256: str | None, out: Path,
             f"{out.name} --out {out}` (it checks the file and records its digest), or set "
             "`pretrained: none` to train from scratch") from None
     size = out.stat().st_size
-    record = {"url": url, "sha256": found, "bytes": size, "verified": sha256 is not None,
-              "expected_sha256": sha256}
-    Path(str(out) + ".json").write_text(json.dumps(record, indent=1) + "\n")
+    record = {"url": redact(url), "sha256": found, "bytes": size,
+              "verified": sha256 is not None, "expected_sha256": sha256}
+    # Written whole or not at all: a second job fetching the same file writes the same record.
+    sidecar = Path(str(out) + ".json")
+    partial = sidecar.with_name(f"{sidecar.name}.partial-{os.getpid()}")
+    partial.write_text(json.dumps(record, indent=1) + "\n")
+    os.replace(partial, sidecar)
     if sha256 is None:
         log.warning("%s: upstream publishes no checksum; recorded SHA-256 %s unverified",
-                    url, found)
+                    redact(url), found)
     log.info("fetched %s (%.1f MB, sha256 %s)", out, size / 1e6, found[:16])
     return record
 
