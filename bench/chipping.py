@@ -7,7 +7,7 @@ subprocess so that its peak resident memory can be measured:
 - baseline: reads the whole image into one array, slices every window out of it, clips the
   objects (a bounds check, then shapely) and encodes the chips one after another in one thread.
   This is how the common DOTA tooling splits a scene (it loads the image with OpenCV).
-- nadir: `nadir.chipping.chip_shard` with the same windows, rules and encoder, at `--threads`
+- nadir: `nadir.chip.chipping.chip_shard` with the same windows, rules and encoder, at `--threads`
   threads (the chip rule's default, 2).
 - encode: only the JPEG encoding of the same chips (read beforehand, outside the timer), on one
   thread and on `--threads` threads (nadir's encoder releases Python's lock, so threads encode
@@ -47,8 +47,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 os.environ.setdefault("GDAL_PAM_ENABLED", "NO")
 
-from nadir.chipping import ChipParams, encode, window_offsets  # noqa: E402
-from nadir.index import Annotation  # noqa: E402
+from nadir.chip.chipping import ChipParams, encode, window_offsets  # noqa: E402
+from nadir.datasets.tables import Annotation  # noqa: E402
 
 LAYOUTS = {  # name: (file suffix, description)
     "tiled": ("tif", "tiled GeoTIFF, 512 px blocks, deflate"),
@@ -127,7 +127,7 @@ def generate_scene(path: Path, size: int, layout: str, objects: list[Annotation]
 
 def run_nadir(scene: Path, objects: list[Annotation], params: ChipParams, threads: int,
               out: Path) -> int:
-    from nadir.chipping import chip_shard
+    from nadir.chip.chipping import chip_shard
 
     result = chip_shard([{"scene": "scene", "split": "train"}], {"scene": objects},
                         {"scene": scene}, params, out, out.with_suffix(".json"), threads=threads)
@@ -215,7 +215,7 @@ def run_read(scene: Path, params: ChipParams) -> tuple[int, float, float]:
     returns (chips, seconds, CPU seconds)."""
     import rasterio
 
-    from nadir.chipping import WindowReader, gdal_cache_bytes
+    from nadir.chip.chipping import WindowReader, gdal_cache_bytes
 
     chips = 0
     with rasterio.open(scene) as src, \

@@ -12,7 +12,7 @@ generator of bench/chipping.py) with its DOTA label file, then runs, each in its
 - devkit: `ImgSplit.splitbase(gap=200, subsize=1024, thresh=0.7, ext=".png").splitdata(1)`
   (it loads the whole image with OpenCV, then writes every window as a PNG chip and a label
   file), on one core: it has no threads;
-- nadir: `nadir.chipping.chip_shard` with the same windows and threshold, keeping every chip
+- nadir: `nadir.chip.chipping.chip_shard` with the same windows and threshold, keeping every chip
   (`empty_keep` 1, as the devkit writes every window), PNG and JPEG (quality 90) chips, with
   `threads` 1 on one core and 2 on two (`taskset`), as `snakemake --cores N` gives a job.
 
@@ -95,7 +95,7 @@ def run_devkit(devkit: Path, root: Path, out: Path) -> int:
 
 
 def run_nadir(root: Path, out: Path, image_format: str, threads: int, args) -> int:
-    from nadir.chipping import ChipParams, chip_shard
+    from nadir.chip.chipping import ChipParams, chip_shard
 
     params = ChipParams(size=1024, overlap=200, min_visible=0.7, empty_keep=1.0,
                         image_format=image_format)
@@ -110,7 +110,7 @@ def encoding_loop(repeats: int = 150) -> float:
     """Seconds to PNG-encode one fixed noisy 1,024 px RGB chip `repeats` times."""
     import numpy as np
 
-    from nadir.chipping import encode_png
+    from nadir.chip.chipping import encode_png
 
     chip = np.random.default_rng(0).integers(0, 256, (3, 1024, 1024), dtype=np.uint8)
     started = time.perf_counter()

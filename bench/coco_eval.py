@@ -1,6 +1,6 @@
 """COCO box evaluation time: faster-coco-eval (nadir's engine) against pycocotools.
 
-Both engines run nadir's own evaluation (`nadir.evaluation.coco_evaluation`: matching,
+Both engines run nadir's own evaluation (`nadir.evaluate.chips.coco_evaluation`: matching,
 accumulation, the twelve numbers, per-class AP and PR curves) on the same generated problem, in
 one process, so the ratio compares like with like. Prints the best of `--repeats` timings per
 engine, the ratio, and the largest difference between their numbers.
@@ -20,7 +20,7 @@ sys.path[:0] = [str(ROOT / "src"), str(ROOT / "tests")]
 
 from coco_problems import generated_set  # noqa: E402
 
-from nadir.evaluation import coco_evaluation  # noqa: E402
+from nadir.evaluate.chips import coco_evaluation  # noqa: E402
 
 
 def best_time(engine: str, gt: dict, detections: list[dict], max_detections: int,

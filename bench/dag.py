@@ -30,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from nadir.training.catalogue import CATALOGUE  # noqa: E402
+from nadir.config.catalogue import CATALOGUE  # noqa: E402
 
 MODELS_WANTED = 10
 SHARDS = 64  # chipping jobs per dataset, as a real study would use

@@ -4,8 +4,8 @@ against SAHI's sliced prediction when SAHI can be imported.
 Generates a large 3-band uint8 scene (bench/chipping.py's generator: tiled, deflate), then runs
 each variant in its own subprocess so that its peak resident memory (VmHWM) can be measured:
 
-- nadir: `nadir.inference.detect_scene` (windows read from the file with chipping's reader, the
-  next batch read while the model runs, scene merge with class-wise NMS).
+- nadir: `nadir.predict.inference.detect_scene` (windows read from the file with chipping's
+  reader, the next batch read while the model runs, scene merge with class-wise NMS).
 - baseline: reads the whole scene into one array (as OpenCV's imread would), slices the same
   windows out of it, runs the same detector on the same batches and the same merge.
 - sahi: `sahi.predict.get_sliced_prediction` on the whole scene (SAHI reads it into memory) with
@@ -58,7 +58,7 @@ def save_model(path: Path, window: int) -> None:
     """An untrained SSDlite saved as a training run saves it (throughput needs no training)."""
     import torch
 
-    from nadir.training.detectors import build_detector
+    from nadir.train.models import build_detector
 
     torch.manual_seed(0)
     model = build_detector(MODEL, len(CATEGORIES), window)
@@ -70,16 +70,16 @@ def detector_for(args):
     """The detector every variant calls."""
     if args.detector == "none":
         return lambda chips: [[] for _ in chips]
-    from nadir.inference import load_detector
+    from nadir.predict.inference import load_detector
 
     detect, _ = load_detector(Path(args.weights), args.window, 0.3, 100, args.threads)
     return detect
 
 
 def run_nadir(args) -> dict:
-    from nadir.chipping import ChipParams
-    from nadir.inference import InferenceSettings, SceneSource, detect_scene, reads_ahead
-    from nadir.training.loop import device_name
+    from nadir.chip.chipping import ChipParams
+    from nadir.predict.inference import InferenceSettings, SceneSource, detect_scene, reads_ahead
+    from nadir.train.loop import device_name
 
     params = ChipParams(size=args.window, overlap=args.overlap)
     detect = detector_for(args)
@@ -98,8 +98,8 @@ def run_baseline(args) -> dict:
     import rasterio
     from rasterio.windows import Window
 
-    from nadir.chipping import ChipParams, window_offsets
-    from nadir.scene_evaluation import merge_overlaps, to_scene_coordinates
+    from nadir.chip.chipping import ChipParams, window_offsets
+    from nadir.evaluate.scenes import merge_overlaps, to_scene_coordinates
 
     params = ChipParams(size=args.window, overlap=args.overlap)
     detect = detector_for(args)

@@ -1,4 +1,4 @@
-"""Benchmark: the scene merge's NMS (`nadir.rotated_boxes.box_nms`, no torch) against
+"""Benchmark: the scene merge's NMS (`nadir.core.geometry.box_nms`, no torch) against
 torchvision's `batched_nms`, in the same process, on detections as a large scene gives them.
 
     python bench/nms.py                      # 20,000 and 200,000 boxes
@@ -21,7 +21,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from nadir.rotated_boxes import box_nms  # noqa: E402
+from nadir.core.geometry import box_nms  # noqa: E402
 
 
 def detections(count: int, classes: int, seed: int) -> tuple[np.ndarray, ...]:

@@ -27,7 +27,7 @@ CHILD = """
 import json, os, sys, time
 sys.path.insert(0, {src!r})
 import torch
-from nadir.training.detectors import build_detector
+from nadir.train.models import build_detector
 torch.manual_seed(0)
 torch.set_num_threads({threads})
 model = build_detector("ssdlite320_mobilenet_v3_large", 3, 256)

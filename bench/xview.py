@@ -41,8 +41,8 @@ print(json.dumps({{"seconds": seconds, "cpu_seconds": usage.ru_utime + usage.ru_
 
 NADIR_INDEX = """
 from pathlib import Path
-from nadir.datasets.normalise import index_fetched
-from nadir.index import IndexTables
+from nadir.index.normalise import index_fetched
+from nadir.datasets.tables import IndexTables
 spec = {{"format": "xview", "version": None, "class_attribute": "role",
         "split": {{"method": "seeded", "val_fraction": 0.2, "seed": 0}},
         "classes": {{"merge": {{}}, "keep": None, "min_size": 0}}, "on_bad_input": {{}}}}

@@ -570,8 +570,8 @@ class Redirecting:
 FETCH_IN_A_PROCESS = """
 import sys
 from pathlib import Path
-from nadir.fetch import FetchSettings, download
-from nadir.training.weights import fetch_weights
+from nadir.fetch.fetch import FetchSettings, download
+from nadir.train.weights import fetch_weights
 url, dest, how = sys.argv[1:]
 settings = FetchSettings(Path(dest).parent, 0, 20.0)
 if how == "dataset":

@@ -15,8 +15,8 @@ import pytest
 import tiny_chips
 import torch
 
-from nadir.training.backend import TrainJob
-from nadir.training.checkpoints import LocalCheckpoints
+from nadir.train.backend import TrainJob
+from nadir.train.checkpoints import LocalCheckpoints
 
 
 class Interrupted(Exception):

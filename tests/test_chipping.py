@@ -20,8 +20,8 @@ from PIL import Image
 from rasterio.io import MemoryFile
 from rasterio.transform import from_origin
 
-from nadir import chipping
-from nadir.chipping import (
+from nadir.chip import chipping
+from nadir.chip.chipping import (
     ChipParams,
     Radiometry,
     WindowReader,
@@ -32,8 +32,8 @@ from nadir.chipping import (
     write_chip_manifest,
 )
 from nadir.config import ConfigError, validate
-from nadir.errors import InputError, NadirError
-from nadir.index import Annotation
+from nadir.core.errors import InputError, NadirError
+from nadir.datasets.tables import Annotation
 
 TRANSFORM = from_origin(300_000.0, 4_000_000.0, 0.5, 0.5)
 CRS = "EPSG:32631"

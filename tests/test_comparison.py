@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from nadir.comparison import (
+from nadir.compare.bootstrap import (
     average_precision,
     compare_dataset,
     comparison_html,
@@ -16,7 +16,7 @@ from nadir.comparison import (
     summarise_repeats,
     t_quantile_975,
 )
-from nadir.evaluation import coco_evaluation
+from nadir.evaluate.chips import coco_evaluation
 
 
 @pytest.mark.parametrize("df, expected", [(1, 12.706204736174704), (2, 4.302652729911275),

@@ -5,7 +5,7 @@ import copy
 import pytest
 
 from nadir.config import ConfigError, model_hyperparameters, validate
-from nadir.training.catalogue import CATALOGUE
+from nadir.config.catalogue import CATALOGUE
 
 MINIMAL = {
     "datasets": {"sample": {"format": "sample"}},
@@ -70,7 +70,7 @@ def test_every_problem_is_reported_at_once():
 def test_config_reference_documents_every_key_and_is_current():
     from conftest import ROOT
 
-    from nadir.config_reference import render
+    from nadir.config.reference import render
 
     text = render()
     for key in ["`size`", "`min_visible`", "`lr`", "`max_detections`", "`format`"]:

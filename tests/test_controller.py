@@ -1,4 +1,4 @@
-"""One controller per results location (nadir.controller): a second one stops with a clear
+"""One controller per results location (nadir.storage.controller): a second one stops with a clear
 message, a crashed one's record is taken over when it is known dead or when the user says so,
 and a controller removes only its own record. On a local folder and on the real S3 server."""
 
@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from nadir.controller import (
+from nadir.storage.controller import (
     OWNER_FILE,
     ControllerLockError,
     LocalOwner,
@@ -55,7 +55,7 @@ def test_a_crashed_controller_is_taken_over_only_when_known_gone_or_asked(store,
                                                   r"/home/alice/nadir, since 2026-12-07"):
         claim(store, take_over=False)
     assert store.read() == foreign()
-    with caplog.at_level(logging.WARNING, logger="nadir.controller"):
+    with caplog.at_level(logging.WARNING, logger="nadir.storage.controller"):
         mine = claim(store, take_over=True)
     assert "taking over" in caplog.text and "gpu-login-2" in caplog.text
     release(store, json.loads(foreign()))  # the old owner ending late leaves the new record
@@ -64,7 +64,7 @@ def test_a_crashed_controller_is_taken_over_only_when_known_gone_or_asked(store,
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True).stdout.strip()
     store.create(foreign(host=socket.gethostname(), pid=int(dead)))  # this machine, exited
-    with caplog.at_level(logging.WARNING, logger="nadir.controller"):
+    with caplog.at_level(logging.WARNING, logger="nadir.storage.controller"):
         release(store, claim(store, take_over=False))
     assert "which no longer runs; taking it over" in caplog.text
     store.create(b"{not json")

@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 from dataset_builders import make_dota, make_xview, write_geotiff, xview_feature
 
+from nadir.core.errors import InputError
 from nadir.datasets import dota, rareplanes, xview
-from nadir.datasets.normalise import AnnotationWriter, index_fetched, seeded_split
 from nadir.datasets.records import BadInput, ClassFilter
-from nadir.datasets.stats import dataset_statistics
-from nadir.errors import InputError
-from nadir.fetch import FetchSettings, fetch_dataset
-from nadir.figures import plot_statistics
-from nadir.index import ANNOTATION_FIELDS, IndexTables
+from nadir.datasets.tables import ANNOTATION_FIELDS, IndexTables
+from nadir.fetch.fetch import FetchSettings, fetch_dataset
+from nadir.index.normalise import AnnotationWriter, index_fetched, seeded_split
+from nadir.report.dataset_stats import dataset_statistics
+from nadir.report.figures import plot_statistics
 
 V15 = dota.CLASSES_BY_VERSION["v1.5"]
 
@@ -406,8 +406,8 @@ def test_an_empty_split_stops_the_index_naming_the_split_and_the_key(tmp_path, e
 
 
 def test_a_split_without_chips_stops_the_coco_stage_before_writing(tmp_path):
-    from nadir.coco import write_coco
-    from nadir.errors import NadirError
+    from nadir.coco.build import write_coco
+    from nadir.core.errors import NadirError
 
     shard = tmp_path / "shard-000.json"
     shard.write_text(json.dumps({"chips": [{

@@ -12,10 +12,10 @@ import json
 import pytest
 import tiny_chips
 
-from nadir.errors import NadirError
-from nadir.training import detectron2_backend as d2
-from nadir.training.backend import TrainOutputs
-from nadir.training.catalogue import CATALOGUE
+from nadir.config.catalogue import CATALOGUE
+from nadir.core.errors import NadirError
+from nadir.train import detectron2_backend as d2
+from nadir.train.backend import TrainOutputs
 
 needs_detectron2 = pytest.mark.skipif(
     importlib.util.find_spec("detectron2") is None,
@@ -101,8 +101,8 @@ def test_missing_detectron2_is_a_clear_error(monkeypatch):
 @pytest.mark.slow
 @pytest.mark.parametrize("model", D2_MODELS)
 def test_detectron2_model_trains_and_predicts(model, tmp_path):
-    from nadir.evaluation import evaluate
-    from nadir.training.checkpoints import LocalCheckpoints
+    from nadir.evaluate.chips import evaluate
+    from nadir.train.checkpoints import LocalCheckpoints
 
     data = tiny_chips.build(tmp_path / "data", chips=4)
     lr = 0.001 if model == "d2_retinanet_r50_fpn" else 0.0002  # RetinaNet: flat at 2e-4

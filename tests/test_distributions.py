@@ -27,16 +27,16 @@ from dataset_builders import (
     make_xview,
 )
 
-from nadir.chipping import ChipParams, chip_shard, scenes_to_chip, write_chip_manifest
-from nadir.coco import write_coco
+from nadir.chip.chipping import ChipParams, chip_shard, scenes_to_chip, write_chip_manifest
+from nadir.coco.build import write_coco
 from nadir.config import dataset_chipping, validate
+from nadir.core.errors import InputError
 from nadir.datasets import dota
-from nadir.datasets.normalise import index_fetched
-from nadir.datasets.stats import chipping_warnings, dataset_statistics
-from nadir.errors import InputError
-from nadir.fetch import FetchSettings, fetch_dataset
-from nadir.index import IndexTables, read_annotations
-from nadir.report import dataset_summary_html
+from nadir.datasets.tables import IndexTables, read_annotations
+from nadir.fetch.fetch import FetchSettings, fetch_dataset
+from nadir.index.normalise import index_fetched
+from nadir.report.dataset_stats import chipping_warnings, dataset_statistics
+from nadir.report.leaderboard import dataset_summary_html
 
 MODEL = "ssdlite320_mobilenet_v3_large"
 DOCS = docs_datasets()
@@ -408,8 +408,8 @@ def test_world_file_and_pam_sidecar_complete_each_other_as_gdal_reads_them(tmp_p
     from rasterio.shutil import copy as gdal_copy
     from rasterio.transform import from_origin
 
-    from nadir.fetch import classify
-    from nadir.index import image_header
+    from nadir.datasets.tables import image_header
+    from nadir.fetch.fetch import classify
 
     source = tmp_path / "s.tif"
     with rasterio.open(source, "w", driver="GTiff", width=8, height=8, count=3, dtype="uint8",

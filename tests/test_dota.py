@@ -2,9 +2,9 @@
 
 import pytest
 
+from nadir.core.errors import InputError
 from nadir.datasets.dota import CLASSES_V1_5, parse_label_file, parse_label_text
 from nadir.datasets.records import BadInput
-from nadir.errors import InputError
 
 
 def test_header_floats_and_optional_difficult():

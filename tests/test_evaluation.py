@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from coco_problems import CATEGORIES, generated_set
 
-from nadir.errors import InputError
-from nadir.evaluation import (
+from nadir.core.errors import InputError
+from nadir.evaluate.chips import (
     METRIC_NAMES,
     NO_GROUND_TRUTH,
     coco_evaluation,

@@ -43,19 +43,19 @@ from dataset_builders import (
 )
 from s3proxy import FaultProxy
 
-from nadir.chipping import ChipParams, chip_shard
+from nadir.chip.chipping import ChipParams, chip_shard
 from nadir.config import ConfigError, validate
-from nadir.controller import ControllerLockError, claim, owner_store, release
+from nadir.config.catalogue import CATALOGUE
+from nadir.core.errors import InputError, NadirError
 from nadir.datasets import rareplanes, xview
-from nadir.datasets.normalise import index_fetched
 from nadir.datasets.records import BadInput
-from nadir.errors import InputError, NadirError
-from nadir.fetch import FetchSettings, SourceEntry, download, extract, fetch_dataset, fetch_s3
-from nadir.index import IndexTables, SceneSource, image_header, index_sample
-from nadir.inference import stac_scenes
-from nadir.training.catalogue import CATALOGUE
-from nadir.training.checkpoints import S3Checkpoints
-from nadir.urls import publish, redact, redirect_refusal, resolve
+from nadir.datasets.tables import IndexTables, SceneSource, image_header, index_sample
+from nadir.fetch.fetch import FetchSettings, SourceEntry, download, extract, fetch_dataset, fetch_s3
+from nadir.index.normalise import index_fetched
+from nadir.predict.inference import stac_scenes
+from nadir.storage.controller import ControllerLockError, claim, owner_store, release
+from nadir.storage.urls import publish, redact, redirect_refusal, resolve
+from nadir.train.checkpoints import S3Checkpoints
 
 MATRIX: dict[str, Callable] = {}
 
@@ -462,7 +462,7 @@ import rasterio, sys
 with rasterio.open({str(scene)!r}, driver="GTiff") as src:
     src.read(1, out_shape=(21, 700))
 sys.path.insert(0, {str(ROOT / "src")!r})
-from nadir.rasters import DATASET_IMAGE, KEPT_DRIVERS, open_raster
+from nadir.raster.opener import DATASET_IMAGE, KEPT_DRIVERS, open_raster
 with open_raster({str(scene)!r}, DATASET_IMAGE) as src:
     src.read(1, out_shape=(21, 700)), src.dataset_mask()
 from rasterio import _env
@@ -528,7 +528,7 @@ def _(tmp_path):
     that a plain unpickler does run it): refused for torchvision's ImageNet backbones (its own
     detection builders and the trunks nadir builds on), COCO weights and YOLOX, naming the
     file; nothing runs."""
-    from nadir.training.detectors import build_detector
+    from nadir.train.models import build_detector
 
     marker = tmp_path / "ran"
     weights = hostile.torch_payload(tmp_path / "weights.pth", marker)
@@ -547,8 +547,8 @@ def _(tmp_path):
     it differs (replaced in shared storage), or when the record is missing."""
     import tiny_chips
 
-    from nadir.training.runner import run
-    from nadir.training.weights import fetch_weights, verify_recorded
+    from nadir.train.runner import run
+    from nadir.train.weights import fetch_weights, verify_recorded
 
     served = tmp_path / "served"
     served.mkdir()
@@ -1127,7 +1127,7 @@ def _(tmp_path, restartable_s3, monkeypatch):
     expect_key_refused(tmp_path, restartable_s3, "", str(tmp_path / "victim.txt"))
 
 
-# --- controllers: one per results location (nadir.controller) --------------------------------
+# --- controllers: one per results location (nadir.storage.controller) ------------------------
 
 OTHER_CONTROLLER = {"id": "0" * 32, "host": "gpu-login-2", "pid": 4242, "user": "alice",
                     "workdir": "/home/alice/nadir", "started": "2026-12-07T09:00:00+00:00"}
@@ -1157,7 +1157,7 @@ def _(tmp_path, caplog):
     store = owner_store(None, folder=tmp_path)
     store.create(json.dumps({**OTHER_CONTROLLER, "host": socket.gethostname(),
                             "pid": int(gone)}).encode())
-    with caplog.at_level(logging.WARNING, logger="nadir.controller"):
+    with caplog.at_level(logging.WARNING, logger="nadir.storage.controller"):
         release(store, claim(store, take_over=False))
     assert "which no longer runs; taking it over" in caplog.text
 

@@ -11,10 +11,10 @@ import s3server
 from dataset_builders import FileServer, part_files, sha256, write_geotiff
 from rasterio.warp import transform as warp
 
-from nadir.datasets.normalise import index_fetched
-from nadir.errors import InputError, NadirError
-from nadir.fetch import FetchSettings, SourceEntry, download, fetch_dataset, fetch_s3
-from nadir.index import IndexTables
+from nadir.core.errors import InputError, NadirError
+from nadir.datasets.tables import IndexTables
+from nadir.fetch.fetch import FetchSettings, SourceEntry, download, fetch_dataset, fetch_s3
+from nadir.index.normalise import index_fetched
 
 
 def settings(tmp_path, retries=2):

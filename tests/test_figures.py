@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from nadir import figures
-from nadir.errors import InputError
-from nadir.figures import (
+from nadir.core.errors import InputError
+from nadir.core.named_inputs import input_name
+from nadir.report.figures import (
     class_ap_matrix,
     pick_sample_chips,
     plot_class_heatmap,
@@ -21,7 +21,7 @@ from nadir.figures import (
     plot_detection_grid,
     plot_pr_curves,
 )
-from nadir.named_inputs import input_name
+from nadir.report import figures
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

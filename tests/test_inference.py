@@ -18,10 +18,11 @@ from dataset_builders import FileServer
 from PIL import Image
 from rasterio.transform import from_origin
 
-from nadir import inference, rasters
-from nadir.chipping import ChipParams, Radiometry, chip_shard, params_dict
-from nadir.errors import InputError, NadirError
-from nadir.inference import InferenceSettings, SceneSource, WindowCounts
+from nadir.chip.chipping import ChipParams, Radiometry, chip_shard, params_dict
+from nadir.core.errors import InputError, NadirError
+from nadir.predict import inference
+from nadir.predict.inference import InferenceSettings, SceneSource, WindowCounts
+from nadir.raster import opener as rasters
 
 MODEL = "ssdlite320_mobilenet_v3_large"
 OUTPUTS = ["geojson", "geopackage", "summary", "quicklook"]
@@ -51,7 +52,7 @@ def squares_scene(width=300, height=200, seed=0) -> np.ndarray:
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     """A two-iteration SSDlite run on 64 px chips, with the run.json a training job writes."""
-    from nadir.training.torchvision_backend import TorchvisionBackend
+    from nadir.train.torchvision_backend import TorchvisionBackend
 
     root = tmp_path_factory.mktemp("tiny-run")
     data = tiny_chips.build(root / "chips", chips=4, size=64)
@@ -224,7 +225,7 @@ def test_png_tile_georeferenced_by_its_sidecar_locally_and_over_http(tiny_run, t
 def test_scene_without_georeferencing_gets_pixel_coordinates_and_a_warning(tiny_run, tmp_path,
                                                                            caplog):
     scene = write_scene(tmp_path / "plain.png", squares_scene(), crs=None, driver="PNG")
-    with caplog.at_level(logging.WARNING, logger="nadir.inference"):
+    with caplog.at_level(logging.WARNING, logger="nadir.predict.inference"):
         summary, outputs = predict(tiny_run, scene, tmp_path / "out")
     assert "has no georeferencing" in caplog.text
     assert not summary["georeferenced"] and summary["crs"] is None
@@ -375,7 +376,7 @@ def test_a_pre_signed_scene_url_is_used_whole_and_recorded_redacted(tiny_run, tm
     log, the summary and every output hold no part of its secret; without NADIR_URLS the
     job stops with an error saying why."""
     from nadir.cli import main
-    from nadir.urls import publish, redact
+    from nadir.storage.urls import publish, redact
 
     served = tmp_path / "served"
     served.mkdir()

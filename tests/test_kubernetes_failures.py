@@ -73,11 +73,11 @@ rule progress:
 # A job that logs progress to stderr as nadir's commands do, switching on their copy to stdout.
 PROGRESS_SCRIPT = """
 import logging, sys, time
-from nadir.log_tee import tee_stderr_if_asked
+from nadir.core.log_tee import tee_stderr_if_asked
 tee_stderr_if_asked()
 logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(message)s")
 for i in range(1, 31):
-    logging.getLogger("nadir.training").info("iteration %d/30", i)
+    logging.getLogger("nadir.train").info("iteration %d/30", i)
     time.sleep(0.3)
 open(sys.argv[1], "w").write("trained\\n")
 """

@@ -18,7 +18,7 @@ import yaml
 from conftest import ROOT
 from k8s_double import KubernetesDouble
 
-from nadir.errors import InputError
+from nadir.core.errors import InputError
 from snakemake_executor_plugin_kubernetes_pods.pod_settings import (
     POD_ENVIRONMENT,
     S3_ENDPOINT_VARIABLE,

@@ -8,7 +8,9 @@ import json
 import pytest
 
 from nadir.cli import main
-from nadir.costs import (
+from nadir.core.errors import InputError, NadirError
+from nadir.core.named_inputs import input_name, run_owner
+from nadir.report.costs import (
     JobCost,
     cost_inputs,
     cost_of_files,
@@ -16,9 +18,7 @@ from nadir.costs import (
     read_benchmark,
     recorded_gpus,
 )
-from nadir.errors import InputError, NadirError
-from nadir.named_inputs import input_name, run_owner
-from nadir.report import (
+from nadir.report.leaderboard import (
     COMPARISON_KIND,
     RUN_FILE_KINDS,
     RunResult,
@@ -244,7 +244,7 @@ def test_markdown_shows_mean_and_sd_for_repeats(tmp_path):
 
 
 def write_run_files(folder, dataset: str, model: str, scene_ap: float, device: str) -> dict:
-    """The files the leaderboard reads for one run, by kind (nadir.report.RunFiles)."""
+    """The files the leaderboard reads for one run, by kind (nadir.report.leaderboard.RunFiles)."""
     folder.mkdir(parents=True)
     result_ = result(dataset, model, chip_ap=scene_ap + 0.1, scene_ap=scene_ap, device=device)
     files = {"run": folder / "run.json", "metrics": folder / "metrics.json",

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from nadir.training.checkpoints import open_store
-from nadir.training.live import LiveCurves
+from nadir.train.checkpoints import open_store
+from nadir.train.live import LiveCurves
 
 
 def read_scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
@@ -81,7 +81,7 @@ def test_loss_figure_gains_a_selection_panel_when_the_log_has_selection_scores(t
 
     from PIL import Image
 
-    from nadir.figures import plot_loss_curve
+    from nadir.report.figures import plot_loss_curve
 
     losses = [{"iteration": i, "lr": 0.001, "seconds": i, "images_per_second": 9.0,
                "loss": 2.0 / i, "bbox_regression": 1.0 / i} for i in (5, 10)]

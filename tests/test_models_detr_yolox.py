@@ -16,12 +16,12 @@ import yaml
 from conftest import ROOT, planned_jobs, run_snakemake
 from interrupted import assert_same_run
 
-from nadir.errors import NadirError
-from nadir.evaluation import evaluate
-from nadir.training.catalogue import CATALOGUE, entry
-from nadir.training.checkpoints import LocalCheckpoints
-from nadir.training.detectors import build_detector
-from nadir.training.registry import get_backend
+from nadir.config.catalogue import CATALOGUE, entry
+from nadir.core.errors import NadirError
+from nadir.evaluate.chips import evaluate
+from nadir.train.checkpoints import LocalCheckpoints
+from nadir.train.models import build_detector
+from nadir.train.registry import get_backend
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # nothing here may download
 
@@ -55,8 +55,7 @@ def data(tmp_path_factory):
                                    for m in NEW_FAMILIES])
 def test_model_trains_with_falling_loss_and_evaluates(model, data, tmp_path, monkeypatch):
     if model in FEW_QUERIES:
-        from nadir.training import detr_models
-
+        from nadir.train.models import detr_models
         monkeypatch.setattr(detr_models, "build_config",
                             with_few_queries(detr_models.build_config, FEW_QUERIES[model]))
     # The same two chips every step (no flips): a model that learns fits them at once.
@@ -153,7 +152,7 @@ def test_detr_trains_its_whole_backbone_from_scratch():
 
 
 def test_yolox_sees_its_targets_as_class_centre_size_rows():
-    from nadir.training.yolox_models import _yolox_targets
+    from nadir.train.models.yolox_models import _yolox_targets
 
     targets = [{"boxes": torch.tensor([[10.0, 20.0, 30.0, 60.0], [0.0, 0.0, 4.0, 2.0]]),
                 "labels": torch.tensor([1, 3])},
@@ -189,7 +188,7 @@ def test_yolox_coco_weights_fill_every_layer_but_the_class_scores(tmp_path):
 
 
 def test_missing_library_says_how_to_install(monkeypatch):
-    from nadir.training import detr_models, yolox_models
+    from nadir.train.models import detr_models, yolox_models
 
     monkeypatch.setitem(sys.modules, "transformers", None)
     with pytest.raises(NadirError, match="envs/detectors.txt"):

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from nadir.errors import NadirError
-from nadir.named_inputs import files_by_owner, files_by_run, input_name, run_inputs
+from nadir.core.errors import NadirError
+from nadir.core.named_inputs import files_by_owner, files_by_run, input_name, run_inputs
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -47,7 +47,7 @@ RULE_SCRIPT = """
 import sys
 from types import SimpleNamespace
 from nadir.cli import run_rule_script
-from nadir.errors import NadirError
+from nadir.core.errors import NadirError
 import logging
 
 def job():

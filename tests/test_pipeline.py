@@ -32,8 +32,8 @@ from conftest import (
 )
 from report_checks import PNG_MAGIC, check_printed_leaderboard, check_report, expected_categories
 
-from nadir.controller import OWNER_FILE
 from nadir.datasets.sample import CLASSES
+from nadir.storage.controller import OWNER_FILE
 
 pytestmark = pytest.mark.slow
 MODEL = SAMPLE_MODEL
@@ -76,7 +76,7 @@ def test_run_produces_leaderboard_and_per_run_files(finished_run):
 
 
 def test_the_controller_gave_its_folder_back(finished_run):
-    """A local run claims its working directory while it runs (nadir.controller) and removes
+    """A local run claims its working directory while it runs (nadir.storage.controller) and removes
     its record when it ends; a second controller is stopped while one is there
     (tests/test_controller.py, and on S3 tests/test_s3_pipeline.py)."""
     workdir, _ = finished_run

@@ -8,9 +8,9 @@ import math
 
 import pytest
 
-from nadir.coco import build_coco
-from nadir.rotated_boxes import polygon_iou, rbox_from_polygon, rbox_to_polygon, rotated_nms
-from nadir.scene_evaluation import merge_overlaps, to_scene_coordinates
+from nadir.coco.build import build_coco
+from nadir.core.geometry import polygon_iou, rbox_from_polygon, rbox_to_polygon, rotated_nms
+from nadir.evaluate.scenes import merge_overlaps, to_scene_coordinates
 
 
 def rectangle(cx: float, cy: float, w: float, h: float, degrees: float) -> list[float]:
@@ -128,7 +128,7 @@ def test_coco_annotations_carry_the_rbox_of_their_segmentation(tmp_path):
 def test_the_report_outlines_oriented_predictions_and_truth_as_rotated_boxes():
     from matplotlib.patches import Polygon, Rectangle
 
-    from nadir.figures import outline
+    from nadir.report.figures import outline
 
     corners = rbox_to_polygon([20, 20, 16, 6, 30])
     prediction = {"bbox": bounds_xywh(corners), "polygon": corners}
@@ -146,7 +146,7 @@ def test_the_oriented_sample_config_is_valid_and_trains_an_oriented_model():
     import yaml
 
     from nadir.config import validate
-    from nadir.training.catalogue import CATALOGUE
+    from nadir.config.catalogue import CATALOGUE
 
     path = Path(__file__).parents[1] / "config" / "oriented.yaml"
     config = validate(yaml.safe_load(path.read_text()), list(CATALOGUE))

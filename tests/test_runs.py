@@ -10,7 +10,7 @@ import yaml
 from conftest import run_snakemake
 
 from nadir.config import ConfigError, dataset_chipping, runs, validate
-from nadir.training.catalogue import CATALOGUE
+from nadir.config.catalogue import CATALOGUE
 
 SSD = "ssdlite320_mobilenet_v3_large"
 FCOS = "fcos_resnet18_fpn"
@@ -132,7 +132,7 @@ def test_two_datasets_chip_each_with_their_own_size(tmp_path):
 
 
 def test_selection_split_is_carved_from_train_by_scene_with_a_seed():
-    from nadir.coco import carve_selection
+    from nadir.coco.build import carve_selection
 
     train = {"categories": [{"id": 1, "name": "plane"}], "images": [], "annotations": []}
     for n in range(40):  # 10 scenes x 4 chips, one object per chip

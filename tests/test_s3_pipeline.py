@@ -26,8 +26,8 @@ from conftest import (
 )
 from report_checks import check_printed_leaderboard, check_report, data, embedded_json
 
-from nadir.controller import OWNER_FILE
 from nadir.datasets import dota, xview
+from nadir.storage.controller import OWNER_FILE
 
 pytestmark = pytest.mark.slow
 MODEL = SAMPLE_MODEL  # config/test.yaml's one model

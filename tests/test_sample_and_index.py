@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import rasterio
 
-from nadir.chipping import window_offsets
+from nadir.chip.chipping import window_offsets
+from nadir.core.errors import InputError, NadirError
 from nadir.datasets.dota import parse_label_file
 from nadir.datasets.sample import CLASSES, SampleSpec, write_scene, write_scenes
-from nadir.errors import InputError, NadirError
-from nadir.index import IndexTables, SceneSource, index_sample
+from nadir.datasets.tables import IndexTables, SceneSource, index_sample
 
 SPEC = SampleSpec(train_scenes=3, val_scenes=1, scene_size=480, objects_per_scene=14, seed=7)
 

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from conftest import ROOT
 
-from nadir.errors import InputError
-from nadir.index import Annotation, IndexTables, write_tables
-from nadir.rotated_boxes import box_nms
-from nadir.scene_evaluation import evaluate_scenes, merge_overlaps
+from nadir.core.errors import InputError
+from nadir.core.geometry import box_nms
+from nadir.datasets.tables import Annotation, IndexTables, write_tables
+from nadir.evaluate.scenes import evaluate_scenes, merge_overlaps
 
 CLASSES = ["plane", "ship", "container-crane"]
 
@@ -196,7 +196,7 @@ def test_box_nms_keeps_what_torchvision_batched_nms_keeps(count, iou):
 
 
 def test_the_scene_merge_does_not_import_torch():
-    code = ("import sys; from nadir.scene_evaluation import merge_overlaps; "
+    code = ("import sys; from nadir.evaluate.scenes import merge_overlaps; "
             "kept = merge_overlaps([{'image_id': 1, 'category_id': 1, 'score': s, "
             "'bbox': [0, 0, 10, 10]} for s in (0.9, 0.8)], 0.5); "
             "assert [d['score'] for d in kept] == [0.9], kept; "

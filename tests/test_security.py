@@ -25,12 +25,12 @@ import yaml
 from conftest import ROOT, TEST_CONFIG, run_snakemake
 from dataset_builders import make_dota, write_geotiff
 
-from nadir.chipping import images_by_scene
-from nadir.errors import InputError
-from nadir.fetch import FetchSettings, fetch_dataset, read_scene_manifest
-from nadir.index import IndexTables, SceneSource, image_header, index_sample
-from nadir.names import check_name, check_relative_path, safe_name
-from nadir.shards import read_chip_list
+from nadir.chip.chipping import images_by_scene
+from nadir.core.errors import InputError
+from nadir.core.names import check_name, check_relative_path, safe_name
+from nadir.datasets.tables import IndexTables, SceneSource, image_header, index_sample
+from nadir.fetch.fetch import FetchSettings, fetch_dataset, read_scene_manifest
+from nadir.storage.shards import read_chip_list
 
 HOSTILE_NAMES = ["P0000$(touch X)", "a;touch X", "a`touch X`", "a b", "a'b", 'a"b', "a|b",
                  "a&b", "a>b", "a\nb", "..", ".hidden", "-rf", "_x", "a/b", "a\\b", "c:x",
@@ -97,7 +97,7 @@ def test_a_tampered_scene_manifest_is_refused_when_read_back(fetched_dota, tmp_p
     path.write_text(json.dumps(tampered(manifest, **change)))
     with pytest.raises(InputError, match=r"manifest\.json: .* is refused"):
         read_scene_manifest(path)
-    from nadir.datasets.normalise import index_fetched
+    from nadir.index.normalise import index_fetched
 
     with pytest.raises(InputError, match="is refused"):
         index_fetched(path, root / "files", {"format": "dota", "version": "v1.5",
@@ -120,7 +120,7 @@ def test_chip_job_images_and_chip_lists_read_back_follow_the_name_rule(tmp_path)
 
 
 def test_detectron2_unpacking_refuses_a_chip_name_that_leaves_its_folder(tmp_path):
-    from nadir.training.detectron2_backend import unpack_chips
+    from nadir.train.detectron2_backend import unpack_chips
 
     coco = tmp_path / "coco.json"
     coco.write_text(json.dumps({"images": [{"id": 1, "file_name": "../../../x.png",
@@ -278,8 +278,8 @@ def test_chips_are_decoded_only_as_jpeg_or_png(tmp_path):
 
     from PIL import Image
 
-    from nadir.shards import decode_chip
-    from nadir.training.data import ShardChips
+    from nadir.storage.shards import decode_chip
+    from nadir.train.data import ShardChips
 
     members = {}
     for name, kind in (("chip-000.png", "PNG"), ("chip-001.png", "BMP")):
@@ -308,7 +308,7 @@ def test_chips_are_decoded_only_as_jpeg_or_png(tmp_path):
 
 def test_the_index_of_a_fetched_dataset_bounds_the_sizes_its_manifest_declares(fetched_dota,
                                                                                tmp_path):
-    from nadir.datasets.normalise import index_fetched
+    from nadir.index.normalise import index_fetched
 
     root, manifest = fetched_dota
     path = tmp_path / "manifest.json"
@@ -334,8 +334,8 @@ def test_the_payload_runs_when_unpickled_plainly(tmp_path):
 
 def test_model_files_and_checkpoints_with_a_payload_are_refused(tmp_path):
     """model.pt and checkpoints (maybe from shared storage) are read the same way."""
-    from nadir.inference import load_detector
-    from nadir.training.registry import backend_of_weights
+    from nadir.predict.inference import load_detector
+    from nadir.train.registry import backend_of_weights
 
     marker = tmp_path / "ran"
     weights = hostile.torch_payload(tmp_path / "model.pt", marker)
@@ -353,7 +353,7 @@ def test_an_imagenet_backbone_is_built_from_a_file_of_tensors_without_torchvisio
     import torch
     from torchvision.models import mobilenet_v3_large, resnet18
 
-    from nadir.training.torchvision_models import build_model
+    from nadir.train.models.torchvision_models import build_model
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
     for model, trunk, file_name in (
@@ -374,7 +374,7 @@ def test_an_imagenet_file_of_the_wrong_backbone_is_refused_naming_it(tmp_path):
     import torch
     from torchvision.models import resnet18
 
-    from nadir.training.torchvision_models import build_model
+    from nadir.train.models.torchvision_models import build_model
 
     torch.save(resnet18(weights=None).state_dict(), tmp_path / "mobilenet.pth")
     with pytest.raises(InputError, match=r"mobilenet\.pth: does not fit "
@@ -387,7 +387,7 @@ def test_detectron2_pkl_files_are_read_as_arrays_only(tmp_path):
     """The restricted unpickler detectron2's weights go through (its contract, tested without
     detectron2): model zoo files as they are, Caffe2 files as blobs; a payload, or any class
     but numpy's arrays, is refused naming the file, and nothing runs."""
-    from nadir.training.detectron2_backend import detectron2_checkpoint
+    from nadir.train.detectron2_backend import detectron2_checkpoint
 
     zoo = {"model": {"backbone.conv1.weight": np.ones((2, 3), np.float32),
                      "scale": np.float32(2.0)}, "__author__": "Detectron2 Model Zoo"}

@@ -8,8 +8,8 @@ import tiny_chips
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from nadir.training.checkpoints import open_store
-from nadir.training.torchvision_backend import TorchvisionBackend
+from nadir.train.checkpoints import open_store
+from nadir.train.torchvision_backend import TorchvisionBackend
 
 MODEL = "ssdlite320_mobilenet_v3_large"
 

@@ -19,8 +19,8 @@ def imported_modules(path: Path, modules: set[str]) -> set[str]:
 
     `from package import name` counts as importing `package.name` when that is a module.
     """
-    name = module_name(path)
-    package = (name if path.name == "__init__.py" else name.rpartition(".")[0]).split(".")
+    own = module_name(path)
+    package = (own if path.name == "__init__.py" else own.rpartition(".")[0]).split(".")
     found = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
@@ -38,7 +38,7 @@ def imported_modules(path: Path, modules: set[str]) -> set[str]:
                 name = name.rpartition(".")[0]
             if name:
                 found.add(name)
-    found.discard(name)
+    found.discard(own)
     return found
 
 
@@ -73,7 +73,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 def test_src_has_no_import_cycle():
     graph = import_graph()
-    assert "nadir.training.registry" in graph["nadir.cli"]  # the walk does see imports
+    assert "nadir.train.registry" in graph["nadir.cli"]  # the walk does see imports
     cycle = find_cycle(graph)
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
 

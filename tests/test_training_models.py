@@ -12,10 +12,10 @@ import tiny_chips
 import torch
 
 from nadir.config import model_hyperparameters
-from nadir.evaluation import evaluate
-from nadir.training.catalogue import CATALOGUE, DEFAULT_MODEL, PRETRAINED_KINDS, weight_source
-from nadir.training.registry import get_backend
-from nadir.training.torchvision_models import build_model
+from nadir.config.catalogue import CATALOGUE, DEFAULT_MODEL, PRETRAINED_KINDS, weight_source
+from nadir.evaluate.chips import evaluate
+from nadir.train.models.torchvision_models import build_model
+from nadir.train.registry import get_backend
 
 TORCHVISION = sorted(n for n, e in CATALOGUE.items() if e.backend == "torchvision")
 # Measured here (2 shared cores): these take more than about 20 s for the few iterations.
@@ -81,7 +81,7 @@ def test_catalogue_imports_without_torch():
     import subprocess
     import sys
 
-    code = ("import sys; import nadir.training.catalogue as c; import nadir.config; "
+    code = ("import sys; import nadir.config.catalogue as c; import nadir.config; "
             "assert 'torch' not in sys.modules, 'torch was imported'; print(len(c.CATALOGUE))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env={"PYTHONPATH": str(Path(__file__).parents[1] / "src")})

@@ -25,10 +25,10 @@ from interrupted import (
     train_interrupted_and_uninterrupted,
 )
 
-from nadir.errors import NadirError
-from nadir.hashing import sha256_of
-from nadir.training.checkpoints import LocalCheckpoints, open_store
-from nadir.training.data import SeededBatches
+from nadir.core.errors import NadirError
+from nadir.core.hashing import sha256_of
+from nadir.train.checkpoints import LocalCheckpoints, open_store
+from nadir.train.data import SeededBatches
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "ssdlite320_mobilenet_v3_large"
@@ -107,10 +107,10 @@ def test_other_settings_never_resume_a_stale_checkpoint(data, tmp_path):
 
 
 def test_run_writes_its_records_and_removes_its_checkpoints(data, tmp_path, monkeypatch):
-    """`nadir.training.run` (what the train rule calls): checkpoints under the run's
+    """`nadir.train.run` (what the train rule calls): checkpoints under the run's
     fingerprint while it trains, run.json and resolved_config.json beside the weights, and no
     checkpoint left once the weights are written."""
-    from nadir.training import run, runner
+    from nadir.train import run, runner
 
     written = []
 
@@ -138,7 +138,7 @@ def test_run_writes_its_records_and_removes_its_checkpoints(data, tmp_path, monk
 
 
 def test_run_without_the_pretrained_weights_it_asks_for_fails_before_training(data, tmp_path):
-    from nadir.training import run
+    from nadir.train import run
 
     hp = tiny_chips.hyperparameters(pretrained="coco")
     with pytest.raises(NadirError, match="ssdlite320_mobilenet_v3_large_coco-a79551df.pth"):
@@ -202,7 +202,7 @@ def test_s3_store_keeps_the_newest_and_rejects_bad_locations(s3, monkeypatch):
     assert store.newest() == (15, b"state 15")
     store.clear()
     assert store.iterations() == []
-    from nadir.errors import NadirError
+    from nadir.core.errors import NadirError
 
     for bad in ("s3://bucket-only", "gs://bucket/prefix"):
         with pytest.raises(NadirError, match="expected"):
@@ -240,8 +240,8 @@ def test_batches_depend_only_on_seed_and_step():
 def test_two_process_ddp_on_cpu_checkpoints_and_resumes(data, tmp_path):
     """The DistributedDataParallel path (gloo, 2 processes): it trains, checkpoints the random
     states of both processes, and a rerun resumes from that checkpoint to the same weights."""
-    from nadir.training.backend import TrainJob
-    from nadir.training.registry import get_backend
+    from nadir.train.backend import TrainJob
+    from nadir.train.registry import get_backend
 
     hp = tiny_chips.hyperparameters(iterations=6, batch_size=2, log_interval=3)
 
@@ -269,7 +269,7 @@ def test_resume_continues_the_random_stream_of_a_sampling_model(tmp_path, monkey
     must continue that stream where the checkpoint left it. (At 64 px there are fewer anchors
     than samples, every candidate is taken and the stream would not matter: hence 192 px. With
     64 proposals it still samples 32 of them per image.)"""
-    from nadir.training.torchvision_backend import TorchvisionBackend
+    from nadir.train.torchvision_backend import TorchvisionBackend
 
     model = "fasterrcnn_mobilenet_v3_large_fpn"
     tiny_chips.use_few_regions(monkeypatch, model)

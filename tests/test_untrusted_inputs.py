@@ -19,9 +19,9 @@ import s3server
 from dataset_builders import FileServer, fetch_in_two_processes, part_files, zip_bomb
 from s3proxy import FaultProxy
 
-from nadir.errors import InputError, NadirError
-from nadir.fetch import FetchSettings, SourceEntry, download, extract, fetch_s3
-from nadir.urls import redirect_refusal
+from nadir.core.errors import InputError, NadirError
+from nadir.fetch.fetch import FetchSettings, SourceEntry, download, extract, fetch_s3
+from nadir.storage.urls import redirect_refusal
 
 SENTINEL = b"the user's own file"
 

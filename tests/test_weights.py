@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 from dataset_builders import FileServer
 
-from nadir.errors import NadirError
-from nadir.fetch import ChecksumError, FetchSettings
-from nadir.training.catalogue import weight_files
-from nadir.training.weights import fetch_weights, verify_recorded
+from nadir.config.catalogue import weight_files
+from nadir.core.errors import NadirError
+from nadir.fetch.fetch import ChecksumError, FetchSettings
+from nadir.train.weights import fetch_weights, verify_recorded
 
 ROOT = Path(__file__).resolve().parents[1]
 

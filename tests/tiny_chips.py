@@ -76,7 +76,7 @@ def model_training(model: str, **changes) -> dict:
 def train_job(data: dict, model: str, hp: dict, out_dir: Path, dataset: str = "tiny",
               **settings):
     """A TrainJob over what `build` wrote; `settings` are the TrainJob's other fields."""
-    from nadir.training.backend import TrainJob, TrainOutputs
+    from nadir.train.backend import TrainJob, TrainOutputs
 
     return TrainJob(dataset=dataset, model=model, hp=hp, train_json=data["coco"],
                     manifest=data["manifest"], shards=[data["shard"]],
@@ -93,8 +93,8 @@ FEW_PROPOSALS, FEW_SAMPLED_REGIONS = 64, 32
 def use_few_regions(monkeypatch, model: str) -> None:
     """Build catalogue `model` (an R-CNN) with FEW_PROPOSALS and FEW_SAMPLED_REGIONS, for the
     test that `monkeypatch` belongs to."""
-    from nadir.training.catalogue import CATALOGUE
-    from nadir.training.torchvision_models import BUILDERS
+    from nadir.config.catalogue import CATALOGUE
+    from nadir.train.models.torchvision_models import BUILDERS
 
     architecture = CATALOGUE[model].architecture
     build = BUILDERS[architecture]

@@ -12,8 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from nadir import __version__
-from nadir.errors import NadirError
-from nadir.log_tee import tee_stderr_if_asked
+from nadir.core.errors import NadirError
+from nadir.core.log_tee import tee_stderr_if_asked
 from nadir.protocols import PROTOCOLS
 
 log = logging.getLogger("nadir")
@@ -27,7 +27,7 @@ def cmd_sample(args) -> None:
 
 
 def cmd_index(args) -> None:
-    from nadir.index import IndexTables
+    from nadir.datasets.tables import IndexTables
 
     tables = IndexTables(Path(args.scenes), Path(args.annotations), Path(args.categories),
                          Path(args.summary))
@@ -35,7 +35,7 @@ def cmd_index(args) -> None:
         cmd_index_fetched(args, tables)
         return
     from nadir.datasets import sample
-    from nadir.index import SceneSource, index_sample
+    from nadir.datasets.tables import SceneSource, index_sample
 
     if not args.scene:
         raise NadirError("index --format sample needs one --scene SPLIT IMAGE LABEL per scene")
@@ -48,7 +48,7 @@ def cmd_index(args) -> None:
 
 def cmd_index_fetched(args, tables) -> None:
     """The index of a fetched dataset (DOTA, xView, RarePlanes) from its fetch manifest."""
-    from nadir.datasets.normalise import index_fetched
+    from nadir.index.normalise import index_fetched
 
     if not (args.manifest and args.files_dir and args.spec):
         raise NadirError(f"index --format {args.format} needs --manifest, --files-dir and --spec")
@@ -57,7 +57,7 @@ def cmd_index_fetched(args, tables) -> None:
 
 
 def cmd_fetch(args) -> None:
-    from nadir.fetch import FetchSettings, fetch_dataset, write_scene_manifest
+    from nadir.fetch.fetch import FetchSettings, fetch_dataset, write_scene_manifest
 
     manifest = fetch_dataset(args.dataset, json.loads(args.spec), Path(args.files_dir),
                              FetchSettings.from_config(json.loads(args.settings)),
@@ -66,9 +66,9 @@ def cmd_fetch(args) -> None:
 
 
 def cmd_dataset_stats(args) -> None:
-    from nadir.datasets.stats import chipping_warnings, dataset_statistics
-    from nadir.figures import plot_statistics
-    from nadir.report import dataset_summary_html
+    from nadir.report.dataset_stats import chipping_warnings, dataset_statistics
+    from nadir.report.figures import plot_statistics
+    from nadir.report.leaderboard import dataset_summary_html
 
     stats = dataset_statistics(Path(args.scenes), Path(args.annotations), Path(args.categories))
     summary = json.loads(Path(args.summary).read_text())
@@ -87,8 +87,8 @@ def cmd_dataset_stats(args) -> None:
 
 
 def cmd_chip(args) -> None:
-    from nadir.chipping import ChipParams, chip_shard, images_by_scene, scenes_to_chip
-    from nadir.index import read_annotations
+    from nadir.chip.chipping import ChipParams, chip_shard, images_by_scene, scenes_to_chip
+    from nadir.datasets.tables import read_annotations
 
     params = ChipParams.from_config(json.loads(args.params))
     images = images_by_scene(args.images)
@@ -101,14 +101,14 @@ def cmd_chip(args) -> None:
 
 
 def cmd_chip_manifest(args) -> None:
-    from nadir.chipping import write_chip_manifest
+    from nadir.chip.chipping import write_chip_manifest
 
     manifest = write_chip_manifest([Path(p) for p in args.shards], Path(args.out))
     log.info("chips: %s", json.dumps(manifest["totals"]))
 
 
 def cmd_coco(args) -> None:
-    from nadir.coco import write_coco
+    from nadir.coco.build import write_coco
 
     stats = write_coco([Path(p) for p in args.shards], Path(args.categories),
                        {"train": Path(args.train), "val": Path(args.val)}, Path(args.stats))
@@ -118,8 +118,8 @@ def cmd_coco(args) -> None:
 
 
 def cmd_train(args) -> None:
-    from nadir.training import run
-    from nadir.training.backend import TrainJob, TrainOutputs
+    from nadir.train import run
+    from nadir.train.backend import TrainJob, TrainOutputs
 
     outputs = TrainOutputs(Path(args.weights_out), Path(args.train_log), Path(args.run),
                            Path(args.resolved_config))
@@ -134,8 +134,8 @@ def cmd_train(args) -> None:
 
 
 def cmd_fetch_weights(args) -> None:
-    from nadir.training.catalogue import weight_files
-    from nadir.training.weights import fetch_weights
+    from nadir.config.catalogue import weight_files
+    from nadir.train.weights import fetch_weights
 
     files = weight_files()
     if args.file not in files:
@@ -146,9 +146,9 @@ def cmd_fetch_weights(args) -> None:
 
 
 def cmd_evaluate(args) -> None:
-    from nadir.evaluation import evaluate
-    from nadir.training.loop import device_name
-    from nadir.training.registry import backend_of_weights
+    from nadir.evaluate.chips import evaluate
+    from nadir.train.loop import device_name
+    from nadir.train.registry import backend_of_weights
 
     hp = json.loads(args.hp)
     shards = [Path(p) for p in args.shards]
@@ -163,7 +163,7 @@ def cmd_evaluate(args) -> None:
 
 
 def cmd_evaluate_scenes(args) -> None:
-    from nadir.scene_evaluation import evaluate_scenes
+    from nadir.evaluate.scenes import evaluate_scenes
 
     predictions_path = Path(args.predictions)
     detections, result = evaluate_scenes(
@@ -176,8 +176,8 @@ def cmd_evaluate_scenes(args) -> None:
 
 
 def cmd_predict(args) -> None:
-    from nadir.inference import InferenceSettings, SceneSource, predict_scene
-    from nadir.urls import resolve
+    from nadir.predict.inference import InferenceSettings, SceneSource, predict_scene
+    from nadir.storage.urls import resolve
 
     outputs = {"geojson": Path(args.geojson), "geopackage": Path(args.geopackage),
                "summary": Path(args.summary), "quicklook": Path(args.quicklook)}
@@ -189,7 +189,7 @@ def cmd_predict(args) -> None:
 
 
 def cmd_list_scenes(args) -> None:
-    from nadir.inference import list_s3_prefix
+    from nadir.predict.inference import list_s3_prefix
 
     scenes = list_s3_prefix(args.prefix, args.s3_endpoint)
     Path(args.out).write_text(json.dumps({"source": args.prefix, "scenes": [
@@ -197,7 +197,7 @@ def cmd_list_scenes(args) -> None:
 
 
 def cmd_carve_selection(args) -> None:
-    from nadir.coco import carve_selection
+    from nadir.coco.build import carve_selection
 
     train = json.loads(Path(args.train).read_text())
     fit, selection = carve_selection(train, args.fraction, args.seed, args.train)
@@ -211,7 +211,7 @@ def cmd_carve_selection(args) -> None:
 
 def cmd_summary(args) -> None:
     """Print the leaderboard and the total cost: the last thing a run shows in the terminal."""
-    from nadir.report import summary_text
+    from nadir.report.leaderboard import summary_text
 
     text = summary_text(Path(args.leaderboard), Path(args.cost))
     Path(args.out).write_text(text)
@@ -219,14 +219,14 @@ def cmd_summary(args) -> None:
 
 
 def cmd_plot_pr(args) -> None:
-    from nadir.figures import plot_pr_curves
+    from nadir.report.figures import plot_pr_curves
 
     plot_pr_curves(json.loads(Path(args.metrics).read_text()),
                    json.loads(Path(args.scene_metrics).read_text()), Path(args.out), args.title)
 
 
 def cmd_plot_detections(args) -> None:
-    from nadir.figures import plot_detection_grid
+    from nadir.report.figures import plot_detection_grid
 
     plot_detection_grid(Path(args.coco), json.loads(Path(args.predictions).read_text()),
                         [Path(p) for p in args.shards], Path(args.out), args.title,
@@ -234,13 +234,13 @@ def cmd_plot_detections(args) -> None:
 
 
 def cmd_plot_loss(args) -> None:
-    from nadir.figures import plot_loss_curve
+    from nadir.report.figures import plot_loss_curve
 
     plot_loss_curve(Path(args.train_log), Path(args.out), args.title)
 
 
 def cmd_config_reference(args) -> None:
-    from nadir.config_reference import render
+    from nadir.config.reference import render
 
     print(render(), end="")
 
@@ -364,7 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", required=True, help="the run's model.pt")
     p.add_argument("--run", required=True, help="the run's run.json (its chipping settings)")
     p.add_argument("--source", required=True, help="the scene: a path, http(s):// or s3:// URL "
-                   "(a redacted URL is looked up in NADIR_URLS, see nadir.urls)")
+                   "(a redacted URL is looked up in NADIR_URLS, see nadir.storage.urls)")
     p.add_argument("--anonymous", action="store_true", help="read s3:// without the S3 keys "
                    "(a bucket the config does not name)")
     p.add_argument("--scene-name", required=True)
@@ -450,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
 def run_rule_script(snakemake, func: Callable[[], object]) -> None:
     """Run a rule's `script:` (workflow/scripts/) as `nadir <command> ... 2> {log}` runs a
     shell rule: everything written to stderr (logging, warnings, tracebacks, C libraries) goes
-    to the rule's log, copied onto stdout in pods (nadir.log_tee), and a NadirError fails the
+    to the rule's log, copied onto stdout in pods (nadir.core.log_tee), and a NadirError fails the
     job with its message. `snakemake` is the object Snakemake gives the script."""
     sys.stderr.flush()
     log_fd = os.open(snakemake.log[0], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)

@@ -42,7 +42,7 @@ from snakemake_interface_executor_plugins.executors.base import SubmittedJobInfo
 from snakemake_interface_executor_plugins.executors.remote import RemoteExecutor
 from snakemake_interface_executor_plugins.jobs import JobExecutorInterface
 
-from nadir.errors import NadirError
+from nadir.core.errors import NadirError
 from snakemake_executor_plugin_kubernetes_pods.pod_settings import (
     CONTAINER_NAME,
     RUN_LABEL,

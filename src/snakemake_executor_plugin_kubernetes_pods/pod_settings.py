@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from nadir.errors import InputError
+from nadir.core.errors import InputError
 
 SHM_VOLUME = "dshm"
 CONTAINER_NAME = "snakemake"
@@ -52,7 +52,7 @@ SCOPES = {
 # GPU resource names the upstream executor writes (by `gpu_manufacturer`).
 UPSTREAM_GPU_RESOURCES = ("nvidia.com/gpu", "amd.com/gpu")
 # Environment of every pod: Python output unbuffered, and `python -m nadir` copies what it writes
-# to its log file onto the pod's stdout (nadir.log_tee), so `kubectl logs -f` shows progress.
+# to its log file onto the pod's stdout (nadir.core.log_tee), so `kubectl logs -f` shows progress.
 POD_ENVIRONMENT = {"PYTHONUNBUFFERED": "1", "NADIR_TEE_STDERR": "1"}
 # Where Snakemake's S3 plugin reads its endpoint (the upstream executor passes it to pods in the
 # run's Secret, like the keys).

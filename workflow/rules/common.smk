@@ -17,11 +17,11 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from nadir.config import ConfigError, dataset_chipping, runs, validate
 from nadir.datasets.sample import SampleSpec
-from nadir.errors import NadirError
-from nadir.fetch import read_scene_manifest
-from nadir.named_inputs import files_by_owner, input_name, run_inputs
-from nadir.training.catalogue import CATALOGUE
-from nadir.urls import publish, redact
+from nadir.core.errors import NadirError
+from nadir.fetch.fetch import read_scene_manifest
+from nadir.core.named_inputs import files_by_owner, input_name, run_inputs
+from nadir.config.catalogue import CATALOGUE
+from nadir.storage.urls import publish, redact
 
 try:
     validate(config, list(CATALOGUE))
@@ -38,15 +38,15 @@ def config_urls():
 
 # Job command lines carry URLs in their redacted form (no user info, query or fragment: where
 # tokens and pre-signatures live); the jobs, which inherit this environment (or parse the
-# workflow again in their pod), look the whole URL up (nadir.urls).
+# workflow again in their pod), look the whole URL up (nadir.storage.urls).
 publish(config_urls())
 
 
-# Shell commands quote every field (`{x:q}`): names in paths come from data (nadir.names holds
+# Shell commands quote every field (`{x:q}`): names in paths come from data (nadir.core.names holds
 # them to a rule, and quoting keeps them one argument whatever they hold). Option lists are
 # Python lists, quoted item by item.
 NADIR = [sys.executable, "-m", "nadir"]
-# The largest declared raster size any job opens (nadir.rasters); a global, not a param, so
+# The largest declared raster size any job opens (nadir.raster.opener); a global, not a param, so
 # changing it reruns nothing: it refuses files, it never changes an output.
 RASTER_LIMIT = ["--max-raster-values", str(config["rasters"]["max_values"])]
 DATASETS = sorted(config["datasets"])
@@ -77,7 +77,7 @@ def run_of(wildcards):
 
 def dataset_run_inputs(paths):
     """Input function: the files of every run of the job's dataset, named by kind and run
-    (nadir.named_inputs.run_inputs; `paths`: kind -> pattern with {dataset} and {model})."""
+    (nadir.core.named_inputs.run_inputs; `paths`: kind -> pattern with {dataset} and {model})."""
     return lambda w: run_inputs([(w.dataset, name) for name in RUN_NAMES], paths)
 
 
@@ -171,7 +171,7 @@ def shard_images(dataset, shard):
 
 def shard_sidecars(dataset, shard):
     """The georeferencing sidecars of a shard's images (a PNG tile's `.aux.xml`), staged
-    beside them: the chip job reads them (nadir.georeferencing)."""
+    beside them: the chip job reads them (nadir.raster.georeferencing)."""
     if not is_fetched(dataset):
         return []
     chosen = fetched_scenes(dataset)[int(shard) :: len(shards(dataset))]

@@ -1,9 +1,9 @@
-# One controller per results location (nadir.controller): the run claims its S3 default storage
+# One controller per results location (nadir.storage.controller): the run claims its S3 default storage
 # prefix, or its working directory, before its first job and gives it back when it ends. Jobs
 # (started with --no-hooks), dry runs and reports never run these handlers.
 
-from nadir.controller import claim, owner_store, release
-from nadir.errors import NadirError
+from nadir.storage.controller import claim, owner_store, release
+from nadir.core.errors import NadirError
 
 
 def _owner_store():

@@ -3,7 +3,7 @@
 # URLs, s3:// objects, STAC files parsed here) or, for s3:// prefixes, from a listing job's file:
 # storage is never listed while the DAG is built.
 
-from nadir.inference import (
+from nadir.predict.inference import (
     SceneSource,
     buckets_named,
     check_scene_names,
@@ -11,7 +11,7 @@ from nadir.inference import (
     is_listing,
     source_id,
 )
-from nadir.names import NAME
+from nadir.core.names import NAME
 
 INFERENCE = config["inference"]
 INFERENCE_SETTING_KEYS = [

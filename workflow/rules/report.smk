@@ -1,11 +1,11 @@
 # The summarise stage: leaderboard, cost table, evaluation figures and the terminal summary.
 # Report entries: category = what the figure shows, subcategory = dataset, labels = model.
 # The summary rules read several files per run or job: each is named `KIND:OWNER` (see
-# nadir.named_inputs) and their scripts (workflow/scripts/) read them by name.
+# nadir.core.named_inputs) and their scripts (workflow/scripts/) read them by name.
 
-from nadir.costs import cost_inputs
+from nadir.report.costs import cost_inputs
 
-# The leaderboard's files per run, by kind (nadir.report.RunFiles).
+# The leaderboard's files per run, by kind (nadir.report.leaderboard.RunFiles).
 LEADERBOARD_RUN_FILES = {
     "run": "results/{dataset}/models/{model}/run.json",
     "metrics": "results/{dataset}/models/{model}/metrics.json",

@@ -5,7 +5,7 @@
 
 import re
 
-from nadir.training.catalogue import weight_files, weight_source
+from nadir.config.catalogue import weight_files, weight_source
 
 WEIGHT_FILES = weight_files()
 
@@ -26,7 +26,7 @@ def pretrained_input(wildcards):
 
 def pretrained_record(wildcards):
     """The record fetch_weights wrote beside the file: training checks the file against the
-    digest it holds (nadir.training.weights.verify_recorded)."""
+    digest it holds (nadir.train.weights.verify_recorded)."""
     return [f"{path}.json" for path in pretrained_input(wildcards)]
 
 

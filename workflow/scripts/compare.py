@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from nadir.cli import run_rule_script
-from nadir.comparison import compare_files
+from nadir.compare.bootstrap import compare_files
 
 inp, out, params = snakemake.input, snakemake.output, snakemake.params
 run_rule_script(snakemake, lambda: compare_files(

@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from nadir.cli import run_rule_script
-from nadir.costs import cost_of_files
+from nadir.report.costs import cost_of_files
 
 out = snakemake.output
 run_rule_script(snakemake, lambda: cost_of_files(snakemake.input, Path(out.csv),

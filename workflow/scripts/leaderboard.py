@@ -1,9 +1,9 @@
-"""Rule leaderboard: rank every run from its files, named by run (nadir.named_inputs)."""
+"""Rule leaderboard: rank every run from its files, named by run (nadir.core.named_inputs)."""
 
 from pathlib import Path
 
 from nadir.cli import run_rule_script
-from nadir.report import leaderboard_of_files
+from nadir.report.leaderboard import leaderboard_of_files
 
 out = snakemake.output
 run_rule_script(snakemake, lambda: leaderboard_of_files(

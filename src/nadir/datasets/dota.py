@@ -11,8 +11,8 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nadir.core.errors import InputError
 from nadir.datasets.records import CASES, BadInput, read_label_text
-from nadir.errors import InputError
 
 CLASSES_V1_0 = [
     "plane", "baseball-diamond", "bridge", "ground-track-field", "small-vehicle",

@@ -15,8 +15,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from nadir.core.errors import InputError
 from nadir.datasets.records import BadInput, read_label_text
-from nadir.errors import InputError
 
 GEOJSON_DEFAULT_CRS = "EPSG:4326"
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from shapely.geometry import Polygon
 from shapely.validation import make_valid
 
-from nadir.errors import InputError
+from nadir.core.errors import InputError
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from nadir.core.errors import NadirError
 from nadir.datasets.dota import LabelFile, LabelObject, format_label_file
-from nadir.errors import NadirError
 
 log = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import msgspec
 
+from nadir.core.errors import InputError
 from nadir.datasets.records import BadInput, box_outside
-from nadir.errors import InputError
 
 # The 60 named classes of xView's training labels (ids are not contiguous).
 CLASS_NAMES = {

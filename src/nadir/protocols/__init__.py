@@ -1,6 +1,6 @@
 """Benchmark protocols: each benchmark's own way of scoring detections on whole scenes.
 
-- `coco`: COCO's box metrics (nadir.evaluation), for every dataset;
+- `coco`: COCO's box metrics (nadir.evaluate.chips), for every dataset;
 - `dota_task2`, `dota_task1`: DOTA's horizontal- and oriented-box tasks (nadir.protocols.dota);
 - `xview`: the xView challenge scorer (nadir.protocols.xview).
 
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from nadir.index import Annotation
+    from nadir.datasets.tables import Annotation
 
 log = logging.getLogger(__name__)
 

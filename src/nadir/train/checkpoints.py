@@ -1,0 +1,194 @@
+"""Where training checkpoints live while a job runs: a local directory or an S3 prefix.
+
+Checkpoints sit outside the job's declared outputs on purpose: Snakemake deletes the outputs of a
+failed job, and a job killed mid-run (a preempted pod, a closed laptop) must find its newest
+checkpoint on the next attempt. Each checkpoint is one object named after its iteration, written
+atomically (a local rename, or a single S3 PUT), so a kill during a write never leaves a
+half-written newest checkpoint behind.
+
+S3 uses the same endpoint and credentials as Snakemake's S3 storage: the endpoint is passed in
+(it is no secret), the keys come from SNAKEMAKE_STORAGE_S3_ACCESS_KEY / _SECRET_KEY in the
+environment (or boto3's own credential chain when those are unset), never from a command line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+from abc import ABC, abstractmethod
+from pathlib import Path
+from urllib.parse import urlparse
+
+from nadir.core.errors import NadirError
+
+log = logging.getLogger(__name__)
+
+NAME = re.compile(r"^ckpt-(\d{9})\.pt$")
+
+
+def checkpoint_name(iteration: int) -> str:
+    return f"ckpt-{iteration:09d}.pt"
+
+
+class CheckpointStore(ABC):
+    """The checkpoints of one training run, newest kept, older ones pruned."""
+
+    def __init__(self, keep: int = 2):
+        if keep < 1:
+            raise NadirError(f"checkpoints.keep must be at least 1, got {keep}")
+        self.keep = keep
+
+    @abstractmethod
+    def iterations(self) -> list[int]:
+        """Iterations of the stored checkpoints, oldest first."""
+
+    @abstractmethod
+    def read(self, iteration: int) -> bytes: ...
+
+    @abstractmethod
+    def put(self, name: str, data: bytes) -> None:
+        """Store a file under the run's location (atomically): checkpoints, and files kept
+        beside them such as TensorBoard's event files."""
+
+    def write(self, iteration: int, data: bytes) -> None:
+        self.put(checkpoint_name(iteration), data)
+
+    @abstractmethod
+    def delete(self, iteration: int) -> None: ...
+
+    @abstractmethod
+    def describe(self) -> str:
+        """Where the checkpoints are, for log lines (never with credentials)."""
+
+    def save(self, iteration: int, data: bytes) -> None:
+        """Store a checkpoint, then drop all but the newest `keep`."""
+        self.write(iteration, data)
+        for old in self.iterations()[: -self.keep]:
+            self.delete(old)
+        log.info("checkpoint at iteration %d written to %s (%.1f MB)", iteration,
+                 self.describe(), len(data) / 1e6)
+
+    def newest(self) -> tuple[int, bytes] | None:
+        """(iteration, bytes) of the newest checkpoint, or None when there is none."""
+        found = self.iterations()
+        if not found:
+            return None
+        return found[-1], self.read(found[-1])
+
+    def clear(self) -> None:
+        for iteration in self.iterations():
+            self.delete(iteration)
+
+
+class LocalCheckpoints(CheckpointStore):
+    def __init__(self, directory: Path, keep: int = 2):
+        super().__init__(keep)
+        self.directory = Path(directory)
+
+    def iterations(self) -> list[int]:
+        if not self.directory.is_dir():
+            return []
+        return sorted(int(m.group(1)) for p in self.directory.iterdir()
+                      if (m := NAME.match(p.name)))
+
+    def read(self, iteration: int) -> bytes:
+        return (self.directory / checkpoint_name(iteration)).read_bytes()
+
+    def put(self, name: str, data: bytes) -> None:
+        final = self.directory / name
+        final.parent.mkdir(parents=True, exist_ok=True)
+        partial = final.with_name(final.name + f".partial-{os.getpid()}")
+        partial.write_bytes(data)
+        os.replace(partial, final)
+
+    def delete(self, iteration: int) -> None:
+        (self.directory / checkpoint_name(iteration)).unlink(missing_ok=True)
+
+    def clear(self) -> None:
+        super().clear()
+        with contextlib.suppress(OSError):  # left in place when something else is in it
+            self.directory.rmdir()
+
+    def describe(self) -> str:
+        return str(self.directory)
+
+
+class S3Checkpoints(CheckpointStore):
+    def __init__(self, bucket: str, prefix: str, endpoint: str | None, keep: int = 2):
+        super().__init__(keep)
+        self.bucket, self.prefix, self.endpoint = bucket, prefix.strip("/"), endpoint
+        self._client = None
+
+    @property
+    def client(self):
+        """A boto3 client made on first use (so a store can be pickled to DDP workers)."""
+        if self._client is None:
+            import boto3
+
+            access = os.environ.get("SNAKEMAKE_STORAGE_S3_ACCESS_KEY")
+            secret = os.environ.get("SNAKEMAKE_STORAGE_S3_SECRET_KEY")
+            keys = {"aws_access_key_id": access, "aws_secret_access_key": secret} \
+                if access and secret else {}
+            self._client = boto3.client("s3", endpoint_url=self.endpoint,
+                                        region_name=os.environ.get("AWS_REGION", "us-east-1"),
+                                        **keys)
+        return self._client
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_client": None}
+
+    def _key(self, name: str) -> str:
+        return f"{self.prefix}/{name}"
+
+    def iterations(self) -> list[int]:
+        from botocore.exceptions import ClientError
+
+        found = []
+        try:
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=self.prefix + "/")
+            for page in pages:
+                for item in page.get("Contents", []):
+                    if m := NAME.match(item["Key"].rsplit("/", 1)[-1]):
+                        found.append(int(m.group(1)))
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") == "NoSuchBucket":
+                return []
+            raise NadirError(f"cannot list checkpoints in {self.describe()}: {error}") from None
+        return sorted(found)
+
+    def read(self, iteration: int) -> bytes:
+        key = self._key(checkpoint_name(iteration))
+        return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+
+    def put(self, name: str, data: bytes) -> None:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=self._key(name), Body=data)
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") != "NoSuchBucket":
+                raise NadirError(f"cannot write {name} to {self.describe()}: {error}") from None
+            self.client.create_bucket(Bucket=self.bucket)
+            self.client.put_object(Bucket=self.bucket, Key=self._key(name), Body=data)
+
+    def delete(self, iteration: int) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=self._key(checkpoint_name(iteration)))
+
+    def describe(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}"
+
+
+def open_store(location: str, endpoint: str | None = None, keep: int = 2) -> CheckpointStore:
+    """A store for `location`: `s3://bucket/prefix` or a local directory path."""
+    if location.startswith("s3://"):
+        parsed = urlparse(location)
+        if not parsed.netloc or not parsed.path.strip("/"):
+            raise NadirError(f"checkpoint location {location!r}: expected s3://BUCKET/PREFIX")
+        return S3Checkpoints(parsed.netloc, parsed.path, endpoint, keep)
+    if "://" in location:
+        raise NadirError(f"checkpoint location {location!r}: expected a local directory or "
+                         "s3://BUCKET/PREFIX")
+    return LocalCheckpoints(Path(location), keep)

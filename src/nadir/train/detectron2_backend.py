@@ -1,0 +1,503 @@
+"""The detectron2 backend: a thin adapter from nadir's jobs to detectron2's model zoo and trainer.
+
+What the adapter decides is kept in plain functions that need no detectron2 (and are tested
+everywhere): the model zoo config of each catalogue name, the config values it sets, the
+dataset registration arguments, and the map from detectron2's contiguous class indices back to
+COCO category ids. Everything that needs detectron2 imports it inside the function.
+
+The model comes from the zoo config (yaml configs through `build_model`, lazy `.py` configs
+through `instantiate`); training uses detectron2's SimpleTrainer (AMPTrainer with AMP on a GPU)
+with nadir's optimiser and schedule (AdamW, warm-up then cosine), so `lr` means the same for both
+backends. Chips are unpacked from the shards into the job's working directory and registered as a
+COCO dataset; the records are fed in nadir's seeded batch order with nadir's symmetries
+(`SeededBatches`, `random_flip_rotate`), so a resumed run sees the batches an uninterrupted one
+sees, and both backends see the same augmentations.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from nadir.config.catalogue import entry
+from nadir.core.errors import InputError, NadirError
+from nadir.core.names import check_name
+from nadir.storage.shards import decode_chip, member_offsets, read_member
+from nadir.train.backend import TrainJob
+from nadir.train.provenance import base_resolved_config
+
+log = logging.getLogger(__name__)
+
+INSTALL_HINT = ("detectron2 is not installed: it is not on PyPI; install it from "
+                "https://github.com/facebookresearch/detectron2 at the commit the container "
+                "image pins, or pick a torchvision model from the catalogue")
+
+
+def require_detectron2() -> None:
+    try:
+        import detectron2  # noqa: F401
+    except ImportError:
+        raise NadirError(INSTALL_HINT) from None
+
+
+def zoo_config(model: str) -> str:
+    """The detectron2 model zoo config a catalogue name is built from."""
+    model_entry = entry(model)
+    if model_entry.backend != "detectron2":
+        raise NadirError(f"model {model!r} belongs to the {model_entry.backend} backend")
+    return model_entry.architecture
+
+
+def is_lazy(config_path: str) -> bool:
+    """Python (LazyConfig) configs end in .py; the older yacs configs in .yaml."""
+    return config_path.endswith(".py")
+
+
+def model_overrides(model: str, num_classes: int, size: int, pretrained: str, device: str,
+                    score_threshold: float = 0.05, max_detections: int = 100) -> dict:
+    """The config values nadir sets on the zoo config, as {dotted key: value}.
+
+    Yacs keys (upper case) for .yaml configs, LazyConfig paths under `model.` for .py configs.
+    From scratch, every backbone stage trains and uses BatchNorm (frozen statistics are only
+    meaningful for pretrained weights); the images are the chips at their own size.
+    """
+    config = zoo_config(model)
+    scratch = pretrained == "none"
+    if not is_lazy(config):
+        head = "RETINANET" if "retinanet" in config else "ROI_HEADS"
+        return {
+            f"MODEL.{head}.NUM_CLASSES": num_classes,
+            f"MODEL.{head}.SCORE_THRESH_TEST": score_threshold,
+            "TEST.DETECTIONS_PER_IMAGE": max_detections,
+            "MODEL.DEVICE": device,
+            "MODEL.WEIGHTS": "",  # weights are loaded by the adapter from the fetched file
+            "MODEL.BACKBONE.FREEZE_AT": 0 if scratch else 2,
+            "MODEL.RESNETS.NORM": "BN" if scratch else "FrozenBN",
+            "INPUT.MIN_SIZE_TRAIN": (size,),
+            "INPUT.MAX_SIZE_TRAIN": size,
+            "INPUT.MIN_SIZE_TEST": size,
+            "INPUT.MAX_SIZE_TEST": size,
+        }
+    if "fcos" in config:
+        norm = "BN" if scratch else "FrozenBN"
+        return {
+            "model.num_classes": num_classes,
+            "model.test_score_thresh": score_threshold,
+            "model.max_detections_per_image": max_detections,
+            "model.backbone.bottom_up.freeze_at": 0 if scratch else 2,
+            "model.backbone.bottom_up.stem.norm": norm,
+            "model.backbone.bottom_up.stages.norm": norm,
+        }
+    if "vitdet" in config:
+        return {
+            "model.roi_heads.num_classes": num_classes,
+            "model.roi_heads.box_predictor.test_score_thresh": score_threshold,
+            "model.roi_heads.box_predictor.test_topk_per_image": max_detections,
+            # Boxes only: the zoo's ViTDet is a Mask R-CNN; our labels carry no masks.
+            "model.roi_heads.mask_in_features": None,
+            "model.roi_heads.mask_pooler": None,
+            "model.roi_heads.mask_head": None,
+            "model.backbone.net.img_size": size,
+            "model.backbone.square_pad": size,
+        }
+    raise NadirError(f"no detectron2 settings are defined for {config}")
+
+
+def dataset_name(dataset: str, split: str) -> str:
+    return f"nadir_{dataset}_{split}"
+
+
+def registration_arguments(dataset: str, split: str, coco_json: Path, image_root: Path) -> dict:
+    """Arguments of detectron2's `register_coco_instances` for one split of our COCO files."""
+    return {"name": dataset_name(dataset, split), "metadata": {}, "json_file": str(coco_json),
+            "image_root": str(image_root)}
+
+
+def detectron2_checkpoint(path: Path) -> dict:
+    """What detectron2's checkpointer reads from a weights file or checkpoint, read without
+    unpickling anything but arrays and tensors (`nadir.train.weights`).
+
+    detectron2 itself `pickle.load`s `.pkl` files, which runs whatever they name. The result
+    is what its DetectionCheckpointer._load_file returns for the same file: model zoo `.pkl`
+    files as they are, Caffe2/Detectron1 `.pkl` files as their blobs (without `_momentum`) for
+    its renaming heuristics, and `.pth` files with their tensors under `model`.
+    """
+    from nadir.train.weights import read_pickled_arrays, read_weights
+
+    path = Path(path)
+    if path.suffix == ".pkl":
+        data = read_pickled_arrays(path)
+        if not isinstance(data, dict):
+            raise InputError(path, f"expected a dict of arrays, got {type(data).__name__}")
+        if "model" in data and "__author__" in data:
+            return data
+        blobs = data.get("blobs", data)
+        return {"model": {k: v for k, v in blobs.items() if not k.endswith("_momentum")},
+                "__author__": "Caffe2", "matching_heuristics": True}
+    loaded = read_weights(path)
+    if not isinstance(loaded, dict):
+        raise InputError(path, f"expected a dict of tensors, got {type(loaded).__name__}")
+    if "model" not in loaded:
+        loaded = {"model": loaded}
+    loaded["matching_heuristics"] = True
+    return loaded
+
+
+def tensors_only_checkpointer(model, *args, **kwargs):
+    """detectron2's DetectionCheckpointer, reading files through `detectron2_checkpoint`
+    (its `_load_file`, the method fvcore's Checkpointer has subclasses override)."""
+    from detectron2.checkpoint import DetectionCheckpointer
+
+    class TensorsOnlyCheckpointer(DetectionCheckpointer):
+        def _load_file(self, filename: str) -> dict:
+            return detectron2_checkpoint(Path(filename))
+
+    return TensorsOnlyCheckpointer(model, *args, **kwargs)
+
+
+def contiguous_category_ids(categories: list[dict]) -> list[int]:
+    """COCO category id of each detectron2 class index (its loader sorts the ids)."""
+    return sorted(c["id"] for c in categories)
+
+
+def unpack_chips(coco_json: Path, shards: list[Path], image_root: Path) -> Path:
+    """Write a split's chips as files under image_root/<shard>/; return a COCO file naming them.
+
+    Chip names are only unique within a shard, hence one folder per shard. They become file
+    names, so each must follow the name rule (`nadir.core.names`).
+    """
+    coco = json.loads(Path(coco_json).read_text())
+    for image in coco["images"]:
+        check_name(image["file_name"], coco_json, "chip file name")
+    offsets = member_offsets(shards, {(im["shard"], im["file_name"]) for im in coco["images"]},
+                             Path(coco_json))
+    for (index, name), (offset, size) in sorted(offsets.items()):
+        folder = image_root / str(index)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(read_member(shards[index], offset, size))
+    for image in coco["images"]:
+        image["file_name"] = f"{image['shard']}/{image['file_name']}"
+    rewritten = image_root / "coco.json"
+    rewritten.write_text(json.dumps(coco))
+    log.info("unpacked %d chips to %s for detectron2", len(offsets), image_root)
+    return rewritten
+
+
+class RegisteredChips:
+    """detectron2 training inputs from registered dataset records, keyed (index, symmetry code).
+
+    Replaces detectron2's DatasetMapper and its random flips: the key comes from `SeededBatches`,
+    so the augmentation is a function of the seed and the step, as in the torchvision backend.
+    Chips are already at the model's size; no resizing is needed.
+    """
+
+    def __init__(self, records: list[dict], input_format: str, augment: bool):
+        self.records, self.input_format, self.augment = records, input_format, augment
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict:
+        import numpy as np
+        import torch
+        from detectron2.structures import Boxes, BoxMode, Instances
+
+        from nadir.train.data import random_flip_rotate
+
+        index, code = key
+        record = self.records[index]
+        pixels = torch.from_numpy(np.array(decode_chip(Path(record["file_name"]),
+                                                       record["file_name"]))).permute(2, 0, 1)
+        objects = [o for o in record["annotations"] if not o.get("iscrowd", 0)]
+        boxes = torch.tensor([BoxMode.convert(o["bbox"], o["bbox_mode"], BoxMode.XYXY_ABS)
+                              for o in objects], dtype=torch.float32).reshape(-1, 4)
+        if self.augment and code:
+            pixels, boxes = random_flip_rotate(pixels, boxes, code)
+        height, width = pixels.shape[1:]
+        instances = Instances((height, width), gt_boxes=Boxes(boxes),
+                              gt_classes=torch.tensor([o["category_id"] for o in objects],
+                                                      dtype=torch.int64))
+        return {"image": in_channel_order(pixels, self.input_format),
+                "height": height, "width": width, "instances": instances}
+
+
+def start_normaliser_at_first_batch(model) -> None:
+    """Start a dense detector's running loss normaliser at the first batch's positive count.
+
+    detectron2's RetinaNet and FCOS divide their losses by a running mean of the number of
+    positive anchors that starts at a constant sized for COCO batches (100, 300). On chips with
+    a few objects that mean takes tens of iterations to come down, and the logged loss climbs
+    meanwhile although the model learns. Models without the normaliser are left alone.
+    """
+    update = getattr(model, "_ema_update", None)
+    if update is None:
+        return
+
+    def ema_update(name: str, value: float, initial_value: float, momentum: float = 0.9):
+        return update(name, value, initial_value if hasattr(model, name) else value, momentum)
+
+    model._ema_update = ema_update
+
+
+def build_detectron2_model(model: str, num_classes: int, size: int, pretrained: str,
+                           device: str, **test_settings):
+    """The zoo model with nadir's settings; returns (model, input_format)."""
+    require_detectron2()
+    from detectron2 import model_zoo
+    from detectron2.config import get_cfg, instantiate
+
+    config = zoo_config(model)
+    overrides = model_overrides(model, num_classes, size, pretrained, device, **test_settings)
+    if not is_lazy(config):
+        from detectron2.modeling import build_model
+
+        cfg = get_cfg()
+        cfg.merge_from_file(model_zoo.get_config_file(config))
+        cfg.merge_from_list([item for pair in overrides.items() for item in pair])
+        return build_model(cfg), cfg.INPUT.FORMAT
+    lazy = model_zoo.get_config(config)
+    for key, value in overrides.items():
+        target = lazy
+        *path, last = key.split(".")
+        for part in path:
+            target = getattr(target, part)
+        setattr(target, last, value)
+    built = instantiate(lazy.model).to(device)
+    return built, lazy.model.get("input_format", "BGR")
+
+
+def _checkpoint_hook(checkpointer, store, every: int, total: int, history: list, device,
+                     seconds: Callable[[], float]):
+    """A detectron2 hook: every `every` iterations, save a checkpoint and hand it to the store.
+
+    Besides detectron2's own state (model, optimiser, scheduler, iteration) the checkpoint holds
+    what a bit-identical resume also needs: the loss log so far, torch's random state (Faster
+    R-CNN samples from it) and the dense detectors' running loss normaliser, which is a plain
+    attribute outside the state dict; and the training seconds so far, so that run.json's
+    `seconds` covers every attempt of a resumed run.
+    """
+    from detectron2.engine import HookBase
+
+    from nadir.train.loop import rng_state
+
+    class CheckpointToStore(HookBase):
+        def after_step(self):
+            done = self.trainer.iter + 1
+            if every and done % every == 0 and done < total:
+                checkpointer.save("store_upload", nadir_history=list(history),
+                                  nadir_rng=rng_state(device),
+                                  nadir_loss_normalizer=getattr(self.trainer.model,
+                                                                "loss_normalizer", None),
+                                  nadir_seconds=seconds())
+                local = Path(checkpointer.save_dir) / "store_upload.pth"
+                store.save(done, local.read_bytes())
+                local.unlink()
+
+    return CheckpointToStore()
+
+
+def _loss_log_hook(history: list, interval: int, total: int, images_per_step: int):
+    """A detectron2 hook: mean losses and lr per interval, with progress and ETA in the log."""
+    from detectron2.engine import HookBase
+
+    class LossLog(HookBase):
+        def before_train(self):
+            self.began, self.first = time.perf_counter(), self.trainer.iter
+
+        def after_step(self):
+            done = self.trainer.iter + 1
+            if done % interval and done != total:
+                return
+            storage = self.trainer.storage
+            seconds = time.perf_counter() - self.began
+            per_iteration = seconds / max(1, done - self.first)
+            # Plain floats: detectron2's numpy scalars would not load with weights_only.
+            row = {"iteration": done, "lr": float(storage.history("lr").latest()),
+                   "seconds": round(seconds, 2),
+                   "images_per_second": round(images_per_step / per_iteration, 2)}
+            for name, values in storage.histories().items():
+                if name.startswith("loss") or name == "total_loss":
+                    row["loss" if name == "total_loss" else name] = float(values.avg(interval))
+            history.append(row)
+            log.info("iteration %d/%d (%.0f%%)  loss %.4f  lr %.2e  %.2fs/it  ETA %.0fs", done,
+                     total, 100 * done / total, row["loss"], row["lr"], per_iteration,
+                     per_iteration * (total - done))
+
+    return LossLog()
+
+
+class Detectron2Backend:
+    name = "detectron2"
+
+    def resume(self, job: TrainJob) -> dict | None:
+        """The newest checkpoint of this job's store ({"iteration", "data"}), or None."""
+        newest = job.checkpoints.newest() if job.checkpoints is not None else None
+        return None if newest is None else {"iteration": newest[0], "data": newest[1]}
+
+    def train(self, job: TrainJob) -> dict:
+        require_detectron2()
+        import torch
+        from detectron2.data import DatasetCatalog, MetadataCatalog, get_detection_dataset_dicts
+        from detectron2.data.datasets import register_coco_instances
+        from detectron2.engine import AMPTrainer, SimpleTrainer, hooks
+        from detectron2.solver import get_default_optimizer_params
+
+        from nadir.train.data import SeededBatches
+        from nadir.train.loop import (
+            loader_generator,
+            loader_workers,
+            set_rng_state,
+            warmup_cosine,
+        )
+
+        hp = job.hp
+        torch.manual_seed(hp["seed"])
+        torch.set_num_threads(max(1, job.threads))
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        coco = json.loads(job.train_json.read_text())
+        size, num_classes = coco["images"][0]["width"], len(coco["categories"])
+        work = Path(tempfile.mkdtemp(prefix="nadir-detectron2-"))
+        images = unpack_chips(job.train_json, job.shards, work / "chips")
+        registration = registration_arguments(job.dataset, "train", images, work / "chips")
+        if registration["name"] in DatasetCatalog.list():  # an earlier job of this process
+            DatasetCatalog.remove(registration["name"])
+            MetadataCatalog.remove(registration["name"])
+        register_coco_instances(**registration)
+        model, input_format = build_detectron2_model(job.model, num_classes, size,
+                                                     hp["pretrained"], device.type)
+        model.train()
+        start_normaliser_at_first_batch(model)
+        if job.weights_file is not None:
+            # detectron2's checkpointer renames by heuristics; nadir reads the file.
+            tensors_only_checkpointer(model).load(str(job.weights_file))
+        optimizer = torch.optim.AdamW(
+            get_default_optimizer_params(model, base_lr=hp["lr"],
+                                         weight_decay=hp["weight_decay"]),
+            lr=hp["lr"], weight_decay=hp["weight_decay"])
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, warmup_cosine(hp["warmup_iterations"], hp["iterations"]))
+        resumed = self.resume(job)
+        start = resumed["iteration"] if resumed is not None else 0
+        # Every chip of train.json, empty ones included (detectron2 drops them by default), so
+        # this backend trains on the chips the others do and that run.json counts.
+        chips = RegisteredChips(get_detection_dataset_dicts([registration["name"]],
+                                                            filter_empty=False),
+                                input_format, hp["augment"])
+        workers = loader_workers(job.threads, 1, device)
+        loader = torch.utils.data.DataLoader(
+            chips, batch_sampler=SeededBatches(len(chips), hp["batch_size"], hp["seed"], start,
+                                               augment=hp["augment"]),
+            num_workers=workers, collate_fn=list, persistent_workers=workers > 0,
+            generator=loader_generator(hp["seed"]))
+        amp = bool(hp["amp"]) and device.type == "cuda"
+        trainer = (AMPTrainer if amp else SimpleTrainer)(model, loader, optimizer)
+        (work / "checkpoints").mkdir()
+        saver = tensors_only_checkpointer(model, str(work / "checkpoints"),
+                                          optimizer=optimizer, scheduler=scheduler,
+                                          trainer=trainer)
+        history: list = []
+        clock = {"before": 0.0, "began": time.perf_counter()}  # seconds of earlier attempts
+
+        def seconds() -> float:
+            return clock["before"] + time.perf_counter() - clock["began"]
+
+        trainer.register_hooks([
+            hooks.IterationTimer(),
+            hooks.LRScheduler(optimizer=optimizer, scheduler=scheduler),
+            _loss_log_hook(history, hp["log_interval"], hp["iterations"], hp["batch_size"]),
+        ] + ([_checkpoint_hook(saver, job.checkpoints, job.checkpoint_every,
+                               hp["iterations"], history, device, seconds)]
+           if job.checkpoints else []))
+        if resumed is not None:
+            local = work / "checkpoints" / f"resume_{start:09d}.pth"
+            local.write_bytes(resumed["data"])
+            saved = saver.load(str(local))  # model, optimiser, scheduler, iteration
+            if trainer.iter + 1 != start:
+                raise NadirError(f"checkpoint {start} in {job.checkpoints.describe()} holds "
+                                 f"iteration {trainer.iter + 1}; remove it to start over")
+            history.extend(saved.get("nadir_history", []))
+            clock["before"] = saved.get("nadir_seconds", 0.0)
+            set_rng_state(saved["nadir_rng"], device)
+            if saved.get("nadir_loss_normalizer") is not None:
+                model.loss_normalizer = saved["nadir_loss_normalizer"]
+            log.info("resuming from the checkpoint at iteration %d/%d in %s", start,
+                     hp["iterations"], job.checkpoints.describe())
+        clock["began"] = time.perf_counter()
+        try:
+            trainer.train(start, hp["iterations"])
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        job.outputs.weights.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"model": job.model, "num_classes": num_classes, "image_size": size,
+                    "categories": coco["categories"], "pretrained": hp["pretrained"],
+                    "state_dict": model.state_dict()}, job.outputs.weights)
+        job.outputs.train_log.write_text(json.dumps(history, indent=1) + "\n")
+        return {"seconds": round(seconds(), 2), "iterations": hp["iterations"],
+                "resumed_from": start, "device": device.type, "processes": 1, "amp": amp,
+                "chips": len(coco["images"])}
+
+    def predict(self, weights: Path, coco_json: Path, shards: list[Path], hp: dict,
+                threads: int = 1) -> list[dict]:
+        require_detectron2()
+        import torch
+
+        from nadir.train.data import ShardChips
+        from nadir.train.weights import read_weights
+
+        torch.set_num_threads(max(1, threads))
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        saved = read_weights(weights)
+        model, input_format = build_detectron2_model(
+            saved["model"], saved["num_classes"], saved["image_size"], saved["pretrained"],
+            device, score_threshold=hp["score_threshold"], max_detections=hp["max_detections"])
+        model.load_state_dict(saved["state_dict"])
+        model.eval()
+        category_ids = contiguous_category_ids(saved["categories"])
+        dataset = ShardChips(coco_json, shards)
+        results = []
+        with torch.no_grad():
+            for first in range(0, len(dataset), hp["batch_size"]):
+                items = [dataset[i] for i in range(first, min(first + hp["batch_size"],
+                                                             len(dataset)))]
+                inputs = [{"image": in_channel_order(image * 255.0, input_format).to(device),
+                           "height": image.shape[1], "width": image.shape[2]}
+                          for image, _ in items]
+                for (_, target), out in zip(items, model(inputs), strict=True):
+                    instances = out["instances"].to("cpu")
+                    for box, score, label in zip(instances.pred_boxes.tensor.tolist(),
+                                                 instances.scores.tolist(),
+                                                 instances.pred_classes.tolist(), strict=True):
+                        results.append({"image_id": target["image_id"],
+                                        "category_id": category_ids[label],
+                                        "bbox": [round(box[0], 2), round(box[1], 2),
+                                                 round(box[2] - box[0], 2),
+                                                 round(box[3] - box[1], 2)],
+                                        "score": round(score, 5)})
+        log.info("predicted %d detections on %d chips", len(results), len(dataset))
+        return results
+
+    def resolved_config(self, job: TrainJob) -> dict:
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        coco = json.loads(job.train_json.read_text())
+        overrides = model_overrides(job.model, len(coco["categories"]),
+                                    coco["images"][0]["width"], job.hp["pretrained"], device)
+        return base_resolved_config(job) | {"detectron2": {
+            "zoo_config": zoo_config(job.model),
+            "model_overrides": {k: list(v) if isinstance(v, tuple) else v
+                                for k, v in overrides.items()},
+            "optimizer": "AdamW, warm-up then cosine (nadir's schedule)",
+            "data": "nadir's seeded batches and square symmetries, chips at their own size",
+            "loss_normalizer": "RetinaNet/FCOS running mean started at the first batch's "
+                               "positive count (detectron2: 100 / 300)"}}
+
+
+def in_channel_order(pixels, input_format: str):
+    """Our CHW RGB pixels (0..255) in the channel order the detectron2 model expects."""
+    return pixels.flip(0) if input_format == "BGR" else pixels
