@@ -13,11 +13,8 @@ report: "workflow/report/workflow.rst"
 
 
 include: "workflow/rules/common.smk"
-include: "workflow/rules/controller.smk"
-include: "workflow/rules/sample.smk"
 include: "workflow/rules/fetch.smk"
 include: "workflow/rules/index.smk"
-include: "workflow/rules/dataset_stats.smk"
 include: "workflow/rules/chip.smk"
 include: "workflow/rules/coco.smk"
 include: "workflow/rules/train.smk"

@@ -47,8 +47,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 os.environ.setdefault("GDAL_PAM_ENABLED", "NO")
 
-from nadir.chip.chipping import ChipParams, encode, window_offsets  # noqa: E402
+from nadir.chip.chipping import window_offsets  # noqa: E402
+
+from nadir.chip.encode import encode
 from nadir.datasets.tables import Annotation  # noqa: E402
+from nadir.raster.chip_params import ChipParams
 
 LAYOUTS = {  # name: (file suffix, description)
     "tiled": ("tif", "tiled GeoTIFF, 512 px blocks, deflate"),
@@ -127,7 +130,7 @@ def generate_scene(path: Path, size: int, layout: str, objects: list[Annotation]
 
 def run_nadir(scene: Path, objects: list[Annotation], params: ChipParams, threads: int,
               out: Path) -> int:
-    from nadir.chip.chipping import chip_shard
+    from nadir.chip.shard import chip_shard
 
     result = chip_shard([{"scene": "scene", "split": "train"}], {"scene": objects},
                         {"scene": scene}, params, out, out.with_suffix(".json"), threads=threads)
@@ -214,8 +217,9 @@ def run_read(scene: Path, params: ChipParams) -> tuple[int, float, float]:
     """nadir's reading of every window (WindowReader, GDAL on one thread), nothing else;
     returns (chips, seconds, CPU seconds)."""
     import rasterio
+    from nadir.chip.chipping import gdal_cache_bytes
 
-    from nadir.chip.chipping import WindowReader, gdal_cache_bytes
+    from nadir.raster.windows import WindowReader
 
     chips = 0
     with rasterio.open(scene) as src, \

@@ -95,7 +95,8 @@ def run_devkit(devkit: Path, root: Path, out: Path) -> int:
 
 
 def run_nadir(root: Path, out: Path, image_format: str, threads: int, args) -> int:
-    from nadir.chip.chipping import ChipParams, chip_shard
+    from nadir.chip.shard import chip_shard
+    from nadir.raster.chip_params import ChipParams
 
     params = ChipParams(size=1024, overlap=200, min_visible=0.7, empty_keep=1.0,
                         image_format=image_format)
@@ -109,7 +110,6 @@ def run_nadir(root: Path, out: Path, image_format: str, threads: int, args) -> i
 def encoding_loop(repeats: int = 150) -> float:
     """Seconds to PNG-encode one fixed noisy 1,024 px RGB chip `repeats` times."""
     import numpy as np
-
     from nadir.chip.chipping import encode_png
 
     chip = np.random.default_rng(0).integers(0, 256, (3, 1024, 1024), dtype=np.uint8)

@@ -77,8 +77,11 @@ def detector_for(args):
 
 
 def run_nadir(args) -> dict:
-    from nadir.chip.chipping import ChipParams
-    from nadir.predict.inference import InferenceSettings, SceneSource, detect_scene, reads_ahead
+    from nadir.predict.inference import reads_ahead
+
+    from nadir.predict import InferenceSettings, SceneSource
+    from nadir.predict.detect import detect_scene
+    from nadir.raster.chip_params import ChipParams
     from nadir.train.loop import device_name
 
     params = ChipParams(size=args.window, overlap=args.overlap)
@@ -98,8 +101,9 @@ def run_baseline(args) -> dict:
     import rasterio
     from rasterio.windows import Window
 
-    from nadir.chip.chipping import ChipParams, window_offsets
     from nadir.evaluate.scenes import merge_overlaps, to_scene_coordinates
+    from nadir.raster.chip_params import ChipParams
+    from nadir.raster.windows import window_offsets
 
     params = ChipParams(size=args.window, overlap=args.overlap)
     detect = detector_for(args)

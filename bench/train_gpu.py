@@ -36,11 +36,11 @@ import tiny_chips  # noqa: E402
 import torch  # noqa: E402
 
 from nadir.config.catalogue import CATALOGUE  # noqa: E402
+from nadir.train.backends import get_backend  # noqa: E402
 from nadir.train.checkpoints import LocalCheckpoints  # noqa: E402
 from nadir.train.data import SeededBatches, ShardChips, collate, model_targets  # noqa: E402
 from nadir.train.loop import loader_workers  # noqa: E402
 from nadir.train.models import build_detector  # noqa: E402
-from nadir.train.registry import get_backend  # noqa: E402
 
 # One or more models of each backend; the shared loop's backends (torchvision, transformers,
 # yolox) get a bare loop beside them.

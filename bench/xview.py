@@ -41,12 +41,12 @@ print(json.dumps({{"seconds": seconds, "cpu_seconds": usage.ru_utime + usage.ru_
 
 NADIR_INDEX = """
 from pathlib import Path
-from nadir.index.normalise import index_fetched
+from nadir.index.normalise import index_dataset
 from nadir.datasets.tables import IndexTables
 spec = {{"format": "xview", "version": None, "class_attribute": "role",
         "split": {{"method": "seeded", "val_fraction": 0.2, "seed": 0}},
         "classes": {{"merge": {{}}, "keep": None, "min_size": 0}}, "on_bad_input": {{}}}}
-summary = index_fetched(Path({manifest!r}), Path({files!r}), spec,
+summary = index_dataset(Path({manifest!r}), Path({files!r}), spec,
                         IndexTables.in_folder(Path({out!r})))
 result = {{"objects": summary["objects"], "features": summary["features"],
           "dropped": summary["dropped"]}}

@@ -26,9 +26,16 @@ import numpy as np
 import yaml
 
 from nadir.datasets.sample import generate_scene
+from nadir.datasets.tables import IndexTables
 
 XVIEW_IDS = {"plane": 11, "storage-tank": 86, "small-vehicle": 18}
 DATASETS_DOC = Path(__file__).resolve().parents[1] / "docs" / "datasets.md"
+
+
+def index_tables(folder: Path) -> IndexTables:
+    """The index's four files under their usual names in one folder."""
+    return IndexTables(folder / "scenes.csv", folder / "annotations.csv",
+                       folder / "categories.json", folder / "summary.json")
 
 
 def docs_datasets() -> dict[str, dict]:
@@ -570,7 +577,7 @@ class Redirecting:
 FETCH_IN_A_PROCESS = """
 import sys
 from pathlib import Path
-from nadir.fetch.fetch import FetchSettings, download
+from nadir.storage.download import FetchSettings, download
 from nadir.train.weights import fetch_weights
 url, dest, how = sys.argv[1:]
 settings = FetchSettings(Path(dest).parent, 0, 20.0)

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 from dataset_builders import FileServer, make_dota
 
-from nadir.chip.chipping import ChipParams, chip_shard
+from nadir.chip.shard import chip_shard
+from nadir.raster.chip_params import ChipParams
 
 
 def hostile_dota(root: Path) -> dict[str, Path]:
@@ -103,7 +104,8 @@ def chip_scene(folder: Path, image: Path, **limits) -> dict:
 def read_scene(location: str | Path, **limits):
     """Inference's reading of a scene `scene` (64 px windows), with a detector that finds
     nothing."""
-    from nadir.predict.inference import InferenceSettings, SceneSource, detect_scene
+    from nadir.predict import InferenceSettings, SceneSource
+    from nadir.predict.detect import detect_scene
 
     return detect_scene(SceneSource("scene", str(location)), ChipParams(size=64, overlap=0),
                         lambda chips: [[] for _ in chips], InferenceSettings(), **limits)

@@ -15,7 +15,7 @@ import pytest
 import tiny_chips
 import torch
 
-from nadir.train.backend import TrainJob
+from nadir.train.backends import TrainJob
 from nadir.train.checkpoints import LocalCheckpoints
 
 

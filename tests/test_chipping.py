@@ -20,20 +20,15 @@ from PIL import Image
 from rasterio.io import MemoryFile
 from rasterio.transform import from_origin
 
-from nadir.chip import chipping
-from nadir.chip.chipping import (
-    ChipParams,
-    Radiometry,
-    WindowReader,
-    chip_shard,
-    encode,
-    gdal_settings,
-    window_offsets,
-    write_chip_manifest,
-)
+from nadir.chip import chipping, write_chip_manifest
+from nadir.chip.encode import encode
+from nadir.chip.shard import chip_shard
 from nadir.config import ConfigError, validate
 from nadir.core.errors import InputError, NadirError
 from nadir.datasets.tables import Annotation
+from nadir.raster.chip_params import ChipParams
+from nadir.raster.radiometry import Radiometry
+from nadir.raster.windows import WindowReader, gdal_settings, window_offsets
 
 TRANSFORM = from_origin(300_000.0, 4_000_000.0, 0.5, 0.5)
 CRS = "EPSG:32631"

@@ -10,16 +10,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from dataset_builders import make_dota, make_xview, write_geotiff, xview_feature
+from dataset_builders import index_tables, make_dota, make_xview, write_geotiff, xview_feature
 
 from nadir.core.errors import InputError
 from nadir.datasets import dota, rareplanes, xview
 from nadir.datasets.records import BadInput, ClassFilter
-from nadir.datasets.tables import ANNOTATION_FIELDS, IndexTables
-from nadir.fetch.fetch import FetchSettings, fetch_dataset
-from nadir.index.normalise import AnnotationWriter, index_fetched, seeded_split
+from nadir.datasets.splits import seeded_split
+from nadir.datasets.tables import ANNOTATION_FIELDS
+from nadir.fetch import fetch_dataset
+from nadir.index.normalise import AnnotationWriter, index_dataset
 from nadir.report.dataset_stats import dataset_statistics
 from nadir.report.figures import plot_statistics
+from nadir.storage.download import FetchSettings
 
 V15 = dota.CLASSES_BY_VERSION["v1.5"]
 
@@ -258,7 +260,7 @@ def test_dota_fetch_and_index_from_a_zip_and_a_folder(tmp_path):
     assert manifest["labels_without_image"] == ["01-val/labelTxt-v1.5/P0999.txt"]
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     out = tmp_path / "index"
-    summary = index_fetched(tmp_path / "manifest.json", files, dataset, IndexTables.in_folder(out))
+    summary = index_dataset(tmp_path / "manifest.json", files, dataset, index_tables(out))
     scenes = {r["scene"]: r for r in _read_csv(out / "scenes.csv")}
     assert {k: v["split"] for k, v in scenes.items()} == {
         "P0000": "train", "P0001": "train", "P0002": "train", "P0100": "val", "P0101": "val",
@@ -270,8 +272,8 @@ def test_dota_fetch_and_index_from_a_zip_and_a_folder(tmp_path):
     assert names == V15
     strict = {**dataset, "on_bad_input": {"image_without_label": "error"}}
     with pytest.raises(InputError, match=r"P0998\.tif: no label file"):
-        index_fetched(tmp_path / "manifest.json", files, strict,
-                      IndexTables.in_folder(tmp_path / "index2"))
+        index_dataset(tmp_path / "manifest.json", files, strict,
+                      index_tables(tmp_path / "index2"))
 
 
 def test_dota_merge_and_keep_change_the_categories(tmp_path):
@@ -283,8 +285,8 @@ def test_dota_merge_and_keep_change_the_categories(tmp_path):
     files = tmp_path / "files"
     (tmp_path / "m.json").write_text(json.dumps(fetch_dataset(
         "d", dataset, files, FetchSettings(tmp_path / "cache", 0, 5))))
-    summary = index_fetched(tmp_path / "m.json", files, dataset,
-                            IndexTables.in_folder(tmp_path / "out"))
+    summary = index_dataset(tmp_path / "m.json", files, dataset,
+                            index_tables(tmp_path / "out"))
     rows = _read_csv(tmp_path / "out" / "annotations.csv")
     assert {r["category"] for r in rows} == {"vehicle"}
     assert summary["categories"] == [{"id": 1, "name": "vehicle"}]
@@ -299,8 +301,8 @@ def test_xview_index_counts_every_drop_seeds_the_split_and_shows_imbalance(tmp_p
     files = tmp_path / "files"
     (tmp_path / "m.json").write_text(json.dumps(fetch_dataset(
         "xv", dataset, files, FetchSettings(tmp_path / "cache", 0, 5))))
-    summary = index_fetched(tmp_path / "m.json", files, dataset,
-                            IndexTables.in_folder(tmp_path / "out"))
+    summary = index_dataset(tmp_path / "m.json", files, dataset,
+                            index_tables(tmp_path / "out"))
     assert summary["features"] == built["features"]
     assert summary["objects"] == built["objects"]
     assert summary["dropped"] == {"degenerate_box": 1, "empty_box": 3, "unnamed_type_id_75": 1,
@@ -308,8 +310,8 @@ def test_xview_index_counts_every_drop_seeds_the_split_and_shows_imbalance(tmp_p
     assert summary["bad_input"]["skipped"]["label_without_image"] == 1
     assert summary["scenes"] == {"train": 3, "val": 1}
     assert summary["split"].startswith("seeded")
-    again = index_fetched(tmp_path / "m.json", files, dataset,
-                          IndexTables.in_folder(tmp_path / "out2"))
+    again = index_dataset(tmp_path / "m.json", files, dataset,
+                          index_tables(tmp_path / "out2"))
     assert (tmp_path / "out" / "scenes.csv").read_text() == (
         tmp_path / "out2" / "scenes.csv").read_text()
     assert again["scenes"] == summary["scenes"]
@@ -378,13 +380,13 @@ def test_dota_polygon_outside_its_image_is_counted_or_stops_with_file_and_line(t
     files = tmp_path / "files"
     (tmp_path / "m.json").write_text(json.dumps(fetch_dataset(
         "d", dataset, files, FetchSettings(tmp_path / "cache", 0, 5))))
-    summary = index_fetched(tmp_path / "m.json", files, dataset,
-                            IndexTables.in_folder(tmp_path / "out"))
+    summary = index_dataset(tmp_path / "m.json", files, dataset,
+                            index_tables(tmp_path / "out"))
     assert summary["objects"] == 1
     assert summary["bad_input"]["skipped"]["outside_image"] == 1
     strict = {**dataset, "on_bad_input": {"outside_image": "error"}}
     with pytest.raises(InputError, match=r"P1\.txt, line 2: polygon .* outside the 64x64 image"):
-        index_fetched(tmp_path / "m.json", files, strict, IndexTables.in_folder(tmp_path / "out2"))
+        index_dataset(tmp_path / "m.json", files, strict, index_tables(tmp_path / "out2"))
 
 
 @pytest.mark.parametrize("entries, split, fix", [
@@ -400,13 +402,13 @@ def test_an_empty_split_stops_the_index_naming_the_split_and_the_key(tmp_path, e
         "d", dataset, files, FetchSettings(tmp_path / "cache", 0, 5))))
     with pytest.raises(InputError, match=rf"datasets.d: the {split} split would hold none of "
                                          rf"the \d labelled scene\(s\); {fix}"):
-        index_fetched(tmp_path / "m.json", files, dataset,
-                      IndexTables.in_folder(tmp_path / "out"))
+        index_dataset(tmp_path / "m.json", files, dataset,
+                      index_tables(tmp_path / "out"))
     assert not list((tmp_path / "out").glob("*.csv*"))
 
 
 def test_a_split_without_chips_stops_the_coco_stage_before_writing(tmp_path):
-    from nadir.coco.build import write_coco
+    from nadir.coco.files import write_coco
     from nadir.core.errors import NadirError
 
     shard = tmp_path / "shard-000.json"

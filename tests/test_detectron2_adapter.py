@@ -14,8 +14,7 @@ import tiny_chips
 
 from nadir.config.catalogue import CATALOGUE
 from nadir.core.errors import NadirError
-from nadir.train import detectron2_backend as d2
-from nadir.train.backend import TrainOutputs
+from nadir.train import detectron2 as d2
 
 needs_detectron2 = pytest.mark.skipif(
     importlib.util.find_spec("detectron2") is None,
@@ -124,7 +123,7 @@ def test_detectron2_model_trains_and_predicts(model, tmp_path):
 
     saved = torch.load(io.BytesIO(LocalCheckpoints(tmp_path / "ck").read(4)),
                        weights_only=False)
-    job.outputs = TrainOutputs.in_folder(tmp_path / "rerun")
+    job.outputs = tiny_chips.train_outputs(tmp_path / "rerun")
     rerun = backend.train(job)
     assert rerun["resumed_from"] == 4 and rerun["seconds"] > saved["nadir_seconds"] > 0
     rerun_log = json.loads((tmp_path / "rerun" / "train_log.json").read_text())

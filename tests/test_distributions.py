@@ -23,20 +23,23 @@ from dataset_builders import (
     as_placed,
     docs_datasets,
     dota_label,
+    index_tables,
     make_dota_drive,
     make_xview,
 )
 
-from nadir.chip.chipping import ChipParams, chip_shard, scenes_to_chip, write_chip_manifest
-from nadir.coco.build import write_coco
+from nadir.chip import write_chip_manifest
+from nadir.chip.shard import chip_shard, scenes_to_chip
+from nadir.coco.files import write_coco
 from nadir.config import dataset_chipping, validate
 from nadir.core.errors import InputError
 from nadir.datasets import dota
-from nadir.datasets.tables import IndexTables, read_annotations
-from nadir.fetch.fetch import FetchSettings, fetch_dataset
-from nadir.index.normalise import index_fetched
-from nadir.report.dataset_stats import chipping_warnings, dataset_statistics
-from nadir.report.leaderboard import dataset_summary_html
+from nadir.datasets.tables import read_annotations
+from nadir.fetch import fetch_dataset
+from nadir.index.normalise import index_dataset
+from nadir.raster.chip_params import ChipParams
+from nadir.report.dataset_stats import chipping_warnings, dataset_statistics, dataset_summary_html
+from nadir.storage.download import FetchSettings
 
 MODEL = "ssdlite320_mobilenet_v3_large"
 DOCS = docs_datasets()
@@ -81,8 +84,8 @@ def to_coco(name: str, spec: dict, work: Path, chipping: dict | None = None) -> 
     files = work / "raw" / "files"
     manifest = fetch_dataset(name, spec, files, FetchSettings(work / "cache", 0, 5))
     (work / "manifest.json").write_text(json.dumps(manifest))
-    tables = IndexTables.in_folder(work / "index")
-    summary = index_fetched(work / "manifest.json", files, spec, tables)
+    tables = index_tables(work / "index")
+    summary = index_dataset(work / "manifest.json", files, spec, tables)
     images = {s["scene"]: files / s["image"] for s in manifest["scenes"]
               if spec["format"] == "xview" or s["label"]}
     params = ChipParams.from_config(dataset_chipping(config, name))
@@ -358,8 +361,8 @@ def test_a_subset_of_the_bucket_keeps_rareplanes_own_class_ids(rareplanes_bucket
                              FetchSettings(tmp_path / "cache", 0, 5))
     assert [len(s["sidecars"]) for s in manifest["scenes"]] == [1, 1, 1]
     (tmp_path / "m.json").write_text(json.dumps(manifest))
-    summary = index_fetched(tmp_path / "m.json", files, config["datasets"]["rp"],
-                            IndexTables.in_folder(tmp_path / "index"))
+    summary = index_dataset(tmp_path / "m.json", files, config["datasets"]["rp"],
+                            index_tables(tmp_path / "index"))
     assert summary["categories"] == [{"id": i, "name": ROLES[i]} for i in (1, 6, 7)]
     assert summary["class_ids"] == "role_id"
 
@@ -409,7 +412,7 @@ def test_world_file_and_pam_sidecar_complete_each_other_as_gdal_reads_them(tmp_p
     from rasterio.transform import from_origin
 
     from nadir.datasets.tables import image_header
-    from nadir.fetch.fetch import classify
+    from nadir.fetch.scan import classify
 
     source = tmp_path / "s.tif"
     with rasterio.open(source, "w", driver="GTiff", width=8, height=8, count=3, dtype="uint8",

@@ -34,6 +34,7 @@ from dataset_builders import (
     FileServer,
     Redirecting,
     fetch_in_two_processes,
+    index_tables,
     part_files,
     self_signed,
     tar_gz_bomb,
@@ -41,19 +42,23 @@ from dataset_builders import (
     write_png,
     zip_bomb,
 )
+from nadir.predict.inference import stac_scenes
 from s3proxy import FaultProxy
 
-from nadir.chip.chipping import ChipParams, chip_shard
+from nadir.chip.shard import chip_shard
 from nadir.config import ConfigError, validate
 from nadir.config.catalogue import CATALOGUE
 from nadir.core.errors import InputError, NadirError
 from nadir.datasets import rareplanes, xview
 from nadir.datasets.records import BadInput
-from nadir.datasets.tables import IndexTables, SceneSource, image_header, index_sample
-from nadir.fetch.fetch import FetchSettings, SourceEntry, download, extract, fetch_dataset, fetch_s3
-from nadir.index.normalise import index_fetched
-from nadir.predict.inference import stac_scenes
+from nadir.datasets.tables import SceneSource, image_header, index_sample
+from nadir.fetch import fetch_dataset
+from nadir.fetch.archives import extract
+from nadir.fetch.sources import SourceEntry, fetch_s3
+from nadir.index.normalise import index_dataset
+from nadir.raster.chip_params import ChipParams
 from nadir.storage.controller import ControllerLockError, claim, owner_store, release
+from nadir.storage.download import FetchSettings, download
 from nadir.storage.urls import publish, redact, redirect_refusal, resolve
 from nadir.train.checkpoints import S3Checkpoints
 
@@ -94,7 +99,7 @@ def index_dota(tmp_path: Path, label: bytes, **policy) -> tuple[dict | None, Pat
     files = tmp_path / "files"
     (tmp_path / "m.json").write_text(json.dumps(fetch_dataset("d", spec, files, fast(tmp_path))))
     out = tmp_path / "index"
-    return index_fetched(tmp_path / "m.json", files, spec, IndexTables.in_folder(out)), out
+    return index_dataset(tmp_path / "m.json", files, spec, index_tables(out)), out
 
 
 def expect_label_error(tmp_path: Path, label: bytes, pattern: str, skip_case: str | None):
@@ -492,7 +497,7 @@ def _(tmp_path):
                r"rasters\.max_values\)")
     with pytest.raises(InputError, match=too_big):
         index_sample([SceneSource("huge", "train", huge, tmp_path / "huge.txt")], ["plane"],
-                     IndexTables.in_folder(tmp_path / "index"))
+                     index_tables(tmp_path / "index"))
     assert not (tmp_path / "index" / "scenes.csv").exists()
     for stage in (lambda image: hostile.chip_scene(tmp_path, image), hostile.read_scene):
         with pytest.raises(InputError, match=too_big):

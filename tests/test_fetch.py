@@ -8,13 +8,14 @@ import json
 import numpy as np
 import pytest
 import s3server
-from dataset_builders import FileServer, part_files, sha256, write_geotiff
+from dataset_builders import FileServer, index_tables, part_files, sha256, write_geotiff
 from rasterio.warp import transform as warp
 
 from nadir.core.errors import InputError, NadirError
-from nadir.datasets.tables import IndexTables
-from nadir.fetch.fetch import FetchSettings, SourceEntry, download, fetch_dataset, fetch_s3
-from nadir.index.normalise import index_fetched
+from nadir.fetch import fetch_dataset
+from nadir.fetch.sources import SourceEntry, fetch_s3
+from nadir.index.normalise import index_dataset
+from nadir.storage.download import FetchSettings, download
 
 
 def settings(tmp_path, retries=2):
@@ -135,8 +136,8 @@ def test_rareplanes_from_an_anonymous_public_bucket_with_a_subset(public_s3, tmp
         ("t1", "train"), ("t2", "train"), ("t9", "val")]
     assert [s["objects"] for s in manifest["sources"]] == [4, 2]
     (tmp_path / "m.json").write_text(json.dumps(manifest))
-    summary = index_fetched(tmp_path / "m.json", files, spec,
-                            IndexTables.in_folder(tmp_path / "out"))
+    summary = index_dataset(tmp_path / "m.json", files, spec,
+                            index_tables(tmp_path / "out"))
     assert [c["name"] for c in summary["categories"]] == sorted({roles[t] for t in
                                                                   ("t1", "t2", "t9")})
     rows = (tmp_path / "out" / "annotations.csv").read_text().splitlines()[1:]

@@ -13,6 +13,7 @@ from PIL import Image
 
 from nadir.core.errors import InputError
 from nadir.core.named_inputs import input_name
+from nadir.report import figures
 from nadir.report.figures import (
     class_ap_matrix,
     pick_sample_chips,
@@ -21,7 +22,6 @@ from nadir.report.figures import (
     plot_detection_grid,
     plot_pr_curves,
 )
-from nadir.report import figures
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -15,14 +15,17 @@ import pytest
 import rasterio
 import tiny_chips
 from dataset_builders import FileServer
+from nadir.chip.chipping import params_dict
 from PIL import Image
 from rasterio.transform import from_origin
 
-from nadir.chip.chipping import ChipParams, Radiometry, chip_shard, params_dict
+from nadir.chip.shard import chip_shard
 from nadir.core.errors import InputError, NadirError
-from nadir.predict import inference
-from nadir.predict.inference import InferenceSettings, SceneSource, WindowCounts
+from nadir.predict import InferenceSettings, SceneSource, inference
 from nadir.raster import opener as rasters
+from nadir.raster.chip_params import ChipParams
+from nadir.raster.radiometry import Radiometry
+from nadir.raster.windows import WindowCounts
 
 MODEL = "ssdlite320_mobilenet_v3_large"
 OUTPUTS = ["geojson", "geopackage", "summary", "quicklook"]
@@ -376,6 +379,7 @@ def test_a_pre_signed_scene_url_is_used_whole_and_recorded_redacted(tiny_run, tm
     log, the summary and every output hold no part of its secret; without NADIR_URLS the
     job stops with an error saying why."""
     from nadir.cli import main
+
     from nadir.storage.urls import publish, redact
 
     served = tmp_path / "served"

@@ -6,8 +6,8 @@ import csv
 import json
 
 import pytest
-
 from nadir.cli import main
+
 from nadir.core.errors import InputError, NadirError
 from nadir.core.named_inputs import input_name, run_owner
 from nadir.report.costs import (

@@ -7,8 +7,7 @@ from pathlib import Path
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from nadir.train.checkpoints import open_store
-from nadir.train.live import LiveCurves
+from nadir.train.checkpoints import LiveCurves, open_store
 
 
 def read_scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:

@@ -19,9 +19,9 @@ from interrupted import assert_same_run
 from nadir.config.catalogue import CATALOGUE, entry
 from nadir.core.errors import NadirError
 from nadir.evaluate.chips import evaluate
+from nadir.train.backends import get_backend
 from nadir.train.checkpoints import LocalCheckpoints
 from nadir.train.models import build_detector
-from nadir.train.registry import get_backend
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # nothing here may download
 

@@ -9,10 +9,11 @@ import math
 import pytest
 import tiny_chips
 import torch
+from nadir.predict.inference import load_detector
 
 from nadir.config.catalogue import CATALOGUE
 from nadir.core.geometry import polygon_iou, rbox_to_polygon
-from nadir.predict.inference import load_detector
+from nadir.train.backends import get_backend
 from nadir.train.data import ShardChips, flip_rotate_points, random_flip_rotate
 from nadir.train.models.oriented_models import (
     decode,
@@ -20,7 +21,6 @@ from nadir.train.models.oriented_models import (
     rboxes_to_quads,
     side_distances,
 )
-from nadir.train.registry import get_backend
 
 RBOXES = [[40.0, 30.0, 20.0, 8.0, 30.0], [10.0, 12.0, 9.0, 3.0, -80.0],
           [25.0, 25.0, 12.0, 12.0, 20.0]]

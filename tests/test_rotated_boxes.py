@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from nadir.coco.build import build_coco
+from nadir.coco.files import build_coco
 from nadir.core.geometry import polygon_iou, rbox_from_polygon, rbox_to_polygon, rotated_nms
 from nadir.evaluate.scenes import merge_overlaps, to_scene_coordinates
 

@@ -132,7 +132,7 @@ def test_two_datasets_chip_each_with_their_own_size(tmp_path):
 
 
 def test_selection_split_is_carved_from_train_by_scene_with_a_seed():
-    from nadir.coco.build import carve_selection
+    from nadir.coco.files import carve_selection
 
     train = {"categories": [{"id": 1, "name": "plane"}], "images": [], "annotations": []}
     for n in range(40):  # 10 scenes x 4 chips, one object per chip

@@ -23,13 +23,14 @@ import numpy as np
 import pytest
 import yaml
 from conftest import ROOT, TEST_CONFIG, run_snakemake
-from dataset_builders import make_dota, write_geotiff
+from dataset_builders import index_tables, make_dota, write_geotiff
 
-from nadir.chip.chipping import images_by_scene
+from nadir.chip.shard import images_by_scene
 from nadir.core.errors import InputError
 from nadir.core.names import check_name, check_relative_path, safe_name
-from nadir.datasets.tables import IndexTables, SceneSource, image_header, index_sample
-from nadir.fetch.fetch import FetchSettings, fetch_dataset, read_scene_manifest
+from nadir.datasets.tables import SceneSource, image_header, index_sample
+from nadir.fetch import fetch_dataset, read_scene_manifest
+from nadir.storage.download import FetchSettings
 from nadir.storage.shards import read_chip_list
 
 HOSTILE_NAMES = ["P0000$(touch X)", "a;touch X", "a`touch X`", "a b", "a'b", 'a"b', "a|b",
@@ -97,12 +98,12 @@ def test_a_tampered_scene_manifest_is_refused_when_read_back(fetched_dota, tmp_p
     path.write_text(json.dumps(tampered(manifest, **change)))
     with pytest.raises(InputError, match=r"manifest\.json: .* is refused"):
         read_scene_manifest(path)
-    from nadir.index.normalise import index_fetched
+    from nadir.index.normalise import index_dataset
 
     with pytest.raises(InputError, match="is refused"):
-        index_fetched(path, root / "files", {"format": "dota", "version": "v1.5",
+        index_dataset(path, root / "files", {"format": "dota", "version": "v1.5",
                                              **DOTA_INDEX_SPEC},
-                      IndexTables.in_folder(tmp_path / "index"))
+                      index_tables(tmp_path / "index"))
     assert not (tmp_path / "index" / "annotations.csv").exists()
 
 
@@ -120,7 +121,7 @@ def test_chip_job_images_and_chip_lists_read_back_follow_the_name_rule(tmp_path)
 
 
 def test_detectron2_unpacking_refuses_a_chip_name_that_leaves_its_folder(tmp_path):
-    from nadir.train.detectron2_backend import unpack_chips
+    from nadir.train.detectron2 import unpack_chips
 
     coco = tmp_path / "coco.json"
     coco.write_text(json.dumps({"images": [{"id": 1, "file_name": "../../../x.png",
@@ -135,7 +136,7 @@ def test_sample_index_names_its_scenes_by_the_rule(tmp_path):
     write_geotiff(image, np.zeros((8, 8, 3), np.uint8))
     with pytest.raises(InputError, match=r"scene name 'a b' is refused"):
         index_sample([SceneSource("a b", "train", image, tmp_path / "a b.txt")], ["plane"],
-                     IndexTables.in_folder(tmp_path / "index"))
+                     index_tables(tmp_path / "index"))
 
 
 # --- shell commands ---------------------------------------------------------------------------
@@ -308,16 +309,16 @@ def test_chips_are_decoded_only_as_jpeg_or_png(tmp_path):
 
 def test_the_index_of_a_fetched_dataset_bounds_the_sizes_its_manifest_declares(fetched_dota,
                                                                                tmp_path):
-    from nadir.index.normalise import index_fetched
+    from nadir.index.normalise import index_dataset
 
     root, manifest = fetched_dota
     path = tmp_path / "manifest.json"
     path.write_text(json.dumps(tampered(manifest, width=10**7, height=10**7)))
     with pytest.raises(InputError, match=r"P0000\.png: declares 10000000 x 10000000 px x 3 "
                                          r"band\(s\) .* \(config key rasters\.max_values\)"):
-        index_fetched(path, root / "files", {"format": "dota", "version": "v1.5",
+        index_dataset(path, root / "files", {"format": "dota", "version": "v1.5",
                                              **DOTA_INDEX_SPEC},
-                      IndexTables.in_folder(tmp_path / "index"))
+                      index_tables(tmp_path / "index"))
 
 
 # --- weights ----------------------------------------------------------------------------------
@@ -335,7 +336,8 @@ def test_the_payload_runs_when_unpickled_plainly(tmp_path):
 def test_model_files_and_checkpoints_with_a_payload_are_refused(tmp_path):
     """model.pt and checkpoints (maybe from shared storage) are read the same way."""
     from nadir.predict.inference import load_detector
-    from nadir.train.registry import backend_of_weights
+
+    from nadir.train.backends import backend_of_weights
 
     marker = tmp_path / "ran"
     weights = hostile.torch_payload(tmp_path / "model.pt", marker)
@@ -387,7 +389,7 @@ def test_detectron2_pkl_files_are_read_as_arrays_only(tmp_path):
     """The restricted unpickler detectron2's weights go through (its contract, tested without
     detectron2): model zoo files as they are, Caffe2 files as blobs; a payload, or any class
     but numpy's arrays, is refused naming the file, and nothing runs."""
-    from nadir.train.detectron2_backend import detectron2_checkpoint
+    from nadir.train.detectron2 import detectron2_checkpoint
 
     zoo = {"model": {"backbone.conv1.weight": np.ones((2, 3), np.float32),
                      "scale": np.float32(2.0)}, "__author__": "Detectron2 Model Zoo"}

@@ -14,8 +14,8 @@ import torch
 from nadir.config import model_hyperparameters
 from nadir.config.catalogue import CATALOGUE, DEFAULT_MODEL, PRETRAINED_KINDS, weight_source
 from nadir.evaluate.chips import evaluate
+from nadir.train.backends import get_backend
 from nadir.train.models.torchvision_models import build_model
-from nadir.train.registry import get_backend
 
 TORCHVISION = sorted(n for n, e in CATALOGUE.items() if e.backend == "torchvision")
 # Measured here (2 shared cores): these take more than about 20 s for the few iterations.

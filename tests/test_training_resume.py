@@ -240,8 +240,7 @@ def test_batches_depend_only_on_seed_and_step():
 def test_two_process_ddp_on_cpu_checkpoints_and_resumes(data, tmp_path):
     """The DistributedDataParallel path (gloo, 2 processes): it trains, checkpoints the random
     states of both processes, and a rerun resumes from that checkpoint to the same weights."""
-    from nadir.train.backend import TrainJob
-    from nadir.train.registry import get_backend
+    from nadir.train.backends import TrainJob, get_backend
 
     hp = tiny_chips.hyperparameters(iterations=6, batch_size=2, log_interval=3)
 

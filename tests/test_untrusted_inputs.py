@@ -20,7 +20,9 @@ from dataset_builders import FileServer, fetch_in_two_processes, part_files, zip
 from s3proxy import FaultProxy
 
 from nadir.core.errors import InputError, NadirError
-from nadir.fetch.fetch import FetchSettings, SourceEntry, download, extract, fetch_s3
+from nadir.fetch.archives import extract
+from nadir.fetch.sources import SourceEntry, fetch_s3
+from nadir.storage.download import FetchSettings, download
 from nadir.storage.urls import redirect_refusal
 
 SENTINEL = b"the user's own file"

@@ -18,7 +18,7 @@ from dataset_builders import FileServer
 
 from nadir.config.catalogue import weight_files
 from nadir.core.errors import NadirError
-from nadir.fetch.fetch import ChecksumError, FetchSettings
+from nadir.storage.download import ChecksumError, FetchSettings
 from nadir.train.weights import fetch_weights, verify_recorded
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from nadir.raster.chip_params import ChipParams
+
 CATEGORIES = [{"id": 1, "name": "red-square"}, {"id": 2, "name": "blue-bar"}]
 
 
@@ -51,8 +53,9 @@ def build(directory: Path, chips: int = 4, size: int = 64, seed: int = 0,
     categories = [c | {"id": i} for c, i in zip(CATEGORIES, category_ids, strict=True)]
     coco.write_text(json.dumps({"images": images, "annotations": annotations,
                                 "categories": categories}))
-    manifest = directory / "manifest.json"
-    manifest.write_text(json.dumps({"chips": chips, "size": size, "seed": seed}))
+    manifest = directory / "manifest.json"  # the chip manifest: what training reads of it
+    params = ChipParams(size=size, overlap=0, image_format="png").to_record()
+    manifest.write_text(json.dumps({"params": params, "chips": chips, "seed": seed}))
     return {"shard": shard, "coco": coco, "manifest": manifest}
 
 
@@ -76,12 +79,19 @@ def model_training(model: str, **changes) -> dict:
 def train_job(data: dict, model: str, hp: dict, out_dir: Path, dataset: str = "tiny",
               **settings):
     """A TrainJob over what `build` wrote; `settings` are the TrainJob's other fields."""
-    from nadir.train.backend import TrainJob, TrainOutputs
+    from nadir.train.backends import TrainJob
 
     return TrainJob(dataset=dataset, model=model, hp=hp, train_json=data["coco"],
                     manifest=data["manifest"], shards=[data["shard"]],
-                    outputs=TrainOutputs.in_folder(out_dir),
-                    **settings)
+                    outputs=train_outputs(out_dir), **settings)
+
+
+def train_outputs(folder: Path):
+    """A training run's four files under their usual names in one folder."""
+    from nadir.train.backends import TrainOutputs
+
+    return TrainOutputs(folder / "model.pt", folder / "train_log.json", folder / "run.json",
+                        folder / "resolved_config.json")
 
 
 # A tiny chip holds a handful of objects, yet an R-CNN scores 2,000 proposals and trains its box

@@ -1,15 +1,29 @@
+def shard_images(wildcards):
+    """The raw images of a shard's scenes."""
+    return [fetched_file(wildcards.dataset, s["image"])
+            for s in shard_scenes(wildcards.dataset, wildcards.shard)]
+
+
+def shard_sidecars(wildcards):
+    """The georeferencing sidecars of a shard's images (a PNG tile's `.aux.xml`), staged
+    beside them: the chip job reads them (nadir.raster.georeferencing)."""
+    return [fetched_file(wildcards.dataset, p)
+            for s in shard_scenes(wildcards.dataset, wildcards.shard)
+            for p in s.get("sidecars", [])]
+
+
 rule chip:
     input:
         scenes="results/{dataset}/index/scenes.csv",
         annotations="results/{dataset}/index/annotations.csv",
-        images=lambda w: shard_images(w.dataset, w.shard),
-        sidecars=lambda w: shard_sidecars(w.dataset, w.shard),
+        images=shard_images,
+        sidecars=shard_sidecars,
     output:
         tar="results/{dataset}/chips/shard-{shard}.tar",
         chips="results/{dataset}/chips/shard-{shard}.json",
     params:
         # The dataset's own settings: editing another dataset's never rechips this one.
-        chipping=lambda w: as_json(dataset_chipping(config, w.dataset)),
+        chipping=lambda w: param(dataset_chipping(config, w.dataset)),
     threads: 2
     log:
         "logs/{dataset}/chip-{shard}.log",
@@ -17,10 +31,8 @@ rule chip:
         "results/benchmarks/{dataset}/chip-{shard}.tsv"
     message:
         "Chipping shard {wildcards.shard} of {wildcards.dataset}"
-    shell:
-        "{NADIR:q} chip --params {params.chipping:q} --scenes {input.scenes:q} "
-        "--annotations {input.annotations:q} --images {input.images:q} --tar {output.tar:q} "
-        "--json {output.chips:q} --threads {threads:q} {RASTER_LIMIT:q} 2> {log:q}"
+    script:
+        "../scripts/chip.py"
 
 
 rule chip_manifest:
@@ -34,5 +46,5 @@ rule chip_manifest:
         "results/benchmarks/{dataset}/chip_manifest.tsv"
     message:
         "Writing the chip manifest of {wildcards.dataset}"
-    shell:
-        "{NADIR:q} chip-manifest --shards {input.chips:q} --out {output.manifest:q} 2> {log:q}"
+    script:
+        "../scripts/chip_manifest.py"

@@ -12,16 +12,15 @@ rule coco:
         "results/benchmarks/{dataset}/coco.tsv"
     message:
         "Writing COCO annotations of {wildcards.dataset}"
-    shell:
-        "{NADIR:q} coco --shards {input.chips:q} --categories {input.categories:q} "
-        "--train {output.train:q} --val {output.val:q} --stats {output.stats:q} 2> {log:q}"
+    script:
+        "../scripts/coco.py"
 
 
 # Only runs with `training.eval_every` ask for it: they train on fit.json and score
 # selection.json while training; val stays the split the evaluate job scores.
 rule carve_selection:
     input:
-        "results/{dataset}/coco/train.json",
+        train="results/{dataset}/coco/train.json",
     output:
         fit="results/{dataset}/coco/fit.json",
         selection="results/{dataset}/coco/selection.json",
@@ -34,7 +33,5 @@ rule carve_selection:
         "results/benchmarks/{dataset}/carve_selection.tsv"
     message:
         "Holding train scenes of {wildcards.dataset} out as the selection split"
-    shell:
-        "{NADIR:q} carve-selection --train {input:q} --fraction {params.fraction:q} "
-        "--seed {params.seed:q} --fit {output.fit:q} --selection {output.selection:q} "
-        "2> {log:q}"
+    script:
+        "../scripts/carve_selection.py"

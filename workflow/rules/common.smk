@@ -1,5 +1,14 @@
-# Shared by every rule: config validation, the nadir command, and the job lists, which are
-# derived from the config alone (never from listing storage, which S3 cannot do here).
+# Shared by every rule: config validation, what the jobs get from the workflow, the job lists
+# (derived from the config and the fetch manifests alone, never from listing storage, which S3
+# cannot do here), and the controller's claim on the results location.
+#
+# Every rule calls its code the same way: `script:` (workflow/scripts/<rule>.py), a few lines
+# handing the rule's named inputs, outputs, params and threads to one stage function of nadir
+# (nadir.core.jobs.run_job). A rule's `params` are what must rerun it when they change: the
+# config keys whose schema entry names the job (`x-jobs`, job_settings). Settings that change
+# how a job runs but never what it makes (checkpoints, fetch caps and retries, the raster size
+# bound, the storage's endpoint) reach the script through `snakemake.config` or the
+# environment, so changing them reruns nothing.
 
 import json
 import os
@@ -16,11 +25,13 @@ os.environ.setdefault("GDAL_PAM_ENABLED", "NO")
 sys.path.insert(0, str(ROOT / "src"))
 
 from nadir.config import ConfigError, dataset_chipping, runs, validate
-from nadir.datasets.sample import SampleSpec
-from nadir.core.errors import NadirError
-from nadir.fetch.fetch import read_scene_manifest
-from nadir.core.named_inputs import files_by_owner, input_name, run_inputs
 from nadir.config.catalogue import CATALOGUE
+from nadir.core.errors import NadirError
+from nadir.core.named_inputs import files_by_owner, input_name, run_inputs
+from nadir.core.schema import applies_to_format, job_keys
+from nadir.fetch import read_scene_manifest
+from nadir.storage.controller import claim, owner_store, release
+from nadir.storage.s3 import ENDPOINT_VARIABLE
 from nadir.storage.urls import publish, redact
 
 try:
@@ -36,19 +47,23 @@ def config_urls():
     yield from (s if isinstance(s, str) else s["source"] for s in config["inference"]["scenes"])
 
 
-# Job command lines carry URLs in their redacted form (no user info, query or fragment: where
-# tokens and pre-signatures live); the jobs, which inherit this environment (or parse the
-# workflow again in their pod), look the whole URL up (nadir.storage.urls).
+# Job params carry URLs in their redacted form (no user info, query or fragment: where tokens
+# and pre-signatures live); the jobs, which inherit this environment (or parse the workflow
+# again in their pod), look the whole URL up (nadir.storage.urls).
 publish(config_urls())
 
 
-# Shell commands quote every field (`{x:q}`): names in paths come from data (nadir.core.names holds
-# them to a rule, and quoting keeps them one argument whatever they hold). Option lists are
-# Python lists, quoted item by item.
-NADIR = [sys.executable, "-m", "nadir"]
-# The largest declared raster size any job opens (nadir.raster.opener); a global, not a param, so
-# changing it reruns nothing: it refuses files, it never changes an output.
-RASTER_LIMIT = ["--max-raster-values", str(config["rasters"]["max_values"])]
+def storage_s3_settings():
+    """Snakemake's S3 storage settings (endpoint, keys), or None without S3 storage."""
+    s3 = (workflow.storage_provider_settings or {}).get("s3")
+    return s3.get_settings() if s3 else None
+
+
+# Jobs that read or write the storage themselves (checkpoints, inference scenes and prefixes)
+# use its endpoint, from the environment as the URLs (nadir.storage.s3.storage_endpoint).
+if getattr(storage_s3_settings(), "endpoint_url", None):
+    os.environ[ENDPOINT_VARIABLE] = storage_s3_settings().endpoint_url
+
 DATASETS = sorted(config["datasets"])
 # Every training run: (dataset, run name) -> nadir.config.Run. A run is a model, a sweep cell of
 # it, or a further repeat; its name is the `{model}` wildcard of every per-run rule and its
@@ -57,17 +72,33 @@ RUN_TABLE = {(run.dataset, run.name): run for run in runs(config)}
 RUN_NAMES = sorted({name for _, name in RUN_TABLE})
 RUNS = [f"{d}/models/{name}" for d, name in RUN_TABLE]
 RUNS_COUNT = len(RUNS)
-SAMPLE_KEYS = ["train_scenes", "val_scenes", "scene_size", "objects_per_scene", "seed"]
-# Formats fetched from a `source` (rules/fetch.smk), and the dataset keys each stage depends on.
-FETCHED_FORMATS = ("dota", "xview", "rareplanes")
-FETCH_KEYS = ["format", "version", "source", "tiled"]
-INDEX_KEYS = ["format", "version", "class_attribute", "split", "classes", "on_bad_input"]
 
 
 wildcard_constraints:
     dataset="|".join(DATASETS),
     model="|".join(re.escape(name) for name in RUN_NAMES),
     shard=r"\d{3}",
+
+
+def param(value):
+    """A config value as a job param, its keys sorted at every level: Snakemake reruns a job
+    whose params changed, and the order keys were written in is no change."""
+    return json.loads(json.dumps(value, sort_keys=True))
+
+
+def job_settings(job, *sections):
+    """{section: {key: value}} of the config keys of `sections` whose schema names `job`
+    (`x-jobs`): a job's params, so that exactly those keys rerun it."""
+    return param({section: {key: config[section][key] for key in job_keys(job, section)}
+                  for section in sections})
+
+
+def dataset_settings(job, dataset):
+    """The keys of a dataset's entry that `job` reads (`x-jobs`) and that apply to its format
+    (`x-formats`)."""
+    spec = config["datasets"][dataset]
+    return param({key: spec[key] for key in job_keys(job, "dataset")
+                  if applies_to_format(key, spec["format"])})
 
 
 def run_of(wildcards):
@@ -92,33 +123,8 @@ def shard_files(extension):
                       for s in shards(w.dataset)]
 
 
-def sample_spec(dataset):
-    return SampleSpec(**dataset_keys(dataset, SAMPLE_KEYS))
-
-
-def scenes(dataset):
-    """(split, scene id) of every scene of a dataset, in a fixed order."""
-    return sample_spec(dataset).scenes()
-
-
-def raw_image(dataset, split, scene):
-    return f"raw/{dataset}/{split}/images/{scene}.tif"
-
-
-def raw_label(dataset, split, scene):
-    return f"raw/{dataset}/{split}/labelTxt/{scene}.txt"
-
-
-def is_fetched(dataset):
-    return config["datasets"][dataset]["format"] in FETCHED_FORMATS
-
-
-def dataset_keys(dataset, keys):
-    return {k: config["datasets"][dataset][k] for k in keys}
-
-
 def fetched_file(dataset, relative):
-    """A file of a fetched dataset, by its path relative to the fetch folder (as the manifest
+    """A fetched file of a dataset, by its path relative to the fetch folder (as the manifest
     names it)."""
     return f"raw/{dataset}/files/{relative}"
 
@@ -141,7 +147,7 @@ def fetch_manifest(dataset):
     path = fetch_manifest_path(dataset)
     key = (str(path), os.stat(path).st_mtime_ns)
     if key not in _MANIFESTS:
-        try:  # its names become job inputs and command arguments: held to the name rule
+        try:  # its names become job inputs: held to the name rule
             _MANIFESTS[key] = read_scene_manifest(Path(path))
         except NadirError as error:
             raise WorkflowError(str(error)) from None
@@ -156,28 +162,45 @@ def fetched_scenes(dataset):
             if manifest["format"] == "xview" or s["label"] is not None]
 
 
-def dataset_images(dataset):
-    """Raw images of the scenes to chip, in a fixed order."""
-    if not is_fetched(dataset):
-        return [raw_image(dataset, sp, sc) for sp, sc in scenes(dataset)]
-    return [fetched_file(dataset, s["image"]) for s in fetched_scenes(dataset)]
-
-
-def shard_images(dataset, shard):
+def shard_scenes(dataset, shard):
     """Scenes are dealt to shards round-robin in scene order: reproducible from the config and
     the fetch manifest (the chip manifest records each scene's shard)."""
-    return dataset_images(dataset)[int(shard) :: len(shards(dataset))]
+    return fetched_scenes(dataset)[int(shard) :: len(shards(dataset))]
 
 
-def shard_sidecars(dataset, shard):
-    """The georeferencing sidecars of a shard's images (a PNG tile's `.aux.xml`), staged
-    beside them: the chip job reads them (nadir.raster.georeferencing)."""
-    if not is_fetched(dataset):
-        return []
-    chosen = fetched_scenes(dataset)[int(shard) :: len(shards(dataset))]
-    return [fetched_file(dataset, p) for s in chosen for p in s.get("sidecars", [])]
+# --- one controller per results location (nadir.storage.controller) -------------------------
+# The run claims its S3 default storage prefix, or its working directory, before its first job
+# and gives it back when it ends. Jobs (started with --no-hooks), dry runs and reports never run
+# these handlers.
 
 
-def as_json(value):
-    """A config value as a JSON argument; shell commands quote it with `{params.x:q}`."""
-    return json.dumps(value, sort_keys=True)
+def _owner_store():
+    default = workflow.storage_settings  # (`storage` is a Snakemake keyword)
+    prefix = default.default_storage_prefix if default.default_storage_provider == "s3" else None
+    settings = storage_s3_settings() if prefix else None
+    return owner_store(
+        prefix,
+        getattr(settings, "endpoint_url", None),
+        getattr(settings, "access_key", None),
+        getattr(settings, "secret_key", None),
+    )
+
+
+_OWNER = {}
+
+
+onstart:
+    try:
+        _OWNER["record"] = claim(_owner_store())
+    except NadirError as error:
+        raise WorkflowError(str(error)) from None
+
+
+onsuccess:
+    if "record" in _OWNER:
+        release(_owner_store(), _OWNER["record"])
+
+
+onerror:
+    if "record" in _OWNER:
+        release(_owner_store(), _OWNER["record"])

@@ -22,10 +22,7 @@ rule compare:
             labels={"dataset": "{dataset}", "table": "paired bootstrap"},
         ),
     params:
-        metric=config["comparison"]["metric"],
-        resamples=config["comparison"]["resamples"],
-        seed=config["comparison"]["seed"],
-        max_detections=config["evaluation"]["scene_max_detections"],
+        settings=job_settings("compare", "comparison", "evaluation"),
     log:
         "logs/{dataset}/compare.log",
     benchmark:

@@ -1,6 +1,3 @@
-CHIP_EVALUATION_KEYS = ["score_threshold", "max_detections", "batch_size"]
-
-
 rule evaluate:
     input:
         weights="results/{dataset}/models/{model}/model.pt",
@@ -11,7 +8,7 @@ rule evaluate:
         metrics="results/{dataset}/models/{model}/metrics.json",
     params:
         # Only what prediction uses: the scene-level settings never rerun the model.
-        hp=as_json({k: config["evaluation"][k] for k in CHIP_EVALUATION_KEYS}),
+        settings=job_settings("evaluate", "evaluation")["evaluation"],
     threads: 8  # capped at --cores on a laptop; profiles set their own
     log:
         "logs/{dataset}/evaluate-{model}.log",
@@ -19,10 +16,15 @@ rule evaluate:
         "results/benchmarks/{dataset}/evaluate-{model}.tsv"
     message:
         "Evaluating {wildcards.model} on the val chips of {wildcards.dataset}"
-    shell:
-        "{NADIR:q} evaluate --hp {params.hp:q} --weights {input.weights:q} --coco {input.val:q} "
-        "--shards {input.shards:q} --predictions {output.predictions:q} "
-        "--metrics {output.metrics:q} --threads {threads:q} 2> {log:q}"
+    script:
+        "../scripts/evaluate.py"
+
+
+def scene_evaluation_settings(wildcards):
+    """The scene-level settings, with the protocols of the dataset's format."""
+    settings = job_settings("evaluate_scenes", "evaluation")["evaluation"]
+    return {**settings, "protocols": settings["protocols"][
+        config["datasets"][wildcards.dataset]["format"]]}
 
 
 rule evaluate_scenes:
@@ -36,20 +38,13 @@ rule evaluate_scenes:
         metrics="results/{dataset}/models/{model}/scene_metrics.json",
         submission="results/{dataset}/models/{model}/submission.zip",
     params:
-        nms_iou=config["evaluation"]["scene_nms_iou"],
-        max_detections=config["evaluation"]["scene_max_detections"],
-        protocols=lambda w: config["evaluation"]["protocols"][
-            config["datasets"][w.dataset]["format"]],
+        settings=scene_evaluation_settings,
     log:
         "logs/{dataset}/evaluate_scenes-{model}.log",
     benchmark:
         "results/benchmarks/{dataset}/evaluate_scenes-{model}.tsv"
     message:
         "Merging {wildcards.model}'s chip detections into whole {wildcards.dataset} val scenes "
-        "and scoring them ({params.protocols})"
-    shell:
-        "{NADIR:q} evaluate-scenes --predictions {input.predictions:q} --coco {input.val:q} "
-        "--scenes {input.scenes:q} --annotations {input.annotations:q} "
-        "--nms-iou {params.nms_iou:q} --max-detections {params.max_detections:q} "
-        "--protocols {params.protocols:q} --submission {output.submission:q} "
-        "--scene-predictions {output.predictions:q} --metrics {output.metrics:q} 2> {log:q}"
+        "and scoring them ({params.settings[protocols]})"
+    script:
+        "../scripts/evaluate_scenes.py"

@@ -3,7 +3,8 @@
 # URLs, s3:// objects, STAC files parsed here) or, for s3:// prefixes, from a listing job's file:
 # storage is never listed while the DAG is built.
 
-from nadir.predict.inference import (
+from nadir.core.names import NAME
+from nadir.predict import (
     SceneSource,
     buckets_named,
     check_scene_names,
@@ -11,19 +12,8 @@ from nadir.predict.inference import (
     is_listing,
     source_id,
 )
-from nadir.core.names import NAME
 
 INFERENCE = config["inference"]
-INFERENCE_SETTING_KEYS = [
-    "window",
-    "overlap",
-    "bands",
-    "score_threshold",
-    "max_detections",
-    "nms_iou",
-    "batch_size",
-    "quicklook_size",
-]
 INFERENCE_RUNS = INFERENCE["runs"]
 for _run in INFERENCE_RUNS:
     _dataset, _model = _run.split("/")
@@ -86,13 +76,6 @@ def predict_targets(wildcards):
     ]
 
 
-def scene_access(wildcards):
-    """The predict job's S3 options: the storage's endpoint, and --anonymous for a scene whose
-    bucket the config does not name (from a STAC catalogue)."""
-    anonymous = inference_scenes()[wildcards.scene].anonymous
-    return _s3_endpoint_argument() + (" --anonymous" if anonymous else "")
-
-
 def scene_input(wildcards):
     """A local scene file is an input (a change reruns its jobs); remote scenes are read where
     they are, so they are no input Snakemake would download."""
@@ -105,14 +88,12 @@ checkpoint list_scenes:
         listing="results/inference/sources/{source}.json",
     params:
         prefix=lambda w: INFERENCE_PREFIXES[w.source],
-        s3=_s3_endpoint_argument(),
     log:
         "logs/inference/list_scenes-{source}.log",
     message:
         "Listing the scenes under {params.prefix}"
-    shell:
-        "{NADIR:q} list-scenes --prefix {params.prefix:q} {params.s3:q} "
-        "--out {output.listing:q} 2> {log:q}"
+    script:
+        "../scripts/list_scenes.py"
 
 
 rule predict_scene:
@@ -129,8 +110,10 @@ rule predict_scene:
         scene=NAME.pattern,
     params:
         source=lambda w: redact(inference_scenes()[w.scene].location),
-        settings=as_json({k: INFERENCE[k] for k in INFERENCE_SETTING_KEYS}),
-        s3=scene_access,
+        # A scene whose bucket the config does not name (from a STAC catalogue) is read
+        # without the user's keys.
+        anonymous=lambda w: inference_scenes()[w.scene].anonymous,
+        settings=job_settings("predict_scene", "inference", "evaluation"),
     threads: 4  # capped at --cores on a laptop; profiles set their own
     log:
         "logs/inference/{dataset}/{model}/{scene}.log",
@@ -139,13 +122,8 @@ rule predict_scene:
     message:
         "Detecting objects in scene {wildcards.scene} with {wildcards.model} "
         "(trained on {wildcards.dataset})"
-    shell:
-        "{NADIR:q} predict --weights {input.weights:q} --run {input.run:q} "
-        "--source {params.source:q} --scene-name {wildcards.scene:q} "
-        "--settings {params.settings:q} {params.s3:q} --threads {threads:q} "
-        "--geojson {output.geojson:q} --geopackage {output.geopackage:q} "
-        "--summary {output.summary:q} --quicklook {output.quicklook:q} {RASTER_LIMIT:q} "
-        "2> {log:q}"
+    script:
+        "../scripts/predict_scene.py"
 
 
 rule predict:

@@ -1,4 +1,5 @@
-# The summarise stage: leaderboard, cost table, evaluation figures and the terminal summary.
+# The report stage: each dataset's statistics and warnings, the evaluation figures, the
+# leaderboard, the cost table and the terminal summary.
 # Report entries: category = what the figure shows, subcategory = dataset, labels = model.
 # The summary rules read several files per run or job: each is named `KIND:OWNER` (see
 # nadir.core.named_inputs) and their scripts (workflow/scripts/) read them by name.
@@ -21,14 +22,11 @@ def cost_jobs():
     all jobs but `cost` and `summary`, which run after it. A new rule adds its benchmark here."""
     jobs = []
     for d in DATASETS:
-        if config["datasets"][d]["format"] == "sample":
-            jobs.append(("generate_sample", d, f"results/benchmarks/{d}/generate_sample.tsv",
-                         None))
-        jobs += [("index", d, f"results/benchmarks/{d}/index.tsv", None)]
+        jobs += [(r, d, f"results/benchmarks/{d}/{r}.tsv", None) for r in ("fetch", "index")]
         jobs += [("chip", f"{d}/{s}", f"results/benchmarks/{d}/chip-{s}.tsv", None)
                  for s in shards(d)]
         jobs += [(r, d, f"results/benchmarks/{d}/{r}.tsv", None)
-                 for r in ("chip_manifest", "coco", "plot_class_ap", "compare")]
+                 for r in ("chip_manifest", "coco", "dataset_stats", "plot_class_ap", "compare")]
         if any(r.hp["eval_every"] for (rd, _), r in RUN_TABLE.items() if rd == d):
             jobs.append(("carve_selection", d, f"results/benchmarks/{d}/carve_selection.tsv",
                          None))
@@ -49,6 +47,45 @@ COST_JOB_COUNT = len(cost_jobs())
 def run_title(wildcards):
     """A per-run figure's title."""
     return f"{wildcards.model} on {wildcards.dataset}"
+# One dataset's statistics, and its summary page in the report: every warning of the index
+# (classes without an object, labels without images, label variants set aside) and of the
+# chipping (classes whose objects no chip keeps), beside objects per class in scenes and chips.
+
+
+rule dataset_stats:
+    input:
+        scenes="results/{dataset}/index/scenes.csv",
+        annotations="results/{dataset}/index/annotations.csv",
+        categories="results/{dataset}/index/categories.json",
+        summary="results/{dataset}/index/summary.json",
+        coco_stats="results/{dataset}/coco/stats.json",
+        chips_manifest="results/{dataset}/chips/manifest.json",
+    output:
+        json="results/{dataset}/index/stats.json",
+        png=report(
+            "results/{dataset}/index/stats.png",
+            caption="../report/dataset_stats.rst",
+            category="Datasets",
+            labels={"dataset": "{dataset}", "content": "statistics"},
+        ),
+        html=report(
+            "results/{dataset}/index/summary.html",
+            caption="../report/dataset_summary.rst",
+            category="Datasets",
+            labels={"dataset": "{dataset}", "content": "summary and warnings"},
+        ),
+    log:
+        "logs/{dataset}/dataset_stats.log",
+    params:
+        title=lambda w: f"dataset {w.dataset}",
+    message:
+        "Computing statistics of dataset {wildcards.dataset}"
+    benchmark:
+        "results/benchmarks/{dataset}/dataset_stats.tsv"
+    script:
+        "../scripts/dataset_stats.py"
+
+
 EVALUATION_FIGURES = (
     expand("results/{dataset}/class_ap.png", dataset=DATASETS)
     + expand("results/{run}/{figure}.png", run=RUNS, figure=["loss", "pr", "detections"])
@@ -74,9 +111,8 @@ rule loss_curve:
         "results/benchmarks/{dataset}/loss_curve-{model}.tsv"
     message:
         "Plotting the loss curve of {wildcards.model} on {wildcards.dataset}"
-    shell:
-        "{NADIR:q} plot-loss --train-log {input:q} --out {output:q} --title {params.title:q} "
-        "2> {log:q}"
+    script:
+        "../scripts/loss_curve.py"
 
 
 rule plot_pr:
@@ -99,9 +135,8 @@ rule plot_pr:
         "results/benchmarks/{dataset}/plot_pr-{model}.tsv"
     message:
         "Plotting the precision-recall curves of {wildcards.model} on {wildcards.dataset}"
-    shell:
-        "{NADIR:q} plot-pr --metrics {input.chip:q} --scene-metrics {input.scene:q} "
-        "--out {output:q} --title {params.title:q} 2> {log:q}"
+    script:
+        "../scripts/plot_pr.py"
 
 
 rule plot_detections:
@@ -118,20 +153,16 @@ rule plot_detections:
             labels={"dataset": "{dataset}", "model": "{model}"},
         ),
     params:
-        chips=config["report"]["sample_chips"],
-        min_score=config["report"]["min_score"],
+        settings=job_settings("plot_detections", "report", "inference"),
         title=run_title,
     log:
         "logs/{dataset}/plot_detections-{model}.log",
     benchmark:
         "results/benchmarks/{dataset}/plot_detections-{model}.tsv"
     message:
-        "Drawing {params.chips} val chips of {wildcards.dataset} with {wildcards.model}'s "
-        "detections"
-    shell:
-        "{NADIR:q} plot-detections --coco {input.val:q} --predictions {input.predictions:q} "
-        "--shards {input.shards:q} --chips {params.chips:q} --min-score {params.min_score:q} "
-        "--out {output:q} --title {params.title:q} 2> {log:q}"
+        "Drawing val chips of {wildcards.dataset} with {wildcards.model}'s detections"
+    script:
+        "../scripts/plot_detections.py"
 
 
 rule plot_class_ap:
@@ -220,6 +251,5 @@ rule summary:
         "results/benchmarks/summary.tsv"
     message:
         "Printing the leaderboard"
-    shell:
-        "{NADIR:q} summary --leaderboard {input.leaderboard:q} --cost {input.cost:q} "
-        "--out {output:q} 2> {log:q}"
+    script:
+        "../scripts/summary.py"

@@ -1,9 +1,7 @@
 # Training: one job per run (dataset, model, sweep cell, repeat: the `{model}` wildcard is the
 # run's name, see common.smk), plus one download per pretrained weights file.
-# Checkpoint settings reach the command through globals, not params, so that moving or
+# The checkpoint settings reach the job through the config, not params, so that moving or
 # retuning checkpoints never reruns a finished training job.
-
-import re
 
 from nadir.config.catalogue import weight_files, weight_source
 
@@ -45,18 +43,8 @@ def _checkpoint_root():
     return "checkpoints"
 
 
-def _s3_endpoint_argument():
-    """The S3 endpoint option of commands that read S3 themselves (arguments, or none)."""
-    s3 = (workflow.storage_provider_settings or {}).get("s3")
-    endpoint = getattr(s3.get_settings(), "endpoint_url", None) if s3 else None
-    return ["--s3-endpoint", endpoint] if endpoint else []
-
-
-CHECKPOINT_ROOT = _checkpoint_root()
-CHECKPOINT_OPTIONS = [
-    "--checkpoint-every", str(config["checkpoints"]["every"]),
-    "--checkpoint-keep", str(config["checkpoints"]["keep"]), *_s3_endpoint_argument(),
-]
+# The train script finds the run's checkpoint folder under this location.
+config["checkpoints"]["location"] = _checkpoint_root()
 
 
 rule fetch_weights:
@@ -69,9 +57,8 @@ rule fetch_weights:
         "logs/weights/{weights_file}.log",
     message:
         "Fetching pretrained weights {wildcards.weights_file}"
-    shell:
-        "{NADIR:q} fetch-weights --file {wildcards.weights_file:q} --out {output.weights:q} "
-        "2> {log:q}"
+    script:
+        "../scripts/fetch_weights.py"
 
 
 def selects(wildcards):
@@ -94,12 +81,8 @@ rule train:
         resolved="results/{dataset}/models/{model}/resolved_config.json",
     params:
         # Only this run's settings: editing another model's or sweep cell's never reruns it.
-        hp=lambda w: as_json(run_of(w).hp),
+        hp=lambda w: param(run_of(w).hp),
         model=lambda w: run_of(w).model,
-        pretrained=lambda w, input: (
-            ["--pretrained-weights", *input.pretrained] if input.pretrained else []
-        ),
-        selection=lambda w, input: ["--selection", *input.selection] if input.selection else [],
     threads: 8  # capped at --cores on a laptop; profiles set their own
     log:
         "logs/{dataset}/train-{model}.log",
@@ -107,12 +90,5 @@ rule train:
         "results/benchmarks/{dataset}/train-{model}.tsv"
     message:
         "Training {wildcards.model} on {wildcards.dataset}"
-    shell:
-        "{NADIR:q} train --dataset {wildcards.dataset:q} --model {params.model:q} "
-        "--hp {params.hp:q} --train {input.train:q} --manifest {input.manifest:q} "
-        "--shards {input.shards:q} {params.pretrained:q} {params.selection:q} "
-        "--weights-out {output.weights:q} --train-log {output.train_log:q} "
-        "--run {output.run:q} --resolved-config {output.resolved:q} "
-        "--checkpoints {CHECKPOINT_ROOT:q}/{wildcards.dataset:q}/{wildcards.model:q} "
-        "{CHECKPOINT_OPTIONS:q} "
-        "--threads {threads:q} 2> {log:q}"
+    script:
+        "../scripts/train.py"

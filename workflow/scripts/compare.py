@@ -1,12 +1,9 @@
 """Rule compare: paired bootstrap between a dataset's runs, their files named by run."""
 
-from pathlib import Path
+from nadir.compare import compare_files
+from nadir.core.jobs import run_job
 
-from nadir.cli import run_rule_script
-from nadir.compare.bootstrap import compare_files
-
-inp, out, params = snakemake.input, snakemake.output, snakemake.params
-run_rule_script(snakemake, lambda: compare_files(
-    inp, Path(inp.val), Path(inp.annotations), max_detections=params.max_detections,
-    metric=params.metric, resamples=params.resamples, seed=params.seed,
-    json_out=Path(out.json), html_out=Path(out.html)))
+inp, out, settings = snakemake.input, snakemake.output, snakemake.params.settings
+run_job(snakemake, lambda: compare_files(
+    inp, inp.val, inp.annotations, max_detections=settings["evaluation"]["scene_max_detections"],
+    **settings["comparison"], json_out=out.json, html_out=out.html))

@@ -1,9 +1,7 @@
 """Rule plot_class_ap: per-class AP of a dataset's runs, their metrics named by run."""
 
-from pathlib import Path
+from nadir.core.jobs import run_job
+from nadir.report import plot_class_heatmap_of_files
 
-from nadir.cli import run_rule_script
-from nadir.report.figures import plot_class_heatmap_of_files
-
-run_rule_script(snakemake, lambda: plot_class_heatmap_of_files(
-    snakemake.input, Path(snakemake.output[0]), snakemake.params.title))
+run_job(snakemake, lambda: plot_class_heatmap_of_files(
+    snakemake.input, snakemake.output[0], snakemake.params.title))

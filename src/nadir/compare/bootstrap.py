@@ -16,7 +16,6 @@ COCO's AP exactly (tests/test_comparison.py checks it against the evaluation sta
 
 from __future__ import annotations
 
-import html
 import json
 import logging
 import math
@@ -28,8 +27,9 @@ from pathlib import Path
 import numpy as np
 
 from nadir.core.errors import NadirError
+from nadir.core.html import heading, page, paragraph, table
 from nadir.core.named_inputs import files_by_run
-from nadir.report.costs import TABLE_CSS
+from nadir.protocols.scenes import scene_ground_truth
 
 log = logging.getLogger(__name__)
 
@@ -301,8 +301,6 @@ def compare_files(named: Mapping[str, str | Path], coco: Path, annotations: Path
     """compare_dataset of the runs whose `run` and `scene_predictions` files `named` holds
     (such as `snakemake.input`, named by nadir.core.named_inputs.run_inputs), against the val scenes
     of `coco` and `annotations`; writes the result as JSON and as a page."""
-    from nadir.evaluate.scenes import scene_ground_truth
-
     by_run = files_by_run(named.items(), ["run", "scene_predictions"])
     runs = [(run, json.loads(files["run"].read_text()),
              json.loads(files["scene_predictions"].read_text()))
@@ -315,39 +313,34 @@ def compare_files(named: Mapping[str, str | Path], coco: Path, annotations: Path
              len(runs), len(gt["images"]), resamples)
     result = compare_dataset(runs, gt, max_detections, metric, resamples, seed)
     Path(json_out).write_text(json.dumps(result, indent=1) + "\n")
-    Path(html_out).write_text(comparison_html(result, TABLE_CSS))
+    Path(html_out).write_text(comparison_html(result))
     for name, verdict in sorted(result["verdicts"].items()):
         log.info("%s: %s %.4f, %s", name, metric, result["observed"][name], verdict)
     return result
 
 
-def comparison_html(result: dict, table_css: str) -> str:
+def comparison_html(result: dict) -> str:
     """A self-contained page: each setting's score and verdict, then every pair."""
     def number(value: float) -> str:
         return "n/a" if value != value else f"{value:.4f}"  # NaN: no objects in any draw
 
     metric, best = result["metric"], result["best"]
-    settings = "".join(
-        f"<tr><td>{html.escape(name)}</td><td>{result['repeats'][name]}</td>"
-        f"<td>{number(result['observed'][name])}</td>"
-        f"<td>{html.escape(result['verdicts'][name])}</td></tr>"
-        for name in sorted(result["observed"], key=lambda n: -result["observed"][n]))
-    pairs = "".join(
-        f"<tr><td>{html.escape(p['first'])}</td><td>{html.escape(p['second'])}</td>"
-        f"<td>{number(p['difference'])}</td><td>[{number(p['ci_low'])}, "
-        f"{number(p['ci_high'])}]</td><td>{'yes' if p['distinguishable'] else 'no'}</td></tr>"
-        for p in result["pairs"])
-    return (
-        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>nadir comparison</title>"
-        f"<style>{table_css}</style></head><body><h1>Pairwise comparison on "
-        f"{html.escape(result['dataset'])}</h1><p>Scene-level {metric} of each setting on the "
-        f"{result['scenes']} val scenes (the mean over its repeats), and a paired bootstrap: "
-        f"{result['resamples']} draws of the scenes with replacement (seed {result['seed']}), "
-        "every setting scored on the same draws; the interval is the 2.5 to 97.5 percentile "
-        "of the difference. A setting whose difference to the best "
-        f"({html.escape(best)}) includes 0 is not distinguishable from it. The interval "
-        "covers the choice of test scenes, not the training seed: repeats add that.</p>"
-        f"<table><tr><th>setting</th><th>repeats</th><th>{metric}</th><th>verdict</th></tr>"
-        f"{settings}</table><h2>Every pair</h2><table><tr><th>first</th><th>second</th>"
-        f"<th>{metric} first minus second</th><th>95 % interval</th><th>distinguishable</th>"
-        f"</tr>{pairs}</table></body></html>\n")
+    settings = [[name, result["repeats"][name], number(result["observed"][name]),
+                 result["verdicts"][name]]
+                for name in sorted(result["observed"], key=lambda n: -result["observed"][n])]
+    pairs = [[p["first"], p["second"], number(p["difference"]),
+              f"[{number(p['ci_low'])}, {number(p['ci_high'])}]",
+              "yes" if p["distinguishable"] else "no"] for p in result["pairs"]]
+    return page(
+        "nadir comparison", heading(1, f"Pairwise comparison on {result['dataset']}"),
+        paragraph(f"Scene-level {metric} of each setting on the {result['scenes']} val scenes "
+                  f"(the mean over its repeats), and a paired bootstrap: {result['resamples']} "
+                  f"draws of the scenes with replacement (seed {result['seed']}), every setting "
+                  "scored on the same draws; the interval is the 2.5 to 97.5 percentile of the "
+                  f"difference. A setting whose difference to the best ({best}) includes 0 is "
+                  "not distinguishable from it. The interval covers the choice of test scenes, "
+                  "not the training seed: repeats add that."),
+        table(["setting", "repeats", metric, "verdict"], settings),
+        heading(2, "Every pair"),
+        table(["first", "second", f"{metric} first minus second", "95 % interval",
+               "distinguishable"], pairs))

@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import json
 
-import yaml
-
-from nadir.core.schema import SCHEMA_PATH
+from nadir.core.schema import renamed_keys, schema
 
 INTRO = """\
 # Configuration reference
@@ -26,6 +24,14 @@ a message naming the key and what is allowed. Keys you leave out take the defaul
 Which jobs rerun after an edit: each job's parameters are recorded, so changing a key reruns
 exactly the jobs that use it and what depends on them. Changing one model's overrides reruns that
 model's training, evaluation and figures and the summary jobs, nothing else.
+"""
+
+
+RENAMED_INTRO = """\
+## Renamed keys
+
+Each setting has one key. These keys of earlier versions were folded into the key that now holds
+their setting; a config that still uses one stops before any job, naming the key to use.
 """
 
 
@@ -64,16 +70,16 @@ def _table(properties: dict, required: list[str], prefix: str = "") -> str:
 
 
 def render() -> str:
-    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    schema_ = schema()
     parts = [INTRO]
-    for name, prop in schema["properties"].items():
+    for name, prop in schema_["properties"].items():
         parts.append(f"## `{name}`\n")
         parts.append(" ".join(prop.get("description", "").split()) + "\n")
         if "properties" in prop:
             parts.append(_table(prop["properties"], prop.get("required", [])))
         elif prop.get("type") != "object":  # a single value: say its type and default
             parts.append(f"Type: {_type(prop)}; default: {_default(prop)}.\n")
-    for name, definition in schema["$defs"].items():
+    for name, definition in schema_["$defs"].items():
         if "properties" not in definition:
             continue
         title = {"dataset": "One entry of `datasets`",
@@ -85,4 +91,8 @@ def render() -> str:
         parts.append(_table(definition["properties"], definition.get("required", [])))
     parts.append("## `models` overrides\n\nEach model's value takes any key of `training` "
                  "(without defaults: what it leaves out comes from `training`).\n")
+    parts.append(RENAMED_INTRO)
+    parts.append("| old key | use instead | why |\n| --- | --- | --- |\n" + "\n".join(
+        f"| `{old}` | `{new['key']}` | {new['why']} |" for old, new in renamed_keys().items())
+        + "\n")
     return "\n".join(parts)

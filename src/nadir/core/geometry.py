@@ -1,4 +1,5 @@
-"""Oriented (rotated) boxes: the COCO `rbox` field, polygon IoU and rotated NMS.
+"""Polygons and oriented (rotated) boxes in pixels: bounds, areas, the COCO `rbox` field, polygon
+IoU and NMS.
 
 An rbox is `[cx, cy, w, h, angle]` in pixels of the image it belongs to, `angle` in degrees:
 
@@ -13,7 +14,7 @@ An annotation's rbox is the minimum-area rectangle around all vertices of its `s
 polygons, so the two always agree. A detection of an oriented model carries its 4 corners as
 `polygon: [x1, y1, ..., x4, y4]` beside the enclosing axis-aligned `bbox`.
 
-No torch here: the COCO stage, the scene merge and the report use it too.
+No torch here: indexing, the COCO stage, the scene merge and the report use it too.
 """
 
 from __future__ import annotations
@@ -75,10 +76,24 @@ def shift_polygon(polygon: Sequence[float], dx: float, dy: float) -> list[float]
     return [v + (dx if i % 2 == 0 else dy) for i, v in enumerate(polygon)]
 
 
-def polygon_bounds(polygon: Sequence[float]) -> tuple[float, float, float, float]:
-    """(x0, y0, x1, y1) of a flat polygon."""
+def box_outside(xmin: float, ymin: float, xmax: float, ymax: float, width: int,
+                height: int) -> bool:
+    """Whether a box lies entirely outside a width x height image (touching its edge counts)."""
+    return xmax <= 0 or ymax <= 0 or xmin >= width or ymin >= height
+
+
+def polygon_outside(polygon: list[float], width: int, height: int) -> bool:
+    """`box_outside` for the bounds of a polygon (x y pairs in pixels)."""
     xs, ys = polygon[0::2], polygon[1::2]
-    return min(xs), min(ys), max(xs), max(ys)
+    xmax, ymax = max(xs), max(ys)
+    return box_outside(min(xs), min(ys), xmax, ymax, width, height)
+
+
+def polygon_area(polygon: list[float]) -> float:
+    """Area in square pixels of a polygon (x y pairs); a self-intersecting one is repaired
+    first (shapely's make_valid), so a bow-tie counts both its lobes instead of their
+    difference."""
+    return float(to_shape(polygon).area)
 
 
 def to_shape(polygon: Sequence[float]) -> Polygon:

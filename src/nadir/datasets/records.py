@@ -12,9 +12,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shapely.geometry import Polygon
-from shapely.validation import make_valid
-
 from nadir.core.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -41,27 +38,6 @@ def read_label_text(path: str | Path) -> str:
         raise InputError(path, f"not {encoding.upper().removesuffix('-SIG')} text (byte "
                                f"{exc.start}: {data[exc.start:exc.start + 1]!r}); save the "
                                "file as UTF-8", line) from None
-
-
-def box_outside(xmin: float, ymin: float, xmax: float, ymax: float, width: int,
-                height: int) -> bool:
-    """Whether a box lies entirely outside a width x height image (touching its edge counts)."""
-    return xmax <= 0 or ymax <= 0 or xmin >= width or ymin >= height
-
-
-def polygon_outside(polygon: list[float], width: int, height: int) -> bool:
-    """`box_outside` for the bounds of a polygon (x y pairs in pixels)."""
-    xs, ys = polygon[0::2], polygon[1::2]
-    xmax, ymax = max(xs), max(ys)
-    return box_outside(min(xs), min(ys), xmax, ymax, width, height)
-
-
-def polygon_area(polygon: list[float]) -> float:
-    """Area in square pixels of a polygon (x y pairs); a self-intersecting one is repaired
-    first (shapely's make_valid), so a bow-tie counts both its lobes instead of their
-    difference."""
-    shape = Polygon(list(zip(polygon[0::2], polygon[1::2], strict=True)))
-    return float((shape if shape.is_valid else make_valid(shape)).area)
 
 
 @dataclass

@@ -12,13 +12,12 @@ from __future__ import annotations
 import logging
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from nadir.core.errors import NadirError
 from nadir.datasets.dota import LabelFile, LabelObject, format_label_file
 
 log = logging.getLogger(__name__)
@@ -30,6 +29,8 @@ CRS = "EPSG:32633"
 
 @dataclass(frozen=True)
 class SampleSpec:
+    """The sample's settings (the dataset's keys of format `sample`)."""
+
     train_scenes: int
     val_scenes: int
     scene_size: int
@@ -41,6 +42,9 @@ class SampleSpec:
         return [("train", f"T{i:04d}") for i in range(self.train_scenes)] + [
             ("val", f"V{i:04d}") for i in range(self.val_scenes)
         ]
+
+
+SPEC_KEYS = [f.name for f in fields(SampleSpec)]
 
 
 def _rotate(points: np.ndarray, angle: float, centre: tuple[float, float]) -> np.ndarray:
@@ -159,21 +163,12 @@ def write_scene(spec: SampleSpec, split: str, scene: str, image_path: Path, labe
     label_path.write_text(format_label_file(label), encoding="utf-8")
 
 
-def write_scenes(spec: SampleSpec, images: list[Path], labels: list[Path]) -> None:
-    """Every scene of the spec, to the image and the label path named after it (`T0000.tif`,
-    `T0000.txt`, as the rule declares them): paths are matched by name, not by position."""
-    scenes = spec.scenes()
-    names = {scene for _, scene in scenes}
-    paths = {}
-    for kind, given in (("image", images), ("label", labels)):
-        paths[kind] = {Path(p).stem: Path(p) for p in given}
-        if len(given) != len(scenes) or set(paths[kind]) != names:
-            raise NadirError(
-                f"sample: give one {kind} path per scene, named after it; {len(scenes)} scenes, "
-                f"{len(given)} {kind} paths; scenes without one: "
-                f"{sorted(names - set(paths[kind])) or 'none'}; paths of no scene: "
-                f"{sorted(set(paths[kind]) - names) or 'none'}")
-    for n, (split, scene) in enumerate(scenes, start=1):
-        write_scene(spec, split, scene, paths["image"][scene], paths["label"][scene])
+def write_split(spec: SampleSpec, split: str, folder: Path) -> None:
+    """Every scene of one split in DOTA's layout: `folder/images/<scene>.tif` and
+    `folder/labelTxt/<scene>.txt`."""
+    scenes = [scene for scene_split, scene in spec.scenes() if scene_split == split]
+    for n, scene in enumerate(scenes, start=1):
+        write_scene(spec, split, scene, folder / "images" / f"{scene}.tif",
+                    folder / "labelTxt" / f"{scene}.txt")
         if n % 10 == 0 or n == len(scenes):
-            log.info("generated %d/%d scenes", n, len(scenes))
+            log.info("generated %d/%d %s scenes", n, len(scenes), split)

@@ -20,7 +20,8 @@ from pathlib import Path
 import msgspec
 
 from nadir.core.errors import InputError
-from nadir.datasets.records import BadInput, box_outside
+from nadir.core.geometry import box_outside
+from nadir.datasets.records import BadInput
 
 # The 60 named classes of xView's training labels (ids are not contiguous).
 CLASS_NAMES = {

@@ -1,4 +1,5 @@
-"""The index of fetched datasets (DOTA, xView, RarePlanes): manifest + labels -> normalised tables.
+"""The index of a fetched dataset (the sample, DOTA, xView, RarePlanes): manifest + labels ->
+normalised tables.
 
 Writes the normalised tables (`nadir.datasets.tables`: scenes.csv, annotations.csv,
 categories.json) plus `summary.json`: the split and how it was made, objects per class, and
@@ -16,40 +17,29 @@ import io
 import json
 import logging
 import os
-import random
 from collections import Counter
-from collections.abc import Iterable
 from pathlib import Path
 
 from nadir.core.errors import InputError
+from nadir.core.geometry import polygon_outside
 from nadir.datasets import dota, rareplanes, xview
-from nadir.datasets.records import BadInput, ClassFilter, polygon_outside
+from nadir.datasets.formats import LAYOUTS, OFFICIAL_SPLITS, class_list
+from nadir.datasets.records import BadInput, ClassFilter
+from nadir.datasets.splits import seeded_split
 from nadir.datasets.tables import (
     ANNOTATION_FIELDS,
+    EXCLUDED,
     IndexTables,
     categories,
     format_polygon,
     write_categories,
     write_scene_table,
 )
-from nadir.fetch.fetch import read_scene_manifest
+from nadir.fetch import read_scene_manifest
 from nadir.raster.opener import check_declared_size
 
 log = logging.getLogger(__name__)
 
-EXCLUDED = "excluded"
-OFFICIAL_SPLITS = {"dota": True, "rareplanes": True, "xview": False}
-
-
-def seeded_split(scenes: Iterable[str], val_fraction: float, seed: int) -> dict[str, str]:
-    """A random split by scene: the same scenes, fraction and seed always give the same split."""
-    ordered = sorted(scenes)
-    shuffled = list(ordered)
-    random.Random(seed).shuffle(shuffled)  # noqa: S311 - a reproducible split, not a secret
-    n_val = min(len(ordered) - 1, max(1, round(len(ordered) * val_fraction))) if len(
-        ordered) > 1 else 0
-    val = set(shuffled[:n_val])
-    return {s: "val" if s in val else "train" for s in ordered}
 
 
 def assign_splits(scenes: list[dict], dataset_format: str, split: dict) -> tuple[dict, str]:
@@ -167,8 +157,7 @@ def _class_filter(classes: list[str], spec: dict) -> ClassFilter:
     return ClassFilter(classes, merge=c["merge"], keep=c["keep"], min_size=c["min_size"])
 
 
-def _index_dota(scenes, files_dir, spec, bad, writer_for) -> dict:
-    classes = dota.CLASSES_BY_VERSION[spec["version"]]
+def _index_dota(scenes, files_dir, classes, bad, writer_for) -> dict:
     writer = writer_for(classes)
     for n, scene in enumerate(scenes, start=1):
         labels = dota.parse_label_file(files_dir / scene["label"], classes, bad)
@@ -286,7 +275,7 @@ def index_warnings(manifest: dict, summary: dict, bad: BadInput) -> list[dict]:
     return warnings
 
 
-def index_fetched(manifest_path: Path, files_dir: Path, spec: dict, tables: IndexTables,
+def index_dataset(manifest_path: Path, files_dir: Path, spec: dict, tables: IndexTables,
                   max_raster_values: int | None = None) -> dict:
     """Parse a fetched dataset into the normalised tables; returns the summary it writes.
     Image sizes come from the manifest, each within `max_raster_values` (`nadir.raster.opener`)."""
@@ -317,8 +306,9 @@ def index_fetched(manifest_path: Path, files_dir: Path, spec: dict, tables: Inde
         return writer
 
     try:
-        if fmt == "dota":
-            details = _index_dota(labelled, files_dir, spec, bad, writer_for)
+        if LAYOUTS[fmt] == "dota":
+            details = _index_dota(labelled, files_dir, class_list(fmt, spec.get("version")), bad,
+                                  writer_for)
         elif fmt == "xview":
             details = _index_xview(labelled, files_dir, manifest["label_files"], bad, writer_for,
                                    featured)

@@ -135,3 +135,12 @@ def local_georeferencing(image: Path, header_crs, header_transform
     sidecar = Path(f"{image}{PAM_SUFFIX}")
     text = read_sidecar(sidecar) if sidecar.is_file() else None
     return georeferencing(image, header_crs, header_transform, text)
+
+
+def scene_georeferencing(src, image: Path):
+    """An open scene's CRS and affine transform: its header's, completed by the PAM sidecar
+    beside it (GDAL's PAM stays off); the identity transform without one."""
+    from affine import Affine
+
+    crs, transform = local_georeferencing(image, src.crs, src.transform)
+    return crs, Affine(*transform) if transform else Affine.identity()

@@ -25,6 +25,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from nadir.core.errors import InputError, NadirError
+from nadir.raster.georeferencing import local_georeferencing
 
 MAX_VALUES_KEY = "rasters.max_values"
 REMOTE_SCHEMES = ("http", "https", "s3")
@@ -174,3 +175,47 @@ def open_raster(location: str | Path, role: RasterRole,
     with src:
         check_declared_size(location, src.width, src.height, src.count, max_values)
         yield src
+
+
+# How complete PNG and JPEG files end: GDAL reads a truncated one without an error (a PNG's
+# missing rows come back as made-up pixels), so the index checks their last bytes.
+TRAILERS = {".png": b"IEND\xaeB`\x82", ".jpg": b"\xff\xd9", ".jpeg": b"\xff\xd9"}
+
+
+def _check_trailer(path: Path) -> None:
+    trailer = TRAILERS.get(Path(path).suffix.lower())
+    if trailer is None:
+        return
+    with open(path, "rb") as fh:  # the marker may be followed by padding or other data
+        fh.seek(0, 2)
+        fh.seek(max(0, fh.tell() - 4096))
+        end = fh.read()
+    if trailer not in end:
+        raise InputError(path, f"truncated: a complete {Path(path).suffix.lstrip('.').upper()} "
+                               "file ends with its end marker and this one does not; copy or "
+                               "download it again")
+
+
+def image_header(path: Path, max_raster_values: int | None = None) -> dict:
+    """Size, bands, type and georeferencing of an image, read from its header only (and, for
+    PNG and JPEG, its last bytes, which show whether it is complete). The image is opened as
+    every dataset image is (`nadir.raster.opener`): by its suffix's driver, its declared size within
+    `max_raster_values` (None: the schema's `rasters.max_values`). Georeferencing a PNG or JPEG
+    keeps in a sidecar beside it is read from there (nadir.raster.georeferencing); GDAL's PAM stays
+    off, so nothing is written beside the image."""
+    import warnings
+
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning
+
+    with warnings.catch_warnings(), rasterio.Env(GDAL_PAM_ENABLED="NO"):
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with open_raster(path, DATASET_IMAGE, max_raster_values) as src:
+            header = {"width": src.width, "height": src.height, "bands": src.count,
+                      "dtype": src.dtypes[0]}
+            crs, transform = src.crs, src.transform
+    _check_trailer(path)
+    crs, transform = local_georeferencing(path, crs, transform)
+    if crs is None or transform is None:  # half a georeferencing places nothing
+        crs = transform = None
+    return {**header, "crs": crs, "transform": transform}

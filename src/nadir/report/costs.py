@@ -15,7 +15,6 @@ on one device, so a job on a GPU counts one.
 from __future__ import annotations
 
 import csv
-import html
 import json
 import logging
 from collections.abc import Iterable, Mapping
@@ -23,16 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nadir.core.errors import InputError
+from nadir.core.html import heading, page, paragraph, table
 from nadir.core.named_inputs import files_by_owner, input_name
 
 log = logging.getLogger(__name__)
 
 COST_FIELDS = ["rule", "jobs", "wall_seconds", "cpu_hours", "gpu_hours", "peak_memory_mb",
                "unmeasured_jobs"]
-# Tables in the report are plain self-contained HTML: the report must open offline.
-TABLE_CSS = ("body{font-family:sans-serif}table{border-collapse:collapse;margin-bottom:1.5em}"
-             "td,th{border:1px solid #999;padding:3px 8px;text-align:right}"
-             "td:first-child,th:first-child{text-align:left}")
 
 
 @dataclass(frozen=True)
@@ -151,23 +147,20 @@ def write_cost_table(rows: list[dict], csv_path: Path, html_path: Path) -> None:
         writer = csv.DictWriter(fh, COST_FIELDS)
         writer.writeheader()
         writer.writerows({k: ("" if v is None else v) for k, v in r.items()} for r in rows)
-    header = "".join(f"<th>{html.escape(f)}</th>" for f in COST_FIELDS)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(_cell(r[f]))}</td>" for f in COST_FIELDS) + "</tr>"
-        for r in rows)
-    html_path.write_text(
-        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>nadir cost per rule</title>"
-        f"<style>{TABLE_CSS}</style></head><body><h1>Cost per rule</h1><p>From Snakemake's "
-        "benchmark files: wall-clock seconds summed over a rule's jobs, CPU-hours of their "
-        "process trees, GPU-hours of the jobs that ran on a GPU, and the largest sampled "
-        "resident memory. 'unmeasured_jobs' ended before Snakemake's first resource sample "
-        f"(0.5 s).</p><table><tr>{header}</tr>{body}</table></body></html>\n")
+    html_path.write_text(page(
+        "nadir cost per rule", heading(1, "Cost per rule"),
+        paragraph("From Snakemake's benchmark files: wall-clock seconds summed over a rule's "
+                  "jobs, CPU-hours of their process trees, GPU-hours of the jobs that ran on a "
+                  "GPU, and the largest sampled resident memory. 'unmeasured_jobs' ended before "
+                  "Snakemake's first resource sample (0.5 s)."),
+        table(COST_FIELDS, ([_cell(r[f]) for f in COST_FIELDS] for r in rows))))
 
 
-def cost_of_files(named: Mapping[str, str | Path], csv_path: Path, html_path: Path) -> list[dict]:
+def cost_of_files(named: Mapping[str, str | Path], csv_path: str | Path,
+                  html_path: str | Path) -> list[dict]:
     """The cost table of the jobs whose files `named` holds (such as `snakemake.input`)."""
     rows = cost_table(job_costs(named))
-    write_cost_table(rows, csv_path, html_path)
+    write_cost_table(rows, Path(csv_path), Path(html_path))
     total = rows[-1]
     log.info("cost of %d job(s): %.1f s wall, %s CPU-hours, %.4f GPU-hours", total["jobs"],
              total["wall_seconds"], total["cpu_hours"], total["gpu_hours"])

@@ -8,13 +8,20 @@ class panel uses a log scale so that a class with 17 objects is as visible as on
 from __future__ import annotations
 
 import csv
+import html
 import json
+import logging
 import math
 from array import array
 from collections import Counter
 from pathlib import Path
 
-from nadir.index.normalise import EXCLUDED
+from nadir.core.html import heading, page, paragraph, table
+from nadir.datasets.tables import EXCLUDED
+from nadir.raster.chip_params import ChipParams
+from nadir.report.figures import plot_statistics
+
+log = logging.getLogger(__name__)
 
 SIZE_BINS_PX = [0, 4, 8, 16, 32, 64, 128, 256, 512, 1024, math.inf]
 
@@ -86,11 +93,11 @@ def _image_histogram(values: list[int]) -> dict[str, int]:
     return out
 
 
-def chipping_warnings(stats: dict, coco_stats: dict, chipping: dict) -> list[dict]:
+def chipping_warnings(stats: dict, coco_stats: dict, chipping: ChipParams) -> list[dict]:
     """Classes with objects in a split's scenes and none in its chips, with the likely reason:
     boxes longer than the chip side cannot keep `min_visible` of their area in one chip."""
     warnings = []
-    size = chipping["size"]
+    size = chipping.size
     for split in ("train", "val"):
         indexed = stats["objects_per_class"].get(split, {})
         chipped = coco_stats.get(split, {}).get("objects_per_class", {})
@@ -102,7 +109,7 @@ def chipping_warnings(stats: dict, coco_stats: dict, chipping: dict) -> list[dic
         named = ", ".join(f"{c} ({indexed[c]} objects, longest box side {longest.get(c)} px)"
                           for c in lost)
         reason = (f"the {size} px chips are too small for {', '.join(too_big)} (an object is "
-                  f"kept where {chipping['min_visible']} of its area lies in one chip): raise "
+                  f"kept where {chipping.min_visible} of its area lies in one chip): raise "
                   "chipping.size for this dataset, e.g. DOTA's usual {size: 1024, overlap: "
                   "200}" if too_big else
                   "their objects were cut by chip borders below chipping.min_visible, or lay "
@@ -111,3 +118,45 @@ def chipping_warnings(stats: dict, coco_stats: dict, chipping: dict) -> list[dic
                          "message": f"{len(lost)} class(es) with objects in the {split} scenes "
                                     f"have none in the {split} chips: {named}; {reason}"})
     return warnings
+
+
+def dataset_summary_html(title: str, summary: dict, stats: dict, coco_stats: dict) -> str:
+    """One dataset's page in the report: every warning (what the index and the chipping did
+    silently), then scenes and objects per class in the index and in the chips, per split."""
+    splits = [s for s in ("train", "val") if s in stats["objects_per_class"]]
+    warnings = stats.get("warnings", [])
+    items = "".join(f"<li><b>{html.escape(w['case'])}</b>: {html.escape(w['message'])}</li>"
+                    for w in warnings) or "<li>none</li>"
+    classes = list(next(iter(stats["objects_per_class"].values()), {}))
+    header = ["class", *(f"{s} {where}" for s in splits
+                         for where in ("scenes (index)", "chips (COCO)"))]
+    rows = [[c, *(count for s in splits for count in (
+        stats["objects_per_class"][s].get(c, 0),
+        coco_stats.get(s, {}).get("objects_per_class", {}).get(c, 0)))] for c in classes]
+    scenes = ", ".join(f"{k}: {v}" for k, v in sorted(stats["images"].items()))
+    return page(title, heading(2, title), heading(3, f"Warnings ({len(warnings)})"),
+                f"<ul>{items}</ul>",
+                paragraph(f"Scenes: {scenes or 'n/a'}; split "
+                          f"{summary.get('split', 'as generated')}."),
+                heading(3, "Objects per class"), table(header, rows))
+
+
+def write_dataset_stats(scenes: str | Path, annotations: str | Path, categories: str | Path,
+                        summary: str | Path, coco_stats: str | Path, chip_manifest: str | Path,
+                        json_out: str | Path, png: str | Path, html_out: str | Path,
+                        title: str) -> dict:
+    """The dataset_stats job: a dataset's statistics (`json_out`), their figure (`png`) and
+    its summary page with every warning of the index and the chipping (`html_out`)."""
+    stats = dataset_statistics(Path(scenes), Path(annotations), Path(categories))
+    index_summary = json.loads(Path(summary).read_text())
+    chipped = json.loads(Path(coco_stats).read_text())
+    stats["warnings"] = index_summary.get("warnings", []) + chipping_warnings(
+        stats, chipped, ChipParams.of_manifest(chip_manifest))
+    for warning in stats["warnings"]:
+        log.warning("%s", warning["message"])
+    Path(json_out).write_text(json.dumps(stats, indent=1) + "\n")
+    plot_statistics(stats, Path(png), title)
+    Path(html_out).write_text(dataset_summary_html(title, index_summary, stats, chipped))
+    log.info("statistics: images %s, objects %s, class imbalance %s, %d warning(s)",
+             stats["images"], stats["objects"], stats["class_imbalance"], len(stats["warnings"]))
+    return stats

@@ -17,8 +17,8 @@ import numpy as np
 from nadir.core.errors import InputError
 from nadir.core.geometry import rbox_to_polygon
 from nadir.core.named_inputs import files_by_run
-from nadir.evaluate.chips import NO_GROUND_TRUTH
-from nadir.index.normalise import EXCLUDED
+from nadir.datasets.tables import EXCLUDED
+from nadir.protocols.coco import NO_GROUND_TRUTH
 from nadir.storage.shards import decode_chip, member_offsets, read_member
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ def plot_class_heatmap(models: list[str], chip_metrics: list[dict], scene_metric
     plt.close(fig)
 
 
-def plot_class_heatmap_of_files(named: Mapping[str, str | Path], out_png: Path,
+def plot_class_heatmap_of_files(named: Mapping[str, str | Path], out_png: str | Path,
                                 title: str) -> None:
     """plot_class_heatmap of the runs whose `metrics` and `scene_metrics` files `named` holds
     (nadir.core.named_inputs.run_inputs), one row per run in the order they are named."""
@@ -113,6 +113,13 @@ def plot_pr_curves(chip: dict, scene: dict, out_png: Path, title: str) -> None:
     fig.tight_layout()
     fig.savefig(out_png, dpi=90)
     plt.close(fig)
+
+
+def plot_pr_curves_of_files(metrics: str | Path, scene_metrics: str | Path, out_png: str | Path,
+                            title: str) -> None:
+    """The plot_pr job: `plot_pr_curves` of a run's metrics.json and scene_metrics.json."""
+    plot_pr_curves(json.loads(Path(metrics).read_text()),
+                   json.loads(Path(scene_metrics).read_text()), Path(out_png), title)
 
 
 def _spread(items: list, count: int) -> list:
@@ -201,6 +208,14 @@ def plot_detection_grid(coco_json: Path, predictions: list[dict], shards: list[P
     fig.tight_layout()
     fig.savefig(out_png, dpi=90)
     plt.close(fig)
+
+
+def plot_detections_of_files(val: str | Path, predictions: str | Path,
+                             shards: list[str | Path], out_png: str | Path, title: str,
+                             count: int, min_score: float) -> None:
+    """The plot_detections job: `plot_detection_grid` of a run's predictions.json."""
+    plot_detection_grid(Path(val), json.loads(Path(predictions).read_text()),
+                        [Path(s) for s in shards], Path(out_png), title, count, min_score)
 
 
 def plot_statistics(stats: dict, out_png: Path, title: str) -> None:

@@ -6,16 +6,16 @@ Every figure is in nadir.report.figures, the cost table in nadir.report.costs.
 from __future__ import annotations
 
 import csv
-import html
 import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from nadir.compare.bootstrap import group_settings, summarise_repeats
+from nadir.compare import group_settings, summarise_repeats
+from nadir.core.html import Span, heading, page, paragraph, table
 from nadir.core.named_inputs import files_by_owner, files_by_run
-from nadir.report.costs import TABLE_CSS, JobCost, read_benchmark, recorded_gpus
+from nadir.report.costs import JobCost, read_benchmark, recorded_gpus
 
 log = logging.getLogger(__name__)
 
@@ -82,16 +82,6 @@ def read_run_result(files: RunFiles, name: str) -> RunResult:
                            recorded_gpus(chip, files.metrics)),
             read_benchmark(files.scene_benchmark, "evaluate_scenes")]
     return RunResult(run, chip, json.loads(files.scene_metrics.read_text()), jobs, name=name)
-
-
-def summary_text(leaderboard_markdown: Path, cost_csv: Path) -> str:
-    """The leaderboard and the total cost of the workflow's jobs, as the terminal shows them."""
-    with open(cost_csv, newline="") as fh:
-        total = list(csv.DictReader(fh))[-1]
-    return (f"{Path(leaderboard_markdown).read_text()}\nCost of this workflow's jobs: "
-            f"{total['jobs']} jobs, {total['wall_seconds']} s wall-clock, "
-            f"{total['cpu_hours'] or 'n/a'} CPU-hours, {total['gpu_hours']} GPU-hours "
-            "(per rule: results/cost.csv, and \"Cost\" in the report)\n")
 
 
 def _rank(rows: list[dict], metric: str, column: str) -> None:
@@ -273,20 +263,19 @@ def protocol_tables(results: list[RunResult], dataset: str) -> str:
             continue
         summary = [k for k in PROTOCOL_SUMMARY if k in ok[0]]
         classes = [c["name"] for c in ok[0]["per_class"]]
-        head = "".join(f"<th>{html.escape(h)}</th>" for h in ["model", *summary, *classes])
-        body = ""
+        rows = []
         for run, result in zip(runs, scored, strict=True):
             if result is None:
                 continue
             if result["status"] != "ok":
-                cells = (f"<td colspan='{len(summary) + len(classes)}'>"
-                         f"{html.escape(result['status'])}: {html.escape(result['reason'])}</td>")
+                cells = [Span(f"{result['status']}: {result['reason']}",
+                              len(summary) + len(classes))]
             else:
                 ap = {c["name"]: c["AP"] for c in result["per_class"]}
-                cells = "".join(f"<td>{html.escape(_text(v))}</td>" for v in
-                                [*(result[k] for k in summary), *(ap.get(c) for c in classes)])
-            body += f"<tr><td>{html.escape(run.run['model'])}</td>{cells}</tr>"
-        tables.append(f"<h3>{html.escape(protocol)}</h3><table><tr>{head}</tr>{body}</table>")
+                cells = [_text(v) for v in
+                         [*(result[k] for k in summary), *(ap.get(c) for c in classes)]]
+            rows.append([run.run["model"], *cells])
+        tables.append(heading(3, protocol) + table(["model", *summary, *classes], rows))
     return "".join(tables)
 
 
@@ -298,34 +287,30 @@ def write_leaderboard(results: list[RunResult], csv_path: Path, markdown_path: P
         writer.writeheader()
         writer.writerows({k: ("" if v is None else v) for k, v in r.items()} for r in rows)
     Path(markdown_path).write_text(format_markdown(rows))
-    header = "".join(f"<th>{html.escape(f)}</th>" for f in HTML_FIELDS)
-    tables = []
-    for dataset in sorted({r["dataset"] for r in rows}):
-        body = "".join(
-            "<tr>" + "".join(f"<td>{html.escape(_html_cell(r, f))}</td>" for f in HTML_FIELDS)
-            + "</tr>" for r in rows if r["dataset"] == dataset)
-        tables.append(f"<h2>{html.escape(dataset)}</h2><table><tr>{header}</tr>{body}</table>"
-                      + protocol_tables(results, dataset))
-    html_path.write_text(
-        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>nadir leaderboard</title>"
-        f"<style>{TABLE_CSS}</style></head><body><h1>Leaderboard</h1><p>COCO box metrics of "
-        "each run on its dataset's val split: on the chips (AP, AP50, ...) and on whole scenes "
-        "after merging the chips' detections (scene_*), and the benchmarks' own protocols on "
-        "the same scenes: dota_task2_map and dota_task1_map (DOTA_devkit, VOC07 AP at IoU 0.5, "
-        "horizontal and oriented boxes), xview_map (the xView scorer); empty where a protocol "
-        "was not asked for or not computed; below each dataset's table, each protocol's "
-        "numbers per model, with its per-class AP. rank orders a dataset's runs by "
-        "scene_AP, chip_rank by chip AP. -1: no objects of that size. wall_seconds, gpu_hours "
-        "and peak_memory_mb (host) cover the run's train and evaluate jobs. A setting trained with "
-        "several seeds (repeats) shows each metric as mean ± sd [95 % t-interval of the mean], "
-        "its costs summed. vs_best: the paired bootstrap's verdict against the dataset's best "
-        "setting, and the best's lead in scene AP with its 95 % interval.</p>"
-        + "".join(tables) + "</body></html>\n")
+    tables = [heading(2, dataset)
+              + table(HTML_FIELDS, ([_html_cell(r, f) for f in HTML_FIELDS]
+                                    for r in rows if r["dataset"] == dataset))
+              + protocol_tables(results, dataset)
+              for dataset in sorted({r["dataset"] for r in rows})]
+    html_path.write_text(page(
+        "nadir leaderboard", heading(1, "Leaderboard"), paragraph(
+            "COCO box metrics of each run on its dataset's val split: on the chips (AP, AP50, "
+            "...) and on whole scenes after merging the chips' detections (scene_*), and the "
+            "benchmarks' own protocols on the same scenes: dota_task2_map and dota_task1_map "
+            "(DOTA_devkit, VOC07 AP at IoU 0.5, horizontal and oriented boxes), xview_map (the "
+            "xView scorer); empty where a protocol was not asked for or not computed; below "
+            "each dataset's table, each protocol's numbers per model, with its per-class AP. "
+            "rank orders a dataset's runs by scene_AP, chip_rank by chip AP. -1: no objects of "
+            "that size. wall_seconds, gpu_hours and peak_memory_mb (host) cover the run's "
+            "train and evaluate jobs. A setting trained with several seeds (repeats) shows each "
+            "metric as mean ± sd [95 % t-interval of the mean], its costs summed. vs_best: the "
+            "paired bootstrap's verdict against the dataset's best setting, and the best's lead "
+            "in scene AP with its 95 % interval."), *tables))
     return rows
 
 
-def leaderboard_of_files(named: Mapping[str, str | Path], csv_path: Path, markdown_path: Path,
-                         html_path: Path) -> list[dict]:
+def leaderboard_of_files(named: Mapping[str, str | Path], csv_path: str | Path,
+                         markdown_path: str | Path, html_path: str | Path) -> list[dict]:
     """The leaderboard of the runs whose files `named` holds (such as `snakemake.input`): the
     files of RUN_FILE_KINDS per run, named by nadir.core.named_inputs.run_inputs, and each
     dataset's `comparison:DATASET`. Rows keep the order in which the runs are named."""
@@ -333,30 +318,7 @@ def leaderboard_of_files(named: Mapping[str, str | Path], csv_path: Path, markdo
                for (_, run), files in files_by_run(named.items(), RUN_FILE_KINDS).items()]
     comparisons = {dataset: json.loads(files[COMPARISON_KIND].read_text())
                    for dataset, files in files_by_owner(named.items(), [COMPARISON_KIND]).items()}
-    rows = write_leaderboard(results, csv_path, markdown_path, html_path, comparisons)
+    rows = write_leaderboard(results, Path(csv_path), Path(markdown_path), Path(html_path),
+                             comparisons)
     log.info("ranked %d run(s) on %d dataset(s)", len(rows), len({r["dataset"] for r in rows}))
     return rows
-
-
-def dataset_summary_html(title: str, summary: dict, stats: dict, coco_stats: dict) -> str:
-    """One dataset's page in the report: every warning (what the index and the chipping did
-    silently), then scenes and objects per class in the index and in the chips, per split."""
-    splits = [s for s in ("train", "val") if s in stats["objects_per_class"]]
-    warnings = stats.get("warnings", [])
-    items = "".join(f"<li><b>{html.escape(w['case'])}</b>: {html.escape(w['message'])}</li>"
-                    for w in warnings) or "<li>none</li>"
-    classes = list(next(iter(stats["objects_per_class"].values()), {}))
-    header = "".join(f"<th>{s} scenes (index)</th><th>{s} chips (COCO)</th>" for s in splits)
-    rows = "".join(
-        f"<tr><td>{html.escape(c)}</td>" + "".join(
-            f"<td>{stats['objects_per_class'][s].get(c, 0)}</td>"
-            f"<td>{coco_stats.get(s, {}).get('objects_per_class', {}).get(c, 0)}</td>"
-            for s in splits) + "</tr>" for c in classes)
-    scenes = ", ".join(f"{k}: {v}" for k, v in sorted(stats["images"].items()))
-    split = summary.get("split", "as generated")
-    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
-            f"</title><style>{TABLE_CSS}</style></head><body><h2>{html.escape(title)}</h2>"
-            f"<h3>Warnings ({len(warnings)})</h3><ul>{items}</ul>"
-            f"<p>Scenes: {html.escape(scenes) or 'n/a'}; split {html.escape(split)}.</p>"
-            "<h3>Objects per class</h3>"
-            f"<table><tr><th>class</th>{header}</tr>{rows}</table></body></html>\n")

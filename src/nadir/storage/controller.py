@@ -27,6 +27,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from nadir.core.errors import NadirError
+from nadir.storage import s3
 
 log = logging.getLogger(__name__)
 
@@ -77,21 +78,13 @@ class S3Owner:
         self.bucket = parts.netloc
         self.key = f"{parts.path.strip('/')}/{OWNER_FILE}".lstrip("/")
         self.endpoint = endpoint
-        self.keys = (access_key or os.environ.get("SNAKEMAKE_STORAGE_S3_ACCESS_KEY"),
-                     secret_key or os.environ.get("SNAKEMAKE_STORAGE_S3_SECRET_KEY"))
+        self.keys = (access_key, secret_key)  # else the storage's keys of the environment
         self._client = None
 
     @property
     def client(self):
         if self._client is None:
-            import boto3
-
-            access, secret = self.keys
-            keys = {"aws_access_key_id": access, "aws_secret_access_key": secret} \
-                if access and secret else {}
-            self._client = boto3.client("s3", endpoint_url=self.endpoint,
-                                        region_name=os.environ.get("AWS_REGION", "us-east-1"),
-                                        **keys)
+            self._client = s3.client(self.endpoint, keys=self.keys)
         return self._client
 
     def read(self) -> bytes | None:
@@ -100,8 +93,7 @@ class S3Owner:
         try:
             return self.client.get_object(Bucket=self.bucket, Key=self.key)["Body"].read()
         except ClientError as error:
-            if error.response.get("Error", {}).get("Code") in ("NoSuchKey", "NoSuchBucket",
-                                                                 "404"):
+            if s3.error_code(error) in ("NoSuchKey", "NoSuchBucket", "404"):
                 return None
             raise NadirError(f"cannot read {self.describe()}: {error}") from None
 
@@ -115,7 +107,7 @@ class S3Owner:
         try:
             self.client.put_object(**put)
         except ClientError as error:
-            code = error.response.get("Error", {}).get("Code")
+            code = s3.error_code(error)
             if code in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
                 return False
             if code != "NoSuchBucket":

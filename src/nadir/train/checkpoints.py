@@ -6,9 +6,9 @@ checkpoint on the next attempt. Each checkpoint is one object named after its it
 atomically (a local rename, or a single S3 PUT), so a kill during a write never leaves a
 half-written newest checkpoint behind.
 
-S3 uses the same endpoint and credentials as Snakemake's S3 storage: the endpoint is passed in
-(it is no secret), the keys come from SNAKEMAKE_STORAGE_S3_ACCESS_KEY / _SECRET_KEY in the
-environment (or boto3's own credential chain when those are unset), never from a command line.
+S3 uses the same endpoint and credentials as Snakemake's S3 storage (`nadir.storage.s3`): the
+endpoint is passed in (it is no secret), the keys come from the environment, never from a
+command line.
 """
 
 from __future__ import annotations
@@ -17,11 +17,13 @@ import contextlib
 import logging
 import os
 import re
+import tempfile
 from abc import ABC, abstractmethod
 from pathlib import Path
 from urllib.parse import urlparse
 
 from nadir.core.errors import NadirError
+from nadir.storage import s3
 
 log = logging.getLogger(__name__)
 
@@ -123,17 +125,10 @@ class S3Checkpoints(CheckpointStore):
 
     @property
     def client(self):
-        """A boto3 client made on first use (so a store can be pickled to DDP workers)."""
+        """The storage's client, made on first use (so a store can be pickled to DDP
+        workers)."""
         if self._client is None:
-            import boto3
-
-            access = os.environ.get("SNAKEMAKE_STORAGE_S3_ACCESS_KEY")
-            secret = os.environ.get("SNAKEMAKE_STORAGE_S3_SECRET_KEY")
-            keys = {"aws_access_key_id": access, "aws_secret_access_key": secret} \
-                if access and secret else {}
-            self._client = boto3.client("s3", endpoint_url=self.endpoint,
-                                        region_name=os.environ.get("AWS_REGION", "us-east-1"),
-                                        **keys)
+            self._client = s3.client(self.endpoint)
         return self._client
 
     def __getstate__(self) -> dict:
@@ -147,14 +142,11 @@ class S3Checkpoints(CheckpointStore):
 
         found = []
         try:
-            pages = self.client.get_paginator("list_objects_v2").paginate(
-                Bucket=self.bucket, Prefix=self.prefix + "/")
-            for page in pages:
-                for item in page.get("Contents", []):
-                    if m := NAME.match(item["Key"].rsplit("/", 1)[-1]):
-                        found.append(int(m.group(1)))
+            for item in s3.list_objects(self.client, self.bucket, self.prefix + "/"):
+                if m := NAME.match(item["Key"].rsplit("/", 1)[-1]):
+                    found.append(int(m.group(1)))
         except ClientError as error:
-            if error.response.get("Error", {}).get("Code") == "NoSuchBucket":
+            if s3.error_code(error) == "NoSuchBucket":
                 return []
             raise NadirError(f"cannot list checkpoints in {self.describe()}: {error}") from None
         return sorted(found)
@@ -169,7 +161,7 @@ class S3Checkpoints(CheckpointStore):
         try:
             self.client.put_object(Bucket=self.bucket, Key=self._key(name), Body=data)
         except ClientError as error:
-            if error.response.get("Error", {}).get("Code") != "NoSuchBucket":
+            if s3.error_code(error) != "NoSuchBucket":
                 raise NadirError(f"cannot write {name} to {self.describe()}: {error}") from None
             self.client.create_bucket(Bucket=self.bucket)
             self.client.put_object(Bucket=self.bucket, Key=self._key(name), Body=data)
@@ -192,3 +184,54 @@ def open_store(location: str, endpoint: str | None = None, keep: int = 2) -> Che
         raise NadirError(f"checkpoint location {location!r}: expected a local directory or "
                          "s3://BUCKET/PREFIX")
     return LocalCheckpoints(Path(location), keep)
+
+
+# --- live training curves: TensorBoard event files beside the checkpoints ---------------------
+#
+# Live training curves: TensorBoard event files beside a run's checkpoints.
+#
+# A 48-hour run should show its losses, learning rate, throughput and selection AP while it
+# trains. The events are written to a local folder and copied to the run's checkpoint location
+# (a local directory or an S3 prefix, `tensorboard/` under it) at every publish, so
+# `tensorboard --logdir <checkpoint root>` (TensorBoard reads s3:// too) shows every run as it
+# goes, and a killed pod loses at most the events since the last publish. A resumed run writes a
+# new event file and tells TensorBoard to drop the older files' steps from the resume point on.
+
+EVENTS_FOLDER = "tensorboard"
+
+
+class LiveCurves:
+    """The event file of one training process (rank 0 only)."""
+
+    def __init__(self, store: CheckpointStore | None, fallback_dir: Path, first_step: int = 0):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.store = store
+        if store is None:  # no checkpoint location: keep the events beside the outputs
+            self.folder = Path(fallback_dir) / EVENTS_FOLDER
+            self._scratch = None
+        else:
+            self._scratch = tempfile.TemporaryDirectory(prefix="nadir-tensorboard-")
+            self.folder = Path(self._scratch.name)
+        # A run resumed from the checkpoint at `first_step` redoes the steps after it.
+        self.writer = SummaryWriter(str(self.folder),
+                                    purge_step=first_step + 1 if first_step else None)
+
+    def add(self, step: int, values: dict[str, float]) -> None:
+        """One scalar per tag at `step` (tags group by their prefix: `loss/...`)."""
+        for tag, value in values.items():
+            self.writer.add_scalar(tag, value, step)
+
+    def publish(self) -> None:
+        """Flush the events and copy them to the checkpoint location."""
+        self.writer.flush()
+        if self.store is None:
+            return
+        for path in sorted(self.folder.glob("events.out.tfevents.*")):
+            self.store.put(f"{EVENTS_FOLDER}/{path.name}", path.read_bytes())
+
+    def close(self) -> None:
+        self.publish()
+        self.writer.close()
+        if self._scratch is not None:
+            self._scratch.cleanup()

@@ -16,7 +16,7 @@ from pathlib import Path
 from nadir import __version__
 from nadir.config.catalogue import entry, weight_source
 from nadir.core.hashing import sha256_of
-from nadir.train.backend import TrainJob
+from nadir.train.backends import TrainJob
 
 PACKAGES = ["torch", "torchvision", "detectron2", "numpy", "pillow", "rasterio",
             "faster-coco-eval"]

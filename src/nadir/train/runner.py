@@ -2,20 +2,22 @@
 
 Verify the pretrained weights, digest the inputs, open the checkpoint store under the run's
 fingerprint, train with the model's backend, write resolved_config.json and run.json, and remove
-the checkpoints once the weights are safely written. `nadir train` is a thin shell over `run`.
+the checkpoints once the weights are safely written. The train job (`train`) is `run` on the
+rule's files.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
 from nadir.config.catalogue import entry, weight_source
 from nadir.core.errors import NadirError
-from nadir.train.backend import TrainJob
+from nadir.storage.s3 import storage_endpoint
+from nadir.train.backends import TrainJob, TrainOutputs, get_backend
 from nadir.train.checkpoints import open_store
 from nadir.train.provenance import fingerprint, input_digests
-from nadir.train.registry import get_backend
 from nadir.train.weights import verify_recorded
 
 log = logging.getLogger(__name__)
@@ -47,9 +49,6 @@ def run(job: TrainJob, checkpoint_root: str | None = None, s3_endpoint: str | No
     record = {
         "dataset": job.dataset, "model": job.model, "backend": backend_name,
         "hyperparameters": job.hp, "training": result, "inputs": job.input_digests,
-        # Band selection, stretch and windows of the chips it learnt from: what inference
-        # must reproduce on new scenes.
-        "chipping": json.loads(job.manifest.read_text()).get("params"),
         "code": resolved["code"], "versions": resolved["versions"],
     }
     job.outputs.run.write_text(json.dumps(record, indent=1) + "\n")
@@ -57,3 +56,25 @@ def run(job: TrainJob, checkpoint_root: str | None = None, s3_endpoint: str | No
         job.checkpoints.clear()  # the run is complete: its weights are in the outputs
         log.info("removed the run's checkpoints from %s", job.checkpoints.describe())
     return record
+
+
+def train(dataset: str, model: str, hp: dict, train: str | Path, manifest: str | Path,
+          shards: list[str | Path], weights: str | Path, train_log: str | Path,
+          run_record: str | Path, resolved_config: str | Path,
+          pretrained: str | Path | None = None, selection: str | Path | None = None,
+          checkpoints: dict | None = None, checkpoint_folder: str | None = None,
+          threads: int = 1, world_size: int | None = None) -> dict:
+    """The train job: `run` of one run of the config (`hp`: its resolved settings) on the
+    rule's files. Checkpoints go under `checkpoint_folder` (the run's folder in the config's
+    `checkpoints.location`), every `checkpoints["every"]` iterations, the newest
+    `checkpoints["keep"]` kept; S3 with the storage's endpoint."""
+    checkpoints = checkpoints or {"every": 0, "keep": 1}
+    job = TrainJob(dataset=dataset, model=model, hp=hp, train_json=Path(train),
+                   manifest=Path(manifest), shards=[Path(p) for p in shards],
+                   outputs=TrainOutputs(Path(weights), Path(train_log), Path(run_record),
+                                        Path(resolved_config)),
+                   threads=threads, checkpoint_every=checkpoints["every"],
+                   weights_file=Path(pretrained) if pretrained else None,
+                   world_size=world_size,
+                   selection_json=Path(selection) if selection else None)
+    return run(job, checkpoint_folder, storage_endpoint(), checkpoints["keep"])

@@ -1,9 +1,9 @@
 """Scoring a model on the selection split while it trains (`training.eval_every`).
 
 Every `eval_every` iterations the lead process predicts the selection split's chips and
-scores them with the evaluation stage's COCO metrics (chip level, AP and AP50); the best score
+scores them with COCO's metrics (nadir.protocols.coco) (chip level, AP and AP50); the best score
 so far decides which weights are `best`. The selection split is carved from train by scene
-(nadir.coco.build.carve_selection), so the split that picks the weights is never the one that
+(nadir.coco.files.carve_selection), so the split that picks the weights is never the one that
 scores them.
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from nadir.evaluate.chips import coco_evaluation
+from nadir.protocols.coco import coco_evaluation
 from nadir.train.data import ShardChips, category_labels
 
 log = logging.getLogger(__name__)

@@ -26,7 +26,7 @@ from typing import BinaryIO
 
 from nadir.core.errors import InputError, NadirError
 from nadir.core.hashing import sha256_of
-from nadir.fetch.fetch import ChecksumError, FetchSettings, download
+from nadir.storage.download import ChecksumError, FetchSettings, download
 from nadir.storage.urls import redact
 
 log = logging.getLogger(__name__)
@@ -74,6 +74,20 @@ def fetch_weights(url: str, sha256: str | None, out: Path,
                     redact(url), found)
     log.info("fetched %s (%.1f MB, sha256 %s)", out, size / 1e6, found[:16])
     return record
+
+
+def fetch_catalogue_weights(file: str, out: str | Path, url: str | None = None) -> dict:
+    """The fetch_weights job, and `nadir fetch-weights`: the catalogue's weights file `file`
+    downloaded (from `url` instead of the catalogue's, a mirror) and verified into `out`, or,
+    when a file is already there (placed by hand), verified and recorded."""
+    from nadir.config.catalogue import weight_files
+
+    files = weight_files()
+    if file not in files:
+        raise NadirError(f"{file!r} is not a weights file of the catalogue; known files: "
+                         f"{sorted(files)}")
+    source = files[file]
+    return fetch_weights(url or source.url, source.sha256, Path(out))
 
 
 def verify_recorded(path: Path, sha256: str | None) -> str:

@@ -1,34 +1,42 @@
-"""The training job and the one interface every training backend implements.
+"""The training job, the one interface every training backend implements, and the registry.
 
 A backend trains a catalogue model on a COCO split read from the chip shards, resumes from the
 newest matching checkpoint, predicts COCO detections, and describes a run completely (the
-resolved config saved beside the weights). This module imports no backend: `registry` finds
-them by name, `provenance` describes a job, `loop` holds the helpers their loops share.
+resolved config saved beside the weights). Backends are found by name and imported only when
+used (`get_backend`): a backend's module imports its framework (torch, detectron2,
+transformers...), so naming one costs nothing until it trains; a new backend is one line here,
+its module and one catalogue entry. torchvision, transformers and yolox models share one
+training loop (`nadir.train.loop`); detectron2 has its own adapter (`nadir.train.detectron2`).
 """
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from nadir.config.catalogue import entry
+from nadir.raster.chip_params import ChipParams
 from nadir.train.checkpoints import CheckpointStore
+
+# Backend name -> the module whose `backend(name)` makes it.
+BACKENDS = {
+    "torchvision": "nadir.train.loop",
+    "transformers": "nadir.train.loop",
+    "yolox": "nadir.train.loop",
+    "detectron2": "nadir.train.detectron2",
+}
 
 
 @dataclass(frozen=True)
 class TrainOutputs:
     """The files a training run writes (the train rule declares each of them)."""
 
-    weights: Path  # model.pt: the weights and what predicting needs
+    weights: Path  # model.pt: the weights and what predicting needs (its chip parameters)
     train_log: Path  # train_log.json: mean losses and lr per log interval
     run: Path  # run.json: the run record the leaderboard reads
     resolved_config: Path  # resolved_config.json: everything to trace and redo the run
-
-    @classmethod
-    def in_folder(cls, folder: Path) -> TrainOutputs:
-        """The four files under their usual names in one folder."""
-        return cls(folder / "model.pt", folder / "train_log.json", folder / "run.json",
-                   folder / "resolved_config.json")
 
 
 @dataclass
@@ -50,6 +58,12 @@ class TrainJob:
     input_digests: dict = field(default_factory=dict)
     selection_json: Path | None = None  # the split `eval_every` scores (chips of held-out scenes)
 
+    @property
+    def chip_params(self) -> ChipParams:
+        """How the chips were cut (the chip manifest's record): the model is built for their
+        size and saves all of it in model.pt, for inference to cut the same windows."""
+        return ChipParams.of_manifest(self.manifest)
+
 
 class Backend(Protocol):
     name: str
@@ -66,3 +80,23 @@ class Backend(Protocol):
 
     def resolved_config(self, job: TrainJob) -> dict:
         """Everything needed to trace and redo the run."""
+
+
+def get_backend(name: str) -> Backend:
+    """A new instance of the backend called `name`."""
+    if name not in BACKENDS:
+        raise KeyError(f"unknown backend {name!r}; known: {sorted(BACKENDS)}")
+    return importlib.import_module(BACKENDS[name]).backend(name)
+
+
+def backend_of_weights(weights: Path) -> Backend:
+    """The backend that trained a `model.pt` (every backend saves its catalogue name in it)."""
+    from nadir.train.weights import read_weights
+
+    saved = read_weights(weights, mmap=True)
+    return get_backend(entry(saved["model"]).backend)
+
+
+def saved_chip_params(saved: dict, weights: Path) -> ChipParams:
+    """The chip parameters a model.pt carries (the chips it learnt from)."""
+    return ChipParams.from_record(saved.get("chipping"), weights)

@@ -28,7 +28,7 @@ from nadir.config.catalogue import entry
 from nadir.core.errors import InputError, NadirError
 from nadir.core.names import check_name
 from nadir.storage.shards import decode_chip, member_offsets, read_member
-from nadir.train.backend import TrainJob
+from nadir.train.backends import TrainJob, saved_chip_params
 from nadir.train.provenance import base_resolved_config
 
 log = logging.getLogger(__name__)
@@ -360,7 +360,8 @@ class Detectron2Backend:
         torch.set_num_threads(max(1, job.threads))
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         coco = json.loads(job.train_json.read_text())
-        size, num_classes = coco["images"][0]["width"], len(coco["categories"])
+        params = job.chip_params
+        size, num_classes = params.size, len(coco["categories"])
         work = Path(tempfile.mkdtemp(prefix="nadir-detectron2-"))
         images = unpack_chips(job.train_json, job.shards, work / "chips")
         registration = registration_arguments(job.dataset, "train", images, work / "chips")
@@ -433,8 +434,9 @@ class Detectron2Backend:
         finally:
             shutil.rmtree(work, ignore_errors=True)
         job.outputs.weights.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"model": job.model, "num_classes": num_classes, "image_size": size,
-                    "categories": coco["categories"], "pretrained": hp["pretrained"],
+        torch.save({"model": job.model, "num_classes": num_classes,
+                    "chipping": params.to_record(), "categories": coco["categories"],
+                    "pretrained": hp["pretrained"],
                     "state_dict": model.state_dict()}, job.outputs.weights)
         job.outputs.train_log.write_text(json.dumps(history, indent=1) + "\n")
         return {"seconds": round(seconds(), 2), "iterations": hp["iterations"],
@@ -453,7 +455,8 @@ class Detectron2Backend:
         device = "cuda" if torch.cuda.is_available() else "cpu"
         saved = read_weights(weights)
         model, input_format = build_detectron2_model(
-            saved["model"], saved["num_classes"], saved["image_size"], saved["pretrained"],
+            saved["model"], saved["num_classes"], saved_chip_params(saved, weights).size,
+            saved["pretrained"],
             device, score_threshold=hp["score_threshold"], max_detections=hp["max_detections"])
         model.load_state_dict(saved["state_dict"])
         model.eval()
@@ -486,8 +489,8 @@ class Detectron2Backend:
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
         coco = json.loads(job.train_json.read_text())
-        overrides = model_overrides(job.model, len(coco["categories"]),
-                                    coco["images"][0]["width"], job.hp["pretrained"], device)
+        overrides = model_overrides(job.model, len(coco["categories"]), job.chip_params.size,
+                                    job.hp["pretrained"], device)
         return base_resolved_config(job) | {"detectron2": {
             "zoo_config": zoo_config(job.model),
             "model_overrides": {k: list(v) if isinstance(v, tuple) else v
@@ -501,3 +504,8 @@ class Detectron2Backend:
 def in_channel_order(pixels, input_format: str):
     """Our CHW RGB pixels (0..255) in the channel order the detectron2 model expects."""
     return pixels.flip(0) if input_format == "BGR" else pixels
+
+
+def backend(name: str = "detectron2") -> Detectron2Backend:
+    """The detectron2 backend: the registry's entry point."""
+    return Detectron2Backend()

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections import Counter
 from pathlib import Path
 
 from nadir.core.errors import InputError, NadirError
-from nadir.core.geometry import rbox_from_polygon
-from nadir.datasets.records import polygon_area
-from nadir.index.normalise import seeded_split
+from nadir.core.geometry import polygon_area, rbox_from_polygon
+from nadir.datasets.splits import seeded_split
 from nadir.storage.shards import read_chip_list
+
+log = logging.getLogger(__name__)
 
 
 def build_coco(shard_jsons: list[Path], categories: list[dict], splits: list[str]) -> dict:
@@ -68,6 +70,8 @@ def statistics(coco_by_split: dict[str, dict]) -> dict:
 
 def write_coco(shard_jsons: list[Path], categories_json: Path, outputs: dict[str, Path],
                stats_path: Path) -> dict:
+    """The coco job: one COCO file per split of `outputs` from the chip lists, and their
+    statistics; returns the statistics."""
     categories = json.loads(Path(categories_json).read_text())
     coco = build_coco(shard_jsons, categories, list(outputs))
     for split, data in coco.items():
@@ -81,6 +85,9 @@ def write_coco(shard_jsons: list[Path], categories_json: Path, outputs: dict[str
         Path(path).write_text(json.dumps(coco[split]) + "\n")
     stats = statistics(coco)
     Path(stats_path).write_text(json.dumps(stats, indent=1) + "\n")
+    for split, s in stats.items():
+        log.info("%s: %d chips, %d objects %s", split, s["chips"], s["objects"],
+                 s["objects_per_class"])
     return stats
 
 
@@ -106,3 +113,18 @@ def carve_selection(train: dict, fraction: float, seed: int,
                 "annotations": [a for a in train["annotations"] if a["image_id"] in ids]}
 
     return part(False), part(True)
+
+
+def write_selection_split(train: str | Path, fraction: float, seed: int, fit: str | Path,
+                          selection: str | Path) -> dict:
+    """The carve_selection job: the train COCO file split by scene into `fit` (trained on)
+    and `selection` (scored while training), seeded; returns the selection split."""
+    fit_split, selection_split = carve_selection(json.loads(Path(train).read_text()), fraction,
+                                                 seed, train)
+    Path(fit).write_text(json.dumps(fit_split) + "\n")
+    Path(selection).write_text(json.dumps(selection_split) + "\n")
+    log.info("selection split: %d chips of %d train scenes held out (fraction %s, seed %d); "
+             "%d chips left to train on", len(selection_split["images"]),
+             len({im["scene"] for im in selection_split["images"]}), fraction, seed,
+             len(fit_split["images"]))
+    return selection_split

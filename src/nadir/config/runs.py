@@ -1,0 +1,96 @@
+"""The runs of a config: every (dataset, model, sweep cell, repeat) and its resolved settings.
+
+A run's training settings are layered, each over the one before: `training`, the catalogue's
+defaults for the model, `models.<model>`, `datasets.<dataset>.training`,
+`datasets.<dataset>.models.<model>`, the sweep cell, then the repeat's seed
+(`run_hyperparameters`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+from dataclasses import dataclass
+
+from nadir.config.catalogue import CATALOGUE
+
+
+def model_hyperparameters(config: dict, model: str) -> dict:
+    """The training settings of one model: `training`, then the catalogue's defaults for this
+    model (e.g. a lower lr where the shared one diverges), then the user's overrides on top."""
+    defaults = CATALOGUE[model].hyperparameters if model in CATALOGUE else {}
+    return {**config["training"], **defaults,
+            **(config["models"][model] or {})}
+
+
+def dataset_chipping(config: dict, dataset: str) -> dict:
+    """One dataset's chipping settings: `chipping`, then the dataset's own `chipping` keys."""
+    return {**config["chipping"], **(config["datasets"][dataset].get("chipping") or {})}
+
+
+# Run names: `<model>`, then `--<key>-<value>` per swept key (sorted), then `--repeat-<n>` from
+# the second repeat on. Only letters, digits, `.`, `_` and `-`: safe in paths, S3 keys and
+# Snakemake wildcards.
+REPEAT_SUFFIX = "--repeat-"
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+@dataclass(frozen=True)
+class Run:
+    """One training run: a (dataset, model, sweep cell, repeat) and its resolved settings."""
+
+    dataset: str
+    name: str  # the run's folder under results/<dataset>/models/
+    model: str  # the catalogue name
+    cell: str  # `name` without the repeat suffix: the runs that differ only by seed share it
+    repeat: int  # 1..repeats
+    hp: dict
+
+
+def _value_text(value) -> str:
+    text = value if isinstance(value, str) else json.dumps(value)
+    return _UNSAFE.sub("_", text)
+
+
+def sweep_cells(config: dict, model: str) -> list[dict]:
+    """The hyperparameter sets of a model: its `cells`, then every combination of its `grid`
+    (one empty set, the plain run, without a sweep)."""
+    sweep = config["sweeps"].get(model)
+    if not sweep:
+        return [{}]
+    grid = sweep["grid"] or {}
+    keys = sorted(grid)
+    combinations = [dict(zip(keys, values, strict=True))
+                    for values in itertools.product(*(grid[k] for k in keys))] if keys else []
+    return [dict(cell or {}) for cell in sweep["cells"]] + combinations
+
+
+def cell_name(model: str, cell: dict) -> str:
+    return model + "".join(f"--{key}-{_value_text(cell[key])}" for key in sorted(cell))
+
+
+def run_hyperparameters(config: dict, dataset: str, model: str, cell: dict | None = None,
+                        repeat: int = 1) -> dict:
+    """A run's training settings, each layer over the one before: `training`, the catalogue's
+    defaults for the model, `models.<model>`, `datasets.<dataset>.training`,
+    `datasets.<dataset>.models.<model>`, the sweep cell, then the repeat's seed."""
+    spec = config["datasets"][dataset]
+    hp = {**model_hyperparameters(config, model), **(spec.get("training") or {}),
+          **((spec.get("models") or {}).get(model) or {}), **(cell or {})}
+    return {**hp, "seed": hp["seed"] + repeat - 1}
+
+
+def runs(config: dict) -> list[Run]:
+    """Every training run of a validated config, dataset by dataset, in name order. The run
+    names are the same for every dataset; the settings may differ."""
+    table = []
+    for dataset in sorted(config["datasets"]):
+        for model in sorted(config["models"]):
+            for cell in sweep_cells(config, model):
+                base = cell_name(model, cell)
+                for repeat in range(1, config["repeats"] + 1):
+                    name = base if repeat == 1 else f"{base}{REPEAT_SUFFIX}{repeat}"
+                    table.append(Run(dataset, name, model, base, repeat,
+                                     run_hyperparameters(config, dataset, model, cell, repeat)))
+    return sorted(table, key=lambda r: (r.dataset, r.name))
