@@ -7,7 +7,7 @@ subprocess so that its peak resident memory can be measured:
 - baseline: reads the whole image into one array, slices every window out of it, clips the
   objects (a bounds check, then shapely) and encodes the chips one after another in one thread.
   This is how the common DOTA tooling splits a scene (it loads the image with OpenCV).
-- nadir: `nadir.chip.chipping.chip_shard` with the same windows, rules and encoder, at `--threads`
+- nadir: `nadir.chip.shard.chip_shard` with the same windows, rules and encoder, at `--threads`
   threads (the chip rule's default, 2).
 - encode: only the JPEG encoding of the same chips (read beforehand, outside the timer), on one
   thread and on `--threads` threads (nadir's encoder releases Python's lock, so threads encode
@@ -47,11 +47,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 os.environ.setdefault("GDAL_PAM_ENABLED", "NO")
 
-from nadir.chip.chipping import window_offsets  # noqa: E402
-
-from nadir.chip.encode import encode
+from nadir.chip.encode import encode  # noqa: E402
 from nadir.datasets.tables import Annotation  # noqa: E402
-from nadir.raster.chip_params import ChipParams
+from nadir.raster.chip_params import ChipParams  # noqa: E402
+from nadir.raster.windows import window_offsets  # noqa: E402
 
 LAYOUTS = {  # name: (file suffix, description)
     "tiled": ("tif", "tiled GeoTIFF, 512 px blocks, deflate"),
@@ -217,9 +216,9 @@ def run_read(scene: Path, params: ChipParams) -> tuple[int, float, float]:
     """nadir's reading of every window (WindowReader, GDAL on one thread), nothing else;
     returns (chips, seconds, CPU seconds)."""
     import rasterio
-    from nadir.chip.chipping import gdal_cache_bytes
+    from rasterio.windows import Window
 
-    from nadir.raster.windows import WindowReader
+    from nadir.raster.windows import WindowReader, gdal_cache_bytes
 
     chips = 0
     with rasterio.open(scene) as src, \
@@ -229,7 +228,7 @@ def run_read(scene: Path, params: ChipParams) -> tuple[int, float, float]:
         chip = np.empty((3, params.size, params.size), np.uint8)
         for y0 in window_offsets(src.height, params.size, params.overlap):
             for x0 in window_offsets(src.width, params.size, params.overlap):
-                reader.read(x0, y0, chip)
+                reader.read(Window(x0, y0, params.size, params.size), chip)
                 chips += 1
         return chips, time.perf_counter() - started, time.process_time() - cpu_started
 

@@ -19,8 +19,10 @@ from conftest import ROOT, run_snakemake
 from PIL import Image
 from rasterio.io import MemoryFile
 from rasterio.transform import from_origin
+from rasterio.windows import Window
 
-from nadir.chip import chipping, write_chip_manifest
+from nadir.chip import encode as encoding
+from nadir.chip import write_chip_manifest
 from nadir.chip.encode import encode
 from nadir.chip.shard import chip_shard
 from nadir.config import ConfigError, validate
@@ -356,9 +358,10 @@ def test_png_scenes_are_read_top_to_bottom_each_row_once(tmp_path, threaded):
         with reader if threaded else contextlib.nullcontext():
             for y in window_offsets(600, 128, 16):
                 for x in window_offsets(300, 128, 16):
-                    window = reader.read(x, y, np.empty((3, 128, 128), np.uint8))
-                    assert reader.valid(x, y, 128, 128) is None
-                    np.testing.assert_array_equal(window, pixels[:, y:y + 128, x:x + 128])
+                    window = Window(x, y, 128, 128)
+                    read = reader.read(window, np.empty((3, 128, 128), np.uint8))
+                    assert reader.valid(window) is None
+                    np.testing.assert_array_equal(read, pixels[:, y:y + 128, x:x + 128])
     starts, ends = zip(*spy.rows, strict=True)
     assert starts[0] == 0 and ends[-1] == 600
     assert all(e == s for e, s in zip(ends, starts[1:], strict=False))  # contiguous, no re-read
@@ -379,7 +382,7 @@ def test_reader_decodes_one_window_row_ahead_and_never_over_a_lent_window(tmp_pa
     xs, ys = window_offsets(300, size, 16), window_offsets(600, size, 16)
     with rasterio.open(image) as src, WindowReader(src, [1, 2, 3], size, ahead=stride) as reader:
         assert reader.capacity == size + stride
-        lent = {y: [reader.lend(x, y, size, size) for x in xs] for y in ys[:2]}
+        lent = {y: [reader.lend(Window(x, y, size, size)) for x in xs] for y in ys[:2]}
         # Rows 0-111 hold window rows 0 and 1; row 112 would replace row 0, still lent.
         wait_until(lambda: reader.rows_read == 112)
         time.sleep(0.1)
@@ -392,12 +395,12 @@ def test_reader_decodes_one_window_row_ahead_and_never_over_a_lent_window(tmp_pa
 
         assert_intact(0)
         for _ in xs:
-            reader.give_back(0)
+            reader.give_back(Window(0, 0, size, size))
         wait_until(lambda: reader.rows_read == 48 + 112)  # up to what window row 1 lends
         time.sleep(0.1)
         assert reader.rows_read == 48 + 112
         assert_intact(48)
-        wrapped = reader.lend(0, ys[2], size, size)  # rows 96-159: slots 96-111 and 0-47
+        wrapped = reader.lend(Window(0, ys[2], size, size))  # rows 96-159: slots 96-111, 0-47
         assert [piece.shape[1] for piece in wrapped] == [16, 48]
         np.testing.assert_array_equal(np.concatenate(wrapped, axis=1),
                                       pixels[:, 96:160, :size])
@@ -406,13 +409,13 @@ def test_reader_decodes_one_window_row_ahead_and_never_over_a_lent_window(tmp_pa
 def test_slow_encoders_get_their_windows_intact(tmp_path, monkeypatch):
     pixels = position_pixels(300, 600)  # the second band holds the row number (mod 241)
     image = write_raster(tmp_path / "scene.png", pixels, "png")
-    original = chipping.encode
+    original = encoding.encode
 
     def slow_encode(chip, params):  # the reader would overwrite rows meanwhile, if it could
         time.sleep(0.01 + 0.01 * (chip[0, 0, 0] % 3))
         return original(chip, params)
 
-    monkeypatch.setattr(chipping, "encode", slow_encode)
+    monkeypatch.setattr(encoding, "encode", slow_encode)
     result, tar = chip(tmp_path, image, size=64, overlap=16, threads=3)
     members = tar_members(tar)
     assert len(result["chips"]) == 6 * 13
@@ -452,9 +455,9 @@ def test_skipped_empty_windows_of_a_tiled_scene_are_never_read(tmp_path, monkeyp
     windows = []
     original = WindowReader.read
 
-    def spy(self, x0, y0, out):
-        windows.append((x0, y0))
-        return original(self, x0, y0, out)
+    def spy(self, window, out=None):
+        windows.append((window.col_off, window.row_off))
+        return original(self, window, out)
 
     monkeypatch.setattr(WindowReader, "read", spy)
     result, _ = chip(tmp_path, image, [square("S", 0, 300, 300, 340, 340)], size=256,

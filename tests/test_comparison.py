@@ -181,5 +181,5 @@ def test_a_dataset_comparison_groups_repeats_by_their_settings():
     assert result["settings"] == {"m": ["m", "m--repeat-2"], "m--lr-0.01": ["m--lr-0.01"]}
     assert result["repeats"] == {"m": 2, "m--lr-0.01": 1}
     assert result["best"] == "m" and result["verdicts"]["m--lr-0.01"] == "worse than the best"
-    page = comparison_html(result, "")
+    page = comparison_html(result)
     assert "Pairwise comparison on dota" in page and "worse than the best" in page

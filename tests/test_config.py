@@ -94,9 +94,9 @@ DOTA = {"format": "dota", "source": [{"url": "/data/DOTA/train.zip", "split": "t
 
 
 @pytest.mark.parametrize("dataset, key", [
-    ({"format": "sample", "classes": {"keep": ["plane"]}}, "datasets.d.classes"),
-    ({"format": "sample", "split": {"method": "seeded"}}, "datasets.d.split"),
-    ({"format": "sample", "on_bad_input": {"unknown_class": "skip"}}, "datasets.d.on_bad_input"),
+    ({"format": "sample", "source": [{"url": "/data/x.zip"}]}, "datasets.d.source"),
+    ({"format": "sample", "version": "v1.5"}, "datasets.d.version"),
+    ({"format": "sample", "class_attribute": "role"}, "datasets.d.class_attribute"),
     ({**DOTA, "train_scenes": 10}, "datasets.d.train_scenes"),
     ({**DOTA, "tiled": False}, "datasets.d.tiled"),
     ({"format": "rareplanes", "version": "v1.5", "source": [{"url": "s3://b/p/"}]},
@@ -108,13 +108,23 @@ DOTA = {"format": "dota", "source": [{"url": "/data/DOTA/train.zip", "split": "t
     ({**DOTA, "split": {"val_fraction": 0.3}}, "datasets.d.split.val_fraction"),
     ({"format": "xview", "source": [{"url": "/x.tgz"}], "split": {"method": "official"}},
      "datasets.d.split.method"),
-], ids=["classes-on-sample", "split-on-sample", "on_bad_input-on-sample",
+], ids=["source-on-sample", "version-on-sample", "class_attribute-on-sample",
         "train_scenes-on-dota", "tiled-on-dota", "version-on-rareplanes",
         "anonymous-on-a-file", "sha256-on-s3", "val_fraction-with-official-split",
         "official-split-on-xview"])
 def test_keys_that_do_nothing_for_the_format_are_errors_naming_the_key(dataset, key):
     with pytest.raises(ConfigError, match=rf"config key {key}: "):
         checked({**MINIMAL, "datasets": {"d": dataset}})
+
+
+def test_the_sample_takes_the_index_settings_of_a_dota_source():
+    """The sample is a DOTA source: its classes, split and bad-input policy are set as DOTA's."""
+    dataset = {"format": "sample", "classes": {"keep": ["plane"]},
+               "split": {"method": "seeded", "val_fraction": 0.3},
+               "on_bad_input": {"outside_image": "error"}}
+    checked_dataset = checked({**MINIMAL, "datasets": {"d": dataset}})["datasets"]["d"]
+    assert checked_dataset["classes"]["keep"] == ["plane"]
+    assert checked_dataset["split"]["method"] == "seeded"
 
 
 @pytest.mark.parametrize("config, message", [

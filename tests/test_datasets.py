@@ -330,13 +330,16 @@ def test_missing_placed_file_says_where_it_is_expected_and_where_to_get_it(tmp_p
         fetch_dataset("d", dataset, tmp_path / "files", FetchSettings(tmp_path / "c", 0, 5))
 
 
-def test_cli_fetch_reports_a_missing_placed_archive_without_a_traceback(tmp_path, capsys):
-    from nadir.cli import main
+def test_the_fetch_job_reports_a_missing_placed_archive_without_a_traceback(tmp_path, capsys):
+    """As the fetch rule's script runs it (nadir.core.jobs): the message, no traceback, and no
+    manifest."""
+    from nadir.core.jobs import report_errors
+    from nadir.fetch import fetch
 
     dataset = {"format": "xview", "source": [{"url": str(tmp_path / "train_images.tgz")}]}
-    code = main(["fetch", "--dataset", "xv", "--spec", json.dumps(dataset), "--settings",
-                 json.dumps({"cache_dir": str(tmp_path / "c"), "retries": 0, "timeout_s": 5}),
-                 "--files-dir", str(tmp_path / "files"), "--manifest", str(tmp_path / "m.json")])
+    code = report_errors("fetch", lambda: fetch(
+        "xv", dataset, {"cache_dir": str(tmp_path / "c"), "retries": 0, "timeout_s": 5},
+        files=tmp_path / "files", manifest=tmp_path / "m.json"))
     err = capsys.readouterr().err
     assert code == 1
     assert "train_images.tgz: not found" in err and "xviewdataset.org" in err

@@ -98,8 +98,8 @@ def to_coco(name: str, spec: dict, work: Path, chipping: dict | None = None) -> 
     coco_stats = write_coco([shard.with_suffix(".json")], tables.categories, outputs,
                             work / "coco" / "stats.json")
     stats = dataset_statistics(tables.scenes, tables.annotations, tables.categories)
-    stats["warnings"] = summary["warnings"] + chipping_warnings(stats, coco_stats,
-                                                                chips["params"])
+    stats["warnings"] = summary["warnings"] + chipping_warnings(
+        stats, coco_stats, ChipParams.from_record(chips["params"], "manifest.json"))
     return Run(manifest, summary, {s: json.loads(p.read_text()) for s, p in outputs.items()},
                chips, stats["warnings"], shard,
                dataset_summary_html(name, summary, stats, coco_stats))
@@ -411,8 +411,8 @@ def test_world_file_and_pam_sidecar_complete_each_other_as_gdal_reads_them(tmp_p
     from rasterio.shutil import copy as gdal_copy
     from rasterio.transform import from_origin
 
-    from nadir.datasets.tables import image_header
     from nadir.fetch.scan import classify
+    from nadir.raster.opener import image_header
 
     source = tmp_path / "s.tif"
     with rasterio.open(source, "w", driver="GTiff", width=8, height=8, count=3, dtype="uint8",

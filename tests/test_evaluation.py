@@ -9,11 +9,11 @@ import pytest
 from coco_problems import CATEGORIES, generated_set
 
 from nadir.core.errors import InputError
-from nadir.evaluate.chips import (
+from nadir.evaluate.chips import evaluate
+from nadir.protocols.coco import (
     METRIC_NAMES,
     NO_GROUND_TRUTH,
     coco_evaluation,
-    evaluate,
     run_cocoeval,
     summarise,
 )

@@ -42,7 +42,6 @@ from dataset_builders import (
     write_png,
     zip_bomb,
 )
-from nadir.predict.inference import stac_scenes
 from s3proxy import FaultProxy
 
 from nadir.chip.shard import chip_shard
@@ -51,12 +50,13 @@ from nadir.config.catalogue import CATALOGUE
 from nadir.core.errors import InputError, NadirError
 from nadir.datasets import rareplanes, xview
 from nadir.datasets.records import BadInput
-from nadir.datasets.tables import SceneSource, image_header, index_sample
 from nadir.fetch import fetch_dataset
 from nadir.fetch.archives import extract
 from nadir.fetch.sources import SourceEntry, fetch_s3
 from nadir.index.normalise import index_dataset
+from nadir.predict.scenes import stac_scenes
 from nadir.raster.chip_params import ChipParams
+from nadir.raster.opener import image_header
 from nadir.storage.controller import ControllerLockError, claim, owner_store, release
 from nadir.storage.download import FetchSettings, download
 from nadir.storage.urls import publish, redact, redirect_refusal, resolve
@@ -488,17 +488,23 @@ print(sorted(_env.GDALEnv().drivers()) == sorted(KEPT_DRIVERS))
 
 @case("image-declared-huge")
 def _(tmp_path):
-    """A sparse GeoTIFF of a few hundred bytes declaring 10^7 x 10^7 px: the index, chipping
-    and inference stop at its header, naming the limit and its key."""
+    """A sparse GeoTIFF of a few hundred bytes declaring 10^7 x 10^7 px: the fetch (which
+    reads every image's header for the index), chipping and inference stop at its header,
+    naming the limit and its key."""
     huge = hostile.sparse_geotiff(tmp_path / "huge.tif")
     assert huge.stat().st_size < 10_000
     too_big = (r"huge\.tif: declares 10000000 x 10000000 px x 3 band\(s\) = "
                r"300,000,000,000,000 values, above the limit of 1,000,000,000,000 \(config key "
                r"rasters\.max_values\)")
+    placed = tmp_path / "placed"
+    (placed / "images").mkdir(parents=True)
+    (placed / "labelTxt").mkdir()
+    (placed / "images" / "huge.tif").write_bytes(huge.read_bytes())
+    (placed / "labelTxt" / "huge.txt").write_text("")
+    spec = {"format": "dota", "version": "v1.0", "source": [{"url": str(placed),
+                                                               "split": "train"}]}
     with pytest.raises(InputError, match=too_big):
-        index_sample([SceneSource("huge", "train", huge, tmp_path / "huge.txt")], ["plane"],
-                     index_tables(tmp_path / "index"))
-    assert not (tmp_path / "index" / "scenes.csv").exists()
+        fetch_dataset("d", spec, tmp_path / "files", fast(tmp_path))
     for stage in (lambda image: hostile.chip_scene(tmp_path, image), hostile.read_scene):
         with pytest.raises(InputError, match=too_big):
             stage(huge)
@@ -760,8 +766,8 @@ def _(tmp_path):
 
 @case("config-key-not-for-the-format")
 def _(tmp_path):
-    expect_config_error({"datasets": {"d": {"format": "sample", "on_bad_input": {}}}},
-                        r"config key datasets\.d\.on_bad_input: does not apply to format")
+    expect_config_error({"datasets": {"d": {"format": "sample", "tiled": False}}},
+                        r"config key datasets\.d\.tiled: does not apply to format")
 
 
 @case("config-warmup-longer-than-training")

@@ -15,16 +15,17 @@ import pytest
 import rasterio
 import tiny_chips
 from dataset_builders import FileServer
-from nadir.chip.chipping import params_dict
 from PIL import Image
 from rasterio.transform import from_origin
 
+import nadir.predict as inference
 from nadir.chip.shard import chip_shard
 from nadir.core.errors import InputError, NadirError
-from nadir.predict import InferenceSettings, SceneSource, inference
+from nadir.predict import InferenceSettings, SceneSource
+from nadir.predict import scenes as scene_sources
+from nadir.predict.detect import detect_scene, window_chips
 from nadir.raster import opener as rasters
 from nadir.raster.chip_params import ChipParams
-from nadir.raster.radiometry import Radiometry
 from nadir.raster.windows import WindowCounts
 
 MODEL = "ssdlite320_mobilenet_v3_large"
@@ -54,17 +55,16 @@ def squares_scene(width=300, height=200, seed=0) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    """A two-iteration SSDlite run on 64 px chips, with the run.json a training job writes."""
-    from nadir.train.torchvision_backend import TorchvisionBackend
+    """A two-iteration SSDlite run on 64 px chips cut with 16 px of overlap (the chip
+    parameters its model.pt carries), with the run.json a training job writes."""
+    from nadir.train.loop import LoopBackend
 
     root = tmp_path_factory.mktemp("tiny-run")
-    data = tiny_chips.build(root / "chips", chips=4, size=64)
+    data = tiny_chips.build(root / "chips", chips=4, size=64, overlap=16)
     out = root / "run"
-    TorchvisionBackend().train(tiny_chips.train_job(
+    LoopBackend().train(tiny_chips.train_job(
         data, MODEL, tiny_chips.hyperparameters(iterations=2, amp=False), out))
-    run = {"dataset": "tiny", "model": MODEL,
-           "chipping": params_dict(ChipParams(size=64, overlap=16, image_format="png"))}
-    (out / "run.json").write_text(json.dumps(run))
+    (out / "run.json").write_text(json.dumps({"dataset": "tiny", "model": MODEL}))
     return out / "model.pt", out / "run.json"
 
 
@@ -96,11 +96,12 @@ def test_windows_equal_chips_band_selection_stretch_and_nodata(tmp_path):
                  for m in tar}
     counts = WindowCounts()
     with rasterio.open(scene) as src:
-        windows = list(inference.scene_windows(src, params, counts, Radiometry(src, params)))
+        windows = list(window_chips(src, params, counts))
     assert len(windows) == len(chips) == shard["scenes"]["s"]["chips_written"] == 5
     assert counts.nodata_skipped == shard["scenes"]["s"]["nodata_skipped"] == 1
-    for x0, y0, chip in windows:
-        np.testing.assert_array_equal(chip.transpose(1, 2, 0), chips[f"s_{x0}_{y0}.png"])
+    for window, chip in windows:
+        name = f"s_{window.col_off}_{window.row_off}.png"
+        np.testing.assert_array_equal(chip.transpose(1, 2, 0), chips[name])
 
 
 # --- remote scenes ---------------------------------------------------------------------------
@@ -135,13 +136,13 @@ def test_http_cog_is_read_in_ranges_without_a_local_copy_in_bounded_memory(tmp_p
 
     try:
         tracemalloc.start()
-        result = inference.detect_scene(SceneSource("big", f"{server.url}/big.tif"), params,
-                                        detector, settings, threads=2)
+        result = detect_scene(SceneSource("big", f"{server.url}/big.tif"), params, detector,
+                              settings, threads=2)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
         server.stop()
-    assert result.counts.read == sum(windows) == 19 * 19 and result.width == 2048
+    assert result.windows["read"] == sum(windows) == 19 * 19 and result.width == 2048
     assert all(rng_header for _, rng_header in server.requests)
     assert server.bytes_served < 1.1 * file_bytes
     written = [p.stat().st_size for p in work.rglob("*") if p.is_file()]
@@ -182,7 +183,7 @@ def test_s3_prefix_is_listed_and_read_with_credentials_from_the_environment(
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("SNAKEMAKE_STORAGE_S3_ACCESS_KEY", s3.access_key)
     monkeypatch.setenv("SNAKEMAKE_STORAGE_S3_SECRET_KEY", s3.secret_key)
-    listed = inference.list_s3_prefix("s3://imagery/new/", s3.endpoint)
+    listed = scene_sources.list_s3_prefix("s3://imagery/new/", s3.endpoint)
     assert listed == [SceneSource("one", "s3://imagery/new/one.tif")]
     weights, run_json = tiny_run
     outputs = {k: tmp_path / "s3" / f"d.{k}" for k in OUTPUTS}
@@ -228,7 +229,7 @@ def test_png_tile_georeferenced_by_its_sidecar_locally_and_over_http(tiny_run, t
 def test_scene_without_georeferencing_gets_pixel_coordinates_and_a_warning(tiny_run, tmp_path,
                                                                            caplog):
     scene = write_scene(tmp_path / "plain.png", squares_scene(), crs=None, driver="PNG")
-    with caplog.at_level(logging.WARNING, logger="nadir.predict.inference"):
+    with caplog.at_level(logging.WARNING, logger="nadir.predict"):
         summary, outputs = predict(tiny_run, scene, tmp_path / "out")
     assert "has no georeferencing" in caplog.text
     assert not summary["georeferenced"] and summary["crs"] is None
@@ -242,16 +243,24 @@ def test_scene_without_georeferencing_gets_pixel_coordinates_and_a_warning(tiny_
     assert Image.open(outputs["quicklook"]).size == (300, 200)
 
 
-def test_run_without_chipping_record_and_band_override(tmp_path):
-    run_json = tmp_path / "run.json"
-    with pytest.raises(InputError, match="records no chipping settings"):
-        inference.run_chip_params({"model": MODEL}, run_json, InferenceSettings())
-    run = {"chipping": params_dict(ChipParams(size=128, overlap=16, bands=(1, 2, 3)))}
-    params = inference.run_chip_params(run, run_json, InferenceSettings(window=96, bands=(2,)))
-    assert (params.size, params.overlap, params.bands) == (96, 16, (2,))
-    assert inference.run_chip_params(run, run_json, InferenceSettings()).bands == (1, 2, 3)
-    with pytest.raises(NadirError, match="overlap must be in"):
-        inference.run_chip_params(run, run_json, InferenceSettings(window=64, overlap=64))
+def test_windows_are_cut_with_the_chip_parameters_the_model_carries(tiny_run, tmp_path):
+    """The chip size travels from the chip manifest into model.pt, and inference cuts its
+    windows with it: 64 px windows with 16 px overlap over a 300 x 200 scene are 6 x 4; a model
+    that carries no chip parameters is refused, naming it."""
+    import torch
+
+    weights, run_json = tiny_run
+    saved = torch.load(weights, weights_only=True)
+    assert ChipParams.from_record(saved["chipping"], weights) == ChipParams(
+        size=64, overlap=16, image_format="png")
+    scene = write_scene(tmp_path / "scene.tif", squares_scene())
+    summary, _ = predict(tiny_run, scene, tmp_path / "out")
+    assert summary["windows"]["windows"] == 6 * 4
+    assert (summary["settings"]["window"], summary["settings"]["overlap"]) == (64, 16)
+    del saved["chipping"]
+    torch.save(saved, tmp_path / "old.pt")
+    with pytest.raises(InputError, match=r"old\.pt: records no chipping parameters"):
+        predict((tmp_path / "old.pt", run_json), scene, tmp_path / "old")
 
 
 # --- scene sources ---------------------------------------------------------------------------
@@ -263,7 +272,7 @@ def test_scene_sources_paths_urls_stac_and_prefixes(tmp_path):
             "visual": {"href": "https://example.org/a/visual.tif"},
             "data": {"href": "https://example.org/a/data.tif"}}},
         {"type": "Feature", "id": "local-item", "assets": {"data": {"href": "tiles/b.tif"}}}]}))
-    scenes = inference.direct_scenes(
+    scenes = scene_sources.direct_scenes(
         ["scenes/Harbour 1.tif", "https://example.org/x/y.TIF?sig=1", "s3://bucket/k/z.tif",
          "s3://bucket/prefix/", {"name": "mine", "source": "s3://bucket/other.tif"}, str(stac)])
     assert [(s.name, s.location, s.scheme) for s in scenes] == [
@@ -277,12 +286,12 @@ def test_scene_sources_paths_urls_stac_and_prefixes(tmp_path):
         "/vsicurl/https://example.org/x/y.tif"
     assert rasters.gdal_path("s3://bucket/k/z.tif") == "/vsis3/bucket/k/z.tif"
     with pytest.raises(NadirError, match="two inference scenes are named 'z'"):
-        inference.check_scene_names([SceneSource("z", "a/z.tif"), SceneSource("z", "b/z.tif")])
+        scene_sources.check_scene_names([SceneSource("z", "a/z.tif"), SceneSource("z", "b/z.tif")])
     with pytest.raises(InputError, match=r"has none of the assets \['visual'\]"):
-        inference.stac_scenes(stac, ["visual"])
+        scene_sources.stac_scenes(stac, ["visual"])
     stac.write_text(json.dumps({"type": "Catalog"}))
     with pytest.raises(InputError, match="expected a STAC item collection"):
-        inference.stac_scenes(stac)
+        scene_sources.stac_scenes(stac)
 
 
 # --- untrusted catalogues and secret URLs (docs/security.md) ---------------------------------
@@ -310,7 +319,7 @@ def test_a_stac_href_outside_the_allowed_kinds_is_refused_naming_item_and_href(t
         {"type": "Feature", "id": "good", "assets": {"visual": {"href": "tiles/a.tif"}}},
         {"type": "Feature", "id": "bad", "assets": {"visual": {"href": href}}}]}))
     with pytest.raises(InputError) as error:
-        inference.stac_scenes(stac)
+        scene_sources.stac_scenes(stac)
     message = str(error.value)
     assert message.startswith(str(stac)) and f"item 'bad': asset href {href!r}" in message
 
@@ -319,12 +328,12 @@ def test_stac_hrefs_that_are_allowed(tmp_path):
     stac = tmp_path / "items.json"
     stac.write_text(json.dumps({"type": "Feature", "id": "x", "assets": {"visual": {
         "href": "./tiles/../tiles/é 1.tif"}}}))
-    [scene] = inference.stac_scenes(stac)
+    [scene] = scene_sources.stac_scenes(stac)
     assert scene.location == str(tmp_path / "tiles" / "é 1.tif")
     for href in ("https://example.org/a.tif?sig=1", "http://example.org/a.tif", "s3://b/a.tif"):
         stac.write_text(json.dumps({"type": "Feature", "id": "x", "assets": {"visual": {
             "href": href}}}))
-        assert inference.stac_scenes(stac)[0].location == href
+        assert scene_sources.stac_scenes(stac)[0].location == href
 
 
 def test_user_keys_go_only_to_buckets_the_config_names(tiny_run, tmp_path, s3, monkeypatch):
@@ -344,9 +353,9 @@ def test_user_keys_go_only_to_buckets_the_config_names(tiny_run, tmp_path, s3, m
             "href": f"s3://{bucket}-imagery/s/scene.tif"}}} for bucket in ("named", "foreign")]}))
     config = {"inference": {"scenes": ["s3://named-imagery/other/", str(stac)]}, "datasets": {
         "d": {"format": "xview", "source": [{"url": "s3://public-data/x/"}]}}}  # anonymous
-    assert inference.buckets_named(config) == {"named-imagery"}
-    named, foreign = inference.direct_scenes(config["inference"]["scenes"], None,
-                                             inference.buckets_named(config))
+    assert scene_sources.buckets_named(config) == {"named-imagery"}
+    named, foreign = scene_sources.direct_scenes(config["inference"]["scenes"], None,
+                                             scene_sources.buckets_named(config))
     assert (named.anonymous, foreign.anonymous) == (False, True)
     for name, value in s3.env().items():
         monkeypatch.setenv(name, value)
@@ -378,8 +387,6 @@ def test_a_pre_signed_scene_url_is_used_whole_and_recorded_redacted(tiny_run, tm
     from NADIR_URLS (set by the workflow from the config). The server gets the whole URL; the
     log, the summary and every output hold no part of its secret; without NADIR_URLS the
     job stops with an error saying why."""
-    from nadir.cli import main
-
     from nadir.storage.urls import publish, redact
 
     served = tmp_path / "served"
@@ -390,16 +397,17 @@ def test_a_pre_signed_scene_url_is_used_whole_and_recorded_redacted(tiny_run, tm
     url = f"{server.url}/scene.tif?{secret}"
     weights, run_json = tiny_run
     out = tmp_path / "out"
-    arguments = ["predict", "--weights", str(weights), "--run", str(run_json), "--source",
-                 redact(url), "--scene-name", "scene", "--settings", "{}",
-                 *[a for k in OUTPUTS for a in (f"--{k}", str(out / f"d.{k}"))]]
+    def job():  # as the predict_scene rule's script calls it: the params hold the redacted URL
+        return inference.predict(weights, run_json, redact(url), "scene", False, {},
+                                 {k: out / f"d.{k}" for k in OUTPUTS})
+
     monkeypatch.delenv("NADIR_URLS", raising=False)
     try:
-        assert main(arguments) == 1
-        assert "recorded without its secret parts" in capsys.readouterr().err
+        with pytest.raises(NadirError, match="recorded without its secret parts"):
+            job()
         publish([url])
         with caplog.at_level(logging.INFO):
-            assert main(arguments) == 0
+            job()
     finally:
         server.stop()
     assert any(secret in path for path, _ in server.requests)

@@ -58,8 +58,7 @@ rule deadline:
 rule crash:
     output: "out/crash.txt"
     log: "logs/crash.log"
-    shell: "python -m nadir plot-loss --train-log missing.json --out {{output}} --title t "
-           "2> {{log}}"
+    script: "crash.py"
 
 rule fine:
     output: "out/fine.txt"
@@ -70,7 +69,13 @@ rule progress:
     log: "logs/progress.log"
     shell: "python progress.py {{output}} 2> {{log}}"
 '''
-# A job that logs progress to stderr as nadir's commands do, switching on their copy to stdout.
+# A rule's script as nadir's are (nadir.core.jobs.run_job), failing with a traceback.
+CRASH_SCRIPT = """
+from nadir.core.jobs import run_job
+from nadir.report import plot_loss_curve
+run_job(snakemake, lambda: plot_loss_curve("missing.json", snakemake.output[0], "t"))
+"""
+# A job that logs progress to stderr as nadir's jobs do, switching on their copy to stdout.
 PROGRESS_SCRIPT = """
 import logging, sys, time
 from nadir.core.log_tee import tee_stderr_if_asked
@@ -90,6 +95,7 @@ def workflow(tmp_path_factory) -> Path:
     directory.mkdir()
     (directory / "Snakefile").write_text(textwrap.dedent(SNAKEFILE))
     (directory / "progress.py").write_text(PROGRESS_SCRIPT)
+    (directory / "crash.py").write_text(CRASH_SCRIPT)
     subprocess.run(["git", "init", "-q"], cwd=directory, check=True)
     subprocess.run(["git", "add", "-A"], cwd=directory, check=True)
     return directory

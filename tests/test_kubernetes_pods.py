@@ -421,17 +421,19 @@ def test_log_tail_starts_at_the_last_traceback_when_it_is_near():
 
 @pytest.mark.parametrize("switched_on", [True, False])
 def test_nadir_copies_its_log_and_traceback_to_stdout_only_in_pods(tmp_path, switched_on):
-    """`python -m nadir ... 2> log`: the log file always gets everything; stdout (the pod's
-    output, what `kubectl logs` shows) gets a copy only with NADIR_TEE_STDERR=1."""
+    """A rule's script (nadir.core.jobs.run_job): the log file always gets everything; stdout
+    (the pod's output, what `kubectl logs` shows) gets a copy only with NADIR_TEE_STDERR=1."""
     env = {k: v for k, v in os.environ.items() if k != "NADIR_TEE_STDERR"}
     if switched_on:
         env["NADIR_TEE_STDERR"] = "1"
     log = tmp_path / "rule.log"
-    with open(log, "w") as stderr:
-        proc = subprocess.run([sys.executable, "-m", "nadir", "plot-loss", "--train-log",
-                               str(tmp_path / "missing.json"), "--out", str(tmp_path / "x.png"),
-                               "--title", "t"], stdout=subprocess.PIPE, stderr=stderr,
-                              text=True, env=env, timeout=120)
+    script = ("from types import SimpleNamespace; from nadir.core.jobs import run_job; "
+              "from nadir.report import plot_loss_curve; "
+              f"run_job(SimpleNamespace(log=[{str(log)!r}], rule='loss_curve'), "
+              f"lambda: plot_loss_curve({str(tmp_path / 'missing.json')!r}, 'x.png', 't'))")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True,
+                          text=True, env=env, timeout=120)
     assert proc.returncode == 1
     assert "FileNotFoundError" in log.read_text()
+    assert proc.stderr == ""  # all of it went to the log
     assert ("Traceback (most recent call last)" in proc.stdout) is switched_on

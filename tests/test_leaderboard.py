@@ -6,10 +6,10 @@ import csv
 import json
 
 import pytest
-from nadir.cli import main
 
 from nadir.core.errors import InputError, NadirError
 from nadir.core.named_inputs import input_name, run_owner
+from nadir.report import write_summary
 from nadir.report.costs import (
     JobCost,
     cost_inputs,
@@ -161,8 +161,7 @@ def test_summary_prints_the_leaderboard_and_total_cost(tmp_path, capsys):
     (tmp_path / "cost.csv").write_text(
         "rule,jobs,wall_seconds,cpu_hours,gpu_hours,peak_memory_mb,unmeasured_jobs\n"
         "train,1,3600,1.0,1.0,2048,0\ntotal,1,3600,1.0,1.0,2048,0\n")
-    assert main(["summary", "--leaderboard", str(tmp_path / "l.md"), "--cost",
-                 str(tmp_path / "cost.csv"), "--out", str(tmp_path / "summary.txt")]) == 0
+    write_summary(tmp_path / "l.md", tmp_path / "cost.csv", tmp_path / "summary.txt")
     printed = capsys.readouterr().out
     assert "| rank | model |" in printed
     assert "1 jobs, 3600 s wall-clock, 1.0 CPU-hours, 1.0 GPU-hours" in printed

@@ -214,11 +214,11 @@ def test_sample_pipeline_plans_one_model_of_each_new_family(tmp_path):
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     proc = run_snakemake(tmp_path / "work", "--configfile", str(path),
-                         "--replace-workflow-config", "-n", "-p")
+                         "--replace-workflow-config", "-n")
     jobs, out = planned_jobs(proc), proc.stdout + proc.stderr
     assert jobs["train"] == 5 and jobs["evaluate"] == 5 and jobs["fetch_weights"] == 1
-    assert "--file yolox_s.pth --out weights/yolox_s.pth" in out
-    assert "--pretrained-weights weights/yolox_s.pth" in out
+    assert "Fetching pretrained weights yolox_s.pth" in out
+    assert "weights/yolox_s.pth, " in out or "weights/yolox_s.pth\n" in out
     for model in ("detr_r50", "deformable_detr_r50", "yolox_s", "yolov3"):
-        assert f"--model {model} " in out
+        assert f"Training {model} on sample" in out
         assert f"results/sample/models/{model}/metrics.json" in out

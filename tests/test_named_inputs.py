@@ -46,7 +46,7 @@ def test_run_inputs_name_each_runs_files_and_files_by_run_reads_them_back():
 RULE_SCRIPT = """
 import sys
 from types import SimpleNamespace
-from nadir.cli import run_rule_script
+from nadir.core.jobs import run_job
 from nadir.core.errors import NadirError
 import logging
 
@@ -54,7 +54,7 @@ def job():
     logging.getLogger("nadir").info("reading the runs")
     raise NadirError(sys.argv[2])
 
-run_rule_script(SimpleNamespace(log=[sys.argv[1]], rule="leaderboard"), job)
+run_job(SimpleNamespace(log=[sys.argv[1]], rule="leaderboard"), job)
 """
 
 

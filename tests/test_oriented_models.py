@@ -9,10 +9,10 @@ import math
 import pytest
 import tiny_chips
 import torch
-from nadir.predict.inference import load_detector
 
 from nadir.config.catalogue import CATALOGUE
 from nadir.core.geometry import polygon_iou, rbox_to_polygon
+from nadir.train import window_detector
 from nadir.train.backends import get_backend
 from nadir.train.data import ShardChips, flip_rotate_points, random_flip_rotate
 from nadir.train.models.oriented_models import (
@@ -106,8 +106,9 @@ def test_a_few_iterations_on_tiny_chips_predict_polygons(tmp_path):
             if (a["image_id"], a["category_id"]) == (b["image_id"], b["category_id"]):
                 assert polygon_iou(a["polygon"], b["polygon"]) <= 0.5 + 1e-3
     # Inference on new imagery runs the same model on windows: same detections, polygons too.
-    detect, _ = load_detector(tmp_path / "out" / "model.pt", 64, score_threshold=0.0,
-                              max_detections=10)
+    detect, _, chip_params = window_detector(tmp_path / "out" / "model.pt",
+                                             score_threshold=0.0, max_detections=10)
+    assert chip_params.size == 64  # the chips it learnt from, as their manifest says
     coco = json.loads(data["coco"].read_text())
     chips = ShardChips(data["coco"], [data["shard"]])
     windows = [(chips[i][0] * 255).round().to(torch.uint8).numpy() for i in range(len(chips))]

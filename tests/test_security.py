@@ -1,7 +1,7 @@
 """Untrusted input never runs code and never makes nadir read what it should not: the name rule
-and where it holds (manifests and chip lists read back), every rule's shell command, the issue's
-zip attack run through Snakemake, the raster opener's roles and bounds, and how weights files
-are read. The cases a user meets as bad input (a hostile archive name, VRT rasters, absurd
+and where it holds (manifests and chip lists read back), rules that run no shell command, the
+issue's zip attack run through Snakemake, the raster opener's roles and bounds, and how weights
+files are read. The cases a user meets as bad input (a hostile archive name, VRT rasters, absurd
 sizes, corrupt tiles, pickle payloads, changed weights) are in the fault matrix
 (tests/test_faults.py); tests/hostile.py builds the hostile inputs of both. docs/security.md
 lists which test shows which rule.
@@ -9,7 +9,6 @@ lists which test shows which rule.
 
 from __future__ import annotations
 
-import ast
 import io
 import json
 import pickle
@@ -23,13 +22,13 @@ import numpy as np
 import pytest
 import yaml
 from conftest import ROOT, TEST_CONFIG, run_snakemake
-from dataset_builders import index_tables, make_dota, write_geotiff
+from dataset_builders import index_tables, make_dota
 
 from nadir.chip.shard import images_by_scene
 from nadir.core.errors import InputError
 from nadir.core.names import check_name, check_relative_path, safe_name
-from nadir.datasets.tables import SceneSource, image_header, index_sample
 from nadir.fetch import fetch_dataset, read_scene_manifest
+from nadir.raster.opener import image_header
 from nadir.storage.download import FetchSettings
 from nadir.storage.shards import read_chip_list
 
@@ -131,86 +130,45 @@ def test_detectron2_unpacking_refuses_a_chip_name_that_leaves_its_folder(tmp_pat
     assert not list(tmp_path.rglob("x.png"))
 
 
-def test_sample_index_names_its_scenes_by_the_rule(tmp_path):
-    image = tmp_path / "a b.tif"
-    write_geotiff(image, np.zeros((8, 8, 3), np.uint8))
-    with pytest.raises(InputError, match=r"scene name 'a b' is refused"):
-        index_sample([SceneSource("a b", "train", image, tmp_path / "a b.txt")], ["plane"],
-                     index_tables(tmp_path / "index"))
+# --- rules call code through scripts, never a shell -------------------------------------------
+
+def rule_directives(text: str) -> dict[str, list[str]]:
+    """Every rule's (and checkpoint's) directives in the text of a rule file, by rule name:
+    the names of the directives it sets (`input`, `script`, ...)."""
+    rules: dict[str, list[str]] = {}
+    rule = None
+    for line in text.splitlines():
+        if header := re.match(r"(?:rule|checkpoint)\s+(\w+)\s*:", line):
+            rule = header.group(1)
+            rules[rule] = []
+        elif rule and (directive := re.match(r"    (\w+):", line)):
+            rules[rule].append(directive.group(1))
+        elif line and not line.startswith((" ", "#")):
+            rule = None
+    return rules
 
 
-# --- shell commands ---------------------------------------------------------------------------
-
-def shell_templates() -> dict[str, str]:
-    """Every rule's `shell:` command template, by rule name, read from workflow/rules."""
-    templates = {}
-    for path in sorted((ROOT / "workflow" / "rules").glob("*.smk")):
-        lines = path.read_text().splitlines()
-        rule = None
-        for n, line in enumerate(lines):
-            header = re.match(r"\s*(?:rule|checkpoint)\b\s*(\w+)?\s*:", line)
-            if header:
-                rule = header.group(1) or f"{path.stem}-rule-{n}"
-            if line.strip() != "shell:":
-                continue
-            parts = []
-            for following in lines[n + 1:]:
-                if not following.strip().startswith('"'):
-                    break
-                parts.append(following.strip())
-            templates[rule] = ast.literal_eval("(" + " ".join(parts) + ")")
-    return templates
+RULES = {rule: directives for path in sorted((ROOT / "workflow" / "rules").glob("*.smk"))
+         for rule, directives in rule_directives(path.read_text()).items()}
 
 
-TEMPLATES = shell_templates()
-HOSTILE = "a b$(touch PWNED1);touch PWNED2 `touch PWNED3` 'x\"|touch PWNED4&\n"
+def test_every_rule_with_work_runs_a_script_and_none_a_shell_command():
+    """Nothing a rule hands its job is ever parsed by a shell: values from data (scene names,
+    paths, URLs) reach the stage functions as Python objects (snakemake.input, params), so
+    no quoting can fail. `all` and `predict` only collect targets."""
+    assert {"fetch", "index", "chip", "train", "predict_scene", "leaderboard"} <= set(RULES)
+    doing_work = {rule: directives for rule, directives in RULES.items()
+                  if rule not in ("all", "predict")}
+    assert [rule for rule, d in doing_work.items() if "script" not in d] == []
+    assert [rule for rule, d in RULES.items() if {"shell", "run"} & set(d)] == []
+    scripts = {p.stem for p in (ROOT / "workflow" / "scripts").glob("*.py")}
+    assert scripts == set(doing_work)  # one script per rule, named as the rule
 
 
-def test_every_rule_with_a_shell_command_is_checked():
-    assert len(TEMPLATES) >= 18 and {"chip", "index", "fetch", "train", "predict_scene",
-                                     "coco", "chip_manifest"} <= set(TEMPLATES)
-
-
-@pytest.mark.parametrize("rule", sorted(TEMPLATES))
-def test_every_field_of_every_shell_command_is_quoted(rule):
-    """Each field `{...}` ends in `:q`: paths and option lists reach the command as arguments
-    whatever characters they hold."""
-    fields = re.findall(r"\{([^{}]*)\}", TEMPLATES[rule])
-    assert fields and [f for f in fields if not f.endswith(":q")] == []
-
-
-class Hostile(list):
-    """Any attribute of it (`input.images`, `params.s3`, `wildcards.scene`) is a list holding
-    HOSTILE, like Snakemake's named lists."""
-
-    def __getattr__(self, name):
-        return Hostile([HOSTILE])
-
-
-@pytest.mark.parametrize("rule", sorted(TEMPLATES))
-def test_hostile_values_in_every_field_run_nothing_and_arrive_whole(rule, tmp_path):
-    """Snakemake's own formatter fills the rule's template with HOSTILE in every field, and
-    bash runs it with a command that prints its arguments: nothing else runs (no PWNED file),
-    and every field arrives as one argument holding HOSTILE unchanged."""
-    from snakemake.utils import format as snakemake_format
-
-    printer = [sys.executable, "-c", "import json, sys; print(json.dumps(sys.argv[1:]))"]
-    # Every name the template uses but NADIR and threads: the rule's own (input, params, ...)
-    # and the workflow's globals (RASTER_LIMIT, FETCH_SETTINGS, ...).
-    names = {re.split(r"[.:\[]", field)[0]
-             for field in re.findall(r"\{([^{}]*)\}", TEMPLATES[rule])} - {"NADIR", "threads"}
-    values = {name: Hostile([HOSTILE]) for name in names}
-    command = snakemake_format(TEMPLATES[rule], NADIR=printer, threads=2, **values)
-    proc = subprocess.run(["bash", "-c", command], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=60)
-    assert proc.returncode == 0, proc.stderr
-    assert not list(tmp_path.glob("PWNED*"))
-    arguments = json.loads(proc.stdout)
-    fields = [f for f in re.findall(r"\{([^{}]*)\}", TEMPLATES[rule].split(" 2> ")[0])
-              if f not in ("NADIR:q", "threads:q")]
-    # Fields joined by '/' (the checkpoint folder) make one argument of several HOSTILEs.
-    assert sum(a.count(HOSTILE) for a in arguments) == len(fields)
-    assert all(a.replace(HOSTILE, "").strip("/") == "" for a in arguments if HOSTILE in a)
+def test_the_rule_reader_sees_a_shell_command():
+    """The control: the reader finds a rule's directives, a shell command included."""
+    text = "rule x:\n    input:\n        'a'\n    shell:\n        'echo {input}'\n"
+    assert rule_directives(text) == {"x": ["input", "shell"]}
 
 
 def dota_config(tmp_path: Path, sources: dict[str, Path]) -> Path:
@@ -335,13 +293,12 @@ def test_the_payload_runs_when_unpickled_plainly(tmp_path):
 
 def test_model_files_and_checkpoints_with_a_payload_are_refused(tmp_path):
     """model.pt and checkpoints (maybe from shared storage) are read the same way."""
-    from nadir.predict.inference import load_detector
-
+    from nadir.train import window_detector
     from nadir.train.backends import backend_of_weights
 
     marker = tmp_path / "ran"
     weights = hostile.torch_payload(tmp_path / "model.pt", marker)
-    for read in (backend_of_weights, lambda w: load_detector(w, 64, 0.3, 10)):
+    for read in (backend_of_weights, lambda w: window_detector(w, 0.3, 10)):
         with pytest.raises(InputError, match=r"model\.pt: refused: it holds pickled objects"):
             read(weights)
     assert not marker.exists()

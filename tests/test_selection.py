@@ -9,7 +9,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from nadir.train.checkpoints import open_store
-from nadir.train.torchvision_backend import TorchvisionBackend
+from nadir.train.loop import LoopBackend
 
 MODEL = "ssdlite320_mobilenet_v3_large"
 
@@ -20,7 +20,7 @@ def test_selection_scores_pick_the_best_weights_and_reach_tensorboard(tmp_path):
     store = open_store(str(tmp_path / "checkpoints"))
     job = tiny_chips.train_job(data, MODEL, hp, tmp_path / "run", checkpoints=store,
                                checkpoint_every=2, selection_json=data["coco"])
-    result = TorchvisionBackend().train(job)
+    result = LoopBackend().train(job)
 
     log = json.loads((tmp_path / "run" / "train_log.json").read_text())
     scored = [e for e in log if "selection_AP" in e]

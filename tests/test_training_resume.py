@@ -1,7 +1,7 @@
 """Checkpoints and resume: a killed run continues where it stopped and ends with the same weights.
 
-Every run here is `nadir train` in a subprocess on a tiny dataset the test builds (64 px chips,
-SSDlite, one thread, CPU), so what is tested is what the train rule runs.
+Every run here is the train job in a subprocess (tests/train_job.py) on a tiny dataset the test
+builds (64 px chips, SSDlite, one thread, CPU), so what is tested is what the train rule runs.
 """
 
 from __future__ import annotations
@@ -34,17 +34,17 @@ ROOT = Path(__file__).resolve().parents[1]
 MODEL = "ssdlite320_mobilenet_v3_large"
 
 
-def train_command(data: dict, out_dir: Path, hp: dict, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "nadir", "train", "--dataset", "tiny", "--model", MODEL,
-            "--hp", json.dumps(hp), "--train", str(data["coco"]),
-            "--manifest", str(data["manifest"]), "--shards", str(data["shard"]),
-            *output_options(out_dir), "--threads", "1", *extra]
-
-
-def output_options(out_dir: Path) -> list[str]:
-    return ["--weights-out", str(out_dir / "model.pt"), "--train-log",
-            str(out_dir / "train_log.json"), "--run", str(out_dir / "run.json"),
-            "--resolved-config", str(out_dir / "resolved_config.json")]
+def train_command(data: dict, out_dir: Path, hp: dict, checkpoints: str | None = None,
+                  every: int = 0, keep: int = 2) -> list[str]:
+    """The train job in a process of its own (tests/train_job.py), as the rule runs it."""
+    job = {"dataset": "tiny", "model": MODEL, "hp": hp, "train": str(data["coco"]),
+           "manifest": str(data["manifest"]), "shards": [str(data["shard"])],
+           "weights": str(out_dir / "model.pt"), "train_log": str(out_dir / "train_log.json"),
+           "run_record": str(out_dir / "run.json"),
+           "resolved_config": str(out_dir / "resolved_config.json"),
+           "checkpoints": {"every": every, "keep": keep}, "checkpoint_folder": checkpoints,
+           "threads": 1}
+    return [sys.executable, str(ROOT / "tests" / "train_job.py"), json.dumps(job)]
 
 
 def run_env(extra: dict | None = None) -> dict:
@@ -91,13 +91,11 @@ def uninterrupted(data, tmp_path_factory):
 def test_other_settings_never_resume_a_stale_checkpoint(data, tmp_path):
     checkpoints = tmp_path / "checkpoints"
     hp = tiny_chips.hyperparameters(iterations=4)
-    first = train_command(data, tmp_path / "a", hp | {"iterations": 40}, "--checkpoints",
-                          str(checkpoints),
-                          "--checkpoint-every", "1")
+    first = train_command(data, tmp_path / "a", hp | {"iterations": 40}, str(checkpoints),
+                          every=1)
     kill_after_first_checkpoint(first, run_env(), tmp_path / "a.log",
                                 local_checkpoints(checkpoints))
-    changed = train_command(data, tmp_path / "b", hp, "--checkpoints",
-                            str(checkpoints), "--checkpoint-every", "100")
+    changed = train_command(data, tmp_path / "b", hp, str(checkpoints), every=100)
     rerun = subprocess.run(changed, env=run_env(), capture_output=True, text=True, timeout=900)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert "starting at iteration 0" in rerun.stderr
@@ -154,13 +152,12 @@ def test_killed_run_resumes_from_its_s3_checkpoint_to_the_same_weights(data, uni
     client = s3.client()
     client.create_bucket(Bucket=bucket)
     env = run_env({"SNAKEMAKE_STORAGE_S3_ACCESS_KEY": s3.access_key,
-                   "SNAKEMAKE_STORAGE_S3_SECRET_KEY": s3.secret_key})
+                   "SNAKEMAKE_STORAGE_S3_SECRET_KEY": s3.secret_key,
+                   "NADIR_STORAGE_S3_ENDPOINT": s3.endpoint})
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL"):
         env.pop(name, None)  # the keys must come from Snakemake's variables
     out = tmp_path / "out"
-    command = train_command(data, out, hp, "--checkpoints", f"s3://{bucket}/runs/tiny/{MODEL}",
-                            "--checkpoint-every", "3", "--checkpoint-keep", "1",
-                            "--s3-endpoint", s3.endpoint)
+    command = train_command(data, out, hp, f"s3://{bucket}/runs/tiny/{MODEL}", every=3, keep=1)
 
     def uploaded() -> list[str]:
         listing = client.list_objects_v2(Bucket=bucket, Prefix="runs/tiny/")
@@ -268,13 +265,13 @@ def test_resume_continues_the_random_stream_of_a_sampling_model(tmp_path, monkey
     must continue that stream where the checkpoint left it. (At 64 px there are fewer anchors
     than samples, every candidate is taken and the stream would not matter: hence 192 px. With
     64 proposals it still samples 32 of them per image.)"""
-    from nadir.train.torchvision_backend import TorchvisionBackend
+    from nadir.train.loop import LoopBackend
 
     model = "fasterrcnn_mobilenet_v3_large_fpn"
     tiny_chips.use_few_regions(monkeypatch, model)
     hp = tiny_chips.hyperparameters(iterations=4, log_interval=2, amp=False)
     reference, resumed, resumed_from = train_interrupted_and_uninterrupted(
-        TorchvisionBackend(), model, hp, tmp_path,
+        LoopBackend(), model, hp, tmp_path,
         checkpoint_every=2, size=192)
     assert resumed_from == 2
     assert_same_run(reference, resumed)

@@ -20,7 +20,16 @@ def config_file(tmp_path: Path, **changes) -> Path:
 
 def dry_run(tmp_path: Path, config: Path, *extra: str, env: dict | None = None):
     return run_snakemake(tmp_path / "work", "--configfile", str(config),
-                         "--replace-workflow-config", "-n", "-p", *extra, env=env)
+                         "--replace-workflow-config", "-n", *extra, env=env)
+
+
+def job_lines(output: str, message: str) -> str:
+    """The planned job whose message starts with `message`, and its reason (the inputs other
+    jobs make)."""
+    lines = output.splitlines()
+    found = [i for i, line in enumerate(lines) if message in line]
+    assert found, f"no job {message!r} in {output[-2000:]}"
+    return "\n".join(lines[found[0]:found[0] + 2])
 
 
 def test_pretrained_models_fetch_each_weights_file_once(tmp_path):
@@ -33,9 +42,15 @@ def test_pretrained_models_fetch_each_weights_file_once(tmp_path):
     jobs, out = planned_jobs(proc), proc.stdout + proc.stderr
     # Two ResNet-50 detectors share one download; ResNet-18 is the other; SSDlite needs none.
     assert jobs["fetch_weights"] == 2 and jobs["train"] == 4
-    assert "--pretrained-weights weights/resnet50-0676ba61.pth" in out
-    assert "--file resnet18-f37072fd.pth --out weights/resnet18-f37072fd.pth" in out
-    assert "--checkpoints checkpoints/sample/fcos_resnet18_fpn --checkpoint-every 100" in out
+    # Each detector trains on the weights file its download writes, with the record beside it.
+    for model, weights in (("fasterrcnn_resnet50_fpn_v2", "resnet50-0676ba61.pth"),
+                           ("retinanet_resnet50_fpn_v2", "resnet50-0676ba61.pth"),
+                           ("fcos_resnet18_fpn", "resnet18-f37072fd.pth")):
+        job = job_lines(out, f"Training {model} on sample")
+        assert f"weights/{weights}," in job and f"weights/{weights}.json" in job
+    assert "weights/" not in job_lines(out, "Training ssdlite320_mobilenet_v3_large on sample")
+    assert "Fetching pretrained weights resnet18-f37072fd.pth" in out
+    assert "checkpoints in checkpoints/sample/fcos_resnet18_fpn" in out
 
 
 def test_weights_a_model_does_not_offer_stop_the_run_before_any_job(tmp_path):
@@ -53,7 +68,6 @@ def test_s3_storage_puts_checkpoints_under_the_storage_prefix(tmp_path, s3):
                    "--default-storage-prefix", "s3://nadir-wiring/run1",
                    "--storage-s3-endpoint-url", s3.endpoint, env=s3.env())
     out = proc.stdout + proc.stderr
-    assert ("--checkpoints s3://nadir-wiring/run1/checkpoints/sample/"
+    assert ("checkpoints in s3://nadir-wiring/run1/checkpoints/sample/"
             "ssdlite320_mobilenet_v3_large") in out
-    assert f"--s3-endpoint {s3.endpoint}" in out
     assert s3.secret_key not in out and s3.access_key not in out

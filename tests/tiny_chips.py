@@ -20,10 +20,11 @@ CATEGORIES = [{"id": 1, "name": "red-square"}, {"id": 2, "name": "blue-bar"}]
 
 
 def build(directory: Path, chips: int = 4, size: int = 64, seed: int = 0,
-          category_ids: tuple[int, int] = (1, 2)) -> dict[str, Path]:
+          category_ids: tuple[int, int] = (1, 2), overlap: int = 0) -> dict[str, Path]:
     """Write shard-000.tar, coco.json and manifest.json under `directory`; return their paths.
 
-    `category_ids` renumbers the two classes (datasets such as xView number them with gaps).
+    `category_ids` renumbers the two classes (datasets such as xView number them with gaps);
+    the manifest records the chips as cut `size` px with `overlap`.
     """
     rng = np.random.default_rng(seed)
     directory.mkdir(parents=True, exist_ok=True)
@@ -54,7 +55,7 @@ def build(directory: Path, chips: int = 4, size: int = 64, seed: int = 0,
     coco.write_text(json.dumps({"images": images, "annotations": annotations,
                                 "categories": categories}))
     manifest = directory / "manifest.json"  # the chip manifest: what training reads of it
-    params = ChipParams(size=size, overlap=0, image_format="png").to_record()
+    params = ChipParams(size=size, overlap=overlap, image_format="png").to_record()
     manifest.write_text(json.dumps({"params": params, "chips": chips, "seed": seed}))
     return {"shard": shard, "coco": coco, "manifest": manifest}
 

@@ -23,8 +23,6 @@ checkpoint fetch:
         spec=lambda w: fetch_spec(w.dataset),
     log:
         "logs/{dataset}/fetch.log",
-    benchmark:
-        "results/benchmarks/{dataset}/fetch.tsv"
     message:
         "Fetching the sources of dataset {wildcards.dataset}"
     script:

@@ -89,6 +89,8 @@ rule train:
     benchmark:
         "results/benchmarks/{dataset}/train-{model}.tsv"
     message:
-        "Training {wildcards.model} on {wildcards.dataset}"
+        # Where the run's checkpoints go (the script finds them there too).
+        f"Training {{wildcards.model}} on {{wildcards.dataset}}, checkpoints in "
+        f"{config['checkpoints']['location']}/{{wildcards.dataset}}/{{wildcards.model}}"
     script:
         "../scripts/train.py"

@@ -58,6 +58,8 @@ def _rows(properties: dict, required: list[str], prefix: str) -> list[str]:
     for name, prop in properties.items():
         prop = {**prop, "_required": name in required}
         description = " ".join(prop.get("description", "").split()).replace("|", "\\|")
+        if prop.get("x-jobs"):
+            description += f" Changing it reruns: {', '.join(prop['x-jobs'])}."
         rows.append(f"| `{prefix}{name}` | {_type(prop)} | {_default(prop)} | {description} |")
         if "properties" in prop:
             rows += _rows(prop["properties"], prop.get("required", []), f"{prefix}{name}.")

@@ -83,11 +83,12 @@ class InferenceSettings:
         return cls(**values)
 
 
-def window_chips(src, params: ChipParams,
-                 counts: WindowCounts) -> Iterator[tuple[Window, np.ndarray]]:
+def window_chips(src, params: ChipParams, counts: WindowCounts,
+                 scene: str | None = None) -> Iterator[tuple[Window, np.ndarray]]:
     """(window, chip) for every usable window of an open scene in row-major order, each chip
-    exactly as chipping made it (bands, stretch, nodata set to `pad_value`, edges padded)."""
-    radiometry = Radiometry(src, params, Path(src.name).stem)
+    exactly as chipping made it (bands, stretch, nodata set to `pad_value`, edges padded).
+    `scene` names the scene in read errors (default: the file's name)."""
+    radiometry = Radiometry(src, params, scene or Path(src.name).stem)
     reader = WindowReader(src, radiometry.bands, params.size, scene=radiometry.scene)
     log.info("%d x %d px, %d band(s) %s, %s, windows of %d px", src.width, src.height,
              src.count, src.dtypes[0], reader.description, params.size)
@@ -197,7 +198,8 @@ def detect_scene(source: SceneSource, params: ChipParams, detector: WindowDetect
             log.info("scene %s from %s%s", source.name, shown,
                      " (anonymously)" if source.anonymous else "")
             quicklook = QuickLook(src.width, src.height, settings.quicklook_size)
-            batches = batched(window_chips(src, params, counts), settings.batch_size)
+            batches = batched(window_chips(src, params, counts, source.name),
+                              settings.batch_size)
             for batch in prefetched(batches) if read_ahead else batches:
                 for (window, chip), found in zip(batch, detector([c for _, c in batch]),
                                                  strict=True):
