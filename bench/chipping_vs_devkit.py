@@ -12,7 +12,7 @@ generator of bench/chipping.py) with its DOTA label file, then runs, each in its
 - devkit: `ImgSplit.splitbase(gap=200, subsize=1024, thresh=0.7, ext=".png").splitdata(1)`
   (it loads the whole image with OpenCV, then writes every window as a PNG chip and a label
   file), on one core: it has no threads;
-- nadir: `nadir.chip.chipping.chip_shard` with the same windows and threshold, keeping every chip
+- nadir: `nadir.chip.shard.chip_shard` with the same windows and threshold, keeping every chip
   (`empty_keep` 1, as the devkit writes every window), PNG and JPEG (quality 90) chips, with
   `threads` 1 on one core and 2 on two (`taskset`), as `snakemake --cores N` gives a job.
 
@@ -110,7 +110,8 @@ def run_nadir(root: Path, out: Path, image_format: str, threads: int, args) -> i
 def encoding_loop(repeats: int = 150) -> float:
     """Seconds to PNG-encode one fixed noisy 1,024 px RGB chip `repeats` times."""
     import numpy as np
-    from nadir.chip.chipping import encode_png
+
+    from nadir.chip.encode import encode_png
 
     chip = np.random.default_rng(0).integers(0, 256, (3, 1024, 1024), dtype=np.uint8)
     started = time.perf_counter()

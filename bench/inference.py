@@ -4,7 +4,7 @@ against SAHI's sliced prediction when SAHI can be imported.
 Generates a large 3-band uint8 scene (bench/chipping.py's generator: tiled, deflate), then runs
 each variant in its own subprocess so that its peak resident memory (VmHWM) can be measured:
 
-- nadir: `nadir.predict.inference.detect_scene` (windows read from the file with chipping's
+- nadir: `nadir.predict.detect.detect_scene` (windows read from the file with chipping's
   reader, the next batch read while the model runs, scene merge with class-wise NMS).
 - baseline: reads the whole scene into one array (as OpenCV's imread would), slices the same
   windows out of it, runs the same detector on the same batches and the same merge.
@@ -54,15 +54,18 @@ def vm(field: str) -> int:
     raise KeyError(field)
 
 
-def save_model(path: Path, window: int) -> None:
-    """An untrained SSDlite saved as a training run saves it (throughput needs no training)."""
+def save_model(path: Path, window: int, overlap: int) -> None:
+    """An untrained SSDlite saved as a training run saves it, with the chip parameters
+    inference cuts its windows with (throughput needs no training)."""
     import torch
 
+    from nadir.raster.chip_params import ChipParams
     from nadir.train.models import build_detector
 
     torch.manual_seed(0)
     model = build_detector(MODEL, len(CATEGORIES), window)
-    torch.save({"model": MODEL, "num_classes": len(CATEGORIES), "image_size": window,
+    chipping = ChipParams(size=window, overlap=overlap).to_record()
+    torch.save({"model": MODEL, "num_classes": len(CATEGORIES), "chipping": chipping,
                 "categories": CATEGORIES, "state_dict": model.state_dict()}, path)
 
 
@@ -70,19 +73,17 @@ def detector_for(args):
     """The detector every variant calls."""
     if args.detector == "none":
         return lambda chips: [[] for _ in chips]
-    from nadir.predict.inference import load_detector
+    from nadir.train import window_detector
 
-    detect, _ = load_detector(Path(args.weights), args.window, 0.3, 100, args.threads)
+    detect, _, _ = window_detector(Path(args.weights), 0.3, 100, args.threads)
     return detect
 
 
 def run_nadir(args) -> dict:
-    from nadir.predict.inference import reads_ahead
-
     from nadir.predict import InferenceSettings, SceneSource
-    from nadir.predict.detect import detect_scene
+    from nadir.predict.detect import detect_scene, reads_ahead
     from nadir.raster.chip_params import ChipParams
-    from nadir.train.loop import device_name
+    from nadir.train import device_name
 
     params = ChipParams(size=args.window, overlap=args.overlap)
     detect = detector_for(args)
@@ -93,7 +94,7 @@ def run_nadir(args) -> dict:
     result = detect_scene(source, params, detect, InferenceSettings(batch_size=args.batch_size),
                           threads=args.threads,
                           read_ahead=args.detector == "none" or reads_ahead(source, device_name()))
-    return {"windows": result.counts.read, "seconds": time.perf_counter() - started,
+    return {"windows": result.windows["read"], "seconds": time.perf_counter() - started,
             "detections": len(result.detections), "settled_rss": settled}
 
 
@@ -101,7 +102,7 @@ def run_baseline(args) -> dict:
     import rasterio
     from rasterio.windows import Window
 
-    from nadir.evaluate.scenes import merge_overlaps, to_scene_coordinates
+    from nadir.protocols.scenes import merge_overlaps, to_scene_coordinates
     from nadir.raster.chip_params import ChipParams
     from nadir.raster.windows import window_offsets
 
@@ -222,7 +223,7 @@ def main() -> None:
         generate_scene(scene, args.size, "tiled", scene_objects(args.size, args.size // 20, 0), 0)
     weights = work / f"model-{args.window}.pt"
     if not weights.exists():
-        save_model(weights, args.window)
+        save_model(weights, args.window, args.overlap)
     variants = ["nadir", "baseline"] + (["sahi"] if args.sahi_path else [])
     results: dict[str, dict] = {}
     print(f"load average {os.getloadavg()[0]:.2f} before", flush=True)

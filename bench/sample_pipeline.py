@@ -48,9 +48,12 @@ def timed(cmd: list[str], cwd: Path, env: dict | None = None) -> float:
 
 
 def start_up_seconds(repeats: int = 3) -> dict[str, float]:
-    """What every job pays before it works: the interpreter, and nadir's CLI with torch."""
+    """What every job pays before it works: the interpreter, the frame of a rule's script
+    (Snakemake's preamble and nadir's job frame), and torch for the jobs that need it."""
+    script_frame = ("from snakemake.logging import logger; "
+                    "from snakemake.iocontainers import Snakemake; import nadir.core.jobs")
     probes = {"python -c pass": [sys.executable, "-c", "pass"],
-              "python -m nadir --help": [sys.executable, "-m", "nadir", "--help"],
+              "a rule's script frame": [sys.executable, "-c", script_frame],
               "import torch, torchvision": [sys.executable, "-c", "import torch, torchvision"]}
     return {name: min(timed(cmd, ROOT) for _ in range(repeats)) for name, cmd in probes.items()}
 

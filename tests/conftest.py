@@ -17,7 +17,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "tests"))
-# As `nadir` sets it for every command (cli.main): tests that train in the pytest process would
+# As every nadir job sets it (nadir.core.jobs): tests that train in the pytest process would
 # otherwise spin idle OpenMP threads, which under pytest-xdist's two workers on two cores made
 # each worker several times slower. OpenMP reads it when torch is first imported, after this.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -138,14 +138,15 @@ def local_run_config() -> dict:
     pixels, that inference reads from the scene: tests/test_pipeline.py compares the two."""
     config = json.loads(json.dumps(TEST_CONFIG))
     config["chipping"] |= {"image_format": "png", "empty_keep": 1.0}
-    evaluation = {"score_threshold": 0.01, "max_detections": 100, "batch_size": 8,
+    evaluation = {"score_threshold": 0.01, "max_detections": 100, "batch_size": 3,
                   "scene_nms_iou": 0.3}
     config["evaluation"] = evaluation
+    # Inference applies the model as evaluation does (its batch size, detections per window
+    # and merge); it keeps what evaluation scores from the same score on.
     config["inference"] = {
         "runs": [INFERENCE_RUN],
-        "scenes": [f"raw/sample/val/images/{s}.tif" for s in VAL_SCENES],
-        "score_threshold": evaluation["score_threshold"], "nms_iou": evaluation["scene_nms_iou"],
-        "max_detections": evaluation["max_detections"], "batch_size": 3}
+        "scenes": [f"raw/sample/files/01-val/images/{s}.tif" for s in VAL_SCENES],
+        "score_threshold": evaluation["score_threshold"]}
     return config
 
 

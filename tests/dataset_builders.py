@@ -3,6 +3,7 @@ and a local HTTP server (Range, If-Range, and injected faults) to fetch them."""
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import os
@@ -26,7 +27,13 @@ import numpy as np
 import yaml
 
 from nadir.datasets.sample import generate_scene
-from nadir.datasets.tables import IndexTables
+from nadir.datasets.tables import (
+    ANNOTATION_FIELDS,
+    IndexTables,
+    format_polygon,
+    write_categories,
+    write_scene_table,
+)
 
 XVIEW_IDS = {"plane": 11, "storage-tank": 86, "small-vehicle": 18}
 DATASETS_DOC = Path(__file__).resolve().parents[1] / "docs" / "datasets.md"
@@ -36,6 +43,21 @@ def index_tables(folder: Path) -> IndexTables:
     """The index's four files under their usual names in one folder."""
     return IndexTables(folder / "scenes.csv", folder / "annotations.csv",
                        folder / "categories.json", folder / "summary.json")
+
+
+def write_index_tables(folder: Path, scenes: list[dict], annotations: list, classes: list[str]):
+    """The index's tables of the given scenes and annotations (nadir.datasets.tables.Annotation)
+    in `folder`, as the index writes them."""
+    tables = index_tables(folder)
+    tables.make_folders()
+    write_scene_table(tables.scenes, scenes)
+    with open(tables.annotations, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(ANNOTATION_FIELDS)
+        writer.writerows([a.scene, a.object, a.category, a.difficult,
+                          format_polygon(a.polygon)] for a in annotations)
+    write_categories(tables.categories, classes)
+    return tables
 
 
 def docs_datasets() -> dict[str, dict]:

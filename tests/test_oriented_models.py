@@ -9,9 +9,10 @@ import math
 import pytest
 import tiny_chips
 import torch
+from polygons import polygon_iou
 
 from nadir.config.catalogue import CATALOGUE
-from nadir.core.geometry import polygon_iou, rbox_to_polygon
+from nadir.core.geometry import rbox_to_polygon
 from nadir.train import window_detector
 from nadir.train.backends import get_backend
 from nadir.train.data import ShardChips, flip_rotate_points, random_flip_rotate

@@ -19,6 +19,7 @@ import rasterio
 import rasterio.crs
 import rasterio.warp
 import shapely
+import torch
 from conftest import (
     INFERENCE_RUN,
     RUN_JOBS,
@@ -50,12 +51,18 @@ def test_run_produces_leaderboard_and_per_run_files(finished_run):
     with open(workdir / "results" / "leaderboard.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert [(r["dataset"], r["model"], r["rank"]) for r in rows] == [("sample", MODEL, "1")]
-    assert 0.0 <= float(rows[0]["AP50"]) <= 1.0
     assert int(rows[0]["iterations"]) == TEST_CONFIG["training"]["iterations"]
-    # The sample is DOTA-format: DOTA's task-2 protocol scores it; task 1 needs an oriented
-    # model, so its column stays empty for this one.
-    assert 0.0 <= float(rows[0]["dota_task2_map"]) <= 1.0 and rows[0]["dota_task1_map"] == ""
     run_dir = workdir / "results" / "sample" / "models" / MODEL
+    # The row carries the run's own scores: chip AP50 from metrics.json, scene AP and DOTA's
+    # task-2 mAP from scene_metrics.json (the sample is DOTA-format; task 1 needs an oriented
+    # model, so its column stays empty for this one).
+    chip = json.loads((run_dir / "metrics.json").read_text())
+    scene = json.loads((run_dir / "scene_metrics.json").read_text())
+    assert float(rows[0]["AP50"]) == pytest.approx(chip["metrics"]["AP50"], abs=1e-4)
+    assert float(rows[0]["scene_AP"]) == pytest.approx(scene["metrics"]["AP"], abs=1e-4)
+    assert float(rows[0]["dota_task2_map"]) == pytest.approx(
+        scene["protocols"]["dota_task2"]["map"], abs=1e-4)
+    assert rows[0]["dota_task1_map"] == ""
     classes = [c["name"] for c in json.loads(
         (workdir / "results/sample/index/categories.json").read_text())]
     with zipfile.ZipFile(run_dir / "submission.zip") as archive:
@@ -141,7 +148,7 @@ def test_bad_label_line_fails_with_file_and_line_and_keeps_results(finished_run,
     workdir = tmp_path / "copy"
     shutil.copytree(finished_run[0], workdir, symlinks=True)
     args = write_config(tmp_path / "config.yaml")
-    label = workdir / "raw" / "sample" / "train" / "labelTxt" / "T0001.txt"
+    label = workdir / "raw" / "sample" / "files" / "00-train" / "labelTxt" / "T0001.txt"
     lines = label.read_text().splitlines()
     lines[3] = "1 2 3 4 5 6 7 plane 0"
     label.write_text("\n".join(lines) + "\n")
@@ -180,7 +187,7 @@ def test_sample_pipeline_report_has_every_figure_and_opens_offline(local_sample_
                   for p in (workdir / "results/benchmarks").rglob("*.tsv")} - {
         f"inference/sample/{MODEL}/{scene}.tsv" for scene in VAL_SCENES}
     assert {"cost.tsv", "summary.tsv", "sample/evaluate_scenes-ssdlite320_mobilenet_v3_large.tsv",
-            "sample/generate_sample.tsv"} <= benchmarks
+            "sample/dataset_stats.tsv"} <= benchmarks
     assert int(cost["total"]["jobs"]) == len(benchmarks) - 2 == 15
     assert cost["train"]["jobs"] == "1" and cost["chip"]["jobs"] == "2"
     with open(workdir / "results/leaderboard.csv", newline="") as fh:
@@ -245,7 +252,7 @@ def test_inference_features_equal_scene_evaluation_merge(finished_run):
                           for d in scene_predictions["detections"] if d["image_id"] == id_of[scene])
         out = workdir / f"results/inference/{INFERENCE_RUN}/{scene}"
         got = gpkg_boxes_in_pixels(out / "detections.gpkg",
-                                   workdir / f"raw/sample/val/images/{scene}.tif")
+                                   workdir / f"raw/sample/files/01-val/images/{scene}.tif")
         assert len(got) == len(expected) > 0
         assert [g[:2] for g in got] == [e[:2] for e in expected]
         np.testing.assert_allclose(np.array([g[2:] for g in got]),
@@ -263,7 +270,7 @@ def test_inference_files_read_back_with_ogr_and_crs(finished_run):
     workdir, _ = finished_run
     scene = VAL_SCENES[0]
     out = workdir / f"results/inference/{INFERENCE_RUN}/{scene}"
-    with rasterio.open(workdir / f"raw/sample/val/images/{scene}.tif") as src:
+    with rasterio.open(workdir / f"raw/sample/files/01-val/images/{scene}.tif") as src:
         crs, bounds = src.crs, src.bounds
         lon_lat = rasterio.warp.transform_bounds(src.crs, "EPSG:4326", *src.bounds)
     gpkg = pyogrio.read_info(out / "detections.gpkg")
@@ -282,14 +289,18 @@ def test_inference_files_read_back_with_ogr_and_crs(finished_run):
     assert set(columns["model"]) == {MODEL} and set(columns["dataset"]) == {"sample"}
     assert len(set(columns["run_digest"])) == 1 and len(columns["run_digest"][0]) == 16
     assert set(columns["class"]) <= set(CLASSES)
-    assert run["chipping"]["image_format"] == "png" and run["chipping"]["bands"] is None
+    # The windows were cut with the chip parameters the model carries: the chip manifest's.
+    saved = torch.load(workdir / f"results/sample/models/{MODEL}/model.pt", weights_only=True)
+    manifest = json.loads((workdir / "results/sample/chips/manifest.json").read_text())
+    assert saved["chipping"] == manifest["params"] and saved["chipping"]["image_format"] == "png"
+    assert "chipping" not in run  # one home: the model
     assert (out / "quicklook.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_adding_an_inference_scene_plans_only_its_job(finished_run, tmp_path):
     workdir, args = finished_run
     assert planned_jobs(run_snakemake(workdir, *args, "predict", "--dry-run")) == {}
-    shutil.copy(workdir / "raw/sample/val/images/V0000.tif", workdir / "new-scene.tif")
+    shutil.copy(workdir / "raw/sample/files/01-val/images/V0000.tif", workdir / "new-scene.tif")
     added = write_config(tmp_path / "added.yaml", lambda c: c["inference"]["scenes"].append(
         {"name": "harbour", "source": "new-scene.tif"}))
     proc = run_snakemake(workdir, *added, "predict", "--dry-run")

@@ -7,9 +7,10 @@ import json
 import math
 
 import pytest
+from polygons import polygon_iou
 
 from nadir.coco.files import build_coco
-from nadir.core.geometry import polygon_iou, rbox_from_polygon, rbox_to_polygon, rotated_nms
+from nadir.core.geometry import rbox_from_polygon, rbox_to_polygon, rotated_nms
 from nadir.evaluate.scenes import merge_overlaps, to_scene_coordinates
 
 

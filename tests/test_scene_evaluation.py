@@ -11,11 +11,11 @@ import zipfile
 import numpy as np
 import pytest
 from conftest import ROOT
-from dataset_builders import index_tables
+from dataset_builders import write_index_tables
 
 from nadir.core.errors import InputError
 from nadir.core.geometry import box_nms
-from nadir.datasets.tables import Annotation, write_tables
+from nadir.datasets.tables import Annotation
 from nadir.evaluate.scenes import evaluate_scenes, merge_overlaps
 
 CLASSES = ["plane", "ship", "container-crane"]
@@ -37,7 +37,7 @@ def scene_files(tmp_path):
     annotations = [Annotation("T1", 0, "plane", 0, rectangle(10, 10, 30, 30)),
                    Annotation("V1", 0, "plane", 0, rectangle(120, 50, 40, 30)),
                    Annotation("V1", 1, "ship", 0, rectangle(230, 100, 30, 60))]
-    write_tables(index_tables(tmp_path), scenes, annotations, CLASSES)
+    write_index_tables(tmp_path, scenes, annotations, CLASSES)
     chip = {"width": 192, "height": 192, "shard": 0, "scene": "V1", "y": 0}
     val = {"categories": json.loads((tmp_path / "categories.json").read_text()),
            "images": [{"id": 1, "file_name": "V1_0_0.jpg", "x": 0, **chip},

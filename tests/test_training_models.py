@@ -10,9 +10,12 @@ from pathlib import Path
 import pytest
 import tiny_chips
 import torch
+from conftest import SAMPLE_MODEL
+from tiny_chips import assert_scored
 
 from nadir.config import model_hyperparameters
-from nadir.config.catalogue import CATALOGUE, DEFAULT_MODEL, PRETRAINED_KINDS, weight_source
+from nadir.config.catalogue import CATALOGUE, weight_source
+from nadir.core.schema import schema
 from nadir.evaluate.chips import evaluate
 from nadir.train.backends import get_backend
 from nadir.train.models.torchvision_models import build_model
@@ -61,14 +64,13 @@ def test_model_trains_with_falling_loss_and_evaluates(model, data, tmp_path, mon
     assert predictions or model in MAY_PREDICT_NOTHING, f"{model} predicted nothing"
     assert {p["category_id"] for p in predictions} <= {1, 2}
     report = evaluate(data["coco"], predictions, 20)
-    assert report["images"] == 2
-    assert all(-1.0 <= v <= 1.0 for v in report["metrics"].values())
+    assert_scored(report, data, predictions)
 
 
 def test_category_ids_with_gaps_train_and_come_back(tmp_path):
     data = tiny_chips.build(tmp_path / "data", chips=2, category_ids=(11, 94))
     hp = tiny_chips.hyperparameters(iterations=2)
-    job = tiny_chips.train_job(data, DEFAULT_MODEL, hp, tmp_path / "out", dataset="gaps")
+    job = tiny_chips.train_job(data, SAMPLE_MODEL, hp, tmp_path / "out", dataset="gaps")
     backend = get_backend("torchvision")
     backend.train(job)
     predictions = backend.predict(tmp_path / "out" / "model.pt", data["coco"], [data["shard"]],
@@ -90,11 +92,12 @@ def test_catalogue_imports_without_torch():
 
 
 def test_catalogue_entries_are_complete():
-    assert DEFAULT_MODEL in CATALOGUE
+    kinds = schema()["properties"]["training"]["properties"]["pretrained"]["enum"]
+    assert SAMPLE_MODEL in CATALOGUE
     for name, model in CATALOGUE.items():
         assert model.backend in {"torchvision", "detectron2", "transformers", "yolox"}, name
         assert model.licence and model.description, name
-        assert set(model.weights) <= set(PRETRAINED_KINDS) - {"none"}, name
+        assert set(model.weights) <= set(kinds) - {"none"}, name
         for source in model.weights.values():
             assert source.url.startswith("https://"), name
             assert source.licence, name
@@ -102,7 +105,7 @@ def test_catalogue_entries_are_complete():
                 # torchvision's published checksum: the SHA-256 prefix in the file name.
                 assert source.sha256 and source.sha256 in source.file_name, name
                 assert source.torchvision_enum, name
-    assert weight_source(DEFAULT_MODEL, "none") is None
+    assert weight_source(SAMPLE_MODEL, "none") is None
     with pytest.raises(KeyError, match="no 'coco' weights"):
         weight_source("fasterrcnn_convnext_tiny_fpn", "coco")
 

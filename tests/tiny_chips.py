@@ -60,6 +60,20 @@ def build(directory: Path, chips: int = 4, size: int = 64, seed: int = 0,
     return {"shard": shard, "coco": coco, "manifest": manifest}
 
 
+def assert_scored(report: dict, data: dict, predictions: list[dict]) -> None:
+    """A chip-level evaluation (nadir.evaluate.chips.evaluate) of `predictions` on the chips
+    `build` wrote: every chip, object and detection counted, and COCO's numbers in their order
+    (AP over IoU 0.5:0.95 and AP75 never above AP50), whatever a briefly trained model scores."""
+    coco = json.loads(Path(data["coco"]).read_text())
+    assert (report["images"], report["objects"], report["detections"]) == (
+        len(coco["images"]), len(coco["annotations"]), len(predictions))
+    metrics = report["metrics"]
+    assert metrics["AP"] <= metrics["AP50"] and metrics["AP75"] <= metrics["AP50"]
+    assert [row["objects"] for row in report["per_class"]] == [
+        sum(a["category_id"] == c["id"] for a in coco["annotations"])
+        for c in coco["categories"]]
+
+
 def hyperparameters(**overrides) -> dict:
     """The schema's training defaults, shortened for tests."""
     return {"iterations": 6, "batch_size": 2, "lr": 0.001, "weight_decay": 0.0001,

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-PRETRAINED_KINDS = ("none", "imagenet", "coco")
-
 
 @dataclass(frozen=True)
 class WeightSource:
@@ -172,8 +170,6 @@ CATALOGUE: dict[str, ModelEntry] = {e.name: e for e in [
                "original anchor head (yolox)", _YOLOX_LICENCE,
                weights={"coco": _yolox("yolox_darknet.pth")}),
 ]}
-
-DEFAULT_MODEL = "ssdlite320_mobilenet_v3_large"
 
 
 def entry(name: str) -> ModelEntry:

@@ -102,14 +102,6 @@ def to_shape(polygon: Sequence[float]) -> Polygon:
     return shape if shape.is_valid else make_valid(shape)
 
 
-def polygon_iou(a: Sequence[float], b: Sequence[float]) -> float:
-    """Intersection over union of two flat polygons' areas (0 when both are empty)."""
-    first, second = to_shape(a), to_shape(b)
-    inter = first.intersection(second).area
-    union = first.area + second.area - inter
-    return float(inter / union) if union > 0 else 0.0
-
-
 def pairs_in_groups(shapes: np.ndarray, groups: np.ndarray,
                     predicate: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(i, j) of every pair i < j of one group that shapely's STRtree finds: with `predicate`

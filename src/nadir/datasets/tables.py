@@ -44,26 +44,11 @@ class Annotation:
     polygon: list[float]
 
 
-def write_tables(tables: IndexTables, scenes: list[dict], annotations: list[Annotation],
-                 classes: list[str]) -> None:
-    write_scene_table(tables.scenes, scenes)
-    with open(tables.annotations, "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(ANNOTATION_FIELDS)
-        writer.writerows(annotation_row(a) for a in annotations)
-    write_categories(tables.categories, classes)
-
-
 def write_scene_table(path: Path, scenes: list[dict]) -> None:
     with open(path, "w", newline="") as fh:
         writer = csv.DictWriter(fh, SCENE_FIELDS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(scenes)
-
-
-def annotation_row(a: Annotation) -> list:
-    """One row of annotations.csv (ANNOTATION_FIELDS order)."""
-    return [a.scene, a.object, a.category, a.difficult, format_polygon(a.polygon)]
 
 
 def format_polygon(polygon: list[float]) -> str:

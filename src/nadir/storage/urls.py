@@ -25,12 +25,6 @@ from nadir.core.redaction import MARKER, redact
 ENVIRONMENT = "NADIR_URLS"
 
 
-def scrub(text: str, url: str) -> str:
-    """`text` (a library's error message, which may quote the URL it failed on) with `url`
-    in its redacted form."""
-    return text.replace(url, redact(url)) if redact(url) != url else text
-
-
 def is_redacted(url: str) -> bool:
     return "://" in url and urlsplit(url).query.startswith(MARKER)
 

@@ -3,7 +3,7 @@ tensors (model.pt, checkpoints), without unpickling anything but tensors and pla
 
 The fetch_weights rule runs `fetch_weights` once per file; every training job that starts from
 those weights then takes the file from storage, so a sweep downloads each file once, and jobs on
-a cluster without internet access need none. The download is `nadir.fetch.fetch.download`'s: resumed
+a cluster without internet access need none. The download is `nadir.storage.download.download`'s: resumed
 only on the same version, retried, complete (every announced byte) before it is renamed into
 place, and made by one process at a time (two jobs asking for one file get it once). A training
 job checks the file against the digest recorded beside it (`verify_recorded`), so a file
