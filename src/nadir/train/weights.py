@@ -1,11 +1,11 @@
 """Pretrained weights: fetch a file once and record its digest; read it, and every later file of
 tensors (model.pt, checkpoints), without unpickling anything but tensors and plain data.
 
-The fetch_weights rule runs `fetch_weights` once per file; every training job that starts from
-those weights then takes the file from storage, so a sweep downloads each file once, and jobs on
-a cluster without internet access need none. The download is `nadir.storage.download.download`'s: resumed
-only on the same version, retried, complete (every announced byte) before it is renamed into
-place, and made by one process at a time (two jobs asking for one file get it once). A training
+The fetch_weights rule runs `fetch_catalogue_weights` once per file; every training job that
+starts from those weights then takes the file from storage, so a sweep downloads each file
+once, and jobs on a cluster without internet access need none. The download is
+`nadir.storage.download.download`'s: resumed only on the same version, retried, complete (every
+announced byte) before it is renamed into place, and made by one process at a time (two jobs asking for one file get it once). A training
 job checks the file against the digest recorded beside it (`verify_recorded`), so a file
 replaced in shared storage after it was fetched is refused.
 
