@@ -5,9 +5,10 @@ The fetch_weights rule runs `fetch_catalogue_weights` once per file; every train
 starts from those weights then takes the file from storage, so a sweep downloads each file
 once, and jobs on a cluster without internet access need none. The download is
 `nadir.storage.download.download`'s: resumed only on the same version, retried, complete (every
-announced byte) before it is renamed into place, and made by one process at a time (two jobs asking for one file get it once). A training
-job checks the file against the digest recorded beside it (`verify_recorded`), so a file
-replaced in shared storage after it was fetched is refused.
+announced byte) before it is renamed into place, and made by one process at a time (two jobs
+asking for one file get it once). A training job checks the file against the digest recorded
+beside it (`verify_recorded`), so a file replaced in shared storage after it was fetched is
+refused.
 
 Weights files are pickles, and unpickling runs whatever a pickle names. `read_weights` reads them
 with torch's restricted unpickler (`weights_only=True`: tensors and plain data), and
