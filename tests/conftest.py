@@ -138,7 +138,7 @@ def local_run_config() -> dict:
     pixels, that inference reads from the scene: tests/test_pipeline.py compares the two."""
     config = json.loads(json.dumps(TEST_CONFIG))
     config["chipping"] |= {"image_format": "png", "empty_keep": 1.0}
-    evaluation = {"score_threshold": 0.01, "max_detections": 100, "batch_size": 3,
+    evaluation = {"score_threshold": 0.01, "max_detections": 100, "batch_size": 8,
                   "scene_nms_iou": 0.3}
     config["evaluation"] = evaluation
     # Inference applies the model as evaluation does (its batch size, detections per window

@@ -179,7 +179,7 @@ def test_sample_pipeline_runs_end_to_end_as_pods(pipeline, s3):
     grouped = sorted(g.split("=")[0] for g in PROFILE["groups"] if g.endswith("=summarise"))
     assert grouped == ["compare", "cost", "leaderboard", "plot_class_ap"]
     group_label = "_".join(["summarise", *grouped])
-    assert rules == sorted(["generate_sample_sample", "index", "dataset_stats", "chip", "chip",
+    assert rules == sorted(["fetch", "index", "dataset_stats", "chip", "chip",
                             "chip", "chip_manifest", "coco", "train", "train", "evaluate",
                             "evaluate_scenes", "loss_curve", "plot_pr", "plot_detections",
                             group_label])
@@ -301,13 +301,14 @@ def test_upstream_kubernetes_executor_still_works_with_the_s3_flags(s3, tmp_path
         proc = snakemake_on(checkout, double, s3, "upstream",
                             "--executor", "kubernetes", "--kubernetes-namespace", "plain",
                             "--container-image", "nadir:ci", "--default-storage-provider", "s3",
-                            "--jobs", "1", "--cores", "2", "generate_sample_sample",
+                            "--jobs", "1", "--cores", "2", "raw/sample/manifest.json",
                             profile=False)
         assert proc.returncode == 0, proc.stderr[-6000:]
         [job] = double.accepted("Job")
         assert "pip install --target" in container(job)["args"][1]
         listed = s3.client().list_objects_v2(Bucket=BUCKET, Prefix="upstream/raw/sample/")
-        assert listed.get("KeyCount") == 2 * (4 + 2)  # an image and a label file per scene
+        # an image and a label file per scene (the fetch job generated them), and the manifest
+        assert listed.get("KeyCount") == 2 * (4 + 2) + 1
     finally:
         double.stop()
 

@@ -47,10 +47,18 @@ def config_urls():
     yield from (s if isinstance(s, str) else s["source"] for s in config["inference"]["scenes"])
 
 
-# Job params carry URLs in their redacted form (no user info, query or fragment: where tokens
-# and pre-signatures live); the jobs, which inherit this environment (or parse the workflow
-# again in their pod), look the whole URL up (nadir.storage.urls).
+# Jobs get URLs in their redacted form only (no user info, query or fragment: where tokens and
+# pre-signatures live), in their params and in the config their scripts receive (Snakemake
+# writes it into each job's script file); the jobs, which inherit this environment (or parse
+# the workflow again in their pod), look the whole URL up (nadir.storage.urls).
 publish(config_urls())
+for _dataset in config["datasets"].values():
+    for _entry in _dataset.get("source") or []:
+        _entry["url"] = redact(_entry["url"])
+config["inference"]["scenes"] = [
+    redact(s) if isinstance(s, str) else {**s, "source": redact(s["source"])}
+    for s in config["inference"]["scenes"]
+]
 
 
 def storage_s3_settings():

@@ -6,21 +6,14 @@
 # them from the config, so tuning them never refetches.
 
 
-def fetch_spec(dataset):
-    """The dataset settings the fetch job reads, its URLs redacted (the redacted form changes
-    whenever the URL does, so an edited URL still refetches)."""
-    spec = dataset_settings("fetch", dataset)
-    if "source" in spec:
-        spec["source"] = [{**entry, "url": redact(entry["url"])} for entry in spec["source"]]
-    return spec
-
-
 checkpoint fetch:
     output:
         manifest="raw/{dataset}/manifest.json",
         files=directory("raw/{dataset}/files"),
     params:
-        spec=lambda w: fetch_spec(w.dataset),
+        # Its URLs are redacted (common.smk); the redacted form changes whenever the URL does,
+        # so an edited URL still refetches.
+        spec=lambda w: dataset_settings("fetch", w.dataset),
     log:
         "logs/{dataset}/fetch.log",
     message:

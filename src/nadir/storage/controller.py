@@ -2,7 +2,7 @@
 working directory) stops before it runs a job.
 
 Two controllers on one prefix overwrite each other's outputs and clear each other's
-checkpoints. The workflow's onstart handler (workflow/rules/controller.smk) claims the location
+checkpoints. The workflow's onstart handler (workflow/rules/common.smk) claims the location
 by creating an owner record, `.nadir-controller.json` under the default storage prefix (or in
 the working directory), only where none exists, and reading it back; onsuccess and onerror
 remove it. Jobs never claim it:
