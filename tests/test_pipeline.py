@@ -197,14 +197,16 @@ def test_sample_pipeline_report_has_every_figure_and_opens_offline(local_sample_
     assert scene["level"] == "scene" and scene["images"] == 2  # config/test.yaml: 2 val scenes
 
     # A scene-level setting (the merge's IoU, the benchmark protocols) reruns the scene scoring
-    # and what reads it, never the model.
-    for evaluation in ({"scene_nms_iou": 0.5}, {"protocols": {"sample": ["coco"]}}):
+    # and what reads it, never the model; the merge's IoU is inference's too, so it reruns the
+    # inference jobs (on the 2 val scenes) as well.
+    scene_jobs = {"evaluate_scenes": 1, "plot_pr": 1, "plot_class_ap": 1, "compare": 1,
+                  "leaderboard": 1, "cost": 1, "summary": 1, "all": 1}
+    for evaluation, jobs in (({"scene_nms_iou": 0.5}, {**scene_jobs, "predict_scene": 2}),
+                             ({"protocols": {"sample": ["coco"]}}, scene_jobs)):
         edited = write_config(workdir / "edited.yaml",
                               lambda c, e=evaluation: c["evaluation"].update(e))
         dry = run_snakemake(workdir, *edited, "-n")
-        assert planned_jobs(dry) == {
-            "evaluate_scenes": 1, "plot_pr": 1, "plot_class_ap": 1, "compare": 1,
-            "leaderboard": 1, "cost": 1, "summary": 1, "all": 1}, evaluation
+        assert planned_jobs(dry) == jobs, evaluation
 
 
 def test_sample_run_records_its_config_and_checkpoint_settings_never_retrain(

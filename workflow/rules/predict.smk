@@ -78,9 +78,15 @@ def predict_targets(wildcards):
 
 def scene_input(wildcards):
     """A local scene file is an input (a change reruns its jobs); remote scenes are read where
-    they are, so they are no input Snakemake would download."""
+    they are, so they are no input Snakemake would download. A scene among a dataset's fetched
+    files (`raw/<dataset>/files/...`, e.g. a val scene) waits for that dataset's fetch."""
     scene = inference_scenes()[wildcards.scene]
-    return [local(scene.location)] if scene.scheme == "file" else []
+    if scene.scheme != "file":
+        return []
+    for dataset in DATASETS:
+        if Path(scene.location).is_relative_to(f"raw/{dataset}/files"):
+            fetch_manifest_path(dataset)  # until the fetch checkpoint has run: not yet
+    return [local(scene.location)]
 
 
 checkpoint list_scenes:

@@ -45,10 +45,12 @@ def schema_default(*keys: str):
     return copy.deepcopy(_node(*keys)["default"])
 
 
-def section_defaults(section: str) -> dict:
-    """The defaults of every key of a top-level section, e.g. section_defaults("fetch")."""
-    keys = _node(section)["properties"]
-    return {name: copy.deepcopy(key["default"]) for name, key in keys.items() if "default" in key}
+def section_defaults(*keys: str) -> dict:
+    """The defaults of every key of a section given by its path (as for `schema_default`), e.g.
+    section_defaults("fetch"), section_defaults("$defs", "dataset", "on_bad_input")."""
+    properties = _node(*keys)["properties"]
+    return {name: copy.deepcopy(key["default"]) for name, key in properties.items()
+            if "default" in key}
 
 
 def default_field(*keys: str, kind: Callable = lambda value: value):

@@ -13,14 +13,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nadir.core.errors import InputError
+from nadir.core.schema import section_defaults
 
 log = logging.getLogger(__name__)
 
-CASES = ("malformed_record", "unknown_class", "outside_image", "label_without_image",
-         "image_without_label", "duplicate_object")
-DEFAULT_POLICY = {"malformed_record": "error", "unknown_class": "error", "outside_image": "skip",
-                  "label_without_image": "skip", "image_without_label": "skip",
-                  "duplicate_object": "skip"}
+# Each case of bad input and what the config does with it unless told otherwise (the schema's
+# `on_bad_input` defaults).
+DEFAULT_POLICY = section_defaults("$defs", "dataset", "on_bad_input")
+CASES = tuple(DEFAULT_POLICY)
 EXAMPLES_KEPT = 5  # per case, in the summary, so a user can find what was skipped
 UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
 

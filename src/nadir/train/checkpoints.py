@@ -23,6 +23,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from nadir.core.errors import NadirError
+from nadir.core.schema import schema_default
 from nadir.storage import s3
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,9 @@ def checkpoint_name(iteration: int) -> str:
 class CheckpointStore(ABC):
     """The checkpoints of one training run, newest kept, older ones pruned."""
 
-    def __init__(self, keep: int = 2):
+    def __init__(self, keep: int | None = None):
+        """`keep`: the newest checkpoints kept (None: the schema's `checkpoints.keep`)."""
+        keep = schema_default("checkpoints", "keep") if keep is None else keep
         if keep < 1:
             raise NadirError(f"checkpoints.keep must be at least 1, got {keep}")
         self.keep = keep
@@ -85,7 +88,7 @@ class CheckpointStore(ABC):
 
 
 class LocalCheckpoints(CheckpointStore):
-    def __init__(self, directory: Path, keep: int = 2):
+    def __init__(self, directory: Path, keep: int | None = None):
         super().__init__(keep)
         self.directory = Path(directory)
 
@@ -118,7 +121,8 @@ class LocalCheckpoints(CheckpointStore):
 
 
 class S3Checkpoints(CheckpointStore):
-    def __init__(self, bucket: str, prefix: str, endpoint: str | None, keep: int = 2):
+    def __init__(self, bucket: str, prefix: str, endpoint: str | None,
+                 keep: int | None = None):
         super().__init__(keep)
         self.bucket, self.prefix, self.endpoint = bucket, prefix.strip("/"), endpoint
         self._client = None
@@ -173,7 +177,8 @@ class S3Checkpoints(CheckpointStore):
         return f"s3://{self.bucket}/{self.prefix}"
 
 
-def open_store(location: str, endpoint: str | None = None, keep: int = 2) -> CheckpointStore:
+def open_store(location: str, endpoint: str | None = None,
+               keep: int | None = None) -> CheckpointStore:
     """A store for `location`: `s3://bucket/prefix` or a local directory path."""
     if location.startswith("s3://"):
         parsed = urlparse(location)

@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 
 def run(job: TrainJob, checkpoint_root: str | None = None, s3_endpoint: str | None = None,
-        checkpoint_keep: int = 2) -> dict:
+        checkpoint_keep: int | None = None) -> dict:
     """Train `job` and write its records; returns the run record (run.json).
 
     `checkpoint_root` is a directory or s3://BUCKET/PREFIX; the run's checkpoints go to a
@@ -68,7 +68,7 @@ def train(dataset: str, model: str, hp: dict, train: str | Path, manifest: str |
     rule's files. Checkpoints go under `checkpoint_folder` (the run's folder in the config's
     `checkpoints.location`), every `checkpoints["every"]` iterations, the newest
     `checkpoints["keep"]` kept; S3 with the storage's endpoint."""
-    checkpoints = checkpoints or {"every": 0, "keep": 1}
+    checkpoints = checkpoints or {"every": 0}  # none written unless the config asks
     job = TrainJob(dataset=dataset, model=model, hp=hp, train_json=Path(train),
                    manifest=Path(manifest), shards=[Path(p) for p in shards],
                    outputs=TrainOutputs(Path(weights), Path(train_log), Path(run_record),
@@ -77,4 +77,4 @@ def train(dataset: str, model: str, hp: dict, train: str | Path, manifest: str |
                    weights_file=Path(pretrained) if pretrained else None,
                    world_size=world_size,
                    selection_json=Path(selection) if selection else None)
-    return run(job, checkpoint_folder, storage_endpoint(), checkpoints["keep"])
+    return run(job, checkpoint_folder, storage_endpoint(), checkpoints.get("keep"))
