@@ -266,8 +266,9 @@ def test_report_and_cost_table_from_s3_storage(s3_run, s3):
     check_report(page, DATASETS, staged=f".snakemake/storage/s3/{S3_BUCKET}/run1/")
     assert s3.secret_key not in page
     rows = {r["rule"]: r for r in csv.DictReader(read(s3, "results/cost.csv").splitlines())}
-    # per dataset: index, 2 chip shards, chip_manifest, coco, plot_class_ap, compare, and the
-    # run's train, evaluate, evaluate_scenes, loss_curve, plot_pr, plot_detections; then the
-    # leaderboard (fetch is not in the table: workflow/rules/report.smk, cost_jobs)
-    assert rows["total"]["jobs"] == str(2 * 13 + 1)
+    # per dataset: index, 2 chip shards, chip_manifest, coco, dataset_stats, plot_class_ap,
+    # compare, and the run's train, evaluate, evaluate_scenes, loss_curve, plot_pr,
+    # plot_detections; then the leaderboard (fetch is not in the table:
+    # workflow/rules/report.smk, cost_jobs)
+    assert rows["total"]["jobs"] == str(2 * 14 + 1)
     assert f"results/benchmarks/xv/evaluate_scenes-{MODEL}.tsv" in keys(s3, "run1")
