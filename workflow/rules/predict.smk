@@ -90,7 +90,7 @@ def scene_access(wildcards):
     """The predict job's S3 options: the storage's endpoint, and --anonymous for a scene whose
     bucket the config does not name (from a STAC catalogue)."""
     anonymous = inference_scenes()[wildcards.scene].anonymous
-    return _s3_endpoint_argument() + (" --anonymous" if anonymous else "")
+    return _s3_endpoint_argument() + (["--anonymous"] if anonymous else [])
 
 
 def scene_input(wildcards):
