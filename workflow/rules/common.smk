@@ -18,12 +18,22 @@ sys.path.insert(0, str(ROOT / "src"))
 from nadir.config import ConfigError, dataset_chipping, runs, validate
 from nadir.datasets.sample import SampleSpec
 from nadir.named_inputs import files_by_owner, input_name, run_inputs
+from nadir.preflight import SettingsError, check_controller_start
 from nadir.training.catalogue import CATALOGUE
 
 try:
     validate(config, list(CATALOGUE))
 except ConfigError as error:
     raise WorkflowError(str(error)) from None
+
+# Controller start (never in a job: Snakemake reads this file in every pod too): a profile's
+# placeholders, missing S3 keys or an S3 endpoint that does not answer stop the run here, with
+# one message naming what to set, before the DAG is built from storage.
+if workflow.is_main_process:
+    try:
+        check_controller_start(workflow)
+    except SettingsError as error:
+        raise WorkflowError(str(error)) from None
 
 NADIR = f'"{sys.executable}" -m nadir'
 DATASETS = sorted(config["datasets"])
