@@ -18,7 +18,8 @@ strict and runs what a cluster would run:
   in a fresh empty directory standing for the container's working directory, with only the
   environment the pod spec gives it (Secret references resolved) plus what an image and a
   container runtime provide: PATH (the test venv's bin first, standing for the image's
-  Python), and a fresh HOME and TMPDIR per pod. A rule that relies on a shared filesystem or an
+  Python), PYTHONPATH=src (nadir from the deployed sources, never an installed copy), and a
+  fresh HOME and TMPDIR per pod. A rule that relies on a shared filesystem or an
   undeclared file fails here as on a cluster.
 - pod status, the Job's status (with its pod failure policy) and the pod log are reported
   through the same API; a log with `previous=true` is refused as the kubelet refuses it for a
@@ -905,8 +906,11 @@ class KubernetesDouble:
         home, tmp = pod.directory / "home", pod.directory / "tmp"
         home.mkdir(parents=True)
         tmp.mkdir()
+        # PYTHONPATH: the test venv may have nadir installed (editable, from another checkout
+        # than the one under test), the image has not; pods import it from the source archive
+        # Snakemake deploys into their working directory, as on a cluster.
         env = {"PATH": f"{self.venv_bin}:/usr/local/bin:/usr/bin:/bin", "HOME": str(home),
-               "TMPDIR": str(tmp), "HOSTNAME": pod.name}
+               "TMPDIR": str(tmp), "HOSTNAME": pod.name, "PYTHONPATH": "src"}
         for var in pod.container.get("env") or []:
             if "value" in var:
                 env[var["name"]] = var["value"]

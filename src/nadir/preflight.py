@@ -9,9 +9,9 @@ checks name what to set, in one short message.
 
 The workflow calls `check_controller_start` as it is read, in the controller only: Snakemake reads
 the workflow again in every job (a pod), where the endpoint may differ and the keys come from the
-run's Secret. The Kubernetes executor checks its own settings (namespace, images) with
-`placeholder_problems` when its options are read, which Snakemake does before it reads the
-workflow.
+run's Secret. The Kubernetes executor finds its own options' placeholders (namespace, CPU image)
+when Snakemake reads them, before the workflow, and leaves them here (`defer_problems`), so that
+the same message names them; its executor stops on them itself when no check ran.
 """
 
 from __future__ import annotations
@@ -31,6 +31,19 @@ ENDPOINT_TIMEOUT_S = 10.0
 
 class SettingsError(NadirError):
     """A setting the run needs is missing, still a profile's placeholder, or does not work."""
+
+
+# Problems an executor found in its own options, for the next check_controller_start.
+_deferred: list[str] = []
+
+
+def defer_problems(problems: list[str]) -> None:
+    """Leave problems found before the workflow is read for check_controller_start to name."""
+    _deferred[:] = problems
+
+
+def deferred_problems() -> list[str]:
+    return list(_deferred)
 
 
 def placeholder_problems(settings: Mapping[str, Any]) -> list[str]:
@@ -73,10 +86,11 @@ def check_controller_start(workflow: Any) -> None:
     """Raise SettingsError naming every storage setting still to set, before the DAG is built.
 
     `workflow` is Snakemake's, as the workflow sees it while it is read: the storage settings are
-    known then (the executor's are not yet: its own options are checked when they are read).
+    known then; the executor's are not, its problems come from `defer_problems`.
     """
     storage = workflow.storage_settings
-    problems = placeholder_problems({"default-storage-prefix": storage.default_storage_prefix})
+    problems = deferred_problems()
+    problems += placeholder_problems({"default-storage-prefix": storage.default_storage_prefix})
     if storage.default_storage_provider == "s3":
         s3 = workflow.storage_provider_settings["s3"].get_settings()
         endpoint_placeholder = placeholder_problems({"storage-s3-endpoint-url": s3.endpoint_url})

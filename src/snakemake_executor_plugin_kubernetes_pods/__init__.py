@@ -37,6 +37,7 @@ Settings: those of the upstream plugin under the `--kubernetes-pods-` prefix, pl
 
 import dataclasses
 import hashlib
+import json
 import threading
 import time
 from dataclasses import dataclass, field
@@ -54,7 +55,7 @@ from snakemake_interface_executor_plugins.executors.remote import RemoteExecutor
 from snakemake_interface_executor_plugins.jobs import JobExecutorInterface
 
 from nadir.errors import NadirError
-from nadir.preflight import placeholder_problems, settings_message
+from nadir.preflight import defer_problems, placeholder_problems, settings_message
 from snakemake_executor_plugin_kubernetes_pods.pod_settings import (
     COMMAND_ANNOTATION,
     CONTAINER_NAME,
@@ -150,14 +151,17 @@ class ExecutorSettings(upstream.ExecutorSettings):
                           "credentials, may take before it counts as failed."},
     )
 
-    def __post_init__(self) -> None:
-        """Stop before anything is built when a profile's placeholder is still set."""
-        problems = placeholder_problems({
+    def placeholders(self) -> list[str]:
+        """Options still holding a profile's placeholder, one line each."""
+        return placeholder_problems({
             "kubernetes-pods-namespace": self.namespace,
             "kubernetes-pods-cpu-image": self.cpu_image,
             "kubernetes-pods-s3-endpoint-in-pods": self.s3_endpoint_in_pods})
-        if problems:
-            raise WorkflowError(settings_message(problems))
+
+    def __post_init__(self) -> None:
+        """Snakemake reads these options (in dry runs too) before the workflow, whose check at
+        the controller's start names the placeholders with any storage problem, in one message."""
+        defer_problems(self.placeholders())
 
 
 common_settings = dataclasses.replace(upstream.common_settings,
@@ -267,7 +271,8 @@ API_ERRORS = (ApiException, urllib3.exceptions.HTTPError, ConnectionError, Crede
 class Executor(upstream.Executor):
     def __post_init__(self) -> None:
         settings = self.workflow.executor_settings
-        problems = placeholder_problems(
+        # Before anything is made in the cluster (also for a workflow without nadir's check).
+        problems = settings.placeholders() + placeholder_problems(
             {"container-image": self.workflow.remote_execution_settings.container_image})
         if problems:
             raise WorkflowError(settings_message(problems))
@@ -669,6 +674,11 @@ def _container_ran(pod: dict) -> bool:
 
 
 def _api_error_text(error: Exception) -> str:
+    """An API error as a line: the status and the API server's message (from its Status)."""
     if isinstance(error, ApiException):
-        return f"HTTP {error.status} {error.reason}: {error.body or ''}".strip()
+        try:
+            message = json.loads(error.body)["message"]
+        except (TypeError, ValueError, KeyError):
+            message = error.body or ""
+        return f"HTTP {error.status} {error.reason}: {message}".strip()
     return f"{type(error).__name__}: {error}"

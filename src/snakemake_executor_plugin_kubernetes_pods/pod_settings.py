@@ -228,10 +228,13 @@ def command_fingerprint(command: str, sources_digest: str) -> str:
 
     The command names Snakemake's source archive by a checksum that follows the files' times
     (a fresh clone changes it), so the archive's name is left out and `sources_digest`, a hash
-    of the sources' contents, stands for it.
+    of the sources' contents, stands for it. Its words are compared in sorted order: Snakemake
+    writes some options' values from sets, in an order that changes from one process to the
+    next (`--rerun-triggers`).
     """
     command = re.sub(r"--attempt \d+", "", SOURCE_ARCHIVE.sub("", command))
-    return hashlib.sha256(f"{command}\n{sources_digest}".encode()).hexdigest()
+    words = " ".join(sorted(command.split()))
+    return hashlib.sha256(f"{words}\n{sources_digest}".encode()).hexdigest()
 
 
 def apply_pod_settings(job: dict[str, Any], settings: PodSettings, *, rule: str, run_id: str,
