@@ -284,7 +284,8 @@ class Executor(upstream.Executor):
         self.run_id = run_id(settings.namespace,
                              self.workflow.storage_settings.default_storage_prefix)
         self._job_in_submission: JobExecutorInterface | None = None
-        self._waiting: dict[str, tuple[str, float]] = {}  # Job -> (what it waits for, since)
+        # Job -> (what it waits for, since when, whether that was said)
+        self._waiting: dict[str, tuple[str, float, bool]] = {}
         self._unreadable_since: dict[str, float] = {}
         self._cleaned_up = False
         super().__post_init__()
@@ -502,10 +503,15 @@ class Executor(upstream.Executor):
             timeout, option = self._wait_limit(job_info, verdict)
             waiting = self._waiting.get(name)
             if waiting is None or waiting[0] != verdict.reason:
-                waiting = self._waiting[name] = (verdict.reason, time.monotonic())
+                waiting = self._waiting[name] = (verdict.reason, time.monotonic(), False)
+            waited = time.monotonic() - waiting[1]
+            # A wait in the queue is news at once; every pod passes through ContainerCreating
+            # (and Pending) for a moment, which is news only once it lasts.
+            if not waiting[2] and (verdict.queued or waited >= min(60.0, timeout / 2)):
+                self._waiting[name] = (*waiting[:2], True)
                 self.logger.info(f"{verdict.describe(name).replace(' failed:', ' waits:')} "
                                  f"(it fails after {timeout} s: {option})")
-            if time.monotonic() - waiting[1] < timeout:
+            if waited < timeout:
                 return True
             verdict = Failed(verdict.reason, f"{verdict.detail} (for more than {timeout} s, "
                                              f"{option})", verdict.pod)
