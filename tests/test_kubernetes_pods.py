@@ -732,3 +732,14 @@ def test_api_calls_and_credential_refreshes_end_at_their_timeout(tmp_path):
         for pid in pids.read_text().split() if pids.exists() else []:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(pid), signal.SIGKILL)
+
+
+def test_the_scheduler_counts_ephemeral_storage():
+    """A node's disk is a resource like its CPUs: a pod asking for more waits, named so."""
+    from k8s_double import Node, unfit
+
+    container = {"resources": {"requests": {"cpu": "1", "ephemeral-storage": "100G"}}}
+    small = Node("small-disk", allocatable={"cpu": "8", "memory": "32Gi",
+                                            "ephemeral-storage": "50Gi"})
+    assert unfit(small, {}, container) == "Insufficient ephemeral-storage"
+    assert unfit(Node("big-disk"), {}, container) is None
