@@ -46,8 +46,13 @@ fi
 CUDA_HOME="$WORK_DIR/cuda_home"
 rm -rf "$CUDA_HOME" && mkdir -p "$CUDA_HOME/include"
 PACKAGED="$WORK_DIR/cuda/nvidia/cu13"
-ln -s "$PACKAGED/bin" "$PACKAGED/nvvm" "$PACKAGED/lib" "$CUDA_HOME/"
-ln -s "$PACKAGED/lib" "$CUDA_HOME/lib64"
+ln -s "$PACKAGED/bin" "$PACKAGED/nvvm" "$CUDA_HOME/"
+# The libraries, plus the unversioned libcudart.so the linker's -lcudart looks for: the wheel
+# ships only libcudart.so.13 (the extension loads that one, which torch's own wheels provide).
+mkdir "$CUDA_HOME/lib64"
+ln -s "$PACKAGED/lib/"* "$CUDA_HOME/lib64/"
+ln -s "$(ls "$PACKAGED"/lib/libcudart.so.* | head -1)" "$CUDA_HOME/lib64/libcudart.so"
+ln -s lib64 "$CUDA_HOME/lib"
 TORCH_NVIDIA=$("$PYTHON" -c 'import nvidia, os; print(os.path.join(nvidia.__path__[0], "cu13"))')
 for include in "$PACKAGED/include" "$TORCH_NVIDIA/include"; do
     for entry in "$include"/*; do
