@@ -20,6 +20,7 @@ from nadir.datasets.sample import SampleSpec
 from nadir.errors import NadirError
 from nadir.fetch import read_scene_manifest
 from nadir.named_inputs import files_by_owner, input_name, run_inputs
+from nadir.preflight import SettingsError, check_controller_start
 from nadir.training.catalogue import CATALOGUE
 from nadir.urls import publish, redact
 
@@ -27,6 +28,15 @@ try:
     validate(config, list(CATALOGUE))
 except ConfigError as error:
     raise WorkflowError(str(error)) from None
+
+# Controller start (never in a job: Snakemake reads this file in every pod too): a profile's
+# placeholders, missing S3 keys or an S3 endpoint that does not answer stop the run here, with
+# one message naming what to set, before the DAG is built from storage.
+if workflow.is_main_process:
+    try:
+        check_controller_start(workflow)
+    except SettingsError as error:
+        raise WorkflowError(str(error)) from None
 
 
 def config_urls():
