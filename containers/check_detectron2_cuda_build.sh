@@ -14,6 +14,12 @@
 # The CUDA packages (envs/cuda-build.txt) are the versions torch 2.14.1's wheel was built with;
 # they go into WORK_DIR/cuda with `pip install --target`, never into the Python environment.
 # Needs g++ (Debian 12's g++ 12 was used) and, for parallel compilation, ninja.
+#
+# On a small machine, in parts of one architecture each (every part compiles all operators for
+# it; the CUDA packages are installed once in WORK_DIR, each part replaces WORK_DIR/wheels):
+#   for arch in 7.5 8.0 8.6 8.9 9.0 10.0 12.0+PTX; do
+#     TORCH_CUDA_ARCH_LIST=$arch nice -n 19 containers/check_detectron2_cuda_build.sh SRC WORK
+#   done
 set -euo pipefail
 
 SRC_DIR=$(cd "${1:?usage: $0 SRC_DIR [WORK_DIR]}" && pwd)
@@ -40,8 +46,13 @@ fi
 CUDA_HOME="$WORK_DIR/cuda_home"
 rm -rf "$CUDA_HOME" && mkdir -p "$CUDA_HOME/include"
 PACKAGED="$WORK_DIR/cuda/nvidia/cu13"
-ln -s "$PACKAGED/bin" "$PACKAGED/nvvm" "$PACKAGED/lib" "$CUDA_HOME/"
-ln -s "$PACKAGED/lib" "$CUDA_HOME/lib64"
+ln -s "$PACKAGED/bin" "$PACKAGED/nvvm" "$CUDA_HOME/"
+# The libraries, plus the unversioned libcudart.so the linker's -lcudart looks for: the wheel
+# ships only libcudart.so.13 (the extension loads that one, which torch's own wheels provide).
+mkdir "$CUDA_HOME/lib64"
+ln -s "$PACKAGED/lib/"* "$CUDA_HOME/lib64/"
+ln -s "$(ls "$PACKAGED"/lib/libcudart.so.* | head -1)" "$CUDA_HOME/lib64/libcudart.so"
+ln -s lib64 "$CUDA_HOME/lib"
 TORCH_NVIDIA=$("$PYTHON" -c 'import nvidia, os; print(os.path.join(nvidia.__path__[0], "cu13"))')
 for include in "$PACKAGED/include" "$TORCH_NVIDIA/include"; do
     for entry in "$include"/*; do
@@ -52,6 +63,7 @@ export CUDA_HOME PATH="$CUDA_HOME/bin:$PATH"
 nvcc --version | tail -2
 
 cd "$SRC_DIR"
+rm -rf "$WORK_DIR/wheels"
 start=$(date +%s)
 "$PYTHON" -m pip wheel --no-deps --no-build-isolation --wheel-dir "$WORK_DIR/wheels" .
 end=$(date +%s)

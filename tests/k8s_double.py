@@ -1,43 +1,60 @@
 """A test double of the Kubernetes API: the calls Snakemake's Kubernetes executor makes, for real.
 
 It serves, over HTTP on 127.0.0.1 with a kubeconfig pointing at it (bearer token enforced):
-Secrets create/delete; Jobs create, read status, delete; pods list by label selector, delete,
-read log. It is strict where a cluster is strict and runs what a cluster would run:
+Secrets create, replace, list by label, delete; Jobs create, list by label, read status, delete;
+pods list by label selector, delete, read log; events list. It is strict where a cluster is
+strict and runs what a cluster would run:
 
 - every Secret and Job is validated against the real Kubernetes JSON schema of the configured
   version (PyPI `kubernetes-validate`, strict: unknown fields are refused, where a real server
   would drop them with a warning) plus the server-side rules that bite this project: name and
   label syntax, resource quantities, extended resources (GPUs) needing limits equal to requests,
-  volume mounts naming a volume, restartPolicy. Invalid objects get a 422 Status naming the
-  field, as from an API server; a duplicate name gets 409.
+  volume mounts naming a volume, restartPolicy (Never with a pod failure policy). Invalid objects
+  get a 422 Status naming the field, as from an API server; a duplicate name gets 409.
+- `role`: RBAC. With a Role (`role_from_manifests`: the one shipped in
+  profiles/nautilus/controller.yaml), a request the Role does not allow (verb, API group,
+  resource or subresource such as `jobs/status`) gets 403 in the API server's words.
 - each Job starts one pod that runs the container's command and args (the executor's `sh -c`)
   in a fresh empty directory standing for the container's working directory, with only the
   environment the pod spec gives it (Secret references resolved) plus what an image and a
   container runtime provide: PATH (the test venv's bin first, standing for the image's
-  Python), and a fresh HOME and TMPDIR per pod. A rule that relies on a shared filesystem or an
+  Python), PYTHONPATH=src (nadir from the deployed sources, never an installed copy), and a
+  fresh HOME and TMPDIR per pod. A rule that relies on a shared filesystem or an
   undeclared file fails here as on a cluster.
-- pod status, the Job's status and the pod log are reported through the same API; a log with
-  `previous=true` is refused as the kubelet refuses it for a container that never restarted.
+- pod status, the Job's status (with its pod failure policy) and the pod log are reported
+  through the same API; a log with `previous=true` is refused as the kubelet refuses it for a
+  container that never restarted.
 - every manifest received (valid or not) is kept for assertions, and a test can kill a running
-  pod (exit code 137: OOMKilled, or Evicted/Preempted with the pod's reason and message, as a
-  node reports them). activeDeadlineSeconds is enforced.
+  pod (exit code 137: OOMKilled, or Evicted with the pod's reason and message, as a node reports
+  them) or have the scheduler preempt it (`preempt`: the DisruptionTarget condition, SIGTERM's
+  exit code 143, a `Preempted` event, the pod deleted). activeDeadlineSeconds is enforced.
 
 What a test can switch on, each failing the way a cluster fails, with the same API objects:
 
 - `nodes`: a scheduler. A pod goes to the first node whose labels match its nodeSelector and
   required node affinity (In, NotIn, Exists, DoesNotExist, Gt, Lt), whose taints it tolerates and
-  whose allocatable resources cover its requests (not reduced by other pods); otherwise it stays
-  Pending with PodScheduled=False/Unschedulable and a FailedScheduling event that counts the
-  reasons, as kube-scheduler words them. Without nodes every pod runs.
+  whose allocatable resources (ephemeral storage included) cover its requests (not reduced by
+  other pods); otherwise it stays Pending with PodScheduled=False/Unschedulable and a
+  FailedScheduling event that counts the reasons, as kube-scheduler words them. Without nodes
+  every pod runs.
+- pod admission, when the Job controller creates the pod (the Job exists; refusals are
+  FailedCreate events on it, and the Job has no pod): `priority_classes` (an unknown
+  priorityClassName is refused), `limit_range` (a container limit above the maximum),
+  `pod_webhooks` (validating webhooks that deny), `quotas` (ResourceQuotas, optionally scoped by
+  priority class; `quota` is the one plain `nadir-quota`).
+- `policy`: an admission policy on Jobs (NautilusPolicy: limits within a ratio of requests,
+  offered GPU resource names, no `sleep infinity`); a Job it refuses gets 403 from the API.
+- `stuck_creating`: pods with a label stay in ContainerCreating with a Warning event (a volume
+  that does not mount, a sandbox that is not made).
 - `unpullable_images`: the pod waits in ErrImagePull, with the kubelet's message and event.
-- `quota`: a ResourceQuota (`requests.nvidia.com/gpu: 1`, ...); a Job whose pod would exceed it
-  gets no pod and a FailedCreate event `... is forbidden: exceeded quota: ...`.
-- `policy`: an admission policy (NautilusPolicy: limits within a ratio of requests, allowed GPU
-  resource names, no `sleep` in commands); a Job it refuses gets 403 from the API.
-- `inject_faults`: the next matching requests answer 429/500/... or drop the connection.
+- `inject_faults`: the next matching requests answer 429/500/..., drop the connection or hang.
+- `nautilus_namespace()`: the options that make a fresh NRP Nautilus namespace, from
+  NAUTILUS_FACTS (each fact with the nrp.ai page it comes from).
 
 What it does not do: images (the pod runs with the test venv whatever the image), volumes (an
-emptyDir at /dev/shm is validated and recorded, not mounted), resource accounting on nodes.
+emptyDir at /dev/shm is validated and recorded, not mounted), resource accounting on nodes, the
+Job controller's retries of a refused pod (a refusal that could clear stays until the executor's
+timeout).
 """
 
 from __future__ import annotations
@@ -53,6 +70,7 @@ import subprocess
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -73,6 +91,53 @@ UNITS = {"": 1, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "
          "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
 # Resources the kubelet may overcommit; anything else (nvidia.com/gpu, ...) needs limits.
 OVERCOMMITABLE = {"cpu", "memory", "ephemeral-storage"}
+
+# What the double takes from NRP Nautilus, each with the page it comes from. Pages read again for
+# issue 26 (2026-12-07) are marked "read"; the others are as DESIGN.md sections 8 and 9 record
+# them (this session's stored copy of nrp.ai lacks those pages).
+NRP = "https://nrp.ai/documentation/userdocs"
+POLICIES = "https://nationalresearchplatform.org/documentation/userdocs/start/policies"
+
+
+@dataclass(frozen=True)
+class Fact:
+    value: Any
+    source: str
+
+
+NAUTILUS_FACTS: dict[str, Fact] = {
+    # limits must be within 20 % of requests; equal while running more than ~100 jobs
+    "limit_ratio": Fact(1.2, f"{POLICIES} (read)"),
+    # "Using sleep infinity in Jobs is not allowed"
+    "banned_in_jobs": Fact("sleep infinity", f"{POLICIES} (read)"),
+    # GPUs requested under the generic name (chosen by product label) or the families' own names
+    "ungated_gpu_resources": Fact(("nvidia.com/gpu", "nvidia.com/a40", "nvidia.com/rtxa6000"),
+                                  f"{NRP}/running/gpu-pods/ (DESIGN.md 8, 9)"),
+    # each namespace starts with a quota of zero for these; a request form raises it
+    "gated_gpu_resources": Fact(("nvidia.com/a100", "nvidia.com/h100", "nvidia.com/h200",
+                                 "nvidia.com/gh200"), f"{NRP}/running/gpu-pods/ (DESIGN.md 9)"),
+    # the classes user pods may set; every other one is refused by quota
+    "allowed_priority_classes": Fact(("armada-default", "owner-no-preempt", "opportunistic2",
+                                      "opportunistic"), f"{NRP}/running/priority-classes (read)"),
+    # existing classes users may not set (examples the page lists; system-* stands for several)
+    "banned_priority_classes": Fact(("default", "owner", "nice", "batch-low",
+                                     "system-cluster-critical", "system-node-critical"),
+                                    f"{NRP}/running/priority-classes (read)"),
+    # the refusal of a banned class: `exceeded quota: high-priority-ban or low-priority-ban`
+    "priority_ban_quota": Fact("high-priority-ban", f"{NRP}/running/priority-classes (read)"),
+    # "GPU quota: bypassed" for these two: gated GPUs without a reservation, preemptible
+    "quota_bypass_classes": Fact(("opportunistic2", "opportunistic"),
+                                 f"{NRP}/running/priority-classes (read)"),
+    # NFD's label for an NVIDIA PCI device: CPU pods keep off GPU nodes with NotIn ["true"]
+    "gpu_node_label": Fact("feature.node.kubernetes.io/pci-10de.present",
+                           f"{NRP}/running/gpu-pods/ (DESIGN.md 9)"),
+    # users may list nodes with their labels, not describe them
+    "node_labels_only": Fact(True, f"{NRP}/tutorial/scheduling (read)"),
+}
+
+
+def fact(name: str) -> Any:
+    return NAUTILUS_FACTS[name].value
 
 
 def now() -> str:
@@ -115,6 +180,58 @@ class ApiError(Exception):
                 "code": self.code}
 
 
+
+@dataclass(frozen=True)
+class Role:
+    """An RBAC Role's rules, and the user bound to it (the API server names it when refusing)."""
+
+    rules: tuple[dict[str, Any], ...]
+    user: str = "system:serviceaccount:default:default"
+
+    def allows(self, group: str, resource: str, verb: str) -> bool:
+        def has(rule: dict[str, Any], key: str, value: str) -> bool:
+            return value in rule.get(key, []) or "*" in rule.get(key, [])
+        return any(has(rule, "apiGroups", group) and has(rule, "resources", resource)
+                   and has(rule, "verbs", verb) for rule in self.rules)
+
+
+def role_from_manifests(path: Path, namespace: str) -> Role:
+    """The Role of a multi-document YAML file, for the ServiceAccount its RoleBinding binds."""
+    documents = [d for d in yaml.safe_load_all(path.read_text()) if d]
+    [role] = [d for d in documents if d.get("kind") == "Role"]
+    binding = next((d for d in documents if d.get("kind") == "RoleBinding"), {})
+    account = next((s["name"] for s in binding.get("subjects") or []
+                    if s.get("kind") == "ServiceAccount"), "default")
+    return Role(tuple(role["rules"]), f"system:serviceaccount:{namespace}:{account}")
+
+
+@dataclass(frozen=True)
+class ResourceQuota:
+    """A ResourceQuota: `hard` limits (`requests.<resource>`, `pods`) on the pods it counts.
+
+    `scope_classes` / `exempt_classes`: it counts only pods of these priority classes, or all but
+    pods of those (a scopeSelector on PriorityClass, In or NotIn).
+    """
+
+    name: str
+    hard: dict[str, str]
+    scope_classes: tuple[str, ...] | None = None
+    exempt_classes: tuple[str, ...] = ()
+
+    def counts(self, spec: dict[str, Any]) -> bool:
+        priority = spec.get("priorityClassName") or ""
+        if self.scope_classes is not None and priority not in self.scope_classes:
+            return False
+        return priority not in self.exempt_classes
+
+
+@dataclass(frozen=True)
+class PodWebhook:
+    """A validating admission webhook on pods: `deny(pod manifest)` returns why, or None."""
+
+    name: str
+    deny: Callable[[dict[str, Any]], str | None]
+
 @dataclass
 class Received:
     """One create request, as sent, and how the double answered it."""
@@ -148,6 +265,8 @@ class Pod:
     started: str | None = None
     finished: str | None = None
     killed: bool = False
+    # (reason, message) of its DisruptionTarget condition once something outside stopped it
+    disruption: tuple[str, str] | None = None
 
     def manifest(self, namespace: str) -> dict[str, Any]:
         if self.exit_code is not None:
@@ -161,6 +280,11 @@ class Pod:
         else:
             state = {"waiting": {"reason": "ContainerCreating"}}
         status: dict[str, Any] = {"phase": self.phase}
+        if self.disruption:
+            status["conditions"] = [{"type": "DisruptionTarget", "status": "True",
+                                     "reason": self.disruption[0],
+                                     "message": self.disruption[1],
+                                     "lastTransitionTime": self.finished or self.created}]
         if self.unschedulable:
             status["conditions"] = [{"type": "PodScheduled", "status": "False",
                                      "reason": "Unschedulable", "message": self.unschedulable,
@@ -193,7 +317,7 @@ class Job:
     def name(self) -> str:
         return self.manifest["metadata"]["name"]
 
-    def status(self) -> dict[str, Any]:
+    def status(self, namespace: str) -> dict[str, Any]:
         pod = self.pod
         if pod is None:
             return {}
@@ -202,13 +326,31 @@ class Job:
         if pod.exit_code == 0:
             return {"succeeded": 1, "startTime": pod.started, "completionTime": pod.finished,
                     "conditions": [{"type": "Complete", "status": "True"}]}
+        rule = self.failure_rule(pod)
         if pod.reason == "DeadlineExceeded":
             reason, message = "DeadlineExceeded", "Job was active longer than specified deadline"
+        elif rule is not None:  # the Job controller's words (pkg/controller/job)
+            reason = "PodFailurePolicy"
+            message = (f"Pod {namespace}/{pod.name} has condition DisruptionTarget matching "
+                       f"FailJob rule at index {rule}")
         else:
             reason, message = "BackoffLimitExceeded", "Job has reached the specified backoff limit"
         return {"failed": 1, "startTime": pod.started,
                 "conditions": [{"type": "Failed", "status": "True", "reason": reason,
                                 "message": message}]}
+
+
+    def failure_rule(self, pod: Pod) -> int | None:
+        """The index of the pod failure policy's FailJob rule a disrupted pod matches."""
+        if pod.disruption is None:
+            return None
+        rules = (self.manifest["spec"].get("podFailurePolicy") or {}).get("rules") or []
+        for index, rule in enumerate(rules):
+            if rule.get("action") == "FailJob" and any(
+                    c.get("type") == "DisruptionTarget" and c.get("status", "True") == "True"
+                    for c in rule.get("onPodConditions") or []):
+                return index
+        return None
 
 
 @dataclass
@@ -217,31 +359,29 @@ class Node:
 
     name: str
     labels: dict[str, str] = field(default_factory=dict)
-    allocatable: dict[str, str] = field(default_factory=lambda: {"cpu": "64", "memory": "512Gi"})
+    allocatable: dict[str, str] = field(default_factory=lambda: {
+        "cpu": "64", "memory": "512Gi", "ephemeral-storage": "1Ti"})
     taints: list[dict[str, str]] = field(default_factory=list)
 
 
 @dataclass
 class NautilusPolicy:
-    """NRP Nautilus' rules for pods, as its admission refuses them (DESIGN.md section 8).
+    """NRP Nautilus' rules for Jobs, as an admission webhook refuses them (NAUTILUS_FACTS): limits
+    within a ratio of requests, GPUs only under the names the cluster offers, no `sleep
+    infinity`. The webhook's name is this double's."""
 
-    The ratio of limits to requests is this project's reading of the cluster's policy page (to be
-    checked there); GPU resource names are the generic one and the families Nautilus requests
-    under their own names.
-    """
-
-    max_limit_ratio: float = 1.2
-    gpu_resources: tuple[str, ...] = ("nvidia.com/gpu", "nvidia.com/a100", "nvidia.com/a40",
-                                      "nvidia.com/rtxa6000")
+    max_limit_ratio: float = fact("limit_ratio")
+    gpu_resources: tuple[str, ...] = (*fact("ungated_gpu_resources"),
+                                      *fact("gated_gpu_resources"))
 
     def check(self, manifest: dict[str, Any]) -> None:
         pod = manifest["spec"]["template"]["spec"]
         for n, container in enumerate(pod.get("containers") or []):
             where = f"spec.template.spec.containers[{n}]"
             words = " ".join([*(container.get("command") or []), *(container.get("args") or [])])
-            if re.search(r"\bsleep\b", words):
-                raise self.refuse(f"{where}: `sleep` in a pod's command is not allowed: pods must "
-                                  f"do work, idle pods are deleted")
+            if fact("banned_in_jobs") in words:
+                raise self.refuse(f"{where}: `{fact('banned_in_jobs')}` in a Job is not "
+                                  f"allowed: pods must do work, idle pods are deleted")
             resources = container.get("resources") or {}
             requests, limits = resources.get("requests") or {}, resources.get("limits") or {}
             for resource in ("cpu", "memory"):
@@ -270,7 +410,26 @@ class Fault:
 
     method: str
     path: re.Pattern
-    answers: list[int | str]  # an HTTP status, or "drop" to close the connection unanswered
+    # an HTTP status, "drop" to close the connection unanswered, or "hang" to answer nothing
+    # until the double stops (the client's timeout ends the wait)
+    answers: list[int | str]
+
+
+def nautilus_namespace() -> dict[str, Any]:
+    """KubernetesDouble options for a fresh NRP Nautilus namespace: its Job policy, the priority
+    classes, a quota of zero on the gated GPUs (that the opportunistic classes bypass) and the
+    ban on other classes (NAUTILUS_FACTS)."""
+    allowed, banned = fact("allowed_priority_classes"), fact("banned_priority_classes")
+    return {
+        "policy": NautilusPolicy(),
+        "priority_classes": {*allowed, *banned},
+        "quotas": [
+            # the quota's name is this double's; the rule (zero until requested) is Nautilus'
+            ResourceQuota("gpu-quota", {f"requests.{r}": "0" for r in fact("gated_gpu_resources")},
+                          exempt_classes=fact("quota_bypass_classes")),
+            ResourceQuota(fact("priority_ban_quota"), {"pods": "0"}, scope_classes=banned),
+        ],
+    }
 
 
 @dataclass
@@ -291,8 +450,14 @@ class KubernetesDouble:
     events: list[dict[str, Any]] = field(default_factory=list)
     nodes: list[Node] | None = None
     unpullable_images: set[str] = field(default_factory=set)
-    quota: dict[str, str] = field(default_factory=dict)
+    quota: dict[str, str] = field(default_factory=dict)  # hard limits of `nadir-quota`
+    quotas: list[ResourceQuota] = field(default_factory=list)
+    priority_classes: set[str] | None = None  # None: any priorityClassName exists
+    limit_range: dict[str, str] = field(default_factory=dict)  # maximum limit per container
+    pod_webhooks: list[PodWebhook] = field(default_factory=list)
+    stuck_creating: dict[str, tuple[str, str]] = field(default_factory=dict)  # label -> event
     policy: NautilusPolicy | None = None
+    role: Role | None = None
     faults: list[Fault] = field(default_factory=list)
     forget_secrets: bool = False  # accept Secrets and drop them, as a careless cleanup would
 
@@ -300,6 +465,9 @@ class KubernetesDouble:
         self.lock = threading.RLock()
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.server: ThreadingHTTPServer | None = None
+        self.stopping = threading.Event()
+        if self.quota:
+            self.quotas.insert(0, ResourceQuota("nadir-quota", self.quota))
 
     # --- lifecycle -----------------------------------------------------------------------
     def start(self) -> KubernetesDouble:
@@ -335,6 +503,7 @@ class KubernetesDouble:
         return self.workdir / "kubeconfig"
 
     def stop(self) -> None:
+        self.stopping.set()
         with self.lock:
             for pod in self.pods.values():
                 self._kill(pod, "Deleted")
@@ -355,9 +524,27 @@ class KubernetesDouble:
                 if pod.log_path.exists()}
 
     def kill(self, pod_name: str, reason: str = "Evicted") -> None:
-        """Kill a running pod's processes, as a node does on eviction or preemption."""
+        """Kill a running pod's processes, as a node does on eviction or an OOM."""
         with self.lock:
             self._kill(self.pods[pod_name], reason)
+
+    def preempt(self, pod_name: str, grace_s: float = 2.0) -> None:
+        """Preempt a running pod as kube-scheduler does for a pod of higher priority: the
+        DisruptionTarget condition, a `Preempted` event, SIGTERM (SIGKILL after `grace_s`),
+        and the pod deleted once it has stopped."""
+        with self.lock:
+            pod = self.pods[pod_name]
+            pod.disruption = ("PreemptionByScheduler",
+                              "default-scheduler: preempting to accommodate a higher priority "
+                              "pod")
+            self.record_event("Pod", pod.name, "Preempted",
+                              f"Preempted by pod {uuid.uuid4()} on node {pod.node_name or 'node'}",
+                              event_type="Normal")
+            if pod.process is not None and pod.process.poll() is None:
+                pod.killed, pod.reason = True, "Error"
+                _signal_group(pod.process, signal.SIGTERM)
+                threading.Timer(grace_s, _signal_group,
+                                args=(pod.process, signal.SIGKILL)).start()
 
     def inject_faults(self, method: str, path_pattern: str, *answers: int | str) -> None:
         """Answer the next requests matching method and path regex with `answers`, in order."""
@@ -391,6 +578,10 @@ class KubernetesDouble:
         if answer_instead == "drop":
             request.close_connection = True
             return  # the client sees the connection closed without an answer
+        if answer_instead == "hang":  # an API server that accepted the request and went quiet
+            self.stopping.wait(600)
+            request.close_connection = True
+            return
         try:
             if answer_instead is not None:
                 raise ApiError(int(answer_instead), "InjectedFault",
@@ -412,6 +603,11 @@ class KubernetesDouble:
 
     def route(self, method: str, path: str, query: dict[str, str],
               body: bytes) -> tuple[int, Any]:
+        request = re.fullmatch(r"/(?:api/v1|apis/(?P<group>[^/]+)/[^/]+)/namespaces/[^/]+/"
+                               r"(?P<kind>[^/]+)(?:/(?P<name>[^/]+))?(?:/(?P<sub>[^/]+))?", path)
+        if request:  # authorization comes before the API server looks for the object
+            self.authorize(method, request["group"] or "", request["kind"], request["name"],
+                           request["sub"], query)
         core = re.fullmatch(r"/api/v1/namespaces/([^/]+)/(secrets|pods|events)(?:/([^/]+))?(/log)?",
                             path)
         batch = re.fullmatch(r"/apis/batch/v1/namespaces/([^/]+)/jobs(?:/([^/]+))?(/status)?", path)
@@ -424,12 +620,31 @@ class KubernetesDouble:
                                              f"only namespace {self.namespace!r}")
         with self.lock:
             if core and core.group(2) == "secrets":
-                return self.secret_call(method, core.group(3), body)
+                return self.secret_call(method, core.group(3), body, query)
             if core and core.group(2) == "events":
                 return self.event_call(method, query)
             if core:
                 return self.pod_call(method, core.group(3), bool(core.group(4)), query)
             return self.job_call(method, batch.group(2), bool(batch.group(3)), body, query)
+
+    def authorize(self, method: str, group: str, kind: str, name: str | None, sub: str | None,
+                  query: dict[str, str]) -> None:
+        """403, in the API server's words, for a request the Role does not allow."""
+        if self.role is None:
+            return
+        if method == "GET":
+            verb = "get" if name else ("watch" if query.get("watch") in ("1", "true") else "list")
+        else:
+            verb = {"POST": "create", "PUT": "update", "PATCH": "patch",
+                    "DELETE": "delete" if name else "deletecollection"}[method]
+        resource = f"{kind}/{sub}" if sub else kind
+        if self.role.allows(group, resource, verb):
+            return
+        what = (f"{kind}.{group}" if group else kind) + (f' "{name}"' if name else "")
+        raise ApiError(403, "Forbidden", f'{what} is forbidden: User "{self.role.user}" cannot '
+                                         f'{verb} resource "{resource}" in API group "{group}" '
+                                         f'in the namespace "{self.namespace}"',
+                       kind=kind, name=name)
 
     def decode(self, body: bytes, api_version: str, kind: str) -> dict[str, Any]:
         try:
@@ -444,13 +659,30 @@ class KubernetesDouble:
                                               f"{manifest['apiVersion']}, not a {kind}")
         return manifest
 
-    def secret_call(self, method: str, name: str | None, body: bytes) -> tuple[int, Any]:
+    def secret_call(self, method: str, name: str | None, body: bytes,
+                    query: dict[str, str]) -> tuple[int, Any]:
         if method == "POST" and name is None:
             manifest = self.decode(body, "v1", "Secret")
             self.admit("Secret", manifest, validate_secret)
             if not self.forget_secrets:
                 self.secrets[manifest["metadata"]["name"]] = manifest
             return 201, manifest
+        if method == "GET" and name is None:  # values are never listed back here: not needed
+            selector = _selector(query)
+            items = [{k: v for k, v in secret.items() if k != "data"}
+                     for secret in self.secrets.values()
+                     if all((secret["metadata"].get("labels") or {}).get(k) == v
+                            for k, v in selector.items())]
+            return 200, {"apiVersion": "v1", "kind": "SecretList", "metadata": {}, "items": items}
+        if method == "PUT" and name:
+            manifest = self.decode(body, "v1", "Secret")
+            if name not in self.secrets:
+                raise ApiError(404, "NotFound", f'secrets "{name}" not found', kind="secrets",
+                               name=name)
+            del self.secrets[name]  # admitted as a new object (no 409 with itself)
+            self.admit("Secret", manifest, validate_secret)
+            self.secrets[name] = manifest
+            return 200, manifest
         if method == "DELETE" and name:
             if self.secrets.pop(name, None) is None:
                 raise ApiError(404, "NotFound", f'secrets "{name}" not found', kind="secrets",
@@ -476,7 +708,8 @@ class KubernetesDouble:
             return 201, {**job.manifest, "status": {}}
         if method == "GET" and name is None:
             selector = _selector(query)
-            items = [{**job.manifest, "status": job.status()} for job in self.jobs.values()
+            items = [{**job.manifest, "status": job.status(self.namespace)}
+                     for job in self.jobs.values()
                      if all(job.manifest["metadata"].get("labels", {}).get(k) == v
                             for k, v in selector.items())]
             return 200, {"apiVersion": "batch/v1", "kind": "JobList", "metadata": {},
@@ -486,12 +719,12 @@ class KubernetesDouble:
             raise ApiError(404, "NotFound", f'jobs.batch "{name}" not found', kind="jobs",
                            name=name)
         if method == "GET":
-            return 200, {**job.manifest, "status": job.status()}
+            return 200, {**job.manifest, "status": job.status(self.namespace)}
         if method == "DELETE" and not status:
             del self.jobs[name]
             if job.pod is not None and job.pod.name in self.pods:
                 self.delete_pod(job.pod.name)
-            return 200, {**job.manifest, "status": job.status()}
+            return 200, {**job.manifest, "status": job.status(self.namespace)}
         raise ApiError(405, "MethodNotAllowed", f"{method} on a job is not served here")
 
     def pod_call(self, method: str, name: str | None, log: bool,
@@ -566,13 +799,18 @@ class KubernetesDouble:
         deadline_s = manifest["spec"].get("activeDeadlineSeconds")
         job = Job(manifest, pod, time.monotonic() + deadline_s if deadline_s else None)
         self.jobs[name] = job
-        refusal = self.quota_refusal(pod)
+        refusal = self.pod_refusal(pod)
         if refusal:  # the Job exists, its controller cannot create the pod
             job.pod = None
             self.record_event("Job", name, "FailedCreate", f"Error creating: {refusal}")
             return job
         self.pods[pod_name] = pod
         if not self.schedule(pod):
+            return job
+        stuck = next((event for selector, event in self.stuck_creating.items()
+                      if _selector({"labelSelector": selector}).items() <= labels.items()), None)
+        if stuck:  # scheduled; the kubelet cannot make its sandbox or mount its volumes
+            self.record_event("Pod", pod_name, *stuck)
             return job
         image = pod.container.get("image", "")
         if image in self.unpullable_images:
@@ -585,35 +823,66 @@ class KubernetesDouble:
         self.launch(pod, job)
         return job
 
-    def record_event(self, kind: str, name: str, reason: str, message: str) -> None:
+    def record_event(self, kind: str, name: str, reason: str, message: str,
+                     event_type: str = "Warning") -> None:
         stamp = now()
         self.events.append({
-            "apiVersion": "v1", "kind": "Event", "type": "Warning", "reason": reason,
+            "apiVersion": "v1", "kind": "Event", "type": event_type, "reason": reason,
             "message": message, "count": 1, "firstTimestamp": stamp, "lastTimestamp": stamp,
             "metadata": {"name": f"{name}.{secrets.token_hex(8)}", "namespace": self.namespace},
             "involvedObject": {"kind": kind, "name": name, "namespace": self.namespace}})
 
-    def quota_refusal(self, pod: Pod) -> str | None:
-        """The API server's refusal of `pod` under the quota, or None if it fits."""
-        if not self.quota:
+    def pod_refusal(self, pod: Pod) -> str | None:
+        """Why the API server refuses to create `pod` (admission, in the order a cluster runs
+        it: priority class, LimitRange, validating webhooks, quotas), or None."""
+        forbidden = f'pods "{pod.name}" is forbidden'
+        priority = pod.spec.get("priorityClassName")
+        if priority and self.priority_classes is not None \
+                and priority not in self.priority_classes:
+            return f"{forbidden}: no PriorityClass with name {priority} was found"
+        limits = (pod.container.get("resources") or {}).get("limits") or {}
+        for resource, maximum in sorted(self.limit_range.items()):
+            if resource in limits and quantity(limits[resource]) > quantity(maximum):
+                return (f"{forbidden}: maximum {resource} usage per Container is {maximum}, "
+                        f"but limit is {limits[resource]}")
+        manifest = pod.manifest(self.namespace)
+        for webhook in self.pod_webhooks:
+            denial = webhook.deny(manifest)
+            if denial:
+                return f'admission webhook "{webhook.name}" denied the request: {denial}'
+        for quota in self.quotas:
+            refusal = self.quota_refusal(quota, pod)
+            if refusal:
+                return f"{forbidden}: {refusal}"
+        return None
+
+    def quota_refusal(self, quota: ResourceQuota, pod: Pod) -> str | None:
+        """The quota's refusal of `pod`, as the API server words it, or None if it fits."""
+        if not quota.counts(pod.spec):
             return None
-        requests = (pod.container.get("resources") or {}).get("requests") or {}
-        active = [p for p in self.pods.values() if p.exit_code is None]
+
+        def requested(p: Pod, key: str) -> float:
+            if key == "pods":
+                return 1.0
+            asked = ((p.container.get("resources") or {}).get("requests") or {})
+            return quantity(asked.get(key.removeprefix("requests."), "0"))
+
+        counted = [p for p in self.pods.values() if p.exit_code is None and quota.counts(p.spec)]
         exceeded = []
-        for key, hard in sorted(self.quota.items()):
-            resource = key.removeprefix("requests.")
-            wanted = quantity(requests.get(resource, "0"))
-            used = sum(quantity(((p.container.get("resources") or {}).get("requests") or {})
-                                .get(resource, "0")) for p in active)
+        for key, hard in sorted(quota.hard.items()):
+            wanted = requested(pod, key)
+            used = sum(requested(p, key) for p in counted)
             if wanted and used + wanted > quantity(hard):
-                exceeded.append((key, requests[resource], used, hard))
+                asked = "1" if key == "pods" else \
+                    pod.container["resources"]["requests"][key.removeprefix("requests.")]
+                exceeded.append((key, asked, used, hard))
         if not exceeded:
             return None
-        requested = ",".join(f"{key}={wanted}" for key, wanted, _, _ in exceeded)
-        used = ",".join(f"{key}={used:g}" for key, _, used, _ in exceeded)
+        requested_text = ",".join(f"{key}={wanted}" for key, wanted, _, _ in exceeded)
+        used_text = ",".join(f"{key}={used:g}" for key, _, used, _ in exceeded)
         limited = ",".join(f"{key}={hard}" for key, _, _, hard in exceeded)
-        return (f'pods "{pod.name}" is forbidden: exceeded quota: nadir-quota, requested: '
-                f"{requested}, used: {used}, limited: {limited}")
+        return (f"exceeded quota: {quota.name}, requested: {requested_text}, used: {used_text}, "
+                f"limited: {limited}")
 
     def schedule(self, pod: Pod) -> bool:
         """Place `pod` on a node (True), or leave it Pending and Unschedulable (False)."""
@@ -637,8 +906,11 @@ class KubernetesDouble:
         home, tmp = pod.directory / "home", pod.directory / "tmp"
         home.mkdir(parents=True)
         tmp.mkdir()
+        # PYTHONPATH: the test venv may have nadir installed (editable, from another checkout
+        # than the one under test), the image has not; pods import it from the source archive
+        # Snakemake deploys into their working directory, as on a cluster.
         env = {"PATH": f"{self.venv_bin}:/usr/local/bin:/usr/bin:/bin", "HOME": str(home),
-               "TMPDIR": str(tmp), "HOSTNAME": pod.name}
+               "TMPDIR": str(tmp), "HOSTNAME": pod.name, "PYTHONPATH": "src"}
         for var in pod.container.get("env") or []:
             if "value" in var:
                 env[var["name"]] = var["value"]
@@ -683,20 +955,19 @@ class KubernetesDouble:
                 job.deadline = None
         with self.lock:
             pod.finished = now()
-            pod.exit_code = 128 + signal.SIGKILL if pod.killed else code
+            pod.exit_code = 128 - code if code < 0 else code  # a signal's number, as a shell's
             if pod.reason is None:
                 pod.reason = "Completed" if code == 0 else "Error"
             pod.phase = "Succeeded" if pod.exit_code == 0 else "Failed"
+            if pod.disruption and self.pods.get(pod.name) is pod:  # deleted once stopped
+                self.finished_pods.append(self.pods.pop(pod.name))
 
     def _kill(self, pod: Pod, reason: str) -> None:
         if pod.process is not None and pod.process.poll() is None:
             pod.killed, pod.reason = True, reason
             if reason in POD_LEVEL_REASONS:
                 pod.status_reason, pod.status_message = reason, POD_LEVEL_REASONS[reason]
-            try:
-                os.killpg(pod.process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            _signal_group(pod.process, signal.SIGKILL)
 
     def delete_pod(self, name: str) -> None:
         pod = self.pods.pop(name)
@@ -713,8 +984,16 @@ class KubernetesDouble:
 POD_LEVEL_REASONS = {
     "Evicted": "The node was low on resource: ephemeral-storage. Threshold quantity: 10Gi, "
                "available: 9Gi.",
-    "Preempted": "Preempted in order to admit critical pod",
 }
+
+
+def _signal_group(process: subprocess.Popen, signum: int) -> None:
+    """Send `signum` to a pod's processes, if they still run."""
+    if process.poll() is None:
+        try:
+            os.killpg(process.pid, signum)
+        except ProcessLookupError:
+            pass
 
 
 def _selector(query: dict[str, str]) -> dict[str, str]:
@@ -778,8 +1057,6 @@ def unfit(node: Node, spec: dict[str, Any], container: dict[str, Any]) -> str | 
             return f"node(s) had untolerated taint {{{taint['key']}: {taint.get('value', '')}}}"
     requests = (container.get("resources") or {}).get("requests") or {}
     for resource, amount in sorted(requests.items()):
-        if resource == "ephemeral-storage":
-            continue
         if quantity(node.allocatable.get(resource, "0")) < quantity(amount):
             return f"Insufficient {resource}"
     return None
@@ -832,6 +1109,10 @@ def validate_job(manifest: dict[str, Any]) -> None:
     if pod.get("restartPolicy") not in ("Never", "OnFailure"):
         raise invalid(f"{where}.restartPolicy", f"Unsupported value: {pod.get('restartPolicy')!r}"
                                                 ': supported values: "OnFailure", "Never"')
+    if spec.get("podFailurePolicy") and pod.get("restartPolicy") != "Never":
+        raise invalid(f"{where}.restartPolicy", f"Invalid value: {pod.get('restartPolicy')!r}: "
+                                                f'only "Never" is supported when '
+                                                f"podFailurePolicy is specified")
     volumes = [v["name"] for v in pod.get("volumes") or []]
     if len(set(volumes)) != len(volumes):
         raise invalid(f"{where}.volumes", f"Duplicate value: {volumes}")

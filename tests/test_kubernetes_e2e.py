@@ -1,5 +1,8 @@
-"""The sample pipeline as Kubernetes pods: the API double (tests/k8s_double.py) runs every Job,
-SeaweedFS holds every file, `profiles/kubernetes` supplies the settings a cluster run uses.
+"""The sample pipeline as Kubernetes pods: the API double (tests/k8s_double.py) runs every Job
+in a namespace like a fresh NRP Nautilus one (its Job policy, priority classes, a quota of zero on
+the gated GPUs, the RBAC Role of profiles/nautilus/controller.yaml, GPU and CPU nodes), SeaweedFS
+holds every file, and `profiles/nautilus`, unedited but for namespace, bucket, images and S3
+endpoints, supplies the settings.
 
 Snakemake runs from a copy of this checkout (tracked and untracked, non-ignored files, in a fresh
 git repository), because it ships the git-tracked files to the pods as its source archive.
@@ -26,15 +29,31 @@ import kubernetes.config
 import pytest
 import yaml
 from conftest import ROOT, RUN_JOBS, SUMMARY_JOBS, planned_jobs
-from k8s_double import KubernetesDouble, Pod
+from k8s_double import KubernetesDouble, Node, Pod, fact, nautilus_namespace, role_from_manifests
 
 pytestmark = pytest.mark.slow
 
 BUCKET = "nadir-k8s"
-PROFILE = yaml.safe_load((ROOT / "profiles/kubernetes/config.yaml").read_text())
-POD_SETTINGS = yaml.safe_load((ROOT / "profiles/kubernetes/pods.yaml").read_text())
+PROFILE = yaml.safe_load((ROOT / "profiles/nautilus/config.yaml").read_text())
+POD_SETTINGS = yaml.safe_load((ROOT / "profiles/nautilus/pods.yaml").read_text())
+IMAGES = {"container-image": "gitlab-registry.nrp-nautilus.io/nadir-ci/nadir:0.1.0-cu130",
+          "kubernetes-pods-cpu-image": "gitlab-registry.nrp-nautilus.io/nadir-ci/nadir:0.1.0-cpu"}
 # This machine has 2 cores: the profile's 8 threads per GPU job would only oversubscribe them.
 SMALL_THREADS = ["--set-threads", "train=2", "evaluate=2", "chip=1"]
+GPU_NODE = {"cpu": "64", "memory": "512Gi", "ephemeral-storage": "2Ti"}
+ON_GPU_NODES = {fact("gpu_node_label"): "true", "nvidia.com/cuda.driver.major": "580"}
+# Listed first: nodes whose GPUs the profile's default GPU settings must not take (gated cards,
+# an old driver); every GPU node would fit a CPU pod, and the scheduler takes the first that fits.
+NODES = [
+    Node("h100-node", {**ON_GPU_NODES, "nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
+         {**GPU_NODE, "nvidia.com/h100": "4"}),
+    Node("rtx3090-old-driver", {**ON_GPU_NODES, "nvidia.com/cuda.driver.major": "550",
+                                "nvidia.com/gpu.product": "NVIDIA-GeForce-RTX-3090"},
+         {**GPU_NODE, "nvidia.com/gpu": "8"}),
+    Node("rtx3090-node", {**ON_GPU_NODES, "nvidia.com/gpu.product": "NVIDIA-GeForce-RTX-3090"},
+         {**GPU_NODE, "nvidia.com/gpu": "8"}),
+    Node("cpu-node", {"kubernetes.io/hostname": "cpu-node"}, GPU_NODE),
+]
 
 
 def make_checkout(dest: Path) -> Path:
@@ -53,21 +72,31 @@ def snakemake_on(checkout: Path, double: KubernetesDouble, s3, prefix: str, *arg
                  configfile: str = "config/test.yaml",
                  profile: bool = True) -> subprocess.CompletedProcess:
     """Snakemake as a user runs it against a cluster: kubeconfig and S3 keys in the environment;
-    PYTHONPATH stands for `make install` (pip install -e .), which makes the plugin visible."""
+    PYTHONPATH stands for `make install` (pip install -e .), which makes the plugin visible.
+    With `profile`, profiles/nautilus with what a user sets in it: namespace, bucket, images,
+    and the S3 endpoints (the controller reaches S3 by another name than pods, as outside and
+    inside the cluster)."""
     env = {**os.environ, **s3.env(), "KUBECONFIG": str(double.kubeconfig),
            "PYTHONPATH": str(checkout / "src")}
     cmd = [sys.executable, "-m", "snakemake",
-           *(["--workflow-profile", "profiles/kubernetes",
-              "--kubernetes-pods-namespace", double.namespace] if profile else []),
+           *(["--workflow-profile", "profiles/nautilus",
+              "--kubernetes-pods-namespace", double.namespace,
+              *(f"--{option}={image}" for option, image in IMAGES.items()),
+              "--kubernetes-pods-s3-endpoint-in-pods", s3.endpoint] if profile else []),
            "--configfile", configfile, "--replace-workflow-config",
            "--default-storage-prefix", f"s3://{BUCKET}/{prefix}",
-           "--storage-s3-endpoint-url", s3.endpoint,
+           "--storage-s3-endpoint-url", outside_endpoint(s3) if profile else s3.endpoint,
            # Snakemake's default of 10 s between status checks leaves each finished pod
            # unnoticed for 5 s on average, along a chain of about 15 jobs; the double answers
            # at once, so the test checks every second (as test_kubernetes_failures does).
            "--seconds-between-status-checks", "1", *args]
     return subprocess.run(cmd, cwd=checkout, env=env, capture_output=True, text=True,
                           timeout=1800)
+
+
+def outside_endpoint(s3) -> str:
+    """The S3 endpoint by another name: the controller's, outside the cluster."""
+    return s3.endpoint.replace("127.0.0.1", "localhost")
 
 
 def rule_of(job: dict) -> str:
@@ -80,7 +109,8 @@ def container(job: dict) -> dict:
 
 def kill_when(double: KubernetesDouble, rule: str, ready: Callable[[Pod], bool], reason: str,
               killed: dict[str, Pod]) -> None:
-    """Kill the first running pod of `rule` once `ready(pod)` holds (in a thread)."""
+    """Stop the first running pod of `rule` once `ready(pod)` holds (in a thread): "Preempted"
+    as the scheduler does (the pod deleted), other reasons as a node does."""
     def running_pod():
         return next((pod for pod in double.all_pods()
                      if pod.labels.get("snakemake-rule") == rule and pod.phase == "Running"
@@ -89,7 +119,10 @@ def kill_when(double: KubernetesDouble, rule: str, ready: Callable[[Pod], bool],
         pod = double.wait_for(running_pod, 900, f"a running {rule} pod, ready to be killed")
     except TimeoutError:
         return
-    double.kill(pod.name, reason)
+    if reason == "Preempted":
+        double.preempt(pod.name)
+    else:
+        double.kill(pod.name, reason)
     killed[rule] = pod
 
 
@@ -135,6 +168,7 @@ class PipelineRun:
     prefix: str
 
 
+CONTROLLER = ROOT / "profiles/nautilus/controller.yaml"
 PIPELINE_CONFIG = "config/k8s.yaml"
 # config/test.yaml, with training long enough to be killed after its first checkpoint
 # (iteration 4 of 12) and still be running.
@@ -144,17 +178,18 @@ CHECKPOINT_EVERY = 4
 
 @pytest.fixture(scope="module")
 def pipeline(s3, tmp_path_factory):
-    """The sample pipeline as pods. Two pods are killed on the way, as a cluster does: a chip
-    pod while it stages its inputs (retried with more memory) and the training pod once its
-    first checkpoint is in S3 (preempted; the retry resumes from the checkpoint)."""
+    """The sample pipeline as pods. Two pods are stopped on the way, as a cluster does: a chip
+    pod evicted while it stages its inputs (retried with more memory) and the training pod
+    preempted by the scheduler once its first checkpoint is in S3 (the retry resumes from it)."""
     base = tmp_path_factory.mktemp("k8s-pipeline")
     checkout = make_checkout(base / "checkout")
     config = yaml.safe_load((checkout / "config/test.yaml").read_text())
     config["training"].update(TRAINING)
     config["checkpoints"] = {"every": CHECKPOINT_EVERY}
     (checkout / PIPELINE_CONFIG).write_text(yaml.safe_dump(config))
-    double = KubernetesDouble(base / "cluster", Path(sys.executable).parent,
-                              namespace="nadir-ci").start()
+    double = KubernetesDouble(base / "cluster", Path(sys.executable).parent, namespace="nadir-ci",
+                              nodes=NODES, role=role_from_manifests(CONTROLLER, "nadir-ci"),
+                              **nautilus_namespace()).start()
     killed: dict[str, Pod] = {}
     progress: list[str] = []
     for rule, ready, reason in [
@@ -205,12 +240,18 @@ def test_sample_pipeline_runs_end_to_end_as_pods(pipeline, s3):
     assert not any("pip install" in container(job)["args"][1] for job in jobs)
 
 
-def test_gpu_rules_request_gpus_shm_affinity_and_tolerations(pipeline):
-    resources = PROFILE["set-resources"]
+def test_gpu_rules_get_gpu_nodes_and_cpu_rules_cpu_nodes_without_cuda(pipeline, s3):
+    """GPU jobs: a card under the profile's resource name, /dev/shm, the GPU settings' node
+    affinity (product, driver), the CUDA image. Every other job: off GPU nodes (NRP's CPU-only
+    affinity; the GPU nodes come first and would fit it), the CPU image, no GPU visible. Every
+    job: a deadline, limits equal to requests, S3 at the in-cluster endpoint."""
+    resources, defaults = PROFILE["set-resources"], PROFILE["default-resources"]
     for job in pipeline.double.accepted("Job"):
         rule, pod = rule_of(job), job["spec"]["template"]["spec"]
         requests = container(job)["resources"]["requests"]
         limits = container(job)["resources"]["limits"]
+        env = {e["name"]: e.get("value") for e in container(job)["env"]}
+        node = pipeline.double.pod_of(job["metadata"]["name"]).node_name
         if rule in ("train", "evaluate"):
             assert requests["nvidia.com/gpu"] == limits["nvidia.com/gpu"] == "1"
             assert {"name": "dshm", "emptyDir": {
@@ -218,17 +259,29 @@ def test_gpu_rules_request_gpus_shm_affinity_and_tolerations(pipeline):
                 in pod["volumes"]
             assert {"name": "dshm", "mountPath": "/dev/shm"} in container(job)["volumeMounts"]
             assert pod["affinity"] == POD_SETTINGS["gpu"]["affinity"]
-            for toleration in POD_SETTINGS["gpu"]["tolerations"]:
-                assert toleration in pod["tolerations"]
+            # the old-driver node comes first and has the card, but not torch's CUDA 13.0
+            assert node == "rtx3090-node"
+            assert container(job)["image"] == IMAGES["container-image"]
+            assert "NVIDIA_VISIBLE_DEVICES" not in env  # the device plugin sets it
             assert job["spec"]["activeDeadlineSeconds"] == resources[rule]["runtime"] * 60
         else:
-            assert "nvidia.com/gpu" not in requests
-            assert "affinity" not in pod and "tolerations" not in pod
+            assert not any(name.startswith("nvidia.com/") for name in requests)
+            assert pod["affinity"] == POD_SETTINGS["cpu"]["affinity"]
+            assert node == "cpu-node"
+            assert container(job)["image"] == IMAGES["kubernetes-pods-cpu-image"]
+            assert env["NVIDIA_VISIBLE_DEVICES"] == "void"
             assert all(volume["name"] != "dshm" for volume in pod["volumes"])
-        # scale 0: limits equal requests (cpu-scalar 1.0)
+            # a group job's runtime: its jobs' summed along the group's layers (Snakemake)
+            deadline = job["spec"]["activeDeadlineSeconds"]
+            assert deadline == defaults["runtime"] * 60 or \
+                (rule.startswith("summarise") and deadline % (defaults["runtime"] * 60) == 0)
+        # scale 0: limits equal requests (cpu-scalar 1.0), within Nautilus' ratio
         assert requests == limits
         labels = job["spec"]["template"]["metadata"]["labels"]
         assert labels["app.kubernetes.io/part-of"] == "nadir"
+        # the controller's endpoint travels in the run's Secret; pods get the in-cluster one
+        assert env["SNAKEMAKE_STORAGE_S3_ENDPOINT_URL"] == s3.endpoint
+        assert outside_endpoint(s3) not in str(job)
 
 
 def test_killed_pod_is_retried_with_more_memory_and_its_log_is_kept(pipeline):
@@ -313,10 +366,12 @@ def test_upstream_kubernetes_executor_still_works_with_the_s3_flags(s3, tmp_path
         double.stop()
 
 
-def test_training_pod_killed_after_its_first_checkpoint_resumes_from_it(pipeline, s3):
-    """Eviction or preemption of a training pod: the retry continues from the last checkpoint."""
+def test_training_pod_preempted_after_its_first_checkpoint_resumes_from_it(pipeline, s3):
+    """Preemption of a training pod by the scheduler (the pod deleted): reported as such, and
+    the retry continues from the last checkpoint."""
     killed = pipeline.killed["train"]
-    assert killed.exit_code == 137
+    assert killed.exit_code == 143  # SIGTERM, then deleted
+    assert f"(pod {killed.name}) failed: Preempted: " in pipeline.proc.stderr
     iterations = TRAINING["iterations"]
     # `kubectl logs` of a running training pod shows its progress (nadir copies its log there)
     assert pipeline.progress and f"/{iterations} (" in pipeline.progress[0], pipeline.progress

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,7 +24,16 @@ import kubernetes.client
 import kubernetes.config
 import pytest
 from conftest import ROOT
-from k8s_double import KubernetesDouble, Node, Pod
+from k8s_double import (
+    KubernetesDouble,
+    Node,
+    Pod,
+    PodWebhook,
+    Role,
+    nautilus_namespace,
+    quantity,
+    role_from_manifests,
+)
 
 pytestmark = pytest.mark.slow  # Snakemake runs through the API double
 
@@ -64,6 +74,38 @@ rule fine:
     output: "out/fine.txt"
     shell: "echo done > {{output}}"
 
+rule preempted:
+    output: "out/preempted.txt"
+    shell: "{LONG_TASK}"
+
+rule container_creating:
+    output: "out/container_creating.txt"
+    shell: "echo never > {{output}}"
+
+rule over_limit_range:
+    output: "out/over_limit_range.txt"
+    resources: mem_mb=12000, scale=0
+    shell: "echo never > {{output}}"
+
+rule misspelt_priority:
+    output: "out/misspelt_priority.txt"
+    resources: gpu=1, gpu_manufacturer="nvidia", gpu_class="misspelt"
+    shell: "echo never > {{output}}"
+
+rule webhook_refused:
+    output: "out/webhook_refused.txt"
+    resources: disk_mb=60000
+    shell: "echo never > {{output}}"
+
+rule gated_gpu:
+    output: "out/gated_gpu.txt"
+    resources: gpu=1, gpu_manufacturer="nvidia", gpu_class="a100"
+    shell: "echo never > {{output}}"
+
+rule gated:
+    output: "out/gated-{{name}}.txt"
+    shell: "python gate.py {{config[gates]}}/{{wildcards.name}} {{output}}"
+
 rule progress:
     output: "out/progress.txt"
     log: "logs/progress.log"
@@ -88,6 +130,24 @@ open(sys.argv[1], "w").write("trained\\n")
 """
 
 
+# A job that waits until the test opens its gate (a file on this machine: the double's pods run
+# here), so that it is running, or finished, exactly when the test wants.
+GATE_SCRIPT = """
+import pathlib, sys, time
+gate = pathlib.Path(sys.argv[1])
+print("waiting for", gate.name, flush=True)
+while not gate.exists():
+    time.sleep(0.2)
+pathlib.Path(sys.argv[2]).write_text(gate.name + "\\n")
+"""
+# GPU classes for the failing run: a gated card, and a priority class with a typo.
+POD_SETTINGS = """
+gpu_classes:
+  a100: {gpuResource: nvidia.com/a100}
+  misspelt: {priorityClassName: opportunstic}
+"""
+
+
 @pytest.fixture(scope="module")
 def workflow(tmp_path_factory) -> Path:
     """The tiny workflow in a git repository (Snakemake ships git-tracked files to pods)."""
@@ -96,6 +156,8 @@ def workflow(tmp_path_factory) -> Path:
     (directory / "Snakefile").write_text(textwrap.dedent(SNAKEFILE))
     (directory / "progress.py").write_text(PROGRESS_SCRIPT)
     (directory / "crash.py").write_text(CRASH_SCRIPT)
+    (directory / "gate.py").write_text(GATE_SCRIPT)
+    (directory / "pods.yaml").write_text(POD_SETTINGS)
     subprocess.run(["git", "init", "-q"], cwd=directory, check=True)
     subprocess.run(["git", "add", "-A"], cwd=directory, check=True)
     return directory
@@ -144,7 +206,8 @@ def error_of(output: str, rule: str) -> str:
 
 
 def stop_when_started(double: KubernetesDouble, stops: dict[str, str]) -> threading.Thread:
-    """Stop each rule's pod with the given reason once its task has started (in a thread)."""
+    """Stop each rule's pod with the given reason once its task has started (in a thread):
+    "Preempted" as the scheduler does, the others as a node does."""
     def watch():
         pending = dict(stops)
         deadline = time.monotonic() + HARD_TIMEOUT_S
@@ -153,7 +216,11 @@ def stop_when_started(double: KubernetesDouble, stops: dict[str, str]) -> thread
                 rule = pod.labels.get("snakemake-rule")
                 if rule in pending and pod.log_path.exists() \
                         and "task started" in pod.log_path.read_text(errors="replace"):
-                    double.kill(pod.name, pending.pop(rule))
+                    reason = pending.pop(rule)
+                    if reason == "Preempted":
+                        double.preempt(pod.name)
+                    else:
+                        double.kill(pod.name, reason)
             time.sleep(0.2)
     thread = threading.Thread(target=watch, daemon=True)
     thread.start()
@@ -181,21 +248,39 @@ def follow_progress(double: KubernetesDouble, seen: list[str]) -> None:
         time.sleep(0.3)
 
 
+FAILING = ("unschedulable", "over_quota", "oom", "evicted", "deadline", "crash", "fine",
+           "progress", "preempted", "container_creating", "over_limit_range",
+           "misspelt_priority", "webhook_refused", "gated_gpu")
+LARGE_DISK = PodWebhook("storage.example.org", lambda pod: (
+    "ephemeral storage above 50G needs a persistent volume"
+    if quantity(pod["spec"]["containers"][0]["resources"]["requests"]
+                .get("ephemeral-storage", "0")) > 50e9 else None))
+
+
 @pytest.fixture(scope="module")
 def failing_run(workflow, s3, tmp_path_factory):
-    """One run of every rule with --keep-going on a cluster of one CPU node under a 16 GiB
-    memory quota; oom, evicted and deadline pods are stopped once their task runs."""
+    """One run of every rule with --keep-going on a cluster of one CPU node in a namespace like
+    a fresh Nautilus one (priority classes, a zero quota on gated GPUs), under a 16 GiB memory
+    quota, a 10 GiB LimitRange maximum, a webhook on large disks, and a sandbox that cannot be
+    made for one rule; oom, evicted, deadline and preempted pods are stopped once their task
+    runs. A job waits 3 s in any state, a GPU job 4 s for a node or quota."""
+    nautilus = nautilus_namespace()
     double = new_double(tmp_path_factory.mktemp("cluster"), "double",
                         nodes=[Node("cpu-node-1", {"kubernetes.io/hostname": "cpu-node-1"})],
-                        quota={"requests.memory": "16Gi"})
+                        quota={"requests.memory": "16Gi"}, quotas=nautilus["quotas"],
+                        priority_classes=nautilus["priority_classes"],
+                        limit_range={"memory": "10Gi"}, pod_webhooks=[LARGE_DISK],
+                        stuck_creating={"snakemake-rule=container_creating": (
+                            "FailedCreatePodSandBox", "Failed to create pod sandbox: rpc error: "
+                            "code = DeadlineExceeded desc = context deadline exceeded")})
     stop_when_started(double, {"oom": "OOMKilled", "evicted": "Evicted",
-                               "deadline": "DeadlineExceeded"})
+                               "deadline": "DeadlineExceeded", "preempted": "Preempted"})
     progress: list[str] = []
     threading.Thread(target=follow_progress, args=(double, progress), daemon=True).start()
     proc, elapsed = run(workflow, double, s3, "failing", "--keep-going",
-                        *(f"out/{name}.txt" for name in ("unschedulable", "over_quota", "oom",
-                                                         "evicted", "deadline", "crash", "fine",
-                                                         "progress")))
+                        "--kubernetes-pods-pod-settings", "pods.yaml",
+                        "--kubernetes-pods-gpu-queue-timeout", "4",
+                        *(f"out/{name}.txt" for name in FAILING))
     yield double, proc, elapsed, progress
     double.stop()
 
@@ -216,6 +301,9 @@ def test_failing_run_ends_fast_and_the_good_job_succeeds(failing_run, s3):
     ("evicted", "Evicted", "The node was low on resource: ephemeral-storage"),
     ("deadline", "DeadlineExceeded", "Job was active longer than specified deadline"),
     ("crash", "Error", "exit code 1"),
+    # scheduled, but its sandbox is never made: named with the kubelet's event
+    ("container_creating", "ContainerCreating", "event FailedCreatePodSandBox: Failed to create "
+                                                "pod sandbox: rpc error"),
 ])
 def test_a_failed_pod_is_named_with_its_reason_and_detail(failing_run, rule, reason, detail):
     double, proc, _, _ = failing_run
@@ -225,21 +313,42 @@ def test_a_failed_pod_is_named_with_its_reason_and_detail(failing_run, rule, rea
     assert detail in error
 
 
-def test_unschedulable_waits_for_the_stuck_timeout_then_fails(failing_run):
-    _, proc, _, _ = failing_run
-    assert "waits: Unschedulable" in proc.stderr
-    assert "for more than 3 s, --kubernetes-pods-stuck-timeout" in error_of(proc.stderr,
-                                                                          "unschedulable")
-
-
-def test_quota_that_can_never_admit_the_pod_fails_at_once(failing_run):
+def test_a_preempted_pod_is_named_as_preempted_not_by_its_exit_code(failing_run):
     double, proc, _, _ = failing_run
-    error = error_of(proc.stderr, "over_quota")
+    error = error_of(proc.stderr, "preempted")
+    pod = pod_of_rule(double, "preempted")
+    assert pod.exit_code == 143  # SIGTERM: all that upstream would have said
+    assert f"(pod {pod.name}) failed: Preempted: " in error
+    assert "exit code 143" not in error
+
+
+def test_waiting_states_time_out_gpu_queue_waits_later(failing_run):
+    """A GPU job may wait longer for a node (or quota) than any job waits in another state."""
+    _, proc, _, _ = failing_run
+    assert "waits: Unschedulable" in proc.stderr and "waits: ContainerCreating" in proc.stderr
+    assert "for more than 4 s, --kubernetes-pods-gpu-queue-timeout" in error_of(proc.stderr,
+                                                                              "unschedulable")
+    assert "for more than 3 s, --kubernetes-pods-stuck-timeout" in error_of(proc.stderr,
+                                                                          "container_creating")
+
+
+@pytest.mark.parametrize(("rule", "refusal"), [
+    ("over_quota", "exceeded quota: nadir-quota, requested: requests.memory=20000M"),
+    # a fresh Nautilus namespace: a quota of zero for A100/H100/H200 until a request is granted
+    ("gated_gpu", "exceeded quota: gpu-quota, requested: requests.nvidia.com/a100=1"),
+    ("over_limit_range", "maximum memory usage per Container is 10Gi, but limit is 12000M"),
+    ("misspelt_priority", "no PriorityClass with name opportunstic was found"),
+    ("webhook_refused", 'admission webhook "storage.example.org" denied the request: ephemeral '
+                        "storage above 50G needs a persistent volume"),
+])
+def test_a_pod_refused_at_creation_fails_at_once_with_the_reason(failing_run, rule, refusal):
+    double, proc, _, _ = failing_run
+    error = error_of(proc.stderr, rule)
     job = next(j for j in double.accepted("Job")
-               if j["metadata"]["labels"]["snakemake-rule"] == "over_quota")
+               if j["metadata"]["labels"]["snakemake-rule"] == rule)
     assert f"Kubernetes Job {job['metadata']['name']} (no pod) failed: FailedCreate: " in error
-    assert "exceeded quota: nadir-quota, requested: requests.memory=20000M" in error
-    assert "stuck-timeout" not in error  # not waited for: it can never fit
+    assert refusal in error
+    assert "timeout" not in error  # not waited for: waiting cannot make it fit
 
 
 def test_a_crashed_job_shows_its_traceback_in_the_error(failing_run):
@@ -281,13 +390,16 @@ def test_transient_api_errors_are_retried_and_no_job_is_lost(workflow, s3, tmp_p
     double = new_double(tmp_path, "double")
     jobs, status = r"/apis/batch/v1/namespaces/[^/]+/jobs$", r"/jobs/[^/]+/status$"
     double.inject_faults("POST", jobs, 429, "drop", 503)
-    double.inject_faults("GET", status, 500, 502, "drop")
+    # an API server that takes a status read and never answers (urllib3 asks three more times)
+    double.inject_faults("GET", status, 500, 502, "drop", *["hang"] * 4)
     double.inject_faults("GET", r"/api/v1/namespaces/[^/]+/pods$", 429)
     try:
-        proc, _ = run(workflow, double, s3, "faults", "out/fine.txt")
+        proc, _ = run(workflow, double, s3, "faults", "out/fine.txt",
+                      "--kubernetes-pods-api-timeout", "1")
         assert proc.returncode == 0, proc.stderr[-4000:]
         assert "Kubernetes API: HTTP 429" in proc.stderr
         assert "Kubernetes API: HTTP 500" in proc.stderr
+        assert "Read timed out. (read timeout=1)" in proc.stderr  # the hung call ended, retried
         assert [f.answers for f in double.faults] == [[], [], []]  # every fault was met
         [job] = double.accepted("Job")  # a retried creation made no second Job
         assert job["metadata"]["labels"]["snakemake-rule"] == "fine"
@@ -356,3 +468,71 @@ def test_a_running_job_shows_its_progress_in_the_pod_log_and_keeps_its_log_file(
     stored = s3.client().get_object(Bucket=BUCKET, Key="failing/logs/progress.log")["Body"]
     assert re.findall(r"iteration \d+/30", stored.read().decode()) == \
         [f"iteration {i}/30" for i in range(1, 31)]  # the rule's log file has every line
+
+
+def test_a_role_without_a_right_the_executor_uses_fails_the_job_at_once(workflow, s3, tmp_path):
+    """The first round's documented Role lacked `jobs/status`: every status read was a 403 and
+    every job waited two hours as unreadable. A 403 now fails the job at once, naming it."""
+    role = role_from_manifests(ROOT / "profiles" / "nautilus" / "controller.yaml", "nadir-ci")
+    lacking = Role(tuple(r for r in role.rules if "jobs/status" not in r["resources"]), role.user)
+    double = new_double(tmp_path, "double", role=lacking)
+    try:
+        proc, elapsed = run(workflow, double, s3, "rbac", "out/fine.txt")
+        assert proc.returncode != 0 and elapsed < FAST_S
+        error = error_of(proc.stderr, "fine")
+        assert ('failed: Forbidden: HTTP 403 Forbidden: jobs.batch "snakejob-' in error)
+        assert 'cannot get resource "jobs/status" in API group "batch"' in error
+    finally:
+        double.stop()
+
+
+def test_a_controller_killed_and_started_again_adopts_its_jobs(workflow, s3, tmp_path):
+    """SIGKILL of the controller while two jobs run; one finishes while it is down. Started
+    again (after `--unlock`, as after any crash), it adopts the running Job, takes the finished
+    one's output as it is, and finishes the run: no Job created twice, no output made twice."""
+    checkout = tmp_path / "checkout"
+    shutil.copytree(workflow, checkout)
+    gates = tmp_path / "gates"
+    gates.mkdir()
+    double = new_double(tmp_path, "double")
+    cmd, env = snakemake_command(double, s3, "restart", "out/gated-early.txt",
+                                 "out/gated-late.txt", "--ignore-incomplete", "--config",
+                                 f"gates={gates}")
+    first = subprocess.Popen(cmd, cwd=checkout, env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    try:
+        double.wait_for(lambda: sum("waiting for" in p.log_path.read_text()
+                                    for p in double.all_pods() if p.log_path.exists()) == 2,
+                        HARD_TIMEOUT_S, "both jobs to run")
+        first.kill()  # SIGKILL: no cleanup, the Jobs and the Secret stay
+        first.wait()
+        (gates / "early").touch()
+        early_pod = next(p for p in double.all_pods() if "name=early" in str(p.container))
+        double.wait_for(lambda: early_pod.exit_code == 0, HARD_TIMEOUT_S, "the early job")
+        key = "restart/out/gated-early.txt"
+        made = s3.client().head_object(Bucket=BUCKET, Key=key)["LastModified"]
+        subprocess.run([*cmd, "--unlock"], cwd=checkout, env=env, check=True,
+                       capture_output=True, timeout=HARD_TIMEOUT_S)
+        log = tmp_path / "second.log"
+        with open(log, "w") as output:
+            second = subprocess.Popen(cmd, cwd=checkout, env=env, stdout=output,
+                                      stderr=subprocess.STDOUT)
+            # the late job still runs when it is adopted; then it may finish
+            double.wait_for(lambda: "Adopting Kubernetes Job" in log.read_text(),
+                            HARD_TIMEOUT_S, "the second controller to adopt a Job")
+            (gates / "late").touch()
+            second.wait(timeout=HARD_TIMEOUT_S)
+    finally:
+        first.kill()
+        double.stop()
+    output = log.read_text()
+    assert second.returncode == 0, output[-4000:]
+    [late_job] = [j["metadata"]["name"] for j in double.accepted("Job")
+                  if "name=late" in str(j["spec"])]
+    assert f"Adopting Kubernetes Job {late_job} of rule gated" in output
+    assert len(double.accepted("Job")) == 2 and len(double.all_pods()) == 2
+    assert s3.client().head_object(Bucket=BUCKET, Key=key)["LastModified"] == made
+    stored = s3.client().get_object(Bucket=BUCKET, Key="restart/out/gated-late.txt")
+    assert stored["Body"].read() == b"late\n"
+    # the first controller's Secret too: nothing of the run is left behind
+    assert double.jobs == {} and double.secrets == {}

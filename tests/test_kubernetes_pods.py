@@ -4,9 +4,14 @@ running Snakemake."""
 from __future__ import annotations
 
 import base64
+import contextlib
+import json
 import os
+import signal
 import subprocess
 import sys
+import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -14,15 +19,21 @@ import kubernetes.client
 import kubernetes.config
 import kubernetes_validate
 import pytest
+import urllib3
 import yaml
 from conftest import ROOT
-from k8s_double import KubernetesDouble
+from k8s_double import KubernetesDouble, PodWebhook, Role, nautilus_namespace, role_from_manifests
 
 from nadir.core.errors import InputError
+from snakemake_executor_plugin_kubernetes_pods import CredentialTimeout, _BoundedApiClient
 from snakemake_executor_plugin_kubernetes_pods.pod_settings import (
+    COMMAND_ANNOTATION,
+    JOB_LABEL,
     POD_ENVIRONMENT,
     S3_ENDPOINT_VARIABLE,
+    PodSettings,
     apply_pod_settings,
+    command_fingerprint,
     label_value,
     load_pod_settings,
 )
@@ -30,6 +41,7 @@ from snakemake_executor_plugin_kubernetes_pods.pod_status import (
     Failed,
     Stuck,
     assess,
+    disrupted_pod,
     log_tail,
     quota_never_fits,
 )
@@ -81,7 +93,8 @@ def test_shipped_pod_settings_reach_gpu_pods_only():
     # the upstream toleration stays, the profile's is added after it
     assert gpu_pod["tolerations"][0]["value"] == "present"
     assert gpu_pod["tolerations"][1:] == shipped["gpu"]["tolerations"]
-    assert "affinity" not in cpu_pod and "tolerations" not in cpu_pod
+    # pods without a GPU get the `cpu` scope: off GPU nodes
+    assert cpu_pod["affinity"] == shipped["cpu"]["affinity"] and "tolerations" not in cpu_pod
     for job in (gpu_job, cpu_job):
         for labels in (job["metadata"]["labels"], job["spec"]["template"]["metadata"]["labels"]):
             assert labels["app.kubernetes.io/part-of"] == "nadir"
@@ -187,11 +200,52 @@ def test_gpu_limit_is_added_and_pods_get_their_environment():
     job = upstream_like_job(gpu=True)
     job["spec"]["template"]["spec"]["containers"][0]["resources"].pop("limits")
     amended = apply_pod_settings(job, load_pod_settings(PROFILE / "pods.yaml").for_job(True),
-                                 rule="train", run_id="r", s3_endpoint="http://rgw.inside")
+                                 rule="train", run_id="r", requests_gpu=True,
+                                 image="nadir:cpu", s3_endpoint="http://rgw.inside")
     container = amended["spec"]["template"]["spec"]["containers"][0]
     assert container["resources"]["limits"] == {"nvidia.com/gpu": "1"}
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env == {**POD_ENVIRONMENT, S3_ENDPOINT_VARIABLE: "http://rgw.inside"}
+    assert container["image"] == "nadir:test"  # the CUDA image: the CPU one is for CPU pods
+
+
+def test_pods_without_a_gpu_run_the_cpu_image_and_see_no_gpu():
+    """A CPU pod on a GPU node must not see the node's GPUs (images built for CUDA often set
+    NVIDIA_VISIBLE_DEVICES=all); it runs the image without CUDA."""
+    amended = apply_pod_settings(upstream_like_job(), load_pod_settings(PROFILE / "pods.yaml")
+                                 .for_job(False), rule="chip", run_id="r", image="nadir:cpu")
+    container = amended["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env == {**POD_ENVIRONMENT, "NVIDIA_VISIBLE_DEVICES": "void"}
+    assert container["image"] == "nadir:cpu"
+    kubernetes_validate.validate(amended, "1.33", strict=True)
+
+
+def test_every_job_is_labelled_for_adoption_and_fails_on_a_disruption():
+    amended = apply_pod_settings(upstream_like_job(), PodSettings(), rule="chip", run_id="run-1",
+                                 job_key="k" * 40, fingerprint="f" * 64)
+    assert amended["metadata"]["labels"][JOB_LABEL] == "k" * 40
+    assert amended["metadata"]["annotations"][COMMAND_ANNOTATION] == "f" * 64
+    # a preempted or evicted pod fails its Job with a reason that says so (not exit code 143)
+    assert amended["spec"]["podFailurePolicy"] == {"rules": [{
+        "action": "FailJob", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}]}
+    kubernetes_validate.validate(amended, "1.33", strict=True)
+
+
+def test_a_commands_fingerprint_ignores_attempt_and_archive_name_not_its_content():
+    command = ("python -m snakemake --deploy-sources s3://b/p/snakemake-workflow-sources."
+               "{c}.tar.xz {c} && python -m snakemake --target-jobs 'chip:shard=001' "
+               "--attempt {a} --rerun-triggers {triggers}")
+    first = command_fingerprint(command.format(c="ab12", a=1, triggers="code mtime"),
+                                "sources-1")
+    # a retry, or a fresh clone (new file times, so a new archive checksum), or another process
+    # (which writes a set's values in another order): the same job
+    assert command_fingerprint(command.format(c="cd34", a=2, triggers="mtime code"),
+                               "sources-1") == first
+    # other sources, or another target: not the same
+    same = command.format(c="ab12", a=1, triggers="code mtime")
+    assert command_fingerprint(same, "sources-2") != first
+    assert command_fingerprint(same.replace("001", "002"), "sources-1") != first
 
 
 @pytest.mark.parametrize(("text", "expected"), [
@@ -372,15 +426,40 @@ FAILED_JOB = {"status": {"conditions": [{"type": "Failed", "status": "True",
                                           "reason": "BackoffLimitExceeded"}]}}
 
 
+def disrupted(reason="PreemptionByScheduler"):
+    return pod_json(phase="Running", state={"running": {}}, conditions=[{
+        "type": "DisruptionTarget", "status": "True", "reason": reason,
+        "message": "default-scheduler: preempting to accommodate a higher priority pod"}])
+
+
+POLICY_FAILED_JOB = {"status": {"conditions": [{
+    "type": "Failed", "status": "True", "reason": "PodFailurePolicy",
+    "message": "Pod ns/p-1 has condition DisruptionTarget matching FailJob rule at index 0"}]}}
+QUOTA_NOW = ('pods "x" is forbidden: exceeded quota: q, requested: requests.nvidia.com/gpu=1, '
+             "used: requests.nvidia.com/gpu=4, limited: requests.nvidia.com/gpu=4")
+QUOTA_NEVER = ('pods "x" is forbidden: exceeded quota: gpu-quota, requested: '
+               "requests.nvidia.com/a100=1, used: requests.nvidia.com/a100=0, limited: "
+               "requests.nvidia.com/a100=0")
+
+
 @pytest.mark.parametrize(("job", "pod", "events", "expected"), [
     ({}, pod_json(phase="Running", state={"running": {}}), [], None),
-    ({}, pod_json(state={"waiting": {"reason": "ContainerCreating"}}), [], None),
+    # scheduled, container not started: volumes, sandbox or image pull; named with the event
+    ({}, pod_json(state={"waiting": {"reason": "ContainerCreating"}}),
+     [event("Pulling", 'Pulling image "nadir:cu130"', kind="Normal")],
+     Stuck("ContainerCreating", 'event Pulling: Pulling image "nadir:cu130"', "p-1")),
+    ({}, pod_json(state={"waiting": {"reason": "ContainerCreating"}}),
+     [event("Pulling", "Pulling image", kind="Normal"),
+      event("FailedMount", 'MountVolume.SetUp failed for volume "dshm"')],
+     Stuck("ContainerCreating", 'event FailedMount: MountVolume.SetUp failed for volume "dshm"',
+           "p-1")),
+    ({}, pod_json(), [], Stuck("Pending", "not scheduled or started yet", "p-1")),
     ({}, pod_json(state={"waiting": {"reason": "ImagePullBackOff", "message": "not found"}}),
      [event("Failed", "Failed to pull image")],
      Failed("ImagePullBackOff", "not found; event Failed: Failed to pull image", "p-1")),
     ({}, pod_json(conditions=[{"type": "PodScheduled", "status": "False",
                                "reason": "Unschedulable", "message": "0/3 nodes"}]), [],
-     Stuck("Unschedulable", "0/3 nodes", "p-1")),
+     Stuck("Unschedulable", "0/3 nodes", "p-1", queued=True)),
     (FAILED_JOB, pod_json(phase="Failed", state={"terminated": {"exitCode": 137,
                                                                 "reason": "OOMKilled"}}), [],
      Failed("OOMKilled", "exit code 137 (killed: out of memory, or by the node)", "p-1")),
@@ -390,13 +469,35 @@ FAILED_JOB = {"status": {"conditions": [{"type": "Failed", "status": "True",
                                  "message": "Job was active longer than specified deadline"}]}},
      pod_json(phase="Failed", state={"terminated": {"exitCode": 143, "reason": "Error"}}), [],
      Failed("DeadlineExceeded", "Job was active longer than specified deadline", "p-1")),
-    ({}, None, [event("FailedCreate", 'pods "x" is forbidden: exceeded quota: q, requested: '
-                      "requests.nvidia.com/gpu=1, used: requests.nvidia.com/gpu=4, limited: "
-                      "requests.nvidia.com/gpu=4")],
-     Stuck("FailedCreate", 'pods "x" is forbidden: exceeded quota: q, requested: '
-           "requests.nvidia.com/gpu=1, used: requests.nvidia.com/gpu=4, limited: "
-           "requests.nvidia.com/gpu=4")),
-    ({}, None, [], None),
+    # preempted: the pod's condition while it stops, or the Job's failure and the scheduler's
+    # event once it is deleted; never "exit code 143"
+    ({}, disrupted(), [], Failed("Preempted", "PreemptionByScheduler: default-scheduler: "
+                                              "preempting to accommodate a higher priority pod; "
+                                              "the job is retried", "p-1")),
+    ({}, disrupted("EvictionByEvictionAPI"), [], Failed(
+        "Evicted", "EvictionByEvictionAPI: default-scheduler: preempting to accommodate a "
+                   "higher priority pod; the job is retried", "p-1")),
+    (POLICY_FAILED_JOB, None, [event("Preempted", "Preempted by pod 1 on node n", "Normal")],
+     Failed("Preempted", "event Preempted: Preempted by pod 1 on node n; "
+                         f"{POLICY_FAILED_JOB['status']['conditions'][0]['message']}; "
+                         "the job is retried", "p-1")),
+    (POLICY_FAILED_JOB, None, [], Failed(
+        "Disrupted", f"{POLICY_FAILED_JOB['status']['conditions'][0]['message']}; preempted, "
+                     "evicted or its node lost; the job is retried", "p-1")),
+    # a pod refused at creation: a quota that may clear waits (in the queue), other refusals
+    # cannot clear by waiting and fail at once
+    ({}, None, [event("FailedCreate", QUOTA_NOW)], Stuck("FailedCreate", QUOTA_NOW, queued=True)),
+    ({}, None, [event("FailedCreate", QUOTA_NEVER)], Failed("FailedCreate", QUOTA_NEVER)),
+    ({}, None, [event("FailedCreate", 'pods "x" is forbidden: no PriorityClass with name '
+                                      "opportunstic was found")],
+     Failed("FailedCreate", 'pods "x" is forbidden: no PriorityClass with name opportunstic '
+                            "was found")),
+    ({}, None, [event("FailedCreate", 'pods "x" is forbidden: maximum cpu usage per Container '
+                                      "is 16, but limit is 32")],
+     Failed("FailedCreate", 'pods "x" is forbidden: maximum cpu usage per Container is 16, but '
+                            "limit is 32")),
+    ({}, None, [], Stuck("PodNotCreated", "the Job has created no pod yet and says nothing "
+                                          "about why")),
 ])
 def test_assess_names_reason_and_detail(job, pod, events, expected):
     assert assess(job, pod, events) == expected
@@ -437,3 +538,210 @@ def test_nadir_copies_its_log_and_traceback_to_stdout_only_in_pods(tmp_path, swi
     assert "FileNotFoundError" in log.read_text()
     assert proc.stderr == ""  # all of it went to the log
     assert ("Traceback (most recent call last)" in proc.stdout) is switched_on
+
+
+# --- what the double learnt for issue 26, through the real client ----------------------------
+CONTROLLER = ROOT / "profiles" / "nautilus" / "controller.yaml"
+
+
+def double_api(tmp_path, **options):
+    double = KubernetesDouble(tmp_path / "k8s", Path(sys.executable).parent,
+                              namespace="nadir-ci", **options).start()
+    client = kubernetes.config.new_client_from_config(str(double.kubeconfig))
+    return double, kubernetes.client.CoreV1Api(client), kubernetes.client.BatchV1Api(client)
+
+
+def test_the_documented_role_allows_what_the_executor_does_and_nothing_else(tmp_path):
+    role = role_from_manifests(CONTROLLER, "nadir-ci")
+    double, core, batch = double_api(tmp_path, role=role)
+    try:
+        batch.create_namespaced_job(double.namespace, upstream_like_job("job-r"))
+        batch.read_namespaced_job_status("job-r", double.namespace)  # jobs/status: allowed
+        batch.list_namespaced_job(double.namespace, label_selector="snakemake-run=x")
+        core.list_namespaced_pod(double.namespace, label_selector="job-name=job-r")
+        core.list_namespaced_event(double.namespace, field_selector="involvedObject.name=x")
+        with pytest.raises(kubernetes.client.ApiException) as caught:
+            core.list_namespaced_config_map(double.namespace)
+        assert caught.value.status == 403
+        assert json.loads(caught.value.body)["message"] == (
+            'configmaps is forbidden: User "system:serviceaccount:nadir-ci:nadir-controller" '
+            'cannot list resource "configmaps" in API group "" in the namespace "nadir-ci"')
+    finally:
+        double.stop()
+    # the Role of the first round lacked jobs/status: every status read was refused
+    without_status = Role(tuple(r for r in role.rules if "jobs/status" not in r["resources"]),
+                          role.user)
+    double, _, batch = double_api(tmp_path / "second", role=without_status)
+    try:
+        batch.create_namespaced_job(double.namespace, upstream_like_job("job-s"))
+        with pytest.raises(kubernetes.client.ApiException) as caught:
+            batch.read_namespaced_job_status("job-s", double.namespace)
+        assert caught.value.status == 403
+        assert 'cannot get resource "jobs/status" in API group "batch"' \
+            in json.loads(caught.value.body)["message"]
+    finally:
+        double.stop()
+
+
+def refused_pods(double, batch, *jobs) -> dict[str, str]:
+    """Create the Jobs; the FailedCreate event of each whose pod admission refused."""
+    for job in jobs:
+        batch.create_namespaced_job(double.namespace, job)
+    return {e["involvedObject"]["name"]: e["message"] for e in double.events
+            if e["reason"] == "FailedCreate"}
+
+
+def gpu_job(name: str, resource: str, priority: str | None = None) -> dict:
+    job = upstream_like_job(name, gpu=True)
+    pod = job["spec"]["template"]["spec"]
+    for amounts in pod["containers"][0]["resources"].values():
+        amounts[resource] = amounts.pop("nvidia.com/gpu")
+    if priority:
+        pod["priorityClassName"] = priority
+    return job
+
+
+def test_a_fresh_nautilus_namespace_refuses_gated_gpus_unless_opportunistic(tmp_path):
+    double, _, batch = double_api(tmp_path, **nautilus_namespace())
+    try:
+        refused = refused_pods(
+            double, batch, gpu_job("a100", "nvidia.com/a100"), gpu_job("h100", "nvidia.com/h100"),
+            gpu_job("a40", "nvidia.com/a40"), gpu_job("opp", "nvidia.com/h100", "opportunistic"),
+            gpu_job("typo", "nvidia.com/gpu", "opportunstic"),
+            gpu_job("banned", "nvidia.com/gpu", "nice"))
+        assert sorted(refused) == ["a100", "banned", "h100", "typo"]
+        assert ("exceeded quota: gpu-quota, requested: requests.nvidia.com/a100=1, used: "
+                "requests.nvidia.com/a100=0, limited: requests.nvidia.com/a100=0") \
+            in refused["a100"]
+        assert "no PriorityClass with name opportunstic was found" in refused["typo"]
+        assert "exceeded quota: high-priority-ban, requested: pods=1" in refused["banned"]
+        assert double.jobs["a100"].pod is None and double.jobs["opp"].pod is not None
+        # what the executor makes of them: the gated quota and the ban never fit, the typo
+        # cannot clear; all fail at once
+        for name in ("a100", "typo", "banned"):
+            verdict = assess({}, None, [e for e in double.events
+                                        if e["involvedObject"]["name"] == name])
+            assert type(verdict) is Failed and verdict.reason == "FailedCreate", name
+    finally:
+        double.stop()
+
+
+def test_limit_range_and_webhook_refuse_a_pod_at_creation(tmp_path):
+    webhook = PodWebhook("images.example.org", lambda pod: "images must come from the "
+                         "cluster's registry" if "nadir:test" in str(pod) else None)
+    double, _, batch = double_api(tmp_path, limit_range={"cpu": "500m"})
+    try:
+        refused = refused_pods(double, batch, upstream_like_job("big"))
+        assert "maximum cpu usage per Container is 500m, but limit is 1000m" in refused["big"]
+    finally:
+        double.stop()
+    double, _, batch = double_api(tmp_path / "hook", pod_webhooks=[webhook])
+    try:
+        refused = refused_pods(double, batch, upstream_like_job("hooked"))
+        assert refused["hooked"].endswith('admission webhook "images.example.org" denied the '
+                                          "request: images must come from the cluster's registry")
+    finally:
+        double.stop()
+
+
+def test_a_pod_can_stay_in_container_creating_with_the_kubelets_event(tmp_path):
+    double, core, batch = double_api(tmp_path, stuck_creating={
+        "job-name=stuck": ("FailedMount", 'MountVolume.SetUp failed for volume "dshm"')})
+    try:
+        batch.create_namespaced_job(double.namespace, upstream_like_job("stuck"))
+        [pod] = core.list_namespaced_pod(double.namespace, label_selector="job-name=stuck").items
+        assert pod.status.phase == "Pending"
+        assert pod.status.container_statuses[0].state.waiting.reason == "ContainerCreating"
+        serialize = core.api_client.sanitize_for_serialization
+        events = [serialize(e) for e in core.list_namespaced_event(
+            double.namespace, field_selector=f"involvedObject.name={pod.metadata.name}").items]
+        assert assess({}, serialize(pod), events) == Stuck(
+            "ContainerCreating", 'event FailedMount: MountVolume.SetUp failed for volume "dshm"',
+            pod.metadata.name)
+    finally:
+        double.stop()
+
+
+def test_a_preempted_pod_is_deleted_and_its_job_says_why(tmp_path):
+    double, core, batch = double_api(tmp_path)
+    try:
+        job = apply_pod_settings(upstream_like_job("victim", command="echo started; sleep 60"),
+                                 PodSettings(), rule="train", run_id="r")
+        batch.create_namespaced_job(double.namespace, job)
+        pod = double.wait_for(lambda: next((p for p in double.all_pods() if p.log_path.exists()
+                                            and "started" in p.log_path.read_text()), None),
+                              30, "pod start")
+        double.preempt(pod.name)
+        status = wait_finished(double, batch, "victim")
+        assert pod.exit_code == 143  # SIGTERM: what upstream would have reported
+        assert core.list_namespaced_pod(double.namespace,
+                                        label_selector="job-name=victim").items == []
+        serialize = batch.api_client.sanitize_for_serialization
+        job_json = {"status": serialize(status)}
+        assert disrupted_pod(job_json) == pod.name
+        events = [serialize(e) for e in core.list_namespaced_event(
+            double.namespace, field_selector=f"involvedObject.name={pod.name}").items]
+        verdict = assess(job_json, None, events)
+        assert verdict.reason == "Preempted" and verdict.pod == pod.name
+        assert "has condition DisruptionTarget matching FailJob rule at index 0" in verdict.detail
+    finally:
+        double.stop()
+
+
+def test_api_calls_and_credential_refreshes_end_at_their_timeout(tmp_path):
+    """A hung API server, and an exec credential plugin that waits forever (kubelogin waiting
+    for a browser login): each call ends after the timeout, the executor's lock is free."""
+    double, _, _ = double_api(tmp_path)
+    plugin, marker, pids = tmp_path / "credential.py", tmp_path / "issued", tmp_path / "pids"
+    try:
+        # urllib3 asks again after a read timeout, three times by default
+        double.inject_faults("GET", r"/jobs/[^/]+/status$", *["hang"] * 4)
+        client = _BoundedApiClient(
+            kubernetes.config.new_client_from_config(str(double.kubeconfig)).configuration, 0.5)
+        started = time.monotonic()
+        with pytest.raises(urllib3.exceptions.MaxRetryError, match="Read timed out"):
+            kubernetes.client.BatchV1Api(client).read_namespaced_job_status("x", "nadir-ci")
+        assert time.monotonic() - started < 10
+
+        # a token that expires at once, and a plugin that never answers the second time
+        plugin.write_text(textwrap.dedent(f"""
+            import json, os, pathlib, time
+            pathlib.Path({str(pids)!r}).open("a").write(f"{{os.getpid()}}\\n")
+            marker = pathlib.Path({str(marker)!r})
+            if marker.exists():
+                time.sleep(600)
+            marker.write_text("1")
+            print(json.dumps({{"apiVersion": "client.authentication.k8s.io/v1beta1",
+                              "kind": "ExecCredential", "status": {{
+                                  "token": {double.token!r},
+                                  "expirationTimestamp": "2000-01-01T00:00:00Z"}}}}))
+            """))
+        config = yaml.safe_load(double.kubeconfig.read_text())
+        config["users"][0]["user"] = {"exec": {
+            "apiVersion": "client.authentication.k8s.io/v1beta1", "command": sys.executable,
+            "args": [str(plugin)], "interactiveMode": "Never"}}
+        kubeconfig = tmp_path / "oidc-kubeconfig"
+        kubeconfig.write_text(yaml.safe_dump(config))
+        client = _BoundedApiClient(
+            kubernetes.config.new_client_from_config(str(kubeconfig)).configuration, 0.5)
+        lock = threading.Lock()
+        started = time.monotonic()
+        with pytest.raises(CredentialTimeout, match="did not finish within 0.5 s"), lock:
+            kubernetes.client.CoreV1Api(client).list_namespaced_pod("nadir-ci")
+        assert time.monotonic() - started < 10 and not lock.locked()
+    finally:
+        double.stop()
+        for pid in pids.read_text().split() if pids.exists() else []:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), signal.SIGKILL)
+
+
+def test_the_scheduler_counts_ephemeral_storage():
+    """A node's disk is a resource like its CPUs: a pod asking for more waits, named so."""
+    from k8s_double import Node, unfit
+
+    container = {"resources": {"requests": {"cpu": "1", "ephemeral-storage": "100G"}}}
+    small = Node("small-disk", allocatable={"cpu": "8", "memory": "32Gi",
+                                            "ephemeral-storage": "50Gi"})
+    assert unfit(small, {}, container) == "Insufficient ephemeral-storage"
+    assert unfit(Node("big-disk"), {}, container) is None

@@ -48,7 +48,7 @@ def test_image_installs_the_env_files_and_no_other_pins():
         f"{copied.group(2)}/{name}" for name in ENV_FILES]
     # nothing pinned beside them: every version the image installs comes from those files
     assert not re.search(r"pip (?:install|wheel)[^\n]*==", DOCKERFILE)
-    for name in ENV_FILES + ["yolox.txt", "cuda-build.txt"]:
+    for name in ENV_FILES + ["yolox.txt", "cuda-build.txt", "cpu.txt"]:
         pins(ROOT / "envs" / name)  # each line pinned with ==
 
 
@@ -125,3 +125,70 @@ def test_uv_gets_the_indexes_pip_is_configured_with():
         "--extra-index-url", "file:///a/simple", "--extra-index-url", "https://mirror/simple",
         "--index-url", "https://proxy/pypi/simple"]
     assert uv_options("") == []
+
+
+# The `cpu` target: what pods without a GPU run.
+CPU_STAGE = DOCKERFILE[DOCKERFILE.index(" AS cpu\n"):DOCKERFILE.index(" AS cuda\n")]
+
+
+def dependency_closure(roots: list[str], skip: set[str]) -> set[str]:
+    """The installed distributions `roots` need here, following their requirements (no
+    extras), less `skip` and what only they need."""
+    from packaging.requirements import Requirement
+
+    def canonical(name: str) -> str:
+        return re.sub(r"[-_.]+", "-", name).lower()
+
+    seen, todo = set(), [canonical(r) for r in roots]
+    while todo:
+        name = todo.pop()
+        if name in seen or name in skip:
+            continue
+        seen.add(name)
+        for text in metadata.requires(name) or []:
+            requirement = Requirement(text)
+            if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
+                todo.append(canonical(requirement.name))
+    return seen
+
+
+def test_the_cpu_target_installs_torch_without_cuda():
+    """CPU pods pull an image without CUDA's libraries (about a quarter of the CUDA image:
+    bench/image_size.py): torch's CPU build of the pinned versions, the runtime's other pins,
+    nothing that depends on nvidia-* or cuda-* packages."""
+    install = re.search(r"^RUN pip install --no-cache-dir (.*)$", CPU_STAGE, re.M).group(1)
+    assert re.findall(r"-r /opt/nadir/(\S+)", install) == ["cpu.txt", "requirements.txt"]
+    cpu = pins(ROOT / "envs" / "cpu.txt")
+    assert cpu == {name: f"{REQUIREMENTS[name]}+cpu" for name in ("torch", "torchvision")}
+    assert "--extra-index-url https://download.pytorch.org/whl/cpu" in \
+        (ROOT / "envs" / "cpu.txt").read_text()
+    cuda = re.compile(r"^(nvidia-|cuda-|triton$)")
+    pinned = {*cpu, *REQUIREMENTS}
+    assert not [name for name in pinned if cuda.match(name)]
+    # everything else the runtime's pins pull in, as installed here (torch's CUDA build and its
+    # nvidia-* wheels are what the +cpu build replaces)
+    needed = dependency_closure([n for n in REQUIREMENTS if n not in cpu], skip=set(cpu))
+    assert not sorted(name for name in needed if cuda.match(name))
+    assert "NVIDIA" not in CPU_STAGE.split("\nENV ", 1)[1]
+
+
+def test_no_image_shows_a_pod_every_gpu_of_its_node():
+    """NVIDIA_VISIBLE_DEVICES is the device plugin's to set (to the GPUs a pod was given)."""
+    environment = " ".join(re.findall(r"^ENV (.*(?:\\\n.*)*)$", DOCKERFILE, re.M))
+    assert "NVIDIA_DRIVER_CAPABILITIES" in environment
+    assert "NVIDIA_VISIBLE_DEVICES" not in environment
+
+
+def test_the_profiles_image_tags_say_version_and_cuda():
+    """`<version>-cu130` for the CUDA image (torch 2.14.1 needs CUDA 13.0's cuda-toolkit),
+    `<version>-cpu` for the cpu target, in both profiles."""
+    import yaml
+
+    toolkit = next(r for r in metadata.requires("torch") if r.startswith("cuda-toolkit"))
+    major, minor = re.search(r"==(\d+)\.(\d+)", toolkit).groups()
+    version = re.search(r'^version = "([^"]+)"', (ROOT / "pyproject.toml").read_text(),
+                        re.M).group(1)
+    for profile in ("nautilus", "kubernetes"):
+        config = yaml.safe_load((ROOT / "profiles" / profile / "config.yaml").read_text())
+        assert config["container-image"].endswith(f":{version}-cu{major}{minor}"), profile
+        assert config["kubernetes-pods-cpu-image"].endswith(f":{version}-cpu"), profile

@@ -10,14 +10,17 @@ builds each Job with the upstream code and passes the manifest through `apply_po
 before it is submitted.
 
 Cluster-wide settings come from a YAML file named in the profile (see docs/kubernetes.md): what
-every pod gets, what GPU pods get, named GPU classes (a larger card, say) and which models need
-which class. Per-rule ones are Snakemake resources (`shm_mb`, `runtime`, `gpu_class`), so they sit
-with the other per-rule resources in the profile's `set-resources`.
+every pod gets, what pods without a GPU get (on a GPU cluster: node affinity that keeps them off
+GPU nodes), what GPU pods get, named GPU classes (a larger card, say) and which models need which
+class. Per-rule ones are Snakemake resources (`shm_mb`, `runtime`, `gpu_class`), so they sit with
+the other per-rule resources in the profile's `set-resources`.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +33,13 @@ SHM_VOLUME = "dshm"
 CONTAINER_NAME = "snakemake"
 RULE_LABEL = "snakemake-rule"
 RUN_LABEL = "snakemake-run"
+# Which job a Job runs (a hash of its outputs: the same in every controller of a run), and a hash
+# of its command without the attempt: how a restarted controller recognises the Jobs it adopts.
+JOB_LABEL = "snakemake-job"
+COMMAND_ANNOTATION = "nadir/command-sha256"
+# Snakemake's source archive as a job's command names it: `<prefix>/snakemake-workflow-sources.
+# <checksum>.tar.xz <checksum>`.
+SOURCE_ARCHIVE = re.compile(r"\S*snakemake-workflow-sources\.[0-9a-f]+\.tar\.xz [0-9a-f]+")
 
 # Field of the settings file -> its type. All but `gpuResource` are named as in the pod spec
 # (labels go to the metadata); `gpuResource` is the extended resource a GPU is requested as.
@@ -44,6 +54,7 @@ POD_FIELDS: dict[str, type] = {
 }
 SCOPES = {
     "all": "every pod",
+    "cpu": "pods of jobs that request no GPU, on top of `all`",
     "gpu": "pods of jobs that request a GPU (resource `gpu`), on top of `all`",
     "gpu_classes": "named GPU settings (a larger card, ...), on top of `gpu`, chosen per rule by "
                    "the resource `gpu_class` or per model by `models`",
@@ -54,6 +65,16 @@ UPSTREAM_GPU_RESOURCES = ("nvidia.com/gpu", "amd.com/gpu")
 # Environment of every pod: Python output unbuffered, and `python -m nadir` copies what it writes
 # to its log file onto the pod's stdout (nadir.core.log_tee), so `kubectl logs -f` shows progress.
 POD_ENVIRONMENT = {"PYTHONUNBUFFERED": "1", "NADIR_TEE_STDERR": "1"}
+# What pods without a GPU see of a node's GPUs: nothing. The NVIDIA container runtime reads the
+# variable ("void": no GPU and no driver libraries); images built for CUDA often set it to "all",
+# which shows a pod every GPU of the node whether it asked for one or not.
+NO_GPU_ENVIRONMENT = {"NVIDIA_VISIBLE_DEVICES": "void"}
+# A pod stopped from outside (preempted by the scheduler, evicted, its node drained) gets the
+# DisruptionTarget condition; this rule makes the Job's failure say so, even once the pod is
+# deleted, instead of an exit code 143 (SIGTERM).
+POD_FAILURE_POLICY = {"rules": [{"action": "FailJob",
+                                 "onPodConditions": [{"type": "DisruptionTarget",
+                                                      "status": "True"}]}]}
 # Where Snakemake's S3 plugin reads its endpoint (the upstream executor passes it to pods in the
 # run's Secret, like the keys).
 S3_ENDPOINT_VARIABLE = "SNAKEMAKE_STORAGE_S3_ENDPOINT_URL"
@@ -92,9 +113,11 @@ def _combined(base: dict | list | str, more: dict | list | str) -> dict | list |
 
 @dataclass(frozen=True)
 class ClusterPodSettings:
-    """The settings file: what every pod gets, what GPU pods get in addition, GPU classes."""
+    """The settings file: what every pod gets, what pods without and with a GPU get in
+    addition, GPU classes."""
 
     every_pod: PodSettings = field(default_factory=PodSettings)
+    cpu_pods: PodSettings = field(default_factory=PodSettings)
     gpu_pods: PodSettings = field(default_factory=PodSettings)
     gpu_classes: dict[str, PodSettings] = field(default_factory=dict)
     model_classes: dict[str, str] = field(default_factory=dict)
@@ -111,7 +134,7 @@ class ClusterPodSettings:
     def for_job(self, requests_gpu: bool, gpu_class: str | None = None) -> PodSettings:
         """Settings of one pod; a GPU class applies only to a job that requests a GPU."""
         if not requests_gpu:
-            return self.every_pod
+            return self.every_pod.merged(self.cpu_pods)
         settings = self.every_pod.merged(self.gpu_pods)
         if gpu_class is None:
             return settings
@@ -185,6 +208,7 @@ def load_pod_settings(path: str | Path) -> ClusterPodSettings:
                                    f"`gpu_classes` (known: {sorted(classes)})")
     return ClusterPodSettings(
         every_pod=_scope_settings(path, "all", raw.get("all")),
+        cpu_pods=_scope_settings(path, "cpu", raw.get("cpu")),
         gpu_pods=_scope_settings(path, "gpu", raw.get("gpu")),
         gpu_classes={name: _scope_settings(path, f"gpu_classes.{name}", value)
                      for name, value in classes.items()},
@@ -197,22 +221,45 @@ def label_value(text: str) -> str:
     return cleaned[:63].strip("_.-")
 
 
+def command_fingerprint(command: str, sources_digest: str) -> str:
+    """A hash of a job's command (the executor's `sh -c` argument) without its attempt number,
+    and of the sources it runs: equal for two Jobs of the same job with the same code, config
+    and settings.
+
+    The command names Snakemake's source archive by a checksum that follows the files' times
+    (a fresh clone changes it), so the archive's name is left out and `sources_digest`, a hash
+    of the sources' contents, stands for it. Its words are compared in sorted order: Snakemake
+    writes some options' values from sets, in an order that changes from one process to the
+    next (`--rerun-triggers`).
+    """
+    command = re.sub(r"--attempt \d+", "", SOURCE_ARCHIVE.sub("", command))
+    words = " ".join(sorted(command.split()))
+    return hashlib.sha256(f"{words}\n{sources_digest}".encode()).hexdigest()
+
+
 def apply_pod_settings(job: dict[str, Any], settings: PodSettings, *, rule: str, run_id: str,
-                       shm_mb: int | None = None, deadline_s: int | None = None,
+                       job_key: str | None = None, fingerprint: str | None = None,
+                       requests_gpu: bool = False,
+                       image: str | None = None, shm_mb: int | None = None,
+                       deadline_s: int | None = None,
                        s3_endpoint: str | None = None) -> dict[str, Any]:
     """A copy of a batch/v1 Job manifest (JSON form) with the pod settings merged in.
 
-    The Job and its pods are labelled with the rule and the run (`kubectl get pods -l
-    snakemake-run=...`); a GPU requested under the upstream name (nvidia.com/gpu) is requested
-    under `gpuResource` instead, with a limit equal to the request; `shm_mb` mounts a
+    The Job and its pods are labelled with the rule, the run (`kubectl get pods -l
+    snakemake-run=...`) and the job (`job_key`), and the Job is annotated with its command's
+    `fingerprint` (command_fingerprint); a GPU requested under the upstream name
+    (nvidia.com/gpu) is requested under `gpuResource` instead, with a limit equal to the
+    request; a pod without a GPU runs `image` (when given: an image without CUDA) and sees no
+    GPU of its node; `shm_mb` mounts a
     memory-backed emptyDir of that size at /dev/shm (it counts against the container's memory
     limit, so `mem_mb` must include it);
     `deadline_s` becomes the Job's activeDeadlineSeconds; `s3_endpoint` replaces the S3 endpoint
     the controller uses (pods inside a cluster reach S3 at another address than a controller
-    outside it). The container gets POD_ENVIRONMENT.
+    outside it). The container gets POD_ENVIRONMENT; the Job POD_FAILURE_POLICY.
     """
     job = copy.deepcopy(job)
-    labels = {**settings.labels, RULE_LABEL: label_value(rule), RUN_LABEL: label_value(run_id)}
+    labels = {**settings.labels, RULE_LABEL: label_value(rule), RUN_LABEL: label_value(run_id),
+              **({JOB_LABEL: label_value(job_key)} if job_key else {})}
     job.setdefault("metadata", {}).setdefault("labels", {}).update(labels)
     template = job["spec"]["template"]
     template.setdefault("metadata", {}).setdefault("labels", {}).update(labels)
@@ -233,7 +280,10 @@ def apply_pod_settings(job: dict[str, Any], settings: PodSettings, *, rule: str,
     extended = {k: v for k, v in (resources.get("requests") or {}).items() if "/" in k}
     if extended:
         resources["limits"] = {**(resources.get("limits") or {}), **extended}
-    added = {**POD_ENVIRONMENT, **({S3_ENDPOINT_VARIABLE: s3_endpoint} if s3_endpoint else {})}
+    if image and not requests_gpu:
+        container["image"] = image
+    added = {**POD_ENVIRONMENT, **({} if requests_gpu else NO_GPU_ENVIRONMENT),
+             **({S3_ENDPOINT_VARIABLE: s3_endpoint} if s3_endpoint else {})}
     kept = [e for e in container.get("env") or [] if e["name"] not in added]
     container["env"] = [*kept, *({"name": k, "value": v} for k, v in added.items())]
     if shm_mb:
@@ -243,5 +293,8 @@ def apply_pod_settings(job: dict[str, Any], settings: PodSettings, *, rule: str,
             {"name": SHM_VOLUME, "mountPath": "/dev/shm"})  # noqa: S108 - a mount point
     if deadline_s:
         job["spec"]["activeDeadlineSeconds"] = int(deadline_s)
+    job["spec"]["podFailurePolicy"] = copy.deepcopy(POD_FAILURE_POLICY)
+    if fingerprint:
+        job["metadata"].setdefault("annotations", {})[COMMAND_ANNOTATION] = fingerprint
     return job
 

@@ -31,6 +31,7 @@ from nadir.core.named_inputs import files_by_owner, input_name, run_inputs
 from nadir.core.schema import applies_to_format, job_keys
 from nadir.fetch import read_scene_manifest
 from nadir.storage.controller import claim, owner_store, release
+from nadir.storage.preflight import SettingsError, check_controller_start
 from nadir.storage.s3 import ENDPOINT_VARIABLE
 from nadir.storage.urls import publish, redact
 
@@ -38,6 +39,15 @@ try:
     validate(config, list(CATALOGUE))
 except ConfigError as error:
     raise WorkflowError(str(error)) from None
+
+# Controller start (never in a job: Snakemake reads this file in every pod too): a profile's
+# placeholders, missing S3 keys or an S3 endpoint that does not answer stop the run here, with
+# one message naming what to set, before the DAG is built from storage.
+if workflow.is_main_process:
+    try:
+        check_controller_start(workflow)
+    except SettingsError as error:
+        raise WorkflowError(str(error)) from None
 
 
 def config_urls():
