@@ -1,11 +1,13 @@
 """Config validation: defaults filled in; every typo stopped, naming the key and what is allowed."""
 
 import copy
+import re
 
 import pytest
 
 from nadir.config import ConfigError, model_hyperparameters, validate
 from nadir.config.catalogue import CATALOGUE
+from nadir.core.schema import renamed_keys
 
 MINIMAL = {
     "datasets": {"sample": {"format": "sample"}},
@@ -115,6 +117,21 @@ DOTA = {"format": "dota", "source": [{"url": "/data/DOTA/train.zip", "split": "t
 def test_keys_that_do_nothing_for_the_format_are_errors_naming_the_key(dataset, key):
     with pytest.raises(ConfigError, match=rf"config key {key}: "):
         checked({**MINIMAL, "datasets": {"d": dataset}})
+
+
+@pytest.mark.parametrize("old", sorted(renamed_keys()))
+def test_every_renamed_key_fails_naming_its_new_key(old):
+    """A config of an earlier version stops before any job, saying which key to use now."""
+    from conftest import ROOT
+
+    section, _, key = old.partition(".")
+    new = renamed_keys()[old]["key"]
+    with pytest.raises(ConfigError, match=rf"config key {re.escape(old)} was replaced by "
+                                          rf"{re.escape(new)}: "):
+        checked({**MINIMAL, section: {key: 1}})
+    checked({**MINIMAL, new.split(".")[0]: {}})  # the new key's section itself is fine
+    readme = (ROOT / "config" / "README.md").read_text()
+    assert f"| `{old}` | `{new}` |" in readme  # the migration note
 
 
 def test_the_sample_takes_the_index_settings_of_a_dota_source():

@@ -770,6 +770,12 @@ def _(tmp_path):
                         r"config key datasets\.d\.tiled: does not apply to format")
 
 
+@case("config-key-renamed")
+def _(tmp_path):
+    expect_config_error({"report": {"min_score": 0.5}},
+                        r"config key report\.min_score was replaced by inference\.score_threshold")
+
+
 @case("config-warmup-longer-than-training")
 def _(tmp_path):
     expect_config_error({"training": {"iterations": 10, "warmup_iterations": 20}},
