@@ -273,7 +273,8 @@ def test_gpu_rules_get_gpu_nodes_and_cpu_rules_cpu_nodes_without_cuda(pipeline, 
             assert all(volume["name"] != "dshm" for volume in pod["volumes"])
             # a group job's runtime: its jobs' summed along the group's layers (Snakemake)
             deadline = job["spec"]["activeDeadlineSeconds"]
-            assert deadline == defaults["runtime"] * 60 or \
+            runtime = resources.get(rule, {}).get("runtime", defaults["runtime"])  # fetch: a day
+            assert deadline == runtime * 60 or \
                 (rule.startswith("summarise") and deadline % (defaults["runtime"] * 60) == 0)
         # scale 0: limits equal requests (cpu-scalar 1.0), within Nautilus' ratio
         assert requests == limits
@@ -354,13 +355,15 @@ def test_upstream_kubernetes_executor_still_works_with_the_s3_flags(s3, tmp_path
         proc = snakemake_on(checkout, double, s3, "upstream",
                             "--executor", "kubernetes", "--kubernetes-namespace", "plain",
                             "--container-image", "nadir:ci", "--default-storage-provider", "s3",
-                            "--jobs", "1", "--cores", "2", "raw/sample/manifest.json",
-                            profile=False)
+                            "--jobs", "1", "--cores", "2",
+                            "results/sample/index/summary.json", profile=False)
         assert proc.returncode == 0, proc.stderr[-6000:]
-        [job] = double.accepted("Job")
-        assert "pip install --target" in container(job)["args"][1]
-        listed = s3.client().list_objects_v2(Bucket=BUCKET, Prefix="upstream/raw/sample/")
-        # an image and a label file per scene (the fetch job generated them), and the manifest
+        jobs = double.accepted("Job")
+        assert sorted(rule_of(job) for job in jobs) == ["fetch", "index"]
+        assert all("pip install --target" in container(job)["args"][1] for job in jobs)
+        listed = s3.client().list_objects_v2(Bucket=BUCKET, Prefix="upstream/raw/sample/files/")
+        # an image and a label file per scene (the fetch job generated them), and the
+        # directory's timestamp
         assert listed.get("KeyCount") == 2 * (4 + 2) + 1
     finally:
         double.stop()
