@@ -2,7 +2,7 @@
 # prefix, or its working directory, before its first job and gives it back when it ends. Jobs
 # (started with --no-hooks), dry runs and reports never run these handlers.
 
-from nadir.controller import claim, owner_store, release
+from nadir.controller import Lease, claim, owner_store, release
 from nadir.errors import NadirError
 
 
@@ -25,15 +25,16 @@ _OWNER = {}
 onstart:
     try:
         _OWNER["record"] = claim(_owner_store())
+        _OWNER["lease"] = Lease(_owner_store(), _OWNER["record"])
     except NadirError as error:
         raise WorkflowError(str(error)) from None
 
 
 onsuccess:
     if "record" in _OWNER:
-        release(_owner_store(), _OWNER["record"])
+        release(_owner_store(), _OWNER["record"], _OWNER["lease"])
 
 
 onerror:
     if "record" in _OWNER:
-        release(_owner_store(), _OWNER["record"])
+        release(_owner_store(), _OWNER["record"], _OWNER["lease"])
