@@ -9,12 +9,15 @@ import logging
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
+from nadir.storage import controller
 from nadir.storage.controller import (
     OWNER_FILE,
     ControllerLockError,
+    Lease,
     LocalOwner,
     S3Owner,
     claim,
@@ -70,6 +73,29 @@ def test_a_crashed_controller_is_taken_over_only_when_known_gone_or_asked(store,
     store.create(b"{not json")
     with pytest.raises(ControllerLockError, match="an unreadable owner record"):
         claim(store, take_over=False)
+
+
+def test_a_lease_not_renewed_lapses_and_a_renewed_one_holds(store, monkeypatch, caplog):
+    """A controller that crashed on another machine stops renewing its record: a new start
+    takes it over once it has not been renewed for LEASE_EXPIRY_S (by the storage's clock),
+    while one whose Lease renews it keeps it however long it runs."""
+    monkeypatch.setattr(controller, "LEASE_EXPIRY_S", 2.0)
+    store.create(foreign())  # a crashed controller of another machine: no one renews it
+    with pytest.raises(ControllerLockError, match=r"renewed \d+ s ago.*lapses 2 s after"):
+        claim(store, take_over=False)
+    time.sleep(3.2)  # whole seconds: S3's Last-Modified has no finer resolution
+    with caplog.at_level(logging.WARNING, logger="nadir.storage.controller"):
+        mine = claim(store, take_over=False)
+    assert "not renewed for" in caplog.text and "gpu-login-2" in caplog.text
+    lease = Lease(store, mine, every_s=0.5)
+    try:
+        time.sleep(3.2)  # longer than the expiry: only the renewals keep the claim
+        assert store.age_s() < 2.0
+        with pytest.raises(ControllerLockError):
+            claim(store, take_over=False)
+    finally:
+        release(store, mine, lease)
+    assert store.read() is None and not lease._thread.is_alive()
 
 
 def test_take_over_comes_from_the_environment(tmp_path, monkeypatch):

@@ -30,7 +30,7 @@ from nadir.core.errors import NadirError
 from nadir.core.named_inputs import files_by_owner, input_name, run_inputs
 from nadir.core.schema import applies_to_format, job_keys
 from nadir.fetch import read_scene_manifest
-from nadir.storage.controller import claim, owner_store, release
+from nadir.storage.controller import Lease, claim, owner_store, release
 from nadir.storage.preflight import SettingsError, check_controller_start
 from nadir.storage.s3 import ENDPOINT_VARIABLE
 from nadir.storage.urls import publish, redact
@@ -210,15 +210,16 @@ _OWNER = {}
 onstart:
     try:
         _OWNER["record"] = claim(_owner_store())
+        _OWNER["lease"] = Lease(_owner_store(), _OWNER["record"])
     except NadirError as error:
         raise WorkflowError(str(error)) from None
 
 
 onsuccess:
     if "record" in _OWNER:
-        release(_owner_store(), _OWNER["record"])
+        release(_owner_store(), _OWNER["record"], _OWNER["lease"])
 
 
 onerror:
     if "record" in _OWNER:
-        release(_owner_store(), _OWNER["record"])
+        release(_owner_store(), _OWNER["record"], _OWNER["lease"])

@@ -9,9 +9,13 @@ remove it. Jobs never claim it:
 Snakemake starts them with `--no-hooks` (in pods and local subprocesses alike), and a dry run, a
 report or a run with nothing to do never reach onstart.
 
-After a crash the record stays. One left by a process of this machine that no longer runs is
-taken over with a warning; one from another machine only when the user says so, with
-NADIR_TAKE_OVER=1 (docs/faults.md), once they know the other controller is gone.
+The claim is a lease: while the controller runs, a thread of its own rewrites the record every
+LEASE_RENEW_S seconds. After a crash the record stays, but is no longer renewed; a record not
+renewed for LEASE_EXPIRY_S seconds (by the storage's own clock) has lapsed and is taken over with
+a warning, as is one left by a process of this machine that no longer runs. So a controller
+restarted after a crash (a controller Job's next pod, or the same command again) goes on once
+the lease has lapsed; NADIR_TAKE_OVER=1 takes over at once (docs/faults.md), for when the user
+knows the other controller is gone.
 """
 
 from __future__ import annotations
@@ -21,8 +25,11 @@ import json
 import logging
 import os
 import socket
+import threading
+import time
 import uuid
 from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -33,6 +40,9 @@ log = logging.getLogger(__name__)
 
 OWNER_FILE = ".nadir-controller.json"
 TAKE_OVER = "NADIR_TAKE_OVER"
+LEASE_RENEW_S = 30.0
+# Four renewals missed: a controller that still runs renews well within it, even under load.
+LEASE_EXPIRY_S = 120.0
 
 
 class ControllerLockError(NadirError):
@@ -60,6 +70,19 @@ class LocalOwner:
         with os.fdopen(handle, "wb") as out:
             out.write(data)
         return True
+
+    def write(self, data: bytes) -> None:
+        """Replace the record (a renewal); written whole or not at all."""
+        partial = self.path.with_name(f"{self.path.name}.{os.getpid()}")
+        partial.write_bytes(data)
+        os.replace(partial, self.path)
+
+    def age_s(self) -> float | None:
+        """Seconds since the record was last written; None when there is none."""
+        try:
+            return time.time() - self.path.stat().st_mtime
+        except FileNotFoundError:
+            return None
 
     def delete(self) -> None:
         self.path.unlink(missing_ok=True)
@@ -115,6 +138,26 @@ class S3Owner:
             self.client.create_bucket(Bucket=self.bucket)
             self.client.put_object(**put)
         return True
+
+    def write(self, data: bytes) -> None:
+        """Replace the record (a renewal)."""
+        self.client.put_object(Bucket=self.bucket, Key=self.key, Body=data)
+
+    def age_s(self) -> float | None:
+        """Seconds since the record was last written, by the server's clock (its Last-Modified
+        against the Date of the same answer: no skew between machines); None when there is
+        none."""
+        from botocore.exceptions import ClientError
+
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=self.key)
+        except ClientError as error:
+            if s3.error_code(error) in ("NoSuchKey", "NoSuchBucket", "404"):
+                return None
+            raise NadirError(f"cannot read {self.describe()}: {error}") from None
+        date = head["ResponseMetadata"].get("HTTPHeaders", {}).get("date")
+        now = parsedate_to_datetime(date) if date else datetime.now(UTC)
+        return (now - head["LastModified"]).total_seconds()
 
     def delete(self) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=self.key)
@@ -183,13 +226,19 @@ def claim(store: LocalOwner | S3Owner, take_over: bool | None = None) -> dict:
             log.warning("%s was left by %s, which no longer runs; taking it over",
                         store.describe(), _describe(owner))
             store.delete()
+        elif (age := store.age_s() or 0.0) > LEASE_EXPIRY_S:
+            log.warning("%s was left by %s and not renewed for %.0f s (a controller renews it "
+                        "every %.0f s while it runs): taking it over", store.describe(),
+                        _describe(owner), age, LEASE_RENEW_S)
+            store.delete()
         else:
             raise ControllerLockError(
                 f"another controller is running on these results ({_describe(owner)}; "
-                f"{store.describe()}). Two controllers on one location overwrite each other's "
-                "outputs and clear each other's checkpoints: wait for it to finish, or, if it "
-                f"crashed and no longer runs, start this run with {TAKE_OVER}=1 to take over "
-                "(docs/faults.md)")
+                f"{store.describe()}, renewed {age:.0f} s ago). Two controllers on one location "
+                "overwrite each other's outputs and clear each other's checkpoints: wait for it "
+                "to finish; if it crashed, its claim lapses "
+                f"{LEASE_EXPIRY_S:.0f} s after its last renewal and a new start takes over, or "
+                f"start now with {TAKE_OVER}=1 to take over at once (docs/faults.md)")
     mine = _this_controller()
     data = json.dumps(mine, indent=1).encode()
     # Created only where none exists, then read back (for a server that ignores the
@@ -201,8 +250,39 @@ def claim(store: LocalOwner | S3Owner, take_over: bool | None = None) -> dict:
     return mine
 
 
-def release(store: LocalOwner | S3Owner, mine: dict) -> None:
-    """Remove the owner record if it is still this controller's."""
+class Lease:
+    """Renews this controller's record every `every_s` seconds on a thread of its own, while it
+    is still this controller's (a record taken over is left to its new owner)."""
+
+    def __init__(self, store: LocalOwner | S3Owner, mine: dict, every_s: float = LEASE_RENEW_S):
+        self.store, self.mine, self.every_s = store, mine, every_s
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._renew, name="nadir-lease", daemon=True)
+        self._thread.start()
+
+    def _renew(self) -> None:
+        data = json.dumps(self.mine, indent=1).encode()
+        while not self._stopped.wait(self.every_s):
+            try:
+                found = self.store.read()
+                if found is None or _parsed(found).get("id") != self.mine["id"]:
+                    log.warning("%s is no longer this controller's; not renewed",
+                                self.store.describe())
+                    return
+                self.store.write(data)
+            except Exception as error:  # noqa: BLE001 - a renewal that fails is tried again
+                log.warning("could not renew %s (%s); trying again in %.0f s",
+                            self.store.describe(), error, self.every_s)
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._thread.join()
+
+
+def release(store: LocalOwner | S3Owner, mine: dict, lease: Lease | None = None) -> None:
+    """Stop renewing, and remove the owner record if it is still this controller's."""
+    if lease is not None:
+        lease.stop()
     found = store.read()
     if found is None:
         return
