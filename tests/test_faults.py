@@ -54,7 +54,7 @@ from nadir.fetch import fetch_dataset
 from nadir.fetch.archives import extract
 from nadir.fetch.sources import SourceEntry, fetch_s3
 from nadir.index.normalise import index_dataset
-from nadir.predict.scenes import stac_scenes
+from nadir.predict.sources import stac_scenes
 from nadir.raster.chip_params import ChipParams
 from nadir.raster.opener import image_header
 from nadir.storage.controller import ControllerLockError, claim, owner_store, release

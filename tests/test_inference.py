@@ -22,7 +22,7 @@ import nadir.predict as inference
 from nadir.chip.shard import chip_shard
 from nadir.core.errors import InputError, NadirError
 from nadir.predict import InferenceSettings, SceneSource
-from nadir.predict import scenes as scene_sources
+from nadir.predict import sources as scene_sources
 from nadir.predict.detect import detect_scene, window_chips
 from nadir.raster import opener as rasters
 from nadir.raster.chip_params import ChipParams
@@ -229,7 +229,7 @@ def test_png_tile_georeferenced_by_its_sidecar_locally_and_over_http(tiny_run, t
 def test_scene_without_georeferencing_gets_pixel_coordinates_and_a_warning(tiny_run, tmp_path,
                                                                            caplog):
     scene = write_scene(tmp_path / "plain.png", squares_scene(), crs=None, driver="PNG")
-    with caplog.at_level(logging.WARNING, logger="nadir.predict"):
+    with caplog.at_level(logging.WARNING, logger="nadir.predict.scene"):
         summary, outputs = predict(tiny_run, scene, tmp_path / "out")
     assert "has no georeferencing" in caplog.text
     assert not summary["georeferenced"] and summary["crs"] is None

@@ -352,3 +352,13 @@ def index_dataset(manifest_path: Path, files_dir: Path, spec: dict, tables: Inde
     log.info("index of %s: scenes %s, %d objects", manifest["dataset"], summary["scenes"],
              summary["objects"])
     return summary
+
+
+def index(manifest: str | Path, spec: dict, scenes: str | Path, annotations: str | Path,
+          categories: str | Path, summary: str | Path,
+          max_raster_values: int | None = None) -> dict:
+    """The index job: the dataset whose scene manifest is `manifest` (its files in `files/`
+    beside it, as the fetch job left them), indexed under the dataset's settings `spec`."""
+    tables = IndexTables(Path(scenes), Path(annotations), Path(categories), Path(summary))
+    return index_dataset(Path(manifest), Path(manifest).parent / "files", spec, tables,
+                         max_raster_values)

@@ -28,7 +28,7 @@ from rasterio.windows import Window
 
 from nadir.core.errors import InputError, NadirError
 from nadir.core.schema import default_field
-from nadir.predict.scenes import SceneSource
+from nadir.predict.sources import SceneSource
 from nadir.protocols.scenes import merge_overlaps, to_scene_coordinates
 from nadir.raster.chip_params import ChipParams
 from nadir.raster.georeferencing import (
