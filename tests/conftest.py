@@ -37,7 +37,8 @@ from dataset_builders import (  # noqa: E402
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 # The jobs of one (dataset, model) run, and the summary jobs that gather every run: what an
 # edit of one model's settings reruns.
-RUN_JOBS = ["train", "evaluate", "evaluate_scenes", "loss_curve", "plot_pr", "plot_detections"]
+RUN_JOBS = ["train", "evaluate", "evaluate_chips", "evaluate_scenes", "loss_curve", "plot_pr",
+            "plot_detections"]
 SUMMARY_JOBS = ["plot_class_ap", "compare", "leaderboard", "cost", "summary", "all"]
 TEST_CONFIG = yaml.safe_load((ROOT / "config" / "test.yaml").read_text())
 SAMPLE_MODEL = "ssdlite320_mobilenet_v3_large"
