@@ -17,6 +17,10 @@ rule evaluate:
         # Only what prediction uses: the scoring settings never rerun the model.
         settings=job_settings("evaluate", "evaluation")["evaluation"],
     threads: 8  # capped at --cores on a laptop; profiles set their own
+    resources:
+        # every shard staged; predictions.json: at most max_detections detections of about
+        # 130 bytes per val chip (130 MB for 10,000 chips)
+        disk_mb=disk_mb(writes=0.0, writes_mb=1000),
     log:
         "logs/{dataset}/evaluate-{model}.log",
     benchmark:

@@ -122,6 +122,10 @@ rule predict_scene:
         anonymous=lambda w: inference_scenes()[w.scene].anonymous,
         settings=job_settings("predict_scene", "inference", "evaluation"),
     threads: 4  # capped at --cores on a laptop; profiles set their own
+    resources:
+        # the scene is read in place (GDAL range reads), never staged; the window detections
+        # and a quick-look picture of at most inference.quicklook_size px
+        disk_mb=disk_mb(writes=0.0, writes_mb=1000),
     log:
         "logs/inference/{dataset}/{model}/{scene}.log",
     benchmark:

@@ -157,6 +157,8 @@ rule plot_detections:
     params:
         settings=job_settings("plot_detections", "report", "inference"),
         title=run_title,
+    resources:
+        disk_mb=disk_mb(writes=0.0, writes_mb=1000),  # every shard staged, to draw a few chips
     log:
         "logs/{dataset}/plot_detections-{model}.log",
     benchmark:
