@@ -970,6 +970,7 @@ class KubernetesDouble:
                     elif limit is not None and pod.disk_peak > quantity(limit):
                         self._kill(pod, "Evicted", CONTAINER_STORAGE_EVICTION.format(
                             container=pod.container["name"], limit=limit))
+        pod.disk_peak = max(pod.disk_peak, disk_usage(pod.directory))  # what it left
         with self.lock:
             pod.finished = now()
             pod.exit_code = 128 - code if code < 0 else code  # a signal's number, as a shell's
