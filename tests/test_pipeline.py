@@ -187,7 +187,8 @@ def test_sample_pipeline_report_has_every_figure_and_opens_offline(local_sample_
     # (the cost table leaves out the inference jobs: workflow/rules/report.smk, cost_jobs)
     benchmarks = {p.relative_to(workdir / "results/benchmarks").as_posix()
                   for p in (workdir / "results/benchmarks").rglob("*.tsv")} - {
-        f"inference/sample/{MODEL}/{scene}.tsv" for scene in VAL_SCENES}
+        f"inference/sample/{MODEL}/{scene}{job}.tsv" for scene in VAL_SCENES
+        for job in ("", "-outputs")}
     assert {"cost.tsv", "summary.tsv", "sample/evaluate_scenes-ssdlite320_mobilenet_v3_large.tsv",
             "sample/dataset_stats.tsv"} <= benchmarks
     assert int(cost["total"]["jobs"]) == len(benchmarks) - 2 == 16
