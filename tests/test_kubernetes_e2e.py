@@ -299,11 +299,17 @@ def stored_by(pod: Pod, prefix: str) -> list[str]:
                       pod.log_path.read_text())
 
 
-def stored_bytes(s3, key: str) -> int:
-    """Bytes of an object, or of every object under it (a directory output)."""
-    listed = s3.client().list_objects_v2(Bucket=BUCKET, Prefix=key)
-    return sum(item["Size"] for item in listed.get("Contents", [])
-               if item["Key"] == key or item["Key"].startswith(f"{key}/"))
+def stored_sizes(s3, prefix: str) -> dict[str, int]:
+    """Size of every object under the run's prefix, by key relative to it."""
+    pages = s3.client().get_paginator("list_objects_v2").paginate(Bucket=BUCKET,
+                                                                   Prefix=f"{prefix}/")
+    return {item["Key"][len(prefix) + 1:]: item["Size"]
+            for page in pages for item in page.get("Contents", [])}
+
+
+def uploaded_bytes(sizes: dict[str, int], key: str) -> int:
+    """Bytes of an uploaded output: its object, or every object under it (a directory)."""
+    return sum(size for name, size in sizes.items() if name == key or name.startswith(f"{key}/"))
 
 
 def test_gpu_pods_only_run_models_and_every_pod_fits_in_its_ephemeral_storage(pipeline, s3):
@@ -312,6 +318,7 @@ def test_gpu_pods_only_run_models_and_every_pod_fits_in_its_ephemeral_storage(pi
     asks for ephemeral storage (limit = request), and what its job staged and wrote, as the
     double measured its files while it ran, and the outputs it uploaded, fit in it."""
     jobs = {job["metadata"]["name"]: job for job in pipeline.double.accepted("Job")}
+    sizes = stored_sizes(s3, pipeline.prefix)
     by_rule: dict[str, list[str]] = {}
     for name, job in jobs.items():
         pod = pipeline.double.pod_of(name)
@@ -323,7 +330,7 @@ def test_gpu_pods_only_run_models_and_every_pod_fits_in_its_ephemeral_storage(pi
             resources["requests"]["ephemeral-storage"]
         assert 0 < pod.disk_peak <= request, (rule_of(job), pod.disk_peak, request)
         if pod not in pipeline.killed.values():  # a killed pod uploads nothing
-            uploaded = sum(stored_bytes(s3, f"{pipeline.prefix}/{key}") for key in stored)
+            uploaded = sum(uploaded_bytes(sizes, key) for key in stored)
             assert 0 < uploaded <= request, (rule_of(job), uploaded, request)
         if rule_of(job) in GPU_RULES:
             assert not [key for key in stored if key.endswith((".png", "metrics.json"))], stored
