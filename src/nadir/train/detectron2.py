@@ -334,6 +334,10 @@ def _loss_log_hook(history: list, interval: int, total: int, images_per_step: in
 class Detectron2Backend:
     name = "detectron2"
 
+    def processes(self, job: TrainJob) -> int:
+        """detectron2 trains on one device."""
+        return 1
+
     def resume(self, job: TrainJob) -> dict | None:
         """The newest checkpoint of this job's store ({"iteration", "data"}), or None."""
         newest = job.checkpoints.newest() if job.checkpoints is not None else None
@@ -348,12 +352,8 @@ class Detectron2Backend:
         from detectron2.solver import get_default_optimizer_params
 
         from nadir.train.data import SeededBatches
-        from nadir.train.loop import (
-            loader_generator,
-            loader_workers,
-            set_rng_state,
-            warmup_cosine,
-        )
+        from nadir.train.loop import loader_generator, loader_workers, set_rng_state
+        from nadir.train.recipes import warmup_cosine
 
         hp = job.hp
         torch.manual_seed(hp["seed"])
