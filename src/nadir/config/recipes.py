@@ -22,6 +22,7 @@ _TV = "pytorch/vision references/detection"
 _TV_TRAIN = f"{_TV}/train.py (defaults)"
 _TV_ENGINE = f"{_TV}/engine.py (train_one_epoch warm-up)"
 _TV_README = f"{_TV}/README.md"
+_TVP = "torchvision 0.29.1 models/detection"
 _D2 = "detectron2 @02b5c4e2"
 _D2_DEFAULTS = f"{_D2} detectron2/config/defaults.py (SOLVER)"
 _YOLOX = "YOLOX 0.3.0 yolox/exp/yolox_base.py"
@@ -82,7 +83,7 @@ class Recipe:
 
 
 def _tv_sgd(reference: str, lr: float, lr_batch: int, weight_decay: float, epochs: float,
-            milestones: tuple, readme: str, **extra) -> Recipe:
+            milestones: tuple, readme: str, builder: str, **extra) -> Recipe:
     """A torchvision detection reference run (SGD, momentum 0.9, epoch-0 warm-up)."""
     values = {"optimizer": "sgd", "lr": lr, "lr_batch": lr_batch, "weight_decay": weight_decay,
               "epochs": epochs, "schedule": "multistep" if milestones else "cosine",
@@ -94,11 +95,13 @@ def _tv_sgd(reference: str, lr: float, lr_batch: int, weight_decay: float, epoch
         "lr, batch, weight decay, schedule, epochs": readme,
         "warm-up: linear from 0.001 over min(1000, iterations per epoch - 1)": _TV_ENGINE,
         "no clipping, no EMA": f"{_TV_TRAIN}; {_TV_ENGINE}",
-        "augmentation": f"{_TV}/presets.py"})
+        "augmentation": f"{_TV}/presets.py",
+        "input size, frozen layers and BatchNorm": f"{_TVP}/{builder}"})
 
 
 _FCOS = _tv_sgd("torchvision FCOS ResNet-50 FPN", 0.01, 16, 1e-4, 26, (16, 22),
                 f"{_TV_README} 'FCOS ResNet-50 FPN'; pytorch/vision PR #4961",
+                "fcos.py L370-371, L762-766",
                 frozen="ImageNet backbone: FrozenBN, 3 trainable stages (builder)")
 
 _YOLOX_RECIPE = Recipe(
@@ -137,7 +140,9 @@ def _d2_yaml(reference: str, lr: float, readme: str) -> Recipe:
                  "lr, batch 16": f"{_D2} configs/{readme}",
                  "steps 210000, 250000 of 270000 iterations (COCO 118287 images)":
                  f"{_D2} configs/COCO-Detection/*_3x.yaml",
-                 "no clipping, no EMA": f"{_D2_DEFAULTS} L580"})
+                 "no clipping, no EMA": f"{_D2_DEFAULTS} L580",
+                 "FREEZE_AT 2, FrozenBN; multi-scale 640-800, max 1333, flip":
+                 f"{_D2_DEFAULTS} L59-68, L139, L491; configs/Base-RCNN-FPN.yaml L40-41"})
 
 
 _D2_FASTER = _d2_yaml("detectron2 faster_rcnn_R_*_FPN_3x", 0.02, "Base-RCNN-FPN.yaml L35-37")
@@ -151,17 +156,20 @@ _DETR_RECIPE = Recipe(
     sources={"AdamW; lr 1e-4, backbone 1e-5; weight decay 1e-4 on all": f"{_DETR} L22-25, "
              "L131-139", "batch 64 (4 nodes x 8 GPUs x 2)": "detr run_with_submitit.py L17-18",
              "StepLR at 200 of 300 epochs, no warm-up": f"{_DETR} L26-27, L140",
-             "clip 0.1": f"{_DETR} L28; engine.py L55"})
+             "clip 0.1": f"{_DETR} L28; engine.py L55",
+             "FrozenBN, layer2-4 trainable; augmentation": "detr models/backbone.py L60-64, "
+                                                           "L91; datasets/coco.py L115-136"})
 
 RECIPES: dict[str, Recipe] = {
     "ssdlite320_mobilenet_v3_large": _tv_sgd(
         "torchvision SSDlite320 MobileNetV3-Large", 0.15, 192, 4e-5, 660, (),
-        f"{_TV_README} 'SSDlite320 MobileNetV3-Large'",
+        f"{_TV_README} 'SSDlite320 MobileNetV3-Large'; from scratch: pytorch/vision PR #6536",
+        "ssdlite.py L277-285 (BN), size (320, 320)",
         augmentation="RandomIoUCrop + horizontal flip", input_size="320 x 320",
         frozen="nothing frozen; BN eps 1e-3, momentum 0.03 (builder)"),
     "ssd300_vgg16": _tv_sgd(
         "torchvision SSD300 VGG16", 0.002, 32, 5e-4, 120, (80, 110),
-        f"{_TV_README} 'SSD300 VGG16'",
+        f"{_TV_README} 'SSD300 VGG16'", "ssd.py L658-660, L677",
         augmentation="photometric distort, zoom out, IoU crop, horizontal flip",
         input_size="300 x 300", frozen="ImageNet VGG: 4 of 5 layers trainable (builder)"),
     "fcos_resnet50_fpn": _FCOS,
@@ -174,14 +182,19 @@ RECIPES: dict[str, Recipe] = {
         input_size="short side 480-800, max 1333", frozen="plain BatchNorm (v2 builder)",
         sources={"AdamW lr 1e-4 at 16, weight decay 0.05, norm weight decay 0, steps 16, 22 "
                  "of 26 epochs, multiscale": "pytorch/vision PR #5756 (training command)",
-                 "warm-up": _TV_ENGINE}),
+                 "warm-up": _TV_ENGINE,
+                 "plain BatchNorm, 3 trainable stages when pretrained": f"{_TVP}/retinanet.py "
+                                                                        "L883-896"}),
     "fasterrcnn_resnet50_fpn_v2": _tv_sgd(
         "torchvision Faster R-CNN ResNet-50 FPN (v1 README recipe; proposal for v2 "
         "with pretrained weights)", 0.02, 16, 1e-4, 26, (16, 22),
-        f"{_TV_README} 'Faster R-CNN ResNet-50 FPN'"),
+        f"{_TV_README} 'Faster R-CNN ResNet-50 FPN'", "faster_rcnn.py L172 (FasterRCNN "
+        "defaults), L639-647 (v2 builder: plain BatchNorm)",
+        frozen="plain BatchNorm, nothing frozen (nadir's v2 builder; v1: FrozenBN, 3 stages)"),
     "fasterrcnn_mobilenet_v3_large_fpn": _tv_sgd(
         "torchvision Faster R-CNN MobileNetV3-Large FPN", 0.02, 16, 1e-4, 26, (16, 22),
         f"{_TV_README} 'Faster R-CNN MobileNetV3-Large FPN'",
+        "faster_rcnn.py L172 (FasterRCNN defaults), L679-683",
         frozen="ImageNet backbone: FrozenBN, 3 of 6 layers trainable (builder)"),
     "fasterrcnn_convnext_tiny_fpn": Recipe(
         reference="ConvNeXt-T Mask R-CNN 3x (proposal: no torchvision detection reference)",
@@ -196,7 +209,8 @@ RECIPES: dict[str, Recipe] = {
                  "no weight decay on 1-D parameters and biases":
                  "ConvNeXt object_detection/mmcv_custom/layer_decay_optimizer_constructor.py "
                  "L83-88", "batch 16": "Swin _base_/datasets/coco_instance.py L30-31 (8 GPUs)",
-                 "warm-up linear 500 iterations from 0.001": _SWIN_BASE}),
+                 "warm-up linear 500 iterations from 0.001": _SWIN_BASE,
+                 "augmentation; drop path 0.4": f"{_CNX} L20, L29-67"}),
     "fasterrcnn_swin_t_fpn": Recipe(
         reference="Swin-T Mask R-CNN 1x (proposal: no torchvision detection reference)",
         optimizer="adamw", lr=1e-4, lr_batch=16, weight_decay=0.05,
@@ -207,7 +221,9 @@ RECIPES: dict[str, Recipe] = {
         sources={"AdamW lr 1e-4, weight decay 0.05, no decay on norm, "
                  "relative_position_bias_table, absolute_pos_embed; steps 8, 11 of 12":
                  f"{_SWIN} L64-69", "batch 16": "Swin _base_/datasets/coco_instance.py L30-31",
-                 "warm-up linear 500 iterations from 0.001": _SWIN_BASE}),
+                 "warm-up linear 500 iterations from 0.001": _SWIN_BASE,
+                 "augmentation; nothing frozen": f"{_SWIN} (train pipeline); "
+                 "mmdet/models/backbones/swin_transformer.py L496"}),
     "oriented_fcos_resnet18_fpn": Recipe(
         reference="mmrotate rotated FCOS R50 le90 1x DOTA (proposal for R18)",
         optimizer="sgd", lr=0.0025, lr_batch=2, weight_decay=1e-4, epochs=12,
@@ -219,8 +235,10 @@ RECIPES: dict[str, Recipe] = {
         sources={"SGD 0.9, weight decay 1e-4, lr 0.0025 at batch 2, steps 8, 11 of 12, "
                  "warm-up linear 500 iterations from 1/3, clip 35": f"{_MMR} L4-13",
                  "batch 2": "mmrotate configs/_base_/datasets/dotav1.py L31",
-                 "flips": "mmrotate configs/rotated_fcos/rotated_fcos_r50_fpn_1x_dota_le90.py "
-                          "L68-72"}),
+                 "flips; frozen_stages 1, norm_eval": "mmrotate configs/rotated_fcos/"
+                 "rotated_fcos_r50_fpn_1x_dota_le90.py L13-20, L68-72",
+                 "1024 patches, 200 overlap": "mmrotate configs/_base_/datasets/dotav1.py "
+                                              "L3, L9"}),
     "d2_faster_rcnn_r50_fpn": _D2_FASTER,
     "d2_faster_rcnn_r101_fpn": _D2_FASTER,
     "d2_retinanet_r50_fpn": _d2_yaml("detectron2 retinanet_R_50_FPN_3x", 0.01,
@@ -236,18 +254,23 @@ RECIPES: dict[str, Recipe] = {
                  f"{_D2} configs/COCO-Detection/fcos_R_50_FPN_1x.py L1-8; "
                  "configs/common/optim.py L6-15",
                  "steps 60k, 80k of 90k, warm-up 1000 x 0.001":
-                 f"{_D2} configs/common/coco_schedule.py L20-40"}),
+                 f"{_D2} configs/common/coco_schedule.py L20-40",
+                 "freeze_at 2, FrozenBN; 640-800 + flip": f"{_D2} configs/common/models/"
+                 "retinanet.py L18-22; configs/common/data/coco.py L19-26"}),
     "d2_vitdet_b": Recipe(
         reference="detectron2 ViTDet mask_rcnn_vitdet_b_100ep", optimizer="adamw", lr=1e-4,
         lr_batch=64, weight_decay=0.1, norm_weight_decay=0.0, no_decay_names=("pos_embed",),
         epochs=100, schedule="multistep", warmup_iterations=250,
         milestones=(100 * 163889 / 184375, 100 * 177546 / 184375),
         augmentation="LSJ: flip, ResizeScale 0.1-2.0 at 1024, crop 1024", input_size="1024",
-        frozen="nothing frozen (layer-wise lr decay 0.7 not reproduced)",
+        frozen="nothing frozen; layer-wise lr decay 0.7 over 12 blocks (detectron2's "
+               "get_vit_lr_decay_rate, applied by the detectron2 backend)",
         sources={"AdamW lr 1e-4, weight decay 0.1, norm and pos_embed 0; 184375 iterations "
                  "= 100 epochs, steps 163889, 177546, warm-up 250":
                  f"{_D2} projects/ViTDet/configs/COCO/mask_rcnn_vitdet_b_100ep.py L24-40",
-                 "batch 64": f"{_D2} projects/ViTDet/configs/common/coco_loader_lsj.py L16"}),
+                 "batch 64; LSJ": f"{_D2} projects/ViTDet/configs/common/coco_loader_lsj.py "
+                                  "L6-16",
+                 "layer-wise decay 0.7": f"{_D2} detectron2/modeling/backbone/vit.py L506-524"}),
     "detr_r50": _DETR_RECIPE,
     "detr_r101": _DETR_RECIPE,
     "deformable_detr_r50": Recipe(
@@ -259,7 +282,9 @@ RECIPES: dict[str, Recipe] = {
         frozen="FrozenBN, stem + layer1 frozen (nadir trains them)",
         sources={"AdamW lr 2e-4, backbone x0.1, sampling_offsets/reference_points x0.1, "
                  "weight decay 1e-4, StepLR 40 of 50, clip 0.1": f"{_DDETR} L31-41, L177-210",
-                 "total batch 32": "Deformable-DETR README.md L55"}),
+                 "total batch 32": "Deformable-DETR README.md L55",
+                 "FrozenBN, layer2-4 trainable; augmentation": "Deformable-DETR "
+                 "models/backbone.py L72-76, L102; datasets/coco.py L125-146"}),
     "yolox_s": _YOLOX_RECIPE, "yolox_m": _YOLOX_RECIPE, "yolox_l": _YOLOX_RECIPE,
     "yolox_x": _YOLOX_RECIPE, "yolov3": _YOLOX_RECIPE,
 }

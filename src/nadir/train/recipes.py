@@ -82,7 +82,7 @@ def training_plan(model: str, hp: dict, chips: int, global_batch: int) -> Traini
         return TrainingPlan(
             "common", "adamw", scaled_lr(hp["lr"], hp.get("lr_batch"), global_batch, "adamw"),
             hp.get("lr_batch"), global_batch, hp["weight_decay"], iterations, hp.get("epochs"),
-            chips, "linear", min(hp["warmup_iterations"], iterations), 0.0, "cosine", (), 0.0,
+            chips, "linear", hp["warmup_iterations"], 0.0, "cosine", (), 0.0,
             0, hp["clip_grad_norm"], None, 0.0, None)
     recipe = recipe_of(model, hp["pretrained"])
     per_epoch = chips / global_batch
