@@ -309,3 +309,18 @@ def test_run_in_epochs_records_epochs_chips_batch_and_iterations(tmp_path):
     warm = {1: 0.001 * 0.5 + 0.5, 2: 1.0, 3: 1.0}
     assert [row["lr"] for row in log] == pytest.approx(
         [0.01 * warm[s] * 0.5 * (1 + math.cos(math.pi * s / 3)) for s in (1, 2, 3)])
+
+
+def test_models_page_has_a_recipe_table_per_model():
+    from pathlib import Path
+
+    from nadir.config.recipes import recipe_of
+
+    page = (Path(__file__).parents[1] / "docs" / "models.md").read_text()
+    recipes = page.split("## Training recipes", 1)[1].split("\n#### ")[1:]
+    for model in CATALOGUE:
+        section = next((s for s in recipes if f"`{model}`" in s.splitlines()[0]), None)
+        assert section is not None, model
+        recipe = recipe_of(model, "coco")
+        assert f"| Learning rate | {recipe.lr:g} for a batch of {recipe.lr_batch} |" in section
+        assert "| Values | Source |" in section, model
