@@ -26,7 +26,7 @@ def _layered(config: dict, model: str, layers: list[dict]) -> dict:
     entry = CATALOGUE.get(model)
     hp = {**config["training"], **(entry.hyperparameters if entry else {})}
     chosen = [layer for layer in layers if layer]
-    recipe = next((la["recipe"] for la in reversed(chosen) if "recipe" in la), hp["recipe"])
+    recipe = next((la["recipe"] for la in reversed(chosen) if "recipe" in la), hp.get("recipe"))
     if recipe == "reference" and entry is not None:
         pretrained = next((la["pretrained"] for la in reversed(chosen) if "pretrained" in la),
                           None)
