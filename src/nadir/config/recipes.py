@@ -208,7 +208,10 @@ RECIPES: dict[str, Recipe] = {
                  f"{_CNX} L70-77",
                  "no weight decay on 1-D parameters and biases":
                  "ConvNeXt object_detection/mmcv_custom/layer_decay_optimizer_constructor.py "
-                 "L83-88", "batch 16": "Swin _base_/datasets/coco_instance.py L30-31 (8 GPUs)",
+                 "L83-88",
+                 "batch 16 (inferred: the Swin base ConvNeXt's configs inherit, 8 GPUs x 2)":
+                 "Swin _base_/datasets/coco_instance.py L30-31; ConvNeXt object_detection/"
+                 "README.md L5-6, L31-33",
                  "warm-up linear 500 iterations from 0.001": _SWIN_BASE,
                  "augmentation; drop path 0.4": f"{_CNX} L20, L29-67"}),
     "fasterrcnn_swin_t_fpn": Recipe(
@@ -282,7 +285,8 @@ RECIPES: dict[str, Recipe] = {
         frozen="FrozenBN, stem + layer1 frozen (nadir trains them)",
         sources={"AdamW lr 2e-4, backbone x0.1, sampling_offsets/reference_points x0.1, "
                  "weight decay 1e-4, StepLR 40 of 50, clip 0.1": f"{_DDETR} L31-41, L177-210",
-                 "total batch 32": "Deformable-DETR README.md L55",
+                 "total batch 32 (its 8-GPU example command gives 16)":
+                 "Deformable-DETR README.md L55",
                  "FrozenBN, layer2-4 trainable; augmentation": "Deformable-DETR "
                  "models/backbone.py L72-76, L102; datasets/coco.py L125-146"}),
     "yolox_s": _YOLOX_RECIPE, "yolox_m": _YOLOX_RECIPE, "yolox_l": _YOLOX_RECIPE,
