@@ -265,15 +265,17 @@ def test_reference_recipe_trains_with_detectron2s_solver_and_augmentation(model,
     backend = d2.Detectron2Backend()
     assert backend.train(job)["iterations"] == 6
     log = json.loads((tmp_path / "out" / "train_log.json").read_text())
-    from nadir.train.recipes import lr_factor, training_plan
+    from nadir.train.recipes import training_plan
 
     plan = training_plan(model, hp, 4, 2)
     assert plan.lr == 0.01 * 2 / 16  # SGD: scaled linearly from 16 to 2 images
     assert plan.warmup_iterations == 6  # detectron2's 1000, capped at the run
-    # detectron2's scheduler gives the plan's numbers: each row's lr is its last step's
-    factor = lr_factor(plan)
+    # detectron2's WarmupParamScheduler: a warm-up over the whole run rises linearly from
+    # 0.001 to the schedule's value at its end (x0.1 per step inside the run: the plan's
+    # milestones); each row's lr is its last step's
+    end = 0.1 ** len(d2.scheduler_milestones(plan))
     assert [e["lr"] for e in log] == pytest.approx(
-        [plan.lr * factor(step) for step in (1, 3, 5)], rel=1e-3)
+        [plan.lr * (0.001 + (end - 0.001) * step / 6) for step in (1, 3, 5)], rel=1e-3)
     assert all(e["loss"] == e["loss"] and e["loss"] < 1e4 for e in log)  # finite
     job.outputs = tiny_chips.train_outputs(tmp_path / "rerun")
     assert backend.train(job)["resumed_from"] == 4
