@@ -71,6 +71,9 @@ class Backend(Protocol):
     def train(self, job: TrainJob) -> dict:
         """Train (resuming when a checkpoint matches); write model.pt and train_log.json."""
 
+    def processes(self, job: TrainJob) -> int:
+        """Processes the job trains in (its global batch is batch_size times this)."""
+
     def resume(self, job: TrainJob) -> dict | None:
         """The newest checkpoint's state for this job, or None to start from iteration 0."""
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import math
 import socket
 import tempfile
 import time
@@ -35,6 +34,7 @@ from nadir.train.checkpoints import LiveCurves
 from nadir.train.data import SeededBatches, ShardChips, category_labels, collate, model_targets
 from nadir.train.models import build_detector
 from nadir.train.provenance import base_resolved_config, fingerprint, installed_versions
+from nadir.train.recipes import ModelEMA, build_optimizer, lr_factor, model_ema, training_plan
 from nadir.train.selection import SelectionScorer, coco_detections, detections
 from nadir.train.weights import read_weights
 
@@ -44,16 +44,6 @@ log = logging.getLogger(__name__)
 def device_name() -> str:
     """The device predictions and training run on here: "cuda" or "cpu"."""
     return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def warmup_cosine(warmup: int, total: int) -> Callable[[int], float]:
-    """Learning-rate factor: linear warm-up, then cosine decay to zero at `total`."""
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, total - warmup)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-    return factor
 
 
 def world_size_for(requested: int | None) -> int:
@@ -120,6 +110,10 @@ class LoopBackend:
                                                               result_dir),
                                         nprocs=world, join=True)
             return json.loads((Path(result_dir) / "result.json").read_text())
+
+    def processes(self, job: TrainJob) -> int:
+        """Training processes of the job: its global batch is batch_size times this."""
+        return world_size_for(job.world_size)
 
     def resume(self, job: TrainJob) -> dict | None:
         if job.checkpoints is None:
@@ -198,16 +192,21 @@ class Optimisation:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
     amp: bool
+    clip_grad_norm: float | None = None
+    ema: ModelEMA | None = None  # the recipe's weight average (YOLOX), saved as model.pt
 
     def state(self) -> dict:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict()}
+        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict()}
+        return state | ({"ema": self.ema.state_dict()} if self.ema is not None else {})
 
     def load(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
 
 
 @dataclass
@@ -295,7 +294,8 @@ def _loop(rank: int, job: TrainJob, world: int, device: torch.device) -> dict:
     dataset = _load_chips(job)
     chips = job.chip_params
     size, num_classes = chips.size, len(dataset.categories)
-    optimisation = _build_optimisation(job, num_classes, size, device)
+    optimisation = _build_optimisation(job, num_classes, size, device,
+                                       len(dataset), hp["batch_size"] * world)
     progress = _resume(job, optimisation, rank, world, device)
     trained = _distributed(optimisation.model, world, device)
     workers = loader_workers(job.threads, world, device)
@@ -313,8 +313,7 @@ def _loop(rank: int, job: TrainJob, world: int, device: torch.device) -> dict:
                                      hp["batch_size"])
     progress.began = time.perf_counter()
     for step in range(progress.start, iterations):
-        loss, losses = _train_step(trained, next(batches), optimisation, hp["clip_grad_norm"],
-                                   device)
+        loss, losses = _train_step(trained, next(batches), optimisation, device)
         done = step + 1
         checkpoint_now = job.checkpoints is not None and job.checkpoint_every and \
             done % job.checkpoint_every == 0 and done < iterations
@@ -338,7 +337,7 @@ def _loop(rank: int, job: TrainJob, world: int, device: torch.device) -> dict:
     if not lead:
         return {}
     live.close()
-    _write_outputs(job, optimisation.model, dataset, chips, progress)
+    _write_outputs(job, optimisation, dataset, chips, progress)
     return {"seconds": round(progress.seconds(), 2), "iterations": iterations,
             "resumed_from": progress.start, "device": device.type, "processes": world,
             "amp": optimisation.amp, "chips": len(dataset),
@@ -384,19 +383,20 @@ def _load_chips(job: TrainJob) -> ShardChips:
     return dataset
 
 
-def _build_optimisation(job: TrainJob, num_classes: int, size: int,
-                        device: torch.device) -> Optimisation:
-    """The catalogue model, AdamW, the warm-up-then-cosine schedule and the AMP scaler."""
+def _build_optimisation(job: TrainJob, num_classes: int, size: int, device: torch.device,
+                        chips: int, global_batch: int) -> Optimisation:
+    """The catalogue model, the optimiser and schedule of its recipe (`nadir.train.recipes`:
+    AdamW, warm-up then cosine under `common`) and the AMP scaler."""
     hp = job.hp
     model = build_detector(job.model, num_classes, size, hp["pretrained"], job.weights_file)
     model.to(device).train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=hp["lr"], weight_decay=hp["weight_decay"])
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, warmup_cosine(hp["warmup_iterations"], hp["iterations"]))
+    plan = training_plan(job.model, hp, chips, global_batch)
+    optimizer, params = build_optimizer(model, plan, job.model, hp["pretrained"])
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(plan))
     amp = bool(hp["amp"]) and device.type == "cuda"
     return Optimisation(model, params, optimizer, scheduler,
-                        torch.amp.GradScaler("cuda", enabled=amp), amp)
+                        torch.amp.GradScaler("cuda", enabled=amp), amp, plan.clip_grad_norm,
+                        model_ema(model, plan))
 
 
 def _resume(job: TrainJob, optimisation: Optimisation, rank: int, world: int,
@@ -438,8 +438,9 @@ def _batches(dataset: ShardChips, hp: dict, start: int, rank: int, world: int, w
 
 
 def _train_step(model: torch.nn.Module, batch: tuple, optimisation: Optimisation,
-                clip_grad_norm: float, device: torch.device) -> tuple[torch.Tensor, dict]:
-    """Forward, backward, clip, step: one iteration; returns the total loss and its parts."""
+                device: torch.device) -> tuple[torch.Tensor, dict]:
+    """Forward, backward, clip, step (and the weight average, if the recipe keeps one): one
+    iteration; returns the total loss and its parts."""
     images, targets = batch
     images = [im.to(device) for im in images]
     targets = model_targets(model, targets, device)
@@ -449,10 +450,13 @@ def _train_step(model: torch.nn.Module, batch: tuple, optimisation: Optimisation
     optimisation.optimizer.zero_grad(set_to_none=True)
     optimisation.scaler.scale(loss).backward()
     optimisation.scaler.unscale_(optimisation.optimizer)
-    torch.nn.utils.clip_grad_norm_(optimisation.params, clip_grad_norm)
+    if optimisation.clip_grad_norm is not None:
+        torch.nn.utils.clip_grad_norm_(optimisation.params, optimisation.clip_grad_norm)
     optimisation.scaler.step(optimisation.optimizer)
     optimisation.scaler.update()
     optimisation.scheduler.step()
+    if optimisation.ema is not None:
+        optimisation.ema.update(optimisation.model)
     return loss, losses
 
 
@@ -473,16 +477,19 @@ def _save_checkpoint(job: TrainJob, done: int, optimisation: Optimisation, progr
     job.checkpoints.save(done, buffer.getvalue())
 
 
-def _write_outputs(job: TrainJob, model: torch.nn.Module, dataset: ShardChips,
+def _write_outputs(job: TrainJob, optimisation: Optimisation, dataset: ShardChips,
                    chips: ChipParams, progress: Progress) -> None:
     """model.pt (the weights `select` picks, with what predicting needs: the classes and the
-    chip parameters) and train_log.json.
+    chip parameters) and train_log.json. The last weights are the recipe's average where it
+    keeps one (YOLOX's EMA).
 
     With `eval_every` and a checkpoint location, the best and the last weights are also kept
     there (best.pt, last.pt), whichever model.pt holds.
     """
     job.outputs.weights.parent.mkdir(parents=True, exist_ok=True)
-    weights = {"last": model.state_dict(), "best": progress.best_weights}
+    model, ema = optimisation.model, optimisation.ema
+    last = model.state_dict() if ema is None else ema.weights(model)
+    weights = {"last": last, "best": progress.best_weights}
     header = {"model": job.model, "num_classes": len(dataset.categories),
               "chipping": chips.to_record(), "categories": dataset.categories}
     chosen = job.hp.get("select", "last")
