@@ -27,7 +27,7 @@ from pathlib import Path
 from nadir.config.catalogue import entry
 from nadir.core.errors import InputError, NadirError
 from nadir.core.names import check_name
-from nadir.storage.shards import decode_chip, member_offsets, read_member
+from nadir.storage.shards import decode_chip, read_chips
 from nadir.train.backends import TrainJob, saved_chip_params
 from nadir.train.provenance import base_resolved_config
 
@@ -165,7 +165,7 @@ def contiguous_category_ids(categories: list[dict]) -> list[int]:
     return sorted(c["id"] for c in categories)
 
 
-def unpack_chips(coco_json: Path, shards: list[Path], image_root: Path) -> Path:
+def unpack_chips(coco_json: Path, shards: list[str], image_root: Path) -> Path:
     """Write a split's chips as files under image_root/<shard>/; return a COCO file naming them.
 
     Chip names are only unique within a shard, hence one folder per shard. They become file
@@ -174,17 +174,16 @@ def unpack_chips(coco_json: Path, shards: list[Path], image_root: Path) -> Path:
     coco = json.loads(Path(coco_json).read_text())
     for image in coco["images"]:
         check_name(image["file_name"], coco_json, "chip file name")
-    offsets = member_offsets(shards, {(im["shard"], im["file_name"]) for im in coco["images"]},
-                             Path(coco_json))
-    for (index, name), (offset, size) in sorted(offsets.items()):
-        folder = image_root / str(index)
+    for image, data in zip(coco["images"], read_chips(shards, coco["images"], coco_json),
+                           strict=True):
+        folder = image_root / str(image["shard"])
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / name).write_bytes(read_member(shards[index], offset, size))
+        (folder / image["file_name"]).write_bytes(data)
     for image in coco["images"]:
         image["file_name"] = f"{image['shard']}/{image['file_name']}"
     rewritten = image_root / "coco.json"
     rewritten.write_text(json.dumps(coco))
-    log.info("unpacked %d chips to %s for detectron2", len(offsets), image_root)
+    log.info("unpacked %d chips to %s for detectron2", len(coco["images"]), image_root)
     return rewritten
 
 
@@ -443,7 +442,7 @@ class Detectron2Backend:
                 "resumed_from": start, "device": device.type, "processes": 1, "amp": amp,
                 "chips": len(coco["images"])}
 
-    def predict(self, weights: Path, coco_json: Path, shards: list[Path], hp: dict,
+    def predict(self, weights: Path, coco_json: Path, shards: list[str], hp: dict,
                 threads: int = 1) -> list[dict]:
         require_detectron2()
         import torch
@@ -464,9 +463,7 @@ class Detectron2Backend:
         dataset = ShardChips(coco_json, shards)
         results = []
         with torch.no_grad():
-            for first in range(0, len(dataset), hp["batch_size"]):
-                items = [dataset[i] for i in range(first, min(first + hp["batch_size"],
-                                                             len(dataset)))]
+            for items in dataset.in_order(hp["batch_size"]):
                 inputs = [{"image": in_channel_order(image * 255.0, input_format).to(device),
                            "height": image.shape[1], "width": image.shape[2]}
                           for image, _ in items]

@@ -136,7 +136,7 @@ class LoopBackend:
                              "to another run (its fingerprint differs); remove it to start over")
         return state
 
-    def predict(self, weights: Path, coco_json: Path, shards: list[Path], hp: dict,
+    def predict(self, weights: Path, coco_json: Path, shards: list[str], hp: dict,
                 threads: int = 1) -> list[dict]:
         return predict(weights, coco_json, shards, hp, threads)
 
@@ -433,8 +433,19 @@ def _batches(dataset: ShardChips, hp: dict, start: int, rank: int, world: int, w
     sampler = SeededBatches(len(dataset), hp["batch_size"], hp["seed"], start, rank, world,
                             hp["augment"])
     return iter(torch.utils.data.DataLoader(
-        dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate,
+        dataset, batch_sampler=ReadAhead(dataset, sampler), num_workers=workers, collate_fn=collate,
         persistent_workers=workers > 0, generator=loader_generator(hp["seed"])))
+
+
+class ReadAhead(torch.utils.data.Sampler):
+    """The sampler's batches with their chips read ahead (S3 shards; `ShardChips.read_ahead`),
+    on the loader's main process, whatever the number of loader workers."""
+
+    def __init__(self, dataset: ShardChips, sampler: SeededBatches):
+        self.dataset, self.sampler = dataset, sampler
+
+    def __iter__(self):
+        return self.dataset.read_ahead(self.sampler)
 
 
 def _train_step(model: torch.nn.Module, batch: tuple, optimisation: Optimisation,
@@ -499,7 +510,7 @@ def _write_outputs(job: TrainJob, model: torch.nn.Module, dataset: ShardChips,
 
 
 @torch.no_grad()
-def predict(weights: Path, coco_json: Path, shards: list[Path], hp: dict,
+def predict(weights: Path, coco_json: Path, shards: list[str], hp: dict,
             threads: int = 1) -> list[dict]:
     """COCO-format detections (xywh boxes, category ids, scores) for every image of a split."""
     torch.set_num_threads(max(1, threads))
