@@ -350,12 +350,13 @@ class Detectron2Backend:
         from nadir.train.loop import (
             loader_generator,
             loader_workers,
+            seed_and_determinism,
             set_rng_state,
             warmup_cosine,
         )
 
         hp = job.hp
-        torch.manual_seed(hp["seed"])
+        determinism = seed_and_determinism(hp)
         torch.set_num_threads(max(1, job.threads))
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         coco = json.loads(job.train_json.read_text())
@@ -440,7 +441,7 @@ class Detectron2Backend:
         job.outputs.train_log.write_text(json.dumps(history, indent=1) + "\n")
         return {"seconds": round(seconds(), 2), "iterations": hp["iterations"],
                 "resumed_from": start, "device": device.type, "processes": 1, "amp": amp,
-                "chips": len(coco["images"])}
+                "chips": len(coco["images"]), "determinism": determinism}
 
     def predict(self, weights: Path, coco_json: Path, shards: list[str], hp: dict,
                 threads: int = 1) -> list[dict]:

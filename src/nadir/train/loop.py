@@ -16,6 +16,8 @@ import io
 import json
 import logging
 import math
+import os
+import random
 import socket
 import tempfile
 import time
@@ -82,6 +84,28 @@ def loader_generator(seed: int) -> torch.Generator:
     draw ahead of the uninterrupted run from then on (Faster R-CNN samples from that stream).
     """
     return torch.Generator().manual_seed(seed)
+
+
+# cuBLAS's workspace setting that makes its results repeatable (CUDA's documentation): set
+# before cuBLAS makes its first handle, i.e. before the first matrix product on the GPU.
+CUBLAS_WORKSPACE_CONFIG = ":4096:8"
+
+
+def seed_and_determinism(hp: dict) -> dict:
+    """Seed torch from `seed`; with `deterministic`, also Python's and NumPy's generators,
+    PyTorch's deterministic algorithms (an operation without one stops the run, naming it),
+    cuBLAS's workspace setting and no cuDNN autotuning. Returns what run.json records."""
+    torch.manual_seed(hp["seed"])
+    if hp.get("deterministic"):
+        random.seed(hp["seed"])
+        np.random.seed(hp["seed"] % 2**32)
+        os.environ["CUBLAS_WORKSPACE_CONFIG"] = CUBLAS_WORKSPACE_CONFIG
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    return {"seed": hp["seed"], "deterministic": bool(hp.get("deterministic")),
+            "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+            "cublas_workspace_config": os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
+            "cudnn_benchmark": torch.backends.cudnn.benchmark}
 
 
 def rng_state(device: torch.device) -> dict:
@@ -290,7 +314,7 @@ class Progress:
 def _loop(rank: int, job: TrainJob, world: int, device: torch.device) -> dict:
     """One process's run: set up, then train step by step, logging and checkpointing."""
     hp, lead, iterations = job.hp, rank == 0, job.hp["iterations"]
-    torch.manual_seed(hp["seed"])
+    determinism = seed_and_determinism(hp)
     torch.set_num_threads(max(1, job.threads // world))
     dataset = _load_chips(job)
     chips = job.chip_params
@@ -342,7 +366,7 @@ def _loop(rank: int, job: TrainJob, world: int, device: torch.device) -> dict:
     return {"seconds": round(progress.seconds(), 2), "iterations": iterations,
             "resumed_from": progress.start, "device": device.type, "processes": world,
             "amp": optimisation.amp, "chips": len(dataset),
-            "selection": _selection_record(job, scorer, progress)}
+            "selection": _selection_record(job, scorer, progress), "determinism": determinism}
 
 
 def _curves(row: dict, device: torch.device) -> dict:
