@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -141,6 +142,33 @@ class SeededBatches(torch.utils.data.Sampler):
             first = step * per_step + self.rank * self.batch_size
             yield [self._sample(k) for k in range(first, first + self.batch_size)]
             step += 1
+
+
+class LoaderBatches(torch.utils.data.IterableDataset):
+    """Collated batches of `dataset` in `sampler`'s order, made in the loader's processes.
+
+    Worker w of W makes batches w, w + W, ... of the sampler, reading their chips ahead
+    (`ShardChips.read_ahead`), decoding, augmenting and collating them; the DataLoader takes
+    one from each worker in turn, so the batches arrive in the sampler's order whatever W is.
+    The training process itself only receives batches: no S3 request competes for its
+    interpreter with the thread that drives the GPU.
+    """
+
+    def __init__(self, dataset: ShardChips, sampler: SeededBatches):
+        super().__init__()
+        self.dataset, self.sampler = dataset, sampler
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        mine = itertools.islice(iter(self.sampler), worker, None, workers)
+        for keys in self.dataset.read_ahead(mine):
+            yield collate([self.dataset[key] for key in keys])
+
+
+def as_made(batch):
+    """The DataLoader's collate_fn for `LoaderBatches`: its batches come collated."""
+    return batch
 
 
 def random_flip_rotate(pixels: torch.Tensor, boxes: torch.Tensor, code: int):

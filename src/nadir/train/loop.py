@@ -34,7 +34,14 @@ from nadir.core.errors import NadirError
 from nadir.raster.chip_params import ChipParams
 from nadir.train.backends import TrainJob, saved_chip_params
 from nadir.train.checkpoints import LiveCurves
-from nadir.train.data import SeededBatches, ShardChips, category_labels, collate, model_targets
+from nadir.train.data import (
+    LoaderBatches,
+    SeededBatches,
+    ShardChips,
+    as_made,
+    category_labels,
+    model_targets,
+)
 from nadir.train.models import build_detector
 from nadir.train.provenance import base_resolved_config, fingerprint, installed_versions
 from nadir.train.selection import SelectionScorer, coco_detections, detections
@@ -457,19 +464,9 @@ def _batches(dataset: ShardChips, hp: dict, start: int, rank: int, world: int, w
     sampler = SeededBatches(len(dataset), hp["batch_size"], hp["seed"], start, rank, world,
                             hp["augment"])
     return iter(torch.utils.data.DataLoader(
-        dataset, batch_sampler=ReadAhead(dataset, sampler), num_workers=workers, collate_fn=collate,
-        persistent_workers=workers > 0, generator=loader_generator(hp["seed"])))
-
-
-class ReadAhead(torch.utils.data.Sampler):
-    """The sampler's batches with their chips read ahead (S3 shards; `ShardChips.read_ahead`),
-    on the loader's main process, whatever the number of loader workers."""
-
-    def __init__(self, dataset: ShardChips, sampler: SeededBatches):
-        self.dataset, self.sampler = dataset, sampler
-
-    def __iter__(self):
-        return self.dataset.read_ahead(self.sampler)
+        LoaderBatches(dataset, sampler), batch_size=None, num_workers=workers,
+        collate_fn=as_made, persistent_workers=workers > 0,
+        generator=loader_generator(hp["seed"])))
 
 
 def _train_step(model: torch.nn.Module, batch: tuple, optimisation: Optimisation,
