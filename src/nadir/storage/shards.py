@@ -294,20 +294,30 @@ class ShardReader:
     def read_ahead(self, batches: Iterable[T],
                    members_of: Callable[[T], list[tuple[int, str, int, int]]],
                    depth: int) -> Iterator[tuple[T, list[bytes]]]:
-        """(batch, its chips' bytes) for each batch, the next `depth` batches read on
-        background threads meanwhile: the loader waits only when S3 falls behind."""
+        """(batch, its chips' bytes) for each batch, up to `depth` next batches read on
+        background threads meanwhile: the loader waits only when S3 falls behind. The depth
+        starts at one and grows by one a batch, so the first batch has the connection to
+        itself (time to the first step) and later ones overlap."""
         pool = ThreadPoolExecutor(self.threads, thread_name_prefix="shard-read-ahead")
         pending: deque = deque()
         source = iter(batches)
-        try:
-            for batch in source:
+        limit = 1
+
+        def fill() -> None:
+            while len(pending) < limit:
+                batch = next(source, pending)  # `pending` marks the end
+                if batch is pending:
+                    return
                 pending.append((batch, pool.submit(self.read, members_of(batch))))
-                if len(pending) > depth:
-                    head, future = pending.popleft()
-                    yield head, future.result()
+
+        try:
+            fill()
             while pending:
-                head, future = pending.popleft()
-                yield head, future.result()
+                batch, future = pending.popleft()
+                chips = future.result()
+                limit = min(depth, limit + 2)
+                fill()
+                yield batch, chips
         finally:
             for _, future in pending:
                 future.cancel()
