@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
 import tarfile
 import threading
@@ -44,6 +45,7 @@ CACHE_BYTES_VARIABLE = "NADIR_SHARD_CACHE_BYTES"
 READ_AHEAD_VARIABLE = "NADIR_SHARD_READ_AHEAD"
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 def add_member(tar: tarfile.TarFile, name: str, data: bytes) -> Range:
@@ -184,6 +186,12 @@ class ShardReader:
         self._objects: dict[int, tuple[int, str]] = {}  # S3 shard: (size, cache tag)
         self._lock = threading.Lock()
         self._client = None
+        remote = sum(map(is_remote, self.shards))
+        if remote:
+            import boto3  # noqa: F401 - imported once here, not again in each loader process
+            log.info("reading chips where they are: %d shard(s) on S3 by ranged reads, %s",
+                     remote, f"cache {cache.folder} (at most {cache.limit / 2**30:.1f} GiB)"
+                     if cache else "no cache")
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_client": None, "_lock": None}
@@ -198,9 +206,7 @@ class ShardReader:
     def _s3(self):
         with self._lock:
             if self._client is None:
-                from nadir.storage import s3
-
-                self._client = s3.client(self.endpoint)
+                self._client = _process_client(self.endpoint)
             return self._client
 
     def _object(self, index: int) -> tuple[int, str]:
@@ -322,6 +328,23 @@ class ShardReader:
             for _, future in pending:
                 future.cancel()
             pool.shutdown(wait=False, cancel_futures=True)
+
+
+_CLIENTS: dict[tuple, object] = {}
+_CLIENTS_LOCK = threading.Lock()
+
+
+def _process_client(endpoint: str | None):
+    """One S3 client per process, endpoint and storage keys, shared by its readers (boto3's
+    clients are thread-safe; a loader process forked from this one makes its own: sockets are
+    not shared across a fork)."""
+    from nadir.storage import s3
+
+    key = (os.getpid(), endpoint, s3.storage_keys())
+    with _CLIENTS_LOCK:
+        if key not in _CLIENTS:
+            _CLIENTS[key] = s3.client(endpoint)
+        return _CLIENTS[key]
 
 
 def _coalesce(ranges: list[tuple[int, int, int, str]]) -> Iterator[list]:

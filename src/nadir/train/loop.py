@@ -42,6 +42,7 @@ from nadir.train.data import (
     category_labels,
     model_targets,
 )
+from nadir.train.loader_cost import gpu_job_cpus, loader_capacity
 from nadir.train.models import build_detector
 from nadir.train.provenance import base_resolved_config, fingerprint, installed_versions
 from nadir.train.selection import SelectionScorer, coco_detections, detections
@@ -333,9 +334,11 @@ def _loop(rank: int, job: TrainJob, world: int, device: torch.device) -> dict:
     batches = _batches(dataset, hp, progress.start, rank, world, workers)
     if lead:
         log.info("training %s on %d chips, %d classes, %d px, iterations %d..%d, device %s x%d, "
-                 "AMP %s, %d loader worker(s) per process", job.model, len(dataset), num_classes,
+                 "AMP %s, %d loader worker(s) per process (about %.0f chips/s, "
+                 "nadir.train.loader_cost)", job.model, len(dataset), num_classes,
                  size, progress.start, iterations, device.type, world,
-                 "on" if optimisation.amp else "off", workers)
+                 "on" if optimisation.amp else "off", workers,
+                 loader_capacity(workers, chips.image_format, size))
     scorer = live = None
     if lead:
         live = LiveCurves(job.checkpoints, job.outputs.weights.parent, progress.start)
@@ -368,12 +371,25 @@ def _loop(rank: int, job: TrainJob, world: int, device: torch.device) -> dict:
             live.publish()
     if not lead:
         return {}
+    if device.type == "cuda":
+        this_run = time.perf_counter() - progress.began  # a resumed run's own iterations
+        _log_loader_need(hp["batch_size"] * (iterations - progress.start) / this_run, chips,
+                         job.threads // world)
     live.close()
     _write_outputs(job, optimisation.model, dataset, chips, progress)
     return {"seconds": round(progress.seconds(), 2), "iterations": iterations,
             "resumed_from": progress.start, "device": device.type, "processes": world,
             "amp": optimisation.amp, "chips": len(dataset),
             "selection": _selection_record(job, scorer, progress), "determinism": determinism}
+
+
+def _log_loader_need(rate: float, chips: ChipParams, threads: int) -> None:
+    """How many CPUs a process training at this rate needs to be fed (the GPU rules' CPU
+    request, nadir.train.loader_cost), against the threads it had."""
+    needed = gpu_job_cpus(rate, chips.image_format, chips.size)
+    log.info("%.1f images/s per process: feeding that takes %d CPU(s) per process "
+             "(nadir.train.loader_cost), it had %d%s", rate, needed, threads,
+             "" if threads >= needed else ": the GPU may have waited for chips")
 
 
 def _curves(row: dict, device: torch.device) -> dict:
