@@ -122,6 +122,12 @@ class ChipCache:
         self.size = sum(self._entries.values())
         self._evict(0)
 
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_lock": None}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, _lock=threading.Lock())
+
     def _path(self, shard_tag: str, offset: int, size: int) -> Path:
         return self.folder / shard_tag / f"{offset}-{size}"
 
