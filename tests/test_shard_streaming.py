@@ -18,7 +18,15 @@ import torch
 from PIL import Image
 
 from nadir.core.errors import InputError
-from nadir.storage.shards import ChipCache, ShardReader, add_member, read_chips
+from nadir.storage.shards import (
+    CACHE_BYTES_VARIABLE,
+    CACHE_DIR_VARIABLE,
+    ChipCache,
+    ShardReader,
+    add_member,
+    cache_from_environment,
+    read_chips,
+)
 from nadir.train.data import SeededBatches, ShardChips
 
 BUCKET = "nadir-streaming-test"
@@ -111,7 +119,7 @@ def test_chips_in_order_are_coalesced_into_one_request_per_run(shards, s3, stora
 
 
 def test_the_cache_keeps_to_its_limit_and_serves_the_next_reader(shards, s3, storage_keys,
-                                                                 tmp_path):
+                                                                 tmp_path, monkeypatch):
     images = shards["images"]
     members = [(im["shard"], im["file_name"], im["offset"], im["size"]) for im in images]
     limit = used_bytes(images[:4])
@@ -120,9 +128,11 @@ def test_the_cache_keeps_to_its_limit_and_serves_the_next_reader(shards, s3, sto
     expected = first.read(members)
     on_disk = sum(p.stat().st_size for p in (tmp_path / "cache").rglob("*") if p.is_file())
     assert 0 < on_disk <= limit and cache.size == on_disk
-    # A later job on the node (a new cache object over the same folder) fetches less.
-    second = ShardReader(shards["remote"], cache=ChipCache(tmp_path / "cache", limit),
-                         endpoint=s3.endpoint)
+    # A later job on the node (its cache from the workflow's `streaming` settings, handed on
+    # in the environment) fetches less.
+    monkeypatch.setenv(CACHE_DIR_VARIABLE, str(tmp_path / "cache"))
+    monkeypatch.setenv(CACHE_BYTES_VARIABLE, str(limit))
+    second = ShardReader(shards["remote"], cache=cache_from_environment(), endpoint=s3.endpoint)
     assert second.read(members) == expected
     assert second.bytes_fetched < first.bytes_fetched
     # A smaller limit given later evicts at once.
