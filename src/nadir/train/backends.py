@@ -48,7 +48,7 @@ class TrainJob:
     hp: dict  # resolved: `training`, the catalogue's model defaults, the user's overrides
     train_json: Path
     manifest: Path  # the chip manifest: its digest ties the run to its chips
-    shards: list[Path]
+    shards: list[str]  # local paths or s3:// URLs: read where they are
     outputs: TrainOutputs
     threads: int = 1
     checkpoints: CheckpointStore | None = None
@@ -77,7 +77,7 @@ class Backend(Protocol):
     def resume(self, job: TrainJob) -> dict | None:
         """The newest checkpoint's state for this job, or None to start from iteration 0."""
 
-    def predict(self, weights: Path, coco_json: Path, shards: list[Path], hp: dict,
+    def predict(self, weights: Path, coco_json: Path, shards: list[str], hp: dict,
                 threads: int = 1) -> list[dict]:
         """COCO detections (xywh, category id, score) for every image of a split."""
 

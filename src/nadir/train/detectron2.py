@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 from nadir.config.catalogue import entry
 from nadir.core.errors import InputError, NadirError
 from nadir.core.names import check_name
-from nadir.storage.shards import decode_chip, member_offsets, read_member
+from nadir.storage.shards import decode_chip, read_chips
 from nadir.train.backends import TrainJob, saved_chip_params
 from nadir.train.provenance import base_resolved_config
 
@@ -203,7 +203,7 @@ def contiguous_category_ids(categories: list[dict]) -> list[int]:
     return sorted(c["id"] for c in categories)
 
 
-def unpack_chips(coco_json: Path, shards: list[Path], image_root: Path) -> Path:
+def unpack_chips(coco_json: Path, shards: list[str], image_root: Path) -> Path:
     """Write a split's chips as files under image_root/<shard>/; return a COCO file naming them.
 
     Chip names are only unique within a shard, hence one folder per shard. They become file
@@ -212,17 +212,16 @@ def unpack_chips(coco_json: Path, shards: list[Path], image_root: Path) -> Path:
     coco = json.loads(Path(coco_json).read_text())
     for image in coco["images"]:
         check_name(image["file_name"], coco_json, "chip file name")
-    offsets = member_offsets(shards, {(im["shard"], im["file_name"]) for im in coco["images"]},
-                             Path(coco_json))
-    for (index, name), (offset, size) in sorted(offsets.items()):
-        folder = image_root / str(index)
+    for image, data in zip(coco["images"], read_chips(shards, coco["images"], coco_json),
+                           strict=True):
+        folder = image_root / str(image["shard"])
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / name).write_bytes(read_member(shards[index], offset, size))
+        (folder / image["file_name"]).write_bytes(data)
     for image in coco["images"]:
         image["file_name"] = f"{image['shard']}/{image['file_name']}"
     rewritten = image_root / "coco.json"
     rewritten.write_text(json.dumps(coco))
-    log.info("unpacked %d chips to %s for detectron2", len(offsets), image_root)
+    log.info("unpacked %d chips to %s for detectron2", len(coco["images"]), image_root)
     return rewritten
 
 
@@ -487,11 +486,16 @@ class Detectron2Backend:
         from detectron2.solver import get_default_optimizer_params
 
         from nadir.train.data import SeededBatches
-        from nadir.train.loop import loader_generator, loader_workers, set_rng_state
+        from nadir.train.loop import (
+            loader_generator,
+            loader_workers,
+            seed_and_determinism,
+            set_rng_state,
+        )
         from nadir.train.recipes import lr_factor, training_plan
 
         hp = job.hp
-        torch.manual_seed(hp["seed"])
+        determinism = seed_and_determinism(hp)
         torch.set_num_threads(max(1, job.threads))
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         coco = json.loads(job.train_json.read_text())
@@ -581,9 +585,9 @@ class Detectron2Backend:
         job.outputs.train_log.write_text(json.dumps(history, indent=1) + "\n")
         return {"seconds": round(seconds(), 2), "iterations": hp["iterations"],
                 "resumed_from": start, "device": device.type, "processes": 1, "amp": amp,
-                "chips": len(coco["images"])}
+                "chips": len(coco["images"]), "determinism": determinism}
 
-    def predict(self, weights: Path, coco_json: Path, shards: list[Path], hp: dict,
+    def predict(self, weights: Path, coco_json: Path, shards: list[str], hp: dict,
                 threads: int = 1) -> list[dict]:
         require_detectron2()
         import torch
@@ -604,9 +608,7 @@ class Detectron2Backend:
         dataset = ShardChips(coco_json, shards)
         results = []
         with torch.no_grad():
-            for first in range(0, len(dataset), hp["batch_size"]):
-                items = [dataset[i] for i in range(first, min(first + hp["batch_size"],
-                                                             len(dataset)))]
+            for items in dataset.in_order(hp["batch_size"]):
                 inputs = [{"image": in_channel_order(image * 255.0, input_format).to(device),
                            "height": image.shape[1], "width": image.shape[2]}
                           for image, _ in items]

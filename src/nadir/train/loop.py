@@ -15,6 +15,8 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
+import random
 import socket
 import tempfile
 import time
@@ -31,7 +33,15 @@ from nadir.core.errors import NadirError
 from nadir.raster.chip_params import ChipParams
 from nadir.train.backends import TrainJob, saved_chip_params
 from nadir.train.checkpoints import LiveCurves
-from nadir.train.data import SeededBatches, ShardChips, category_labels, collate, model_targets
+from nadir.train.data import (
+    LoaderBatches,
+    SeededBatches,
+    ShardChips,
+    as_made,
+    category_labels,
+    model_targets,
+)
+from nadir.train.loader_cost import gpu_job_cpus, loader_capacity
 from nadir.train.models import build_detector
 from nadir.train.provenance import base_resolved_config, fingerprint, installed_versions
 from nadir.train.recipes import ModelEMA, build_optimizer, lr_factor, model_ema, training_plan
@@ -72,6 +82,28 @@ def loader_generator(seed: int) -> torch.Generator:
     draw ahead of the uninterrupted run from then on (Faster R-CNN samples from that stream).
     """
     return torch.Generator().manual_seed(seed)
+
+
+# cuBLAS's workspace setting that makes its results repeatable (CUDA's documentation): set
+# before cuBLAS makes its first handle, i.e. before the first matrix product on the GPU.
+CUBLAS_WORKSPACE_CONFIG = ":4096:8"
+
+
+def seed_and_determinism(hp: dict) -> dict:
+    """Seed torch from `seed`; with `deterministic`, also Python's and NumPy's generators,
+    PyTorch's deterministic algorithms (an operation without one stops the run, naming it),
+    cuBLAS's workspace setting and no cuDNN autotuning. Returns what run.json records."""
+    torch.manual_seed(hp["seed"])
+    if hp.get("deterministic"):
+        random.seed(hp["seed"])
+        np.random.seed(hp["seed"] % 2**32)
+        os.environ["CUBLAS_WORKSPACE_CONFIG"] = CUBLAS_WORKSPACE_CONFIG
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    return {"seed": hp["seed"], "deterministic": bool(hp.get("deterministic")),
+            "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+            "cublas_workspace_config": os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
+            "cudnn_benchmark": torch.backends.cudnn.benchmark}
 
 
 def rng_state(device: torch.device) -> dict:
@@ -130,7 +162,7 @@ class LoopBackend:
                              "to another run (its fingerprint differs); remove it to start over")
         return state
 
-    def predict(self, weights: Path, coco_json: Path, shards: list[Path], hp: dict,
+    def predict(self, weights: Path, coco_json: Path, shards: list[str], hp: dict,
                 threads: int = 1) -> list[dict]:
         return predict(weights, coco_json, shards, hp, threads)
 
@@ -289,7 +321,7 @@ class Progress:
 def _loop(rank: int, job: TrainJob, world: int, device: torch.device) -> dict:
     """One process's run: set up, then train step by step, logging and checkpointing."""
     hp, lead, iterations = job.hp, rank == 0, job.hp["iterations"]
-    torch.manual_seed(hp["seed"])
+    determinism = seed_and_determinism(hp)
     torch.set_num_threads(max(1, job.threads // world))
     dataset = _load_chips(job)
     chips = job.chip_params
@@ -302,9 +334,11 @@ def _loop(rank: int, job: TrainJob, world: int, device: torch.device) -> dict:
     batches = _batches(dataset, hp, progress.start, rank, world, workers)
     if lead:
         log.info("training %s on %d chips, %d classes, %d px, iterations %d..%d, device %s x%d, "
-                 "AMP %s, %d loader worker(s) per process", job.model, len(dataset), num_classes,
+                 "AMP %s, %d loader worker(s) per process (about %.0f chips/s, "
+                 "nadir.train.loader_cost)", job.model, len(dataset), num_classes,
                  size, progress.start, iterations, device.type, world,
-                 "on" if optimisation.amp else "off", workers)
+                 "on" if optimisation.amp else "off", workers,
+                 loader_capacity(workers, chips.image_format, size))
     scorer = live = None
     if lead:
         live = LiveCurves(job.checkpoints, job.outputs.weights.parent, progress.start)
@@ -336,12 +370,25 @@ def _loop(rank: int, job: TrainJob, world: int, device: torch.device) -> dict:
             live.publish()
     if not lead:
         return {}
+    if device.type == "cuda":
+        this_run = time.perf_counter() - progress.began  # a resumed run's own iterations
+        _log_loader_need(hp["batch_size"] * (iterations - progress.start) / this_run, chips,
+                         job.threads // world)
     live.close()
     _write_outputs(job, optimisation, dataset, chips, progress)
     return {"seconds": round(progress.seconds(), 2), "iterations": iterations,
             "resumed_from": progress.start, "device": device.type, "processes": world,
             "amp": optimisation.amp, "chips": len(dataset),
-            "selection": _selection_record(job, scorer, progress)}
+            "selection": _selection_record(job, scorer, progress), "determinism": determinism}
+
+
+def _log_loader_need(rate: float, chips: ChipParams, threads: int) -> None:
+    """How many CPUs a process training at this rate needs to be fed (the GPU rules' CPU
+    request, nadir.train.loader_cost), against the threads it had."""
+    needed = gpu_job_cpus(rate, chips.image_format, chips.size)
+    log.info("%.1f images/s per process: feeding that takes %d CPU(s) per process "
+             "(nadir.train.loader_cost), it had %d%s", rate, needed, threads,
+             "" if threads >= needed else ": the GPU may have waited for chips")
 
 
 def _curves(row: dict, device: torch.device) -> dict:
@@ -433,8 +480,9 @@ def _batches(dataset: ShardChips, hp: dict, start: int, rank: int, world: int, w
     sampler = SeededBatches(len(dataset), hp["batch_size"], hp["seed"], start, rank, world,
                             hp["augment"])
     return iter(torch.utils.data.DataLoader(
-        dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate,
-        persistent_workers=workers > 0, generator=loader_generator(hp["seed"])))
+        LoaderBatches(dataset, sampler), batch_size=None, num_workers=workers,
+        collate_fn=as_made, persistent_workers=workers > 0,
+        generator=loader_generator(hp["seed"])))
 
 
 def _train_step(model: torch.nn.Module, batch: tuple, optimisation: Optimisation,
@@ -506,7 +554,7 @@ def _write_outputs(job: TrainJob, optimisation: Optimisation, dataset: ShardChip
 
 
 @torch.no_grad()
-def predict(weights: Path, coco_json: Path, shards: list[Path], hp: dict,
+def predict(weights: Path, coco_json: Path, shards: list[str], hp: dict,
             threads: int = 1) -> list[dict]:
     """COCO-format detections (xywh boxes, category ids, scores) for every image of a split."""
     torch.set_num_threads(max(1, threads))

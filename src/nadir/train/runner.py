@@ -79,7 +79,7 @@ def train(dataset: str, model: str, hp: dict, train: str | Path, manifest: str |
     `checkpoints["keep"]` kept; S3 with the storage's endpoint."""
     checkpoints = checkpoints or {"every": 0}  # none written unless the config asks
     job = TrainJob(dataset=dataset, model=model, hp=hp, train_json=Path(train),
-                   manifest=Path(manifest), shards=[Path(p) for p in shards],
+                   manifest=Path(manifest), shards=[str(p) for p in shards],
                    outputs=TrainOutputs(Path(weights), Path(train_log), Path(run_record),
                                         Path(resolved_config)),
                    threads=threads, checkpoint_every=checkpoints["every"],
