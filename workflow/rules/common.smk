@@ -17,6 +17,8 @@ import re
 import sys
 from pathlib import Path
 
+from snakemake.storage import flag_with_storage_object
+
 ROOT = Path(workflow.basedir)
 # Rules run the checkout's own code (also inside pods, which receive the source archive).
 os.environ["PYTHONPATH"] = os.pathsep.join(
@@ -34,6 +36,7 @@ from nadir.fetch import read_scene_manifest
 from nadir.storage.controller import Lease, claim, owner_store, release
 from nadir.storage.preflight import SettingsError, check_controller_start
 from nadir.storage.s3 import ENDPOINT_VARIABLE
+from nadir.storage.shards import CACHE_BYTES_VARIABLE, CACHE_DIR_VARIABLE
 from nadir.storage.urls import publish, redact
 
 try:
@@ -82,6 +85,12 @@ def storage_s3_settings():
 # use its endpoint, from the environment as the URLs (nadir.storage.s3.storage_endpoint).
 if getattr(storage_s3_settings(), "endpoint_url", None):
     os.environ[ENDPOINT_VARIABLE] = storage_s3_settings().endpoint_url
+
+# The chip readers' node-local cache (nadir.storage.shards.ChipCache), from the environment
+# like the endpoint: it changes how a job reads, never what it makes.
+if config["streaming"]["cache_dir"]:
+    os.environ[CACHE_DIR_VARIABLE] = config["streaming"]["cache_dir"]
+    os.environ[CACHE_BYTES_VARIABLE] = str(int(config["streaming"]["cache_gib"] * 2**30))
 
 DATASETS = sorted(config["datasets"])
 # Every training run: (dataset, run name) -> nadir.config.Run. A run is a model, a sweep cell of
@@ -160,15 +169,30 @@ def staged_mb(input):
 
 def disk_mb(writes=1.0, writes_mb=0, minimum_mb=2000):
     """Resource disk_mb (a pod's ephemeral-storage request, MB): what the job stages, plus what
-    it writes (`writes` times the staged MB, a number or a function of the wildcards, plus
-    `writes_mb`) and the margin; at least `minimum_mb`. The written part grows with the
-    attempt, so a job evicted for disk is retried with more."""
+    it writes (`writes` times the MB of all its inputs, staged or read where they are: a number
+    or a function of the wildcards; plus `writes_mb`) and the margin; at least `minimum_mb`.
+    The written part grows with the attempt, so a job evicted for disk is retried with more."""
     def request(wildcards, input, attempt):
-        staged = staged_mb(input)
         ratio = writes(wildcards) if callable(writes) else writes
         return max(minimum_mb, math.ceil(
-            staged + (ratio * staged + writes_mb + DISK_MARGIN_MB) * attempt))
+            staged_mb(input) + (ratio * input.size_mb + writes_mb + DISK_MARGIN_MB) * attempt))
     return request
+
+
+def chip_shards(wildcards):
+    """Input function: every chip shard (`tar`) of the job's dataset, for the jobs that read
+    chips. With S3 default storage the shards are inputs that Snakemake does not retrieve: the
+    DAG, reruns and reports see them as any input, and the job gets their s3:// URLs and reads
+    the chips it needs where they are (nadir.storage.shards.ShardReader)."""
+    paths = shard_files("tar")(wildcards)
+    default = workflow.storage_settings  # (`storage` is a Snakemake keyword)
+    if default.default_storage_provider != "s3":
+        return paths
+    provider = workflow.storage_registry.default_storage_provider
+    prefix = default.default_storage_prefix.rstrip("/")
+    return [flag_with_storage_object(path, provider.object(f"{prefix}/{os.path.normpath(path)}",
+                                                           retrieve=False))
+            for path in paths]
 
 
 def fetched_file(dataset, relative):

@@ -9,7 +9,7 @@ rule evaluate:
     input:
         weights="results/{dataset}/models/{model}/model.pt",
         val="results/{dataset}/coco/val.json",
-        shards=shard_files("tar"),
+        shards=chip_shards,
     output:
         predictions="results/{dataset}/models/{model}/predictions.json",
         record="results/{dataset}/models/{model}/predictions_record.json",
@@ -18,8 +18,8 @@ rule evaluate:
         settings=job_settings("evaluate", "evaluation")["evaluation"],
     threads: 8  # capped at --cores on a laptop; profiles set their own
     resources:
-        # every shard staged; predictions.json: at most max_detections detections of about
-        # 130 bytes per val chip (130 MB for 10,000 chips)
+        # shards read where they are (staged only without S3); predictions.json: at most
+        # max_detections detections of about 130 bytes per val chip (130 MB for 10,000 chips)
         disk_mb=disk_mb(writes=0.0, writes_mb=1000),
     log:
         "logs/{dataset}/evaluate-{model}.log",

@@ -145,7 +145,7 @@ rule plot_detections:
     input:
         val="results/{dataset}/coco/val.json",
         predictions="results/{dataset}/models/{model}/predictions.json",
-        shards=shard_files("tar"),
+        shards=chip_shards,
     output:
         report(
             "results/{dataset}/models/{model}/detections.png",
@@ -158,7 +158,7 @@ rule plot_detections:
         settings=job_settings("plot_detections", "report", "inference"),
         title=run_title,
     resources:
-        disk_mb=disk_mb(writes=0.0, writes_mb=1000),  # every shard staged, to draw a few chips
+        disk_mb=disk_mb(writes=0.0, writes_mb=1000),  # shards staged only without S3; one PNG
     log:
         "logs/{dataset}/plot_detections-{model}.log",
     benchmark:

@@ -76,7 +76,7 @@ rule train:
         train=lambda w: f"results/{w.dataset}/coco/{'fit' if selects(w) else 'train'}.json",
         selection=lambda w: [f"results/{w.dataset}/coco/selection.json"] if selects(w) else [],
         manifest="results/{dataset}/chips/manifest.json",
-        shards=shard_files("tar"),
+        shards=chip_shards,
         pretrained=pretrained_input,
         pretrained_record=pretrained_record,
     output:
@@ -90,8 +90,9 @@ rule train:
         model=lambda w: run_of(w).model,
     threads: 8  # capped at --cores on a laptop; profiles set their own
     resources:
-        # every shard; detectron2 writes the train chips out again as files (nadir.train.
-        # detectron2.unpack_chips); checkpoints and the weights: a few GB
+        # shards read where they are (staged only without S3); detectron2 writes the train
+        # chips out as files (nadir.train.detectron2.unpack_chips); checkpoints, weights
+        # (docs/kubernetes.md, "Sizes")
         disk_mb=disk_mb(writes=unpacks_chips, writes_mb=9000, minimum_mb=10000),
     log:
         "logs/{dataset}/train-{model}.log",

@@ -28,7 +28,7 @@ def predict_val_chips(weights: str | Path, val: str | Path, shards: list[str | P
     """The evaluate job: the model's detections on every val chip (`settings`: the `evaluation`
     keys prediction uses) written to `predictions`, and to `record` the device they were made
     on (what the cost table bills GPU-hours by, and chip metrics carry)."""
-    found = predict_chips(Path(weights), Path(val), [Path(p) for p in shards], settings,
+    found = predict_chips(Path(weights), Path(val), [str(p) for p in shards], settings,
                           threads)
     Path(predictions).write_text(json.dumps(found) + "\n")
     Path(record).write_text(json.dumps({"device": device_name(), "detections": len(found)},
