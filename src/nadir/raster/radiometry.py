@@ -42,19 +42,32 @@ def named_read(src, scene: str | None, window: Window, read: Callable[[], np.nda
         raise undecodable(src, scene, window, exc) from None
 
 
+def band_indices(src, bands: tuple[int | str, ...] | None) -> list[int]:
+    """The 1-based indices of `bands` (indices, or the raster's band descriptions) in `src`;
+    an InputError naming the file, the bands it lacks and the bands it has otherwise."""
+    if bands is None:
+        return [1, 2, 3] if src.count >= 3 else [1]
+    descriptions = [d or "" for d in src.descriptions]
+    missing = [b for b in bands if (b not in descriptions if isinstance(b, str)
+                                    else not 1 <= b <= src.count)]
+    if missing:
+        has = ", ".join(f"{i} ({d})" if d else str(i) for i, d in enumerate(descriptions, 1))
+        raise InputError(src.name, f"lacks band(s) {missing} that the chips (and models) use "
+                                   f"{list(bands)}; it has {src.count} band(s): {has}")
+    return [descriptions.index(b) + 1 if isinstance(b, str) else b for b in bands]
+
+
 class Radiometry:
-    """Selects bands and maps a scene's pixel values to 8 bits."""
+    """Selects bands and maps a scene's pixel values to 8 bits, or keeps them (`stretch`)."""
 
     def __init__(self, src, params: ChipParams, scene: str | None = None):
         self.scene = scene
-        bands = params.bands or ((1, 2, 3) if src.count >= 3 else (1,))
-        for b in bands:
-            if not 1 <= b <= src.count:
-                raise InputError(src.name, f"band {b} requested, the image has {src.count} band(s)")
-        self.bands = list(bands)
+        self.bands = band_indices(src, params.bands)
         self.scale: tuple[np.ndarray, np.ndarray] | None = None
-        if src.dtypes[0] != "uint8":
+        self.dtype = np.dtype(src.dtypes[0])
+        if self.dtype != np.uint8 and params.stretch:
             self.scale = self._percentiles(src, params.stretch_percentiles)
+            self.dtype = np.dtype(np.uint8)
 
     def _percentiles(self, src, percentiles: tuple[float, float]):
         """Per-band (low, high) from a decimated read (overviews when the file has them)."""
