@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import tarfile
 from pathlib import Path
@@ -9,15 +10,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+import tiny_chips
+import torch
 from rasterio.transform import from_origin
 
 from nadir.chip import write_chip_manifest
 from nadir.chip.shard import chip_shard
+from nadir.coco.files import build_coco
 from nadir.config import ConfigError, validate
+from nadir.config.catalogue import CATALOGUE
 from nadir.core.errors import InputError
+from nadir.datasets.tables import Annotation
+from nadir.predict import predict
 from nadir.raster.band_stats import InputScaling
 from nadir.raster.chip_params import ChipParams
 from nadir.storage.shards import decode_chip
+from nadir.train import train
+from nadir.train.models import build_detector
+from nadir.train.models.bands import InputBands, adapt_to_bands, adapted_weight
 
 SENTINEL2 = ["B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B9", "B10", "B11", "B12"]
 
@@ -127,3 +137,147 @@ def test_band_settings_that_cannot_work_stop_the_run_before_any_job(chipping, me
               "chipping": chipping}
     with pytest.raises(ConfigError, match=message):
         validate(config, ["m"])
+
+
+# --- models ---------------------------------------------------------------------------------
+
+# One model per way a family meets its input: torchvision's transform, the oriented model's
+# own normalisation, YOLOX's Focus stem (four BGR pixel phases). Which convolution is adapted
+# in every catalogue model: test_every_catalogue_model_but_detectron2s_has_its_stem_adapted.
+FAMILIES = ["fcos_resnet18_fpn", "oriented_fcos_resnet18_fpn", "yolox_s"]
+
+
+def trunk(detector: torch.nn.Module) -> torch.nn.Module:
+    """The part of a detector that the adapted stem and normalisation feed."""
+    if hasattr(detector, "backbone"):
+        return detector.backbone
+    inner = detector.detector
+    return inner.backbone if hasattr(inner, "backbone") else inner.model.backbone
+
+
+def features(detector: torch.nn.Module, images: torch.Tensor) -> list[torch.Tensor]:
+    """Every feature map the trunk hands the detection head, for `images`."""
+    seen = []
+    handle = trunk(detector).register_forward_hook(lambda m, i, out: seen.append(out))
+    with torch.no_grad():
+        detector(list(images))
+    handle.remove()
+    out = seen[0]
+    out = list(out.values()) if isinstance(out, dict) else list(out)
+    return [o[0] if isinstance(o, tuple) else o for o in out]  # DETR's: (map, mask) pairs
+
+
+def test_a_first_convolution_adapted_to_rgb_in_rgb_order_is_the_pretrained_one():
+    weight = torch.randn(16, 12, 3, 3)  # 4 groups of RGB, as YOLOX's Focus stem has
+    assert torch.equal(adapted_weight(weight, 3, (0, 1, 2)), weight)
+    four = adapted_weight(weight, 4, (0, 1, 2)).reshape(16, 4, 4, 3, 3)
+    grouped = weight.reshape(16, 4, 3, 3, 3)
+    assert torch.equal(four[:, :, :3], grouped)
+    torch.testing.assert_close(four[:, :, 3], grouped.mean(2) * 3 / 4)
+    bgr = adapted_weight(weight[:, :3], 5, (4, 2, 0), source_rgb=(2, 1, 0))
+    assert [torch.equal(bgr[:, p], weight[:, s]) for p, s in [(4, 2), (2, 1), (0, 0)]] == [True] * 3
+
+
+@pytest.mark.parametrize("model", FAMILIES)
+def test_adapted_models_compute_the_rgb_models_features_when_the_extra_band_is_zero(model):
+    torch.manual_seed(0)
+    rgb_model = build_detector(model, 2, 64).eval()
+    rgb = torch.rand(1, 3, 64, 64)
+    expected = features(rgb_model, rgb)
+    four = adapt_to_bands(copy.deepcopy(rgb_model), InputBands(4, (0, 1, 2)))
+    for got, want in zip(features(four, torch.cat([rgb, torch.zeros(1, 1, 64, 64)], 1)),
+                         expected, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    # Bands in another order: the RGB filters follow red, green and blue to their places.
+    moved = adapt_to_bands(copy.deepcopy(rgb_model), InputBands(5, (3, 0, 4)))
+    shuffled = torch.zeros(1, 5, 64, 64)
+    shuffled[:, [3, 0, 4]] = rgb
+    for got, want in zip(features(moved, shuffled), expected, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    # ... and a band that is not zero changes them.
+    shuffled[:, 1] = 1.0
+    assert not all(torch.allclose(got, want, rtol=1e-3, atol=1e-6)
+                   for got, want in zip(features(moved, shuffled), expected, strict=True))
+
+
+def test_every_catalogue_model_but_detectron2s_has_its_stem_adapted():
+    """Built on the meta device (no memory, no initialisation): the one convolution that the
+    adaptation replaces is the trunk's stem, now taking 4 bands (YOLOX's Focus stem 4 x 4)."""
+    for name, model_entry in CATALOGUE.items():
+        if model_entry.backend == "detectron2":
+            continue
+        with torch.device("meta"):
+            detector = build_detector(name, 2, 64)
+            before = {id(module) for module in detector.modules()}
+            adapt_to_bands(detector, InputBands(4, (2, 1, 0)))
+        new = [(path, module.in_channels) for path, module in detector.named_modules()
+               if id(module) not in before]
+        assert len(new) == 1, name
+        path, inputs = new[0]
+        assert inputs == (16 if model_entry.backend == "yolox" and name != "yolov3" else 4)
+        assert path.split(".")[-1] in ("conv1", "0", "conv", "convolution"), (name, path)
+
+
+def test_band_mixing_starts_as_the_rgb_model_on_its_rgb_bands():
+    torch.manual_seed(0)
+    rgb_model = build_detector("fcos_resnet18_fpn", 2, 64).eval()
+    rgb = torch.rand(1, 3, 64, 64)
+    mixed = adapt_to_bands(copy.deepcopy(rgb_model), InputBands(40, (29, 19, 9), mixing=True))
+    bands = torch.rand(1, 40, 64, 64)
+    bands[:, [29, 19, 9]] = rgb
+    for got, want in zip(features(mixed, bands), features(rgb_model, rgb), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    assert mixed.band_mixing.mix.weight.shape == (3, 40, 1, 1)
+    assert mixed.band_mixing.mix.weight.requires_grad
+
+
+# --- N-band scenes end to end: chips, a few training steps, inference -----------------------
+
+def nir_scene(path: Path, bands: int, size: int = 96, seed: int = 0
+              ) -> tuple[Path, list[Annotation]]:
+    """A 16-bit scene of `bands` named bands whose two objects show in its last band only."""
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(900, 1100, size=(bands, size, size), dtype=np.uint16)
+    boxes = [(10, 12, 34, 30), (50, 55, 80, 70)]
+    for x0, y0, x1, y1 in boxes:
+        pixels[-1, y0:y1, x0:x1] = 4000
+    write_product(path, pixels, [f"B{i}" for i in range(1, bands + 1)])
+    return path, [Annotation("S", n, "target", 0, [x0, y0, x1, y0, x1, y1, x0, y1])
+                  for n, (x0, y0, x1, y1) in enumerate(boxes)]
+
+
+@pytest.mark.parametrize("model, bands", [("fcos_resnet18_fpn", 13), ("yolox_s", 8)])
+def test_16bit_multiband_scenes_chip_train_and_predict(model, bands, tmp_path):
+    image, objects = nir_scene(tmp_path / "scene.tif", bands)
+    params = ChipParams(size=64, overlap=32, empty_keep=1.0, image_format="tiff",
+                        stretch=False, bands=tuple(f"B{i}" for i in range(1, bands + 1)),
+                        rgb_bands=("B4", "B3", "B2"))
+    chip_shard([{"scene": "S", "split": "train"}], {"S": objects}, {"S": image}, params,
+               tmp_path / "shard-000.tar", tmp_path / "shard-000.json")
+    write_chip_manifest([tmp_path / "shard-000.json"], tmp_path / "manifest.json")
+    coco = build_coco([tmp_path / "shard-000.json"], [{"id": 1, "name": "target"}], ["train"])
+    (tmp_path / "train.json").write_text(json.dumps(coco["train"]))
+    hp = tiny_chips.model_training(model, iterations=2, log_interval=1, batch_size=2)
+    out = tmp_path / "run"
+    result = train(dataset="ms", model=model, hp=hp, train=tmp_path / "train.json",
+                   manifest=tmp_path / "manifest.json", shards=[tmp_path / "shard-000.tar"],
+                   weights=out / "model.pt", train_log=out / "train_log.json",
+                   run_record=out / "run.json", resolved_config=out / "resolved.json")
+    assert result["training"]["iterations"] == 2
+    assert result["bands"]["bands"][-1] == f"B{bands}"
+    assert result["bands"]["rgb_bands"] == ["B4", "B3", "B2"]
+    saved = torch.load(out / "model.pt", weights_only=True)
+    assert saved["chipping"]["bands"] == [f"B{i}" for i in range(1, bands + 1)]
+    low = saved["input"]["scaling"]["low"]  # from the train chips' 16-bit values
+    assert len(low) == bands and 890 < low[0] < 1000
+
+    outputs = {kind: tmp_path / "inference" / name for kind, name in [
+        ("geojson", "d.geojson"), ("geopackage", "d.gpkg"), ("summary", "summary.json"),
+        ("quicklook", "quicklook.png")]}
+    summary = predict(out / "model.pt", out / "run.json", str(image), "S", False,
+                      {"inference": {"score_threshold": 0.0}}, outputs)
+    assert summary["detections"] > 0 and outputs["geojson"].exists()
+    # A scene without the model's bands is refused, naming them.
+    fewer, _ = nir_scene(tmp_path / "fewer.tif", bands - 1)
+    with pytest.raises(InputError, match=rf"fewer\.tif: lacks band\(s\) \['B{bands}'\]"):
+        predict(out / "model.pt", out / "run.json", str(fewer), "F", False, {}, outputs)

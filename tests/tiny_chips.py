@@ -78,7 +78,7 @@ def hyperparameters(**overrides) -> dict:
     """The schema's training defaults, shortened for tests."""
     return {"iterations": 6, "batch_size": 2, "lr": 0.001, "weight_decay": 0.0001,
             "warmup_iterations": 2, "clip_grad_norm": 10.0, "augment": True, "log_interval": 2,
-            "seed": 0, "pretrained": "none", "amp": True} | overrides
+            "seed": 0, "pretrained": "none", "amp": True, "band_mixing": False} | overrides
 
 
 def model_training(model: str, **changes) -> dict:

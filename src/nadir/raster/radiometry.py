@@ -93,3 +93,23 @@ class Radiometry:
         scaled = (pixels.astype(np.float32) - lo) * (255.0 / (hi - lo)) + 0.5
         np.clip(scaled, 0, 255, out=scaled)
         np.copyto(out, scaled, casting="unsafe")  # truncates, as astype(np.uint8) does
+
+
+def rgb_composite(chip: np.ndarray, rgb: tuple[int, int, int] | None,
+                  scale: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    """A (3, h, w) uint8 picture of a (bands, h, w) chip: the bands at `rgb` (the first band
+    as grey where there are none), values of other types than uint8 mapped from `scale`
+    ((low, high) per band of the chip; None: the picture's own 2nd and 98th percentiles)."""
+    if rgb is None or len(chip) == 1:
+        rgb = None
+    picture = chip[list(rgb)] if rgb is not None else np.repeat(chip[:1], 3, axis=0)
+    if picture.dtype == np.uint8:
+        return picture
+    if scale is None:
+        values = picture.reshape(3, -1).astype(np.float64)
+        lows, highs = np.percentile(values, 2, axis=1), np.percentile(values, 98, axis=1)
+    else:
+        places = list(rgb) if rgb is not None else [0, 0, 0]
+        lows, highs = scale[0][places], scale[1][places]
+    lo, hi = lows[:, None, None], np.maximum(highs, lows + 1e-6)[:, None, None]
+    return (np.clip((picture - lo) / (hi - lo), 0, 1) * 255 + 0.5).astype(np.uint8)

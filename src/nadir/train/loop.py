@@ -30,10 +30,11 @@ import torch.distributed as dist
 from nadir.config.catalogue import entry
 from nadir.core.errors import NadirError
 from nadir.raster.chip_params import ChipParams
-from nadir.train.backends import TrainJob, saved_chip_params
+from nadir.train.backends import TrainJob, saved_chip_params, saved_input_scaling
 from nadir.train.checkpoints import LiveCurves
 from nadir.train.data import SeededBatches, ShardChips, category_labels, collate, model_targets
 from nadir.train.models import build_detector
+from nadir.train.models.bands import RGB, input_bands
 from nadir.train.provenance import base_resolved_config, fingerprint, installed_versions
 from nadir.train.selection import SelectionScorer, coco_detections, detections
 from nadir.train.weights import read_weights
@@ -310,7 +311,7 @@ def _loop(rank: int, job: TrainJob, world: int, device: torch.device) -> dict:
         live = LiveCurves(job.checkpoints, job.outputs.weights.parent, progress.start)
         if hp.get("eval_every"):
             scorer = SelectionScorer(job.selection_json, job.shards, dataset.categories,
-                                     hp["batch_size"])
+                                     hp["batch_size"], scaling=dataset.scaling)
     progress.began = time.perf_counter()
     for step in range(progress.start, iterations):
         loss, losses = _train_step(trained, next(batches), optimisation, hp["clip_grad_norm"],
@@ -378,7 +379,8 @@ def _selection_record(job: TrainJob, scorer: SelectionScorer | None, progress: P
 
 
 def _load_chips(job: TrainJob) -> ShardChips:
-    dataset = ShardChips(job.train_json, job.shards, augment=job.hp["augment"])
+    dataset = ShardChips(job.train_json, job.shards, augment=job.hp["augment"],
+                         scaling=job.input_scaling)
     if len(dataset) == 0:
         raise NadirError(f"{job.train_json} holds no chips: check the split and chipping settings")
     return dataset
@@ -388,7 +390,8 @@ def _build_optimisation(job: TrainJob, num_classes: int, size: int,
                         device: torch.device) -> Optimisation:
     """The catalogue model, AdamW, the warm-up-then-cosine schedule and the AMP scaler."""
     hp = job.hp
-    model = build_detector(job.model, num_classes, size, hp["pretrained"], job.weights_file)
+    model = build_detector(job.model, num_classes, size, hp["pretrained"], job.weights_file,
+                           input_bands(job.chip_params, hp["band_mixing"]))
     model.to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=hp["lr"], weight_decay=hp["weight_decay"])
@@ -484,7 +487,9 @@ def _write_outputs(job: TrainJob, model: torch.nn.Module, dataset: ShardChips,
     job.outputs.weights.parent.mkdir(parents=True, exist_ok=True)
     weights = {"last": model.state_dict(), "best": progress.best_weights}
     header = {"model": job.model, "num_classes": len(dataset.categories),
-              "chipping": chips.to_record(), "categories": dataset.categories}
+              "chipping": chips.to_record(), "categories": dataset.categories,
+              "input": {"scaling": dataset.scaling.to_record(),
+                        "band_mixing": job.hp["band_mixing"]}}
     chosen = job.hp.get("select", "last")
     if weights[chosen] is None:
         raise NadirError(f"{job.model}: select: best needs eval_every > 0 and a selection split")
@@ -507,7 +512,7 @@ def predict(weights: Path, coco_json: Path, shards: list[Path], hp: dict,
     saved = read_weights(weights)
     model = prediction_model(saved, saved_chip_params(saved, weights).size,
                              hp["score_threshold"], hp["max_detections"], device)
-    dataset = ShardChips(coco_json, shards)
+    dataset = ShardChips(coco_json, shards, scaling=saved_input_scaling(saved, weights))
     results = detections(model, dataset, saved["categories"], hp["batch_size"], device,
                          log_progress=True)
     log.info("predicted %d detections on %d chips", len(results), len(dataset))
@@ -519,7 +524,11 @@ def prediction_model(saved: dict, image_size: int, score_threshold: float,
     """A saved model (model.pt's record) built for `image_size` px inputs, in eval mode on
     `device`, keeping detections above `score_threshold`, at most `max_detections` per image:
     how evaluation and inference on new scenes both run a trained model."""
-    model = build_detector(saved["model"], saved["num_classes"], image_size)
+    bands = RGB  # a record without chip parameters: the RGB model
+    if saved.get("chipping") is not None:
+        bands = input_bands(ChipParams.from_record(saved["chipping"], saved["model"]),
+                            saved.get("input", {}).get("band_mixing", False))
+    model = build_detector(saved["model"], saved["num_classes"], image_size, bands=bands)
     model.load_state_dict(saved["state_dict"])
     model.to(device).eval()
     for head in (model, getattr(model, "roi_heads", None)):
@@ -549,16 +558,19 @@ def window_detector(weights: Path, score_threshold: float, max_detections: int,
     if entry(saved["model"]).backend == "detectron2":
         raise NadirError(f"{weights}: inference does not support detectron2 runs yet")
     chips = saved_chip_params(saved, weights)
+    scaling = saved_input_scaling(saved, weights)
     model = prediction_model(saved, chips.size, score_threshold, max_detections, device)
     category_of = {label: cid for cid, label in category_labels(saved["categories"]).items()}
     log.info("model %s (%d classes) on %s", saved["model"], saved["num_classes"], device.type)
 
     @torch.no_grad()
     def detect(windows: list[np.ndarray]) -> list[list[dict]]:
-        pixels = torch.from_numpy(np.stack(windows)).to(device)
+        stacked = np.stack(windows)
+        pixels = torch.from_numpy(stacked if stacked.dtype == np.uint8
+                                  else stacked.astype(np.float32)).to(device)
         if pixels.shape[1] == 1:  # grey chips reach the model as RGB, as at training time
             pixels = pixels.expand(-1, 3, -1, -1)
         return [coco_detections(out, category_of)
-                for out in model(list(pixels.float() / 255.0))]
+                for out in model(list(scaling.apply(pixels.float())))]
 
     return detect, saved["categories"], chips
