@@ -20,6 +20,8 @@ from nadir.coco.files import build_coco
 from nadir.config import ConfigError, validate
 from nadir.config.catalogue import CATALOGUE
 from nadir.core.errors import InputError
+from nadir.datasets.dota import parse_label_file
+from nadir.datasets.sample import SampleSpec, classes, write_scene
 from nadir.datasets.tables import Annotation
 from nadir.predict import predict
 from nadir.raster.band_stats import InputScaling
@@ -281,3 +283,29 @@ def test_16bit_multiband_scenes_chip_train_and_predict(model, bands, tmp_path):
     fewer, _ = nir_scene(tmp_path / "fewer.tif", bands - 1)
     with pytest.raises(InputError, match=rf"fewer\.tif: lacks band\(s\) \['B{bands}'\]"):
         predict(out / "model.pt", out / "run.json", str(fewer), "F", False, {}, outputs)
+
+
+# --- the multispectral sample ---------------------------------------------------------------
+
+def test_the_sample_hides_its_nir_class_from_rgb(tmp_path):
+    """16-bit 4-band scenes: nir-vehicles change the nir band and nothing in red, green, blue;
+    the classes the 3-band sample has are drawn in all four bands."""
+    spec = SampleSpec(train_scenes=1, val_scenes=0, scene_size=192, objects_per_scene=12,
+                      seed=3, bands=4, bit_depth=16)
+    write_scene(spec, "train", "T0000", tmp_path / "s.tif", tmp_path / "s.txt")
+    with rasterio.open(tmp_path / "s.tif") as src:
+        pixels, descriptions = src.read().astype(np.float64), src.descriptions
+    assert descriptions == ("red", "green", "blue", "nir") and pixels.max() > 255
+    labels = parse_label_file(tmp_path / "s.txt", classes(4)).objects
+    assert {o.category for o in labels} >= {"nir-vehicle", "plane"}
+    ground = pixels[:, 2:-2, 2:-2].reshape(4, -1)
+    for obj in labels:
+        xs, ys = obj.polygon[0::2], obj.polygon[1::2]
+        cx, cy = int(np.mean(xs)), int(np.mean(ys))
+        inside = pixels[:, cy - 2:cy + 3, cx - 2:cx + 3].reshape(4, -1).mean(1)
+        contrast = np.abs(inside - np.median(ground, axis=1)) / ground.std(1)
+        if obj.category == "nir-vehicle":
+            assert contrast[3] > 3 and (contrast[:3] < 1.5).all(), contrast
+        else:
+            assert contrast[3] > 0.5 or contrast[:3].max() > 1, (obj.category, contrast)
+    assert classes(4) == [*classes(3), "nir-vehicle"]
