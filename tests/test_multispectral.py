@@ -29,7 +29,12 @@ from nadir.raster.chip_params import ChipParams
 from nadir.storage.shards import decode_chip
 from nadir.train import train
 from nadir.train.models import build_detector
-from nadir.train.models.bands import InputBands, adapt_to_bands, adapted_weight
+from nadir.train.models.bands import (
+    InputBands,
+    adapt_first_conv,
+    adapt_to_bands,
+    adapted_weight,
+)
 
 SENTINEL2 = ["B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B9", "B10", "B11", "B12"]
 
@@ -121,10 +126,18 @@ def test_per_band_statistics_of_the_train_chips_reach_the_manifest(tmp_path):
     assert scaling.high == tuple(stats["percentiles"]["98"])
 
 
-def test_8bit_chips_keep_their_plain_scaling():
+def test_8bit_chips_keep_their_plain_scaling_and_float_chips_use_mean_and_std():
     stats = {"dtype": "uint8", "percentiles": {"2": [5] * 3, "98": [250] * 3}}
     scaling = InputScaling.of_stats(stats, 3, (2.0, 98.0))
     assert (scaling.low, scaling.high) == ((0.0,) * 3, (255.0,) * 3)
+    pixels = torch.randint(0, 256, (3, 8, 8)).float()
+    assert torch.equal(scaling.apply(pixels), pixels / 255.0)
+    reflectance = {"dtype": "float32", "percentiles": None, "mean": [0.2, 0.3],
+                   "std": [0.05, 0.1]}
+    scaling = InputScaling.of_stats(reflectance, 2, (2.0, 98.0))
+    assert scaling.low == pytest.approx((0.1, 0.1)) and scaling.high == pytest.approx((0.3, 0.5))
+    scaled = scaling.apply(torch.tensor([0.2, 0.5]).reshape(2, 1, 1))
+    assert scaled.flatten().tolist() == pytest.approx([0.5, 1.0])
 
 
 @pytest.mark.parametrize("chipping, message", [
@@ -186,6 +199,13 @@ def test_adapted_models_compute_the_rgb_models_features_when_the_extra_band_is_z
     rgb_model = build_detector(model, 2, 64).eval()
     rgb = torch.rand(1, 3, 64, 64)
     expected = features(rgb_model, rgb)
+    three = copy.deepcopy(rgb_model)  # adapted to 3 bands in RGB order: the same model
+    adapt_first_conv(trunk(three), InputBands(3, (0, 1, 2)),
+                     source_rgb=(2, 1, 0) if model == "yolox_s" else (0, 1, 2))
+    if model == "yolox_s":
+        three.bgr = False  # the adapted stem takes the bands in chip order
+    for got, want in zip(features(three, rgb), expected, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
     four = adapt_to_bands(copy.deepcopy(rgb_model), InputBands(4, (0, 1, 2)))
     for got, want in zip(features(four, torch.cat([rgb, torch.zeros(1, 1, 64, 64)], 1)),
                          expected, strict=True):
