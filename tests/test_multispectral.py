@@ -12,6 +12,8 @@ import pytest
 import rasterio
 import tiny_chips
 import torch
+import yaml
+from conftest import ROOT
 from rasterio.transform import from_origin
 
 from nadir.chip import write_chip_manifest
@@ -19,6 +21,7 @@ from nadir.chip.shard import chip_shard
 from nadir.coco.files import build_coco
 from nadir.config import ConfigError, validate
 from nadir.config.catalogue import CATALOGUE
+from nadir.config.runs import dataset_chipping, runs
 from nadir.core.errors import InputError
 from nadir.datasets.dota import parse_label_file
 from nadir.datasets.sample import SampleSpec, classes, write_scene
@@ -329,3 +332,18 @@ def test_the_sample_hides_its_nir_class_from_rgb(tmp_path):
         else:
             assert contrast[3] > 0.5 or contrast[:3].max() > 1, (obj.category, contrast)
     assert classes(4) == [*classes(3), "nir-vehicle"]
+
+
+def test_the_multispectral_config_trains_one_model_on_4_bands_and_on_rgb():
+    """config/multispectral.yaml (a documented command, not run in CI: minutes of training):
+    two datasets generated alike, chipped with 4 bands and with RGB, at full bit depth."""
+    config = validate(yaml.safe_load((ROOT / "config" / "multispectral.yaml").read_text()),
+                      list(CATALOGUE))
+    generated = [{k: v for k, v in config["datasets"][d].items() if k != "chipping"}
+                 for d in ("sample_4band", "sample_rgb")]
+    assert generated[0] == generated[1] and generated[0]["bands"] == 4
+    chips = {d: ChipParams.from_config(dataset_chipping(config, d)) for d in config["datasets"]}
+    assert chips["sample_4band"].bands == ("red", "green", "blue", "nir")
+    assert chips["sample_rgb"].bands == ("red", "green", "blue")
+    assert all(not c.stretch and c.image_format == "tiff" for c in chips.values())
+    assert {run.dataset for run in runs(config)} == {"sample_4band", "sample_rgb"}
