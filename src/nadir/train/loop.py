@@ -545,9 +545,9 @@ WindowDetector = Callable[[list[np.ndarray]], list[list[dict]]]
 def window_detector(weights: Path, score_threshold: float, max_detections: int,
                     threads: int = 1) -> tuple[WindowDetector, list[dict], ChipParams]:
     """(detect, categories, chip parameters) of a model.pt: `detect` maps (bands, size, size)
-    windows (in the chips' type, scaled as training scaled them) to their COCO detections (xywh in window pixels, category id, score, rounded
-    as evaluation rounds them); the chip parameters are those the model learnt from, which
-    inference cuts its windows with.
+    windows (in the chips' type, scaled as training scaled them) to their COCO detections
+    (xywh in window pixels, category id, score, rounded as evaluation rounds them); the chip
+    parameters are those the model learnt from, which inference cuts its windows with.
 
     The one place inference meets a backend: models of this loop (torchvision, transformers,
     yolox) are built as evaluation builds them. detectron2 runs are not supported yet.
