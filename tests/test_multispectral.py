@@ -29,6 +29,7 @@ from nadir.datasets.tables import Annotation
 from nadir.predict import predict
 from nadir.raster.band_stats import InputScaling
 from nadir.raster.chip_params import ChipParams
+from nadir.report.dataset_stats import band_section
 from nadir.storage.shards import decode_chip
 from nadir.train import train
 from nadir.train.models import build_detector
@@ -355,3 +356,12 @@ def test_the_multispectral_config_trains_one_model_on_4_bands_and_on_rgb():
     assert chips["sample_rgb"].bands == ("red", "green", "blue")
     assert all(not c.stretch and c.image_format == "tiff" for c in chips.values())
     assert {run.dataset for run in runs(config)} == {"sample_4band", "sample_rgb"}
+
+
+def test_the_dataset_page_lists_the_train_chips_band_statistics():
+    stats = {"bands": ["red", "nir"], "dtype": "uint16", "mean": [1200.5, 3400.25],
+             "std": [80.0, 410.0], "percentiles": {"2": [1000.5, 2600.5], "98": [1400.5, 4200.5]}}
+    heading, table = band_section(stats)
+    assert "uint16" in heading
+    assert "<td>nir</td><td>3400.25</td><td>410.0</td><td>2600.5</td><td>4200.5</td>" in table
+    assert band_section(None) == []
