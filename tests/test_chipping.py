@@ -525,6 +525,11 @@ def test_chips_and_manifest_are_identical_whatever_the_thread_count(tmp_path, la
     listing = outputs[0][0].decode()
     assert listing == json.dumps(json.loads(listing), sort_keys=True) + "\n"  # canonical JSON
     assert len(json.loads(listing)["chips"]) > 5
+    # Each chip's recorded range is its tar member's data: what a streamed reader fetches.
+    with tarfile.open(fileobj=io.BytesIO(outputs[0][1])) as shard:
+        members = {m.name: (m.offset_data, m.size) for m in shard}
+    assert {c["file"]: (c["offset"], c["size"]) for c in json.loads(listing)["chips"]} == \
+        {name: members[name] for name in members if not name.endswith(".tif")}
 
 
 @pytest.mark.parametrize("bands", [1, 3])

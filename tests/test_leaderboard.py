@@ -120,8 +120,8 @@ def test_leaderboard_files(tmp_path):
     markdown = (tmp_path / "l.md").read_text().splitlines()
     assert markdown[0] == "### dota"
     assert markdown[2].startswith("| rank | model | scene AP | scene AP50 | chip AP |")
-    assert markdown[4] == ("| 1 | ssdlite | 0.45 | 0.45 | 0.5 | 0.5 | 1500 | 3996 | 1.1 "
-                           "| 2048 |")
+    assert markdown[4] == ("| 1 | ssdlite | 0.45 | 0.45 | 0.5 | 0.5 | common | n/a | 1500 | 3996 "
+                           "| 1.1 | 2048 |")
     page = (tmp_path / "l.html").read_text()
     assert "<h2>dota</h2>" in page and "http" not in page  # self-contained
 
@@ -297,3 +297,16 @@ def test_the_cost_table_reads_each_jobs_benchmark_and_device_record_by_name(tmp_
         ("total", 4, 7590, 2.0)]
     with open(tmp_path / "cost.csv", newline="") as fh:
         assert [r["rule"] for r in csv.DictReader(fh)] == ["chip", "train", "evaluate", "total"]
+
+
+def test_each_row_says_which_recipe_and_weights_its_run_trained_with(tmp_path):
+    reference = result("dota", "yolox_s", 0.4, 0.3)
+    reference.run["hyperparameters"] = {"recipe": "reference", "pretrained": "coco", "seed": 0}
+    before_recipes = result("dota", "detr_r50", 0.2, 0.1)  # a run.json without the keys
+    rows = {r["model"]: r for r in leaderboard_rows([reference, before_recipes])}
+    assert (rows["yolox_s"]["recipe"], rows["yolox_s"]["pretrained"]) == ("reference", "coco")
+    assert (rows["detr_r50"]["recipe"], rows["detr_r50"]["pretrained"]) == ("common", None)
+    write_leaderboard([reference], tmp_path / "l.csv", tmp_path / "l.md", tmp_path / "l.html")
+    assert "| recipe | pretrained |" in (tmp_path / "l.md").read_text()
+    assert "| reference | coco |" in (tmp_path / "l.md").read_text()
+    assert "<td>reference</td>" in (tmp_path / "l.html").read_text()

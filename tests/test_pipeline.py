@@ -52,6 +52,7 @@ def test_run_produces_leaderboard_and_per_run_files(finished_run):
         rows = list(csv.DictReader(fh))
     assert [(r["dataset"], r["model"], r["rank"]) for r in rows] == [("sample", MODEL, "1")]
     assert int(rows[0]["iterations"]) == TEST_CONFIG["training"]["iterations"]
+    assert (rows[0]["recipe"], rows[0]["pretrained"]) == ("common", "none")
     run_dir = workdir / "results" / "sample" / "models" / MODEL
     # The row carries the run's own scores: chip AP50 from metrics.json, scene AP and DOTA's
     # task-2 mAP from scene_metrics.json (the sample is DOTA-format; task 1 needs an oriented
@@ -216,6 +217,11 @@ def test_sample_run_records_its_config_and_checkpoint_settings_never_retrain(
     run_dir = work / "results" / "sample" / "models" / "ssdlite320_mobilenet_v3_large"
     resolved = json.loads((run_dir / "resolved_config.json").read_text())
     assert resolved["hyperparameters"]["iterations"] == 4
+    # the shared recipe, as the sample trains: AdamW, 4 iterations of 2 chips, no scaling
+    assert {k: resolved["recipe"][k] for k in ("recipe", "optimizer", "lr", "iterations",
+                                               "global_batch", "clip_grad_norm")} == {
+        "recipe": "common", "optimizer": "adamw", "lr": 0.001, "iterations": 4,
+        "global_batch": 2, "clip_grad_norm": 10.0}
     assert resolved["checkpoints"]["every"] == 2
     assert resolved["model"]["backend"] == "torchvision"
     assert len(resolved["inputs"]["train_coco"]) == 16

@@ -60,6 +60,9 @@ def test_every_output_lands_in_the_bucket(s3, s3_run):
                  f"results/inference/dota15/{MODEL}/{s3_run.tile}/summary.json"]:
         assert path in stored, f"{path} missing from the bucket; it holds {sorted(stored)}"
     assert not (s3_run.workdir / "results").exists()  # nothing beside the controller
+    # The jobs that read chips read the shards where they are (never staged: docs/streaming.md)
+    for log in (f"logs/xv/train-{MODEL}.log", f"logs/dota15/evaluate-{MODEL}.log"):
+        assert "reading chips where they are: 2 shard(s) on S3" in read(s3, log)
 
 
 def test_each_format_goes_through_every_stage(s3, s3_run):

@@ -35,10 +35,11 @@ MODEL = "ssdlite320_mobilenet_v3_large"
 
 
 def train_command(data: dict, out_dir: Path, hp: dict, checkpoints: str | None = None,
-                  every: int = 0, keep: int = 2) -> list[str]:
-    """The train job in a process of its own (tests/train_job.py), as the rule runs it."""
+                  every: int = 0, keep: int = 2, shard: str | None = None) -> list[str]:
+    """The train job in a process of its own (tests/train_job.py), as the rule runs it;
+    `shard` replaces the local shard (an s3:// URL: streamed)."""
     job = {"dataset": "tiny", "model": MODEL, "hp": hp, "train": str(data["coco"]),
-           "manifest": str(data["manifest"]), "shards": [str(data["shard"])],
+           "manifest": str(data["manifest"]), "shards": [shard or str(data["shard"])],
            "weights": str(out_dir / "model.pt"), "train_log": str(out_dir / "train_log.json"),
            "run_record": str(out_dir / "run.json"),
            "resolved_config": str(out_dir / "resolved_config.json"),
@@ -135,6 +136,27 @@ def test_run_writes_its_records_and_removes_its_checkpoints(data, tmp_path, monk
     assert (out / "model.pt").exists() and (out / "train_log.json").exists()
 
 
+def test_deterministic_runs_give_identical_weights_and_record_their_settings(data, tmp_path,
+                                                                           monkeypatch):
+    """`training.deterministic`: two CPU runs end with bit-identical weights, and run.json
+    says which settings made them so (docs/reproducibility.md)."""
+    from nadir.train import run
+
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)  # restored after the test
+    hp = tiny_chips.hyperparameters(iterations=2, log_interval=2, deterministic=True)
+    try:
+        records = [run(tiny_chips.train_job(data, MODEL, hp, tmp_path / name))
+                   for name in ("first", "second")]
+    finally:
+        torch.use_deterministic_algorithms(False)  # this process trains other tests too
+    assert_same_weights(final_state(tmp_path / "first"), final_state(tmp_path / "second"))
+    recorded = json.loads((tmp_path / "first" / "run.json").read_text())["training"]
+    assert recorded["determinism"] == records[1]["training"]["determinism"] == {
+        "seed": 0, "deterministic": True, "deterministic_algorithms": True,
+        "cublas_workspace_config": ":4096:8", "cudnn_benchmark": False}
+    assert recorded["iterations"] == 2
+
+
 def test_run_without_the_pretrained_weights_it_asks_for_fails_before_training(data, tmp_path):
     from nadir.train import run
 
@@ -147,17 +169,21 @@ def test_run_without_the_pretrained_weights_it_asks_for_fails_before_training(da
 @pytest.mark.slow
 def test_killed_run_resumes_from_its_s3_checkpoint_to_the_same_weights(data, uninterrupted, s3,
                                                                         tmp_path):
+    """Remote-first: the shard is streamed from S3 (never on the job's disk), the checkpoints
+    go to S3, and the killed and resumed run ends as the uninterrupted local one."""
     reference, hp = uninterrupted
     bucket = "nadir-ckpt-test"
     client = s3.client()
     client.create_bucket(Bucket=bucket)
+    client.upload_file(str(data["shard"]), bucket, "results/tiny/chips/shard-000.tar")
     env = run_env({"SNAKEMAKE_STORAGE_S3_ACCESS_KEY": s3.access_key,
                    "SNAKEMAKE_STORAGE_S3_SECRET_KEY": s3.secret_key,
                    "NADIR_STORAGE_S3_ENDPOINT": s3.endpoint})
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL"):
         env.pop(name, None)  # the keys must come from Snakemake's variables
     out = tmp_path / "out"
-    command = train_command(data, out, hp, f"s3://{bucket}/runs/tiny/{MODEL}", every=3, keep=1)
+    command = train_command(data, out, hp, f"s3://{bucket}/runs/tiny/{MODEL}", every=3, keep=1,
+                            shard=f"s3://{bucket}/results/tiny/chips/shard-000.tar")
 
     def uploaded() -> list[str]:
         listing = client.list_objects_v2(Bucket=bucket, Prefix="runs/tiny/")

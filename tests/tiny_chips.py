@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from nadir.raster.chip_params import ChipParams
+from nadir.storage.shards import add_member
 
 CATEGORIES = [{"id": 1, "name": "red-square"}, {"id": 2, "name": "blue-bar"}]
 
@@ -44,12 +45,10 @@ def build(directory: Path, chips: int = 4, size: int = 64, seed: int = 0,
                                     "area": w * h, "iscrowd": 0})
             data = io.BytesIO()
             Image.fromarray(pixels).save(data, format="PNG")
-            member = tarfile.TarInfo(f"chip-{number:03d}.png")
-            member.size = data.tell()
-            data.seek(0)
-            tar.addfile(member, data)
-            images.append({"id": number + 1, "file_name": member.name, "width": size,
-                           "height": size, "shard": 0})
+            name = f"chip-{number:03d}.png"
+            offset, length = add_member(tar, name, data.getvalue())
+            images.append({"id": number + 1, "file_name": name, "width": size,
+                           "height": size, "shard": 0, "offset": offset, "size": length})
     coco = directory / "coco.json"
     categories = [c | {"id": i} for c, i in zip(CATEGORIES, category_ids, strict=True)]
     coco.write_text(json.dumps({"images": images, "annotations": annotations,
@@ -78,7 +77,8 @@ def hyperparameters(**overrides) -> dict:
     """The schema's training defaults, shortened for tests."""
     return {"iterations": 6, "batch_size": 2, "lr": 0.001, "weight_decay": 0.0001,
             "warmup_iterations": 2, "clip_grad_norm": 10.0, "augment": True, "log_interval": 2,
-            "seed": 0, "pretrained": "none", "amp": True, "band_mixing": False} | overrides
+            "seed": 0, "pretrained": "none", "amp": True, "recipe": "common", "epochs": None,
+            "lr_batch": None, "band_mixing": False} | overrides
 
 
 def model_training(model: str, **changes) -> dict:

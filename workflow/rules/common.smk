@@ -16,6 +16,8 @@ import re
 import sys
 from pathlib import Path
 
+from snakemake.storage import flag_with_storage_object
+
 ROOT = Path(workflow.basedir)
 # Rules run the checkout's own code (also inside pods, which receive the source archive).
 os.environ["PYTHONPATH"] = os.pathsep.join(
@@ -33,6 +35,7 @@ from nadir.fetch import read_scene_manifest
 from nadir.storage.controller import Lease, claim, owner_store, release
 from nadir.storage.preflight import SettingsError, check_controller_start
 from nadir.storage.s3 import ENDPOINT_VARIABLE
+from nadir.storage.shards import CACHE_BYTES_VARIABLE, CACHE_DIR_VARIABLE
 from nadir.storage.urls import publish, redact
 
 try:
@@ -81,6 +84,12 @@ def storage_s3_settings():
 # use its endpoint, from the environment as the URLs (nadir.storage.s3.storage_endpoint).
 if getattr(storage_s3_settings(), "endpoint_url", None):
     os.environ[ENDPOINT_VARIABLE] = storage_s3_settings().endpoint_url
+
+# The chip readers' node-local cache (nadir.storage.shards.ChipCache), from the environment
+# like the endpoint: it changes how a job reads, never what it makes.
+if config["streaming"]["cache_dir"]:
+    os.environ[CACHE_DIR_VARIABLE] = config["streaming"]["cache_dir"]
+    os.environ[CACHE_BYTES_VARIABLE] = str(int(config["streaming"]["cache_gib"] * 2**30))
 
 DATASETS = sorted(config["datasets"])
 # Every training run: (dataset, run name) -> nadir.config.Run. A run is a model, a sweep cell of
@@ -139,6 +148,22 @@ def shard_files(extension):
     """Input function: every shard file (`tar` or `json`) of the job's dataset."""
     return lambda w: [f"results/{w.dataset}/chips/shard-{s}.{extension}"
                       for s in shards(w.dataset)]
+
+
+def chip_shards(wildcards):
+    """Input function: every chip shard (`tar`) of the job's dataset, for the jobs that read
+    chips. With S3 default storage the shards are inputs that Snakemake does not retrieve: the
+    DAG, reruns and reports see them as any input, and the job gets their s3:// URLs and reads
+    the chips it needs where they are (nadir.storage.shards.ShardReader)."""
+    paths = shard_files("tar")(wildcards)
+    default = workflow.storage_settings  # (`storage` is a Snakemake keyword)
+    if default.default_storage_provider != "s3":
+        return paths
+    provider = workflow.storage_registry.default_storage_provider
+    prefix = default.default_storage_prefix.rstrip("/")
+    return [flag_with_storage_object(path, provider.object(f"{prefix}/{os.path.normpath(path)}",
+                                                           retrieve=False))
+            for path in paths]
 
 
 def fetched_file(dataset, relative):

@@ -2,7 +2,7 @@ rule evaluate:
     input:
         weights="results/{dataset}/models/{model}/model.pt",
         val="results/{dataset}/coco/val.json",
-        shards=shard_files("tar"),
+        shards=chip_shards,
     output:
         predictions="results/{dataset}/models/{model}/predictions.json",
         metrics="results/{dataset}/models/{model}/metrics.json",

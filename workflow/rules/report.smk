@@ -145,7 +145,7 @@ rule plot_detections:
     input:
         val="results/{dataset}/coco/val.json",
         predictions="results/{dataset}/models/{model}/predictions.json",
-        shards=shard_files("tar"),
+        shards=chip_shards,
         manifest="results/{dataset}/chips/manifest.json",
     output:
         report(

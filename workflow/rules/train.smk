@@ -71,7 +71,7 @@ rule train:
         train=lambda w: f"results/{w.dataset}/coco/{'fit' if selects(w) else 'train'}.json",
         selection=lambda w: [f"results/{w.dataset}/coco/selection.json"] if selects(w) else [],
         manifest="results/{dataset}/chips/manifest.json",
-        shards=shard_files("tar"),
+        shards=chip_shards,
         pretrained=pretrained_input,
         pretrained_record=pretrained_record,
     output:

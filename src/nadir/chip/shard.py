@@ -29,7 +29,6 @@ Rules (docs/chipping.md explains them for users; tests/test_chipping.py tests ea
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import tarfile
@@ -67,6 +66,7 @@ from nadir.raster.windows import (
     scene_windows,
     window_offsets,
 )
+from nadir.storage.shards import add_member
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +101,10 @@ class ChipRecord:
     transform: list[float]  # GDAL order: x origin, pixel width, row rotation, y origin, ...
     objects: list[dict] = field(default_factory=list)
     geotiff: str | None = None  # the chip's GeoTIFF in the shard, when `geotiff` is on
+    # Where the chip's bytes lie in the shard (nadir.storage.shards.add_member): readers fetch
+    # exactly this range, from S3 too, without scanning the tar.
+    offset: int = 0
+    size: int = 0
 
 
 def encoding_threads(src, threads: int) -> int:
@@ -177,12 +181,6 @@ def chip_scene(src, scene: dict, counts: SceneCounts, annotations: list[Annotati
     counts.objects_in_no_chip = len({a.object for a in annotations} - seen_objects)
 
 
-def _tar_member(name: str, size: int) -> tarfile.TarInfo:
-    info = tarfile.TarInfo(name)
-    info.size, info.mtime, info.mode = size, 0, 0o644
-    return info
-
-
 def images_by_scene(paths: list[Path]) -> dict[str, Path]:
     """The chip job's images by scene name (the file name without its suffix), each name
     checked by the name rule: it becomes the chips' file names in the shard."""
@@ -252,9 +250,9 @@ def chip_shard(scenes: list[dict], annotations: dict[str, list[Annotation]],
                 band_sums = sums
             else:
                 band_sums.add(sums)
-        tar.addfile(_tar_member(record.file, len(image)), io.BytesIO(image))
+        record.offset, record.size = add_member(tar, record.file, image)
         if geotiff is not None:
-            tar.addfile(_tar_member(record.geotiff, len(geotiff)), io.BytesIO(geotiff))
+            add_member(tar, record.geotiff, geotiff)
         listing.write(separator + json.dumps(vars(record), sort_keys=True))
         separator = ", "
 

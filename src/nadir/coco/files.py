@@ -18,8 +18,9 @@ log = logging.getLogger(__name__)
 def build_coco(shard_jsons: list[Path], categories: list[dict], splits: list[str]) -> dict:
     """Return {split: COCO dict}. Image ids follow shard then chip order, so they are stable.
 
-    Each image carries `shard` (index into the shard list), `scene`, `x`, `y` and `transform`,
-    which the trainer uses to find the chip and the evaluator to map boxes back to the scene.
+    Each image carries `shard` (index into the shard list), `offset` and `size` (its bytes in
+    the shard, where the chip list records them), `scene`, `x`, `y` and `transform`, which the
+    trainer uses to find the chip and the evaluator to map boxes back to the scene.
     Each annotation carries, beside `bbox`, its oriented box `rbox` ([cx, cy, w, h, angle in
     degrees], the minimum-area rectangle of its `segmentation`; see `nadir.core.geometry`).
     """
@@ -36,6 +37,7 @@ def build_coco(shard_jsons: list[Path], categories: list[dict], splits: list[str
                 "id": image_id, "file_name": chip["file"], "width": chip["width"],
                 "height": chip["height"], "shard": shard_index, "scene": chip["scene"],
                 "x": chip["x"], "y": chip["y"], "transform": chip["transform"],
+                **({"offset": chip["offset"], "size": chip["size"]} if "offset" in chip else {}),
             })
             for obj in chip["objects"]:
                 ann_id += 1

@@ -3,7 +3,10 @@
 A run's training settings are layered, each over the one before: `training`, the catalogue's
 defaults for the model, `models.<model>`, `datasets.<dataset>.training`,
 `datasets.<dataset>.models.<model>`, the sweep cell, then the repeat's seed
-(`run_hyperparameters`).
+(`run_hyperparameters`). Under `recipe: reference` the family's recipe
+(`nadir.config.recipes`) replaces `training`'s and the catalogue's values of the keys it sets;
+the layers from `models.<model>` on still override it. A layer that sets `iterations` without
+`epochs` measures the run in iterations again.
 """
 
 from __future__ import annotations
@@ -14,14 +17,32 @@ import re
 from dataclasses import dataclass
 
 from nadir.config.catalogue import CATALOGUE
+from nadir.config.recipes import reference_hyperparameters
+
+
+def _layered(config: dict, model: str, layers: list[dict]) -> dict:
+    """`training`, the catalogue's defaults for `model` (or, under `recipe: reference`, its
+    recipe's values), then each of `layers` over the one before."""
+    entry = CATALOGUE.get(model)
+    hp = {**config["training"], **(entry.hyperparameters if entry else {})}
+    chosen = [layer for layer in layers if layer]
+    recipe = next((la["recipe"] for la in reversed(chosen) if "recipe" in la), hp.get("recipe"))
+    if recipe == "reference" and entry is not None:
+        pretrained = next((la["pretrained"] for la in reversed(chosen) if "pretrained" in la),
+                          None)
+        hp |= reference_hyperparameters(model, list(entry.weights), pretrained)
+    for layer in chosen:
+        hp |= layer
+        if "iterations" in layer and "epochs" not in layer:
+            hp["epochs"] = None  # the layer measures the run in iterations
+    return hp
 
 
 def model_hyperparameters(config: dict, model: str) -> dict:
     """The training settings of one model: `training`, then the catalogue's defaults for this
-    model (e.g. a lower lr where the shared one diverges), then the user's overrides on top."""
-    defaults = CATALOGUE[model].hyperparameters if model in CATALOGUE else {}
-    return {**config["training"], **defaults,
-            **(config["models"][model] or {})}
+    model (e.g. a lower lr where the shared one diverges) or its reference recipe, then the
+    user's overrides on top."""
+    return _layered(config, model, [config["models"].get(model) or {}])
 
 
 def dataset_chipping(config: dict, dataset: str) -> dict:
@@ -76,8 +97,8 @@ def run_hyperparameters(config: dict, dataset: str, model: str, cell: dict | Non
     defaults for the model, `models.<model>`, `datasets.<dataset>.training`,
     `datasets.<dataset>.models.<model>`, the sweep cell, then the repeat's seed."""
     spec = config["datasets"][dataset]
-    hp = {**model_hyperparameters(config, model), **(spec.get("training") or {}),
-          **((spec.get("models") or {}).get(model) or {}), **(cell or {})}
+    hp = _layered(config, model, [config["models"].get(model) or {}, spec.get("training") or {},
+                                  (spec.get("models") or {}).get(model) or {}, cell or {}])
     return {**hp, "seed": hp["seed"] + repeat - 1}
 
 

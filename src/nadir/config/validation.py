@@ -132,7 +132,9 @@ def _contradictions(given: dict, config: dict) -> list[str]:
     every = (given.get("checkpoints") or {}).get("every")
     for model in config["models"]:
         hp = model_hyperparameters(config, model)
-        if hp["warmup_iterations"] > hp["iterations"]:
+        if hp["epochs"] is not None:
+            continue  # its iterations follow from the chip count, known when it trains
+        if hp["recipe"] == "common" and hp["warmup_iterations"] > hp["iterations"]:
             problems.append(f"config key training.warmup_iterations (model {model}): "
                             f"{hp['warmup_iterations']} is more than its {hp['iterations']} "
                             "iterations, so the learning rate would never decay")

@@ -26,7 +26,7 @@ def evaluate_model(weights: str | Path, val: str | Path, shards: list[str | Path
     """The evaluate job: the model's detections on every val chip (`settings`: the
     `evaluation` keys prediction uses), written to `predictions`, and their COCO metrics to
     `metrics`; returns the metrics."""
-    found = predict_chips(Path(weights), Path(val), [Path(p) for p in shards], settings,
+    found = predict_chips(Path(weights), Path(val), [str(p) for p in shards], settings,
                           threads)
     Path(predictions).write_text(json.dumps(found) + "\n")
     result = evaluate(Path(val), found, settings["max_detections"])

@@ -21,7 +21,7 @@ from nadir.datasets.tables import EXCLUDED
 from nadir.protocols.coco import NO_GROUND_TRUTH
 from nadir.raster.chip_params import ChipParams
 from nadir.raster.radiometry import rgb_composite
-from nadir.storage.shards import decode_chip, member_offsets, read_member
+from nadir.storage.shards import decode_chip, read_chips
 
 log = logging.getLogger(__name__)
 
@@ -140,15 +140,11 @@ def pick_sample_chips(coco: dict, count: int) -> list[dict]:
                             count - len(chosen))
 
 
-def read_chips(shards: list[Path], images: list[dict], listed_in: Path) -> list[np.ndarray]:
+def read_chip_pixels(shards: list[str], images: list[dict],
+                     listed_in: Path) -> list[np.ndarray]:
     """The chips' pixels, read from their shards (never unpacked); `listed_in`: the COCO file."""
-    offsets = member_offsets(shards, {(im["shard"], im["file_name"]) for im in images},
-                             listed_in)
-    pixels = []
-    for im in images:
-        data = read_member(shards[im["shard"]], *offsets[(im["shard"], im["file_name"])])
-        pixels.append(decode_chip(data, f"{shards[im['shard']]}: chip {im['file_name']}"))
-    return pixels
+    return [decode_chip(data, f"{shards[im['shard']]}: chip {im['file_name']}")
+            for im, data in zip(images, read_chips(shards, images, listed_in), strict=True)]
 
 
 def outline(item: dict, oriented: bool, colour: str, style: str):
@@ -165,7 +161,7 @@ def outline(item: dict, oriented: bool, colour: str, style: str):
                      linewidth=1.2)
 
 
-def plot_detection_grid(coco_json: Path, predictions: list[dict], shards: list[Path],
+def plot_detection_grid(coco_json: Path, predictions: list[dict], shards: list[str],
                         out_png: Path, title: str, count: int, min_score: float,
                         chips_params: ChipParams | None = None) -> None:
     """Sample val chips with ground truth (green) and predictions above `min_score` (magenta).
@@ -191,7 +187,7 @@ def plot_detection_grid(coco_json: Path, predictions: list[dict], shards: list[P
     for ax in axes.flat:
         ax.axis("off")
     drawn = {"truth": 0, "predictions": 0}
-    pixels_of = read_chips(shards, chips, coco_json)
+    pixels_of = read_chip_pixels(shards, chips, coco_json)
     rgb = chips_params.rgb_positions if chips_params is not None else (0, 1, 2)
     for ax, image, pixels in zip(axes.flat, chips, pixels_of, strict=False):
         if pixels.shape[2] != 3 or pixels.dtype != np.uint8:
@@ -230,7 +226,7 @@ def plot_detections_of_files(val: str | Path, predictions: str | Path,
     """The plot_detections job: `plot_detection_grid` of a run's predictions.json, the chips
     drawn as the chip manifest's (`manifest`) chip parameters say."""
     plot_detection_grid(Path(val), json.loads(Path(predictions).read_text()),
-                        [Path(s) for s in shards], Path(out_png), title, count, min_score,
+                        [str(s) for s in shards], Path(out_png), title, count, min_score,
                         ChipParams.of_manifest(manifest) if manifest else None)
 
 

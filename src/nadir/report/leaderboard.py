@@ -29,7 +29,8 @@ PROTOCOL_COLUMNS = {"dota_task2_map": "dota_task2", "dota_task1_map": "dota_task
                     "xview_map": "xview"}
 LEADERBOARD_FIELDS = [
     "rank", "chip_rank", "dataset", "model", "run", "bands", "repeats", "seeds", *ALL_METRICS,
-    *PROTOCOL_COLUMNS, "iterations", "train_seconds", "wall_seconds", "gpu_hours",
+    *PROTOCOL_COLUMNS, "recipe", "pretrained", "iterations", "train_seconds", "wall_seconds",
+    "gpu_hours",
     "peak_memory_mb", "device",
     "train_chips", "val_chips", "val_scenes", "weights", "vs_best", "vs_best_difference",
     "vs_best_ci_low", "vs_best_ci_high",
@@ -39,7 +40,8 @@ LEADERBOARD_FIELDS = [
 SUMMARY_COLUMNS = {"rank": "rank", "run": "model", "bands": "bands", "scene_AP": "scene AP",
                    "scene_AP50": "scene AP50", "dota_task2_map": "DOTA task 2 mAP",
                    "dota_task1_map": "DOTA task 1 mAP", "xview_map": "xView mAP",
-                   "AP": "chip AP", "AP50": "chip AP50", "iterations": "iterations",
+                   "AP": "chip AP", "AP50": "chip AP50", "recipe": "recipe",
+                   "pretrained": "pretrained", "iterations": "iterations",
                    "wall_seconds": "wall s", "gpu_hours": "GPU-h", "peak_memory_mb": "peak MB"}
 
 
@@ -151,6 +153,13 @@ def bands_label(bands: dict | None) -> str:
     return label + (" (mixed)" if bands.get("band_mixing") else "")
 
 
+def _training_of(run: dict) -> dict:
+    """How a run was trained: its recipe (runs recorded before recipes existed trained with
+    the common one) and the weights it started from."""
+    hp = run.get("hyperparameters", {})
+    return {"recipe": hp.get("recipe") or "common", "pretrained": hp.get("pretrained")}
+
+
 def leaderboard_rows(results: list[RunResult],
                      comparisons: dict[str, dict] | None = None) -> list[dict]:
     """One row per dataset and setting (a model or a sweep cell), its repeats aggregated: each
@@ -176,6 +185,7 @@ def leaderboard_rows(results: list[RunResult],
         row |= {
             **{column: _mean_or_none([protocol_map(r.scene, p) for r in members])
                for column, p in PROTOCOL_COLUMNS.items()},
+            **_training_of(first.run),
             "iterations": first.run["training"]["iterations"],
             "train_seconds": round(sum(r.run["training"]["seconds"] for r in members)
                                    / len(members), 2),

@@ -25,7 +25,7 @@ def device_name() -> str:
     return name()
 
 
-def predict_chips(weights: Path, coco_json: Path, shards: list[Path], settings: dict,
+def predict_chips(weights: Path, coco_json: Path, shards: list[str], settings: dict,
                   threads: int = 1) -> list[dict]:
     """COCO detections of a model.pt on every chip of a COCO split (`settings`:
     score_threshold, max_detections, batch_size), by the backend that trained it."""

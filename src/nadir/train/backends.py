@@ -49,7 +49,7 @@ class TrainJob:
     hp: dict  # resolved: `training`, the catalogue's model defaults, the user's overrides
     train_json: Path
     manifest: Path  # the chip manifest: its digest ties the run to its chips
-    shards: list[Path]
+    shards: list[str]  # local paths or s3:// URLs: read where they are
     outputs: TrainOutputs
     threads: int = 1
     checkpoints: CheckpointStore | None = None
@@ -82,10 +82,13 @@ class Backend(Protocol):
     def train(self, job: TrainJob) -> dict:
         """Train (resuming when a checkpoint matches); write model.pt and train_log.json."""
 
+    def processes(self, job: TrainJob) -> int:
+        """Processes the job trains in (its global batch is batch_size times this)."""
+
     def resume(self, job: TrainJob) -> dict | None:
         """The newest checkpoint's state for this job, or None to start from iteration 0."""
 
-    def predict(self, weights: Path, coco_json: Path, shards: list[Path], hp: dict,
+    def predict(self, weights: Path, coco_json: Path, shards: list[str], hp: dict,
                 threads: int = 1) -> list[dict]:
         """COCO detections (xywh, category id, score) for every image of a split."""
 

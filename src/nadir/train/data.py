@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +12,11 @@ import torch
 
 from nadir.core.geometry import rbox_to_polygon
 from nadir.raster.band_stats import InputScaling
-from nadir.storage.shards import decode_chip, member_offsets, read_member
+from nadir.storage.shards import ShardReader, cache_from_environment, chip_ranges, decode_chip
+
+# Batches read ahead of the loader from S3 shards (on the reader's threads): a few steps of
+# slack for S3's latency, a bounded amount of memory (depth x batch x chip size).
+READ_AHEAD_BATCHES = 8
 
 
 class ShardChips(torch.utils.data.Dataset):
@@ -22,10 +28,13 @@ class ShardChips(torch.utils.data.Dataset):
     corners of each oriented box, see `corners_of`), `image_id`). With `augment`, the flip or
     90-degree rotation chosen by the sampler is applied: overhead imagery has no preferred
     orientation.
+
+    Shards are local files or s3:// objects (`nadir.storage.shards.ShardReader`); keys from
+    `read_ahead` carry their chip's bytes, fetched ahead on the reader's threads.
     """
 
-    def __init__(self, coco_json: Path, shards: list[Path], augment: bool = False,
-                 scaling: InputScaling | None = None):
+    def __init__(self, coco_json: Path, shards: list[str | Path], augment: bool = False,
+                 reader: ShardReader | None = None, scaling: InputScaling | None = None):
         self.coco_json = Path(coco_json)
         coco = json.loads(self.coco_json.read_text())
         self.images = coco["images"]
@@ -40,25 +49,49 @@ class ShardChips(torch.utils.data.Dataset):
                                                self.label_of[ann["category_id"]],
                                                *corners_of(ann)))
         self.boxes = boxes
-        self.offsets = member_offsets(
-            [Path(s) for s in self.shards],
-            {(im["shard"], im["file_name"]) for im in self.images}, self.coco_json)
+        self.ranges = chip_ranges(self.shards, self.images, self.coco_json)
+        self.reader = reader or ShardReader(self.shards, cache_from_environment())
         self.augment = augment
         self.scaling = scaling or InputScaling((0.0,), (255.0,))  # 8-bit: value / 255
 
     def __len__(self) -> int:
         return len(self.images)
 
-    def read_image(self, index: int) -> np.ndarray:
+    def member(self, index: int) -> tuple[int, str, int, int]:
+        """(shard index, member name, offset, size) of an image's chip."""
         im = self.images[index]
-        shard = self.shards[im["shard"]]
-        data = read_member(shard, *self.offsets[(im["shard"], im["file_name"])])
-        return decode_chip(data, f"{shard}: chip {im['file_name']}")
+        return (im["shard"], im["file_name"], *self.ranges[(im["shard"], im["file_name"])])
 
-    def __getitem__(self, key: int | tuple[int, int]):
-        """`key` is an index, or (index, symmetry code 0..7) as `SeededBatches` yields them."""
-        index, code = key if isinstance(key, tuple) else (key, 0)
-        array = self.read_image(index)
+    def read_image(self, index: int, data: bytes | None = None) -> np.ndarray:
+        """An image's pixels, decoded from `data` when its bytes were read ahead."""
+        im = self.images[index]
+        if data is None:
+            data = self.reader.read([self.member(index)])[0]
+        return decode_chip(data, f"{self.shards[im['shard']]}: chip {im['file_name']}")
+
+    def read_ahead(self, batches: Iterable[list]) -> Iterator[list]:
+        """Batches of keys (index, code) as (index, code, chip bytes), the next
+        READ_AHEAD_BATCHES fetched meanwhile, when the shards are on S3; local shards' batches
+        as they are (each loader process reads its own chips)."""
+        if not self.reader.remote:
+            yield from batches
+            return
+        for batch, chips in self.reader.read_ahead(
+                batches, lambda keys: [self.member(key[0]) for key in keys], READ_AHEAD_BATCHES):
+            yield [(*key, data) for key, data in zip(batch, chips, strict=True)]
+
+    def in_order(self, batch: int) -> Iterator[list[tuple]]:
+        """Every item in index order, `batch` at a time, read ahead (prediction, scoring)."""
+        order = [[(i, 0) for i in range(first, min(first + batch, len(self)))]
+                 for first in range(0, len(self), batch)]
+        for keys in self.read_ahead(order):
+            yield [self[key] for key in keys]
+
+    def __getitem__(self, key: int | tuple):
+        """`key` is an index, or (index, symmetry code 0..7) as `SeededBatches` yields them,
+        with the chip's bytes as a third element when `read_ahead` fetched them."""
+        index, code, data = (*key, None)[:3] if isinstance(key, tuple) else (key, 0, None)
+        array = self.read_image(index, data)
         # 8-bit chips stay bytes until scaled; others (16-bit, float) become float32 first.
         array = array.copy() if array.dtype == np.uint8 else array.astype(np.float32)
         pixels = torch.from_numpy(array).permute(2, 0, 1)
@@ -115,6 +148,33 @@ class SeededBatches(torch.utils.data.Sampler):
             first = step * per_step + self.rank * self.batch_size
             yield [self._sample(k) for k in range(first, first + self.batch_size)]
             step += 1
+
+
+class LoaderBatches(torch.utils.data.IterableDataset):
+    """Collated batches of `dataset` in `sampler`'s order, made in the loader's processes.
+
+    Worker w of W makes batches w, w + W, ... of the sampler, reading their chips ahead
+    (`ShardChips.read_ahead`), decoding, augmenting and collating them; the DataLoader takes
+    one from each worker in turn, so the batches arrive in the sampler's order whatever W is.
+    The training process itself only receives batches: no S3 request competes for its
+    interpreter with the thread that drives the GPU.
+    """
+
+    def __init__(self, dataset: ShardChips, sampler: SeededBatches):
+        super().__init__()
+        self.dataset, self.sampler = dataset, sampler
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        mine = itertools.islice(iter(self.sampler), worker, None, workers)
+        for keys in self.dataset.read_ahead(mine):
+            yield collate([self.dataset[key] for key in keys])
+
+
+def as_made(batch):
+    """The DataLoader's collate_fn for `LoaderBatches`: its batches come collated."""
+    return batch
 
 
 def random_flip_rotate(pixels: torch.Tensor, boxes: torch.Tensor, code: int):

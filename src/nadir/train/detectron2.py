@@ -23,13 +23,17 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from nadir.config.catalogue import entry
 from nadir.core.errors import InputError, NadirError
 from nadir.core.names import check_name
-from nadir.storage.shards import decode_chip, member_offsets, read_member
+from nadir.storage.shards import decode_chip, read_chips
 from nadir.train.backends import TrainJob, saved_chip_params
 from nadir.train.provenance import base_resolved_config
+
+if TYPE_CHECKING:
+    from nadir.train.recipes import TrainingPlan
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +112,40 @@ def model_overrides(model: str, num_classes: int, size: int, pretrained: str, de
     raise NadirError(f"no detectron2 settings are defined for {config}")
 
 
+def scheduler_milestones(plan: TrainingPlan) -> list[int]:
+    """The plan's milestones as detectron2's MultiStepParamScheduler takes them: increasing,
+    inside the run (a very short run may merge or drop some)."""
+    return sorted({m for m in plan.milestones if 0 < m < plan.iterations})
+
+
+def solver_settings(plan: TrainingPlan) -> dict:
+    """The SOLVER values nadir sets on a yaml zoo config under `recipe: reference`, so that
+    detectron2's own `build_optimizer` and `build_lr_scheduler` train the run: the recipe's
+    learning rate scaled to the run's batch, its length, its milestones at the same fractions
+    of the run, and the warm-up's iterations. Momentum, the norm layers' weight decay, gamma and
+    the warm-up's method and factor stay the config's."""
+    return {
+        "SOLVER.IMS_PER_BATCH": plan.global_batch,
+        "SOLVER.BASE_LR": plan.lr,
+        "SOLVER.WEIGHT_DECAY": plan.weight_decay,
+        "SOLVER.MAX_ITER": plan.iterations,
+        "SOLVER.STEPS": tuple(scheduler_milestones(plan)),
+        "SOLVER.WARMUP_ITERS": plan.warmup_iterations,
+        "SOLVER.CLIP_GRADIENTS.ENABLED": plan.clip_grad_norm is not None,
+        "SOLVER.CLIP_GRADIENTS.CLIP_TYPE": "norm",
+        "SOLVER.CLIP_GRADIENTS.CLIP_VALUE": plan.clip_grad_norm or 1.0,
+    }
+
+
+def chip_train_sizes(short_sides: tuple[int, ...], max_size: int,
+                     chip: int) -> tuple[tuple[int, ...], int]:
+    """The reference's multi-scale resize carried to chips: its short sides as fractions of
+    the largest (640-800 of 800: 0.8-1.0), times the chip size, and the long side's limit
+    likewise. Chips are cut at the model's scale, so they are not enlarged to COCO's sizes."""
+    top = max(short_sides)
+    return tuple(round(chip * side / top) for side in short_sides), round(chip * max_size / top)
+
+
 def dataset_name(dataset: str, split: str) -> str:
     return f"nadir_{dataset}_{split}"
 
@@ -165,7 +203,7 @@ def contiguous_category_ids(categories: list[dict]) -> list[int]:
     return sorted(c["id"] for c in categories)
 
 
-def unpack_chips(coco_json: Path, shards: list[Path], image_root: Path) -> Path:
+def unpack_chips(coco_json: Path, shards: list[str], image_root: Path) -> Path:
     """Write a split's chips as files under image_root/<shard>/; return a COCO file naming them.
 
     Chip names are only unique within a shard, hence one folder per shard. They become file
@@ -174,17 +212,16 @@ def unpack_chips(coco_json: Path, shards: list[Path], image_root: Path) -> Path:
     coco = json.loads(Path(coco_json).read_text())
     for image in coco["images"]:
         check_name(image["file_name"], coco_json, "chip file name")
-    offsets = member_offsets(shards, {(im["shard"], im["file_name"]) for im in coco["images"]},
-                             Path(coco_json))
-    for (index, name), (offset, size) in sorted(offsets.items()):
-        folder = image_root / str(index)
+    for image, data in zip(coco["images"], read_chips(shards, coco["images"], coco_json),
+                           strict=True):
+        folder = image_root / str(image["shard"])
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / name).write_bytes(read_member(shards[index], offset, size))
+        (folder / image["file_name"]).write_bytes(data)
     for image in coco["images"]:
         image["file_name"] = f"{image['shard']}/{image['file_name']}"
     rewritten = image_root / "coco.json"
     rewritten.write_text(json.dumps(coco))
-    log.info("unpacked %d chips to %s for detectron2", len(offsets), image_root)
+    log.info("unpacked %d chips to %s for detectron2", len(coco["images"]), image_root)
     return rewritten
 
 
@@ -193,11 +230,15 @@ class RegisteredChips:
 
     Replaces detectron2's DatasetMapper and its random flips: the key comes from `SeededBatches`,
     so the augmentation is a function of the seed and the step, as in the torchvision backend.
-    Chips are already at the model's size; no resizing is needed.
+    Chips are already at the model's size; no resizing is needed. Under `recipe: reference`,
+    `augmentations` (detectron2's, from the zoo config) replace nadir's symmetries, their
+    random draws seeded by (seed, chip, the sampler's draw) so that a resumed run repeats them.
     """
 
-    def __init__(self, records: list[dict], input_format: str, augment: bool):
+    def __init__(self, records: list[dict], input_format: str, augment: bool,
+                 augmentations: list | None = None, seed: int = 0):
         self.records, self.input_format, self.augment = records, input_format, augment
+        self.augmentations, self.seed = augmentations, seed
 
     def __len__(self) -> int:
         return len(self.records)
@@ -216,7 +257,9 @@ class RegisteredChips:
         objects = [o for o in record["annotations"] if not o.get("iscrowd", 0)]
         boxes = torch.tensor([BoxMode.convert(o["bbox"], o["bbox_mode"], BoxMode.XYXY_ABS)
                               for o in objects], dtype=torch.float32).reshape(-1, 4)
-        if self.augment and code:
+        if self.augmentations is not None:
+            pixels, boxes = self._reference_augmented(pixels, boxes, index, code)
+        elif self.augment and code:
             pixels, boxes = random_flip_rotate(pixels, boxes, code)
         height, width = pixels.shape[1:]
         instances = Instances((height, width), gt_boxes=Boxes(boxes),
@@ -224,6 +267,97 @@ class RegisteredChips:
                                                       dtype=torch.int64))
         return {"image": in_channel_order(pixels, self.input_format),
                 "height": height, "width": width, "instances": instances}
+
+
+    def _reference_augmented(self, pixels, boxes, index: int, code: int):
+        """detectron2's augmentations (they draw from numpy's global generator) on one chip."""
+        import numpy as np
+        import torch
+        from detectron2.data import transforms as T
+
+        np.random.seed((self.seed * 1_000_003 + index * 8 + code) % 2**32)
+        item = T.AugInput(np.ascontiguousarray(pixels.permute(1, 2, 0).numpy()),
+                          boxes=boxes.numpy())
+        T.AugmentationList(self.augmentations)(item)
+        return (torch.from_numpy(np.ascontiguousarray(item.image)).permute(2, 0, 1),
+                torch.as_tensor(item.boxes, dtype=torch.float32).reshape(-1, 4))
+
+
+def reference_solver(model_name: str, model, plan: TrainingPlan, config):
+    """(optimiser, LR scheduler) by detectron2's own builders from the zoo config under
+    `recipe: reference`: `build_optimizer` / `build_lr_scheduler` for yaml configs (with
+    `solver_settings`); for LazyConfigs the config's optimiser (FCOS: SGD with no weight decay
+    on norms; ViTDet: detectron2's AdamW with its layer-wise decay 0.7 and no decay on
+    pos_embed) and detectron2's warm-up multi-step scheduler at the recipe's milestones."""
+    from functools import partial
+
+    from detectron2 import model_zoo
+    from detectron2.config import instantiate
+    from detectron2.solver import (
+        LRMultiplier,
+        WarmupParamScheduler,
+        build_lr_scheduler,
+        build_optimizer,
+    )
+    from fvcore.common.param_scheduler import MultiStepParamScheduler
+
+    if not is_lazy(zoo_config(model_name)):
+        config.defrost()
+        config.merge_from_list([item for pair in solver_settings(plan).items()
+                                for item in pair])
+        optimizer = build_optimizer(config, model)
+        return optimizer, build_lr_scheduler(config, optimizer)
+    if "vitdet" in zoo_config(model_name):
+        from detectron2.modeling.backbone.vit import get_vit_lr_decay_rate
+
+        lazy_optimizer = model_zoo.get_config("common/optim.py").AdamW
+        lazy_optimizer.params.lr_factor_func = partial(get_vit_lr_decay_rate, num_layers=12,
+                                                       lr_decay_rate=0.7)
+        lazy_optimizer.params.overrides = {"pos_embed": {"weight_decay": 0.0}}
+    else:
+        lazy_optimizer = config.optimizer
+    lazy_optimizer.params.model = model
+    lazy_optimizer.lr = plan.lr
+    lazy_optimizer.weight_decay = plan.weight_decay
+    optimizer = instantiate(lazy_optimizer)
+    milestones = scheduler_milestones(plan)
+    schedule = WarmupParamScheduler(
+        MultiStepParamScheduler([0.1 ** k for k in range(len(milestones) + 1)],
+                                num_updates=plan.iterations, milestones=milestones),
+        plan.warmup_factor, plan.warmup_iterations / plan.iterations, "linear")
+    return optimizer, LRMultiplier(optimizer, multiplier=schedule, max_iter=plan.iterations)
+
+
+def reference_augmentations(model_name: str, size: int, config) -> list:
+    """detectron2's training augmentations of the zoo config, carried to `size` px chips
+    (`chip_train_sizes`): multi-scale shortest-edge resize and horizontal flip for the yaml
+    configs and FCOS; ViTDet's large-scale jitter (flip, resize 0.1-2.0, crop) at the chip
+    size."""
+    from detectron2.config import instantiate
+    from detectron2.data import transforms as T
+    from detectron2.data.detection_utils import build_augmentation
+
+    path = zoo_config(model_name)
+    if not is_lazy(path):  # the zoo's sizes: `model_overrides` set the run's to the chip's
+        from detectron2 import model_zoo
+        from detectron2.config import get_cfg
+
+        zoo = get_cfg()
+        zoo.merge_from_file(model_zoo.get_config_file(path))
+        sides, longest = chip_train_sizes(tuple(zoo.INPUT.MIN_SIZE_TRAIN),
+                                          zoo.INPUT.MAX_SIZE_TRAIN, size)
+        zoo.INPUT.MIN_SIZE_TRAIN, zoo.INPUT.MAX_SIZE_TRAIN = sides, longest
+        return build_augmentation(zoo, is_train=True)
+    if "vitdet" in path:
+        return [T.RandomFlip(horizontal=True),
+                T.ResizeScale(min_scale=0.1, max_scale=2.0, target_height=size,
+                              target_width=size),
+                T.FixedSizeCrop(crop_size=(size, size), pad=False)]
+    augmentations = config.dataloader.train.mapper.augmentations
+    resize = augmentations[0]
+    resize.short_edge_length, resize.max_size = chip_train_sizes(
+        tuple(resize.short_edge_length), resize.max_size, size)
+    return [instantiate(a) for a in augmentations]
 
 
 def start_normaliser_at_first_batch(model) -> None:
@@ -246,7 +380,7 @@ def start_normaliser_at_first_batch(model) -> None:
 
 def build_detectron2_model(model: str, num_classes: int, size: int, pretrained: str,
                            device: str, **test_settings):
-    """The zoo model with nadir's settings; returns (model, input_format)."""
+    """The zoo model with nadir's settings; returns (model, input_format, its config)."""
     require_detectron2()
     from detectron2 import model_zoo
     from detectron2.config import get_cfg, instantiate
@@ -259,7 +393,7 @@ def build_detectron2_model(model: str, num_classes: int, size: int, pretrained: 
         cfg = get_cfg()
         cfg.merge_from_file(model_zoo.get_config_file(config))
         cfg.merge_from_list([item for pair in overrides.items() for item in pair])
-        return build_model(cfg), cfg.INPUT.FORMAT
+        return build_model(cfg), cfg.INPUT.FORMAT, cfg
     lazy = model_zoo.get_config(config)
     for key, value in overrides.items():
         target = lazy
@@ -268,7 +402,7 @@ def build_detectron2_model(model: str, num_classes: int, size: int, pretrained: 
             target = getattr(target, part)
         setattr(target, last, value)
     built = instantiate(lazy.model).to(device)
-    return built, lazy.model.get("input_format", "BGR")
+    return built, lazy.model.get("input_format", "BGR"), lazy
 
 
 def _checkpoint_hook(checkpointer, store, every: int, total: int, history: list, device,
@@ -334,6 +468,10 @@ def _loss_log_hook(history: list, interval: int, total: int, images_per_step: in
 class Detectron2Backend:
     name = "detectron2"
 
+    def processes(self, job: TrainJob) -> int:
+        """detectron2 trains on one device."""
+        return 1
+
     def resume(self, job: TrainJob) -> dict | None:
         """The newest checkpoint of this job's store ({"iteration", "data"}), or None."""
         newest = job.checkpoints.newest() if job.checkpoints is not None else None
@@ -351,12 +489,13 @@ class Detectron2Backend:
         from nadir.train.loop import (
             loader_generator,
             loader_workers,
+            seed_and_determinism,
             set_rng_state,
-            warmup_cosine,
         )
+        from nadir.train.recipes import lr_factor, training_plan
 
         hp = job.hp
-        torch.manual_seed(hp["seed"])
+        determinism = seed_and_determinism(hp)
         torch.set_num_threads(max(1, job.threads))
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         coco = json.loads(job.train_json.read_text())
@@ -369,30 +508,35 @@ class Detectron2Backend:
             DatasetCatalog.remove(registration["name"])
             MetadataCatalog.remove(registration["name"])
         register_coco_instances(**registration)
-        model, input_format = build_detectron2_model(job.model, num_classes, size,
-                                                     hp["pretrained"], device.type)
+        model, input_format, config = build_detectron2_model(job.model, num_classes, size,
+                                                             hp["pretrained"], device.type)
         model.train()
         start_normaliser_at_first_batch(model)
         if job.weights_file is not None:
             # detectron2's checkpointer renames by heuristics; nadir reads the file.
             tensors_only_checkpointer(model).load(str(job.weights_file))
-        optimizer = torch.optim.AdamW(
-            get_default_optimizer_params(model, base_lr=hp["lr"],
-                                         weight_decay=hp["weight_decay"]),
-            lr=hp["lr"], weight_decay=hp["weight_decay"])
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, warmup_cosine(hp["warmup_iterations"], hp["iterations"]))
+        plan = training_plan(job.model, hp, len(coco["images"]), hp["batch_size"])
+        augmentations = None
+        if plan.recipe == "reference":  # detectron2's solver, schedule and augmentation
+            optimizer, scheduler = reference_solver(job.model, model, plan, config)
+            augmentations = reference_augmentations(job.model, size, config)
+        else:
+            optimizer = torch.optim.AdamW(
+                get_default_optimizer_params(model, base_lr=plan.lr,
+                                             weight_decay=hp["weight_decay"]),
+                lr=plan.lr, weight_decay=hp["weight_decay"])
+            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(plan))
         resumed = self.resume(job)
         start = resumed["iteration"] if resumed is not None else 0
         # Every chip of train.json, empty ones included (detectron2 drops them by default), so
         # this backend trains on the chips the others do and that run.json counts.
         chips = RegisteredChips(get_detection_dataset_dicts([registration["name"]],
                                                             filter_empty=False),
-                                input_format, hp["augment"])
+                                input_format, hp["augment"], augmentations, hp["seed"])
         workers = loader_workers(job.threads, 1, device)
         loader = torch.utils.data.DataLoader(
             chips, batch_sampler=SeededBatches(len(chips), hp["batch_size"], hp["seed"], start,
-                                               augment=hp["augment"]),
+                                               augment=hp["augment"] or bool(augmentations)),
             num_workers=workers, collate_fn=list, persistent_workers=workers > 0,
             generator=loader_generator(hp["seed"]))
         amp = bool(hp["amp"]) and device.type == "cuda"
@@ -441,9 +585,9 @@ class Detectron2Backend:
         job.outputs.train_log.write_text(json.dumps(history, indent=1) + "\n")
         return {"seconds": round(seconds(), 2), "iterations": hp["iterations"],
                 "resumed_from": start, "device": device.type, "processes": 1, "amp": amp,
-                "chips": len(coco["images"])}
+                "chips": len(coco["images"]), "determinism": determinism}
 
-    def predict(self, weights: Path, coco_json: Path, shards: list[Path], hp: dict,
+    def predict(self, weights: Path, coco_json: Path, shards: list[str], hp: dict,
                 threads: int = 1) -> list[dict]:
         require_detectron2()
         import torch
@@ -454,7 +598,7 @@ class Detectron2Backend:
         torch.set_num_threads(max(1, threads))
         device = "cuda" if torch.cuda.is_available() else "cpu"
         saved = read_weights(weights)
-        model, input_format = build_detectron2_model(
+        model, input_format, _ = build_detectron2_model(
             saved["model"], saved["num_classes"], saved_chip_params(saved, weights).size,
             saved["pretrained"],
             device, score_threshold=hp["score_threshold"], max_detections=hp["max_detections"])
@@ -464,9 +608,7 @@ class Detectron2Backend:
         dataset = ShardChips(coco_json, shards)
         results = []
         with torch.no_grad():
-            for first in range(0, len(dataset), hp["batch_size"]):
-                items = [dataset[i] for i in range(first, min(first + hp["batch_size"],
-                                                             len(dataset)))]
+            for items in dataset.in_order(hp["batch_size"]):
                 inputs = [{"image": in_channel_order(image * 255.0, input_format).to(device),
                            "height": image.shape[1], "width": image.shape[2]}
                           for image, _ in items]
@@ -491,12 +633,24 @@ class Detectron2Backend:
         coco = json.loads(job.train_json.read_text())
         overrides = model_overrides(job.model, len(coco["categories"]), job.chip_params.size,
                                     job.hp["pretrained"], device)
+        from nadir.train.recipes import training_plan
+
+        plan = training_plan(job.model, job.hp, len(coco["images"]), job.hp["batch_size"])
+        reference = plan.recipe == "reference"
+        solver = ({"solver_settings": {k: list(v) if isinstance(v, tuple) else v
+                                       for k, v in solver_settings(plan).items()}}
+                  if reference and not is_lazy(zoo_config(job.model)) else {})
         return base_resolved_config(job) | {"detectron2": {
             "zoo_config": zoo_config(job.model),
             "model_overrides": {k: list(v) if isinstance(v, tuple) else v
                                 for k, v in overrides.items()},
-            "optimizer": "AdamW, warm-up then cosine (nadir's schedule)",
-            "data": "nadir's seeded batches and square symmetries, chips at their own size",
+            "optimizer": "detectron2's own optimiser and LR scheduler from the zoo config, at "
+                         "the run's batch and length" if reference else
+                         "AdamW, warm-up then cosine (nadir's schedule)",
+            **solver,
+            "data": "nadir's seeded batches; detectron2's augmentations of the zoo config, "
+                    "carried to the chip size" if reference else
+                    "nadir's seeded batches and square symmetries, chips at their own size",
             "loss_normalizer": "RetinaNet/FCOS running mean started at the first batch's "
                                "positive count (detectron2: 100 / 300)"}}
 

@@ -15,7 +15,8 @@ from __future__ import annotations
 import io
 import json
 import logging
-import math
+import os
+import random
 import socket
 import tempfile
 import time
@@ -32,10 +33,19 @@ from nadir.core.errors import NadirError
 from nadir.raster.chip_params import ChipParams
 from nadir.train.backends import TrainJob, saved_chip_params, saved_input_scaling
 from nadir.train.checkpoints import LiveCurves
-from nadir.train.data import SeededBatches, ShardChips, category_labels, collate, model_targets
+from nadir.train.data import (
+    LoaderBatches,
+    SeededBatches,
+    ShardChips,
+    as_made,
+    category_labels,
+    model_targets,
+)
+from nadir.train.loader_cost import gpu_job_cpus, loader_capacity
 from nadir.train.models import build_detector
 from nadir.train.models.bands import RGB, input_bands
 from nadir.train.provenance import base_resolved_config, fingerprint, installed_versions
+from nadir.train.recipes import ModelEMA, build_optimizer, lr_factor, model_ema, training_plan
 from nadir.train.selection import SelectionScorer, coco_detections, detections
 from nadir.train.weights import read_weights
 
@@ -45,16 +55,6 @@ log = logging.getLogger(__name__)
 def device_name() -> str:
     """The device predictions and training run on here: "cuda" or "cpu"."""
     return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def warmup_cosine(warmup: int, total: int) -> Callable[[int], float]:
-    """Learning-rate factor: linear warm-up, then cosine decay to zero at `total`."""
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, total - warmup)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-    return factor
 
 
 def world_size_for(requested: int | None) -> int:
@@ -83,6 +83,28 @@ def loader_generator(seed: int) -> torch.Generator:
     draw ahead of the uninterrupted run from then on (Faster R-CNN samples from that stream).
     """
     return torch.Generator().manual_seed(seed)
+
+
+# cuBLAS's workspace setting that makes its results repeatable (CUDA's documentation): set
+# before cuBLAS makes its first handle, i.e. before the first matrix product on the GPU.
+CUBLAS_WORKSPACE_CONFIG = ":4096:8"
+
+
+def seed_and_determinism(hp: dict) -> dict:
+    """Seed torch from `seed`; with `deterministic`, also Python's and NumPy's generators,
+    PyTorch's deterministic algorithms (an operation without one stops the run, naming it),
+    cuBLAS's workspace setting and no cuDNN autotuning. Returns what run.json records."""
+    torch.manual_seed(hp["seed"])
+    if hp.get("deterministic"):
+        random.seed(hp["seed"])
+        np.random.seed(hp["seed"] % 2**32)
+        os.environ["CUBLAS_WORKSPACE_CONFIG"] = CUBLAS_WORKSPACE_CONFIG
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    return {"seed": hp["seed"], "deterministic": bool(hp.get("deterministic")),
+            "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+            "cublas_workspace_config": os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
+            "cudnn_benchmark": torch.backends.cudnn.benchmark}
 
 
 def rng_state(device: torch.device) -> dict:
@@ -122,6 +144,10 @@ class LoopBackend:
                                         nprocs=world, join=True)
             return json.loads((Path(result_dir) / "result.json").read_text())
 
+    def processes(self, job: TrainJob) -> int:
+        """Training processes of the job: its global batch is batch_size times this."""
+        return world_size_for(job.world_size)
+
     def resume(self, job: TrainJob) -> dict | None:
         if job.checkpoints is None:
             return None
@@ -137,7 +163,7 @@ class LoopBackend:
                              "to another run (its fingerprint differs); remove it to start over")
         return state
 
-    def predict(self, weights: Path, coco_json: Path, shards: list[Path], hp: dict,
+    def predict(self, weights: Path, coco_json: Path, shards: list[str], hp: dict,
                 threads: int = 1) -> list[dict]:
         return predict(weights, coco_json, shards, hp, threads)
 
@@ -199,16 +225,21 @@ class Optimisation:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
     amp: bool
+    clip_grad_norm: float | None = None
+    ema: ModelEMA | None = None  # the recipe's weight average (YOLOX), saved as model.pt
 
     def state(self) -> dict:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict()}
+        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict()}
+        return state | ({"ema": self.ema.state_dict()} if self.ema is not None else {})
 
     def load(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
 
 
 @dataclass
@@ -291,21 +322,24 @@ class Progress:
 def _loop(rank: int, job: TrainJob, world: int, device: torch.device) -> dict:
     """One process's run: set up, then train step by step, logging and checkpointing."""
     hp, lead, iterations = job.hp, rank == 0, job.hp["iterations"]
-    torch.manual_seed(hp["seed"])
+    determinism = seed_and_determinism(hp)
     torch.set_num_threads(max(1, job.threads // world))
     dataset = _load_chips(job)
     chips = job.chip_params
     size, num_classes = chips.size, len(dataset.categories)
-    optimisation = _build_optimisation(job, num_classes, size, device)
+    optimisation = _build_optimisation(job, num_classes, size, device,
+                                       len(dataset), hp["batch_size"] * world)
     progress = _resume(job, optimisation, rank, world, device)
     trained = _distributed(optimisation.model, world, device)
     workers = loader_workers(job.threads, world, device)
     batches = _batches(dataset, hp, progress.start, rank, world, workers)
     if lead:
         log.info("training %s on %d chips, %d classes, %d px, iterations %d..%d, device %s x%d, "
-                 "AMP %s, %d loader worker(s) per process", job.model, len(dataset), num_classes,
+                 "AMP %s, %d loader worker(s) per process (about %.0f chips/s, "
+                 "nadir.train.loader_cost)", job.model, len(dataset), num_classes,
                  size, progress.start, iterations, device.type, world,
-                 "on" if optimisation.amp else "off", workers)
+                 "on" if optimisation.amp else "off", workers,
+                 loader_capacity(workers, chips.image_format, size))
     scorer = live = None
     if lead:
         live = LiveCurves(job.checkpoints, job.outputs.weights.parent, progress.start)
@@ -314,8 +348,7 @@ def _loop(rank: int, job: TrainJob, world: int, device: torch.device) -> dict:
                                      hp["batch_size"], scaling=dataset.scaling)
     progress.began = time.perf_counter()
     for step in range(progress.start, iterations):
-        loss, losses = _train_step(trained, next(batches), optimisation, hp["clip_grad_norm"],
-                                   device)
+        loss, losses = _train_step(trained, next(batches), optimisation, device)
         done = step + 1
         checkpoint_now = job.checkpoints is not None and job.checkpoint_every and \
             done % job.checkpoint_every == 0 and done < iterations
@@ -338,12 +371,25 @@ def _loop(rank: int, job: TrainJob, world: int, device: torch.device) -> dict:
             live.publish()
     if not lead:
         return {}
+    if device.type == "cuda":
+        this_run = time.perf_counter() - progress.began  # a resumed run's own iterations
+        _log_loader_need(hp["batch_size"] * (iterations - progress.start) / this_run, chips,
+                         job.threads // world)
     live.close()
-    _write_outputs(job, optimisation.model, dataset, chips, progress)
+    _write_outputs(job, optimisation, dataset, chips, progress)
     return {"seconds": round(progress.seconds(), 2), "iterations": iterations,
             "resumed_from": progress.start, "device": device.type, "processes": world,
             "amp": optimisation.amp, "chips": len(dataset),
-            "selection": _selection_record(job, scorer, progress)}
+            "selection": _selection_record(job, scorer, progress), "determinism": determinism}
+
+
+def _log_loader_need(rate: float, chips: ChipParams, threads: int) -> None:
+    """How many CPUs a process training at this rate needs to be fed (the GPU rules' CPU
+    request, nadir.train.loader_cost), against the threads it had."""
+    needed = gpu_job_cpus(rate, chips.image_format, chips.size)
+    log.info("%.1f images/s per process: feeding that takes %d CPU(s) per process "
+             "(nadir.train.loader_cost), it had %d%s", rate, needed, threads,
+             "" if threads >= needed else ": the GPU may have waited for chips")
 
 
 def _curves(row: dict, device: torch.device) -> dict:
@@ -386,20 +432,21 @@ def _load_chips(job: TrainJob) -> ShardChips:
     return dataset
 
 
-def _build_optimisation(job: TrainJob, num_classes: int, size: int,
-                        device: torch.device) -> Optimisation:
-    """The catalogue model, AdamW, the warm-up-then-cosine schedule and the AMP scaler."""
+def _build_optimisation(job: TrainJob, num_classes: int, size: int, device: torch.device,
+                        chips: int, global_batch: int) -> Optimisation:
+    """The catalogue model, the optimiser and schedule of its recipe (`nadir.train.recipes`:
+    AdamW, warm-up then cosine under `common`) and the AMP scaler."""
     hp = job.hp
     model = build_detector(job.model, num_classes, size, hp["pretrained"], job.weights_file,
                            input_bands(job.chip_params, hp["band_mixing"]))
     model.to(device).train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=hp["lr"], weight_decay=hp["weight_decay"])
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, warmup_cosine(hp["warmup_iterations"], hp["iterations"]))
+    plan = training_plan(job.model, hp, chips, global_batch)
+    optimizer, params = build_optimizer(model, plan, job.model, hp["pretrained"])
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(plan))
     amp = bool(hp["amp"]) and device.type == "cuda"
     return Optimisation(model, params, optimizer, scheduler,
-                        torch.amp.GradScaler("cuda", enabled=amp), amp)
+                        torch.amp.GradScaler("cuda", enabled=amp), amp, plan.clip_grad_norm,
+                        model_ema(model, plan))
 
 
 def _resume(job: TrainJob, optimisation: Optimisation, rank: int, world: int,
@@ -436,13 +483,15 @@ def _batches(dataset: ShardChips, hp: dict, start: int, rank: int, world: int, w
     sampler = SeededBatches(len(dataset), hp["batch_size"], hp["seed"], start, rank, world,
                             hp["augment"])
     return iter(torch.utils.data.DataLoader(
-        dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate,
-        persistent_workers=workers > 0, generator=loader_generator(hp["seed"])))
+        LoaderBatches(dataset, sampler), batch_size=None, num_workers=workers,
+        collate_fn=as_made, persistent_workers=workers > 0,
+        generator=loader_generator(hp["seed"])))
 
 
 def _train_step(model: torch.nn.Module, batch: tuple, optimisation: Optimisation,
-                clip_grad_norm: float, device: torch.device) -> tuple[torch.Tensor, dict]:
-    """Forward, backward, clip, step: one iteration; returns the total loss and its parts."""
+                device: torch.device) -> tuple[torch.Tensor, dict]:
+    """Forward, backward, clip, step (and the weight average, if the recipe keeps one): one
+    iteration; returns the total loss and its parts."""
     images, targets = batch
     images = [im.to(device) for im in images]
     targets = model_targets(model, targets, device)
@@ -452,10 +501,13 @@ def _train_step(model: torch.nn.Module, batch: tuple, optimisation: Optimisation
     optimisation.optimizer.zero_grad(set_to_none=True)
     optimisation.scaler.scale(loss).backward()
     optimisation.scaler.unscale_(optimisation.optimizer)
-    torch.nn.utils.clip_grad_norm_(optimisation.params, clip_grad_norm)
+    if optimisation.clip_grad_norm is not None:
+        torch.nn.utils.clip_grad_norm_(optimisation.params, optimisation.clip_grad_norm)
     optimisation.scaler.step(optimisation.optimizer)
     optimisation.scaler.update()
     optimisation.scheduler.step()
+    if optimisation.ema is not None:
+        optimisation.ema.update(optimisation.model)
     return loss, losses
 
 
@@ -476,16 +528,19 @@ def _save_checkpoint(job: TrainJob, done: int, optimisation: Optimisation, progr
     job.checkpoints.save(done, buffer.getvalue())
 
 
-def _write_outputs(job: TrainJob, model: torch.nn.Module, dataset: ShardChips,
+def _write_outputs(job: TrainJob, optimisation: Optimisation, dataset: ShardChips,
                    chips: ChipParams, progress: Progress) -> None:
     """model.pt (the weights `select` picks, with what predicting needs: the classes and the
-    chip parameters) and train_log.json.
+    chip parameters) and train_log.json. The last weights are the recipe's average where it
+    keeps one (YOLOX's EMA).
 
     With `eval_every` and a checkpoint location, the best and the last weights are also kept
     there (best.pt, last.pt), whichever model.pt holds.
     """
     job.outputs.weights.parent.mkdir(parents=True, exist_ok=True)
-    weights = {"last": model.state_dict(), "best": progress.best_weights}
+    model, ema = optimisation.model, optimisation.ema
+    last = model.state_dict() if ema is None else ema.weights(model)
+    weights = {"last": last, "best": progress.best_weights}
     header = {"model": job.model, "num_classes": len(dataset.categories),
               "chipping": chips.to_record(), "categories": dataset.categories,
               "input": {"scaling": dataset.scaling.to_record(),
@@ -504,7 +559,7 @@ def _write_outputs(job: TrainJob, model: torch.nn.Module, dataset: ShardChips,
 
 
 @torch.no_grad()
-def predict(weights: Path, coco_json: Path, shards: list[Path], hp: dict,
+def predict(weights: Path, coco_json: Path, shards: list[str], hp: dict,
             threads: int = 1) -> list[dict]:
     """COCO-format detections (xywh boxes, category ids, scores) for every image of a split."""
     torch.set_num_threads(max(1, threads))

@@ -1,8 +1,9 @@
 """One training run from start to finish, as the train rule asks for it.
 
 Verify the pretrained weights, digest the inputs, open the checkpoint store under the run's
-fingerprint, train with the model's backend, write resolved_config.json and run.json, and remove
-the checkpoints once the weights are safely written. The train job (`train`) is `run` on the
+fingerprint, train with the model's backend, write resolved_config.json and run.json (with the
+recipe's numbers: learning rate after scaling, iterations from epochs, chips, global batch), and
+remove the checkpoints once the weights are safely written. The train job (`train`) is `run` on the
 rule's files.
 """
 
@@ -40,6 +41,15 @@ def run(job: TrainJob, checkpoint_root: str | None = None, s3_endpoint: str | No
     `checkpoint_root` is a directory or s3://BUCKET/PREFIX; the run's checkpoints go to a
     subfolder named by its fingerprint (None: no checkpoints).
     """
+    from nadir.train.recipes import training_plan, with_length
+
+    backend_name = entry(job.model).backend
+    backend = get_backend(backend_name)
+    # A run measured in epochs: its iterations from the chips and the global batch.
+    chips = len(json.loads(job.train_json.read_text())["images"])
+    global_batch = job.hp["batch_size"] * backend.processes(job)
+    job.hp = with_length(job.hp, chips, global_batch)
+    plan = training_plan(job.model, job.hp, chips, global_batch)
     source = weight_source(job.model, job.hp["pretrained"])
     if source is not None and job.weights_file is None:
         raise NadirError(f"{job.model} with pretrained: {job.hp['pretrained']} needs its "
@@ -50,15 +60,14 @@ def run(job: TrainJob, checkpoint_root: str | None = None, s3_endpoint: str | No
     if checkpoint_root:
         job.checkpoints = open_store(f"{checkpoint_root.rstrip('/')}/{fingerprint(job)}",
                                      s3_endpoint, checkpoint_keep)
-    backend_name = entry(job.model).backend
-    backend = get_backend(backend_name)
-    resolved = backend.resolved_config(job)
+    resolved = backend.resolved_config(job) | {"recipe": plan.record()}
     result = backend.train(job)
     resolved["training"] = result
     job.outputs.resolved_config.write_text(json.dumps(resolved, indent=1) + "\n")
     record = {
         "dataset": job.dataset, "model": job.model, "backend": backend_name,
-        "hyperparameters": job.hp, "training": result, "inputs": job.input_digests,
+        "hyperparameters": job.hp, "recipe": plan.record(), "training": result,
+        "inputs": job.input_digests,
         "code": resolved["code"], "versions": resolved["versions"],
         "bands": run_bands(job),
     }
@@ -81,7 +90,7 @@ def train(dataset: str, model: str, hp: dict, train: str | Path, manifest: str |
     `checkpoints["keep"]` kept; S3 with the storage's endpoint."""
     checkpoints = checkpoints or {"every": 0}  # none written unless the config asks
     job = TrainJob(dataset=dataset, model=model, hp=hp, train_json=Path(train),
-                   manifest=Path(manifest), shards=[Path(p) for p in shards],
+                   manifest=Path(manifest), shards=[str(p) for p in shards],
                    outputs=TrainOutputs(Path(weights), Path(train_log), Path(run_record),
                                         Path(resolved_config)),
                    threads=threads, checkpoint_every=checkpoints["every"],

@@ -49,21 +49,22 @@ def detections(model: torch.nn.Module, dataset: ShardChips, categories: list[dic
     """COCO-format detections (image id, xywh, category id, score) of a model in eval mode."""
     category_of = {label: cid for cid, label in category_labels(categories).items()}
     results = []
-    for first in range(0, len(dataset), batch):
-        items = [dataset[i] for i in range(first, min(first + batch, len(dataset)))]
+    done = 0
+    for items in dataset.in_order(batch):
+        done += len(items)
         outputs = model([im.to(device) for im, _ in items])
         for (_, target), out in zip(items, outputs, strict=True):
             results += [{"image_id": target["image_id"], **det}
                         for det in coco_detections(out, category_of)]
         if log_progress:
-            log.info("predicted %d/%d chips", min(first + batch, len(dataset)), len(dataset))
+            log.info("predicted %d/%d chips", done, len(dataset))
     return results
 
 
 class SelectionScorer:
     """Chip-level AP and AP50 of the model on the selection split, and the best so far."""
 
-    def __init__(self, selection_json: Path, shards: list[Path], categories: list[dict],
+    def __init__(self, selection_json: Path, shards: list[str], categories: list[dict],
                  batch: int, max_detections: int = 100, scaling: InputScaling | None = None):
         self.gt = json.loads(Path(selection_json).read_text())
         self.dataset = ShardChips(selection_json, shards, scaling=scaling)
