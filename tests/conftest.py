@@ -37,9 +37,14 @@ from dataset_builders import (  # noqa: E402
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 # The jobs of one (dataset, model) run, and the summary jobs that gather every run: what an
 # edit of one model's settings reruns.
-RUN_JOBS = ["train", "evaluate", "evaluate_scenes", "loss_curve", "plot_pr", "plot_detections"]
+RUN_JOBS = ["train", "evaluate", "evaluate_chips", "evaluate_scenes", "loss_curve", "plot_pr",
+            "plot_detections"]
 SUMMARY_JOBS = ["plot_class_ap", "compare", "leaderboard", "cost", "summary", "all"]
 TEST_CONFIG = yaml.safe_load((ROOT / "config" / "test.yaml").read_text())
+# The rules the Kubernetes profiles run on a GPU: the model steps only (docs/kubernetes.md).
+GPU_RULES = {rule for profile in ("nautilus", "kubernetes") for rule, resources in yaml.safe_load(
+    (ROOT / "profiles" / profile / "config.yaml").read_text())["set-resources"].items()
+    if resources.get("gpu")}
 SAMPLE_MODEL = "ssdlite320_mobilenet_v3_large"
 S3_BUCKET = "nadir-e2e"
 RAREPLANES_BUCKET = "rareplanes-public"  # the public bucket's name, on the tests' server

@@ -27,7 +27,12 @@ strict and runs what a cluster would run:
 - every manifest received (valid or not) is kept for assertions, and a test can kill a running
   pod (exit code 137: OOMKilled, or Evicted with the pod's reason and message, as a node reports
   them) or have the scheduler preempt it (`preempt`: the DisruptionTarget condition, SIGTERM's
-  exit code 143, a `Preempted` event, the pod deleted). activeDeadlineSeconds is enforced.
+  exit code 143, a `Preempted` event, the pod deleted). activeDeadlineSeconds is enforced, and
+  so is a container's ephemeral-storage limit, as the kubelet's eviction manager does: the
+  pod's files (its working directory, HOME, TMPDIR and log) are measured every 0.5 s, their
+  peak kept (`Pod.disk_peak`), and a container above its limit is killed and its pod Evicted
+  with the kubelet's message (`Container NAME exceeded its local ephemeral storage limit
+  "LIMIT". `).
 
 What a test can switch on, each failing the way a cluster fails, with the same API objects:
 
@@ -52,7 +57,8 @@ What a test can switch on, each failing the way a cluster fails, with the same A
   NAUTILUS_FACTS (each fact with the nrp.ai page it comes from).
 
 What it does not do: images (the pod runs with the test venv whatever the image), volumes (an
-emptyDir at /dev/shm is validated and recorded, not mounted), resource accounting on nodes, the
+emptyDir at /dev/shm is validated and recorded, not mounted), resource accounting on nodes (so
+no eviction for a node's disk pressure, which `kill` stands for), the
 Job controller's retries of a refused pod (a refusal that could clear stays until the executor's
 timeout).
 """
@@ -267,6 +273,7 @@ class Pod:
     killed: bool = False
     # (reason, message) of its DisruptionTarget condition once something outside stopped it
     disruption: tuple[str, str] | None = None
+    disk_peak: int = 0  # the most bytes its files held at one look (the kubelet's measure)
 
     def manifest(self, namespace: str) -> dict[str, Any]:
         if self.exit_code is not None:
@@ -943,16 +950,27 @@ class KubernetesDouble:
         threading.Thread(target=self.watch, args=(pod, job), daemon=True).start()
 
     def watch(self, pod: Pod, job: Job) -> None:
+        """Wait for the pod's processes; meanwhile enforce the Job's deadline and, as the
+        kubelet's eviction manager does, the container's ephemeral-storage limit."""
         assert pod.process is not None
+        limit = ((pod.container.get("resources") or {}).get("limits") or {}) \
+            .get("ephemeral-storage")
         while True:
-            timeout = None if job.deadline is None else max(0.0, job.deadline - time.monotonic())
+            timeout = DISK_CHECK_S if job.deadline is None else \
+                min(DISK_CHECK_S, max(0.0, job.deadline - time.monotonic()))
             try:
                 code = pod.process.wait(timeout=timeout)
                 break
             except subprocess.TimeoutExpired:
+                pod.disk_peak = max(pod.disk_peak, disk_usage(pod.directory))
                 with self.lock:
-                    self._kill(pod, "DeadlineExceeded")
-                job.deadline = None
+                    if job.deadline is not None and time.monotonic() >= job.deadline:
+                        self._kill(pod, "DeadlineExceeded")
+                        job.deadline = None
+                    elif limit is not None and pod.disk_peak > quantity(limit):
+                        self._kill(pod, "Evicted", CONTAINER_STORAGE_EVICTION.format(
+                            container=pod.container["name"], limit=limit))
+        pod.disk_peak = max(pod.disk_peak, disk_usage(pod.directory))  # what it left
         with self.lock:
             pod.finished = now()
             pod.exit_code = 128 - code if code < 0 else code  # a signal's number, as a shell's
@@ -962,11 +980,14 @@ class KubernetesDouble:
             if pod.disruption and self.pods.get(pod.name) is pod:  # deleted once stopped
                 self.finished_pods.append(self.pods.pop(pod.name))
 
-    def _kill(self, pod: Pod, reason: str) -> None:
+    def _kill(self, pod: Pod, reason: str, message: str | None = None) -> None:
         if pod.process is not None and pod.process.poll() is None:
             pod.killed, pod.reason = True, reason
             if reason in POD_LEVEL_REASONS:
-                pod.status_reason, pod.status_message = reason, POD_LEVEL_REASONS[reason]
+                pod.status_reason = reason
+                pod.status_message = message or POD_LEVEL_REASONS[reason]
+                if message:
+                    self.record_event("Pod", pod.name, reason, message)
             _signal_group(pod.process, signal.SIGKILL)
 
     def delete_pod(self, name: str) -> None:
@@ -985,6 +1006,25 @@ POD_LEVEL_REASONS = {
     "Evicted": "The node was low on resource: ephemeral-storage. Threshold quantity: 10Gi, "
                "available: 9Gi.",
 }
+# The kubelet's eviction of a container whose files outgrow its ephemeral-storage limit
+# (kubernetes pkg/kubelet/eviction/helpers.go, containerEphemeralStorageMessageFmt; Go's %q of
+# the limit's quantity), and how often the double looks (the kubelet: its housekeeping period).
+CONTAINER_STORAGE_EVICTION = ('Container {container} exceeded its local ephemeral storage limit '
+                              '"{limit}". ')
+DISK_CHECK_S = 0.5
+
+
+def disk_usage(folder: Path) -> int:
+    """Bytes the files under `folder` occupy on disk (allocated blocks, as du counts them):
+    the container's writable layer and its emptyDir volumes, all of which live there."""
+    total = 0
+    for root, _, files in os.walk(folder):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_blocks * 512
+            except FileNotFoundError:  # removed while counted
+                pass
+    return total
 
 
 def _signal_group(process: subprocess.Popen, signum: int) -> None:

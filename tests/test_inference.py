@@ -243,6 +243,28 @@ def test_scene_without_georeferencing_gets_pixel_coordinates_and_a_warning(tiny_
     assert Image.open(outputs["quicklook"]).size == (300, 200)
 
 
+def test_the_model_step_and_the_output_step_as_two_jobs_give_what_one_process_gives(
+        tiny_run, tmp_path):
+    """predict_scene (the model, a GPU job) hands its window detections and the quick-look's
+    picture to predict_outputs (merge and files, a CPU job) through two files: the outputs are
+    those of both steps in one process, but for the timings."""
+    weights, run_json = tiny_run
+    scene = write_scene(tmp_path / "scene.tif", squares_scene())
+    whole, outputs = predict(tiny_run, scene, tmp_path / "one")
+    two = tmp_path / "two"
+    inference.detect(weights, str(scene), "scene", False, {"inference": {"score_threshold": 0.01}},
+                     two / "windows.json", two / "overview.png")
+    split = inference.write_outputs(two / "windows.json", two / "overview.png", run_json,
+                                    InferenceSettings().nms_iou,
+                                    {k: two / f"detections.{k}" for k in OUTPUTS})
+    timings = ("seconds", "windows_per_second")
+    assert whole["detections"] > 0
+    assert {k: v for k, v in split.items() if k not in timings} == \
+        {k: v for k, v in whole.items() if k not in timings}
+    for kind in ("geojson", "quicklook"):
+        assert (two / f"detections.{kind}").read_bytes() == outputs[kind].read_bytes(), kind
+
+
 def test_windows_are_cut_with_the_chip_parameters_the_model_carries(tiny_run, tmp_path):
     """The chip size travels from the chip manifest into model.pt, and inference cuts its
     windows with it: 64 px windows with 16 px overlap over a 300 x 200 scene are 6 x 4; a model
@@ -397,9 +419,11 @@ def test_a_pre_signed_scene_url_is_used_whole_and_recorded_redacted(tiny_run, tm
     url = f"{server.url}/scene.tif?{secret}"
     weights, run_json = tiny_run
     out = tmp_path / "out"
-    def job():  # as the predict_scene rule's script calls it: the params hold the redacted URL
-        return inference.predict(weights, run_json, redact(url), "scene", False, {},
-                                 {k: out / f"d.{k}" for k in OUTPUTS})
+    def job():  # as the predict rules' scripts call them: the params hold the redacted URL
+        inference.detect(weights, redact(url), "scene", False, {}, out / "windows.json",
+                         out / "overview.png")
+        return inference.write_outputs(out / "windows.json", out / "overview.png", run_json,
+                                       0.3, {k: out / f"d.{k}" for k in OUTPUTS})
 
     monkeypatch.delenv("NADIR_URLS", raising=False)
     try:

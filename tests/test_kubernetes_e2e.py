@@ -28,8 +28,16 @@ import kubernetes.client
 import kubernetes.config
 import pytest
 import yaml
-from conftest import ROOT, RUN_JOBS, SUMMARY_JOBS, planned_jobs
-from k8s_double import KubernetesDouble, Node, Pod, fact, nautilus_namespace, role_from_manifests
+from conftest import GPU_RULES, ROOT, RUN_JOBS, SUMMARY_JOBS, planned_jobs
+from k8s_double import (
+    KubernetesDouble,
+    Node,
+    Pod,
+    fact,
+    nautilus_namespace,
+    quantity,
+    role_from_manifests,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -216,8 +224,8 @@ def test_sample_pipeline_runs_end_to_end_as_pods(pipeline, s3):
     group_label = "_".join(["summarise", *grouped])
     assert rules == sorted(["fetch", "index", "dataset_stats", "chip", "chip",
                             "chip", "chip_manifest", "coco", "train", "train", "evaluate",
-                            "evaluate_scenes", "loss_curve", "plot_pr", "plot_detections",
-                            group_label])
+                            "evaluate_chips", "evaluate_scenes", "loss_curve", "plot_pr",
+                            "plot_detections", group_label])
     [group_job] = [job for job in jobs if rule_of(job) == group_label]
     words = shlex.split(container(group_job)["args"][1].split("--target-jobs ")[1])
     targets = words[:next(i for i, w in enumerate(words) if w.startswith("--"))]
@@ -252,7 +260,7 @@ def test_gpu_rules_get_gpu_nodes_and_cpu_rules_cpu_nodes_without_cuda(pipeline, 
         limits = container(job)["resources"]["limits"]
         env = {e["name"]: e.get("value") for e in container(job)["env"]}
         node = pipeline.double.pod_of(job["metadata"]["name"]).node_name
-        if rule in ("train", "evaluate"):
+        if rule in GPU_RULES:
             assert requests["nvidia.com/gpu"] == limits["nvidia.com/gpu"] == "1"
             assert {"name": "dshm", "emptyDir": {
                 "medium": "Memory", "sizeLimit": f"{resources[rule]['shm_mb']}M"}} \
@@ -283,6 +291,56 @@ def test_gpu_rules_get_gpu_nodes_and_cpu_rules_cpu_nodes_without_cuda(pipeline, 
         # the controller's endpoint travels in the run's Secret; pods get the in-cluster one
         assert env["SNAKEMAKE_STORAGE_S3_ENDPOINT_URL"] == s3.endpoint
         assert outside_endpoint(s3) not in str(job)
+
+
+def stored_by(pod: Pod, prefix: str) -> list[str]:
+    """The keys (under the run's prefix) a pod's job uploaded: its outputs, log, benchmark."""
+    return re.findall(rf"Storing in storage: s3://{BUCKET}/{prefix}/(\S+)",
+                      pod.log_path.read_text())
+
+
+def stored_sizes(s3, prefix: str) -> dict[str, int]:
+    """Size of every object under the run's prefix, by key relative to it."""
+    pages = s3.client().get_paginator("list_objects_v2").paginate(Bucket=BUCKET,
+                                                                   Prefix=f"{prefix}/")
+    return {item["Key"][len(prefix) + 1:]: item["Size"]
+            for page in pages for item in page.get("Contents", [])}
+
+
+def uploaded_bytes(sizes: dict[str, int], key: str) -> int:
+    """Bytes of an uploaded output: its object, or every object under it (a directory)."""
+    return sum(size for name, size in sizes.items() if name == key or name.startswith(f"{key}/"))
+
+
+def test_gpu_pods_only_run_models_and_every_pod_fits_in_its_ephemeral_storage(pipeline, s3):
+    """A GPU pod runs a model step and nothing else: it uploads no metrics and no figure and
+    logs no scoring; the scoring and figures of the same runs come from CPU pods. Every pod
+    asks for ephemeral storage (limit = request), and what its job staged and wrote, as the
+    double measured its files while it ran, and the outputs it uploaded, fit in it."""
+    jobs = {job["metadata"]["name"]: job for job in pipeline.double.accepted("Job")}
+    sizes = stored_sizes(s3, pipeline.prefix)
+    by_rule: dict[str, list[str]] = {}
+    for name, job in jobs.items():
+        pod = pipeline.double.pod_of(name)
+        stored = stored_by(pod, pipeline.prefix)
+        by_rule.setdefault(rule_of(job), []).extend(stored)
+        resources = container(job)["resources"]
+        request = quantity(resources["requests"]["ephemeral-storage"])
+        assert resources["limits"]["ephemeral-storage"] == \
+            resources["requests"]["ephemeral-storage"]
+        assert 0 < pod.disk_peak <= request, (rule_of(job), pod.disk_peak, request)
+        if pod not in pipeline.killed.values():  # a killed pod uploads nothing
+            uploaded = sum(uploaded_bytes(sizes, key) for key in stored)
+            assert 0 < uploaded <= request, (rule_of(job), uploaded, request)
+        if rule_of(job) in GPU_RULES:
+            assert not [key for key in stored if key.endswith((".png", "metrics.json"))], stored
+            assert "-level metrics" not in pod.log_path.read_text()
+    assert {rule for rule in by_rule if rule in GPU_RULES} == {"train", "evaluate"}
+    model = "results/sample/models/ssdlite320_mobilenet_v3_large"
+    assert f"{model}/predictions.json" in by_rule["evaluate"]
+    assert by_rule["evaluate_chips"][0] == f"{model}/metrics.json"
+    assert f"{model}/scene_metrics.json" in by_rule["evaluate_scenes"]
+    assert f"{model}/detections.png" in by_rule["plot_detections"]
 
 
 def test_killed_pod_is_retried_with_more_memory_and_its_log_is_kept(pipeline):

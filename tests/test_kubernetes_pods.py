@@ -736,12 +736,37 @@ def test_api_calls_and_credential_refreshes_end_at_their_timeout(tmp_path):
                 os.kill(int(pid), signal.SIGKILL)
 
 
-def test_the_scheduler_counts_ephemeral_storage():
-    """A node's disk is a resource like its CPUs: a pod asking for more waits, named so."""
-    from k8s_double import Node, unfit
+def test_ephemeral_storage_a_pod_asks_for_is_scheduled_and_what_it_writes_is_enforced(tmp_path):
+    """A node's disk is a resource like its CPUs: a pod asking for more than any node has
+    stays Pending, with the scheduler's words; a container whose files outgrow its limit is
+    evicted with the kubelet's message; one within it finishes, its peak use recorded."""
+    from k8s_double import Node
 
-    container = {"resources": {"requests": {"cpu": "1", "ephemeral-storage": "100G"}}}
-    small = Node("small-disk", allocatable={"cpu": "8", "memory": "32Gi",
-                                            "ephemeral-storage": "50Gi"})
-    assert unfit(small, {}, container) == "Insufficient ephemeral-storage"
-    assert unfit(Node("big-disk"), {}, container) is None
+    node = Node("node", allocatable={"cpu": "8", "memory": "32Gi", "ephemeral-storage": "50Gi"})
+    double = KubernetesDouble(tmp_path / "k8s", Path(sys.executable).parent, namespace="nadir-ci",
+                              nodes=[node]).start()
+    try:
+        batch = kubernetes.client.BatchV1Api(
+            kubernetes.config.new_client_from_config(str(double.kubeconfig)))
+
+        def job(name: str, disk: str, command: str) -> None:
+            manifest = upstream_like_job(name, command=command)
+            resources = manifest["spec"]["template"]["spec"]["containers"][0]["resources"]
+            resources["requests"]["ephemeral-storage"] = resources["limits"][
+                "ephemeral-storage"] = disk
+            batch.create_namespaced_job(double.namespace, manifest)
+
+        job("too-big", "60G", "true")
+        job("outgrows", "2M", "head -c 4000000 /dev/zero > chips.tar; sleep 30")
+        job("fits", "8M", "head -c 4000000 /dev/zero > chips.tar; sleep 1")
+        pending = double.pod_of("too-big")
+        assert pending.phase == "Pending" and pending.unschedulable.startswith(
+            "0/1 nodes are available: 1 Insufficient ephemeral-storage.")
+        assert wait_finished(double, batch, "outgrows").failed == 1
+        evicted = double.pod_of("outgrows")
+        assert (evicted.status_reason, evicted.status_message) == (
+            "Evicted", 'Container snakemake exceeded its local ephemeral storage limit "2M". ')
+        assert wait_finished(double, batch, "fits").succeeded == 1
+        assert 4_000_000 <= double.pod_of("fits").disk_peak <= 8_000_000
+    finally:
+        double.stop()

@@ -21,6 +21,7 @@ import rasterio.warp
 import shapely
 import torch
 from conftest import (
+    GPU_RULES,
     INFERENCE_RUN,
     RUN_JOBS,
     SAMPLE_MODEL,
@@ -105,7 +106,8 @@ def test_learning_rate_edit_reruns_only_that_model(finished_run, tmp_path):
                         lambda c: c["models"].update({MODEL: {"lr": 0.0005}}))
     jobs = planned_jobs(run_snakemake(workdir, *args, "--dry-run"))
     # and the inference on the val scenes, which uses that model
-    assert jobs == {**dict.fromkeys(RUN_JOBS + SUMMARY_JOBS, 1), "predict_scene": 2}
+    assert jobs == {**dict.fromkeys(RUN_JOBS + SUMMARY_JOBS, 1), "predict_scene": 2,
+                    "predict_outputs": 2}
 
 
 def test_second_model_adds_only_its_jobs(finished_run, tmp_path):
@@ -186,10 +188,11 @@ def test_sample_pipeline_report_has_every_figure_and_opens_offline(local_sample_
     # (the cost table leaves out the inference jobs: workflow/rules/report.smk, cost_jobs)
     benchmarks = {p.relative_to(workdir / "results/benchmarks").as_posix()
                   for p in (workdir / "results/benchmarks").rglob("*.tsv")} - {
-        f"inference/sample/{MODEL}/{scene}.tsv" for scene in VAL_SCENES}
+        f"inference/sample/{MODEL}/{scene}{job}.tsv" for scene in VAL_SCENES
+        for job in ("", "-outputs")}
     assert {"cost.tsv", "summary.tsv", "sample/evaluate_scenes-ssdlite320_mobilenet_v3_large.tsv",
             "sample/dataset_stats.tsv"} <= benchmarks
-    assert int(cost["total"]["jobs"]) == len(benchmarks) - 2 == 15
+    assert int(cost["total"]["jobs"]) == len(benchmarks) - 2 == 16
     assert cost["train"]["jobs"] == "1" and cost["chip"]["jobs"] == "2"
     with open(workdir / "results/leaderboard.csv", newline="") as fh:
         (row,) = list(csv.DictReader(fh))
@@ -199,15 +202,17 @@ def test_sample_pipeline_report_has_every_figure_and_opens_offline(local_sample_
 
     # A scene-level setting (the merge's IoU, the benchmark protocols) reruns the scene scoring
     # and what reads it, never the model; the merge's IoU is inference's too, so it reruns the
-    # inference jobs (on the 2 val scenes) as well.
+    # inference merge (on the 2 val scenes) as well, but not its model step. No job the
+    # Kubernetes profiles give a GPU reruns.
     scene_jobs = {"evaluate_scenes": 1, "plot_pr": 1, "plot_class_ap": 1, "compare": 1,
                   "leaderboard": 1, "cost": 1, "summary": 1, "all": 1}
-    for evaluation, jobs in (({"scene_nms_iou": 0.5}, {**scene_jobs, "predict_scene": 2}),
+    for evaluation, jobs in (({"scene_nms_iou": 0.5}, {**scene_jobs, "predict_outputs": 2}),
                              ({"protocols": {"sample": ["coco"]}}, scene_jobs)):
         edited = write_config(workdir / "edited.yaml",
                               lambda c, e=evaluation: c["evaluation"].update(e))
         dry = run_snakemake(workdir, *edited, "-n")
         assert planned_jobs(dry) == jobs, evaluation
+        assert not set(jobs) & GPU_RULES
 
 
 def test_sample_run_records_its_config_and_checkpoint_settings_never_retrain(
@@ -312,5 +317,5 @@ def test_adding_an_inference_scene_plans_only_its_job(finished_run, tmp_path):
     added = write_config(tmp_path / "added.yaml", lambda c: c["inference"]["scenes"].append(
         {"name": "harbour", "source": "new-scene.tif"}))
     proc = run_snakemake(workdir, *added, "predict", "--dry-run")
-    assert planned_jobs(proc) == {"predict_scene": 1, "predict": 1}
+    assert planned_jobs(proc) == {"predict_scene": 1, "predict_outputs": 1, "predict": 1}
     assert f"results/inference/{INFERENCE_RUN}/harbour/detections.gpkg" in proc.stdout

@@ -270,8 +270,8 @@ def test_report_and_cost_table_from_s3_storage(s3_run, s3):
     assert s3.secret_key not in page
     rows = {r["rule"]: r for r in csv.DictReader(read(s3, "results/cost.csv").splitlines())}
     # per dataset: index, 2 chip shards, chip_manifest, coco, dataset_stats, plot_class_ap,
-    # compare, and the run's train, evaluate, evaluate_scenes, loss_curve, plot_pr,
-    # plot_detections; then the leaderboard (fetch is not in the table:
+    # compare, and the run's train, evaluate, evaluate_chips, evaluate_scenes, loss_curve,
+    # plot_pr, plot_detections; then the leaderboard (fetch is not in the table:
     # workflow/rules/report.smk, cost_jobs)
-    assert rows["total"]["jobs"] == str(2 * 14 + 1)
+    assert rows["total"]["jobs"] == str(2 * 15 + 1)
     assert f"results/benchmarks/xv/evaluate_scenes-{MODEL}.tsv" in keys(s3, "run1")

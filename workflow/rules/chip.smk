@@ -25,6 +25,9 @@ rule chip:
         # The dataset's own settings: editing another dataset's never rechips this one.
         chipping=lambda w: param(dataset_chipping(config, w.dataset)),
     threads: 2
+    resources:
+        # its scenes, plus its shard: overlapping PNG chips are about 1.5 times the scenes
+        disk_mb=disk_mb(writes=2.0, writes_mb=1000, minimum_mb=4000),
     log:
         "logs/{dataset}/chip-{shard}.log",
     benchmark:

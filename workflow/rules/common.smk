@@ -11,6 +11,7 @@
 # environment, so changing them reruns nothing.
 
 import json
+import math
 import os
 import re
 import sys
@@ -148,6 +149,34 @@ def shard_files(extension):
     """Input function: every shard file (`tar` or `json`) of the job's dataset."""
     return lambda w: [f"results/{w.dataset}/chips/shard-{s}.{extension}"
                       for s in shards(w.dataset)]
+
+
+# --- each pod's ephemeral storage -----------------------------------------------------------
+# A pod's disk holds what its job stages (its inputs, but storage inputs it reads where they are),
+# what it writes (outputs, unpacked files, checkpoints), and the source archive, logs and
+# Snakemake's records. A job that needs more than its request is evicted by the kubelet; one
+# that asks for more than a node has stays pending. Rules declare `disk_mb` from the sizes of
+# their inputs, which Snakemake reads from storage when it schedules the job.
+DISK_MARGIN_MB = 1000  # the source archive, logs, Snakemake's records
+
+
+def staged_mb(input):
+    """MB of a job's inputs that its pod stages: every input but storage ones marked not to be
+    retrieved (read where they are)."""
+    return sum(size for f, size in zip(input, input.size_files_mb)
+               if not (f.is_storage and f.should_not_be_retrieved_from_storage))
+
+
+def disk_mb(writes=1.0, writes_mb=0, minimum_mb=2000):
+    """Resource disk_mb (a pod's ephemeral-storage request, MB): what the job stages, plus what
+    it writes (`writes` times the MB of all its inputs, staged or read where they are: a number
+    or a function of the wildcards; plus `writes_mb`) and the margin; at least `minimum_mb`.
+    The written part grows with the attempt, so a job evicted for disk is retried with more."""
+    def request(wildcards, input, attempt):
+        ratio = writes(wildcards) if callable(writes) else writes
+        return max(minimum_mb, math.ceil(
+            staged_mb(input) + (ratio * input.size_mb + writes_mb + DISK_MARGIN_MB) * attempt))
+    return request
 
 
 def chip_shards(wildcards):

@@ -1,3 +1,10 @@
+# Evaluation on the val split. Only `evaluate` runs the model (a GPU job in the profiles): it
+# writes the detections on the val chips and the device it ran on. Scoring them is CPU work, in
+# jobs of their own: `evaluate_chips` (COCO metrics of the chips) and `evaluate_scenes` (the
+# merge into whole scenes, COCO and the benchmark protocols), so a GPU pod never waits on
+# scoring, and a scoring setting reruns only its CPU job.
+
+
 rule evaluate:
     input:
         weights="results/{dataset}/models/{model}/model.pt",
@@ -5,19 +12,42 @@ rule evaluate:
         shards=chip_shards,
     output:
         predictions="results/{dataset}/models/{model}/predictions.json",
-        metrics="results/{dataset}/models/{model}/metrics.json",
+        record="results/{dataset}/models/{model}/predictions_record.json",
     params:
-        # Only what prediction uses: the scene-level settings never rerun the model.
+        # Only what prediction uses: the scoring settings never rerun the model.
         settings=job_settings("evaluate", "evaluation")["evaluation"],
     threads: 8  # capped at --cores on a laptop; profiles set their own
+    resources:
+        # shards read where they are (staged only without S3); predictions.json: at most
+        # max_detections detections of about 130 bytes per val chip (130 MB for 10,000 chips)
+        disk_mb=disk_mb(writes=0.0, writes_mb=1000),
     log:
         "logs/{dataset}/evaluate-{model}.log",
     benchmark:
         "results/benchmarks/{dataset}/evaluate-{model}.tsv"
     message:
-        "Evaluating {wildcards.model} on the val chips of {wildcards.dataset}"
+        "Detecting with {wildcards.model} on the val chips of {wildcards.dataset}"
     script:
         "../scripts/evaluate.py"
+
+
+rule evaluate_chips:
+    input:
+        predictions="results/{dataset}/models/{model}/predictions.json",
+        record="results/{dataset}/models/{model}/predictions_record.json",
+        val="results/{dataset}/coco/val.json",
+    output:
+        metrics="results/{dataset}/models/{model}/metrics.json",
+    params:
+        settings=job_settings("evaluate_chips", "evaluation")["evaluation"],
+    log:
+        "logs/{dataset}/evaluate_chips-{model}.log",
+    benchmark:
+        "results/benchmarks/{dataset}/evaluate_chips-{model}.tsv"
+    message:
+        "Scoring {wildcards.model}'s detections on the val chips of {wildcards.dataset}"
+    script:
+        "../scripts/evaluate_chips.py"
 
 
 def scene_evaluation_settings(wildcards):

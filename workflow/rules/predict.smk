@@ -102,16 +102,17 @@ checkpoint list_scenes:
         "../scripts/list_scenes.py"
 
 
+# One scene through one run in two jobs: predict_scene runs the model over the scene's windows
+# (a GPU job in the profiles) and keeps their detections and the quick-look's picture;
+# predict_outputs merges them into the scene and writes its files on a CPU. The merge's IoU
+# reruns only predict_outputs.
 rule predict_scene:
     input:
         weights="results/{dataset}/models/{model}/model.pt",
-        run="results/{dataset}/models/{model}/run.json",
         scene=scene_input,
     output:
-        geojson="results/inference/{dataset}/{model}/{scene}/detections.geojson",
-        geopackage="results/inference/{dataset}/{model}/{scene}/detections.gpkg",
-        summary="results/inference/{dataset}/{model}/{scene}/summary.json",
-        quicklook="results/inference/{dataset}/{model}/{scene}/quicklook.png",
+        windows="results/inference/{dataset}/{model}/{scene}/windows.json",
+        overview="results/inference/{dataset}/{model}/{scene}/overview.png",
     wildcard_constraints:
         scene=NAME.pattern,
     params:
@@ -121,6 +122,10 @@ rule predict_scene:
         anonymous=lambda w: inference_scenes()[w.scene].anonymous,
         settings=job_settings("predict_scene", "inference", "evaluation"),
     threads: 4  # capped at --cores on a laptop; profiles set their own
+    resources:
+        # the scene is read in place (GDAL range reads), never staged; the window detections
+        # and a quick-look picture of at most inference.quicklook_size px
+        disk_mb=disk_mb(writes=0.0, writes_mb=1000),
     log:
         "logs/inference/{dataset}/{model}/{scene}.log",
     benchmark:
@@ -130,6 +135,31 @@ rule predict_scene:
         "(trained on {wildcards.dataset})"
     script:
         "../scripts/predict_scene.py"
+
+
+rule predict_outputs:
+    input:
+        windows="results/inference/{dataset}/{model}/{scene}/windows.json",
+        overview="results/inference/{dataset}/{model}/{scene}/overview.png",
+        run="results/{dataset}/models/{model}/run.json",
+    output:
+        geojson="results/inference/{dataset}/{model}/{scene}/detections.geojson",
+        geopackage="results/inference/{dataset}/{model}/{scene}/detections.gpkg",
+        summary="results/inference/{dataset}/{model}/{scene}/summary.json",
+        quicklook="results/inference/{dataset}/{model}/{scene}/quicklook.png",
+    wildcard_constraints:
+        scene=NAME.pattern,
+    params:
+        settings=job_settings("predict_outputs", "evaluation")["evaluation"],
+    log:
+        "logs/inference/{dataset}/{model}/{scene}-outputs.log",
+    benchmark:
+        "results/benchmarks/inference/{dataset}/{model}/{scene}-outputs.tsv"
+    message:
+        "Merging {wildcards.model}'s detections in scene {wildcards.scene} and writing its "
+        "files"
+    script:
+        "../scripts/predict_outputs.py"
 
 
 rule predict:

@@ -37,9 +37,9 @@ def cost_jobs():
             jobs += [
                 ("train", f"{d}/{m}", f"results/benchmarks/{d}/train-{m}.tsv", f"{run}/run.json"),
                 ("evaluate", f"{d}/{m}", f"results/benchmarks/{d}/evaluate-{m}.tsv",
-                 f"{run}/metrics.json"),
+                 f"{run}/predictions_record.json"),
             ] + [(r, f"{d}/{m}", f"results/benchmarks/{d}/{r}-{m}.tsv", None)
-                 for r in ("evaluate_scenes", "loss_curve", "plot_pr", "plot_detections")]
+                 for r in ("evaluate_chips", "evaluate_scenes", "loss_curve", "plot_pr", "plot_detections")]
     return jobs + [("leaderboard", "all", "results/benchmarks/leaderboard.tsv", None)]
 
 
@@ -158,6 +158,8 @@ rule plot_detections:
     params:
         settings=job_settings("plot_detections", "report", "inference"),
         title=run_title,
+    resources:
+        disk_mb=disk_mb(writes=0.0, writes_mb=1000),  # shards staged only without S3; one PNG
     log:
         "logs/{dataset}/plot_detections-{model}.log",
     benchmark:

@@ -1,9 +1,9 @@
-"""Rule evaluate: a trained model's detections on the val chips, and their COCO metrics."""
+"""Rule evaluate: a trained model's detections on the val chips (the model step, on a GPU)."""
 
 from nadir.core.jobs import run_job
-from nadir.evaluate import evaluate_model
+from nadir.evaluate import predict_val_chips
 
 inp, out = snakemake.input, snakemake.output
-run_job(snakemake, lambda: evaluate_model(
+run_job(snakemake, lambda: predict_val_chips(
     inp.weights, inp.val, inp.shards, snakemake.params.settings, predictions=out.predictions,
-    metrics=out.metrics, threads=snakemake.threads))
+    record=out.record, threads=snakemake.threads))

@@ -126,6 +126,26 @@ def prefetched(batches: Iterator[list]) -> Iterator[list]:
 
 
 @dataclass
+class SceneWindows:
+    """What the model found in a scene's windows, before the merge: the model step's result."""
+
+    scene: str
+    width: int
+    height: int
+    crs: str | None
+    transform: list[float]  # affine a, b, c, d, e, f: pixel (col, row) to the scene's CRS
+    chips: list[dict]  # per window read: id, scene, x, y (what to_scene_coordinates needs)
+    detections: list[dict]  # window pixels, each with its window's image_id
+    windows: dict  # the scene's windows, those read, those skipped as nodata
+    quicklook: np.ndarray  # (3, h, w) uint8
+    seconds: float
+
+    def record(self) -> dict:
+        """Everything but the quick-look picture, as JSON."""
+        return {k: v for k, v in vars(self).items() if k != "quicklook"}
+
+
+@dataclass
 class SceneResult:
     scene: str
     width: int
@@ -179,8 +199,18 @@ def detect_scene(source: SceneSource, params: ChipParams, detector: WindowDetect
                  settings: InferenceSettings, threads: int = 1,
                  s3_endpoint: str | None = None, read_ahead: bool = True,
                  max_raster_values: int | None = None) -> SceneResult:
-    """Read every window of a scene, detect in batches, merge into scene detections; with
-    `read_ahead` (see `reads_ahead`) the next batch is read while the detector runs.
+    """`detect_windows`, then `merge_windows` at the settings' IoU, in one process."""
+    return merge_windows(detect_windows(source, params, detector, settings, threads,
+                                        s3_endpoint, read_ahead, max_raster_values),
+                         settings.nms_iou)
+
+
+def detect_windows(source: SceneSource, params: ChipParams, detector: WindowDetector,
+                   settings: InferenceSettings, threads: int = 1,
+                   s3_endpoint: str | None = None, read_ahead: bool = True,
+                   max_raster_values: int | None = None) -> SceneWindows:
+    """Read every window of a scene and detect in batches; with `read_ahead` (see
+    `reads_ahead`) the next batch is read while the detector runs.
 
     The scene is opened as every inference scene is (`nadir.raster.opener`: the driver its suffix
     names, a declared size within `max_raster_values`); a window GDAL cannot decode stops it
@@ -234,20 +264,29 @@ def detect_scene(source: SceneSource, params: ChipParams, detector: WindowDetect
             width, height, crs, transform = src.width, src.height, src.crs, src.transform
     crs, transform = georeferencing(source.location, crs, transform,
                                     sidecar_text_at(source.location, s3_endpoint, access))
-    scene = {"id": 1, "scene": source.name, "width": width, "height": height}
-    shifted, emptied = to_scene_coordinates(window_detections, {"images": chips}, [scene])
-    merged = merge_overlaps(shifted, settings.nms_iou)
-    seconds = time.monotonic() - started
-    log.info("scene %s: %d windows read, %d skipped as nodata; %d window detections -> %d "
-             "in the scene (%d outside it) -> %d after class-wise NMS at IoU %.2f; %.1f s, "
-             "%.1f windows/s", source.name, len(chips), counts.nodata_skipped,
-             len(window_detections), len(shifted), emptied, len(merged), settings.nms_iou,
-             seconds, len(chips) / max(seconds, 1e-9))
     if crs is None or transform is None:  # half a georeferencing places nothing
         crs, transform = None, [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
-    return SceneResult(source.name, width, height, crs, transform, merged,
-                       {"windows": counts.windows, "read": len(chips),
-                        "nodata_skipped": counts.nodata_skipped}, quicklook.image, seconds)
+    seconds = time.monotonic() - started
+    log.info("scene %s: %d windows read, %d skipped as nodata, %d window detections; %.1f s, "
+             "%.1f windows/s", source.name, len(chips), counts.nodata_skipped,
+             len(window_detections), seconds, len(chips) / max(seconds, 1e-9))
+    return SceneWindows(source.name, width, height, crs, list(transform), chips,
+                        window_detections, {"windows": counts.windows, "read": len(chips),
+                                            "nodata_skipped": counts.nodata_skipped},
+                        quicklook.image, seconds)
+
+
+def merge_windows(found: SceneWindows, nms_iou: float) -> SceneResult:
+    """The window detections shifted into the scene, clipped to it and merged by class-wise
+    NMS at `nms_iou` (scene evaluation's own functions)."""
+    scene = {"id": 1, "scene": found.scene, "width": found.width, "height": found.height}
+    shifted, emptied = to_scene_coordinates(found.detections, {"images": found.chips}, [scene])
+    merged = merge_overlaps(shifted, nms_iou)
+    log.info("scene %s: %d window detections -> %d in the scene (%d outside it) -> %d after "
+             "class-wise NMS at IoU %.2f", found.scene, len(found.detections), len(shifted),
+             emptied, len(merged), nms_iou)
+    return SceneResult(found.scene, found.width, found.height, found.crs, found.transform,
+                       merged, found.windows, found.quicklook, found.seconds)
 
 
 def sidecar_text_at(location: str, s3_endpoint: str | None,

@@ -7,9 +7,9 @@ sample has "NA" there: those are reported as not measured (None), never as 0, an
 is a sampled lower bound.
 
 GPU-hours are the wall-clock hours of the jobs that ran on a GPU, times the GPUs they used. The
-job records its device itself (run.json for training, metrics.json for evaluation): a job that
-asked for a GPU and fell back to the CPU is not billed GPU time. Both backends train and predict
-on one device, so a job on a GPU counts one.
+job records its device itself (run.json for training, predictions_record.json for the evaluate
+job's detections): a job that asked for a GPU and fell back to the CPU is not billed GPU time.
+Both backends train and predict on one device, so a job on a GPU counts one.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def read_benchmark(path: Path, rule: str, gpus: int = 0) -> JobCost:
 
 
 def recorded_gpus(record: dict, source: str | Path) -> int:
-    """GPUs a job used, from the device it recorded: `device` (metrics.json) or
+    """GPUs a job used, from the device it recorded: `device` (predictions_record.json) or
     `training.device` (run.json), such as 'cpu', 'cuda' or 'cuda:0', times the training
     processes (one per GPU under DDP) where the record has them."""
     training = record.get("training", {})
