@@ -26,7 +26,7 @@ from nadir.core.errors import InputError
 from nadir.datasets.dota import parse_label_file
 from nadir.datasets.sample import SampleSpec, classes, write_scene
 from nadir.datasets.tables import Annotation
-from nadir.predict import predict
+from nadir.predict import InferenceSettings, SceneSource, predict_scene
 from nadir.raster.band_stats import InputScaling
 from nadir.raster.chip_params import ChipParams
 from nadir.report.dataset_stats import band_section
@@ -308,13 +308,15 @@ def test_16bit_multiband_scenes_chip_train_and_predict(model, bands, tmp_path):
     outputs = {kind: tmp_path / "inference" / name for kind, name in [
         ("geojson", "d.geojson"), ("geopackage", "d.gpkg"), ("summary", "summary.json"),
         ("quicklook", "quicklook.png")]}
-    summary = predict(out / "model.pt", out / "run.json", str(image), "S", False,
-                      {"inference": {"score_threshold": 0.0}}, outputs)
+    settings = InferenceSettings.from_config({"inference": {"score_threshold": 0.0}})
+    summary = predict_scene(SceneSource("S", str(image), False), out / "model.pt",
+                            out / "run.json", settings, outputs)
     assert summary["detections"] > 0 and outputs["geojson"].exists()
     # A scene without the model's bands is refused, naming them.
     fewer, _ = nir_scene(tmp_path / "fewer.tif", bands - 1)
     with pytest.raises(InputError, match=rf"fewer\.tif: lacks band\(s\) \['B{bands}'\]"):
-        predict(out / "model.pt", out / "run.json", str(fewer), "F", False, {}, outputs)
+        predict_scene(SceneSource("F", str(fewer), False), out / "model.pt", out / "run.json",
+                      settings, outputs)
 
 
 # --- the multispectral sample ---------------------------------------------------------------
