@@ -116,7 +116,7 @@ def write_geotiff(path: Path, pixels: np.ndarray, crs: str = "EPSG:32633",
 
 
 def scene(seed: int, size: int, objects: int) -> tuple[np.ndarray, list]:
-    image, objs = generate_scene(np.random.default_rng(seed), size, objects)
+    image, objs, _ = generate_scene(np.random.default_rng(seed), size, objects)
     return np.asarray(image), objs
 
 

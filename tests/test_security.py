@@ -229,9 +229,10 @@ def test_dataset_images_open_only_by_an_allowed_suffix_from_a_local_path(locatio
         image_header(Path(location) if "://" not in location else location)
 
 
-def test_chips_are_decoded_only_as_jpeg_or_png(tmp_path):
-    """A chip in a shard (which may come from shared storage) is decoded as JPEG or PNG only:
-    Pillow would open dozens of formats, EPS through Ghostscript. Training, the figures and the
+def test_chips_are_decoded_only_as_jpeg_png_or_tiff(tmp_path):
+    """A chip in a shard (which may come from shared storage) is decoded as JPEG or PNG
+    (Pillow) or TIFF (GDAL's GTiff driver) only: Pillow would open dozens of formats, EPS
+    through Ghostscript. Training, the figures and the
     detectron2 adapter all decode through decode_chip."""
     import tarfile
 
@@ -258,11 +259,13 @@ def test_chips_are_decoded_only_as_jpeg_or_png(tmp_path):
         "categories": [{"id": 1, "name": "plane"}]}))
     chips = ShardChips(coco, [shard])
     assert chips.read_image(0)[0, 0].tolist() == [200, 10, 10]
-    with pytest.raises(InputError, match=r"shard-000\.tar: chip chip-001\.png: not a JPEG or "
-                                         r"PNG chip"):
+    with pytest.raises(InputError, match=r"shard-000\.tar: chip chip-001\.png: not a JPEG, "
+                                         r"PNG or TIFF chip"):
         chips.read_image(1)
-    with pytest.raises(InputError, match="not a JPEG or PNG chip"):
+    with pytest.raises(InputError, match="not a JPEG, PNG or TIFF chip"):
         decode_chip(b"%!PS-Adobe-3.0 EPSF-3.0\n", "x.png")
+    with pytest.raises(InputError, match="not a readable TIFF chip"):  # a TIFF header only
+        decode_chip(b"II*\x00" + b"\xff" * 60, "x.tif")
 
 
 def test_the_index_of_a_fetched_dataset_bounds_the_sizes_its_manifest_declares(fetched_dota,

@@ -78,7 +78,7 @@ def hyperparameters(**overrides) -> dict:
     return {"iterations": 6, "batch_size": 2, "lr": 0.001, "weight_decay": 0.0001,
             "warmup_iterations": 2, "clip_grad_norm": 10.0, "augment": True, "log_interval": 2,
             "seed": 0, "pretrained": "none", "amp": True, "recipe": "common", "epochs": None,
-            "lr_batch": None} | overrides
+            "lr_batch": None, "band_mixing": False} | overrides
 
 
 def model_training(model: str, **changes) -> dict:

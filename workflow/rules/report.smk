@@ -146,6 +146,7 @@ rule plot_detections:
         val="results/{dataset}/coco/val.json",
         predictions="results/{dataset}/models/{model}/predictions.json",
         shards=chip_shards,
+        manifest="results/{dataset}/chips/manifest.json",
     output:
         report(
             "results/{dataset}/models/{model}/detections.png",

@@ -6,5 +6,5 @@ from nadir.report import plot_detections_of_files
 inp, settings = snakemake.input, snakemake.params.settings
 run_job(snakemake, lambda: plot_detections_of_files(
     inp.val, inp.predictions, inp.shards, snakemake.output[0], snakemake.params.title,
-    count=settings["report"]["sample_chips"],
+    manifest=inp.manifest, count=settings["report"]["sample_chips"],
     min_score=settings["inference"]["score_threshold"]))

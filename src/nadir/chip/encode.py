@@ -16,6 +16,7 @@ from isal import isal_zlib
 from rasterio.errors import NotGeoreferencedWarning
 
 from nadir.core.errors import NadirError
+from nadir.raster.band_stats import BandSums
 from nadir.raster.chip_params import ChipParams
 from nadir.raster.radiometry import Radiometry
 from nadir.raster.windows import chip_pixels
@@ -24,14 +25,21 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def render_chip(pieces: list[np.ndarray], valid: np.ndarray | None, radiometry: Radiometry,
-                params: ChipParams, transform, crs,
-                give_back: Callable[[], None]) -> tuple[bytes, bytes | None]:
+                params: ChipParams, transform, crs, give_back: Callable[[], None],
+                count_bands: bool = False) -> tuple[bytes, bytes | None, BandSums | None]:
     """Make and encode one window's chip (runs on an encoder thread); returns (image,
-    GeoTIFF). `give_back` tells the reader that the window's pixels are no longer used."""
+    GeoTIFF, the chip's per-band sums when `count_bands`: train chips feed the dataset's band
+    statistics). `give_back` tells the reader that the window's pixels are no longer used."""
     try:
         chip = chip_pixels(pieces, valid, radiometry, params)
+        sums = None
+        if count_bands:  # the pixels inside the scene and valid; never the padding
+            rows, cols = sum(piece.shape[1] for piece in pieces), pieces[0].shape[2]
+            sums = BandSums.of_chip(chip[:, :rows, :cols], valid)
+        if params.image_format == "tiff":
+            return encode_geotiff(chip, transform, crs), None, sums
         geotiff = encode_geotiff(chip, transform, crs) if params.geotiff else None
-        return encode(chip, params), geotiff
+        return encode(chip, params), geotiff, sums
     finally:
         give_back()
 
@@ -84,13 +92,16 @@ def encode_png(chip: np.ndarray) -> bytes:
 
 
 def encode_geotiff(chip: np.ndarray, transform, crs) -> bytes:
-    """The chip as a deflate-compressed GeoTIFF carrying the scene's CRS and its geotransform."""
+    """The chip as a deflate-compressed GeoTIFF carrying the scene's CRS and its geotransform:
+    any band count and type (the `tiff` chip format, and the `geotiff` copy of JPEG/PNG chips),
+    lossless; integer chips with the horizontal-differencing predictor."""
     from rasterio.io import MemoryFile
 
     bands, height, width = chip.shape
     profile = {"driver": "GTiff", "width": width, "height": height, "count": bands,
-               "dtype": "uint8", "transform": transform, "compress": "deflate",
-               "photometric": "RGB" if bands == 3 else "MINISBLACK"}
+               "dtype": chip.dtype.name, "transform": transform, "compress": "deflate",
+               "photometric": "RGB" if bands == 3 and chip.dtype == np.uint8 else "MINISBLACK",
+               "predictor": 2 if chip.dtype.kind in "ui" else 1}
     if crs is not None:
         profile["crs"] = crs
     with warnings.catch_warnings():

@@ -53,6 +53,7 @@ from nadir.chip.objects import SceneObjects, keep_empty
 from nadir.core.errors import InputError
 from nadir.core.names import check_name
 from nadir.datasets.tables import EXCLUDED, Annotation, read_annotations, read_scenes
+from nadir.raster.band_stats import BandSums
 from nadir.raster.chip_params import ChipParams
 from nadir.raster.georeferencing import scene_georeferencing
 from nadir.raster.opener import DATASET_IMAGE, open_raster
@@ -173,7 +174,8 @@ def chip_scene(src, scene: dict, counts: SceneCounts, annotations: list[Annotati
             # Only kept chips are read; the encoder thread makes the chip of the pixels.
             pieces = reader.lend(window)
             yield record, partial(render_chip, pieces, valid, radiometry, params, transform,
-                                  crs, partial(reader.give_back, window))
+                                  crs, partial(reader.give_back, window),
+                                  count_bands=scene["split"] == "train")
         report(len(rows))
     counts.nodata_skipped = windows.nodata_skipped
     counts.objects_in_no_chip = len({a.object for a in annotations} - seen_objects)
@@ -237,11 +239,17 @@ def chip_shard(scenes: list[dict], annotations: dict[str, list[Annotation]],
     listing = open(json_path, "w")
     listing.write('{"chips": [')
     separator = ""
+    band_sums: BandSums | None = None  # of the train chips
 
     def write_oldest(tar: tarfile.TarFile) -> None:
-        nonlocal separator
+        nonlocal separator, band_sums
         record, future = pending.popleft()
-        image, geotiff = future.result()
+        image, geotiff, sums = future.result()
+        if sums is not None:
+            if band_sums is None:
+                band_sums = sums
+            else:
+                band_sums.add(sums)
         record.offset, record.size = add_member(tar, record.file, image)
         if geotiff is not None:
             add_member(tar, record.geotiff, geotiff)
@@ -280,7 +288,8 @@ def chip_shard(scenes: list[dict], annotations: dict[str, list[Annotation]],
                      counts.chips_written, counts.objects_kept, counts.objects_truncated,
                      counts.fragments_dropped, counts.nodata_skipped)
         summary = {"params": params.to_record(), "nadir_version": __version__,
-                   "scenes": per_scene}
+                   "scenes": per_scene,
+                   "train_band_sums": band_sums.to_record() if band_sums is not None else None}
         listing.write("], " + json.dumps(summary, sort_keys=True)[1:] + "\n")
     return summary
 

@@ -182,7 +182,23 @@ def validate(config: dict, model_names: list[str]) -> dict:
             raise ConfigError(f"config key {key}: {error}") from None
     _check_sweeps(config)
     _check_selection(config)
+    _check_bands(config)
     return config
+
+
+def _check_bands(config: dict) -> None:
+    """Chips that are not 8-bit RGB (or grey) JPEG/PNG need a model that can take them."""
+    from nadir.raster.chip_params import ChipParams
+
+    for run in runs(config):
+        chips = ChipParams.from_config(dataset_chipping(config, run.dataset))
+        if CATALOGUE[run.model].backend == "detectron2" and chips.image_format == "tiff":
+            raise ConfigError(
+                f"model {run.model} on {run.dataset}: detectron2 models take 8-bit RGB chips "
+                f"(JPEG or PNG), not TIFF chips ({chips.model_bands} band(s)): nadir's "
+                "detectron2 adapter feeds its model zoo configs' 3-band stems and pixel "
+                "statistics and adapts neither; use a torchvision, yolox or transformers model "
+                "(docs/multispectral.md)")
 
 
 def _check_sweeps(config: dict) -> None:

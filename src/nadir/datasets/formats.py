@@ -15,11 +15,12 @@ LAYOUTS = {"dota": "dota", "sample": "dota", "xview": "xview", "rareplanes": "ra
 OFFICIAL_SPLITS = {"dota": True, "sample": True, "rareplanes": True, "xview": False}
 
 
-def class_list(dataset_format: str, version: str | None) -> list[str] | None:
-    """The classes a format fixes (DOTA's per version, the sample's); None: they come from the
-    data (xView's ids, RarePlanes' attribute values)."""
+def class_list(dataset_format: str, spec: dict) -> list[str] | None:
+    """The classes a format fixes (DOTA's per version, the sample's per band count); None: they
+    come from the data (xView's ids, RarePlanes' attribute values). `spec`: the dataset's
+    config entry."""
     if dataset_format == "dota":
-        return dota.CLASSES_BY_VERSION[version]
+        return dota.CLASSES_BY_VERSION[spec.get("version")]
     if dataset_format == "sample":
-        return list(sample.CLASSES)
+        return sample.classes(spec.get("bands", 3))
     return None

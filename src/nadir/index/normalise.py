@@ -307,7 +307,7 @@ def index_dataset(manifest_path: Path, files_dir: Path, spec: dict, tables: Inde
 
     try:
         if LAYOUTS[fmt] == "dota":
-            details = _index_dota(labelled, files_dir, class_list(fmt, spec.get("version")), bad,
+            details = _index_dota(labelled, files_dir, class_list(fmt, spec), bad,
                                   writer_for)
         elif fmt == "xview":
             details = _index_xview(labelled, files_dir, manifest["label_files"], bad, writer_for,

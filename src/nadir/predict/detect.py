@@ -18,7 +18,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.error import HTTPError, URLError
 from urllib.parse import urlparse
@@ -39,7 +39,7 @@ from nadir.raster.georeferencing import (
     sidecar_text,
 )
 from nadir.raster.opener import INFERENCE_SCENE, open_raster
-from nadir.raster.radiometry import Radiometry
+from nadir.raster.radiometry import Radiometry, rgb_composite
 from nadir.raster.windows import (
     WindowCounts,
     WindowReader,
@@ -163,20 +163,36 @@ class SceneResult:
 
 
 class QuickLook:
-    """A decimated RGB picture of the scene, filled from the windows as they are read."""
+    """A decimated RGB picture of the scene, filled from the windows as they are read: the
+    chips' RGB bands (`rgb`), stretched to 8 bits by `scale` (the scene's percentiles) when
+    they are kept at full bit depth."""
 
-    def __init__(self, width: int, height: int, longest: int):
+    def __init__(self, width: int, height: int, longest: int,
+                 rgb: tuple[int, int, int] | None = (0, 1, 2),
+                 scale: tuple[np.ndarray, np.ndarray] | None = None):
+        self.rgb, self.scale = rgb, scale
         self.step = max(1, -(-max(width, height) // longest))
         self.image = np.zeros((3, -(-height // self.step), -(-width // self.step)), np.uint8)
         self.width, self.height = width, height
 
     def add(self, x0: int, y0: int, chip: np.ndarray) -> None:
+        if chip.shape[0] != 3 or chip.dtype != np.uint8:
+            chip = rgb_composite(chip, self.rgb, self.scale)
         rows, cols = min(chip.shape[1], self.height - y0), min(chip.shape[2], self.width - x0)
         step = self.step
         r0, c0 = (-y0) % step, (-x0) % step
         part = chip[:, r0:rows:step, c0:cols:step]
         top, left = (y0 + r0) // step, (x0 + c0) // step
         self.image[:, top:top + part.shape[1], left:left + part.shape[2]] = part
+
+
+def display_of(src, params: ChipParams, scene: str
+               ) -> tuple[tuple[int, int, int] | None, tuple[np.ndarray, np.ndarray] | None]:
+    """(RGB places, per-band 8-bit scale) that the quicklook draws the scene's chips with: the
+    chips' own scale where they are stretched, else the scene's `stretch_percentiles`."""
+    if params.stretch or src.dtypes[0] == "uint8":
+        return params.rgb_positions, None
+    return params.rgb_positions, Radiometry(src, replace(params, stretch=True), scene).scale
 
 
 def detect_scene(source: SceneSource, params: ChipParams, detector: WindowDetector,
@@ -227,7 +243,8 @@ def detect_windows(source: SceneSource, params: ChipParams, detector: WindowDete
                 open_raster(source.location, INFERENCE_SCENE, max_raster_values) as src:
             log.info("scene %s from %s%s", source.name, shown,
                      " (anonymously)" if source.anonymous else "")
-            quicklook = QuickLook(src.width, src.height, settings.quicklook_size)
+            quicklook = QuickLook(src.width, src.height, settings.quicklook_size,
+                                  *display_of(src, params, source.name))
             batches = batched(window_chips(src, params, counts, source.name),
                               settings.batch_size)
             for batch in prefetched(batches) if read_ahead else batches:

@@ -42,19 +42,32 @@ def named_read(src, scene: str | None, window: Window, read: Callable[[], np.nda
         raise undecodable(src, scene, window, exc) from None
 
 
+def band_indices(src, bands: tuple[int | str, ...] | None) -> list[int]:
+    """The 1-based indices of `bands` (indices, or the raster's band descriptions) in `src`;
+    an InputError naming the file, the bands it lacks and the bands it has otherwise."""
+    if bands is None:
+        return [1, 2, 3] if src.count >= 3 else [1]
+    descriptions = [d or "" for d in src.descriptions]
+    missing = [b for b in bands if (b not in descriptions if isinstance(b, str)
+                                    else not 1 <= b <= src.count)]
+    if missing:
+        has = ", ".join(f"{i} ({d})" if d else str(i) for i, d in enumerate(descriptions, 1))
+        raise InputError(src.name, f"lacks band(s) {missing} that the chips (and models) use "
+                                   f"{list(bands)}; it has {src.count} band(s): {has}")
+    return [descriptions.index(b) + 1 if isinstance(b, str) else b for b in bands]
+
+
 class Radiometry:
-    """Selects bands and maps a scene's pixel values to 8 bits."""
+    """Selects bands and maps a scene's pixel values to 8 bits, or keeps them (`stretch`)."""
 
     def __init__(self, src, params: ChipParams, scene: str | None = None):
         self.scene = scene
-        bands = params.bands or ((1, 2, 3) if src.count >= 3 else (1,))
-        for b in bands:
-            if not 1 <= b <= src.count:
-                raise InputError(src.name, f"band {b} requested, the image has {src.count} band(s)")
-        self.bands = list(bands)
+        self.bands = band_indices(src, params.bands)
         self.scale: tuple[np.ndarray, np.ndarray] | None = None
-        if src.dtypes[0] != "uint8":
+        self.dtype = np.dtype(src.dtypes[0])
+        if self.dtype != np.uint8 and params.stretch:
             self.scale = self._percentiles(src, params.stretch_percentiles)
+            self.dtype = np.dtype(np.uint8)
 
     def _percentiles(self, src, percentiles: tuple[float, float]):
         """Per-band (low, high) from a decimated read (overviews when the file has them)."""
@@ -80,3 +93,23 @@ class Radiometry:
         scaled = (pixels.astype(np.float32) - lo) * (255.0 / (hi - lo)) + 0.5
         np.clip(scaled, 0, 255, out=scaled)
         np.copyto(out, scaled, casting="unsafe")  # truncates, as astype(np.uint8) does
+
+
+def rgb_composite(chip: np.ndarray, rgb: tuple[int, int, int] | None,
+                  scale: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    """A (3, h, w) uint8 picture of a (bands, h, w) chip: the bands at `rgb` (the first band
+    as grey where there are none), values of other types than uint8 mapped from `scale`
+    ((low, high) per band of the chip; None: the picture's own 2nd and 98th percentiles)."""
+    if rgb is None or len(chip) == 1:
+        rgb = None
+    picture = chip[list(rgb)] if rgb is not None else np.repeat(chip[:1], 3, axis=0)
+    if picture.dtype == np.uint8:
+        return picture
+    if scale is None:
+        values = picture.reshape(3, -1).astype(np.float64)
+        lows, highs = np.percentile(values, 2, axis=1), np.percentile(values, 98, axis=1)
+    else:
+        places = list(rgb) if rgb is not None else [0, 0, 0]
+        lows, highs = scale[0][places], scale[1][places]
+    lo, hi = lows[:, None, None], np.maximum(highs, lows + 1e-6)[:, None, None]
+    return (np.clip((picture - lo) / (hi - lo), 0, 1) * 255 + 0.5).astype(np.uint8)

@@ -314,8 +314,9 @@ def scene_windows(reader: WindowReader, params: ChipParams,
 
 def chip_pixels(pieces: list[np.ndarray], valid: np.ndarray | None, radiometry: Radiometry,
                 params: ChipParams) -> np.ndarray:
-    """The (bands, size, size) uint8 chip of a window whose (bands, rows, cols) pixels come in
-    pieces of consecutive rows (see `WindowReader.lend`): stretched to 8 bits, nodata pixels
+    """The (bands, size, size) chip of a window whose (bands, rows, cols) pixels come in
+    pieces of consecutive rows (see `WindowReader.lend`): stretched to 8 bits (or kept in the
+    scene's type, `radiometry.dtype`), nodata pixels
     set to `pad_value`, padded at the scene's edge. The one piece itself when there is
     nothing to do; pieces are never changed (they may be views of the reader's ring, whose
     rows other chips share)."""
@@ -324,8 +325,9 @@ def chip_pixels(pieces: list[np.ndarray], valid: np.ndarray | None, radiometry: 
     if (len(pieces) == 1 and radiometry.scale is None and valid is None
             and (rows, cols) == (size, size)):
         return pieces[0]
-    chip = (np.empty((bands, size, size), np.uint8) if (rows, cols) == (size, size)
-            else np.full((bands, size, size), params.pad_value, np.uint8))
+    dtype = radiometry.dtype
+    chip = (np.empty((bands, size, size), dtype) if (rows, cols) == (size, size)
+            else np.full((bands, size, size), params.pad_value, dtype))
     top = 0
     for piece in pieces:
         inside = chip[:, top:top + piece.shape[1], :cols]

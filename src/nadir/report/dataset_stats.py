@@ -138,7 +138,21 @@ def dataset_summary_html(title: str, summary: dict, stats: dict, coco_stats: dic
                 f"<ul>{items}</ul>",
                 paragraph(f"Scenes: {scenes or 'n/a'}; split "
                           f"{summary.get('split', 'as generated')}."),
-                heading(3, "Objects per class"), table(header, rows))
+                heading(3, "Objects per class"), table(header, rows),
+                *band_section(stats.get("band_stats")))
+
+
+def band_section(band_stats: dict | None) -> list[str]:
+    """The train chips' per-band statistics as a table (nothing before they were recorded)."""
+    if not band_stats:
+        return []
+    percentiles = sorted(band_stats["percentiles"] or {}, key=float)
+    names = band_stats["bands"] or list(range(1, len(band_stats["mean"]) + 1))
+    rows = [[str(name), band_stats["mean"][i], band_stats["std"][i],
+             *(band_stats["percentiles"][p][i] for p in percentiles)]
+            for i, name in enumerate(names)]
+    return [heading(3, f"Bands of the train chips ({band_stats['dtype']})"),
+            table(["band", "mean", "std", *(f"p{p}" for p in percentiles)], rows)]
 
 
 def write_dataset_stats(scenes: str | Path, annotations: str | Path, categories: str | Path,
@@ -152,6 +166,8 @@ def write_dataset_stats(scenes: str | Path, annotations: str | Path, categories:
     chipped = json.loads(Path(coco_stats).read_text())
     stats["warnings"] = index_summary.get("warnings", []) + chipping_warnings(
         stats, chipped, ChipParams.of_manifest(chip_manifest))
+    # The train chips' per-band mean, std and percentiles: what training normalises with.
+    stats["band_stats"] = json.loads(Path(chip_manifest).read_text()).get("band_stats")
     for warning in stats["warnings"]:
         log.warning("%s", warning["message"])
     Path(json_out).write_text(json.dumps(stats, indent=1) + "\n")

@@ -19,6 +19,8 @@ from nadir.core.geometry import rbox_to_polygon
 from nadir.core.named_inputs import files_by_run
 from nadir.datasets.tables import EXCLUDED
 from nadir.protocols.coco import NO_GROUND_TRUTH
+from nadir.raster.chip_params import ChipParams
+from nadir.raster.radiometry import rgb_composite
 from nadir.storage.shards import decode_chip, read_chips
 
 log = logging.getLogger(__name__)
@@ -160,8 +162,13 @@ def outline(item: dict, oriented: bool, colour: str, style: str):
 
 
 def plot_detection_grid(coco_json: Path, predictions: list[dict], shards: list[str],
-                        out_png: Path, title: str, count: int, min_score: float) -> None:
+                        out_png: Path, title: str, count: int, min_score: float,
+                        chips_params: ChipParams | None = None) -> None:
     """Sample val chips with ground truth (green) and predictions above `min_score` (magenta).
+
+    Chips of other than 3 bands, or kept at full bit depth, are drawn as the composite of
+    their RGB bands (`chipping.rgb_bands`), each chip stretched from its own 2nd to 98th
+    percentile (`chips_params`: how they were cut).
 
     An oriented model's predictions (carrying `polygon`) are drawn as rotated boxes, and so is
     the ground truth beside them (each annotation's `rbox`); other models' as axis-aligned ones.
@@ -181,7 +188,10 @@ def plot_detection_grid(coco_json: Path, predictions: list[dict], shards: list[s
         ax.axis("off")
     drawn = {"truth": 0, "predictions": 0}
     pixels_of = read_chip_pixels(shards, chips, coco_json)
+    rgb = chips_params.rgb_positions if chips_params is not None else (0, 1, 2)
     for ax, image, pixels in zip(axes.flat, chips, pixels_of, strict=False):
+        if pixels.shape[2] != 3 or pixels.dtype != np.uint8:
+            pixels = rgb_composite(pixels.transpose(2, 0, 1), rgb).transpose(1, 2, 0)
         ax.imshow(pixels)
         truth = [a for a in coco["annotations"] if a["image_id"] == image["id"]]
         shown = [p for p in predictions
@@ -199,8 +209,11 @@ def plot_detection_grid(coco_json: Path, predictions: list[dict], shards: list[s
                      f"{len(shown)} pred", fontsize=7)
     log.info("drew %d val chips: %d ground-truth boxes, %d predictions with score >= %s",
              len(chips), drawn["truth"], drawn["predictions"], min_score)
+    shown_bands = ""
+    if chips_params is not None and chips_params.model_bands != 3 and rgb is not None:
+        shown_bands = f"; bands {[chips_params.bands[i] for i in rgb]} as RGB"
     fig.suptitle(f"{title}\nground truth: green, solid; predictions with score >= "
-                 f"{min_score}: magenta, dashed", fontsize=9)
+                 f"{min_score}: magenta, dashed{shown_bands}", fontsize=9)
     fig.tight_layout()
     fig.savefig(out_png, dpi=90)
     plt.close(fig)
@@ -208,10 +221,13 @@ def plot_detection_grid(coco_json: Path, predictions: list[dict], shards: list[s
 
 def plot_detections_of_files(val: str | Path, predictions: str | Path,
                              shards: list[str | Path], out_png: str | Path, title: str,
-                             count: int, min_score: float) -> None:
-    """The plot_detections job: `plot_detection_grid` of a run's predictions.json."""
+                             count: int, min_score: float,
+                             manifest: str | Path | None = None) -> None:
+    """The plot_detections job: `plot_detection_grid` of a run's predictions.json, the chips
+    drawn as the chip manifest's (`manifest`) chip parameters say."""
     plot_detection_grid(Path(val), json.loads(Path(predictions).read_text()),
-                        [str(s) for s in shards], Path(out_png), title, count, min_score)
+                        [str(s) for s in shards], Path(out_png), title, count, min_score,
+                        ChipParams.of_manifest(manifest) if manifest else None)
 
 
 def plot_statistics(stats: dict, out_png: Path, title: str) -> None:

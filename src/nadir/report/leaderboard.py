@@ -28,7 +28,7 @@ SPREAD_SUFFIXES = ["sd", "ci_low", "ci_high"]
 PROTOCOL_COLUMNS = {"dota_task2_map": "dota_task2", "dota_task1_map": "dota_task1",
                     "xview_map": "xview"}
 LEADERBOARD_FIELDS = [
-    "rank", "chip_rank", "dataset", "model", "run", "repeats", "seeds", *ALL_METRICS,
+    "rank", "chip_rank", "dataset", "model", "run", "bands", "repeats", "seeds", *ALL_METRICS,
     *PROTOCOL_COLUMNS, "recipe", "pretrained", "iterations", "train_seconds", "wall_seconds",
     "gpu_hours",
     "peak_memory_mb", "device",
@@ -37,7 +37,7 @@ LEADERBOARD_FIELDS = [
     *(f"{m}_{suffix}" for m in ALL_METRICS for suffix in SPREAD_SUFFIXES),
 ]
 # The columns of the terminal and Markdown tables, with their headings.
-SUMMARY_COLUMNS = {"rank": "rank", "run": "model", "scene_AP": "scene AP",
+SUMMARY_COLUMNS = {"rank": "rank", "run": "model", "bands": "bands", "scene_AP": "scene AP",
                    "scene_AP50": "scene AP50", "dota_task2_map": "DOTA task 2 mAP",
                    "dota_task1_map": "DOTA task 1 mAP", "xview_map": "xView mAP",
                    "AP": "chip AP", "AP50": "chip AP50", "recipe": "recipe",
@@ -144,6 +144,15 @@ def _weights(members: list[RunResult]) -> str:
     return f"best on the selection split (iteration {iterations})"
 
 
+def bands_label(bands: dict | None) -> str:
+    """The bands a run's model took, as run.json records them: `RGB` for the default (bands
+    1-3, or grey), else the chips' band names or indices, and `mixed` for a band-mixing stem."""
+    if not bands or not bands.get("bands") or len(bands["bands"]) == 1:
+        return "RGB"
+    label = " ".join(str(b) for b in bands["bands"])
+    return label + (" (mixed)" if bands.get("band_mixing") else "")
+
+
 def _training_of(run: dict) -> dict:
     """How a run was trained: its recipe (runs recorded before recipes existed trained with
     the common one) and the weights it started from."""
@@ -164,7 +173,7 @@ def leaderboard_rows(results: list[RunResult],
         memory = [j.peak_memory_mb for r in members for j in r.jobs if j.peak_memory_mb is not None]
         values = [_metric_values(r) for r in members]
         row = {"dataset": first.run["dataset"], "model": first.run["model"], "run": label,
-               "repeats": len(members),
+               "bands": bands_label(first.run.get("bands")), "repeats": len(members),
                "seeds": " ".join(str(r.run.get("hyperparameters", {}).get("seed", ""))
                                  for r in members).strip()}
         for metric in ALL_METRICS:
@@ -218,9 +227,11 @@ def format_markdown(rows: list[dict]) -> str:
     parts = []
     for dataset in sorted({r["dataset"] for r in rows}):
         runs = [r for r in rows if r["dataset"] == dataset]
-        # A protocol column only for datasets scored by that protocol.
+        # A protocol column only for datasets scored by that protocol; bands only where a
+        # run took other bands than RGB.
         columns = {k: v for k, v in _summary_columns(rows).items()
-                   if k not in PROTOCOL_COLUMNS or any(r[k] is not None for r in runs)}
+                   if (k not in PROTOCOL_COLUMNS or any(r[k] is not None for r in runs))
+                   and (k != "bands" or any(r[k] != "RGB" for r in rows))}
         parts += [f"### {dataset}", "",
                   "| " + " | ".join(columns.values()) + " |",
                   "|" + "|".join("---:" if k not in ("run", "vs_best") else "---"

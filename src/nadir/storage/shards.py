@@ -415,19 +415,47 @@ def read_chips(shards: list[str | Path], images: list[dict],
                          *ranges[(im["shard"], im["file_name"])]) for im in images])
 
 
+TIFF_SIGNATURES = (b"II*\x00", b"MM\x00*")
+
+
 def decode_chip(source: bytes | Path, where: str | Path):
-    """A chip's pixels as an RGB (height, width, 3) uint8 array, decoded only as JPEG or PNG;
-    anything else (a tampered shard) is an InputError naming `where`."""
+    """A chip's pixels as a (height, width, bands) array: JPEG and PNG chips as RGB uint8 (grey
+    repeated), TIFF chips (any band count and type) as stored, one band repeated to three.
+    Decoded only as these formats; anything else (a tampered shard) is an InputError naming
+    `where`."""
     import numpy as np
     from PIL import Image, UnidentifiedImageError
 
+    data = source if isinstance(source, bytes) else Path(source).read_bytes()
+    if data[:4] in TIFF_SIGNATURES:
+        return _decode_tiff(data, where)
     try:
-        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source,
-                        formats=CHIP_FORMATS) as image:
+        with Image.open(io.BytesIO(data), formats=CHIP_FORMATS) as image:
             return np.asarray(image.convert("RGB"))
     except (UnidentifiedImageError, OSError) as exc:
-        raise InputError(where, f"not a JPEG or PNG chip ({exc}); rerun the chip stage") \
+        raise InputError(where, f"not a JPEG, PNG or TIFF chip ({exc}); rerun the chip "
+                                "stage") from None
+
+
+def _decode_tiff(data: bytes, where: str | Path):
+    """A TIFF chip's bands by GDAL's GTiff driver alone (no other driver is tried)."""
+    import warnings
+
+    import numpy as np
+    from rasterio.errors import NotGeoreferencedWarning, RasterioError
+    from rasterio.io import MemoryFile
+
+    try:
+        with warnings.catch_warnings(), MemoryFile(data) as memfile, \
+                memfile.open(driver="GTiff") as src:
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            pixels = src.read()
+    except RasterioError as exc:
+        raise InputError(where, f"not a readable TIFF chip ({exc}); rerun the chip stage") \
             from None
+    if len(pixels) == 1:
+        pixels = np.repeat(pixels, 3, axis=0)
+    return np.ascontiguousarray(pixels.transpose(1, 2, 0))
 
 
 def read_chip_list(path: Path) -> dict:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Protocol
 
 from nadir.config.catalogue import entry
+from nadir.raster.band_stats import InputScaling
 from nadir.raster.chip_params import ChipParams
 from nadir.train.checkpoints import CheckpointStore
 
@@ -64,6 +65,16 @@ class TrainJob:
         size and saves all of it in model.pt, for inference to cut the same windows."""
         return ChipParams.of_manifest(self.manifest)
 
+    @property
+    def input_scaling(self) -> InputScaling:
+        """How chip values become model input: from the train chips' per-band statistics that
+        the chip manifest holds (`nadir.raster.band_stats`)."""
+        import json
+
+        chips = self.chip_params
+        stats = json.loads(Path(self.manifest).read_text()).get("band_stats")
+        return InputScaling.of_stats(stats, chips.model_bands, chips.stretch_percentiles)
+
 
 class Backend(Protocol):
     name: str
@@ -103,3 +114,9 @@ def backend_of_weights(weights: Path) -> Backend:
 def saved_chip_params(saved: dict, weights: Path) -> ChipParams:
     """The chip parameters a model.pt carries (the chips it learnt from)."""
     return ChipParams.from_record(saved.get("chipping"), weights)
+
+
+def saved_input_scaling(saved: dict, weights: Path) -> InputScaling:
+    """How the model.pt's model scales chip values (saved by training; 8-bit before then)."""
+    chips = saved_chip_params(saved, weights)
+    return InputScaling.from_record(saved.get("input", {}).get("scaling"), chips.model_bands)

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from nadir.core.geometry import rbox_to_polygon
+from nadir.raster.band_stats import InputScaling
 from nadir.storage.shards import ShardReader, cache_from_environment, chip_ranges, decode_chip
 
 # Batches read ahead of the loader from S3 shards (on the reader's threads): a few steps of
@@ -21,9 +22,10 @@ READ_AHEAD_BATCHES = 8
 class ShardChips(torch.utils.data.Dataset):
     """The images of one COCO split, with their boxes, read from the shards by byte offset.
 
-    Each item is (CHW float tensor in [0, 1], target dict with `boxes` in xyxy pixels, `labels`
-    as model labels 1..K (see `category_labels`), `quads` (the 4 corners of each oriented box,
-    see `corners_of`), `image_id`). With `augment`, the flip or
+    Each item is (CHW float tensor, the chip's values scaled by `scaling`: value / 255 for
+    8-bit chips; see `nadir.raster.band_stats.InputScaling`), target dict with `boxes` in
+    xyxy pixels, `labels` as model labels 1..K (see `category_labels`), `quads` (the 4
+    corners of each oriented box, see `corners_of`), `image_id`). With `augment`, the flip or
     90-degree rotation chosen by the sampler is applied: overhead imagery has no preferred
     orientation.
 
@@ -32,7 +34,7 @@ class ShardChips(torch.utils.data.Dataset):
     """
 
     def __init__(self, coco_json: Path, shards: list[str | Path], augment: bool = False,
-                 reader: ShardReader | None = None):
+                 reader: ShardReader | None = None, scaling: InputScaling | None = None):
         self.coco_json = Path(coco_json)
         coco = json.loads(self.coco_json.read_text())
         self.images = coco["images"]
@@ -50,6 +52,7 @@ class ShardChips(torch.utils.data.Dataset):
         self.ranges = chip_ranges(self.shards, self.images, self.coco_json)
         self.reader = reader or ShardReader(self.shards, cache_from_environment())
         self.augment = augment
+        self.scaling = scaling or InputScaling((0.0,), (255.0,))  # 8-bit: value / 255
 
     def __len__(self) -> int:
         return len(self.images)
@@ -88,7 +91,10 @@ class ShardChips(torch.utils.data.Dataset):
         """`key` is an index, or (index, symmetry code 0..7) as `SeededBatches` yields them,
         with the chip's bytes as a third element when `read_ahead` fetched them."""
         index, code, data = (*key, None)[:3] if isinstance(key, tuple) else (key, 0, None)
-        pixels = torch.from_numpy(self.read_image(index, data).copy()).permute(2, 0, 1)
+        array = self.read_image(index, data)
+        # 8-bit chips stay bytes until scaled; others (16-bit, float) become float32 first.
+        array = array.copy() if array.dtype == np.uint8 else array.astype(np.float32)
+        pixels = torch.from_numpy(array).permute(2, 0, 1)
         rows = self.boxes[self.images[index]["id"]]
         boxes = torch.tensor([r[:4] for r in rows], dtype=torch.float32).reshape(-1, 4)
         labels = torch.tensor([r[4] for r in rows], dtype=torch.int64)
@@ -98,7 +104,7 @@ class ShardChips(torch.utils.data.Dataset):
             pixels, boxes = random_flip_rotate(pixels, boxes, code)
         target = {"boxes": boxes, "labels": labels, "quads": quads,
                   "image_id": self.images[index]["id"]}
-        return pixels.float() / 255.0, target
+        return self.scaling.apply(pixels.float()), target
 
 
 def category_labels(categories: list[dict]) -> dict[int, int]:

@@ -16,7 +16,10 @@ from __future__ import annotations
 import math
 
 # CPU seconds per 1,024 px chip (decode + augment + collate), bench/loader_cost.py, 2026-12-07.
-SECONDS_PER_CHIP = {"jpeg": 0.0263, "png": 0.0424}
+# TIFF chips (N bands, any bit depth) are not measured yet: PNG's figure stands in for them
+# (bench/loader_cost.py has no TIFF case; a 128 px 3-band 16-bit TIFF chip took about 0.02 s of
+# CPU to decode through GDAL on a loaded machine, mostly per-chip overhead).
+SECONDS_PER_CHIP = {"jpeg": 0.0263, "png": 0.0424, "tiff": 0.0424}
 MEASURED_SIDE = 1024
 WORKER_BUSY = 0.8
 

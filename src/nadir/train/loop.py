@@ -31,7 +31,7 @@ import torch.distributed as dist
 from nadir.config.catalogue import entry
 from nadir.core.errors import NadirError
 from nadir.raster.chip_params import ChipParams
-from nadir.train.backends import TrainJob, saved_chip_params
+from nadir.train.backends import TrainJob, saved_chip_params, saved_input_scaling
 from nadir.train.checkpoints import LiveCurves
 from nadir.train.data import (
     LoaderBatches,
@@ -43,6 +43,7 @@ from nadir.train.data import (
 )
 from nadir.train.loader_cost import gpu_job_cpus, loader_capacity
 from nadir.train.models import build_detector
+from nadir.train.models.bands import RGB, input_bands
 from nadir.train.provenance import base_resolved_config, fingerprint, installed_versions
 from nadir.train.recipes import ModelEMA, build_optimizer, lr_factor, model_ema, training_plan
 from nadir.train.selection import SelectionScorer, coco_detections, detections
@@ -344,7 +345,7 @@ def _loop(rank: int, job: TrainJob, world: int, device: torch.device) -> dict:
         live = LiveCurves(job.checkpoints, job.outputs.weights.parent, progress.start)
         if hp.get("eval_every"):
             scorer = SelectionScorer(job.selection_json, job.shards, dataset.categories,
-                                     hp["batch_size"])
+                                     hp["batch_size"], scaling=dataset.scaling)
     progress.began = time.perf_counter()
     for step in range(progress.start, iterations):
         loss, losses = _train_step(trained, next(batches), optimisation, device)
@@ -424,7 +425,8 @@ def _selection_record(job: TrainJob, scorer: SelectionScorer | None, progress: P
 
 
 def _load_chips(job: TrainJob) -> ShardChips:
-    dataset = ShardChips(job.train_json, job.shards, augment=job.hp["augment"])
+    dataset = ShardChips(job.train_json, job.shards, augment=job.hp["augment"],
+                         scaling=job.input_scaling)
     if len(dataset) == 0:
         raise NadirError(f"{job.train_json} holds no chips: check the split and chipping settings")
     return dataset
@@ -435,7 +437,8 @@ def _build_optimisation(job: TrainJob, num_classes: int, size: int, device: torc
     """The catalogue model, the optimiser and schedule of its recipe (`nadir.train.recipes`:
     AdamW, warm-up then cosine under `common`) and the AMP scaler."""
     hp = job.hp
-    model = build_detector(job.model, num_classes, size, hp["pretrained"], job.weights_file)
+    model = build_detector(job.model, num_classes, size, hp["pretrained"], job.weights_file,
+                           input_bands(job.chip_params, hp["band_mixing"]))
     model.to(device).train()
     plan = training_plan(job.model, hp, chips, global_batch)
     optimizer, params = build_optimizer(model, plan, job.model, hp["pretrained"])
@@ -539,7 +542,9 @@ def _write_outputs(job: TrainJob, optimisation: Optimisation, dataset: ShardChip
     last = model.state_dict() if ema is None else ema.weights(model)
     weights = {"last": last, "best": progress.best_weights}
     header = {"model": job.model, "num_classes": len(dataset.categories),
-              "chipping": chips.to_record(), "categories": dataset.categories}
+              "chipping": chips.to_record(), "categories": dataset.categories,
+              "input": {"scaling": dataset.scaling.to_record(),
+                        "band_mixing": job.hp["band_mixing"]}}
     chosen = job.hp.get("select", "last")
     if weights[chosen] is None:
         raise NadirError(f"{job.model}: select: best needs eval_every > 0 and a selection split")
@@ -562,7 +567,7 @@ def predict(weights: Path, coco_json: Path, shards: list[str], hp: dict,
     saved = read_weights(weights)
     model = prediction_model(saved, saved_chip_params(saved, weights).size,
                              hp["score_threshold"], hp["max_detections"], device)
-    dataset = ShardChips(coco_json, shards)
+    dataset = ShardChips(coco_json, shards, scaling=saved_input_scaling(saved, weights))
     results = detections(model, dataset, saved["categories"], hp["batch_size"], device,
                          log_progress=True)
     log.info("predicted %d detections on %d chips", len(results), len(dataset))
@@ -574,7 +579,11 @@ def prediction_model(saved: dict, image_size: int, score_threshold: float,
     """A saved model (model.pt's record) built for `image_size` px inputs, in eval mode on
     `device`, keeping detections above `score_threshold`, at most `max_detections` per image:
     how evaluation and inference on new scenes both run a trained model."""
-    model = build_detector(saved["model"], saved["num_classes"], image_size)
+    bands = RGB  # a record without chip parameters: the RGB model
+    if saved.get("chipping") is not None:
+        bands = input_bands(ChipParams.from_record(saved["chipping"], saved["model"]),
+                            saved.get("input", {}).get("band_mixing", False))
+    model = build_detector(saved["model"], saved["num_classes"], image_size, bands=bands)
     model.load_state_dict(saved["state_dict"])
     model.to(device).eval()
     for head in (model, getattr(model, "roi_heads", None)):
@@ -590,10 +599,10 @@ WindowDetector = Callable[[list[np.ndarray]], list[list[dict]]]
 
 def window_detector(weights: Path, score_threshold: float, max_detections: int,
                     threads: int = 1) -> tuple[WindowDetector, list[dict], ChipParams]:
-    """(detect, categories, chip parameters) of a model.pt: `detect` maps uint8 (bands, size,
-    size) windows to their COCO detections (xywh in window pixels, category id, score, rounded
-    as evaluation rounds them); the chip parameters are those the model learnt from, which
-    inference cuts its windows with.
+    """(detect, categories, chip parameters) of a model.pt: `detect` maps (bands, size, size)
+    windows (in the chips' type, scaled as training scaled them) to their COCO detections
+    (xywh in window pixels, category id, score, rounded as evaluation rounds them); the chip
+    parameters are those the model learnt from, which inference cuts its windows with.
 
     The one place inference meets a backend: models of this loop (torchvision, transformers,
     yolox) are built as evaluation builds them. detectron2 runs are not supported yet.
@@ -604,16 +613,19 @@ def window_detector(weights: Path, score_threshold: float, max_detections: int,
     if entry(saved["model"]).backend == "detectron2":
         raise NadirError(f"{weights}: inference does not support detectron2 runs yet")
     chips = saved_chip_params(saved, weights)
+    scaling = saved_input_scaling(saved, weights)
     model = prediction_model(saved, chips.size, score_threshold, max_detections, device)
     category_of = {label: cid for cid, label in category_labels(saved["categories"]).items()}
     log.info("model %s (%d classes) on %s", saved["model"], saved["num_classes"], device.type)
 
     @torch.no_grad()
     def detect(windows: list[np.ndarray]) -> list[list[dict]]:
-        pixels = torch.from_numpy(np.stack(windows)).to(device)
+        stacked = np.stack(windows)
+        pixels = torch.from_numpy(stacked if stacked.dtype == np.uint8
+                                  else stacked.astype(np.float32)).to(device)
         if pixels.shape[1] == 1:  # grey chips reach the model as RGB, as at training time
             pixels = pixels.expand(-1, 3, -1, -1)
         return [coco_detections(out, category_of)
-                for out in model(list(pixels.float() / 255.0))]
+                for out in model(list(scaling.apply(pixels.float())))]
 
     return detect, saved["categories"], chips

@@ -24,6 +24,16 @@ from nadir.train.weights import verify_recorded
 log = logging.getLogger(__name__)
 
 
+def run_bands(job: TrainJob) -> dict:
+    """The bands the run's model takes (as the chips name them), which of them are RGB, and
+    whether a band-mixing stem maps them to RGB: what the leaderboard and report show."""
+    chips = job.chip_params
+    bands = list(chips.bands) if chips.bands else None
+    rgb = chips.rgb_positions
+    return {"bands": bands, "rgb_bands": [bands[i] for i in rgb] if bands and rgb else None,
+            "band_mixing": bool(job.hp.get("band_mixing")) and chips.model_bands != 3}
+
+
 def run(job: TrainJob, checkpoint_root: str | None = None, s3_endpoint: str | None = None,
         checkpoint_keep: int | None = None) -> dict:
     """Train `job` and write its records; returns the run record (run.json).
@@ -59,6 +69,7 @@ def run(job: TrainJob, checkpoint_root: str | None = None, s3_endpoint: str | No
         "hyperparameters": job.hp, "recipe": plan.record(), "training": result,
         "inputs": job.input_digests,
         "code": resolved["code"], "versions": resolved["versions"],
+        "bands": run_bands(job),
     }
     job.outputs.run.write_text(json.dumps(record, indent=1) + "\n")
     if job.checkpoints is not None:

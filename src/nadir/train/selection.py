@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from nadir.protocols.coco import coco_evaluation
+from nadir.raster.band_stats import InputScaling
 from nadir.train.data import ShardChips, category_labels
 
 log = logging.getLogger(__name__)
@@ -64,9 +65,9 @@ class SelectionScorer:
     """Chip-level AP and AP50 of the model on the selection split, and the best so far."""
 
     def __init__(self, selection_json: Path, shards: list[str], categories: list[dict],
-                 batch: int, max_detections: int = 100):
+                 batch: int, max_detections: int = 100, scaling: InputScaling | None = None):
         self.gt = json.loads(Path(selection_json).read_text())
-        self.dataset = ShardChips(selection_json, shards)
+        self.dataset = ShardChips(selection_json, shards, scaling=scaling)
         self.categories, self.batch, self.max_detections = categories, batch, max_detections
 
     def score(self, model: torch.nn.Module, device: torch.device) -> dict:

@@ -17,6 +17,7 @@ from torch import nn
 from nadir.config.catalogue import entry, weight_source
 from nadir.core.errors import NadirError
 from nadir.train.models import torchvision_models
+from nadir.train.models.bands import RGB, InputBands, adapt_to_bands
 from nadir.train.weights import read_weights
 
 
@@ -31,11 +32,13 @@ def _wrapped_builder(backend: str) -> Callable[[str, int, int], nn.Module]:
 
 
 def build_detector(name: str, num_classes: int, size: int, pretrained: str = "none",
-                   weights_file: Path | None = None) -> nn.Module:
-    """The catalogue model `name` for `num_classes` classes (no background) on `size` px chips."""
+                   weights_file: Path | None = None, bands: InputBands = RGB) -> nn.Module:
+    """The catalogue model `name` for `num_classes` classes (no background) on `size` px chips
+    of `bands` (pretrained weights are loaded first, then adapted: `nadir.train.models.bands`)."""
     backend = entry(name).backend
     if backend == "torchvision":
-        return torchvision_models.build_model(name, num_classes, size, pretrained, weights_file)
+        return adapt_to_bands(torchvision_models.build_model(
+            name, num_classes, size, pretrained, weights_file), bands)
     torch.set_flush_denormal(True)  # denormals made CPU backward steps up to 300x slower
     source = weight_source(name, pretrained)
     state = None
@@ -49,4 +52,4 @@ def build_detector(name: str, num_classes: int, size: int, pretrained: str = "no
     model = _wrapped_builder(backend)(entry(name).architecture, num_classes, size)
     if state is not None:
         torchvision_models.load_matching(model.detector, state, str(weights_file))
-    return model
+    return adapt_to_bands(model, bands)

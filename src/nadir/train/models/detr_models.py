@@ -91,6 +91,19 @@ class TransformersDetector(nn.Module):
         self.score_thresh = 0.05
         self.detections_per_img = 100
 
+    def adapt_to_bands(self, bands) -> None:
+        """N input bands (`nadir.train.models.bands`): the ResNet stem and the normalisation."""
+        from nadir.train.models.bands import adapt_first_conv, extended_normalisation
+
+        backbone = self.detector.model.backbone
+        adapt_first_conv(backbone, bands)
+        for module in backbone.modules():  # the ResNet embedder checks its input's bands
+            if getattr(module, "num_channels", None) == 3:
+                module.num_channels = bands.count
+        mean, std = extended_normalisation(MEAN, STD, bands)
+        self.mean = torch.tensor(mean).view(1, -1, 1, 1).to(self.mean)
+        self.std = torch.tensor(std).view(1, -1, 1, 1).to(self.std)
+
     def loss_weights(self) -> dict[str, float]:
         return {"loss_ce": 1.0, "loss_bbox": float(self.config.bbox_loss_coefficient),
                 "loss_giou": float(self.config.giou_loss_coefficient)}

@@ -168,11 +168,20 @@ class OrientedFCOS(nn.Module):
         self.nms_thresh = 0.5
         self.topk_candidates = 1000
 
+    def adapt_to_bands(self, bands) -> None:
+        """N input bands (`nadir.train.models.bands`): the ResNet stem and the normalisation."""
+        from nadir.train.models.bands import adapt_first_conv, extended_normalisation
+
+        adapt_first_conv(self.backbone, bands)
+        mean, std = extended_normalisation(IMAGENET_MEAN, IMAGENET_STD, bands)
+        self.mean = torch.tensor(mean).view(-1, 1, 1).to(self.mean)
+        self.std = torch.tensor(std).view(-1, 1, 1).to(self.std)
+
     def _batch(self, images: list[torch.Tensor]) -> torch.Tensor:
         """Normalised images in one zero-padded batch, sides rounded up to 32 pixels."""
         height = math.ceil(max(im.shape[1] for im in images) / 32) * 32
         width = math.ceil(max(im.shape[2] for im in images) / 32) * 32
-        batch = images[0].new_zeros(len(images), 3, height, width)
+        batch = images[0].new_zeros(len(images), images[0].shape[0], height, width)
         for i, image in enumerate(images):
             batch[i, :, :image.shape[1], :image.shape[2]] = (image - self.mean) / self.std
         return batch

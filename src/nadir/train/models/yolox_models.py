@@ -75,9 +75,20 @@ class YoloxDetector(nn.Module):
         self.detector = _yolox_network(architecture, num_classes)
         self.score_thresh = 0.05
         self.detections_per_img = 100
+        self.bgr = True  # the network's first convolution takes BGR (its COCO weights' order)
+
+    def adapt_to_bands(self, bands) -> None:
+        """N input bands (`nadir.train.models.bands`): the stem's convolution (each of the
+        Focus stem's four pixel phases alike), its RGB filters taken from their BGR places;
+        the network then takes the bands in chip order."""
+        from nadir.train.models.bands import adapt_first_conv
+
+        adapt_first_conv(self.detector.backbone, bands, source_rgb=(2, 1, 0))
+        self.bgr = False
 
     def _pixels(self, images: list[torch.Tensor]) -> torch.Tensor:
-        pixels = torch.stack(images).flip(1) * 255.0
+        pixels = torch.stack(images)
+        pixels = (pixels.flip(1) if self.bgr else pixels) * 255.0
         height, width = pixels.shape[-2:]
         pad_h, pad_w = -height % STRIDE, -width % STRIDE
         if pad_h or pad_w:  # right and bottom only: box coordinates stay as they are
