@@ -84,10 +84,10 @@ SHARED_RUNS = ("local_sample_run", "s3_run")
 # Seconds each long module took in a CI run (two workers on this 2-core machine, 2026-12-07),
 # longest first: only the order in which workers take modules, so that both end together.
 MODULE_SECONDS = {
-    "tests/test_s3_pipeline.py": 259, "tests/test_kubernetes_e2e.py": 251,
-    "tests/test_kubernetes_failures.py": 142, "tests/test_training_models.py": 141,
-    "tests/test_training_resume.py": 129, "tests/test_pipeline.py": 127,
-    "tests/test_models_detr_yolox.py": 54, "tests/test_faults.py": 31,
+    "tests/test_s3_pipeline.py": 390, "tests/test_kubernetes_e2e.py": 327,
+    "tests/test_pipeline.py": 147, "tests/test_training_models.py": 142,
+    "tests/test_kubernetes_failures.py": 135, "tests/test_training_resume.py": 118,
+    "tests/test_models_detr_yolox.py": 61, "tests/test_faults.py": 32,
 }
 
 
