@@ -280,7 +280,8 @@ def nir_scene(path: Path, bands: int, size: int = 96, seed: int = 0
                   for n, (x0, y0, x1, y1) in enumerate(boxes)]
 
 
-@pytest.mark.parametrize("model, bands", [("fcos_resnet18_fpn", 13), ("yolox_s", 8)])
+@pytest.mark.parametrize("model, bands", [("fcos_resnet18_fpn", 13), ("yolox_s", 8),
+                                         ("detr_r50", 8)])
 def test_16bit_multiband_scenes_chip_train_and_predict(model, bands, tmp_path):
     image, objects = nir_scene(tmp_path / "scene.tif", bands)
     params = ChipParams(size=64, overlap=32, empty_keep=1.0, image_format="tiff",
