@@ -29,13 +29,14 @@ def _binning(dtype: np.dtype) -> tuple[int, int] | None:
 
 @dataclass
 class BandSums:
-    """Running per-band sums of pixel values (and a histogram for integer types)."""
+    """Running per-band sums of pixel values (and a histogram for integer types: a (bands,
+    bins) array, added per train chip while chipping, written as lists)."""
 
     dtype: str
     count: list[int]
     total: list[float]
     squares: list[float]
-    histogram: list[list[int]] | None
+    histogram: np.ndarray | None
 
     @classmethod
     def empty(cls, dtype: np.dtype | str, bands: int) -> BandSums:
@@ -43,8 +44,7 @@ class BandSums:
         binning = _binning(dtype)
         return cls(dtype.name, [0] * bands, [0.0] * bands, [0.0] * bands,
                    None if binning is None else
-                   [[0] * (1 << min(HISTOGRAM_BITS, np.iinfo(dtype).bits))
-                    for _ in range(bands)])
+                   np.zeros((bands, 1 << min(HISTOGRAM_BITS, np.iinfo(dtype).bits)), np.int64))
 
     @classmethod
     def of_chip(cls, chip: np.ndarray, valid: np.ndarray | None) -> BandSums:
@@ -62,8 +62,7 @@ class BandSums:
             if binning is not None:
                 offset, shift = binning
                 bins = (values.astype(np.int64) + offset) >> shift
-                counts = np.bincount(bins, minlength=len(sums.histogram[band]))
-                sums.histogram[band] = counts.tolist()
+                sums.histogram[band] = np.bincount(bins, minlength=sums.histogram.shape[1])
         return sums
 
     def add(self, other: BandSums) -> None:
@@ -74,19 +73,19 @@ class BandSums:
             self.count[band] += other.count[band]
             self.total[band] += other.total[band]
             self.squares[band] += other.squares[band]
-            if self.histogram is not None:
-                self.histogram[band] = [a + b for a, b in zip(self.histogram[band],
-                                                              other.histogram[band],
-                                                              strict=True)]
+        if self.histogram is not None:
+            self.histogram += other.histogram
 
     def to_record(self) -> dict:
         return {"dtype": self.dtype, "count": self.count, "sum": self.total,
-                "sum_squares": self.squares, "histogram": self.histogram}
+                "sum_squares": self.squares,
+                "histogram": None if self.histogram is None else self.histogram.tolist()}
 
     @classmethod
     def from_record(cls, record: dict) -> BandSums:
+        histogram = record["histogram"]
         return cls(record["dtype"], record["count"], record["sum"], record["sum_squares"],
-                   record["histogram"])
+                   None if histogram is None else np.array(histogram, np.int64))
 
     def summary(self, percentiles: tuple[float, ...]) -> dict:
         """mean, std and `percentiles` per band (percentiles of integer types to the width of
@@ -113,7 +112,7 @@ def _rounded(values: np.ndarray) -> list[float]:
     return [round(float(v), 4) for v in values]
 
 
-def _histogram_percentile(histogram: list[int], percentile: float, offset: int,
+def _histogram_percentile(histogram: np.ndarray, percentile: float, offset: int,
                           shift: int) -> float:
     """The value below which `percentile` % of the counted values lie: the middle of its bin."""
     cumulative = np.cumsum(histogram)
