@@ -334,7 +334,7 @@ class ShardReader:
                    depth: int) -> Iterator[tuple[T, list[bytes]]]:
         """(batch, its chips' bytes) for each batch, up to `depth` next batches read on
         background threads meanwhile: the loader waits only when S3 falls behind. The depth
-        starts at one and grows by one a batch, so the first batch has the connection to
+        starts at one and grows by two a batch, so the first batch has the connection to
         itself (time to the first step) and later ones overlap."""
         pool = ThreadPoolExecutor(self.threads, thread_name_prefix="shard-read-ahead")
         pending: deque = deque()
