@@ -86,8 +86,9 @@ rule train:
     threads: 8  # capped at --cores on a laptop; profiles set their own
     resources:
         # shards read where they are (staged only without S3), by every backend (detectron2
-        # too: no chip is written out); checkpoints, weights (docs/kubernetes.md, "Sizes")
-        disk_mb=disk_mb(writes=0.0, writes_mb=9000, minimum_mb=10000),
+        # too: no chip is written out); checkpoints, weights, the chip cache if one is set
+        # (docs/kubernetes.md, "Sizes")
+        disk_mb=disk_mb(writes=0.0, writes_mb=9000, minimum_mb=10000, reads_chips=True),
     log:
         "logs/{dataset}/train-{model}.log",
     benchmark:
