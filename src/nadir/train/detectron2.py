@@ -535,7 +535,7 @@ class Detectron2Backend:
             seed_and_determinism,
             set_rng_state,
         )
-        from nadir.train.recipes import lr_factor, training_plan
+        from nadir.train.recipes import lr_factor
 
         hp = job.hp
         determinism = seed_and_determinism(hp)
@@ -554,7 +554,7 @@ class Detectron2Backend:
         if job.weights_file is not None:
             # detectron2's checkpointer renames by heuristics; nadir reads the file.
             tensors_only_checkpointer(model).load(str(job.weights_file))
-        plan = training_plan(job.model, hp, len(coco["images"]), hp["batch_size"])
+        plan = job.training_plan(len(coco["images"]), hp["batch_size"])
         augmentations = None
         if plan.recipe == "reference":  # detectron2's solver, schedule and augmentation
             optimizer, scheduler = reference_solver(job.model, model, plan, config)
@@ -671,9 +671,7 @@ class Detectron2Backend:
         coco = json.loads(job.train_json.read_text())
         overrides = model_overrides(job.model, len(coco["categories"]), job.chip_params.size,
                                     job.hp["pretrained"], device)
-        from nadir.train.recipes import training_plan
-
-        plan = training_plan(job.model, job.hp, len(coco["images"]), job.hp["batch_size"])
+        plan = job.training_plan(len(coco["images"]), job.hp["batch_size"])
         reference = plan.recipe == "reference"
         solver = ({"solver_settings": {k: list(v) if isinstance(v, tuple) else v
                                        for k, v in solver_settings(plan).items()}}

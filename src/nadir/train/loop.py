@@ -45,7 +45,7 @@ from nadir.train.loader_cost import gpu_job_cpus, loader_capacity
 from nadir.train.models import build_detector
 from nadir.train.models.bands import RGB, input_bands
 from nadir.train.provenance import base_resolved_config, fingerprint, installed_versions
-from nadir.train.recipes import ModelEMA, build_optimizer, lr_factor, model_ema, training_plan
+from nadir.train.recipes import ModelEMA, build_optimizer, lr_factor, model_ema
 from nadir.train.selection import Scored, SelectionScorer, coco_detections, detections
 from nadir.train.weights import read_weights
 
@@ -463,7 +463,7 @@ def _build_optimisation(job: TrainJob, num_classes: int, size: int, device: torc
     model = build_detector(job.model, num_classes, size, hp["pretrained"], job.weights_file,
                            input_bands(job.chip_params, hp["band_mixing"]))
     model.to(device).train()
-    plan = training_plan(job.model, hp, chips, global_batch)
+    plan = job.training_plan(chips, global_batch)
     optimizer, params = build_optimizer(model, plan, job.model, hp["pretrained"])
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(plan))
     amp = bool(hp["amp"]) and device.type == "cuda"
