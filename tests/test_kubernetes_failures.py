@@ -25,6 +25,7 @@ import kubernetes.config
 import pytest
 from conftest import ROOT
 from k8s_double import (
+    ApiError,
     KubernetesDouble,
     Node,
     Pod,
@@ -95,6 +96,10 @@ rule misspelt_priority:
 rule webhook_refused:
     output: "out/webhook_refused.txt"
     resources: disk_mb=60000
+    shell: "echo never > {{output}}"
+
+rule job_refused:
+    output: "out/job_refused.txt"
     shell: "echo never > {{output}}"
 
 rule gated_gpu:
@@ -250,11 +255,24 @@ def follow_progress(double: KubernetesDouble, seen: list[str]) -> None:
 
 FAILING = ("unschedulable", "over_quota", "oom", "evicted", "deadline", "crash", "fine",
            "progress", "preempted", "container_creating", "over_limit_range",
-           "misspelt_priority", "webhook_refused", "gated_gpu")
+           "misspelt_priority", "webhook_refused", "gated_gpu", "job_refused")
 LARGE_DISK = PodWebhook("storage.example.org", lambda pod: (
     "ephemeral storage above 50G needs a persistent volume"
     if quantity(pod["spec"]["containers"][0]["resources"]["requests"]
                 .get("ephemeral-storage", "0")) > 50e9 else None))
+
+
+class RefuseJobsOfRule:
+    """A validating admission webhook on Jobs that denies the Jobs of one rule (as a cluster's
+    policy denies a Job: the API answers 403 and no Job exists)."""
+
+    def __init__(self, rule: str):
+        self.rule = rule
+
+    def check(self, manifest: dict) -> None:
+        if manifest["metadata"]["labels"].get("snakemake-rule") == self.rule:
+            raise ApiError(403, "Forbidden", 'admission webhook "jobs.example.org" denied the '
+                                             "request: this namespace's Job budget is spent")
 
 
 @pytest.fixture(scope="module")
@@ -270,6 +288,7 @@ def failing_run(workflow, s3, tmp_path_factory):
                         quota={"requests.memory": "16Gi"}, quotas=nautilus["quotas"],
                         priority_classes=nautilus["priority_classes"],
                         limit_range={"memory": "10Gi"}, pod_webhooks=[LARGE_DISK],
+                        policy=RefuseJobsOfRule("job_refused"),
                         stuck_creating={"snakemake-rule=container_creating": (
                             "FailedCreatePodSandBox", "Failed to create pod sandbox: rpc error: "
                             "code = DeadlineExceeded desc = context deadline exceeded")})
@@ -349,6 +368,20 @@ def test_a_pod_refused_at_creation_fails_at_once_with_the_reason(failing_run, ru
     assert f"Kubernetes Job {job['metadata']['name']} (no pod) failed: FailedCreate: " in error
     assert refusal in error
     assert "timeout" not in error  # not waited for: waiting cannot make it fit
+
+
+def test_a_job_refused_by_the_api_fails_that_job_and_the_run_goes_on(failing_run):
+    """A Job the API server refuses (an admission webhook, a quota on Jobs) fails its job with
+    the refusal; with --keep-going the others still run to their own ends (asserted above and
+    below for every rule of this run)."""
+    double, proc, _, _ = failing_run
+    error = re.search(r"^Error in rule job_refused:\n.*?(?=^\S)", proc.stderr, re.M | re.S)
+    assert error, proc.stderr[-3000:]
+    assert "Kubernetes refused the Job of rule job_refused" in error.group(0)
+    assert 'admission webhook "jobs.example.org" denied the request: this namespace\'s Job ' \
+        "budget is spent" in error.group(0)
+    assert not [j for j in double.accepted("Job")
+                if j["metadata"]["labels"]["snakemake-rule"] == "job_refused"]
 
 
 def test_a_crashed_job_shows_its_traceback_in_the_error(failing_run):

@@ -433,8 +433,10 @@ class Executor(upstream.Executor):
         try:
             super().run_job(job)
         except WorkflowError as error:
-            raise WorkflowError(f"Kubernetes refused the Job of rule {job.name} "
-                                f"(jobid {job.jobid}): {error}") from None
+            # This job fails, as a failed pod would: the run goes on with --keep-going, and
+            # Snakemake's --retries apply (a quota may have room again by then).
+            self.report_job_error(SubmittedJobInfo(job=job), msg=(
+                f"Kubernetes refused the Job of rule {job.name} (jobid {job.jobid}): {error}"))
         finally:
             self._job_in_submission = None
 
