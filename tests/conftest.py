@@ -119,9 +119,12 @@ def pytest_collection_modifyitems(config, items):
 
 
 def run_snakemake(workdir: Path, *args: str, env: dict | None = None,
-                  check: bool = True) -> subprocess.CompletedProcess:
-    """Run the repository's workflow in `workdir` (its own results, logs and metadata)."""
-    cmd = [*SNAKEMAKE, "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir),
+                  check: bool = True, planner: bool = False) -> subprocess.CompletedProcess:
+    """Run the repository's workflow in `workdir` (its own results, logs and metadata); with
+    `planner`, through tests/planned_resources.py (the planned jobs' resources printed too)."""
+    snakemake = [sys.executable, str(ROOT / "tests" / "planned_resources.py")] if planner \
+        else SNAKEMAKE
+    cmd = [*snakemake, "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir),
            "--cores", "2", *args]
     proc = subprocess.run(cmd, capture_output=True, text=True,
                           env={**os.environ, **(env or {})}, timeout=1800)

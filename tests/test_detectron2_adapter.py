@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+from pathlib import Path
 
 import pytest
 import tiny_chips
@@ -70,24 +71,35 @@ def test_lazy_config_values_for_fcos_and_vitdet():
     assert vitdet["model.backbone.square_pad"] == 256
 
 
-def test_dataset_registration_arguments(tmp_path):
-    args = d2.registration_arguments("dota", "train", tmp_path / "coco.json", tmp_path / "chips")
-    assert args == {"name": "nadir_dota_train", "metadata": {},
-                    "json_file": str(tmp_path / "coco.json"),
-                    "image_root": str(tmp_path / "chips")}
-
-
 def test_class_indices_map_back_to_coco_ids():
     categories = [{"id": 11, "name": "b"}, {"id": 3, "name": "a"}, {"id": 94, "name": "c"}]
     assert d2.contiguous_category_ids(categories) == [3, 11, 94]
 
 
-def test_unpacked_chips_are_named_by_shard(tmp_path):
+def test_registered_records_say_where_each_chip_lies_in_its_shard(tmp_path):
+    """The records detectron2 trains on carry their chip's shard, member name, offset and
+    size, which read the chip's bytes straight out of the tar (nothing is unpacked)."""
+    import tarfile
+
     data = tiny_chips.build(tmp_path / "data", chips=3)
-    rewritten = d2.unpack_chips(data["coco"], [data["shard"]], tmp_path / "chips")
-    coco = json.loads(rewritten.read_text())
-    assert [im["file_name"] for im in coco["images"]] == [f"0/chip-00{i}.png" for i in range(3)]
-    assert all((tmp_path / "chips" / im["file_name"]).stat().st_size > 0 for im in coco["images"])
+    coco = json.loads(data["coco"].read_text())
+    # as detectron2's load_coco_json makes them with no image root: by image id
+    records = [{"file_name": im["file_name"], "image_id": im["id"], "annotations": []}
+               for im in reversed(coco["images"])]
+    located = d2.with_chip_ranges(records, data["coco"], [str(data["shard"])])
+    with tarfile.open(data["shard"]) as tar:
+        members = {m.name: (m.offset_data, m.size) for m in tar}
+    assert [(r["image_id"], r["shard"], r["file_name"], r["offset"], r["size"])
+            for r in located] == [(im["id"], 0, im["file_name"], *members[im["file_name"]])
+                                  for im in reversed(coco["images"])]
+    # a COCO file without recorded offsets: found by scanning the local shard
+    for image in coco["images"]:
+        del image["offset"], image["size"]
+    (tmp_path / "old.json").write_text(json.dumps(coco))
+    again = d2.with_chip_ranges([dict(r) for r in records], tmp_path / "old.json",
+                                [str(data["shard"])])
+    assert [(r["offset"], r["size"]) for r in again] == [(r["offset"], r["size"])
+                                                         for r in located]
 
 
 def test_missing_detectron2_is_a_clear_error(monkeypatch):
@@ -155,6 +167,45 @@ def test_detectron2_trains_on_every_chip_empty_ones_included(tmp_path, monkeypat
     result = d2.Detectron2Backend().train(
         tiny_chips.train_job(data, "d2_faster_rcnn_r50_fpn", hp, tmp_path / "out"))
     assert seen == [4] == [result["chips"]]
+
+
+@needs_detectron2
+def test_detectron2_streams_chips_from_s3_writing_none_to_disk(tmp_path, s3, monkeypatch):
+    """A detectron2 job reads its chips where they are, as the torchvision loop does: from an
+    S3 shard by ranged reads (the local copy deleted) it trains with the losses of a run on
+    the local shard, and its working folder never holds a chip file."""
+    import shutil
+    import tempfile
+
+    data = tiny_chips.build(tmp_path / "data", chips=4)
+    hp = tiny_chips.hyperparameters(iterations=2, log_interval=1, lr=0.0002, amp=False)
+    d2.Detectron2Backend().train(
+        tiny_chips.train_job(data, "d2_faster_rcnn_r50_fpn", hp, tmp_path / "local"))
+    client = s3.client()
+    client.create_bucket(Bucket="nadir-d2-stream")
+    client.upload_file(str(data["shard"]), "nadir-d2-stream", "chips/shard-000.tar")
+    data["shard"].unlink()
+    monkeypatch.setenv("NADIR_STORAGE_S3_ENDPOINT", s3.endpoint)
+    for name, value in s3.env().items():
+        if name.startswith("SNAKEMAKE_STORAGE_S3_"):
+            monkeypatch.setenv(name, value)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    left, remove = [], shutil.rmtree
+
+    def rmtree_noting_files(path, **kwargs):
+        left.extend(p.relative_to(path).as_posix() for p in Path(path).rglob("*")
+                    if p.is_file())
+        remove(path, **kwargs)
+
+    monkeypatch.setattr(shutil, "rmtree", rmtree_noting_files)
+    job = tiny_chips.train_job(data, "d2_faster_rcnn_r50_fpn", hp, tmp_path / "streamed")
+    job.shards = ["s3://nadir-d2-stream/chips/shard-000.tar"]
+    assert d2.Detectron2Backend().train(job)["chips"] == 4
+    assert left == [] and list((tmp_path / "tmp").iterdir()) == []
+    local, streamed = ([row["loss"] for row in json.loads(
+        (tmp_path / run / "train_log.json").read_text())] for run in ("local", "streamed"))
+    assert streamed == local and len(local) == 2
 
 
 @needs_detectron2

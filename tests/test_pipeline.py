@@ -101,13 +101,41 @@ def test_second_run_does_nothing(finished_run, tmp_path):
 
 
 def test_learning_rate_edit_reruns_only_that_model(finished_run, tmp_path):
+    """...and a node-local chip cache set besides reruns nothing more, but the jobs that read
+    chips (train, evaluate, plot_detections) ask for its size in disk (their pods' ephemeral
+    storage) on top of what they asked before; the others ask for what they did."""
     workdir, _ = finished_run
-    args = write_config(tmp_path / "lr.yaml",
-                        lambda c: c["models"].update({MODEL: {"lr": 0.0005}}))
-    jobs = planned_jobs(run_snakemake(workdir, *args, "--dry-run"))
+
+    def lr(config, streaming=None):
+        config["models"].update({MODEL: {"lr": 0.0005}})
+        config.update({"streaming": streaming} if streaming else {})
+
+    plain = run_snakemake(workdir, *write_config(tmp_path / "lr.yaml", lr), "--dry-run",
+                          planner=True)
+    jobs = planned_jobs(plain)
     # and the inference on the val scenes, which uses that model
     assert jobs == {**dict.fromkeys(RUN_JOBS + SUMMARY_JOBS, 1), "predict_scene": 2,
                     "predict_outputs": 2}
+    cache = {"cache_dir": str(tmp_path / "cache"), "cache_gib": 3}
+    cached = run_snakemake(workdir, *write_config(tmp_path / "cache.yaml",
+                                                  lambda c: lr(c, cache)), "--dry-run",
+                           planner=True)
+    assert planned_jobs(cached) == jobs
+    before, after = disk_requests(plain), disk_requests(cached)
+    reading_chips = {"train", "evaluate", "plot_detections"}
+    assert reading_chips <= before.keys() and before.keys() == after.keys()
+    assert after == {rule: [mb + 3 * 1024 * (rule in reading_chips) for mb in requests]
+                     for rule, requests in before.items()}
+
+
+def disk_requests(proc) -> dict[str, list[int]]:
+    """disk_mb of each planned job, by rule, from tests/planned_resources.py's listing."""
+    line = next(line for line in proc.stdout.splitlines() if line.startswith("PLANNED "))
+    requests: dict[str, list[int]] = {}
+    for rule, resources in json.loads(line.removeprefix("PLANNED ")):
+        if "disk_mb" in resources:
+            requests.setdefault(rule, []).append(int(resources["disk_mb"]))
+    return requests
 
 
 def test_second_model_adds_only_its_jobs(finished_run, tmp_path):

@@ -6,6 +6,7 @@ builds (64 px chips, SSDlite, one thread, CPU), so what is tested is what the tr
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -108,10 +109,18 @@ def test_other_settings_never_resume_a_stale_checkpoint(data, tmp_path):
 def test_run_writes_its_records_and_removes_its_checkpoints(data, tmp_path, monkeypatch):
     """`nadir.train.run` (what the train rule calls): checkpoints under the run's
     fingerprint while it trains, run.json and resolved_config.json beside the weights, and no
-    checkpoint left once the weights are written."""
-    from nadir.train import run, runner
+    checkpoint left once the weights are written. The recipe is planned once, and the
+    backend trains with the plan run.json records."""
+    from nadir.train import recipes, run, runner
 
-    written = []
+    written, plans = [], []
+    plan = recipes.training_plan
+
+    def planned(*args):  # a plan no backend would make itself: it must take the runner's
+        plans.append(dataclasses.replace(plan(*args), lr=plan(*args).lr * 3))
+        return plans[-1]
+
+    monkeypatch.setattr(recipes, "training_plan", planned)
 
     class WatchedCheckpoints(LocalCheckpoints):
         def save(self, iteration: int, data: bytes) -> None:
@@ -134,6 +143,9 @@ def test_run_writes_its_records_and_removes_its_checkpoints(data, tmp_path, monk
         [f"{fingerprint}/ckpt-000000002.pt"]
     assert not list((tmp_path / "ck").rglob("ckpt-*.pt"))
     assert (out / "model.pt").exists() and (out / "train_log.json").exists()
+    assert len(plans) == 1 and record["recipe"] == plans[0].record()
+    rows = json.loads((out / "train_log.json").read_text())
+    assert rows[0]["lr"] == pytest.approx(plans[0].lr * recipes.lr_factor(plans[0])(2))
 
 
 def test_deterministic_runs_give_identical_weights_and_record_their_settings(data, tmp_path,

@@ -167,15 +167,24 @@ def staged_mb(input):
                if not (f.is_storage and f.should_not_be_retrieved_from_storage))
 
 
-def disk_mb(writes=1.0, writes_mb=0, minimum_mb=2000):
+def chip_cache_mb():
+    """MB the node-local chip cache may fill (`streaming.cache_dir`, at most
+    `streaming.cache_gib`), which a job that reads chips writes into; 0 without a cache."""
+    streaming = config["streaming"]
+    return math.ceil(streaming["cache_gib"] * 1024) if streaming["cache_dir"] else 0
+
+
+def disk_mb(writes=1.0, writes_mb=0, minimum_mb=2000, reads_chips=False):
     """Resource disk_mb (a pod's ephemeral-storage request, MB): what the job stages, plus what
     it writes (`writes` times the MB of all its inputs, staged or read where they are: a number
     or a function of the wildcards; plus `writes_mb`) and the margin; at least `minimum_mb`.
-    The written part grows with the attempt, so a job evicted for disk is retried with more."""
+    The written part grows with the attempt, so a job evicted for disk is retried with more.
+    A job that `reads_chips` from the shards also counts the chip cache it may fill."""
     def request(wildcards, input, attempt):
         ratio = writes(wildcards) if callable(writes) else writes
         return max(minimum_mb, math.ceil(
-            staged_mb(input) + (ratio * input.size_mb + writes_mb + DISK_MARGIN_MB) * attempt))
+            staged_mb(input) + (ratio * input.size_mb + writes_mb + DISK_MARGIN_MB) * attempt)
+        ) + (chip_cache_mb() if reads_chips else 0)
     return request
 
 

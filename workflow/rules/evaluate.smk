@@ -19,8 +19,9 @@ rule evaluate:
     threads: 8  # capped at --cores on a laptop; profiles set their own
     resources:
         # shards read where they are (staged only without S3); predictions.json: at most
-        # max_detections detections of about 130 bytes per val chip (130 MB for 10,000 chips)
-        disk_mb=disk_mb(writes=0.0, writes_mb=1000),
+        # max_detections detections of about 130 bytes per val chip (130 MB for 10,000 chips);
+        # the chip cache if one is set
+        disk_mb=disk_mb(writes=0.0, writes_mb=1000, reads_chips=True),
     log:
         "logs/{dataset}/evaluate-{model}.log",
     benchmark:

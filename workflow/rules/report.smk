@@ -159,7 +159,8 @@ rule plot_detections:
         settings=job_settings("plot_detections", "report", "inference"),
         title=run_title,
     resources:
-        disk_mb=disk_mb(writes=0.0, writes_mb=1000),  # shards staged only without S3; one PNG
+        # shards staged only without S3; one PNG; the chip cache if one is set
+        disk_mb=disk_mb(writes=0.0, writes_mb=1000, reads_chips=True),
     log:
         "logs/{dataset}/plot_detections-{model}.log",
     benchmark:

@@ -61,11 +61,6 @@ rule fetch_weights:
         "../scripts/fetch_weights.py"
 
 
-def unpacks_chips(wildcards):
-    """Shard bytes a training job writes again as files: all of them for detectron2 models."""
-    return 1.0 if CATALOGUE[run_of(wildcards).model].backend == "detectron2" else 0.0
-
-
 def selects(wildcards):
     """Whether the run scores a selection split while it trains (training.eval_every)."""
     return run_of(wildcards).hp["eval_every"] > 0
@@ -90,10 +85,10 @@ rule train:
         model=lambda w: run_of(w).model,
     threads: 8  # capped at --cores on a laptop; profiles set their own
     resources:
-        # shards read where they are (staged only without S3); detectron2 writes the train
-        # chips out as files (nadir.train.detectron2.unpack_chips); checkpoints, weights
+        # shards read where they are (staged only without S3), by every backend (detectron2
+        # too: no chip is written out); checkpoints, weights, the chip cache if one is set
         # (docs/kubernetes.md, "Sizes")
-        disk_mb=disk_mb(writes=unpacks_chips, writes_mb=9000, minimum_mb=10000),
+        disk_mb=disk_mb(writes=0.0, writes_mb=9000, minimum_mb=10000, reads_chips=True),
     log:
         "logs/{dataset}/train-{model}.log",
     benchmark:

@@ -14,12 +14,15 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from nadir.config.catalogue import entry
 from nadir.raster.band_stats import InputScaling
 from nadir.raster.chip_params import ChipParams
 from nadir.train.checkpoints import CheckpointStore
+
+if TYPE_CHECKING:
+    from nadir.train.recipes import TrainingPlan
 
 # Backend name -> the module whose `backend(name)` makes it.
 BACKENDS = {
@@ -58,6 +61,17 @@ class TrainJob:
     world_size: int | None = None  # processes; None: one per visible GPU (one on the CPU)
     input_digests: dict = field(default_factory=dict)
     selection_json: Path | None = None  # the split `eval_every` scores (chips of held-out scenes)
+    plan: TrainingPlan | None = None  # the recipe's numbers, planned once by the runner
+
+    def training_plan(self, chips: int, global_batch: int) -> TrainingPlan:
+        """The run's plan (`nadir.train.recipes.training_plan`): the runner's, which run.json
+        records; a job made without one (a backend called directly) is planned here from
+        `chips` and `global_batch`."""
+        if self.plan is not None:
+            return self.plan
+        from nadir.train.recipes import training_plan
+
+        return training_plan(self.model, self.hp, chips, global_batch)
 
     @property
     def chip_params(self) -> ChipParams:

@@ -1,34 +1,38 @@
 """The detectron2 backend: a thin adapter from nadir's jobs to detectron2's model zoo and trainer.
 
 What the adapter decides is kept in plain functions that need no detectron2 (and are tested
-everywhere): the model zoo config of each catalogue name, the config values it sets, the
-dataset registration arguments, and the map from detectron2's contiguous class indices back to
-COCO category ids. Everything that needs detectron2 imports it inside the function.
+everywhere): the model zoo config of each catalogue name, the config values it sets, where
+each registered record's chip lies, and the map from detectron2's contiguous class indices back
+to COCO category ids. Everything that needs detectron2 imports it inside the function.
 
 The model comes from the zoo config (yaml configs through `build_model`, lazy `.py` configs
 through `instantiate`); training uses detectron2's SimpleTrainer (AMPTrainer with AMP on a GPU)
 with nadir's optimiser and schedule (AdamW, warm-up then cosine), so `lr` means the same for both
-backends. Chips are unpacked from the shards into the job's working directory and registered as a
-COCO dataset; the records are fed in nadir's seeded batch order with nadir's symmetries
+backends. The split's records are registered in detectron2's DatasetCatalog in memory, each with
+its chip's shard, offset and size, and the chips are read where they are as the torchvision loop
+reads them (local shards by offset, S3 shards by ranged reads, read ahead): no chip is written to
+disk. The records are fed in nadir's seeded batch order with nadir's symmetries
 (`SeededBatches`, `random_flip_rotate`), so a resumed run sees the batches an uninterrupted one
 sees, and both backends see the same augmentations.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import torch
+
 from nadir.config.catalogue import entry
 from nadir.core.errors import InputError, NadirError
-from nadir.core.names import check_name
-from nadir.storage.shards import decode_chip, read_chips
+from nadir.storage.shards import ShardReader, cache_from_environment, chip_ranges, decode_chip
 from nadir.train.backends import TrainJob, saved_chip_params
 from nadir.train.provenance import base_resolved_config
 
@@ -150,12 +154,6 @@ def dataset_name(dataset: str, split: str) -> str:
     return f"nadir_{dataset}_{split}"
 
 
-def registration_arguments(dataset: str, split: str, coco_json: Path, image_root: Path) -> dict:
-    """Arguments of detectron2's `register_coco_instances` for one split of our COCO files."""
-    return {"name": dataset_name(dataset, split), "metadata": {}, "json_file": str(coco_json),
-            "image_root": str(image_root)}
-
-
 def detectron2_checkpoint(path: Path) -> dict:
     """What detectron2's checkpointer reads from a weights file or checkpoint, read without
     unpickling anything but arrays and tensors (`nadir.train.weights`).
@@ -203,57 +201,89 @@ def contiguous_category_ids(categories: list[dict]) -> list[int]:
     return sorted(c["id"] for c in categories)
 
 
-def unpack_chips(coco_json: Path, shards: list[str], image_root: Path) -> Path:
-    """Write a split's chips as files under image_root/<shard>/; return a COCO file naming them.
+def with_chip_ranges(records: list[dict], coco_json: Path,
+                     shards: list[str]) -> list[dict]:
+    """detectron2's records of a COCO split (`load_coco_json` with no image root) with where
+    each chip lies: `shard`, `offset`, `size`, and `file_name` its member name in the shard.
 
-    Chip names are only unique within a shard, hence one folder per shard. They become file
-    names, so each must follow the name rule (`nadir.core.names`).
+    Chips are read from the shards by these ranges (`RegisteredChips`): none is written out.
     """
-    coco = json.loads(Path(coco_json).read_text())
-    for image in coco["images"]:
-        check_name(image["file_name"], coco_json, "chip file name")
-    for image, data in zip(coco["images"], read_chips(shards, coco["images"], coco_json),
-                           strict=True):
-        folder = image_root / str(image["shard"])
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / image["file_name"]).write_bytes(data)
-    for image in coco["images"]:
-        image["file_name"] = f"{image['shard']}/{image['file_name']}"
-    rewritten = image_root / "coco.json"
-    rewritten.write_text(json.dumps(coco))
-    log.info("unpacked %d chips to %s for detectron2", len(coco["images"]), image_root)
-    return rewritten
+    images = {im["id"]: im for im in json.loads(Path(coco_json).read_text())["images"]}
+    ranges = chip_ranges(shards, list(images.values()), coco_json)
+    for record in records:
+        image = images[record["image_id"]]
+        record["shard"], record["file_name"] = image["shard"], image["file_name"]
+        record["offset"], record["size"] = ranges[(image["shard"], image["file_name"])]
+    return records
+
+
+def register_split(name: str, coco_json: Path, shards: list[str]) -> None:
+    """Register a split's records in detectron2's DatasetCatalog, in memory (a name an
+    earlier job of this process registered is replaced)."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+    from detectron2.data.datasets import load_coco_json
+
+    if name in DatasetCatalog.list():
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+    DatasetCatalog.register(name, lambda: with_chip_ranges(
+        load_coco_json(str(coco_json), "", name), coco_json, shards))
+    MetadataCatalog.get(name).set(json_file=str(coco_json), evaluator_type="coco")
 
 
 class RegisteredChips:
-    """detectron2 training inputs from registered dataset records, keyed (index, symmetry code).
+    """detectron2 training inputs from registered dataset records (`with_chip_ranges`), keyed
+    (index, symmetry code), each chip decoded from its shard's bytes.
 
     Replaces detectron2's DatasetMapper and its random flips: the key comes from `SeededBatches`,
     so the augmentation is a function of the seed and the step, as in the torchvision backend.
     Chips are already at the model's size; no resizing is needed. Under `recipe: reference`,
     `augmentations` (detectron2's, from the zoo config) replace nadir's symmetries, their
     random draws seeded by (seed, chip, the sampler's draw) so that a resumed run repeats them.
+    The chips are read where they are, as the torchvision loop reads them (`ShardReader`:
+    local shards by offset, S3 shards by ranged reads, batches read ahead).
     """
 
-    def __init__(self, records: list[dict], input_format: str, augment: bool,
-                 augmentations: list | None = None, seed: int = 0):
-        self.records, self.input_format, self.augment = records, input_format, augment
+    def __init__(self, records: list[dict], reader: ShardReader, input_format: str,
+                 augment: bool, augmentations: list | None = None, seed: int = 0):
+        self.records, self.reader = records, reader
+        self.input_format, self.augment = input_format, augment
         self.augmentations, self.seed = augmentations, seed
 
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, key: tuple[int, int]) -> dict:
+    def member(self, index: int) -> tuple[int, str, int, int]:
+        """(shard index, member name, offset, size) of a record's chip."""
+        record = self.records[index]
+        return record["shard"], record["file_name"], record["offset"], record["size"]
+
+    def read_ahead(self, batches: Iterable[list]) -> Iterator[list]:
+        """Batches of keys (index, code) as (index, code, chip bytes), the next ones fetched
+        meanwhile, when the shards are on S3; local shards' batches as they are."""
+        from nadir.train.data import READ_AHEAD_BATCHES
+
+        if not self.reader.remote:
+            yield from batches
+            return
+        for batch, chips in self.reader.read_ahead(
+                batches, lambda keys: [self.member(key[0]) for key in keys], READ_AHEAD_BATCHES):
+            yield [(*key, data) for key, data in zip(batch, chips, strict=True)]
+
+    def __getitem__(self, key: tuple) -> dict:
+        """`key` is (index, symmetry code), with the chip's bytes third when read ahead."""
         import numpy as np
-        import torch
         from detectron2.structures import Boxes, BoxMode, Instances
 
         from nadir.train.data import random_flip_rotate
 
-        index, code = key
+        index, code, data = (*key, None)[:3]
+        shard, name = self.member(index)[:2]
+        if data is None:
+            data = self.reader.read([self.member(index)])[0]
         record = self.records[index]
-        pixels = torch.from_numpy(np.array(decode_chip(Path(record["file_name"]),
-                                                       record["file_name"]))).permute(2, 0, 1)
+        pixels = torch.from_numpy(np.array(decode_chip(
+            data, f"{self.reader.shards[shard]}: chip {name}"))).permute(2, 0, 1)
         objects = [o for o in record["annotations"] if not o.get("iscrowd", 0)]
         boxes = torch.tensor([BoxMode.convert(o["bbox"], o["bbox_mode"], BoxMode.XYXY_ABS)
                               for o in objects], dtype=torch.float32).reshape(-1, 4)
@@ -268,11 +298,9 @@ class RegisteredChips:
         return {"image": in_channel_order(pixels, self.input_format),
                 "height": height, "width": width, "instances": instances}
 
-
     def _reference_augmented(self, pixels, boxes, index: int, code: int):
         """detectron2's augmentations (they draw from numpy's global generator) on one chip."""
         import numpy as np
-        import torch
         from detectron2.data import transforms as T
 
         np.random.seed((self.seed * 1_000_003 + index * 8 + code) % 2**32)
@@ -281,6 +309,23 @@ class RegisteredChips:
         T.AugmentationList(self.augmentations)(item)
         return (torch.from_numpy(np.ascontiguousarray(item.image)).permute(2, 0, 1),
                 torch.as_tensor(item.boxes, dtype=torch.float32).reshape(-1, 4))
+
+
+class RegisteredBatches(torch.utils.data.IterableDataset):
+    """`RegisteredChips` batches in `sampler`'s order, made in the loader's processes (a
+    torch IterableDataset): worker w of W makes batches w, w + W, ..., reading their chips
+    ahead, so the DataLoader's round robin returns them in the sampler's order."""
+
+    def __init__(self, chips: RegisteredChips, sampler):
+        super().__init__()
+        self.chips, self.sampler = chips, sampler
+
+    def __iter__(self) -> Iterator[list[dict]]:
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        mine = itertools.islice(iter(self.sampler), worker, None, workers)
+        for keys in self.chips.read_ahead(mine):
+            yield [self.chips[key] for key in keys]
 
 
 def reference_solver(model_name: str, model, plan: TrainingPlan, config):
@@ -479,20 +524,18 @@ class Detectron2Backend:
 
     def train(self, job: TrainJob) -> dict:
         require_detectron2()
-        import torch
-        from detectron2.data import DatasetCatalog, MetadataCatalog, get_detection_dataset_dicts
-        from detectron2.data.datasets import register_coco_instances
+        from detectron2.data import get_detection_dataset_dicts
         from detectron2.engine import AMPTrainer, SimpleTrainer, hooks
         from detectron2.solver import get_default_optimizer_params
 
-        from nadir.train.data import SeededBatches
+        from nadir.train.data import SeededBatches, as_made
         from nadir.train.loop import (
             loader_generator,
             loader_workers,
             seed_and_determinism,
             set_rng_state,
         )
-        from nadir.train.recipes import lr_factor, training_plan
+        from nadir.train.recipes import lr_factor
 
         hp = job.hp
         determinism = seed_and_determinism(hp)
@@ -501,13 +544,9 @@ class Detectron2Backend:
         coco = json.loads(job.train_json.read_text())
         params = job.chip_params
         size, num_classes = params.size, len(coco["categories"])
-        work = Path(tempfile.mkdtemp(prefix="nadir-detectron2-"))
-        images = unpack_chips(job.train_json, job.shards, work / "chips")
-        registration = registration_arguments(job.dataset, "train", images, work / "chips")
-        if registration["name"] in DatasetCatalog.list():  # an earlier job of this process
-            DatasetCatalog.remove(registration["name"])
-            MetadataCatalog.remove(registration["name"])
-        register_coco_instances(**registration)
+        work = Path(tempfile.mkdtemp(prefix="nadir-detectron2-"))  # checkpoints only
+        split = dataset_name(job.dataset, "train")
+        register_split(split, job.train_json, job.shards)
         model, input_format, config = build_detectron2_model(job.model, num_classes, size,
                                                              hp["pretrained"], device.type)
         model.train()
@@ -515,7 +554,7 @@ class Detectron2Backend:
         if job.weights_file is not None:
             # detectron2's checkpointer renames by heuristics; nadir reads the file.
             tensors_only_checkpointer(model).load(str(job.weights_file))
-        plan = training_plan(job.model, hp, len(coco["images"]), hp["batch_size"])
+        plan = job.training_plan(len(coco["images"]), hp["batch_size"])
         augmentations = None
         if plan.recipe == "reference":  # detectron2's solver, schedule and augmentation
             optimizer, scheduler = reference_solver(job.model, model, plan, config)
@@ -530,14 +569,15 @@ class Detectron2Backend:
         start = resumed["iteration"] if resumed is not None else 0
         # Every chip of train.json, empty ones included (detectron2 drops them by default), so
         # this backend trains on the chips the others do and that run.json counts.
-        chips = RegisteredChips(get_detection_dataset_dicts([registration["name"]],
-                                                            filter_empty=False),
+        chips = RegisteredChips(get_detection_dataset_dicts([split], filter_empty=False),
+                                ShardReader(job.shards, cache_from_environment()),
                                 input_format, hp["augment"], augmentations, hp["seed"])
         workers = loader_workers(job.threads, 1, device)
+        sampler = SeededBatches(len(chips), hp["batch_size"], hp["seed"], start,
+                                augment=hp["augment"] or bool(augmentations))
         loader = torch.utils.data.DataLoader(
-            chips, batch_sampler=SeededBatches(len(chips), hp["batch_size"], hp["seed"], start,
-                                               augment=hp["augment"] or bool(augmentations)),
-            num_workers=workers, collate_fn=list, persistent_workers=workers > 0,
+            RegisteredBatches(chips, sampler), batch_size=None,
+            num_workers=workers, collate_fn=as_made, persistent_workers=workers > 0,
             generator=loader_generator(hp["seed"]))
         amp = bool(hp["amp"]) and device.type == "cuda"
         trainer = (AMPTrainer if amp else SimpleTrainer)(model, loader, optimizer)
@@ -590,7 +630,6 @@ class Detectron2Backend:
     def predict(self, weights: Path, coco_json: Path, shards: list[str], hp: dict,
                 threads: int = 1) -> list[dict]:
         require_detectron2()
-        import torch
 
         from nadir.train.data import ShardChips
         from nadir.train.weights import read_weights
@@ -627,15 +666,12 @@ class Detectron2Backend:
         return results
 
     def resolved_config(self, job: TrainJob) -> dict:
-        import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
         coco = json.loads(job.train_json.read_text())
         overrides = model_overrides(job.model, len(coco["categories"]), job.chip_params.size,
                                     job.hp["pretrained"], device)
-        from nadir.train.recipes import training_plan
-
-        plan = training_plan(job.model, job.hp, len(coco["images"]), job.hp["batch_size"])
+        plan = job.training_plan(len(coco["images"]), job.hp["batch_size"])
         reference = plan.recipe == "reference"
         solver = ({"solver_settings": {k: list(v) if isinstance(v, tuple) else v
                                        for k, v in solver_settings(plan).items()}}

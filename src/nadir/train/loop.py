@@ -45,8 +45,8 @@ from nadir.train.loader_cost import gpu_job_cpus, loader_capacity
 from nadir.train.models import build_detector
 from nadir.train.models.bands import RGB, input_bands
 from nadir.train.provenance import base_resolved_config, fingerprint, installed_versions
-from nadir.train.recipes import ModelEMA, build_optimizer, lr_factor, model_ema, training_plan
-from nadir.train.selection import SelectionScorer, coco_detections, detections
+from nadir.train.recipes import ModelEMA, build_optimizer, lr_factor, model_ema
+from nadir.train.selection import Scored, SelectionScorer, coco_detections, detections
 from nadir.train.weights import read_weights
 
 log = logging.getLogger(__name__)
@@ -272,17 +272,20 @@ class Progress:
                 "window": [values.tolist() for values in self.window],
                 "seconds": self.seconds(), "best": self.best, "best_weights": self.best_weights}
 
-    def record_selection(self, done: int, scores: dict, model: torch.nn.Module) -> bool:
-        """Log the selection scores; keep a copy of the weights when they are the best yet
+    def record_selection(self, done: int, scores: dict, weights: dict) -> bool:
+        """Log the selection scores of iteration `done` (they arrive later than its loss
+        row: the row goes in at its iteration, so train_log.json reads the same whenever
+        they arrive); keep `weights` (a CPU copy of those scored) when they are the best yet
         (by AP, then AP50; the earlier iteration wins a tie). True when they are."""
-        self.history.append({"iteration": done, **scores})
+        at = next((i for i, row in enumerate(self.history) if row["iteration"] > done),
+                  len(self.history))
+        self.history.insert(at, {"iteration": done, **scores})
         key = (scores["selection_AP"], scores["selection_AP50"])
         if self.best is not None and key <= (self.best["selection_AP"],
                                              self.best["selection_AP50"]):
             return False
         self.best = {"iteration": done, **scores}
-        self.best_weights = {k: v.detach().to("cpu", copy=True)
-                             for k, v in model.state_dict().items()}
+        self.best_weights = weights
         return True
 
     def seconds(self) -> float:
@@ -347,28 +350,41 @@ def _loop(rank: int, job: TrainJob, world: int, device: torch.device) -> dict:
             scorer = SelectionScorer(job.selection_json, job.shards, dataset.categories,
                                      hp["batch_size"], scaling=dataset.scaling)
     progress.began = time.perf_counter()
-    for step in range(progress.start, iterations):
-        loss, losses = _train_step(trained, next(batches), dataset, optimisation, device)
-        done = step + 1
-        checkpoint_now = job.checkpoints is not None and job.checkpoint_every and \
-            done % job.checkpoint_every == 0 and done < iterations
-        log_now = done % hp["log_interval"] == 0 or done == iterations
-        if not lead:
+    try:
+        for step in range(progress.start, iterations):
+            loss, losses = _train_step(trained, next(batches), dataset, optimisation, device)
+            done = step + 1
+            checkpoint_now = job.checkpoints is not None and job.checkpoint_every and \
+                done % job.checkpoint_every == 0 and done < iterations
+            log_now = done % hp["log_interval"] == 0 or done == iterations
+            if not lead:
+                if checkpoint_now:
+                    _gather_rng_states(world, device)
+                continue
+            progress.record(loss, losses)
+            lr = optimisation.scheduler.get_last_lr()[0]
+            if log_now or checkpoint_now:
+                means = progress.window_means(job.model, done, hp["lr"])
+            if log_now:
+                progress.log_interval(means, done, iterations, lr, hp["batch_size"] * world)
+                live.add(done, _curves(progress.history[-1], device))
+            if scorer is not None:
+                arrived = scorer.arrived()
+                if done % hp["eval_every"] == 0 or done == iterations:
+                    arrived += scorer.submit(done, optimisation.model, device,
+                                             _saved_weights(optimisation))
+                _record_selection(arrived, progress, live)
             if checkpoint_now:
-                _gather_rng_states(world, device)
-            continue
-        progress.record(loss, losses)
-        lr = optimisation.scheduler.get_last_lr()[0]
-        if log_now or checkpoint_now:
-            means = progress.window_means(job.model, done, hp["lr"])
-        if log_now:
-            progress.log_interval(means, done, iterations, lr, hp["batch_size"] * world)
-            live.add(done, _curves(progress.history[-1], device))
-        if scorer is not None and (done % hp["eval_every"] == 0 or done == iterations):
-            _score_selection(scorer, optimisation.model, progress, done, device, live)
-        if checkpoint_now:
-            _save_checkpoint(job, done, optimisation, progress, _gather_rng_states(world, device))
-            live.publish()
+                if scorer is not None:  # the checkpoint holds every score up to its step
+                    _record_selection(scorer.arrived(keep=0), progress, live)
+                _save_checkpoint(job, done, optimisation, progress,
+                                 _gather_rng_states(world, device))
+                live.publish()
+        if scorer is not None:
+            _record_selection(scorer.arrived(keep=0), progress, live)
+    finally:
+        if scorer is not None:
+            scorer.close()
     if not lead:
         return {}
     if device.type == "cuda":
@@ -402,16 +418,23 @@ def _curves(row: dict, device: torch.device) -> dict:
     return curves
 
 
-def _score_selection(scorer: SelectionScorer, model: torch.nn.Module, progress: Progress,
-                     done: int, device: torch.device, live: LiveCurves) -> None:
-    started = time.perf_counter()
-    scores = scorer.score(model, device)
-    best = progress.record_selection(done, scores, model)
-    live.add(done, {"selection/AP": scores["selection_AP"],
-                    "selection/AP50": scores["selection_AP50"]})
-    log.info("iteration %d: selection split AP %.4f, AP50 %.4f (%.1fs)%s", done,
-             scores["selection_AP"], scores["selection_AP50"], time.perf_counter() - started,
-             ", the best so far" if best else "")
+def _saved_weights(optimisation: Optimisation) -> dict | None:
+    """The weights model.pt would hold now: the recipe's average where it keeps one (YOLOX's
+    EMA), else None (the model's own)."""
+    ema = optimisation.ema
+    return None if ema is None else ema.weights(optimisation.model)
+
+
+def _record_selection(arrived: list[Scored], progress: Progress, live: LiveCurves) -> None:
+    """Record scores that came back from the scoring process, oldest first."""
+    for scored in arrived:
+        scores = scored.scores
+        best = progress.record_selection(scored.iteration, scores, scored.weights)
+        live.add(scored.iteration, {"selection/AP": scores["selection_AP"],
+                                    "selection/AP50": scores["selection_AP50"]})
+        log.info("iteration %d: selection split AP %.4f, AP50 %.4f (scored in %.1fs beside "
+                 "training)%s", scored.iteration, scores["selection_AP"],
+                 scores["selection_AP50"], scored.seconds, ", the best so far" if best else "")
 
 
 def _selection_record(job: TrainJob, scorer: SelectionScorer | None, progress: Progress):
@@ -440,7 +463,7 @@ def _build_optimisation(job: TrainJob, num_classes: int, size: int, device: torc
     model = build_detector(job.model, num_classes, size, hp["pretrained"], job.weights_file,
                            input_bands(job.chip_params, hp["band_mixing"]))
     model.to(device).train()
-    plan = training_plan(job.model, hp, chips, global_batch)
+    plan = job.training_plan(chips, global_batch)
     optimizer, params = build_optimizer(model, plan, job.model, hp["pretrained"])
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(plan))
     amp = bool(hp["amp"]) and device.type == "cuda"

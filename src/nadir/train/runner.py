@@ -49,7 +49,7 @@ def run(job: TrainJob, checkpoint_root: str | None = None, s3_endpoint: str | No
     chips = len(json.loads(job.train_json.read_text())["images"])
     global_batch = job.hp["batch_size"] * backend.processes(job)
     job.hp = with_length(job.hp, chips, global_batch)
-    plan = training_plan(job.model, job.hp, chips, global_batch)
+    job.plan = plan = training_plan(job.model, job.hp, chips, global_batch)
     source = weight_source(job.model, job.hp["pretrained"])
     if source is not None and job.weights_file is None:
         raise NadirError(f"{job.model} with pretrained: {job.hp['pretrained']} needs its "

@@ -1,20 +1,33 @@
 """Scoring a model on the selection split while it trains (`training.eval_every`).
 
-Every `eval_every` iterations the lead process predicts the selection split's chips and
-scores them with COCO's metrics (nadir.protocols.coco) (chip level, AP and AP50); the best score
-so far decides which weights are `best`. The selection split is carved from train by scene
+Every `eval_every` iterations the lead process predicts the selection split's chips (a model
+step, on the training device) with the weights that would be saved (the recipe's average where
+it keeps one), and hands the detections to a scoring process (spawned, CPU only), which scores
+them with COCO's metrics (nadir.protocols.coco) (chip level, AP and AP50) while training goes
+on: the GPU never waits for the scoring. The best score so far decides which weights are
+`best`; a CPU copy of the weights of each step whose score is pending is kept until it arrives
+(at most `MAX_PENDING`). The selection split is carved from train by scene
 (nadir.coco.files.carve_selection), so the split that picks the weights is never the one that
 scores them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import multiprocessing
+import time
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from nadir.core.errors import NadirError
 from nadir.protocols.coco import coco_evaluation
 from nadir.raster.band_stats import InputScaling
 from nadir.train.data import ShardChips, category_labels
@@ -61,22 +74,99 @@ def detections(model: torch.nn.Module, dataset: ShardChips, categories: list[dic
     return results
 
 
+# Scorings in flight at once: each holds a CPU copy of its step's weights until its score
+# arrives. A scoring (COCO's matching on the CPU) that takes longer than `eval_every` steps
+# makes the loop wait here rather than pile up copies.
+MAX_PENDING = 2
+
+
+@dataclass
+class Scored:
+    """One scoring's result: the step, its selection scores, the weights scored (on the CPU)
+    and the seconds from handing over the detections to the score's arrival."""
+
+    iteration: int
+    scores: dict
+    weights: dict
+    seconds: float
+
+
+@dataclass
+class _Pending:
+    iteration: int
+    future: Future
+    weights: dict
+    began: float
+
+
 class SelectionScorer:
-    """Chip-level AP and AP50 of the model on the selection split, and the best so far."""
+    """Chip-level AP and AP50 on the selection split: `submit` predicts with the given weights
+    on the device and hands the detections to the scoring process; `arrived` returns the
+    scores in the order submitted, waiting only when asked to (or when `MAX_PENDING` are in
+    flight). `close` ends the scoring process."""
 
     def __init__(self, selection_json: Path, shards: list[str], categories: list[dict],
                  batch: int, max_detections: int = 100, scaling: InputScaling | None = None):
         self.gt = json.loads(Path(selection_json).read_text())
         self.dataset = ShardChips(selection_json, shards, scaling=scaling)
         self.categories, self.batch, self.max_detections = categories, batch, max_detections
+        self._pending: deque[_Pending] = deque()
+        # spawn: a fork of a process that drives a GPU and runs reader threads is unsafe
+        self._worker = ProcessPoolExecutor(1, multiprocessing.get_context("spawn"))
 
-    def score(self, model: torch.nn.Module, device: torch.device) -> dict:
+    def submit(self, iteration: int, model: torch.nn.Module, device: torch.device,
+               weights: dict | None = None) -> list[Scored]:
+        """Predict the split with `weights` (None: the model's own; else the recipe's average
+        of them) and hand the detections to the scoring process; returns the scores that had
+        to arrive first to keep at most `MAX_PENDING` in flight."""
+        waited = self.arrived(keep=MAX_PENDING - 1)
         was_training = model.training
         model.eval()
         try:
-            found = detections(model, self.dataset, self.categories, self.batch, device)
+            with weights_loaded(model, weights):
+                found = detections(model, self.dataset, self.categories, self.batch, device)
         finally:
             model.train(was_training)
-        metrics = coco_evaluation(self.gt, found, self.max_detections,
-                                  source="the selection split")["metrics"]
-        return {"selection_AP": metrics["AP"], "selection_AP50": metrics["AP50"]}
+        kept = {k: v.detach().to("cpu", copy=True)
+                for k, v in (weights if weights is not None else model.state_dict()).items()}
+        # The scoring process imports only the COCO scoring (nadir.protocols.coco), not torch.
+        future = self._worker.submit(coco_evaluation, self.gt, found, self.max_detections,
+                                     source="the selection split")
+        self._pending.append(_Pending(iteration, future, kept, time.perf_counter()))
+        return waited
+
+    def arrived(self, keep: int | None = None) -> list[Scored]:
+        """The scores that have arrived, oldest first; waits for the oldest while more than
+        `keep` are in flight (`keep=0`: wait for all of them)."""
+        scored = []
+        while self._pending and ((keep is not None and len(self._pending) > keep)
+                                 or self._pending[0].future.done()):
+            pending = self._pending.popleft()
+            try:
+                metrics = pending.future.result()["metrics"]
+            except BrokenProcessPool:
+                raise NadirError("the selection split's scoring process ended unexpectedly "
+                                 "(out of memory?); give the job more memory or set "
+                                 "training.eval_every: 0") from None
+            scores = {"selection_AP": metrics["AP"], "selection_AP50": metrics["AP50"]}
+            scored.append(Scored(pending.iteration, scores, pending.weights,
+                                 time.perf_counter() - pending.began))
+        return scored
+
+    def close(self) -> None:
+        self._worker.shutdown(wait=True, cancel_futures=True)
+
+
+@contextlib.contextmanager
+def weights_loaded(model: torch.nn.Module, weights: dict | None) -> Iterator[None]:
+    """`model` holding `weights` inside the block (None: its own), its own state restored bit
+    for bit after."""
+    if weights is None:
+        yield
+        return
+    saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    model.load_state_dict(weights)
+    try:
+        yield
+    finally:
+        model.load_state_dict(saved)
