@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -111,8 +112,10 @@ class ShardChips(torch.utils.data.Dataset):
         """Items' images as the model takes them: moved to `device` as stored (a quarter of
         the bytes of float32 for 8-bit chips, in the decoder's pixel order), then laid out CHW,
         converted and scaled there, so loader processes spend no CPU on it and pass no floats
-        to the training process (bench/loader_cost.py)."""
-        return [self.scaling.apply(image.to(device).contiguous().float()) for image in images]
+        to the training process (bench/loader_cost.py). From pinned memory the copy runs
+        while the step before still computes (`non_blocking`)."""
+        return [self.scaling.apply(image.to(device, non_blocking=True).contiguous().float())
+                for image in images]
 
 
 def category_labels(categories: list[dict]) -> dict[int, int]:
@@ -158,26 +161,33 @@ class SeededBatches(torch.utils.data.Sampler):
             step += 1
 
 
+def collate(batch):
+    return tuple(zip(*batch, strict=True))
+
+
 class LoaderBatches(torch.utils.data.IterableDataset):
     """Collated batches of `dataset` in `sampler`'s order, made in the loader's processes.
 
     Worker w of W makes batches w, w + W, ... of the sampler, reading their chips ahead
-    (`ShardChips.read_ahead`), decoding, augmenting and collating them; the DataLoader takes
-    one from each worker in turn, so the batches arrive in the sampler's order whatever W is.
+    (`dataset.read_ahead`), decoding, augmenting and collating them (`collate_items`: the
+    loop's `collate`; detectron2's adapter keeps its list of dicts); the DataLoader takes one
+    from each worker in turn, so the batches arrive in the sampler's order whatever W is.
     The training process itself only receives batches: no S3 request competes for its
-    interpreter with the thread that drives the GPU.
+    interpreter with the thread that drives the GPU. `dataset` is a `ShardChips` or anything
+    with its `read_ahead` and keyed items (`nadir.train.detectron2.RegisteredChips`).
     """
 
-    def __init__(self, dataset: ShardChips, sampler: SeededBatches):
+    def __init__(self, dataset: ShardChips, sampler: SeededBatches,
+                 collate_items: Callable[[list], Any] = collate):
         super().__init__()
-        self.dataset, self.sampler = dataset, sampler
+        self.dataset, self.sampler, self.collate_items = dataset, sampler, collate_items
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         mine = itertools.islice(iter(self.sampler), worker, None, workers)
         for keys in self.dataset.read_ahead(mine):
-            yield collate([self.dataset[key] for key in keys])
+            yield self.collate_items([self.dataset[key] for key in keys])
 
 
 def as_made(batch):
@@ -232,6 +242,3 @@ def model_targets(model: torch.nn.Module, targets: tuple[dict, ...],
     keys = ("boxes", "labels", *getattr(getattr(model, "module", model), "target_keys", ()))
     return [{key: t[key].to(device) for key in keys} for t in targets]
 
-
-def collate(batch):
-    return tuple(zip(*batch, strict=True))

@@ -18,7 +18,6 @@ sees, and both backends see the same augmentations.
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import shutil
@@ -311,23 +310,6 @@ class RegisteredChips:
                 torch.as_tensor(item.boxes, dtype=torch.float32).reshape(-1, 4))
 
 
-class RegisteredBatches(torch.utils.data.IterableDataset):
-    """`RegisteredChips` batches in `sampler`'s order, made in the loader's processes (a
-    torch IterableDataset): worker w of W makes batches w, w + W, ..., reading their chips
-    ahead, so the DataLoader's round robin returns them in the sampler's order."""
-
-    def __init__(self, chips: RegisteredChips, sampler):
-        super().__init__()
-        self.chips, self.sampler = chips, sampler
-
-    def __iter__(self) -> Iterator[list[dict]]:
-        info = torch.utils.data.get_worker_info()
-        worker, workers = (info.id, info.num_workers) if info else (0, 1)
-        mine = itertools.islice(iter(self.sampler), worker, None, workers)
-        for keys in self.chips.read_ahead(mine):
-            yield [self.chips[key] for key in keys]
-
-
 def reference_solver(model_name: str, model, plan: TrainingPlan, config):
     """(optimiser, LR scheduler) by detectron2's own builders from the zoo config under
     `recipe: reference`: `build_optimizer` / `build_lr_scheduler` for yaml configs (with
@@ -528,7 +510,7 @@ class Detectron2Backend:
         from detectron2.engine import AMPTrainer, SimpleTrainer, hooks
         from detectron2.solver import get_default_optimizer_params
 
-        from nadir.train.data import SeededBatches, as_made
+        from nadir.train.data import LoaderBatches, SeededBatches, as_made
         from nadir.train.loop import (
             loader_generator,
             loader_workers,
@@ -576,7 +558,7 @@ class Detectron2Backend:
         sampler = SeededBatches(len(chips), hp["batch_size"], hp["seed"], start,
                                 augment=hp["augment"] or bool(augmentations))
         loader = torch.utils.data.DataLoader(
-            RegisteredBatches(chips, sampler), batch_size=None,
+            LoaderBatches(chips, sampler, collate_items=list), batch_size=None,
             num_workers=workers, collate_fn=as_made, persistent_workers=workers > 0,
             generator=loader_generator(hp["seed"]))
         amp = bool(hp["amp"]) and device.type == "cuda"

@@ -335,7 +335,7 @@ def _loop(rank: int, job: TrainJob, world: int, device: torch.device) -> dict:
     progress = _resume(job, optimisation, rank, world, device)
     trained = _distributed(optimisation.model, world, device)
     workers = loader_workers(job.threads, world, device)
-    batches = _batches(dataset, hp, progress.start, rank, world, workers)
+    batches = _batches(dataset, hp, progress.start, rank, world, workers, device)
     if lead:
         log.info("training %s on %d chips, %d classes, %d px, iterations %d..%d, device %s x%d, "
                  "AMP %s, %d loader worker(s) per process (about %.0f chips/s, "
@@ -501,13 +501,15 @@ def _distributed(model: torch.nn.Module, world: int, device: torch.device) -> to
         model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
-def _batches(dataset: ShardChips, hp: dict, start: int, rank: int, world: int, workers: int):
-    """This process's batches from iteration `start` on, in the seeded order."""
+def _batches(dataset: ShardChips, hp: dict, start: int, rank: int, world: int, workers: int,
+             device: torch.device):
+    """This process's batches from iteration `start` on, in the seeded order; for a GPU in
+    pinned memory, so that their copies to it do not hold up the step (`model_inputs`)."""
     sampler = SeededBatches(len(dataset), hp["batch_size"], hp["seed"], start, rank, world,
                             hp["augment"])
     return iter(torch.utils.data.DataLoader(
         LoaderBatches(dataset, sampler), batch_size=None, num_workers=workers,
-        collate_fn=as_made, persistent_workers=workers > 0,
+        collate_fn=as_made, persistent_workers=workers > 0, pin_memory=device.type == "cuda",
         generator=loader_generator(hp["seed"])))
 
 
