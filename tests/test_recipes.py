@@ -219,12 +219,16 @@ def test_faster_rcnn_v2_with_pretrained_weights_takes_the_v1_readme_recipe():
 
 
 def test_reference_defaults_to_the_best_weights_and_overrides_still_win():
-    config = {"training": tiny_chips.hyperparameters(recipe="reference"),
+    config = {"training": tiny_chips.hyperparameters(recipe="reference", pretrained="auto"),
               "models": {"yolox_s": None, "fcos_resnet18_fpn": None, "detr_r50": None,
+                         "fasterrcnn_resnet50_fpn_v2": {"pretrained": "none"},
                          "ssdlite320_mobilenet_v3_large": {"lr": 0.01, "iterations": 30}}}
     assert model_hyperparameters(config, "yolox_s")["pretrained"] == "coco"
     assert model_hyperparameters(config, "fcos_resnet18_fpn")["pretrained"] == "imagenet"
     assert model_hyperparameters(config, "detr_r50")["pretrained"] == "none"
+    # an explicit `none` picks the from-scratch recipe (PR #5763: lr 0.1 for 64, 400 epochs)
+    scratch = model_hyperparameters(config, "fasterrcnn_resnet50_fpn_v2")
+    assert (scratch["pretrained"], scratch["lr"], scratch["epochs"]) == ("none", 0.1, 400)
     ssdlite = model_hyperparameters(config, "ssdlite320_mobilenet_v3_large")
     # the model's own lr and iterations win over the recipe's lr and 660 epochs
     assert (ssdlite["lr"], ssdlite["iterations"], ssdlite["epochs"]) == (0.01, 30, None)

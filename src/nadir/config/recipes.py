@@ -36,7 +36,7 @@ _DETR = "facebookresearch/detr main.py"
 _DDETR = "fundamentalvision/Deformable-DETR main.py"
 
 # The keys of `training` a reference recipe sets (over `training` and the catalogue).
-REFERENCE_KEYS = ("lr", "lr_batch", "weight_decay", "clip_grad_norm", "epochs", "pretrained")
+REFERENCE_KEYS = ("lr", "lr_batch", "weight_decay", "clip_grad_norm", "epochs")
 
 
 @dataclass(frozen=True)
@@ -315,17 +315,9 @@ def recipe_of(model: str, pretrained: str) -> Recipe:
     return RECIPES[model]
 
 
-def default_pretrained(offered: list[str]) -> str:
-    """Weights a reference run starts from unless set: COCO, else ImageNet, else none."""
-    return next((kind for kind in ("coco", "imagenet") if kind in offered), "none")
-
-
-def reference_hyperparameters(model: str, offered: list[str],
-                              pretrained: str | None = None) -> dict:
-    """The `training` keys a reference recipe sets for `model` (`REFERENCE_KEYS`); the weights
-    are `pretrained` when a layer sets them, else the best `offered`."""
-    pretrained = pretrained or default_pretrained(offered)
+def reference_hyperparameters(model: str, pretrained: str) -> dict:
+    """The `training` keys a reference recipe sets for `model` started from `pretrained`
+    (resolved: `nadir.config.catalogue.resolved_pretrained`)."""
     recipe = recipe_of(model, pretrained)
     return {"lr": recipe.lr, "lr_batch": recipe.lr_batch, "weight_decay": recipe.weight_decay,
-            "clip_grad_norm": recipe.clip_grad_norm, "epochs": recipe.epochs,
-            "pretrained": pretrained}
+            "clip_grad_norm": recipe.clip_grad_norm, "epochs": recipe.epochs}
