@@ -102,7 +102,7 @@ def _tv_sgd(reference: str, lr: float, lr_batch: int, weight_decay: float, epoch
 _FCOS = _tv_sgd("torchvision FCOS ResNet-50 FPN", 0.01, 16, 1e-4, 26, (16, 22),
                 f"{_TV_README} 'FCOS ResNet-50 FPN'; pytorch/vision PR #4961",
                 "fcos.py L370-371, L762-766",
-                frozen="ImageNet backbone: FrozenBN, 3 trainable stages (builder)")
+                frozen="pretrained (ImageNet or COCO): FrozenBN, 3 of 5 stages trainable (builder)")
 
 _YOLOX_RECIPE = Recipe(
     reference="YOLOX exps/default (yolox_base)", optimizer="sgd", lr=0.01, lr_batch=64,
@@ -152,7 +152,8 @@ _DETR_RECIPE = Recipe(
     schedule="multistep", milestones=(200,), warmup="none", clip_grad_norm=0.1,
     augmentation="hflip 0.5, multi-scale 480-800 / random crop 384-600",
     input_size="short side 480-800, max 1333",
-    frozen="FrozenBN, stem + layer1 frozen (transformers' DetrConvEncoder: nadir trains them)",
+    frozen="FrozenBN, stem + layer1 frozen on its ImageNet trunk (nadir offers no DETR "
+           "weights: from scratch, plain BatchNorm, all trainable)",
     sources={"AdamW; lr 1e-4, backbone 1e-5; weight decay 1e-4 on all": f"{_DETR} L22-25, "
              "L131-139", "batch 64 (4 nodes x 8 GPUs x 2)": "detr run_with_submitit.py L17-18",
              "StepLR at 200 of 300 epochs, no warm-up": f"{_DETR} L26-27, L140",
@@ -171,7 +172,8 @@ RECIPES: dict[str, Recipe] = {
         "torchvision SSD300 VGG16", 0.002, 32, 5e-4, 120, (80, 110),
         f"{_TV_README} 'SSD300 VGG16'", "ssd.py L658-660, L677",
         augmentation="photometric distort, zoom out, IoU crop, horizontal flip",
-        input_size="300 x 300", frozen="ImageNet VGG: 4 of 5 layers trainable (builder)"),
+        input_size="300 x 300",
+        frozen="pretrained (ImageNet or COCO): 4 of 5 VGG blocks trainable (builder)"),
     "fcos_resnet50_fpn": _FCOS,
     "fcos_resnet18_fpn": _FCOS,  # proposal: torchvision has no R18 FCOS
     "retinanet_resnet50_fpn_v2": Recipe(
@@ -179,7 +181,8 @@ RECIPES: dict[str, Recipe] = {
         lr=1e-4, lr_batch=16, weight_decay=0.05, norm_weight_decay=0.0, epochs=26,
         schedule="multistep", milestones=(16, 22), warmup_iterations=1000,
         warmup_per_epoch_cap=True, augmentation="multi-scale 480-800 + horizontal flip",
-        input_size="short side 480-800, max 1333", frozen="plain BatchNorm (v2 builder)",
+        input_size="short side 480-800, max 1333",
+        frozen="plain BatchNorm (v2 builder); pretrained: 3 of 5 stages trainable",
         sources={"AdamW lr 1e-4 at 16, weight decay 0.05, norm weight decay 0, steps 16, 22 "
                  "of 26 epochs, multiscale": "pytorch/vision PR #5756 (training command)",
                  "warm-up": _TV_ENGINE,
@@ -190,12 +193,13 @@ RECIPES: dict[str, Recipe] = {
         "with pretrained weights)", 0.02, 16, 1e-4, 26, (16, 22),
         f"{_TV_README} 'Faster R-CNN ResNet-50 FPN'", "faster_rcnn.py L172 (FasterRCNN "
         "defaults), L639-647 (v2 builder: plain BatchNorm)",
-        frozen="plain BatchNorm, nothing frozen (nadir's v2 builder; v1: FrozenBN, 3 stages)"),
+        frozen="plain BatchNorm (v2 builder); pretrained: 3 of 5 stages trainable (v1: also "
+               "FrozenBN)"),
     "fasterrcnn_mobilenet_v3_large_fpn": _tv_sgd(
         "torchvision Faster R-CNN MobileNetV3-Large FPN", 0.02, 16, 1e-4, 26, (16, 22),
         f"{_TV_README} 'Faster R-CNN MobileNetV3-Large FPN'",
         "faster_rcnn.py L172 (FasterRCNN defaults), L679-683",
-        frozen="ImageNet backbone: FrozenBN, 3 of 6 layers trainable (builder)"),
+        frozen="pretrained (ImageNet or COCO): FrozenBN, 3 of 6 stages trainable (builder)"),
     "fasterrcnn_convnext_tiny_fpn": Recipe(
         reference="ConvNeXt-T Mask R-CNN 3x (proposal: no torchvision detection reference)",
         optimizer="adamw", lr=1e-4, lr_batch=16, weight_decay=0.05, no_decay_1d=True,
@@ -234,7 +238,8 @@ RECIPES: dict[str, Recipe] = {
         warmup_factor=1 / 3, clip_grad_norm=35.0,
         augmentation="flips: horizontal, vertical, diagonal 0.25 each",
         input_size="1024 x 1024 patches, 200 px overlap",
-        frozen="frozen_stages 1, norm_eval (not reproduced: nadir's R18 trains all)",
+        frozen="frozen_stages 1, norm_eval; nadir from ImageNet: stem + layer1 frozen, "
+               "FrozenBN (BN affine frozen too)",
         sources={"SGD 0.9, weight decay 1e-4, lr 0.0025 at batch 2, steps 8, 11 of 12, "
                  "warm-up linear 500 iterations from 1/3, clip 35": f"{_MMR} L4-13",
                  "batch 2": "mmrotate configs/_base_/datasets/dotav1.py L31",
@@ -282,7 +287,8 @@ RECIPES: dict[str, Recipe] = {
         lr_factors=(("sampling_offsets", 0.1), ("reference_points", 0.1)), epochs=50,
         schedule="multistep", milestones=(40,), warmup="none", clip_grad_norm=0.1,
         augmentation="as DETR", input_size="as DETR",
-        frozen="FrozenBN, stem + layer1 frozen (nadir trains them)",
+        frozen="FrozenBN, stem + layer1 frozen on its ImageNet trunk (no weights offered: "
+               "from scratch, all trainable)",
         sources={"AdamW lr 2e-4, backbone x0.1, sampling_offsets/reference_points x0.1, "
                  "weight decay 1e-4, StepLR 40 of 50, clip 0.1": f"{_DDETR} L31-41, L177-210",
                  "total batch 32 (its 8-GPU example command gives 16)":
