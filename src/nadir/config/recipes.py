@@ -31,7 +31,8 @@ _SWIN = ("Swin-Transformer-Object-Detection configs/swin/"
          "mask_rcnn_swin_tiny_patch4_window7_mstrain_480-800_adamw_1x_coco.py")
 _SWIN_BASE = "Swin-Transformer-Object-Detection configs/_base_/schedules/schedule_1x.py"
 _CNX = ("ConvNeXt object_detection/configs/convnext/"
-        "mask_rcnn_convnext_tiny_patch4_window7_mstrain_480-800_adamw_3x_coco.py")
+        "mask_rcnn_convnext_tiny_patch4_window7_mstrain_480-800_adamw_3x_coco_in1k.py")
+_CNX_DECAY = "ConvNeXt object_detection/mmcv_custom/layer_decay_optimizer_constructor.py"
 _DETR = "facebookresearch/detr main.py"
 _DDETR = "fundamentalvision/Deformable-DETR main.py"
 
@@ -61,6 +62,7 @@ class Recipe:
     no_decay_1d: bool = False  # every 1-D parameter without weight decay
     backbone_lr_factor: float = 1.0  # on parameters whose name contains "backbone"
     lr_factors: tuple[tuple[str, float], ...] = ()  # (name contains, lr factor)
+    layer_decay: float | None = None  # ConvNeXt: lr x layer_decay^(7 - layer id of the trunk)
     warmup: str = "linear"  # "linear", "quadratic" or "none"
     warmup_iterations: int = 0  # a fixed count (0: see warmup_epochs)
     warmup_epochs: float = 0.0  # a length in epochs (YOLOX)
@@ -204,15 +206,17 @@ RECIPES: dict[str, Recipe] = {
         reference="ConvNeXt-T Mask R-CNN 3x (proposal: no torchvision detection reference)",
         optimizer="adamw", lr=1e-4, lr_batch=16, weight_decay=0.05, no_decay_1d=True,
         bias_weight_decay=0.0, no_decay_names=("layer_scale",), epochs=36,
-        schedule="multistep", milestones=(27, 33), warmup_iterations=500,
+        schedule="multistep", milestones=(27, 33), warmup_iterations=500, layer_decay=0.95,
         augmentation="hflip + multi-scale 480-800 / crop (DETR-style)",
-        input_size="short side 480-800, max 1333",
-        frozen="nothing frozen (layer-wise lr decay 0.95 not reproduced)",
+        input_size="short side 480-800, max 1333", frozen="nothing frozen",
         sources={"AdamW lr 1e-4, weight decay 0.05, steps 27, 33 of 36 epochs":
                  f"{_CNX} L70-77",
                  "no weight decay on 1-D parameters and biases":
-                 "ConvNeXt object_detection/mmcv_custom/layer_decay_optimizer_constructor.py "
-                 "L83-88",
+                 f"{_CNX_DECAY} L83-88",
+                 "layer-wise lr decay 0.95, num_layers 6: lr x 0.95^(7 - layer id); stem 0, "
+                 "stage 0 1, downsample 1 and stage 1 2, downsample 2 3, stage 2 block b "
+                 "3 + b // 3, downsample 3 and stage 3 6, outside the trunk 7":
+                 f"{_CNX} L70-74; {_CNX_DECAY} L14-42, L74, L98",
                  "batch 16 (inferred: the Swin base ConvNeXt's configs inherit, 8 GPUs x 2)":
                  "Swin _base_/datasets/coco_instance.py L30-31; ConvNeXt object_detection/"
                  "README.md L5-6, L31-33",
