@@ -109,15 +109,24 @@ def first_batch_staged(data: dict, endpoint: str, workdir: Path, workers: int) -
         key = url.split("/", 3)[3]
         client.download_file(BUCKET, key, str(staged / Path(key).name))
         paths.append(str(staged / Path(key).name))
-    next(loader(ShardChips(data["coco"], paths, augment=True), workers))
-    return time.perf_counter() - started
+    return until_first_batch(ShardChips(data["coco"], paths, augment=True), workers, started)
 
 
 def first_batch_streamed(data: dict, endpoint: str, workers: int) -> float:
     started = time.perf_counter()
     reader = ShardReader(data["remote"], endpoint=endpoint)
-    next(loader(ShardChips(data["coco"], data["remote"], augment=True, reader=reader), workers))
-    return time.perf_counter() - started
+    return until_first_batch(ShardChips(data["coco"], data["remote"], augment=True,
+                                        reader=reader), workers, started)
+
+
+def until_first_batch(dataset: ShardChips, workers: int, started: float) -> float:
+    """Seconds from `started` to the loader's first batch; the loader (and its worker
+    processes) is shut down after the clock stops, not inside the measured time."""
+    batches = loader(dataset, workers)
+    next(batches)
+    seconds = time.perf_counter() - started
+    del batches
+    return seconds
 
 
 def chips_per_second(dataset: ShardChips, workers: int) -> float:
@@ -156,21 +165,28 @@ def main() -> None:
         data = {label: write_dataset(workdir / label, chips, max(1, chips // 60), client,
                                      f"results/{label}/chips", pool)
                 for label, chips in sizes.items()}
-        print("\n1. time to the first training batch (s), median of", args.repeats)
-        first = {}
+        print("\n1. time to the first training batch (s), median of", args.repeats,
+              "rounds, each measuring the four cases in an order that alternates (the load "
+              "drifts)")
+        times: dict[tuple[str, str], list[float]] = {}
+        cases = [(label, kind) for label in data for kind in ("staged", "streamed")]
+        for round_ in range(args.repeats):
+            for label, kind in (cases if round_ % 2 == 0 else cases[::-1]):
+                d = data[label]
+                seconds = (first_batch_staged(d, server.endpoint, workdir, args.workers)
+                           if kind == "staged" else
+                           first_batch_streamed(d, server.endpoint, args.workers))
+                times.setdefault((label, kind), []).append(seconds)
+        first = {key: sorted(values)[len(values) // 2] for key, values in times.items()}
         for label, d in data.items():
-            staged = sorted(first_batch_staged(d, server.endpoint, workdir, args.workers)
-                            for _ in range(args.repeats))[args.repeats // 2]
-            streamed = sorted(first_batch_streamed(d, server.endpoint, args.workers)
-                              for _ in range(args.repeats))[args.repeats // 2]
-            first[label] = (staged, streamed)
+            staged, streamed = first[(label, "staged")], first[(label, "streamed")]
             print(f"   {label}: {len(d['images'])} train chips, {len(d['local'])} shard(s), "
                   f"{d['shard_bytes'] / 1e6:.1f} MB: staged {staged:.2f}, streamed "
                   f"{streamed:.2f}, streamed / staged {streamed / staged:.3f}")
-        grow = {kind: first["large"][i] / first["small"][i]
-                for i, kind in enumerate(("staged", "streamed"))}
+        grow = {kind: first[("large", kind)] / first[("small", kind)]
+                for kind in ("staged", "streamed")}
         print(f"   large / small ({args.scale} x the data): staged {grow['staged']:.2f} x, "
-              f"streamed {grow['streamed']:.2f} x")
+              f"streamed {grow['streamed']:.2f} x; load {os.getloadavg()[0]:.1f}")
 
         large = data["large"]
         print("\n2. bytes from S3 for one epoch of the training order")

@@ -68,7 +68,7 @@ def bare_loop(model_name: str, data: dict, hp: dict, threads: int, amp: bool) ->
 
     def step() -> None:
         images, targets = next(loader)
-        images = [im.to(device) for im in images]
+        images = dataset.model_inputs(images, device)
         targets = model_targets(model, targets, device)
         with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
             loss = sum(model(images, targets).values())

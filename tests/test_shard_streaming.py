@@ -152,3 +152,18 @@ def test_a_coco_file_without_offsets_is_scanned_locally_and_refused_on_s3(shards
     scanned = ShardChips(unrecorded, shards["local"])
     assert [scanned.member(i) for i in range(len(scanned))] == \
         [(im["shard"], im["file_name"], im["offset"], im["size"]) for im in shards["images"]]
+
+
+def test_chips_reach_the_model_as_their_bytes_scaled_on_its_device(shards):
+    """The loader passes chips as stored (uint8, a quarter of float32's bytes); the model gets
+    exactly the decoded values / 255, laid out CHW, whatever symmetry the sampler chose."""
+    chips = ShardChips(shards["coco"], shards["local"], augment=True)
+    decoded = np.asarray(Image.open(io.BytesIO(read_chips(
+        shards["local"], shards["images"][:1], shards["coco"])[0])).convert("RGB"))
+    expected = torch.from_numpy(decoded.copy()).permute(2, 0, 1).float() / 255.0
+    for code, turned in ((0, expected), (1, expected.flip(2)), (6, expected.flip(1).mT)):
+        image, _ = chips[(0, code)]
+        assert image.dtype == torch.uint8
+        (scaled,) = chips.model_inputs([image], torch.device("cpu"))
+        assert scaled.is_contiguous() and scaled.dtype == torch.float32
+        assert torch.equal(scaled, turned)

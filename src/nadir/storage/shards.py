@@ -241,29 +241,46 @@ class ShardReader:
     def read(self, members: list[tuple[int, str, int, int]]) -> list[bytes]:
         """The bytes of each (shard index, member name, offset, size), in the order given.
 
-        A range beyond its shard's end (a shard shorter than its chip list says) is an
-        InputError naming the shard and the member."""
+        The ranged GETs of one call run at once on the process's fetch threads, so a batch
+        whose chips lie in many shards takes about as long as one in a single shard. S3 is
+        asked for each shard's size and ETag (a HEAD) only with a cache, which keys chips by
+        them; without one, the GET's Content-Range says the shard's size. A range beyond its
+        shard's end (a shard shorter than its chip list says) is an InputError naming the
+        shard and the member."""
         out: dict[int, bytes] = {}
         wanted: dict[int, list[tuple[int, int, int, str]]] = {}
+        remote = [(position, member) for position, member in enumerate(members)
+                  if is_remote(self.shards[member[0]])]
+        if self.cache:
+            unknown = {index for _, (index, *_) in remote if index not in self._objects}
+            list(_process_pool(self.threads).map(self._object, sorted(unknown)))
         for position, (index, name, offset, size) in enumerate(members):
             if not is_remote(self.shards[index]):
                 out[position] = self._read_local(index, name, offset, size)
                 continue
-            total, tag = self._object(index)
-            if offset < 0 or offset + size > total:
-                raise InputError(self.shards[index], f"chip {name} lies at bytes {offset}.."
-                                 f"{offset + size}, beyond this shard's {total} bytes; rerun "
-                                 "the chip stage (the shard is not the one its chip list "
-                                 "describes)")
-            cached = self.cache.get(tag, offset, size) if self.cache else None
-            if cached is not None:
-                out[position] = cached
-            else:
-                wanted.setdefault(index, []).append((offset, size, position, name))
-        for index, ranges in wanted.items():
-            for run in _coalesce(sorted(ranges)):
-                out.update(self._fetch(index, run))
+            if self.cache:
+                total, tag = self._object(index)
+                self._check_within(index, name, offset, size, total)
+                cached = self.cache.get(tag, offset, size)
+                if cached is not None:
+                    out[position] = cached
+                    continue
+            wanted.setdefault(index, []).append((offset, size, position, name))
+        runs = [(index, run) for index, ranges in wanted.items()
+                for run in _coalesce(sorted(ranges))]
+        if len(runs) == 1:
+            out.update(self._fetch(*runs[0]))
+        else:
+            for found in _process_pool(self.threads).map(lambda r: self._fetch(*r), runs):
+                out.update(found)
         return [out[position] for position in range(len(members))]
+
+    def _check_within(self, index: int, name: str, offset: int, size: int, total: int) -> None:
+        if offset < 0 or offset + size > total:
+            raise InputError(self.shards[index], f"chip {name} lies at bytes {offset}.."
+                             f"{offset + size}, beyond this shard's {total} bytes; rerun "
+                             "the chip stage (the shard is not the one its chip list "
+                             "describes)")
 
     def _read_local(self, index: int, name: str, offset: int, size: int) -> bytes:
         try:
@@ -307,24 +324,33 @@ class ShardReader:
                                       status_forcelist=(500, 502, 503, 504)),
                 timeout=urllib3.Timeout(connect=30, read=120))
             body = response.data
-            if response.status != 206:
-                failure = f"HTTP {response.status}"
         except urllib3.exceptions.HTTPError as error:  # its text holds the signed URL
             failure = type(error).__name__
+        else:
+            # "bytes START-END/TOTAL", or "bytes */TOTAL" with 416: the range lies beyond it.
+            total = response.headers.get("Content-Range", "").rpartition("/")[2]
+            if response.status == 416 and total.isdigit():
+                self._check_within(index, run[0][3], start, end - start, int(total))
+            if response.status in (403, 404):
+                raise InputError(self.shards[index], f"cannot read this shard "
+                                 f"({response.status}); rerun the chip stage, or check the "
+                                 "storage's endpoint and keys")
+            if response.status != 206:
+                failure = f"HTTP {response.status}"
         if failure:
             raise NadirError(f"{self.shards[index]}: reading chips {run[0][3]}..{run[-1][3]} "
                              f"(bytes {start}..{end}) failed ({failure})")
         with self._lock:
             self.bytes_fetched += len(body)
             self.requests += 1
-        _, tag = self._object(index)
+        tag = self._object(index)[1] if self.cache else None
         found = {}
         for offset, size, position, name in run:
             data = body[offset - start:offset - start + size]
             if len(data) != size:
                 raise InputError(self.shards[index], f"chip {name} is cut short ({len(data)} "
                                  f"of {size} bytes at offset {offset}); rerun the chip stage")
-            if self.cache:
+            if tag:
                 self.cache.put(tag, offset, data)
             found[position] = data
         return found
@@ -364,6 +390,7 @@ class ShardReader:
 
 _CLIENTS: dict[tuple, object] = {}
 _HTTP: dict[int, object] = {}
+_POOLS: dict[int, ThreadPoolExecutor] = {}
 _CLIENTS_LOCK = threading.Lock()
 
 
@@ -390,6 +417,15 @@ def _process_http(connections: int):
             _HTTP[os.getpid()] = urllib3.PoolManager(maxsize=connections,
                                                      ca_certs=get_cert_path(True))
         return _HTTP[os.getpid()]
+
+
+def _process_pool(threads: int) -> ThreadPoolExecutor:
+    """One pool per process for the ranged GETs of one `ShardReader.read` (a pool's threads
+    do not survive a fork: a loader process makes its own)."""
+    with _CLIENTS_LOCK:
+        if os.getpid() not in _POOLS:
+            _POOLS[os.getpid()] = ThreadPoolExecutor(threads, thread_name_prefix="shard-fetch")
+        return _POOLS[os.getpid()]
 
 
 def _coalesce(ranges: list[tuple[int, int, int, str]]) -> Iterator[list]:

@@ -22,8 +22,9 @@ READ_AHEAD_BATCHES = 8
 class ShardChips(torch.utils.data.Dataset):
     """The images of one COCO split, with their boxes, read from the shards by byte offset.
 
-    Each item is (CHW float tensor, the chip's values scaled by `scaling`: value / 255 for
-    8-bit chips; see `nadir.raster.band_stats.InputScaling`), target dict with `boxes` in
+    Each item is (CHW tensor of the chip's values as stored: uint8 for 8-bit chips, float32
+    for others; `model_inputs` scales them by `scaling` on the model's device, value / 255 for
+    8-bit chips, see `nadir.raster.band_stats.InputScaling`), target dict with `boxes` in
     xyxy pixels, `labels` as model labels 1..K (see `category_labels`), `quads` (the 4
     corners of each oriented box, see `corners_of`), `image_id`). With `augment`, the flip or
     90-degree rotation chosen by the sampler is applied: overhead imagery has no preferred
@@ -104,7 +105,14 @@ class ShardChips(torch.utils.data.Dataset):
             pixels, boxes = random_flip_rotate(pixels, boxes, code)
         target = {"boxes": boxes, "labels": labels, "quads": quads,
                   "image_id": self.images[index]["id"]}
-        return self.scaling.apply(pixels.float()), target
+        return pixels, target
+
+    def model_inputs(self, images: Iterable[torch.Tensor], device: torch.device) -> list:
+        """Items' images as the model takes them: moved to `device` as stored (a quarter of
+        the bytes of float32 for 8-bit chips, in the decoder's pixel order), then laid out CHW,
+        converted and scaled there, so loader processes spend no CPU on it and pass no floats
+        to the training process (bench/loader_cost.py)."""
+        return [self.scaling.apply(image.to(device).contiguous().float()) for image in images]
 
 
 def category_labels(categories: list[dict]) -> dict[int, int]:
@@ -178,7 +186,11 @@ def as_made(batch):
 
 
 def random_flip_rotate(pixels: torch.Tensor, boxes: torch.Tensor, code: int):
-    """Apply one of the 8 symmetries of the square (code 0..7) to a CHW image and xyxy boxes."""
+    """Apply one of the 8 symmetries of the square (code 0..7) to a CHW image and xyxy boxes.
+
+    The image comes back as a view or a flipped copy in its input's memory layout: laying it
+    out CHW (`contiguous`) costs more than the flips, and is done where the image is converted
+    to float (`ShardChips.model_inputs`, on the model's device)."""
     _, h, w = pixels.shape
     if code & 1:  # horizontal flip
         pixels = pixels.flip(2)
@@ -189,7 +201,7 @@ def random_flip_rotate(pixels: torch.Tensor, boxes: torch.Tensor, code: int):
     if code & 4:  # transpose (swap x and y)
         pixels = pixels.transpose(1, 2)
         boxes = boxes[:, [1, 0, 3, 2]]
-    return pixels.contiguous(), boxes
+    return pixels, boxes
 
 
 def corners_of(annotation: dict) -> list[float]:

@@ -637,7 +637,7 @@ class Detectron2Backend:
         results = []
         with torch.no_grad():
             for items in dataset.in_order(hp["batch_size"]):
-                inputs = [{"image": in_channel_order(image * 255.0, input_format).to(device),
+                inputs = [{"image": in_channel_order(image, input_format).to(device),
                            "height": image.shape[1], "width": image.shape[2]}
                           for image, _ in items]
                 for (_, target), out in zip(items, model(inputs), strict=True):

@@ -1,9 +1,9 @@
 """What the training loader costs on a CPU per chip, and so the CPUs a GPU job needs.
 
 Measured by bench/loader_cost.py (figures and machine in bench/README.md, "The loader's CPU
-cost per chip"): one loader worker's CPU seconds per 1,024 px chip to decode it, turn it into a
-float tensor with its symmetry applied, and collate it. Decoding and the float conversion are
-linear in the pixels, so other chip sizes scale by the pixel count.
+cost per chip"): one loader worker's CPU seconds per 1,024 px chip to decode it, apply its
+symmetry and collate it (the conversion to float happens on the model's device). Decoding and
+the symmetry are linear in the pixels, so other chip sizes scale by the pixel count.
 
 A GPU job feeding its GPU R images per second needs ceil(R x seconds per chip / WORKER_BUSY)
 loader workers (a worker kept at most 80 % busy leaves room for a shared node's noise) and one
@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import math
 
-# CPU seconds per 1,024 px chip (decode + augment + collate), bench/loader_cost.py, 2026-12-07.
+# CPU seconds per 1,024 px chip (decode + symmetry + collate), bench/loader_cost.py, 2026-12-07,
+# after chips went to the device as stored (before: JPEG 0.0263, PNG 0.0424 with the float).
 # TIFF chips (N bands, any bit depth) are not measured yet: PNG's figure stands in for them
 # (bench/loader_cost.py has no TIFF case; a 128 px 3-band 16-bit TIFF chip took about 0.02 s of
 # CPU to decode through GDAL on a loaded machine, mostly per-chip overhead).
-SECONDS_PER_CHIP = {"jpeg": 0.0263, "png": 0.0424, "tiff": 0.0424}
+SECONDS_PER_CHIP = {"jpeg": 0.0152, "png": 0.0304, "tiff": 0.0304}
 MEASURED_SIDE = 1024
 WORKER_BUSY = 0.8
 

@@ -348,7 +348,7 @@ def _loop(rank: int, job: TrainJob, world: int, device: torch.device) -> dict:
                                      hp["batch_size"], scaling=dataset.scaling)
     progress.began = time.perf_counter()
     for step in range(progress.start, iterations):
-        loss, losses = _train_step(trained, next(batches), optimisation, device)
+        loss, losses = _train_step(trained, next(batches), dataset, optimisation, device)
         done = step + 1
         checkpoint_now = job.checkpoints is not None and job.checkpoint_every and \
             done % job.checkpoint_every == 0 and done < iterations
@@ -488,12 +488,12 @@ def _batches(dataset: ShardChips, hp: dict, start: int, rank: int, world: int, w
         generator=loader_generator(hp["seed"])))
 
 
-def _train_step(model: torch.nn.Module, batch: tuple, optimisation: Optimisation,
-                device: torch.device) -> tuple[torch.Tensor, dict]:
+def _train_step(model: torch.nn.Module, batch: tuple, dataset: ShardChips,
+                optimisation: Optimisation, device: torch.device) -> tuple[torch.Tensor, dict]:
     """Forward, backward, clip, step (and the weight average, if the recipe keeps one): one
     iteration; returns the total loss and its parts."""
     images, targets = batch
-    images = [im.to(device) for im in images]
+    images = dataset.model_inputs(images, device)
     targets = model_targets(model, targets, device)
     with torch.autocast(device.type, dtype=torch.float16, enabled=optimisation.amp):
         losses = model(images, targets)

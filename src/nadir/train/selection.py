@@ -52,7 +52,7 @@ def detections(model: torch.nn.Module, dataset: ShardChips, categories: list[dic
     done = 0
     for items in dataset.in_order(batch):
         done += len(items)
-        outputs = model([im.to(device) for im, _ in items])
+        outputs = model(dataset.model_inputs([im for im, _ in items], device))
         for (_, target), out in zip(items, outputs, strict=True):
             results += [{"image_id": target["image_id"], **det}
                         for det in coco_detections(out, category_of)]
