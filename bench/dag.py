@@ -86,8 +86,9 @@ def study_config(workdir: Path) -> dict:
         datasets[name] = {"format": fmt, "source": [{"url": f"/data/{name}"}]}
         if fmt == "dota":
             datasets[name]["version"] = "v1.5"
+    # From scratch, as before `pretrained: auto` (no fetch_weights jobs: figures comparable)
     return {"datasets": datasets, "models": {name: {} for name in names},
-            "chipping": {"shards": SHARDS}}
+            "chipping": {"shards": SHARDS}, "training": {"pretrained": "none"}}
 
 
 def dry_run(config: dict, workdir: Path) -> tuple[float, float, int]:

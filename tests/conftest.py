@@ -249,6 +249,9 @@ def s3_run(s3, rareplanes_bucket, tmp_path_factory) -> DatasetsRun:
              "sha256": sha256(built["images"])},
             {"url": f"{server.url}/{built['label_archive'].name}"}]},
     }
+    # Real datasets train from the best weights by default (`pretrained: auto`); this
+    # machine and CI are offline, so from scratch.
+    config["training"]["pretrained"] = "none"
     config["inference"] = {
         "runs": [f"dota15/{SAMPLE_MODEL}"],
         "scenes": [f"s3://{RAREPLANES_BUCKET}/real/test/PS-RGB_tiled/{tile}.png",

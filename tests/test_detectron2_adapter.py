@@ -169,6 +169,88 @@ def test_detectron2_trains_on_every_chip_empty_ones_included(tmp_path, monkeypat
     assert seen == [4] == [result["chips"]]
 
 
+def test_boxes_an_augmentation_cuts_are_clipped_or_dropped_with_their_classes():
+    import torch
+
+    boxes = torch.tensor([[-14.0, -14.0, 12.0, 12.0], [64.6, 2.9, 91.0, 29.4],
+                          [41.0, 41.0, 73.0, 73.0], [10.0, 10.0, 10.0, 30.0]])
+    kept, classes = d2.inside_image(boxes, torch.tensor([1, 2, 3, 4]), 64, 64)
+    assert kept.tolist() == [[0.0, 0.0, 12.0, 12.0], [41.0, 41.0, 64.0, 64.0]]
+    assert classes.tolist() == [1, 3]  # wholly outside, and without width: dropped
+
+
+@needs_detectron2
+def test_vitdet_jitter_leaves_every_box_inside_its_chip(tmp_path):
+    """ViTDet's large-scale jitter (flip, resize 0.1-2.0, crop at the chip size) moves objects
+    past the chip's edges; as detectron2's DatasetMapper, nadir clips and drops them."""
+    import numpy as np
+    from PIL import Image
+
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(tmp_path / "c.png")
+    record = {"file_name": str(tmp_path / "c.png"), "annotations": [
+        {"bbox": [2, 2, 18, 18], "bbox_mode": 1, "category_id": 0},
+        {"bbox": [40, 40, 22, 22], "bbox_mode": 1, "category_id": 1}]}  # XYWH_ABS
+    chips = d2.RegisteredChips([record], "RGB", True,
+                               d2.reference_augmentations("d2_vitdet_b", 64, None), seed=0)
+    counts = set()
+    for code in range(8):
+        item = chips[0, code]
+        boxes, height, width = item["instances"].gt_boxes.tensor, item["height"], item["width"]
+        assert len(boxes) == len(item["instances"].gt_classes)
+        assert ((boxes >= 0).all() and (boxes[:, 0::2] <= width).all()
+                and (boxes[:, 1::2] <= height).all()), (code, boxes)
+        counts.add(len(boxes))
+    assert counts > {2}  # some draws cut an object away (seeds of test_reference_... above)
+
+
+@needs_detectron2
+def test_zoo_training_settings_are_those_nadirs_trainer_reproduces():
+    """What DefaultTrainer would read from each yaml zoo config for training (engine/
+    defaults.py L407-419, L462-499; data/build.py L469-515; data/dataset_mapper.py L86-101)
+    that nadir's trainer does not read: each is at the value nadir's replacement matches."""
+    from detectron2 import model_zoo
+    from detectron2.config import get_cfg
+
+    for model in ("d2_faster_rcnn_r50_fpn", "d2_faster_rcnn_r101_fpn", "d2_retinanet_r50_fpn"):
+        zoo = get_cfg()
+        zoo.merge_from_file(model_zoo.get_config_file(d2.zoo_config(model)))
+        assert zoo.SOLVER.REFERENCE_WORLD_SIZE == 0  # auto_scale_workers: nothing to scale
+        assert zoo.SOLVER.CLIP_GRADIENTS.ENABLED is False  # the recipes' clip_grad_norm: None
+        assert zoo.SOLVER.AMP.ENABLED is False  # nadir: training.amp (on by default on GPUs)
+        assert zoo.TEST.PRECISE_BN.ENABLED is False and zoo.TEST.EVAL_PERIOD == 0  # no hooks
+        assert zoo.INPUT.CROP.ENABLED is False  # DatasetMapper adds no crop
+        assert zoo.DATALOADER.SAMPLER_TRAIN == "TrainingSampler"  # nadir: SeededBatches
+        assert not (zoo.MODEL.MASK_ON or zoo.MODEL.KEYPOINT_ON or zoo.MODEL.LOAD_PROPOSALS)
+        assert zoo.SOLVER.LR_SCHEDULER_NAME == "WarmupMultiStepLR"  # build_lr_scheduler's
+        assert (zoo.SOLVER.BIAS_LR_FACTOR, zoo.SOLVER.WEIGHT_DECAY_BIAS) == (1.0, None)
+
+
+@needs_detectron2
+@pytest.mark.parametrize("model", ["d2_faster_rcnn_r50_fpn", "d2_fcos_r50_fpn"])
+def test_reference_clip_grad_norm_clips_each_parameter_as_detectron2(model):
+    """A `clip_grad_norm` set on a detectron2 model under `reference` is detectron2's
+    SOLVER.CLIP_GRADIENTS (type norm: every parameter's gradient on its own), for the yaml
+    configs through build_optimizer, for the LazyConfig FCOS through the same wrapper; without
+    it the optimiser does not clip (the zoo configs' setting)."""
+    import torch
+
+    built, _, config = d2.build_detectron2_model(model, 2, 64, "none", "cpu")
+    plan = _reference_plan(model)
+    plain, _ = d2.reference_solver(model, built, plan, config)
+    assert type(plain) is torch.optim.SGD
+    _, _, config = d2.build_detectron2_model(model, 2, 64, "none", "cpu")
+    clipped, _ = d2.reference_solver(model, built, dataclasses.replace(plan, clip_grad_norm=0.5),
+                                     config)
+    assert type(clipped).__name__ == "SGDWithGradientClip"
+    params = [p for g in clipped.param_groups for p in g["params"]]
+    for p in params:
+        p.grad = torch.full_like(p, 100.0)
+    clipped.step()
+    norms = [float(p.grad.norm()) for p in params]
+    # each at 0.5 (their total norm would have left each far below it)
+    assert all(0.45 < n < 0.501 for n in norms) and len(params) > 100
+
+
 @needs_detectron2
 def test_detectron2_streams_chips_from_s3_writing_none_to_disk(tmp_path, s3, monkeypatch):
     """A detectron2 job reads its chips where they are, as the torchvision loop does: from an

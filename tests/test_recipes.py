@@ -189,6 +189,41 @@ def test_reference_optimiser_and_schedule_carry_the_references_values(model):
             assert factor(step) == pytest.approx(0.1 ** n)
 
 
+# ConvNeXt's LearningRateDecayOptimizerConstructor (object_detection/mmcv_custom/
+# layer_decay_optimizer_constructor.py, decay 0.95, num_layers 6): lr x 0.95^(7 - layer id),
+# ids: stem 0, stage 0 1, downsample 1 and stage 1 2, downsample 2 3, stage 2 block b 3 + b // 3,
+# downsample 3 and stage 3 6, the rest of the detector 7. Here as the exponent of 0.95 per child
+# of torchvision's `features` (nadir's `backbone.stages.<child>`), stage 2 per block.
+CONVNEXT_EXPONENTS = {"0": 7, "1": 6, "2": 5, "3": 5, "4": 4, "6": 1, "7": 1,
+                      **{f"5.{block}": 4 - block // 3 for block in range(9)}}
+
+
+def test_convnext_reference_decays_the_learning_rate_layer_by_layer():
+    from nadir.train.models.torchvision_models import build_model
+
+    model = "fasterrcnn_convnext_tiny_fpn"
+    plan = training_plan(model, with_length(_reference_hp(model, batch_size=16), 1600, 16),
+                         1600, 16)
+    detector = build_model(model, 2, 64)
+    groups = _groups_by_name(detector, build_optimizer(detector, plan, model, "none")[0])
+    assert plan.lr == 1e-4 and len(groups) == sum(1 for _ in detector.parameters())
+    seen = set()
+    for name, (lr, decay) in groups.items():
+        parts = name.split(".")
+        exponent = 0
+        if parts[:2] == ["backbone", "stages"]:
+            key = ".".join(parts[2:4]) if parts[2] == "5" else parts[2]
+            exponent = CONVNEXT_EXPONENTS[key]
+            seen.add(key)
+        assert lr == pytest.approx(1e-4 * 0.95 ** exponent), name
+        no_decay = name.endswith("bias") or "layer_scale" in name or \
+            detector.get_parameter(name).ndim == 1
+        assert decay == (0.0 if no_decay else 0.05), name
+    assert seen == set(CONVNEXT_EXPONENTS)
+    assert groups["roi_heads.box_predictor.cls_score.weight"] == (1e-4, 0.05)
+    assert groups["backbone.stages.0.0.weight"][0] == pytest.approx(1e-4 * 0.95 ** 7)
+
+
 def test_ssdlite_reference_is_cosine_to_zero_over_the_run():
     plan = training_plan("ssdlite320_mobilenet_v3_large",
                          with_length(_reference_hp("ssdlite320_mobilenet_v3_large", epochs=4),
@@ -219,12 +254,16 @@ def test_faster_rcnn_v2_with_pretrained_weights_takes_the_v1_readme_recipe():
 
 
 def test_reference_defaults_to_the_best_weights_and_overrides_still_win():
-    config = {"training": tiny_chips.hyperparameters(recipe="reference"),
+    config = {"training": tiny_chips.hyperparameters(recipe="reference", pretrained="auto"),
               "models": {"yolox_s": None, "fcos_resnet18_fpn": None, "detr_r50": None,
+                         "fasterrcnn_resnet50_fpn_v2": {"pretrained": "none"},
                          "ssdlite320_mobilenet_v3_large": {"lr": 0.01, "iterations": 30}}}
     assert model_hyperparameters(config, "yolox_s")["pretrained"] == "coco"
     assert model_hyperparameters(config, "fcos_resnet18_fpn")["pretrained"] == "imagenet"
     assert model_hyperparameters(config, "detr_r50")["pretrained"] == "none"
+    # an explicit `none` picks the from-scratch recipe (PR #5763: lr 0.1 for 64, 400 epochs)
+    scratch = model_hyperparameters(config, "fasterrcnn_resnet50_fpn_v2")
+    assert (scratch["pretrained"], scratch["lr"], scratch["epochs"]) == ("none", 0.1, 400)
     ssdlite = model_hyperparameters(config, "ssdlite320_mobilenet_v3_large")
     # the model's own lr and iterations win over the recipe's lr and 660 epochs
     assert (ssdlite["lr"], ssdlite["iterations"], ssdlite["epochs"]) == (0.01, 30, None)

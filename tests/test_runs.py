@@ -75,6 +75,59 @@ def test_each_dataset_chips_with_its_own_settings():
         "size": 512, "overlap": 64, "shards": 2}
 
 
+REAL = {"dota": {"format": "dota", "source": [{"url": "/data/DOTA/train.zip", "split": "train"}]},
+        "xview": {"format": "xview", "source": [{"url": "/data/xview/train_images.tgz"}]},
+        "rareplanes": {"format": "rareplanes", "source": [{"url": "s3://b/p/"}]}}
+
+
+def _pretrained_of(edit) -> dict:
+    """{(dataset, run): pretrained} of BASE's two models plus DETR (no weights offered) on the
+    sample and three real datasets, after `edit`."""
+    def datasets(config):
+        config["datasets"] = {"sample": {"format": "sample"}, **copy.deepcopy(REAL)}
+        config["models"]["detr_r50"] = {}
+        edit(config)
+    return {(r.dataset, r.name): r.hp["pretrained"] for r in runs(checked(datasets))}
+
+
+@pytest.mark.parametrize("recipe", ["common", "reference"])
+def test_pretrained_auto_is_the_best_weights_on_real_datasets_and_none_on_the_sample(recipe):
+    table = _pretrained_of(lambda c: c["training"].update(recipe=recipe))
+    for dataset in REAL:  # SSDlite offers coco and imagenet, FCOS-R18 imagenet, DETR none
+        assert (table[(dataset, SSD)], table[(dataset, FCOS)],
+                table[(dataset, "detr_r50")]) == ("coco", "imagenet", "none")
+    assert {table[("sample", m)] for m in (SSD, FCOS, "detr_r50")} == {"none"}
+
+
+def test_an_explicit_pretrained_wins_at_every_layer():
+    def edit(config):
+        config["training"]["pretrained"] = "none"  # the whole config from scratch ...
+        config["models"][SSD] = {"pretrained": "imagenet"}  # ... but this model everywhere
+        config["datasets"]["dota"]["models"] = {SSD: {"pretrained": "auto"}}  # auto again
+        config["datasets"]["xview"]["training"] = {"pretrained": "auto"}
+        config["datasets"]["sample"]["models"] = {FCOS: {"pretrained": "imagenet"}}
+        config["sweeps"] = {FCOS: {"cells": [{}, {"pretrained": "none"}]}}
+    table = _pretrained_of(edit)
+    assert table[("rareplanes", SSD)] == table[("sample", SSD)] == "imagenet"
+    assert table[("dota", SSD)] == "coco" and table[("rareplanes", FCOS)] == "none"
+    # the dataset's `training` is a layer over `models.<model>`
+    assert table[("xview", FCOS)] == "imagenet" and table[("xview", SSD)] == "coco"
+    assert table[("sample", FCOS)] == "imagenet"
+    assert table[("dota", f"{FCOS}--pretrained-none")] == "none"
+
+
+def test_the_sample_runs_settings_are_those_of_pretrained_none():
+    """The default `auto` leaves the sample's runs as they were (explicit `none`): the same
+    settings, so the same train job params and checkpoint fingerprint; no rerun."""
+    def with_pretrained(value):
+        def edit(config):
+            config["training"]["pretrained"] = value
+        return {(r.dataset, r.name): r.hp for r in runs(checked(edit))}
+    assert with_pretrained("auto") == with_pretrained("none")
+    with pytest.raises(ConfigError, match="training.pretrained"):
+        checked(lambda c: c["training"].update(pretrained="best"))
+
+
 @pytest.mark.parametrize("edit, expected", [
     (lambda c: c["datasets"]["dota"].update(chipping={"size": 128, "overlap": 128}),
      "config key datasets.dota.chipping.overlap: 128 must be smaller than "

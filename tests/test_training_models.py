@@ -12,6 +12,7 @@ import tiny_chips
 import torch
 from conftest import SAMPLE_MODEL
 from tiny_chips import assert_scored
+from torchvision.ops.misc import FrozenBatchNorm2d
 
 from nadir.config import model_hyperparameters
 from nadir.config.catalogue import CATALOGUE, weight_source
@@ -141,6 +142,67 @@ def test_imagenet_weights_reach_the_backbone_without_download(tmp_path):
     assert torch.equal(conv1, trunk.conv1.weight)
     with pytest.raises(Exception, match="needs its weights file"):
         build_model("fcos_resnet18_fpn", 2, 64, "imagenet", None)
+
+
+def _start(tmp_path: Path, model: str, pretrained: str) -> torch.nn.Module:
+    """`model` built from `pretrained`, from a stand-in file: an ImageNet file holds a random
+    trunk of the right classifier; a COCO file one FPN tensor and one BatchNorm variance (the
+    architecture, not the values, is the subject)."""
+    from torchvision.models import mobilenet_v3_large, resnet18
+
+    source = weight_source(model, pretrained)
+    if source is None:
+        return build_model(model, 2, 64)
+    weights = tmp_path / source.file_name
+    if pretrained == "imagenet":
+        trunk = {"resnet18-f37072fd.pth": resnet18,
+                 "mobilenet_v3_large-8738ca79.pth": mobilenet_v3_large}[source.file_name]
+        torch.save(trunk().state_dict(), weights)
+    else:
+        torch.save({"backbone.fpn.layer_blocks.0.0.weight": torch.zeros(256, 256, 3, 3),
+                    "backbone.body.layer1.0.bn1.running_var": torch.full((64,), 2.0)}, weights)
+    return build_model(model, 2, 64, pretrained, weights)
+
+
+def _frozen_and_norms(model: torch.nn.Module) -> tuple[set[str], set[str], int]:
+    """(the backbone trunk's children holding frozen parameters, its norm layer types, the
+    count of trainable parameters in the whole model)."""
+    body = model.backbone.body
+    frozen = {name.split(".")[0] for name, p in body.named_parameters() if not p.requires_grad}
+    norms = {type(m).__name__ for m in body.modules()
+             if isinstance(m, torch.nn.BatchNorm2d | FrozenBatchNorm2d)}
+    return frozen, norms, sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("model, pretrained, frozen, norms", [
+    # torchvision's v1 builders from pretrained weights: FrozenBatchNorm2d, conv1 and layer1
+    # frozen, layer2-4 trainable (fcos.py L762-767); a COCO start now the same
+    ("fcos_resnet50_fpn", "coco", {"conv1", "layer1"}, {"FrozenBatchNorm2d"}),
+    # the v2 builders keep plain BatchNorm, so bn1 and layer1's norms are frozen parameters
+    # (faster_rcnn.py L639-643)
+    ("fasterrcnn_resnet50_fpn_v2", "coco", {"conv1", "bn1", "layer1"}, {"BatchNorm2d"}),
+    # nadir's ResNet-18 FPN as torchvision's FCOS R50; from scratch (the sample) as before
+    ("fcos_resnet18_fpn", "imagenet", {"conv1", "layer1"}, {"FrozenBatchNorm2d"}),
+    ("fcos_resnet18_fpn", "none", set(), {"BatchNorm2d"}),
+])
+def test_pretrained_starts_freeze_stages_and_batchnorm_as_torchvision(tmp_path, model,
+                                                                     pretrained, frozen, norms):
+    built = _start(tmp_path, model, pretrained)
+    assert _frozen_and_norms(built)[:2] == (frozen, norms)
+    if pretrained == "coco":  # the COCO tensors reach the frozen statistics
+        assert torch.equal(built.backbone.body.layer1[0].bn1.running_var, torch.full((64,), 2.0))
+
+
+def test_a_coco_start_trains_what_an_imagenet_start_trains(tmp_path):
+    """MobileNetV3 FPN: torchvision's own builder decides the ImageNet start (3 of 6 stages
+    trainable, FrozenBatchNorm2d); the COCO start (weights=None in torchvision's call, COCO
+    tensors loaded by nadir) must get exactly that, not all stages with plain BatchNorm."""
+    model = "fasterrcnn_mobilenet_v3_large_fpn"
+    coco, imagenet = (_frozen_and_norms(_start(tmp_path, model, kind))
+                      for kind in ("coco", "imagenet"))
+    scratch = _frozen_and_norms(build_model(model, 2, 64))
+    assert coco == imagenet and coco[0] and coco[1] == {"FrozenBatchNorm2d"}
+    assert scratch[:2] == (set(), {"BatchNorm2d"}) and scratch[2] > coco[2]
 
 
 def test_models_page_lists_every_catalogue_entry():

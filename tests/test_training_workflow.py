@@ -34,23 +34,36 @@ def job_lines(output: str, message: str) -> str:
 
 
 def test_pretrained_models_fetch_each_weights_file_once(tmp_path):
-    config = config_file(tmp_path, models={
+    """Explicit weights per model; SSDlite left at `pretrained: auto` (the default): its COCO
+    weights on the DOTA-format dataset, none on the sample beside it."""
+    dota = {"format": "dota", "version": "v1.0", "source": [
+        {"url": str(tmp_path / "DOTA" / "train"), "split": "train"},
+        {"url": str(tmp_path / "DOTA" / "val"), "split": "val"}]}
+    sample = yaml.safe_load((ROOT / "config" / "test.yaml").read_text())["datasets"]["sample"]
+    config = config_file(tmp_path, datasets={"sample": sample, "dota": dota}, models={
         "fcos_resnet18_fpn": {"pretrained": "imagenet"},
         "fasterrcnn_resnet50_fpn_v2": {"pretrained": "imagenet"},
         "retinanet_resnet50_fpn_v2": {"pretrained": "imagenet"},
         "ssdlite320_mobilenet_v3_large": None})
     proc = dry_run(tmp_path, config)
     jobs, out = planned_jobs(proc), proc.stdout + proc.stderr
-    # Two ResNet-50 detectors share one download; ResNet-18 is the other; SSDlite needs none.
-    assert jobs["fetch_weights"] == 2 and jobs["train"] == 4
+    # Two ResNet-50 detectors share one download; ResNet-18 is another, SSDlite's COCO
+    # detector (DOTA only) the third.
+    assert jobs["fetch_weights"] == 3 and jobs["train"] == 8
     # Each detector trains on the weights file its download writes, with the record beside it.
-    for model, weights in (("fasterrcnn_resnet50_fpn_v2", "resnet50-0676ba61.pth"),
-                           ("retinanet_resnet50_fpn_v2", "resnet50-0676ba61.pth"),
-                           ("fcos_resnet18_fpn", "resnet18-f37072fd.pth")):
-        inputs = set(re.split(r"[,:;]\s*|\s+", job_lines(out, f"Training {model} on sample")))
+    for dataset, model, weights in (
+            ("sample", "fasterrcnn_resnet50_fpn_v2", "resnet50-0676ba61.pth"),
+            ("sample", "retinanet_resnet50_fpn_v2", "resnet50-0676ba61.pth"),
+            ("sample", "fcos_resnet18_fpn", "resnet18-f37072fd.pth"),
+            ("dota", "fcos_resnet18_fpn", "resnet18-f37072fd.pth"),
+            ("dota", "ssdlite320_mobilenet_v3_large",
+             "ssdlite320_mobilenet_v3_large_coco-a79551df.pth")):
+        inputs = set(re.split(r"[,:;]\s*|\s+",
+                              job_lines(out, f"Training {model} on {dataset}")))
         assert {f"weights/{weights}", f"weights/{weights}.json"} <= inputs
     assert "weights/" not in job_lines(out, "Training ssdlite320_mobilenet_v3_large on sample")
     assert "Fetching pretrained weights resnet18-f37072fd.pth" in out
+    assert "Fetching pretrained weights ssdlite320_mobilenet_v3_large_coco-a79551df.pth" in out
     assert "checkpoints in checkpoints/sample/fcos_resnet18_fpn" in out
 
 

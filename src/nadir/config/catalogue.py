@@ -178,6 +178,19 @@ def entry(name: str) -> ModelEntry:
     return CATALOGUE[name]
 
 
+def resolved_pretrained(name: str, pretrained: str, dataset_format: str | None) -> str:
+    """The weights a run of model `name` starts from: `pretrained` as set, or for `auto` the
+    best the model offers (`coco`, else `imagenet`, else `none`) on a real dataset and `none`
+    on the embedded sample (format `sample`: short CPU runs, no download). `dataset_format`
+    None: a real dataset."""
+    if pretrained != "auto":
+        return pretrained
+    if dataset_format == "sample":
+        return "none"
+    offered = entry(name).weights
+    return next((kind for kind in ("coco", "imagenet") if kind in offered), "none")
+
+
 def weight_source(name: str, pretrained: str) -> WeightSource | None:
     """The weights a model starts from (None for `pretrained: none`), or a clear KeyError."""
     if pretrained == "none":

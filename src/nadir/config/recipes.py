@@ -31,12 +31,13 @@ _SWIN = ("Swin-Transformer-Object-Detection configs/swin/"
          "mask_rcnn_swin_tiny_patch4_window7_mstrain_480-800_adamw_1x_coco.py")
 _SWIN_BASE = "Swin-Transformer-Object-Detection configs/_base_/schedules/schedule_1x.py"
 _CNX = ("ConvNeXt object_detection/configs/convnext/"
-        "mask_rcnn_convnext_tiny_patch4_window7_mstrain_480-800_adamw_3x_coco.py")
+        "mask_rcnn_convnext_tiny_patch4_window7_mstrain_480-800_adamw_3x_coco_in1k.py")
+_CNX_DECAY = "ConvNeXt object_detection/mmcv_custom/layer_decay_optimizer_constructor.py"
 _DETR = "facebookresearch/detr main.py"
 _DDETR = "fundamentalvision/Deformable-DETR main.py"
 
 # The keys of `training` a reference recipe sets (over `training` and the catalogue).
-REFERENCE_KEYS = ("lr", "lr_batch", "weight_decay", "clip_grad_norm", "epochs", "pretrained")
+REFERENCE_KEYS = ("lr", "lr_batch", "weight_decay", "clip_grad_norm", "epochs")
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,7 @@ class Recipe:
     no_decay_1d: bool = False  # every 1-D parameter without weight decay
     backbone_lr_factor: float = 1.0  # on parameters whose name contains "backbone"
     lr_factors: tuple[tuple[str, float], ...] = ()  # (name contains, lr factor)
+    layer_decay: float | None = None  # ConvNeXt: lr x layer_decay^(7 - layer id of the trunk)
     warmup: str = "linear"  # "linear", "quadratic" or "none"
     warmup_iterations: int = 0  # a fixed count (0: see warmup_epochs)
     warmup_epochs: float = 0.0  # a length in epochs (YOLOX)
@@ -102,7 +104,7 @@ def _tv_sgd(reference: str, lr: float, lr_batch: int, weight_decay: float, epoch
 _FCOS = _tv_sgd("torchvision FCOS ResNet-50 FPN", 0.01, 16, 1e-4, 26, (16, 22),
                 f"{_TV_README} 'FCOS ResNet-50 FPN'; pytorch/vision PR #4961",
                 "fcos.py L370-371, L762-766",
-                frozen="ImageNet backbone: FrozenBN, 3 trainable stages (builder)")
+                frozen="pretrained (ImageNet or COCO): FrozenBN, 3 of 5 stages trainable (builder)")
 
 _YOLOX_RECIPE = Recipe(
     reference="YOLOX exps/default (yolox_base)", optimizer="sgd", lr=0.01, lr_batch=64,
@@ -152,7 +154,8 @@ _DETR_RECIPE = Recipe(
     schedule="multistep", milestones=(200,), warmup="none", clip_grad_norm=0.1,
     augmentation="hflip 0.5, multi-scale 480-800 / random crop 384-600",
     input_size="short side 480-800, max 1333",
-    frozen="FrozenBN, stem + layer1 frozen (transformers' DetrConvEncoder: nadir trains them)",
+    frozen="FrozenBN, stem + layer1 frozen on its ImageNet trunk (nadir offers no DETR "
+           "weights: from scratch, plain BatchNorm, all trainable)",
     sources={"AdamW; lr 1e-4, backbone 1e-5; weight decay 1e-4 on all": f"{_DETR} L22-25, "
              "L131-139", "batch 64 (4 nodes x 8 GPUs x 2)": "detr run_with_submitit.py L17-18",
              "StepLR at 200 of 300 epochs, no warm-up": f"{_DETR} L26-27, L140",
@@ -171,7 +174,8 @@ RECIPES: dict[str, Recipe] = {
         "torchvision SSD300 VGG16", 0.002, 32, 5e-4, 120, (80, 110),
         f"{_TV_README} 'SSD300 VGG16'", "ssd.py L658-660, L677",
         augmentation="photometric distort, zoom out, IoU crop, horizontal flip",
-        input_size="300 x 300", frozen="ImageNet VGG: 4 of 5 layers trainable (builder)"),
+        input_size="300 x 300",
+        frozen="pretrained (ImageNet or COCO): 4 of 5 VGG blocks trainable (builder)"),
     "fcos_resnet50_fpn": _FCOS,
     "fcos_resnet18_fpn": _FCOS,  # proposal: torchvision has no R18 FCOS
     "retinanet_resnet50_fpn_v2": Recipe(
@@ -179,7 +183,8 @@ RECIPES: dict[str, Recipe] = {
         lr=1e-4, lr_batch=16, weight_decay=0.05, norm_weight_decay=0.0, epochs=26,
         schedule="multistep", milestones=(16, 22), warmup_iterations=1000,
         warmup_per_epoch_cap=True, augmentation="multi-scale 480-800 + horizontal flip",
-        input_size="short side 480-800, max 1333", frozen="plain BatchNorm (v2 builder)",
+        input_size="short side 480-800, max 1333",
+        frozen="plain BatchNorm (v2 builder); pretrained: 3 of 5 stages trainable",
         sources={"AdamW lr 1e-4 at 16, weight decay 0.05, norm weight decay 0, steps 16, 22 "
                  "of 26 epochs, multiscale": "pytorch/vision PR #5756 (training command)",
                  "warm-up": _TV_ENGINE,
@@ -190,25 +195,28 @@ RECIPES: dict[str, Recipe] = {
         "with pretrained weights)", 0.02, 16, 1e-4, 26, (16, 22),
         f"{_TV_README} 'Faster R-CNN ResNet-50 FPN'", "faster_rcnn.py L172 (FasterRCNN "
         "defaults), L639-647 (v2 builder: plain BatchNorm)",
-        frozen="plain BatchNorm, nothing frozen (nadir's v2 builder; v1: FrozenBN, 3 stages)"),
+        frozen="plain BatchNorm (v2 builder); pretrained: 3 of 5 stages trainable (v1: also "
+               "FrozenBN)"),
     "fasterrcnn_mobilenet_v3_large_fpn": _tv_sgd(
         "torchvision Faster R-CNN MobileNetV3-Large FPN", 0.02, 16, 1e-4, 26, (16, 22),
         f"{_TV_README} 'Faster R-CNN MobileNetV3-Large FPN'",
         "faster_rcnn.py L172 (FasterRCNN defaults), L679-683",
-        frozen="ImageNet backbone: FrozenBN, 3 of 6 layers trainable (builder)"),
+        frozen="pretrained (ImageNet or COCO): FrozenBN, 3 of 6 stages trainable (builder)"),
     "fasterrcnn_convnext_tiny_fpn": Recipe(
         reference="ConvNeXt-T Mask R-CNN 3x (proposal: no torchvision detection reference)",
         optimizer="adamw", lr=1e-4, lr_batch=16, weight_decay=0.05, no_decay_1d=True,
         bias_weight_decay=0.0, no_decay_names=("layer_scale",), epochs=36,
-        schedule="multistep", milestones=(27, 33), warmup_iterations=500,
+        schedule="multistep", milestones=(27, 33), warmup_iterations=500, layer_decay=0.95,
         augmentation="hflip + multi-scale 480-800 / crop (DETR-style)",
-        input_size="short side 480-800, max 1333",
-        frozen="nothing frozen (layer-wise lr decay 0.95 not reproduced)",
+        input_size="short side 480-800, max 1333", frozen="nothing frozen",
         sources={"AdamW lr 1e-4, weight decay 0.05, steps 27, 33 of 36 epochs":
                  f"{_CNX} L70-77",
                  "no weight decay on 1-D parameters and biases":
-                 "ConvNeXt object_detection/mmcv_custom/layer_decay_optimizer_constructor.py "
-                 "L83-88",
+                 f"{_CNX_DECAY} L83-88",
+                 "layer-wise lr decay 0.95, num_layers 6: lr x 0.95^(7 - layer id); stem 0, "
+                 "stage 0 1, downsample 1 and stage 1 2, downsample 2 3, stage 2 block b "
+                 "3 + b // 3, downsample 3 and stage 3 6, outside the trunk 7":
+                 f"{_CNX} L70-74; {_CNX_DECAY} L14-42, L74, L98",
                  "batch 16 (inferred: the Swin base ConvNeXt's configs inherit, 8 GPUs x 2)":
                  "Swin _base_/datasets/coco_instance.py L30-31; ConvNeXt object_detection/"
                  "README.md L5-6, L31-33",
@@ -234,7 +242,8 @@ RECIPES: dict[str, Recipe] = {
         warmup_factor=1 / 3, clip_grad_norm=35.0,
         augmentation="flips: horizontal, vertical, diagonal 0.25 each",
         input_size="1024 x 1024 patches, 200 px overlap",
-        frozen="frozen_stages 1, norm_eval (not reproduced: nadir's R18 trains all)",
+        frozen="frozen_stages 1, norm_eval; nadir from ImageNet: stem + layer1 frozen, "
+               "FrozenBN (BN affine frozen too)",
         sources={"SGD 0.9, weight decay 1e-4, lr 0.0025 at batch 2, steps 8, 11 of 12, "
                  "warm-up linear 500 iterations from 1/3, clip 35": f"{_MMR} L4-13",
                  "batch 2": "mmrotate configs/_base_/datasets/dotav1.py L31",
@@ -282,7 +291,8 @@ RECIPES: dict[str, Recipe] = {
         lr_factors=(("sampling_offsets", 0.1), ("reference_points", 0.1)), epochs=50,
         schedule="multistep", milestones=(40,), warmup="none", clip_grad_norm=0.1,
         augmentation="as DETR", input_size="as DETR",
-        frozen="FrozenBN, stem + layer1 frozen (nadir trains them)",
+        frozen="FrozenBN, stem + layer1 frozen on its ImageNet trunk (no weights offered: "
+               "from scratch, all trainable)",
         sources={"AdamW lr 2e-4, backbone x0.1, sampling_offsets/reference_points x0.1, "
                  "weight decay 1e-4, StepLR 40 of 50, clip 0.1": f"{_DDETR} L31-41, L177-210",
                  "total batch 32 (its 8-GPU example command gives 16)":
@@ -315,17 +325,9 @@ def recipe_of(model: str, pretrained: str) -> Recipe:
     return RECIPES[model]
 
 
-def default_pretrained(offered: list[str]) -> str:
-    """Weights a reference run starts from unless set: COCO, else ImageNet, else none."""
-    return next((kind for kind in ("coco", "imagenet") if kind in offered), "none")
-
-
-def reference_hyperparameters(model: str, offered: list[str],
-                              pretrained: str | None = None) -> dict:
-    """The `training` keys a reference recipe sets for `model` (`REFERENCE_KEYS`); the weights
-    are `pretrained` when a layer sets them, else the best `offered`."""
-    pretrained = pretrained or default_pretrained(offered)
+def reference_hyperparameters(model: str, pretrained: str) -> dict:
+    """The `training` keys a reference recipe sets for `model` started from `pretrained`
+    (resolved: `nadir.config.catalogue.resolved_pretrained`)."""
     recipe = recipe_of(model, pretrained)
     return {"lr": recipe.lr, "lr_batch": recipe.lr_batch, "weight_decay": recipe.weight_decay,
-            "clip_grad_norm": recipe.clip_grad_norm, "epochs": recipe.epochs,
-            "pretrained": pretrained}
+            "clip_grad_norm": recipe.clip_grad_norm, "epochs": recipe.epochs}

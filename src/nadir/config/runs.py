@@ -6,7 +6,9 @@ defaults for the model, `models.<model>`, `datasets.<dataset>.training`,
 (`run_hyperparameters`). Under `recipe: reference` the family's recipe
 (`nadir.config.recipes`) replaces `training`'s and the catalogue's values of the keys it sets;
 the layers from `models.<model>` on still override it. A layer that sets `iterations` without
-`epochs` measures the run in iterations again.
+`epochs` measures the run in iterations again. `pretrained: auto` (the default) becomes the
+weights the run starts from here, per dataset (`resolved_pretrained`), so that run.json, the
+leaderboard, the run's fingerprint and the fetch_weights jobs all see the resolved value.
 """
 
 from __future__ import annotations
@@ -16,32 +18,36 @@ import json
 import re
 from dataclasses import dataclass
 
-from nadir.config.catalogue import CATALOGUE
+from nadir.config.catalogue import CATALOGUE, resolved_pretrained
 from nadir.config.recipes import reference_hyperparameters
 
 
-def _layered(config: dict, model: str, layers: list[dict]) -> dict:
+def _layered(config: dict, model: str, layers: list[dict],
+             dataset_format: str | None = None) -> dict:
     """`training`, the catalogue's defaults for `model` (or, under `recipe: reference`, its
-    recipe's values), then each of `layers` over the one before."""
+    recipe's values), then each of `layers` over the one before; `pretrained` resolved for a
+    dataset of `dataset_format` (`auto`: `resolved_pretrained`)."""
     entry = CATALOGUE.get(model)
     hp = {**config["training"], **(entry.hyperparameters if entry else {})}
     chosen = [layer for layer in layers if layer]
+    pretrained = next((la["pretrained"] for la in reversed(chosen) if "pretrained" in la),
+                      hp.get("pretrained", "auto"))
+    if entry is not None:
+        pretrained = resolved_pretrained(model, pretrained, dataset_format)
     recipe = next((la["recipe"] for la in reversed(chosen) if "recipe" in la), hp.get("recipe"))
     if recipe == "reference" and entry is not None:
-        pretrained = next((la["pretrained"] for la in reversed(chosen) if "pretrained" in la),
-                          None)
-        hp |= reference_hyperparameters(model, list(entry.weights), pretrained)
+        hp |= reference_hyperparameters(model, pretrained)
     for layer in chosen:
         hp |= layer
         if "iterations" in layer and "epochs" not in layer:
             hp["epochs"] = None  # the layer measures the run in iterations
-    return hp
+    return hp | {"pretrained": pretrained}
 
 
 def model_hyperparameters(config: dict, model: str) -> dict:
     """The training settings of one model: `training`, then the catalogue's defaults for this
     model (e.g. a lower lr where the shared one diverges) or its reference recipe, then the
-    user's overrides on top."""
+    user's overrides on top; `pretrained: auto` as for a real (not the sample) dataset."""
     return _layered(config, model, [config["models"].get(model) or {}])
 
 
@@ -98,7 +104,8 @@ def run_hyperparameters(config: dict, dataset: str, model: str, cell: dict | Non
     `datasets.<dataset>.models.<model>`, the sweep cell, then the repeat's seed."""
     spec = config["datasets"][dataset]
     hp = _layered(config, model, [config["models"].get(model) or {}, spec.get("training") or {},
-                                  (spec.get("models") or {}).get(model) or {}, cell or {}])
+                                  (spec.get("models") or {}).get(model) or {}, cell or {}],
+                  spec["format"])
     return {**hp, "seed": hp["seed"] + repeat - 1}
 
 

@@ -121,12 +121,22 @@ def scheduler_milestones(plan: TrainingPlan) -> list[int]:
     return sorted({m for m in plan.milestones if 0 < m < plan.iterations})
 
 
+def clipping_settings(plan: TrainingPlan) -> dict:
+    """SOLVER.CLIP_GRADIENTS for the run's `clip_grad_norm` (the zoo configs' is off, as is
+    every detectron2 recipe's). detectron2's `norm` clipping bounds each parameter's gradient
+    norm on its own (solver/build.py `maybe_add_gradient_clipping`), not their total norm as
+    nadir's loop does."""
+    return {"SOLVER.CLIP_GRADIENTS.ENABLED": plan.clip_grad_norm is not None,
+            "SOLVER.CLIP_GRADIENTS.CLIP_TYPE": "norm",
+            "SOLVER.CLIP_GRADIENTS.CLIP_VALUE": plan.clip_grad_norm or 1.0}
+
+
 def solver_settings(plan: TrainingPlan) -> dict:
     """The SOLVER values nadir sets on a yaml zoo config under `recipe: reference`, so that
     detectron2's own `build_optimizer` and `build_lr_scheduler` train the run: the recipe's
     learning rate scaled to the run's batch, its length, its milestones at the same fractions
-    of the run, and the warm-up's iterations. Momentum, the norm layers' weight decay, gamma and
-    the warm-up's method and factor stay the config's."""
+    of the run, the warm-up's iterations and the clipping. Momentum, the norm layers' weight
+    decay, gamma and the warm-up's method and factor stay the config's."""
     return {
         "SOLVER.IMS_PER_BATCH": plan.global_batch,
         "SOLVER.BASE_LR": plan.lr,
@@ -134,9 +144,7 @@ def solver_settings(plan: TrainingPlan) -> dict:
         "SOLVER.MAX_ITER": plan.iterations,
         "SOLVER.STEPS": tuple(scheduler_milestones(plan)),
         "SOLVER.WARMUP_ITERS": plan.warmup_iterations,
-        "SOLVER.CLIP_GRADIENTS.ENABLED": plan.clip_grad_norm is not None,
-        "SOLVER.CLIP_GRADIENTS.CLIP_TYPE": "norm",
-        "SOLVER.CLIP_GRADIENTS.CLIP_VALUE": plan.clip_grad_norm or 1.0,
+        **clipping_settings(plan),
     }
 
 
@@ -230,6 +238,18 @@ def register_split(name: str, coco_json: Path, shards: list[str]) -> None:
     MetadataCatalog.get(name).set(json_file=str(coco_json), evaluator_type="coco")
 
 
+def inside_image(boxes, classes, height: int, width: int):
+    """(boxes, classes) after an augmentation: boxes clipped to the image, those left without
+    area dropped with their classes, as detectron2's DatasetMapper does
+    (data/detection_utils.py `transform_instance_annotations` L303, `filter_empty_instances`
+    with threshold 1e-5): ViTDet's large-scale jitter crops objects partly or wholly away."""
+    boxes = boxes.clone()
+    boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
+    boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
+    keep = ((boxes[:, 2] - boxes[:, 0]) > 1e-5) & ((boxes[:, 3] - boxes[:, 1]) > 1e-5)
+    return boxes[keep], classes[keep]
+
+
 class RegisteredChips:
     """detectron2 training inputs from registered dataset records (`with_chip_ranges`), keyed
     (index, symmetry code), each chip decoded from its shard's bytes.
@@ -286,14 +306,14 @@ class RegisteredChips:
         objects = [o for o in record["annotations"] if not o.get("iscrowd", 0)]
         boxes = torch.tensor([BoxMode.convert(o["bbox"], o["bbox_mode"], BoxMode.XYXY_ABS)
                               for o in objects], dtype=torch.float32).reshape(-1, 4)
+        classes = torch.tensor([o["category_id"] for o in objects], dtype=torch.int64)
         if self.augmentations is not None:
             pixels, boxes = self._reference_augmented(pixels, boxes, index, code)
+            boxes, classes = inside_image(boxes, classes, *pixels.shape[1:])
         elif self.augment and code:
             pixels, boxes = random_flip_rotate(pixels, boxes, code)
         height, width = pixels.shape[1:]
-        instances = Instances((height, width), gt_boxes=Boxes(boxes),
-                              gt_classes=torch.tensor([o["category_id"] for o in objects],
-                                                      dtype=torch.int64))
+        instances = Instances((height, width), gt_boxes=Boxes(boxes), gt_classes=classes)
         return {"image": in_channel_order(pixels, self.input_format),
                 "height": height, "width": width, "instances": instances}
 
@@ -347,6 +367,14 @@ def reference_solver(model_name: str, model, plan: TrainingPlan, config):
     lazy_optimizer.lr = plan.lr
     lazy_optimizer.weight_decay = plan.weight_decay
     optimizer = instantiate(lazy_optimizer)
+    if plan.clip_grad_norm is not None:  # clipped as build_optimizer clips the yaml configs'
+        from detectron2.config import get_cfg
+        from detectron2.solver.build import maybe_add_gradient_clipping
+
+        clipping = get_cfg()
+        clipping.merge_from_list([item for pair in clipping_settings(plan).items()
+                                  for item in pair])
+        optimizer = maybe_add_gradient_clipping(clipping, optimizer)
     milestones = scheduler_milestones(plan)
     schedule = WarmupParamScheduler(
         MultiStepParamScheduler([0.1 ** k for k in range(len(milestones) + 1)],

@@ -159,7 +159,27 @@ def _decay_of(name: str, parameter: nn.Parameter, module: nn.Module, recipe: Rec
     return weight_decay
 
 
+# ConvNeXt's layer ids (object_detection/mmcv_custom/layer_decay_optimizer_constructor.py
+# L14-42, num_layers 6) for the children of torchvision's `features` as nadir's trunk names them
+# (`backbone.stages.<child>.`): 0 stem, 1 stage 0, 2 downsample and stage 1, 4 downsample,
+# 5 stage 2 (by block, below), 6 downsample and 7 stage 3.
+_CONVNEXT_LAYER_IDS = {0: 0, 1: 1, 2: 2, 3: 2, 4: 3, 6: 6, 7: 6}
+_CONVNEXT_TOP_LAYER = 7  # everything outside the trunk: lr x 1
+
+
+def convnext_layer_id(name: str) -> int:
+    """The layer id ConvNeXt's LearningRateDecayOptimizerConstructor gives the parameter
+    `name` of nadir's ConvNeXt-T Faster R-CNN: stage 2's nine blocks count 3, 4, 5 by threes."""
+    parts = name.split(".")
+    if parts[:2] != ["backbone", "stages"]:
+        return _CONVNEXT_TOP_LAYER
+    child = int(parts[2])
+    return 3 + int(parts[3]) // 3 if child == 5 else _CONVNEXT_LAYER_IDS[child]
+
+
 def _lr_factor_of(name: str, recipe: Recipe) -> float:
+    if recipe.layer_decay is not None:
+        return recipe.layer_decay ** (_CONVNEXT_TOP_LAYER - convnext_layer_id(name))
     for part, factor in recipe.lr_factors:
         if part in name:
             return factor

@@ -8,6 +8,14 @@ full tail, frozen BatchNorm and trainable layers of the R50 detectors); when it 
 for its tensors, it gets those nadir read (`_torchvision_gets`), so it never downloads or
 unpickles anything. COCO weights are loaded into every layer whose shape matches, which leaves
 only the class-specific layers random.
+
+A start from pretrained weights, ImageNet or COCO, gets the architecture torchvision builds for
+one (docs/models.md, Training recipes): FrozenBatchNorm2d in the ResNet-50 and MobileNetV3
+trunks of its v1 builders, and the first stages frozen (3 of 5 ResNet stages trainable, 3 of 6
+MobileNetV3 stages, 4 of 5 VGG blocks); nadir's ResNet-18 FPN follows its FCOS R50 builder.
+For COCO starts the builder is given the ImageNet backbone's enum as torchvision's COCO builder
+is given `weights` (`is_trained`), its trunk filled with random tensors that the COCO file then
+replaces. From scratch (`pretrained: none`, the sample) everything trains with plain BatchNorm.
 """
 
 from __future__ import annotations
@@ -60,13 +68,18 @@ def _ssd300(num_classes: int, size: int, backbone_weights: str | None) -> nn.Mod
 
 
 def _resnet18_fpn(backbone_weights: str | None) -> nn.Module:
-    """ResNet-18 (plain BatchNorm, nothing frozen) under a P3-P7 feature pyramid."""
+    """ResNet-18 under a P3-P7 feature pyramid, its trunk treated as torchvision's FCOS R50
+    builder treats its ResNet-50 (fcos.py L762-766): from ImageNet weights FrozenBatchNorm2d
+    and the last 3 of 5 stages trainable; from scratch plain BatchNorm, all trainable."""
     from torchvision.models import resnet18
     from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
     from torchvision.ops.feature_pyramid_network import LastLevelP6P7
+    from torchvision.ops.misc import FrozenBatchNorm2d
 
-    trunk = resnet18(weights=backbone_weights, norm_layer=nn.BatchNorm2d)
-    return _resnet_fpn_extractor(trunk, 5, returned_layers=[2, 3, 4],
+    pretrained = backbone_weights is not None
+    trunk = resnet18(weights=backbone_weights,
+                     norm_layer=FrozenBatchNorm2d if pretrained else nn.BatchNorm2d)
+    return _resnet_fpn_extractor(trunk, 3 if pretrained else 5, returned_layers=[2, 3, 4],
                                  extra_blocks=LastLevelP6P7(256, 256))
 
 
@@ -138,18 +151,35 @@ BUILDERS: dict[str, Callable[[int, int, str | None], nn.Module]] = {
 }
 
 
+# torchvision builds SSDlite's COCO model with the reduced tail of a start without backbone
+# weights (ssdlite.py: reduce_tail = weights_backbone is None), all 6 stages trainable: what
+# its build without weights already is.
+_COCO_BUILT_FROM_SCRATCH = {"ssdlite320_mobilenet_v3_large"}
+
+
+def _random_trunk_state(weights) -> dict:
+    """Random tensors for the torchvision classifier `weights` (an enum member) belongs to."""
+    import torchvision.models
+    from torchvision.models import get_model, get_model_weights, list_models
+
+    name = next(n for n in list_models(module=torchvision.models)
+                if get_model_weights(n) is type(weights))
+    return get_model(name).state_dict()
+
+
 @contextlib.contextmanager
-def _torchvision_gets(state: dict, source: WeightSource, weights_file: Path) -> Iterator[None]:
+def _torchvision_gets(state_of: Callable[..., dict], source: WeightSource,
+                      weights_file: Path) -> Iterator[None]:
     """While a model is built, torchvision's request for `source`'s tensors (the public
-    `WeightsEnum.get_state_dict`, which would download and unpickle the file) returns `state`,
-    read by nadir; a request for any other weights is an error, never a download."""
+    `WeightsEnum.get_state_dict`, which would download and unpickle the file) returns
+    `state_of(weights)`; a request for any other weights is an error, never a download."""
     from torchvision.models import WeightsEnum
 
     def fetched_state(weights: WeightsEnum, *args, **kwargs) -> dict:
         if weights.url != source.url:
             raise NadirError(f"torchvision asked for {weights.url}, but the run's weights file "
                              f"is {weights_file} ({source.url})")
-        return state
+        return state_of(weights)
 
     original = WeightsEnum.get_state_dict
     WeightsEnum.get_state_dict = fetched_state
@@ -191,12 +221,17 @@ def build_model(name: str, num_classes: int, size: int, pretrained: str = "none"
                          f"({source.file_name}); the fetch_weights rule provides it")
     state = read_weights(weights_file)
     if pretrained == "imagenet":
-        with _torchvision_gets(state, source, weights_file):
+        with _torchvision_gets(lambda _: state, source, weights_file):
             try:
                 return build(num_classes, size, source.torchvision_enum)
             except RuntimeError as error:  # load_state_dict's missing or unexpected keys
                 raise InputError(weights_file, f"does not fit {name}'s backbone: "
                                                f"{str(error).splitlines()[0]}") from None
-    model = build(num_classes, size, None)
+    backbone = model_entry.weights.get("imagenet")
+    if backbone is None or model_entry.architecture in _COCO_BUILT_FROM_SCRATCH:
+        model = build(num_classes, size, None)
+    else:  # the architecture of a pretrained start; COCO's tensors replace the random trunk
+        with _torchvision_gets(_random_trunk_state, backbone, weights_file):
+            model = build(num_classes, size, backbone.torchvision_enum)
     load_matching(model, state, str(weights_file))
     return model
