@@ -460,6 +460,24 @@ def build_detectron2_model(model: str, num_classes: int, size: int, pretrained: 
     return built, lazy.model.get("input_format", "BGR"), lazy
 
 
+def _clip_hook(max_norm: float):
+    """A detectron2 hook clipping the total gradient norm after backward, as nadir's loop does
+    under `recipe: common` (`training.clip_grad_norm`); with AMP the gradients are unscaled
+    first, and the GradScaler's step then does not unscale them again."""
+    import torch
+    from detectron2.engine import HookBase
+
+    class ClipGradNorm(HookBase):
+        def after_backward(self):
+            scaler = getattr(self.trainer, "grad_scaler", None)
+            if scaler is not None:
+                scaler.unscale_(self.trainer.optimizer)
+            torch.nn.utils.clip_grad_norm_(
+                [p for group in self.trainer.optimizer.param_groups for p in group["params"]],
+                max_norm)
+    return ClipGradNorm()
+
+
 def _checkpoint_hook(checkpointer, store, every: int, total: int, history: list, device,
                      seconds: Callable[[], float]):
     """A detectron2 hook: every `every` iterations, save a checkpoint and hand it to the store.
@@ -605,9 +623,11 @@ class Detectron2Backend:
             hooks.IterationTimer(),
             hooks.LRScheduler(optimizer=optimizer, scheduler=scheduler),
             _loss_log_hook(history, hp["log_interval"], hp["iterations"], hp["batch_size"]),
-        ] + ([_checkpoint_hook(saver, job.checkpoints, job.checkpoint_every,
+        ] + ([_clip_hook(plan.clip_grad_norm)]  # reference: detectron2's optimiser clips
+             if plan.recipe == "common" and plan.clip_grad_norm is not None else [])
+          + ([_checkpoint_hook(saver, job.checkpoints, job.checkpoint_every,
                                hp["iterations"], history, device, seconds)]
-           if job.checkpoints else []))
+             if job.checkpoints else []))
         if resumed is not None:
             local = work / "checkpoints" / f"resume_{start:09d}.pth"
             local.write_bytes(resumed["data"])
