@@ -20,6 +20,20 @@ from nadir.storage.shards import ShardReader, cache_from_environment, chip_range
 READ_AHEAD_BATCHES = 8
 
 
+def keys_read_ahead(reader: ShardReader, member: Callable[[int], tuple[int, str, int, int]],
+                    batches: Iterable[list]) -> Iterator[list]:
+    """Batches of keys (index, code) as (index, code, chip bytes), the next
+    READ_AHEAD_BATCHES fetched meanwhile, when the shards are on S3; local shards' batches as
+    they are (each loader process reads its own chips). `member` gives an index's (shard,
+    name, offset, size): how `ShardChips` and detectron2's `RegisteredChips` read ahead."""
+    if not reader.remote:
+        yield from batches
+        return
+    for batch, chips in reader.read_ahead(
+            batches, lambda keys: [member(key[0]) for key in keys], READ_AHEAD_BATCHES):
+        yield [(*key, data) for key, data in zip(batch, chips, strict=True)]
+
+
 class ShardChips(torch.utils.data.Dataset):
     """The images of one COCO split, with their boxes, read from the shards by byte offset.
 
@@ -72,15 +86,8 @@ class ShardChips(torch.utils.data.Dataset):
         return decode_chip(data, f"{self.shards[im['shard']]}: chip {im['file_name']}")
 
     def read_ahead(self, batches: Iterable[list]) -> Iterator[list]:
-        """Batches of keys (index, code) as (index, code, chip bytes), the next
-        READ_AHEAD_BATCHES fetched meanwhile, when the shards are on S3; local shards' batches
-        as they are (each loader process reads its own chips)."""
-        if not self.reader.remote:
-            yield from batches
-            return
-        for batch, chips in self.reader.read_ahead(
-                batches, lambda keys: [self.member(key[0]) for key in keys], READ_AHEAD_BATCHES):
-            yield [(*key, data) for key, data in zip(batch, chips, strict=True)]
+        """Batches of keys with their chips' bytes fetched ahead (`keys_read_ahead`)."""
+        return keys_read_ahead(self.reader, self.member, batches)
 
     def in_order(self, batch: int) -> Iterator[list[tuple]]:
         """Every item in index order, `batch` at a time, read ahead (prediction, scoring)."""

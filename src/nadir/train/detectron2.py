@@ -278,16 +278,10 @@ class RegisteredChips:
         return record["shard"], record["file_name"], record["offset"], record["size"]
 
     def read_ahead(self, batches: Iterable[list]) -> Iterator[list]:
-        """Batches of keys (index, code) as (index, code, chip bytes), the next ones fetched
-        meanwhile, when the shards are on S3; local shards' batches as they are."""
-        from nadir.train.data import READ_AHEAD_BATCHES
+        """Batches of keys with their chips' bytes fetched ahead (`keys_read_ahead`)."""
+        from nadir.train.data import keys_read_ahead
 
-        if not self.reader.remote:
-            yield from batches
-            return
-        for batch, chips in self.reader.read_ahead(
-                batches, lambda keys: [self.member(key[0]) for key in keys], READ_AHEAD_BATCHES):
-            yield [(*key, data) for key, data in zip(batch, chips, strict=True)]
+        return keys_read_ahead(self.reader, self.member, batches)
 
     def __getitem__(self, key: tuple) -> dict:
         """`key` is (index, symmetry code), with the chip's bytes third when read ahead."""
