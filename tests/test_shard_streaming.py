@@ -167,3 +167,15 @@ def test_chips_reach_the_model_as_their_bytes_scaled_on_its_device(shards):
         (scaled,) = chips.model_inputs([image], torch.device("cpu"))
         assert scaled.is_contiguous() and scaled.dtype == torch.float32
         assert torch.equal(scaled, turned)
+
+
+def test_a_negative_recorded_range_is_refused_before_any_request(shards, tmp_path):
+    """A COCO file whose chip lies at a negative offset (edited, or not nadir's) is refused
+    naming the file and the chip, for S3 shards too, before a malformed Range is sent."""
+    coco = json.loads(shards["coco"].read_text())
+    coco["images"][1]["offset"] = -512
+    edited = tmp_path / "edited.json"
+    edited.write_text(json.dumps(coco))
+    with pytest.raises(InputError, match=r"edited\.json: chip s0-chip-1\.png of shard 0 is "
+                                         r"recorded at bytes -512 .*rerun the coco stage"):
+        ShardChips(edited, shards["remote"])

@@ -102,8 +102,16 @@ def chip_ranges(shards: list[str | Path], images: list[dict],
     `size`, from the chip list), else found by scanning the shards (local files only)."""
     if images and all("offset" in im and "size" in im for im in images):
         _check_indices(shards, {im["shard"] for im in images}, listed_in)
-        return {(im["shard"], im["file_name"]): (int(im["offset"]), int(im["size"]))
-                for im in images}
+        ranges = {(im["shard"], im["file_name"]): (int(im["offset"]), int(im["size"]))
+                  for im in images}
+        # A range S3 would be asked for as is: a negative one is no chip (and no valid Range).
+        bad = next((member for member, (offset, size) in ranges.items()
+                    if offset < 0 or size < 0), None)
+        if bad is not None:
+            raise InputError(listed_in, f"chip {bad[1]} of shard {bad[0]} is recorded at bytes "
+                                        f"{ranges[bad][0]} (size {ranges[bad][1]}), not a range "
+                                        "in a shard; rerun the coco stage")
+        return ranges
     return member_offsets(shards, {(im["shard"], im["file_name"]) for im in images}, listed_in)
 
 
@@ -249,10 +257,9 @@ class ShardReader:
         shard and the member."""
         out: dict[int, bytes] = {}
         wanted: dict[int, list[tuple[int, int, int, str]]] = {}
-        remote = [(position, member) for position, member in enumerate(members)
-                  if is_remote(self.shards[member[0]])]
-        if self.cache:
-            unknown = {index for _, (index, *_) in remote if index not in self._objects}
+        if self.cache:  # the HEADs of the shards not asked yet, at once
+            unknown = {index for index, *_ in members
+                       if is_remote(self.shards[index]) and index not in self._objects}
             list(_process_pool(self.threads).map(self._object, sorted(unknown)))
         for position, (index, name, offset, size) in enumerate(members):
             if not is_remote(self.shards[index]):
