@@ -291,12 +291,12 @@ class RegisteredChips:
         from nadir.train.data import random_flip_rotate
 
         index, code, data = (*key, None)[:3]
-        shard, name = self.member(index)[:2]
+        member = self.member(index)
         if data is None:
-            data = self.reader.read([self.member(index)])[0]
+            data = self.reader.read([member])[0]
         record = self.records[index]
         pixels = torch.from_numpy(np.array(decode_chip(
-            data, f"{self.reader.shards[shard]}: chip {name}"))).permute(2, 0, 1)
+            data, f"{self.reader.shards[member[0]]}: chip {member[1]}"))).permute(2, 0, 1)
         objects = [o for o in record["annotations"] if not o.get("iscrowd", 0)]
         boxes = torch.tensor([BoxMode.convert(o["bbox"], o["bbox_mode"], BoxMode.XYXY_ABS)
                               for o in objects], dtype=torch.float32).reshape(-1, 4)

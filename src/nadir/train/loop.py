@@ -563,8 +563,7 @@ def _write_outputs(job: TrainJob, optimisation: Optimisation, dataset: ShardChip
     there (best.pt, last.pt), whichever model.pt holds.
     """
     job.outputs.weights.parent.mkdir(parents=True, exist_ok=True)
-    model, ema = optimisation.model, optimisation.ema
-    last = model.state_dict() if ema is None else ema.weights(model)
+    last = _saved_weights(optimisation) or optimisation.model.state_dict()
     weights = {"last": last, "best": progress.best_weights}
     header = {"model": job.model, "num_classes": len(dataset.categories),
               "chipping": chips.to_record(), "categories": dataset.categories,
